@@ -1,0 +1,3 @@
+from brctl._cli import main
+
+main()

@@ -1,0 +1,3 @@
+from buildrunnerd.daemon.cli import main
+
+main()

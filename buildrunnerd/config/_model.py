@@ -1,0 +1,116 @@
+"""Configuration as msgspec Structs. Every key is documented in config/buildrunner.toml."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import msgspec
+
+__all__ = [
+    "DaemonConfig", "PlannerConfig", "ModelsConfig", "Price", "PricingConfig", "AgentConfig",
+    "VerifyConfig", "RetentionConfig", "Config",
+]
+
+
+class _Section(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    pass
+
+
+class DaemonConfig(_Section):
+    workers: int = 4  # daemon-wide worker limit
+    max_workers_per_run: int = 4
+    max_frame_bytes: int = 8 * 1024 * 1024
+    grace_period_s: float = 20.0  # SIGTERM: how long in-flight work may take to checkpoint
+    client_idle_timeout_s: float = 600.0  # a silent connection is closed after this
+    write_timeout_s: float = 10.0  # a client that stops reading is dropped after this
+    subscriber_queue_size: int = 1000  # events buffered per subscriber before it is dropped
+    log_format: Literal["console", "json"] = "console"
+    log_level: str = "info"
+    backend: Literal["auto", "anthropic", "simulated"] = "auto"
+
+
+class PlannerConfig(_Section):
+    planner: Literal["auto", "heuristic", "claude"] = "auto"
+    context_budget_tokens: int = 4000
+    max_batch_minutes: int = 240
+    chunk_tokens: int = 6000  # Claude planner: spec chunk size
+
+
+class ModelsConfig(_Section):
+    simple: str = "claude-haiku-5-5"
+    medium: str = "claude-sonnet-5-5"
+    complex: str = "claude-opus-5-5"
+    critical: str = "claude-opus-5-5"
+    ladder: list[str] = msgspec.field(
+        default_factory=lambda: ["claude-haiku-5-5", "claude-sonnet-5-5", "claude-opus-5-5"]
+    )
+    fallback: str = "claude-sonnet-5-5"  # used after repeated overload of the chosen model
+    max_tokens: int = 16000
+
+
+class Price(_Section):
+    input_per_mtok: float
+    output_per_mtok: float
+    cache_write_per_mtok: float
+    cache_read_per_mtok: float
+
+
+class PricingConfig(_Section):
+    as_of: str = "2026-11-01"
+    source: str = "https://www.anthropic.com/pricing (list prices, USD per million tokens)"
+    models: dict[str, Price] = msgspec.field(default_factory=lambda: {
+        "claude-haiku-5-5": Price(
+            input_per_mtok=1.0, output_per_mtok=5.0,
+            cache_write_per_mtok=1.25, cache_read_per_mtok=0.10,
+        ),
+        "claude-sonnet-5-5": Price(
+            input_per_mtok=3.0, output_per_mtok=15.0,
+            cache_write_per_mtok=3.75, cache_read_per_mtok=0.30,
+        ),
+        "claude-opus-5-5": Price(
+            input_per_mtok=5.0, output_per_mtok=25.0,
+            cache_write_per_mtok=6.25, cache_read_per_mtok=0.50,
+        ),
+    })
+
+
+class AgentConfig(_Section):
+    max_turns: int = 40
+    request_timeout_s: float = 600.0
+    batch_timeout_s: float = 3600.0
+    max_retries: int = 8
+    backoff_base_s: float = 1.0
+    backoff_max_s: float = 60.0
+    overloads_before_fallback: int = 3
+    stream: bool = True
+    sandbox: Literal["auto", "bwrap", "none"] = "auto"
+    bash_timeout_s: float = 120.0
+    tool_output_max_chars: int = 30000
+
+
+class VerifyConfig(_Section):
+    test_cmd: str | None = None  # default test command (per-run --test-cmd and the spec win)
+    test_timeout_s: float = 600.0
+    import_check: str | None = None  # e.g. "python -c 'import mypkg'"
+    secret_allowlist: str | None = None  # path of an allowlist file (see docs/verification.md)
+    max_fix_attempts: int = 2
+    max_merge_reruns: int = 3
+    keep_failed_worktrees: bool = False
+    git_timeout_s: float = 60.0
+
+
+class RetentionConfig(_Section):
+    events_days: int = 90
+    api_calls_days: int = 365
+    vacuum_interval_hours: float = 24.0
+
+
+class Config(_Section):
+    daemon: DaemonConfig = msgspec.field(default_factory=DaemonConfig)
+    planner: PlannerConfig = msgspec.field(default_factory=PlannerConfig)
+    models: ModelsConfig = msgspec.field(default_factory=ModelsConfig)
+    pricing: PricingConfig = msgspec.field(default_factory=PricingConfig)
+    agent: AgentConfig = msgspec.field(default_factory=AgentConfig)
+    verify: VerifyConfig = msgspec.field(default_factory=VerifyConfig)
+    retention: RetentionConfig = msgspec.field(default_factory=RetentionConfig)
+    budget_usd: float | None = None  # default per-run budget; None = unlimited

@@ -1,0 +1,134 @@
+"""The error hierarchy. Every error a user can see derives from :class:`BuildRunnerError`.
+
+Each error carries a JSON-RPC ``code`` (see :mod:`buildrunnerd.protocol`) and ``data`` that a
+program can act on, so the RPC layer can translate any of them without special cases.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from buildrunnerd import protocol
+
+__all__ = [
+    "BuildRunnerError",
+    "ConfigError",
+    "SpecError",
+    "Problem",
+    "PlanError",
+    "NotFoundError",
+    "InvalidStateError",
+    "RepoError",
+    "StoreError",
+    "WorkspaceError",
+    "AgentError",
+    "BudgetExceededError",
+]
+
+
+class BuildRunnerError(Exception):
+    """Root of every BuildRunner error. ``str(err)`` is the readable message."""
+
+    code: int = protocol.INTERNAL_ERROR
+
+    def __init__(self, message: str, *, data: dict[str, Any] | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.data: dict[str, Any] = data or {}
+
+
+class ConfigError(BuildRunnerError):
+    """The configuration file or an override is invalid (names the key and the file)."""
+
+    code = protocol.CONFIG_INVALID
+
+
+class Problem:
+    """One problem found in a spec: a 1-based line (or None) and a message with a fix hint."""
+
+    __slots__ = ("line", "message")
+
+    def __init__(self, line: int | None, message: str) -> None:
+        self.line = line
+        self.message = message
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"line": self.line, "message": self.message}
+
+    def __repr__(self) -> str:
+        return f"Problem(line={self.line!r}, message={self.message!r})"
+
+    def __eq__(self, other: object) -> bool:
+        return (
+            isinstance(other, Problem)
+            and other.line == self.line
+            and other.message == self.message
+        )
+
+    def __hash__(self) -> int:
+        return hash((self.line, self.message))
+
+
+class SpecError(BuildRunnerError):
+    """A spec cannot be planned. Carries every problem found, each with its line."""
+
+    code = protocol.SPEC_INVALID
+
+    def __init__(self, problems: list[Problem], *, path: str | None = None) -> None:
+        where = path or "<spec>"
+        lines = [
+            f"{where}:{p.line}: {p.message}" if p.line is not None else f"{where}: {p.message}"
+            for p in problems
+        ]
+        super().__init__(
+            "\n".join(lines) or f"{where}: invalid spec",
+            data={"errors": [p.to_dict() for p in problems], "path": path},
+        )
+        self.problems = problems
+        self.path = path
+
+
+class PlanError(SpecError):
+    """A plan could not be built from a parsed spec (cycle, budget, unknown reference)."""
+
+
+class NotFoundError(BuildRunnerError):
+    """A run, task or batch id that does not exist."""
+
+    code = protocol.NOT_FOUND
+
+
+class InvalidStateError(BuildRunnerError):
+    """An operation that the thing's current state does not allow (resume a finished run...)."""
+
+    code = protocol.INVALID_STATE
+
+
+class RepoError(BuildRunnerError):
+    """The target repository cannot be used (not a repo, dirty, detached HEAD, git failed)."""
+
+    code = protocol.REPO_INVALID
+
+
+class StoreError(BuildRunnerError):
+    """The database failed (disk full, locked); state is left as it was before the write."""
+
+    code = protocol.STORE_FAILED
+
+
+class WorkspaceError(BuildRunnerError):
+    """A worktree, verification or merge step failed for reasons outside the model's work."""
+
+    code = protocol.WORKSPACE_FAILED
+
+
+class AgentError(BuildRunnerError):
+    """The model backend failed in a way retries cannot fix (bad key, refusal, ...)."""
+
+    code = protocol.AGENT_FAILED
+
+
+class BudgetExceededError(BuildRunnerError):
+    """The next API call would take the run over its budget."""
+
+    code = protocol.BUDGET_EXCEEDED

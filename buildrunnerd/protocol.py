@@ -1,0 +1,193 @@
+"""Wire types shared by the daemon and ``brctl``: JSON-RPC codes, states, events, results.
+
+One definition of every message (msgspec Structs), validated at the boundary. Light on purpose:
+``brctl`` imports this module, so it must only depend on msgspec and the standard library.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+import msgspec
+
+__all__ = [
+    "PARSE_ERROR", "INVALID_REQUEST", "METHOD_NOT_FOUND", "INVALID_PARAMS", "INTERNAL_ERROR",
+    "NOT_FOUND", "INVALID_STATE", "FRAME_TOO_LARGE", "UNAUTHORIZED", "DAEMON_STOPPING",
+    "SPEC_INVALID", "REPO_INVALID", "CONFIG_INVALID", "STORE_FAILED", "WORKSPACE_FAILED",
+    "AGENT_FAILED", "BUDGET_EXCEEDED",
+    "RunState", "TaskState", "BatchState", "Complexity", "Domain",
+    "RUN_STATES", "TASK_STATES", "TERMINAL_RUN_STATES",
+    "Event", "RunInfo", "TaskInfo", "BatchInfo", "CostRow", "CostSummary", "PingResult",
+    "Request", "Response", "ErrorObject", "Notification",
+    "DEFAULT_MAX_FRAME_BYTES",
+]
+
+# --- JSON-RPC 2.0 standard codes -----------------------------------------------------------
+PARSE_ERROR = -32700
+INVALID_REQUEST = -32600
+METHOD_NOT_FOUND = -32601
+INVALID_PARAMS = -32602
+INTERNAL_ERROR = -32603
+
+# --- Application codes (-32000..-32099); ``data`` says what a program needs --------------------
+NOT_FOUND = -32001  # data: {"kind": "run"|"task"|"batch", "id": ...}
+INVALID_STATE = -32002  # data: {"state": current state, "allowed": [...]}
+FRAME_TOO_LARGE = -32003  # data: {"limit_bytes": int}
+UNAUTHORIZED = -32004  # data: {"uid": int}
+DAEMON_STOPPING = -32005
+SPEC_INVALID = -32010  # data: {"errors": [{"line", "message"}], "path"}
+REPO_INVALID = -32011  # data: {"repo": path, "reason": ...}
+CONFIG_INVALID = -32012  # data: {"key", "file"}
+STORE_FAILED = -32020
+WORKSPACE_FAILED = -32030
+AGENT_FAILED = -32040
+BUDGET_EXCEEDED = -32050  # data: {"budget_usd", "spent_usd", "estimate_usd"}
+
+DEFAULT_MAX_FRAME_BYTES = 8 * 1024 * 1024
+
+RunState = Literal["queued", "running", "paused", "succeeded", "failed", "cancelled"]
+TaskState = Literal[
+    "pending", "ready", "running", "verifying", "succeeded", "failed", "blocked", "cancelled"
+]
+BatchState = Literal["pending", "running", "verifying", "succeeded", "failed", "cancelled"]
+Complexity = Literal["simple", "medium", "complex", "critical"]
+Domain = Literal["database", "backend", "frontend", "tests", "docs", "infra"]
+
+RUN_STATES: tuple[str, ...] = ("queued", "running", "paused", "succeeded", "failed", "cancelled")
+TASK_STATES: tuple[str, ...] = (
+    "pending", "ready", "running", "verifying", "succeeded", "failed", "blocked", "cancelled",
+)
+TERMINAL_RUN_STATES: frozenset[str] = frozenset({"succeeded", "failed", "cancelled"})
+
+
+# --- JSON-RPC envelopes ---------------------------------------------------------------------
+class ErrorObject(msgspec.Struct, omit_defaults=True):
+    code: int
+    message: str
+    data: Any = None
+
+
+class Request(msgspec.Struct, omit_defaults=True):
+    """A request (``id`` set) or a notification (``id`` unset)."""
+
+    method: str
+    jsonrpc: str = "2.0"
+    params: dict[str, Any] | list[Any] | None = None
+    id: int | str | None = None
+
+
+class Response(msgspec.Struct, omit_defaults=False):
+    id: int | str | None
+    jsonrpc: str = "2.0"
+    result: Any = None
+    error: ErrorObject | None = None
+
+
+class Notification(msgspec.Struct):
+    method: str
+    params: Any
+    jsonrpc: str = "2.0"
+
+
+# --- Domain records as they cross the wire --------------------------------------------------
+class Event(msgspec.Struct, omit_defaults=True):
+    """One stored event; ``id`` increases and is the cursor for ``since``."""
+
+    id: int
+    ts: str  # RFC 3339, UTC
+    run_id: str
+    type: str
+    data: dict[str, Any] = {}
+    batch_id: str | None = None
+    task_id: str | None = None
+
+
+class TaskInfo(msgspec.Struct, omit_defaults=True):
+    id: str
+    run_id: str
+    title: str
+    state: str
+    feature: str = ""
+    domain: str = ""
+    complexity: str = "medium"
+    estimate_minutes: int = 60
+    batch_id: str | None = None
+    attempts: int = 0
+    model: str | None = None
+    cost_usd: float = 0.0
+    depends_on: list[str] = []
+    files: list[str] = []
+    acceptance_criteria: list[str] = []
+    reason: str | None = None  # why failed/blocked/cancelled
+    # Only in task.get:
+    prompt: str | None = None
+    verification: dict[str, Any] | None = None
+    events: list[Event] | None = None
+
+
+class BatchInfo(msgspec.Struct, omit_defaults=True):
+    id: str
+    run_id: str
+    task_ids: list[str]
+    domain: str
+    state: str
+    attempts: int = 0
+    model: str | None = None
+    started_at: str | None = None
+    prompt_tokens: int = 0
+
+
+class RunInfo(msgspec.Struct, omit_defaults=True):
+    id: str
+    state: str
+    title: str
+    spec_path: str | None
+    repo: str | None
+    branch: str | None
+    created_at: str
+    started_at: str | None = None
+    finished_at: str | None = None
+    elapsed_s: float = 0.0
+    workers: int = 1
+    budget_usd: float | None = None
+    cost_usd: float = 0.0
+    test_cmd: str | None = None
+    reason: str | None = None
+    tasks_by_state: dict[str, int] = {}
+    task_count: int = 0
+    tasks: list[TaskInfo] | None = None  # in run.get
+    batches: list[BatchInfo] | None = None  # in run.get
+
+
+class CostRow(msgspec.Struct):
+    key: str  # model name, day (YYYY-MM-DD) or run id, per ``by``
+    calls: int
+    input_tokens: int
+    output_tokens: int
+    cache_read_input_tokens: int
+    cache_creation_input_tokens: int
+    cost_usd: float
+
+
+class CostSummary(msgspec.Struct):
+    by: str
+    total_usd: float
+    calls: int
+    input_tokens: int
+    output_tokens: int
+    cache_read_input_tokens: int
+    cache_creation_input_tokens: int
+    rows: list[CostRow]
+    run_id: str | None = None
+
+
+class PingResult(msgspec.Struct):
+    version: str
+    pid: int
+    uptime_s: float
+    backend: str  # "anthropic" | "simulated"
+    simulated: bool
+    workers: int
+    socket: str
+    home: str
+    active_runs: int = 0
