@@ -1,5 +1,13 @@
 """Configuration: TOML file -> msgspec Structs, with environment overrides."""
 
+from buildrunnerd.config._load import (
+    ENV_OVERRIDES,
+    RESTART_REQUIRED,
+    check_config_main,
+    describe_config,
+    load_config,
+    reloadable_diff,
+)
 from buildrunnerd.config._model import (
     AgentConfig,
     Config,
@@ -15,4 +23,6 @@ from buildrunnerd.config._model import (
 __all__ = [
     "AgentConfig", "Config", "DaemonConfig", "ModelsConfig", "PlannerConfig", "Price",
     "PricingConfig", "RetentionConfig", "VerifyConfig",
+    "ENV_OVERRIDES", "RESTART_REQUIRED", "check_config_main", "describe_config", "load_config",
+    "reloadable_diff",
 ]

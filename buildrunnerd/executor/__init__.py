@@ -7,5 +7,8 @@ from buildrunnerd.executor._protocol import (
     ExecutionOutcome,
     Executor,
 )
+from buildrunnerd.executor._simulated import SimulatedExecutor
 
-__all__ = ["ApiCall", "BatchJob", "ExecutionContext", "ExecutionOutcome", "Executor"]
+__all__ = [
+    "ApiCall", "BatchJob", "ExecutionContext", "ExecutionOutcome", "Executor", "SimulatedExecutor",
+]

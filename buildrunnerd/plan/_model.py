@@ -10,7 +10,8 @@ __all__ = ["Task", "Batch", "CriticalPath", "PlanFeature", "PlanWarning", "Batch
 
 
 class Task(msgspec.Struct):
-    id: str  # unique in the plan; explicit ids are kept ("T001"), generated ones are "<feature>.<n>"
+    # Unique in the plan; explicit ids are kept ("T001"), generated ones are "<feature>.<n>".
+    id: str
     feature: str  # feature id
     title: str
     domain: str  # database|backend|frontend|tests|docs|infra

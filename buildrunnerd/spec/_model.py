@@ -15,6 +15,8 @@ class Item(msgspec.Struct, frozen=True):
 
 
 class SpecWarning(msgspec.Struct, frozen=True):
+    """Something the parser noticed but could work around (a renamed duplicate task id...)."""
+
     line: int | None
     message: str
 
@@ -50,6 +52,7 @@ class SpecTask(msgspec.Struct):
     complexity: str | None = None
     parallel: bool = False  # spec-kit ``[P]``
     done: bool = False  # ``- [x]``
+    requirements: list[str] = []  # traced requirement refs as written: Kiro "7.4", spec-kit "US1"
 
 
 class Spec(msgspec.Struct):
@@ -63,3 +66,5 @@ class Spec(msgspec.Struct):
     overview: str = ""  # the opening prose, used in prompts as the project overview
     test_command: str | None = None  # from a ``Test command:`` line
     warnings: list[SpecWarning] = []
+    # Requirements that belong to the whole spec rather than one feature (spec-kit ``FR-001``).
+    requirements: list[Item] = []

@@ -1,0 +1,142 @@
+"""Planning benchmark: parse + plan a generated 1 MB spec, and plan 5,000-task graphs.
+
+    .venv/bin/python bench/plan_bench.py [--repeat 5] [--json]
+
+Prints the best and median wall-clock time of each case over ``--repeat`` runs (after one
+warm-up, so the one-off tokenizer load is reported separately). Target: parse + plan of the
+1 MB spec under 1 second on a 2-core machine. Figures are recorded in docs/benchmarks.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import random
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from typing import Any
+
+from buildrunnerd.plan import Task, build_plan
+from buildrunnerd.prompt import TiktokenCounter
+from buildrunnerd.spec import Spec, parse_spec
+
+_VERBS = ["Store", "Validate", "Display", "Export", "Search", "Calculate", "Sync", "Render"]
+_NOUNS = ["orders", "invoices", "users", "reports", "comments", "tags", "files", "events"]
+
+
+def generate_spec(target_bytes: int = 1_000_000, seed: int = 7) -> str:
+    """A native-format spec of about ``target_bytes``: features with requirements, acceptance
+    criteria and dependencies on earlier features."""
+    rng = random.Random(seed)
+    parts = ["# Generated benchmark project\n\n",
+             "A generated product used to benchmark the planner. " * 20, "\n\n## Features\n\n"]
+    size = sum(len(p) for p in parts)
+    n = 0
+    names: list[str] = []
+    while size < target_bytes:
+        n += 1
+        verb, noun = rng.choice(_VERBS), rng.choice(_NOUNS)
+        names.append(f"{verb} {noun} {n}")
+        lines = [f"### {names[-1]}\n",
+                 f"The system lets people {verb.lower()} {noun} for area {n}. "
+                 f"It keeps a history of every change and reports errors clearly.\n"]
+        if n > 1 and rng.random() < 0.7:
+            deps = sorted({rng.randint(max(1, n - 50), n - 1) for _ in range(rng.randint(1, 2))})
+            lines.append(f"\n**Depends on:** {', '.join(names[d - 1] for d in deps)}\n")
+        lines.append("\n#### Requirements\n")
+        for _ in range(rng.randint(2, 5)):
+            v, o = rng.choice(_VERBS), rng.choice(_NOUNS)
+            lines.append(f"- {v} the {o} of area {n} in the database and through the API\n")
+        lines.append("\n#### Acceptance Criteria\n")
+        for _ in range(rng.randint(1, 3)):
+            lines.append(f"- [ ] A user can {rng.choice(_VERBS).lower()} {noun} on the page\n")
+        lines.append("\n")
+        block = "".join(lines)
+        parts.append(block)
+        size += len(block)
+    return "".join(parts)
+
+
+def random_tasks(n: int = 5000, seed: int = 11) -> list[Task]:
+    """``n`` tasks in a random DAG (each depends on up to 3 of the previous 200)."""
+    rng = random.Random(seed)
+    sizes = [("simple", 60), ("medium", 90), ("complex", 120), ("critical", 120)]
+    tasks = []
+    for i in range(n):
+        complexity, minutes = rng.choice(sizes)
+        deps = sorted({f"T{rng.randint(max(0, i - 200), i - 1):05d}"
+                       for _ in range(rng.randint(0, 3))}) if i else []
+        tasks.append(Task(
+            id=f"T{i:05d}", feature=f"f{i // 5}", title=f"Task {i}",
+            domain=rng.choice(["database", "backend", "frontend", "tests", "docs", "infra"]),
+            complexity=complexity, estimate_minutes=minutes, depends_on=deps,
+            files=[f"src/mod_{i}.py"], acceptance_criteria=[f"Task {i} does what it says"],
+        ))
+    return tasks
+
+
+def _time(fn: Callable[[], Any], repeat: int) -> dict[str, float]:
+    fn()  # warm-up: caches, imports
+    runs = []
+    for _ in range(repeat):
+        start = time.perf_counter()
+        fn()
+        runs.append(time.perf_counter() - start)
+    return {"best_s": min(runs), "median_s": statistics.median(runs)}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--repeat", type=int, default=5)
+    parser.add_argument("--json", action="store_true", help="print the figures as JSON")
+    args = parser.parse_args()
+
+    start = time.perf_counter()
+    TiktokenCounter().count("warm up")
+    tokenizer_load_s = time.perf_counter() - start
+
+    text = generate_spec()
+    spec: Spec = parse_spec(text, path="generated.md")
+    plan = build_plan(spec)
+    tasks = random_tasks()
+    big = build_plan(Spec(title="5k", path=None, format="native", features=[]), list(tasks))
+    results: dict[str, Any] = {
+        "machine": f"{platform.machine()}, {os.cpu_count()} cores, Python "
+                   f"{platform.python_version()}, {platform.system()}",
+        "tokenizer_load_s": tokenizer_load_s,
+        "spec_bytes": len(text.encode()),
+        "spec_features": len(spec.features),
+        "spec_tasks": len(plan.tasks),
+        "spec_batches": len(plan.batches),
+        "parse_1mb": _time(lambda: parse_spec(text, path="generated.md"), args.repeat),
+        "parse_and_plan_1mb": _time(
+            lambda: build_plan(parse_spec(text, path="generated.md")), args.repeat
+        ),
+        "plan_5000_tasks": _time(
+            lambda: build_plan(Spec(title="5k", path=None, format="native", features=[]),
+                               list(tasks)),
+            args.repeat,
+        ),
+        "plan_5000_batches": len(big.batches),
+    }
+    if args.json:
+        print(json.dumps(results, indent=2))
+    else:
+        print(f"machine: {results['machine']}")
+        print(f"tokenizer load (once per process): {tokenizer_load_s * 1000:.0f} ms")
+        print(f"1 MB spec: {results['spec_bytes']} bytes, {results['spec_features']} features, "
+              f"{results['spec_tasks']} tasks, {results['spec_batches']} batches")
+        for key in ("parse_1mb", "parse_and_plan_1mb", "plan_5000_tasks"):
+            r = results[key]
+            print(f"{key:>20}: best {r['best_s'] * 1000:7.0f} ms, median "
+                  f"{r['median_s'] * 1000:7.0f} ms")
+        print(f"5,000 tasks -> {results['plan_5000_batches']} batches")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

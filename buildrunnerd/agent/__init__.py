@@ -1,0 +1,22 @@
+"""The ``anthropic`` backend: Claude works on batches with an editor and a shell.
+
+Routing, retries, the shared rate limiter, prompt caching, costs and the Claude planner are
+described in ``docs/models-and-costs.md``.
+"""
+
+from buildrunnerd.agent._confine import ToolError, resolve_in_worktree
+from buildrunnerd.agent._executor import AnthropicExecutor
+from buildrunnerd.agent._planner import ClaudePlanner
+from buildrunnerd.agent._pricing import CostTable
+from buildrunnerd.agent._retry import RateLimiter
+from buildrunnerd.agent._routing import pick_model
+
+__all__ = [
+    "AnthropicExecutor",
+    "ClaudePlanner",
+    "CostTable",
+    "RateLimiter",
+    "ToolError",
+    "pick_model",
+    "resolve_in_worktree",
+]

@@ -1,0 +1,307 @@
+"""The ``anthropic`` backend: a batch is a conversation with Claude that edits the worktree.
+
+Per batch: the batch prompt, the editor and bash tools, and a loop of Messages API calls until
+the model ends its turn, or a turn, token or time limit is reached. After every turn the
+conversation is checkpointed (``ctx.checkpoint``); a restart resumes from it.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from pathlib import Path
+from typing import Any
+
+import anthropic
+import anyio
+import structlog
+
+from buildrunnerd import paths
+from buildrunnerd.agent._bash import BASH_TOOL_NAME, BashSession, bash_tool_param, sandbox_mode
+from buildrunnerd.agent._calls import CallSettings, Turn, call_with_retries
+from buildrunnerd.agent._confine import ToolError
+from buildrunnerd.agent._conversation import (
+    ConversationState,
+    append_user,
+    count_request_tokens,
+    format_fix_report,
+    last_text,
+    with_cache_breakpoint,
+)
+from buildrunnerd.agent._editor import EDITOR_TOOL_NAME, TextEditor, editor_tool_param
+from buildrunnerd.agent._pricing import CostTable
+from buildrunnerd.agent._retry import RateLimiter
+from buildrunnerd.agent._routing import pick_model
+from buildrunnerd.config import Config
+from buildrunnerd.errors import AgentError, BudgetExceededError
+from buildrunnerd.executor import ApiCall, BatchJob, ExecutionContext, ExecutionOutcome
+from buildrunnerd.prompt import default_counter
+
+__all__ = ["AnthropicExecutor"]
+
+_log = structlog.get_logger("buildrunnerd.agent")
+_EPHEMERAL = {"type": "ephemeral"}
+_TEXT_EVENT_CHARS = 2000  # events carry a preview; the conversation holds the full text
+_RESULT_EVENT_CHARS = 500
+_CONTINUE = ("Your previous answer was cut off by the output token limit. Continue exactly "
+             "where you stopped; keep tool calls short.")
+_WORKTREE_NOTE = (
+    "Your working directory is the repository worktree at {wt}. Give tool paths relative to "
+    "it (or absolute under it); nothing outside it can be read or written, and .git is "
+    "read-only. Do not commit: BuildRunner verifies, commits and merges your work. When the "
+    "tasks are done, end your turn with a short summary of what you built."
+)
+
+
+class AnthropicExecutor:
+    """Runs batches with Claude through the Messages API.
+
+    One instance per daemon: its rate limiter is shared by every batch, so all workers back
+    off together when the API says so. ``api_key``/``base_url`` default to the SDK's own
+    handling (``ANTHROPIC_API_KEY``, ``ANTHROPIC_BASE_URL``)."""
+
+    name = "anthropic"
+
+    def __init__(self, config: Config, *, api_key: str | None = None,
+                 base_url: str | None = None, limiter: RateLimiter | None = None,
+                 socket_path: Path | None = None) -> None:
+        self.config = config
+        self.limiter = limiter or RateLimiter()
+        self.costs = CostTable(config.pricing)
+        # The SDK's retries are off: ours honour retry-after and share the limiter.
+        self.client = anthropic.AsyncAnthropic(
+            api_key=api_key, base_url=base_url, max_retries=0,
+            timeout=config.agent.request_timeout_s)
+        self._settings = CallSettings.from_config(config.agent, config.models.fallback)
+        self._counter = default_counter()
+        self._socket_dir = (socket_path or paths.socket_path()).parent
+        # Last checkpoint per (run, batch, attempt) so a fix-up round continues the
+        # conversation (and its cache) when the daemon does not hand it back. Bounded.
+        self._recent: OrderedDict[tuple[str, str, int], bytes] = OrderedDict()
+
+    async def aclose(self) -> None:
+        """Close the HTTP client."""
+        await self.client.close()
+
+    async def run_batch(self, job: BatchJob, ctx: ExecutionContext) -> ExecutionOutcome:
+        """Work on ``job`` until the model is done; see the module docstring."""
+        state = self._initial_state(job)
+        worktree = Path(job.worktree)
+        try:
+            sandbox = await sandbox_mode(self.config.agent.sandbox)
+        except AgentError as exc:
+            return ExecutionOutcome("failed", reason=str(exc), model=state.model)
+        bash = BashSession(worktree, sandbox=sandbox, timeout_s=self.config.agent.bash_timeout_s,
+                           max_chars=self.config.agent.tool_output_max_chars,
+                           socket_dir=self._socket_dir)
+        editor = TextEditor(worktree, max_characters=self.config.agent.tool_output_max_chars)
+        try:
+            with anyio.move_on_after(self.config.agent.batch_timeout_s):
+                return await self._loop(job, ctx, state, editor, bash)
+            return ExecutionOutcome(
+                "failed", reason=f"batch {job.batch_id} timed out after "
+                f"{self.config.agent.batch_timeout_s:g} s (agent.batch_timeout_s) after "
+                f"{state.turns} turns", model=state.model, summary=state.summary)
+        except BudgetExceededError as exc:
+            return ExecutionOutcome("budget_exceeded", reason=str(exc), model=state.model)
+        except AgentError as exc:
+            return ExecutionOutcome("failed", reason=str(exc), model=state.model)
+        finally:
+            await bash.aclose()
+
+    # --- state ---
+    def _initial_state(self, job: BatchJob) -> ConversationState:
+        key = (job.run_id, job.batch_id, job.attempt)
+        saved = job.resume_state or self._recent.get(key)
+        if saved is not None:
+            try:
+                state = ConversationState.decode(saved)
+            except Exception as exc:  # noqa: BLE001 - a bad checkpoint costs a fresh start
+                _log.warning("checkpoint unreadable; starting the batch afresh",
+                             batch=job.batch_id, error=str(exc))
+            else:
+                if job.fix_round > state.fix_round and job.fix_report is not None:
+                    state.fix_round = job.fix_round
+                    state.done = False
+                    append_user(state.messages, [{"type": "text",
+                                                  "text": format_fix_report(job.fix_report)}])
+                if job.escalation:
+                    state.model = self._model_for(job)
+                return state
+        messages: list[dict[str, Any]] = [{"role": "user", "content": job.prompt.user}]
+        if job.fix_report is not None:
+            append_user(messages, [{"type": "text", "text": format_fix_report(job.fix_report)}])
+        return ConversationState(model=self._model_for(job), messages=messages,
+                                 fix_round=job.fix_round)
+
+    def _model_for(self, job: BatchJob) -> str:
+        return pick_model(self.config.models, [t.complexity for t in job.tasks], job.escalation)
+
+    async def _checkpoint(self, job: BatchJob, ctx: ExecutionContext,
+                          state: ConversationState) -> None:
+        data = state.encode()
+        key = (job.run_id, job.batch_id, job.attempt)
+        self._recent[key] = data
+        self._recent.move_to_end(key)
+        while len(self._recent) > 256:
+            self._recent.popitem(last=False)
+        # Shielded: a cancelled batch still leaves its last finished turn on disk.
+        with anyio.CancelScope(shield=True):
+            await ctx.checkpoint(data)
+
+    # --- the loop ---
+    async def _loop(self, job: BatchJob, ctx: ExecutionContext, state: ConversationState,
+                    editor: TextEditor, bash: BashSession) -> ExecutionOutcome:
+        agent = self.config.agent
+        while True:
+            if state.pending_tools:
+                results = await self._run_tools(ctx, state.messages[-1]["content"], editor, bash)
+                if state.continue_after_tools:
+                    results.append({"type": "text", "text": _CONTINUE})
+                append_user(state.messages, results)
+                state.pending_tools = state.continue_after_tools = False
+                await self._checkpoint(job, ctx, state)
+            if state.done:
+                return ExecutionOutcome("completed", model=state.model, summary=state.summary)
+            if state.turns >= agent.max_turns:
+                return self._failed(state, f"turn limit reached ({agent.max_turns} turns, "
+                                    "agent.max_turns) before the model finished")
+            if agent.max_batch_tokens and state.tokens >= agent.max_batch_tokens:
+                return self._failed(state, f"token limit reached ({state.tokens} tokens, "
+                                    "agent.max_batch_tokens) before the model finished")
+            params = self._params(job, state)
+            await self._check_budget(ctx, state, params)
+            turn = await call_with_retries(
+                self.client, params, settings=self._settings, limiter=self.limiter,
+                emit=ctx.emit, on_text=lambda s: self._emit_text(ctx, s))
+            state.model = params["model"]  # the fallback may have replaced it
+            await self._record(ctx, turn)
+            state.turns += 1
+            state.tokens += sum(turn.usage.get(k, 0) for k in (
+                "input_tokens", "output_tokens", "cache_creation_input_tokens",
+                "cache_read_input_tokens"))
+            outcome = self._apply(state, turn)
+            await ctx.emit("agent.turn", {"turn": state.turns, "model": turn.model,
+                                          "stop_reason": turn.stop_reason})
+            await self._checkpoint(job, ctx, state)
+            if outcome is not None:
+                return outcome
+
+    def _apply(self, state: ConversationState, turn: Turn) -> ExecutionOutcome | None:
+        """Add the model's answer to the history and decide what comes next."""
+        content = turn.content
+        truncated = bool(content) and content[-1].pop("_truncated", False)
+        if truncated:
+            content = content[:-1]  # a half-written tool call cannot be run or sent back
+        if content:
+            state.messages.append({"role": "assistant", "content": content})
+        text = last_text(content)
+        if text:
+            state.summary = text[:4000]
+        has_tools = any(b.get("type") == "tool_use" for b in content)
+        stop = turn.stop_reason
+        if stop == "tool_use":
+            state.pending_tools = has_tools
+            if not has_tools:
+                append_user(state.messages, [{"type": "text", "text": _CONTINUE}])
+        elif stop in ("end_turn", "stop_sequence"):
+            state.done = True
+        elif stop == "max_tokens":
+            if has_tools:
+                state.pending_tools = state.continue_after_tools = True
+            else:
+                append_user(state.messages, [{"type": "text", "text": _CONTINUE}])
+        elif stop == "pause_turn":
+            pass  # a paused server-side turn: send the history back as is to let it go on
+        elif stop == "refusal":
+            return self._failed(state, f"the model ({turn.model}) refused the task "
+                                "(stop_reason refusal); rephrase the task in the spec and "
+                                "retry it")
+        elif stop == "model_context_window_exceeded":
+            return self._failed(state, f"the conversation outgrew {turn.model}'s context "
+                                "window (stop_reason model_context_window_exceeded); split "
+                                "the batch's tasks or trim the spec's context and retry")
+        else:
+            return self._failed(state, f"unexpected stop_reason {stop!r} from {turn.model}")
+        return None
+
+    def _failed(self, state: ConversationState, reason: str) -> ExecutionOutcome:
+        return ExecutionOutcome("failed", reason=reason, model=state.model, summary=state.summary)
+
+    def _params(self, job: BatchJob, state: ConversationState) -> dict[str, Any]:
+        tools = [editor_tool_param(self.config.agent.tool_output_max_chars), bash_tool_param()]
+        # Breakpoints (the API allows four): the tools, the run's stable system prompt, and
+        # the end of the conversation. The per-batch note sits after the cached system part.
+        tools[-1]["cache_control"] = dict(_EPHEMERAL)
+        system: list[dict[str, Any]] = []
+        if job.prompt.system:
+            system.append({"type": "text", "text": job.prompt.system,
+                           "cache_control": dict(_EPHEMERAL)})
+        system.append({"type": "text", "text": _WORKTREE_NOTE.format(wt=job.worktree)})
+        return {"model": state.model, "max_tokens": self.config.models.max_tokens,
+                "system": system, "tools": tools,
+                "messages": with_cache_breakpoint(state.messages)}
+
+    async def _check_budget(self, ctx: ExecutionContext, state: ConversationState,
+                            params: dict[str, Any]) -> None:
+        tokens = await anyio.to_thread.run_sync(count_request_tokens, self._counter, params)
+        cached = min(state.last_request_tokens, tokens)
+        estimate = self.costs.estimate_usd(params["model"], cached_tokens=cached,
+                                           new_tokens=tokens - cached)
+        state.last_request_tokens = tokens
+        await ctx.check_budget(estimate)
+
+    async def _record(self, ctx: ExecutionContext, turn: Turn) -> None:
+        u = turn.usage
+        await ctx.record_api_call(ApiCall(
+            model=turn.model, input_tokens=u.get("input_tokens", 0),
+            output_tokens=u.get("output_tokens", 0),
+            cache_creation_input_tokens=u.get("cache_creation_input_tokens", 0),
+            cache_read_input_tokens=u.get("cache_read_input_tokens", 0),
+            cost_usd=self.costs.cost_usd(turn.model, u), latency_ms=turn.latency_ms,
+            request_id=turn.request_id, stop_reason=turn.stop_reason, purpose="batch"))
+
+    async def _emit_text(self, ctx: ExecutionContext, text: str) -> None:
+        if text.strip():
+            await ctx.emit("agent.text", {"text": text[:_TEXT_EVENT_CHARS],
+                                          "chars": len(text)})
+
+    async def _run_tools(self, ctx: ExecutionContext, content: list[dict[str, Any]],
+                         editor: TextEditor, bash: BashSession) -> list[dict[str, Any]]:
+        """Run every tool call of an assistant message; one ``tool_result`` each, in order."""
+        results: list[dict[str, Any]] = []
+        for block in content:
+            if block.get("type") != "tool_use":
+                continue
+            name = block.get("name")
+            params = block.get("input") or {}
+            await ctx.emit("tool.call", _call_summary(name, params))
+            try:
+                if name == EDITOR_TOOL_NAME:
+                    output = await anyio.to_thread.run_sync(editor.run, params)
+                elif name == BASH_TOOL_NAME:
+                    output = await bash.run(params)
+                else:
+                    raise ToolError(f"Unknown tool {name!r}; the tools are "
+                                    f"{EDITOR_TOOL_NAME} and {BASH_TOOL_NAME}.")
+                is_error = False
+            except ToolError as exc:
+                output, is_error = str(exc), True
+            except OSError as exc:
+                output, is_error = f"The tool failed: {exc}", True
+            await ctx.emit("tool.result", {"tool": name, "is_error": is_error,
+                                           "output": output[:_RESULT_EVENT_CHARS]})
+            result: dict[str, Any] = {"type": "tool_result", "tool_use_id": block["id"],
+                                      "content": output or "(no output)"}
+            if is_error:
+                result["is_error"] = True
+            results.append(result)
+        return results
+
+
+def _call_summary(name: Any, params: dict[str, Any]) -> dict[str, Any]:
+    summary: dict[str, Any] = {"tool": name}
+    for key in ("command", "path", "restart"):
+        if key in params:
+            value = params[key]
+            summary[key] = value[:300] if isinstance(value, str) else value
+    return summary

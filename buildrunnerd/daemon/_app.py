@@ -1,0 +1,299 @@
+"""The daemon process: one anyio root task group that owns everything it runs.
+
+``run_daemon(options)`` resolves paths and configuration, refuses to start next to a live
+daemon, opens the store, recovers unfinished runs, then runs the RPC server, the scheduler (and
+the batches it dispatches), the signal watcher and the retention pass in one task group until
+SIGTERM/SIGINT or ``daemon.shutdown``:
+
+1. stop dispatching and refuse new runs;
+2. give in-flight batches ``daemon.grace_period_s`` to finish, then cancel them (their
+   attempts are marked interrupted; the next start re-queues their batches);
+3. stop the server (the socket file is removed), close the store, exit 0.
+
+SIGHUP reloads the configuration (keys that size start-up structures need a restart; the log
+says which).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+import signal
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import IO, Any
+
+import anyio
+import msgspec
+import structlog
+
+from buildrunnerd import __version__, paths
+from buildrunnerd.config import Config
+from buildrunnerd.errors import BuildRunnerError, ConfigError
+from buildrunnerd.executor import Executor, SimulatedExecutor
+
+__all__ = ["DaemonOptions", "run_daemon", "DB_FILENAME"]
+
+_log = structlog.get_logger("buildrunnerd")
+
+DB_FILENAME = "buildrunner.db"
+_LOCK_FILENAME = "buildrunnerd.lock"
+_PROBE_TIMEOUT_S = 2.0
+_RETENTION_FIRST_DELAY_S = 60.0
+
+
+@dataclass(frozen=True, slots=True)
+class DaemonOptions:
+    """The command line of ``buildrunnerd`` (None: use the environment / config / default)."""
+
+    socket_path: Path | None = None
+    home: Path | None = None
+    config_file: Path | None = None
+    backend: str | None = None
+    workers: int | None = None
+    log_format: str | None = None
+    check_config: bool = False
+
+
+def run_daemon(options: DaemonOptions) -> int:
+    """Run the daemon in the foreground; return the process exit code (0 after a clean stop)."""
+    if options.check_config:
+        from buildrunnerd.config._load import check_config_main
+
+        return check_config_main(options.config_file)
+    try:
+        return anyio.run(_Daemon(options).main)
+    except KeyboardInterrupt:  # SIGINT before the signal watcher was installed
+        return 0
+
+
+async def probe_daemon(socket: Path, timeout_s: float = _PROBE_TIMEOUT_S) -> int | None:
+    """The pid of a daemon answering ``daemon.ping`` on ``socket``, else None."""
+    with anyio.move_on_after(timeout_s):
+        try:
+            stream = await anyio.connect_unix(socket)
+        except OSError:
+            return None
+        async with stream:
+            await stream.send(b'{"jsonrpc":"2.0","id":1,"method":"daemon.ping"}\n')
+            buffer = b""
+            while not buffer.endswith(b"\n"):
+                try:
+                    buffer += await stream.receive()
+                except (anyio.EndOfStream, anyio.BrokenResourceError, OSError):
+                    break
+        try:
+            reply = msgspec.json.decode(buffer.strip() or b"{}")
+            return int(reply["result"]["pid"])
+        except (msgspec.DecodeError, KeyError, TypeError, ValueError):
+            return -1  # something answers, but not a daemon we understand
+    return -1  # connected but silent: a live listener with a full backlog
+
+
+@contextlib.contextmanager
+def _home_lock(home: Path) -> Iterator[IO[str] | None]:
+    """An exclusive lock on the state dir: one daemon per database, whatever the socket."""
+    handle = open(home / _LOCK_FILENAME, "a+", encoding="utf-8")  # noqa: SIM115
+    try:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            yield None
+            return
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"{os.getpid()}\n")
+        handle.flush()
+        yield handle
+    finally:
+        handle.close()
+
+
+def _choose_backend(options: DaemonOptions, config: Config, env: dict[str, str]) -> str:
+    choice = options.backend or config.daemon.backend
+    if choice == "auto":
+        return "anthropic" if env.get("ANTHROPIC_API_KEY") else "simulated"
+    return choice
+
+
+def _make_executor(backend: str, config: Config) -> Executor:
+    if backend == "simulated":
+        return SimulatedExecutor.from_env()
+    from buildrunnerd.agent import AnthropicExecutor
+
+    executor: Executor = AnthropicExecutor(config)
+    return executor
+
+
+def _err(message: str) -> None:
+    print(f"buildrunnerd: {message}", file=sys.stderr, flush=True)
+
+
+class _Daemon:
+    def __init__(self, options: DaemonOptions) -> None:
+        self.options = options
+        self.env = dict(os.environ)
+        if options.home is not None:
+            # --home also moves the default socket (contract: $BUILDRUNNER_HOME/...sock).
+            self.env["BUILDRUNNER_HOME"] = str(options.home)
+        self.home = paths.state_home(self.env).resolve()
+        self.socket = (options.socket_path or paths.socket_path(self.env)).absolute()
+        self.config_file = options.config_file or paths.config_path(self.env)
+        self.stop = anyio.Event()
+        self.started = time.monotonic()
+        self.config: Config = Config()
+
+    def request_stop(self) -> None:
+        self.stop.set()
+
+    async def main(self) -> int:
+        from buildrunnerd.config import load_config
+        from buildrunnerd.logging import configure_logging
+
+        try:
+            self.config = load_config(self.config_file, self.env)
+        except ConfigError as exc:
+            _err(f"invalid configuration: {exc}")
+            return 1
+        configure_logging(self.options.log_format or self.config.daemon.log_format,
+                          self.config.daemon.log_level)
+        pid = await probe_daemon(self.socket)
+        if pid is not None:
+            who = f"pid {pid}" if pid > 0 else "something else answers there"
+            _err(f"already running ({who}) on {self.socket}; stop it first (brctl shutdown) "
+                 "or use another --socket")
+            return 1
+        await anyio.Path(self.home).mkdir(parents=True, exist_ok=True, mode=0o700)
+        with _home_lock(self.home) as lock:
+            if lock is None:
+                owner = (self.home / _LOCK_FILENAME).read_text(encoding="utf-8").strip() or "?"
+                _err(f"already running (pid {owner}) with state dir {self.home}; stop it first "
+                     "(brctl shutdown) or use another --home")
+                return 1
+            try:
+                return await self._serve()
+            except BuildRunnerError as exc:
+                _err(str(exc))
+                return 1
+
+    async def _serve(self) -> int:
+        from buildrunnerd.daemon import _notify
+        from buildrunnerd.daemon._events import EventBus
+        from buildrunnerd.daemon._methods import DaemonMethods
+        from buildrunnerd.daemon._runs import RunManager
+        from buildrunnerd.rpc import Dispatcher, RpcServer, SocketInUseError
+        from buildrunnerd.store import Store
+
+        config = self.config
+        backend = _choose_backend(self.options, config, self.env)
+        workers = self.options.workers or config.daemon.workers
+        executor = _make_executor(backend, config)
+        if backend == "simulated":
+            _log.warning("backend.simulated",
+                         message="SIMULATED backend: no model is called; batches write "
+                                 "placeholder files (set ANTHROPIC_API_KEY for Claude)",
+                         ms_per_minute=getattr(executor, "ms_per_minute", 0))
+        bus = EventBus(buffer_limit=config.daemon.subscriber_queue_size)
+        store = await Store.open(self.home / DB_FILENAME, on_event=bus.publish)
+        try:
+            runs = RunManager(store=store, executor=executor, config=config, home=self.home,
+                              workers=workers)
+            methods = DaemonMethods(
+                runs=runs, store=store, bus=bus, backend=backend, socket=self.socket,
+                home=self.home, request_shutdown=self.request_stop,
+                started_monotonic=self.started,
+            )
+            dispatcher = Dispatcher()
+            methods.register(dispatcher)
+            server = RpcServer(
+                self.socket, dispatcher, max_frame_bytes=config.daemon.max_frame_bytes,
+                idle_timeout_s=config.daemon.client_idle_timeout_s,
+                write_timeout_s=config.daemon.write_timeout_s,
+                queue_size=config.daemon.subscriber_queue_size,
+            )
+            exit_code = 0
+            try:
+                async with anyio.create_task_group() as tg:
+                    tg.start_soon(self._watch_signals, runs)
+                    await tg.start(runs.scheduler.run)
+                    recovered = await runs.recover()
+                    await tg.start(server.serve)
+                    tg.start_soon(self._retention, store)
+                    _log.info("daemon.ready", version=__version__, pid=os.getpid(),
+                              socket=str(self.socket), home=str(self.home), backend=backend,
+                              simulated=backend == "simulated", workers=workers,
+                              recovered_runs=recovered)
+                    _notify.ready(f"serving on {self.socket}; backend {backend}; "
+                                  f"{recovered} run(s) resumed")
+                    await self.stop.wait()
+                    methods.stopping = True
+                    _notify.stopping()
+                    _notify.status("stopping: letting in-flight batches finish")
+                    _log.info("daemon.stopping", in_flight=runs.scheduler.in_flight,
+                              grace_period_s=config.daemon.grace_period_s)
+                    await runs.shutdown(config.daemon.grace_period_s)
+                    tg.cancel_scope.cancel()
+            except* SocketInUseError as group:
+                _err(str(group.exceptions[0]))
+                exit_code = 1
+        finally:
+            with anyio.CancelScope(shield=True):
+                await store.close()
+                with anyio.move_on_after(10.0):
+                    await executor.aclose()
+        _log.info("daemon.stopped", exit_code=exit_code)
+        return exit_code
+
+    async def _watch_signals(self, runs: Any) -> None:
+        with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as sigs:
+            async for signum in sigs:
+                if signum == signal.SIGHUP:
+                    self._reload(runs)
+                elif self.stop.is_set():
+                    # A second SIGTERM/SIGINT: do not wait out the grace period.
+                    _log.info("daemon.stop_now", signal=signal.Signals(signum).name)
+                    runs.scheduler.cancel_in_flight()
+                else:
+                    _log.info("daemon.signal", signal=signal.Signals(signum).name)
+                    self.stop.set()
+
+    def _reload(self, runs: Any) -> None:
+        from buildrunnerd.config import load_config
+        from buildrunnerd.config._load import reloadable_diff
+        from buildrunnerd.logging import configure_logging
+
+        try:
+            new = load_config(self.config_file, self.env)
+        except ConfigError as exc:
+            _log.error("config.reload_failed", error=str(exc), hint="the old configuration stays")
+            return
+        applied, needs_restart = reloadable_diff(self.config, new)
+        self.config = new
+        runs.config = new
+        if self.options.workers is None and new.daemon.workers != runs.scheduler.workers:
+            runs.scheduler.workers = new.daemon.workers
+            runs.scheduler.wake()
+        configure_logging(self.options.log_format or new.daemon.log_format, new.daemon.log_level)
+        _log.info("config.reloaded", applied=applied, needs_restart=needs_restart)
+
+    async def _retention(self, store: Any) -> None:
+        await anyio.sleep(_RETENTION_FIRST_DELAY_S)
+        while True:
+            retention = self.config.retention
+            now = datetime.now(UTC)
+            try:
+                removed = await store.prune(
+                    older_than=now - timedelta(days=retention.events_days),
+                    api_calls_older_than=now - timedelta(days=retention.api_calls_days),
+                )
+                await store.vacuum()
+                _log.info("retention.done", **removed)
+            except BuildRunnerError as exc:
+                _log.error("retention.failed", error=str(exc))
+            await anyio.sleep(max(60.0, retention.vacuum_interval_hours * 3600.0))

@@ -1,0 +1,462 @@
+"""The lifecycle of one dispatched batch, from worktree to merge.
+
+prepare worktree -> start attempt -> watch files -> prompt -> ``executor.run_batch`` -> verify
+-> fix-up rounds (up to ``verify.max_fix_attempts``, each one step up the model ladder) ->
+commit and merge (a conflict re-runs the batch on the new head, as a new attempt, up to
+``verify.max_merge_reruns``) -> remove worktree.
+
+:func:`run_batch_lifecycle` records the batch's progress (``batch.dispatched``, tasks running ->
+verifying, ``verify.passed``/``verify.failed``, attempts) and returns a :class:`BatchResult`;
+the run manager (:mod:`._runs`) writes the final state (succeeded/failed + dependents ready) in
+one transaction, because only it knows the run's graph.
+
+The workspace calls sit behind the small ``_ws_*`` functions below. A run without a git
+repository (``spec_text`` submitted with no ``repo``) works in a plain scratch directory:
+no worktree, no merge, and verification is reduced to "every named file exists and is
+non-empty" (see docs/architecture.md). The benchmarks use that mode to measure the daemon
+alone.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+
+import anyio
+import structlog
+
+from buildrunnerd.errors import BudgetExceededError
+from buildrunnerd.executor import ApiCall, BatchJob, ExecutionOutcome, Executor
+from buildrunnerd.plan._model import Batch, BatchPrompt, Plan, Task
+from buildrunnerd.store._records import TaskChange
+
+if TYPE_CHECKING:
+    from buildrunnerd.config import Config
+    from buildrunnerd.store import Store
+
+__all__ = ["ActiveRun", "BatchContext", "BatchResult", "run_batch_lifecycle"]
+
+_log = structlog.get_logger("buildrunnerd.batch")
+
+_VERIFY_TAIL_CHARS = 4000
+
+
+@dataclass(slots=True)
+class ActiveRun:
+    """What the daemon keeps in memory about a run it is executing."""
+
+    id: str
+    plan: Plan
+    overview: str
+    home: Path
+    repo: Path | None  # None: a scratch run (no git)
+    branch: str | None
+    base_commit: str | None
+    test_cmd: str | None
+    budget_usd: float | None
+    run_repo: Any = None  # workspace.RunRepo once opened
+    summaries: list[str] = field(default_factory=list)  # "already built", for later prompts
+    resume_attempts: dict[str, int] = field(default_factory=dict)  # batch id -> attempt id
+    cancelling: bool = False
+    tasks_by_plan_id: dict[str, Task] = field(default_factory=dict)
+    batches_by_plan_id: dict[str, Batch] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.tasks_by_plan_id = {t.id: t for t in self.plan.tasks}
+        self.batches_by_plan_id = {b.id: b for b in self.plan.batches}
+
+    def gid(self, plan_id: str) -> str:
+        """The global (store) id of a task or batch of this run."""
+        return f"{self.id}:{plan_id}"
+
+    @staticmethod
+    def plan_id(global_id: str) -> str:
+        return global_id.split(":", 1)[1]
+
+    @property
+    def scratch_dir(self) -> Path:
+        return self.home / "runs" / self.id / "scratch"
+
+    @property
+    def worktree_root(self) -> Path:
+        return self.home / "worktrees" / self.id
+
+
+@dataclass(slots=True)
+class BatchResult:
+    """How a batch's lifecycle ended. ``interrupted``: back to the queue (shutdown, budget)."""
+
+    status: Literal["succeeded", "failed", "interrupted", "cancelled"]
+    reason: str | None = None
+    model: str | None = None
+    summary: str = ""
+    commit: str | None = None
+
+
+class BatchContext:
+    """The daemon's :class:`~buildrunnerd.executor.ExecutionContext` for one attempt."""
+
+    def __init__(
+        self,
+        store: Store,
+        run: ActiveRun,
+        batch_id: str,
+        attempt_id: int,
+        on_budget_exceeded: Any,
+    ) -> None:
+        self._store = store
+        self.run = run
+        self._run = run
+        self._batch_id = batch_id
+        self.attempt_id = attempt_id
+        self._on_budget_exceeded = on_budget_exceeded
+        self.model: str | None = None  # the model that did the work (last outcome's)
+        self.summary = ""  # what was built, for later batches' prompts
+
+    async def emit(
+        self, type: str, data: dict[str, Any], *, task_id: str | None = None
+    ) -> None:
+        """Store and publish an event of this batch."""
+        if task_id is not None and ":" not in task_id:
+            task_id = self._run.gid(task_id)
+        await self._store.append_event(
+            self._run.id, type, data, batch_id=self._batch_id, task_id=task_id
+        )
+
+    async def record_api_call(self, call: ApiCall) -> None:
+        """Store a billed call (row + ``api.call`` event) in one transaction."""
+        await self._store.record_api_call(self._run.id, self._batch_id, call)
+
+    async def checkpoint(self, state: bytes) -> None:
+        """Persist the conversation so a restart resumes it."""
+        await self._store.save_checkpoint(self.attempt_id, state)
+
+    async def check_budget(self, estimate_usd: float) -> None:
+        """Raise BudgetExceededError (after a ``budget.exceeded`` event and pausing the run)."""
+        budget = self._run.budget_usd
+        if budget is None:
+            return
+        spent = await self._store.run_cost_usd(self._run.id)
+        if spent + estimate_usd <= budget:
+            return
+        data = {"budget_usd": budget, "spent_usd": spent, "estimate_usd": estimate_usd}
+        await self._store.append_event(
+            self._run.id, "budget.exceeded", data, batch_id=self._batch_id
+        )
+        await self._on_budget_exceeded(self._run.id, spent, budget)
+        raise BudgetExceededError(
+            f"run {self._run.id}: the next call (~${estimate_usd:.4f}) would take spend "
+            f"${spent:.4f} over the budget ${budget:.2f}; the run is paused — raise the budget "
+            "or resume to continue",
+            data=data,
+        )
+
+
+# --- workspace glue: the only calls into buildrunnerd.workspace ----------------------------
+async def _ws_prepare(run: ActiveRun, name: str) -> tuple[Path, str | None]:
+    """A fresh worktree of the run branch's head (its path and head commit)."""
+    if run.run_repo is None:
+        await anyio.Path(run.scratch_dir).mkdir(parents=True, exist_ok=True)
+        return run.scratch_dir, None
+    path: Path = await run.run_repo.add_worktree(run.worktree_root, name)
+    head = await _head_commit(path)
+    return path, head
+
+
+async def _head_commit(path: Path) -> str | None:
+    from buildrunnerd.workspace._git import git
+
+    result = await git(["rev-parse", "HEAD"], cwd=path, timeout_s=30.0, check=False)
+    return result.stdout.strip() or None if result.ok else None
+
+
+async def _ws_remove(run: ActiveRun, path: Path, *, keep: bool = False) -> None:
+    if run.run_repo is None or keep:
+        return
+    with anyio.move_on_after(60.0, shield=True):
+        try:
+            await run.run_repo.remove_worktree(path)
+        except Exception as exc:  # a leftover is cleaned at the next start; never fail on it
+            _log.warning("worktree.remove_failed", path=str(path), error=str(exc))
+
+
+async def _ws_verify(
+    run: ActiveRun, path: Path, tasks: list[Task], base: str | None, config: Config
+) -> dict[str, Any]:
+    """The verification report as a dict (``passed``, ``checks``)."""
+    if run.run_repo is None:
+        return await _scratch_verify(path, tasks)
+    from buildrunnerd.workspace import verify
+
+    report = await verify(
+        path, tasks, base_commit=base or run.base_commit, test_cmd=run.test_cmd,
+        config=config.verify,
+    )
+    result: dict[str, Any] = report.to_dict()
+    return result
+
+
+async def _scratch_verify(path: Path, tasks: list[Task]) -> dict[str, Any]:
+    checks: list[dict[str, Any]] = []
+    for task in tasks:
+        for rel in task.files:
+            target = anyio.Path(path) / rel
+            ok = await target.is_file() and (await target.stat()).st_size > 0
+            if not ok:
+                checks.append({
+                    "name": "files", "passed": False, "file": rel, "line": None,
+                    "message": f"{rel} (task {task.id}) is missing or empty",
+                    "output_tail": "",
+                })
+    if not checks:
+        checks.append({"name": "files", "passed": True, "message": "every named file exists",
+                       "file": None, "line": None, "output_tail": ""})
+    return {"passed": all(c["passed"] for c in checks), "checks": checks}
+
+
+async def _ws_merge(
+    run: ActiveRun, path: Path, message: str
+) -> tuple[bool, str | None, list[str]]:
+    """Commit the worktree and merge it into the run branch: (merged, commit, conflict files)."""
+    if run.run_repo is None:
+        return True, None, []
+    result = await run.run_repo.commit_and_merge(path, message)
+    return bool(result.merged), result.commit, list(result.conflict_files or [])
+
+
+class _FileEvents:
+    """Turns the file monitor's callbacks into ``file.created``/``file.modified`` events."""
+
+    def __init__(self, ctx: BatchContext) -> None:
+        self._ctx = ctx
+
+    async def __call__(self, kind: str, relpath: str) -> None:
+        await self._ctx.emit(f"file.{kind}", {"path": relpath})
+
+
+async def _scratch_file_events(ctx: BatchContext, path: Path, tasks: list[Task],
+                               before: dict[str, float]) -> None:
+    # No watcher in scratch mode (a shared directory, and the benchmark path): compare the
+    # named files' mtimes instead, which is exact for what a backend is asked to write.
+    for rel, mtime in (await _snapshot(path, tasks)).items():
+        if rel not in before:
+            await ctx.emit("file.created", {"path": rel})
+        elif mtime != before[rel]:
+            await ctx.emit("file.modified", {"path": rel})
+
+
+async def _snapshot(path: Path, tasks: list[Task]) -> dict[str, float]:
+    found: dict[str, float] = {}
+    for task in tasks:
+        for rel in task.files:
+            target = anyio.Path(path) / rel
+            try:
+                found[rel] = (await target.stat()).st_mtime
+            except FileNotFoundError:
+                continue
+    return found
+
+
+# --- prompts ----------------------------------------------------------------------------
+def _build_prompt(run: ActiveRun, batch: Batch, config: Config) -> BatchPrompt:
+    from buildrunnerd.prompt import build_batch_prompt
+
+    prompt: BatchPrompt = build_batch_prompt(
+        run.plan, batch, overview=run.overview, built=list(run.summaries[-50:]), files={},
+        test_command=run.test_cmd, budget_tokens=config.planner.context_budget_tokens,
+    )
+    return prompt
+
+
+def _first_failure(report: dict[str, Any]) -> str:
+    for check in report.get("checks", []):
+        if not check.get("passed", True):
+            where = check.get("file") or ""
+            if where and check.get("line"):
+                where = f"{where}:{check['line']}"
+            message = check.get("message") or "failed"
+            at = f" at {where}" if where else ""
+            return f"{check.get('name', 'check')} failed{at}: {message}"
+    return "verification failed"
+
+
+def _fix_report(report: dict[str, Any]) -> dict[str, Any]:
+    checks = []
+    for check in report.get("checks", []):
+        tail = check.get("output_tail") or ""
+        checks.append({**check, "output_tail": tail[-_VERIFY_TAIL_CHARS:]})
+    return {**report, "checks": checks}
+
+
+# --- the lifecycle ----------------------------------------------------------------------
+async def run_batch_lifecycle(
+    *,
+    store: Store,
+    executor: Executor,
+    config: Config,
+    run: ActiveRun,
+    batch_id: str,
+    on_budget_exceeded: Any,
+) -> BatchResult:
+    """Run one dispatched batch to a result. Cancellation (run cancel, shutdown) records the
+    attempt as cancelled/interrupted, removes the worktree, and re-raises."""
+    plan_batch = run.batches_by_plan_id[run.plan_id(batch_id)]
+    tasks = [run.tasks_by_plan_id[t] for t in plan_batch.task_ids]
+    task_gids = [run.gid(t.id) for t in tasks]
+    prompt = _build_prompt(run, plan_batch, config)
+    prompt_text = f"{prompt.system}\n\n{prompt.user}"
+    for gid in task_gids:
+        await store.set_task_prompt(gid, prompt_text)
+
+    max_merge_reruns = config.verify.max_merge_reruns
+    resume_attempt = run.resume_attempts.pop(batch_id, None)
+    merge_round = 0
+    while True:
+        batch_record = await store.get_batch(batch_id)
+        attempt_no = batch_record.attempts + 1
+        await store.transition(
+            run=None,
+            batch=(batch_id, "running", "batch.dispatched",
+                   {"attempt": attempt_no, "task_ids": task_gids}),
+            tasks=[TaskChange(gid, "running", attempts_inc=1) for gid in task_gids],
+            events=[],
+        )
+        path, head = await _ws_prepare(run, f"{plan_batch.id}-a{attempt_no}")
+        attempt = await store.start_attempt(batch_id, worktree=str(path), model=None)
+        ctx = BatchContext(store, run, batch_id, attempt.id, on_budget_exceeded)
+        resume_state = None
+        if resume_attempt is not None:
+            resume_state = await store.load_checkpoint(resume_attempt)
+            resume_attempt = None
+        keep_worktree = False
+        try:
+            result, report = await _execute_and_verify(
+                store=store, executor=executor, config=config, run=run, ctx=ctx,
+                batch_id=batch_id, tasks=tasks, task_gids=task_gids, prompt=prompt,
+                path=path, head=head, attempt_no=attempt_no, resume_state=resume_state,
+            )
+            if result is not None:  # failed / budget: no merge
+                outcome = "failed" if result.status == "failed" else "interrupted"
+                await store.finish_attempt(attempt.id, outcome=outcome, reason=result.reason,
+                                           verification=report)
+                keep_worktree = result.status == "failed" and config.verify.keep_failed_worktrees
+                return result
+            message = (
+                f"buildrunner: run {run.id} batch {plan_batch.id}\n\n"
+                + "\n".join(f"- {t.id}: {t.title}" for t in tasks)
+            )
+            merged, commit, conflicts = await _ws_merge(run, path, message)
+            if merged:
+                await store.finish_attempt(attempt.id, outcome="succeeded",
+                                           verification=report, commit=commit)
+                return BatchResult("succeeded", model=ctx.model, commit=commit,
+                                   summary=ctx.summary)
+            reason = f"merge conflict in {', '.join(conflicts) or 'the run branch'}"
+            await store.finish_attempt(attempt.id, outcome="conflict", reason=reason,
+                                       verification=report)
+            await ctx.emit("batch.conflict", {"files": conflicts, "attempt": attempt_no,
+                                              "rerun": merge_round < max_merge_reruns})
+            if merge_round >= max_merge_reruns:
+                return BatchResult("failed", reason=f"{reason}, after {merge_round} re-runs")
+            merge_round += 1
+        except BaseException as exc:
+            cancelled = isinstance(exc, anyio.get_cancelled_exc_class())
+            outcome = "cancelled" if run.cancelling else "interrupted"
+            reason = ("run cancelled" if run.cancelling
+                      else "daemon stopped" if cancelled else f"{type(exc).__name__}: {exc}")
+            with anyio.move_on_after(10.0, shield=True):
+                await store.finish_attempt(attempt.id, outcome=outcome, reason=reason)
+            raise
+        finally:
+            await _ws_remove(run, path, keep=keep_worktree)
+
+
+async def _execute_and_verify(
+    *,
+    store: Store,
+    executor: Executor,
+    config: Config,
+    run: ActiveRun,
+    ctx: BatchContext,
+    batch_id: str,
+    tasks: list[Task],
+    task_gids: list[str],
+    prompt: BatchPrompt,
+    path: Path,
+    head: str | None,
+    attempt_no: int,
+    resume_state: bytes | None,
+) -> tuple[BatchResult | None, dict[str, Any] | None]:
+    """Executor + verification + fix-up rounds. ``(None, report)`` means verified, go merge."""
+    report: dict[str, Any] | None = None
+    max_fix = max(0, config.verify.max_fix_attempts)
+    for fix_round in range(max_fix + 1):
+        job = BatchJob(
+            run_id=run.id, batch_id=batch_id, attempt=attempt_no, tasks=tasks, prompt=prompt,
+            worktree=str(path), fix_round=fix_round,
+            fix_report=_fix_report(report) if report is not None else None,
+            escalation=fix_round, resume_state=resume_state if fix_round == 0 else None,
+            test_cmd=run.test_cmd,
+        )
+        if fix_round:
+            await store.transition(
+                run=None, batch=(batch_id, "running", None, None),
+                tasks=[TaskChange(gid, "running", reason=f"fix-up round {fix_round}")
+                       for gid in task_gids],
+                events=[],
+            )
+        outcome = await _run_executor(executor, job, ctx, path, tasks)
+        if outcome.model:
+            ctx.model = outcome.model
+        if outcome.status == "budget_exceeded":
+            return BatchResult("interrupted", reason=outcome.reason or "budget exceeded"), report
+        if outcome.status == "cancelled":
+            return BatchResult("interrupted", reason=outcome.reason or "cancelled"), report
+        if outcome.status == "failed":
+            return BatchResult("failed", reason=outcome.reason or "the backend failed",
+                               model=outcome.model), report
+        ctx.summary = outcome.summary
+        await store.transition(
+            run=None, batch=(batch_id, "verifying", None, None, outcome.model),
+            tasks=[TaskChange(gid, "verifying", model=outcome.model) for gid in task_gids],
+            events=[],
+        )
+        report = await _ws_verify(run, path, tasks, head, config)
+        for gid in task_gids:
+            await store.set_task_verification(gid, report)
+        if report.get("passed"):
+            await ctx.emit("verify.passed", {"fix_round": fix_round,
+                                             "checks": [c.get("name") for c in report["checks"]]})
+            return None, report
+        await ctx.emit("verify.failed", {
+            "fix_round": fix_round, "reason": _first_failure(report),
+            "checks": [{k: c.get(k) for k in ("name", "passed", "message", "file", "line")}
+                       for c in report.get("checks", [])],
+        })
+    assert report is not None
+    return BatchResult(
+        "failed", reason=f"{_first_failure(report)} (after {max_fix} fix-up rounds)"
+    ), report
+
+
+async def _run_executor(
+    executor: Executor, job: BatchJob, ctx: BatchContext, path: Path, tasks: list[Task]
+) -> ExecutionOutcome:
+    try:
+        if ctx.run.run_repo is None:
+            before = await _snapshot(path, tasks)
+            outcome = await executor.run_batch(job, ctx)
+            await _scratch_file_events(ctx, path, tasks, before)
+            return outcome
+        from buildrunnerd.workspace import FileMonitor
+
+        async with FileMonitor(path, _FileEvents(ctx)):
+            return await executor.run_batch(job, ctx)
+    except BudgetExceededError as exc:
+        return ExecutionOutcome(status="budget_exceeded", reason=str(exc))
+    except anyio.get_cancelled_exc_class():
+        raise
+    except Exception as exc:
+        _log.warning("executor.failed", batch=job.batch_id, error=repr(exc))
+        return ExecutionOutcome(status="failed", reason=f"{type(exc).__name__}: {exc}")

@@ -1,0 +1,544 @@
+"""The run manager: submit, start, recover, pause, resume, cancel, retry, finish.
+
+It owns the in-memory view of every active run (:class:`~._batch.ActiveRun` + the scheduler's
+:class:`~._scheduler.RunSlot`) and keeps it in step with the store: every decision is written
+(state + event, one transaction) before the scheduler acts on it, so a crash at any point
+leaves a state that recovery can continue from.
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections import Counter
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import anyio
+import msgspec
+import structlog
+
+from buildrunnerd import protocol
+from buildrunnerd.daemon._batch import ActiveRun, BatchResult, run_batch_lifecycle
+from buildrunnerd.daemon._scheduler import BatchSpec, RunGraph, RunSlot, Scheduler
+from buildrunnerd.errors import (
+    BuildRunnerError,
+    InvalidStateError,
+    Problem,
+    RepoError,
+    SpecError,
+    StoreError,
+)
+from buildrunnerd.executor import Executor
+from buildrunnerd.plan._model import Plan
+from buildrunnerd.store._records import (
+    BatchRecord,
+    NewRun,
+    RunChange,
+    RunOptions,
+    RunRecord,
+    TaskChange,
+)
+
+if TYPE_CHECKING:
+    from buildrunnerd.config import Config
+    from buildrunnerd.store import Store
+
+__all__ = ["RunManager", "SubmitRequest", "plan_spec"]
+
+_log = structlog.get_logger("buildrunnerd.runs")
+
+_ACTIVE_STATES = ("queued", "running", "paused")
+
+
+class SubmitRequest(msgspec.Struct, kw_only=True):
+    """``run.submit`` params (validated by the RPC method)."""
+
+    spec_path: str | None = None
+    spec_text: str | None = None
+    repo: str | None = None
+    workers: int | None = None
+    budget_usd: float | None = None
+    test_cmd: str | None = None
+    allow_dirty: bool = False
+
+
+async def read_spec(spec_path: str | None, spec_text: str | None) -> tuple[str, str | None]:
+    """The spec's text and absolute path (None for inline text)."""
+    if spec_text is not None:
+        return spec_text, spec_path
+    assert spec_path is not None
+    path = Path(spec_path)
+    if not path.is_absolute():
+        raise SpecError(
+            [Problem(None, f"spec_path must be absolute (the daemon does not share your "
+                           f"working directory): {spec_path}")],
+            path=spec_path,
+        )
+    try:
+        text = await anyio.Path(path).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        why = exc.strerror if isinstance(exc, OSError) else str(exc)
+        raise SpecError(
+            [Problem(None, f"cannot read the spec: {why}; check the path and its permissions")],
+            path=str(path),
+        ) from exc
+    return text, str(path)
+
+
+async def plan_spec(text: str, path: str | None, config: Config) -> tuple[Any, Plan]:
+    """Parse and plan a spec exactly as ``buildrunnerd plan`` does (in a worker thread: a big
+    spec takes a while and the loop must keep serving)."""
+    from buildrunnerd.plan import build_plan
+    from buildrunnerd.spec import parse_spec
+
+    def work() -> tuple[Any, Plan]:
+        spec = parse_spec(text, path)
+        return spec, build_plan(spec, config=config.planner)
+
+    return await anyio.to_thread.run_sync(work)
+
+
+def _git_root(start: Path) -> Path | None:
+    for folder in (start, *start.parents):
+        if (folder / ".git").exists():
+            return folder
+    return None
+
+
+class RunManager:
+    """Every run the daemon executes. Methods raise :mod:`buildrunnerd.errors` on bad input."""
+
+    def __init__(
+        self,
+        *,
+        store: Store,
+        executor: Executor,
+        config: Config,
+        home: Path,
+        workers: int,
+    ) -> None:
+        self.store = store
+        self.executor = executor
+        self.config = config
+        self.home = home
+        self.scheduler = Scheduler(workers, self._execute)
+        self._active: dict[str, ActiveRun] = {}
+        self._lock = anyio.Lock()  # run-level state changes, one at a time
+
+    @property
+    def active_runs(self) -> int:
+        return len(self._active)
+
+    # --- start-up -------------------------------------------------------------------------
+    async def recover(self) -> int:
+        """Continue every run that was queued, running or paused when the daemon stopped.
+
+        In-flight attempts are marked interrupted (their checkpoint is kept for the retry) and
+        their batches go back to the queue; succeeded batches are never run again. Returns the
+        number of runs resumed.
+        """
+        resume: dict[str, int] = {}
+        for attempt in await self.store.unfinished_attempts():
+            await self.store.finish_attempt(
+                attempt.id, outcome="interrupted", reason="the daemon stopped during the attempt"
+            )
+            if attempt.has_checkpoint:
+                resume[attempt.batch_id] = attempt.id
+        runs = await self.store.list_runs(states=_ACTIVE_STATES)
+        for record in runs:
+            try:
+                await self._activate(record, resume=resume)
+            except BuildRunnerError as exc:
+                _log.error("recover.failed", run_id=record.id, error=str(exc))
+                await self.store.set_run_state(
+                    record.id, "failed", event_type="run.failed",
+                    reason=f"could not resume after a restart: {exc}",
+                )
+        if runs:
+            _log.info("recover.done", runs=len(runs), interrupted_attempts=len(resume))
+        return len(runs)
+
+    async def _open_repo(self, record: RunRecord, active: ActiveRun) -> None:
+        if record.repo is None or record.branch is None:
+            return
+        from buildrunnerd.workspace import RunRepo, cleanup_orphan_worktrees
+
+        active.run_repo = await RunRepo.open(
+            Path(record.repo), record.branch, base_commit=record.base_commit,
+            timeout_s=self.config.verify.git_timeout_s,
+        )
+        # Nothing of this run is in flight yet: any worktree left under its root is an orphan.
+        await cleanup_orphan_worktrees(Path(record.repo), active.worktree_root, keep=set())
+
+    async def _activate(
+        self, record: RunRecord, *, resume: dict[str, int] | None = None, start: bool = True
+    ) -> tuple[ActiveRun, RunSlot]:
+        plan = record.plan()
+        overview = await self._overview(record)
+        active = ActiveRun(
+            id=record.id, plan=plan, overview=overview, home=self.home,
+            repo=Path(record.repo) if record.repo else None, branch=record.branch,
+            base_commit=record.base_commit, test_cmd=record.options.test_cmd,
+            budget_usd=record.options.budget_usd,
+        )
+        await self._open_repo(record, active)
+        batches = await self.store.list_batches(record.id)
+        for batch in batches:
+            if resume and batch.id in resume:
+                active.resume_attempts[batch.id] = resume[batch.id]
+        graph = RunGraph(
+            BatchSpec(b.id, tuple(b.depends_on), b.priority_minutes, b.state) for b in batches
+        )
+        tasks = {t.id: t for t in await self.store.list_tasks(record.id)}
+        for batch in batches:
+            if batch.state == "succeeded":
+                active.summaries.append(
+                    "; ".join(tasks[t].title for t in batch.task_ids if t in tasks)
+                )
+        await self._sync_store(record.id, batches, graph, tasks)
+        slot = RunSlot(record.id, graph, workers=record.options.workers,
+                       paused=record.state == "paused")
+        self._active[record.id] = active
+        if start and record.state == "queued":
+            await self.store.set_run_state(record.id, "running", event_type="run.started")
+        if not start:
+            return active, slot  # the caller (retry) changes the graph, then adds the slot
+        if graph.finished and record.state != "paused":
+            await self._finish_run(active, graph)
+            return active, slot
+        self.scheduler.add(slot)
+        return active, slot
+
+    async def _overview(self, record: RunRecord) -> str:
+        from buildrunnerd.spec import parse_spec
+
+        try:
+            spec = await anyio.to_thread.run_sync(parse_spec, record.spec_text, record.spec_path)
+        except BuildRunnerError:
+            return ""
+        overview: str = spec.overview
+        return overview
+
+    async def _sync_store(
+        self, run_id: str, batches: list[BatchRecord], graph: RunGraph, tasks: dict[str, Any]
+    ) -> None:
+        """Write what the graph decided at activation: interrupted batches back to pending,
+        tasks of ready batches ready, of blocked ones blocked."""
+        states = graph.states()
+        changes: list[TaskChange] = []
+        for batch in batches:
+            state = states[batch.id]
+            if batch.state in ("running", "verifying"):
+                await self.store.set_batch_state(
+                    batch.id, "pending", event_type="batch.requeued",
+                    data={"reason": "interrupted: the daemon stopped during the attempt"},
+                )
+            want = {"ready": "ready", "pending": "pending", "blocked": "blocked"}.get(state)
+            if want is None:
+                continue
+            reason = None
+            if want == "blocked":
+                reason = self._blocked_reason(run_id, graph.blocked_by(batch.id), batches)
+            elif batch.state in ("running", "verifying"):
+                reason = "interrupted: the daemon stopped during the attempt"
+            for task_id in batch.task_ids:
+                task = tasks.get(task_id)
+                if task is not None and task.state != want:
+                    changes.append(TaskChange(task_id, want, reason=reason))
+        if changes:
+            await self.store.set_task_states(changes)
+
+    @staticmethod
+    def _blocked_reason(run_id: str, failed: set[str], batches: list[BatchRecord]) -> str:
+        by_id = {b.id: b for b in batches}
+        names = sorted(
+            ActiveRun.plan_id(t) for f in failed if f in by_id for t in by_id[f].task_ids
+        )
+        return f"blocked: depends on failed task {', '.join(names) or '?'}"
+
+    # --- submit ---------------------------------------------------------------------------
+    async def submit(self, request: SubmitRequest) -> RunRecord:
+        """Plan a spec, prepare the run branch, store the run and start it."""
+        text, spec_path = await read_spec(request.spec_path, request.spec_text)
+        spec, plan = await plan_spec(text, spec_path, self.config)
+        return await self.submit_plan(
+            plan, spec_text=text, spec_path=spec_path, request=request,
+            spec_test_command=spec.test_command,
+        )
+
+    async def submit_plan(
+        self,
+        plan: Plan,
+        *,
+        spec_text: str,
+        spec_path: str | None,
+        request: SubmitRequest,
+        spec_test_command: str | None = None,
+    ) -> RunRecord:
+        """Start a run of an already built plan (``submit`` after parsing and planning)."""
+        run_id = f"r-{secrets.token_hex(4)}"
+        repo_dir = Path(request.repo) if request.repo else None
+        if repo_dir is not None and not repo_dir.is_absolute():
+            raise RepoError(
+                f"repo must be an absolute path (the daemon does not share your working "
+                f"directory): {request.repo}",
+                data={"repo": request.repo, "reason": "relative path"},
+            )
+        if repo_dir is None and spec_path is not None:
+            repo_dir = await anyio.to_thread.run_sync(_git_root, Path(spec_path).parent)
+        branch = base_commit = None
+        if repo_dir is not None:
+            from buildrunnerd.workspace import prepare_run_repo
+
+            run_repo = await prepare_run_repo(
+                repo_dir, run_id, allow_dirty=request.allow_dirty,
+                timeout_s=self.config.verify.git_timeout_s,
+            )
+            repo_dir, branch, base_commit = run_repo.repo, run_repo.branch, run_repo.base_commit
+        default_workers = min(self.config.daemon.max_workers_per_run, self.scheduler.workers)
+        options = RunOptions(
+            workers=request.workers or default_workers,
+            budget_usd=(request.budget_usd if request.budget_usd is not None
+                        else self.config.budget_usd),
+            test_cmd=request.test_cmd or spec_test_command or self.config.verify.test_cmd,
+            allow_dirty=request.allow_dirty,
+        )
+        record = await self.store.create_run(
+            NewRun(id=run_id, spec_text=spec_text, spec_path=spec_path,
+                   repo=str(repo_dir) if repo_dir else None, branch=branch,
+                   base_commit=base_commit, options=options),
+            plan,
+        )
+        _log.info("run.submitted", run_id=run_id, tasks=len(plan.tasks),
+                  batches=len(plan.batches), repo=record.repo, workers=options.workers)
+        async with self._lock:
+            await self._activate(record)
+        return await self.store.get_run(run_id)
+
+    # --- control --------------------------------------------------------------------------
+    async def pause(self, run_id: str, *, reason: str | None = None) -> RunRecord:
+        """Stop dispatching new batches of a run; in-flight batches finish."""
+        async with self._lock:
+            record = await self.store.get_run(run_id)
+            _require(record, ("queued", "running"), "pause")
+            slot = self.scheduler.get(run_id)
+            if slot is not None:
+                slot.paused = True
+            await self.store.set_run_state(run_id, "paused", event_type="run.paused",
+                                           reason=reason)
+            return await self.store.get_run(run_id)
+
+    async def resume(self, run_id: str) -> RunRecord:
+        """Dispatch a paused run's batches again."""
+        async with self._lock:
+            record = await self.store.get_run(run_id)
+            _require(record, ("paused",), "resume")
+            await self.store.set_run_state(run_id, "running", event_type="run.resumed")
+            slot = self.scheduler.get(run_id)
+            if slot is None:
+                await self._activate(await self.store.get_run(run_id))
+            else:
+                slot.paused = False
+                self.scheduler.wake()
+            return await self.store.get_run(run_id)
+
+    async def cancel(self, run_id: str) -> RunRecord:
+        """Cancel in-flight work and mark everything that has not succeeded cancelled."""
+        async with self._lock:
+            record = await self.store.get_run(run_id)
+            _require(record, _ACTIVE_STATES, "cancel")
+            active = self._active.pop(run_id, None)
+            slot = self.scheduler.remove(run_id)
+            if active is not None:
+                active.cancelling = True
+            if slot is not None:
+                for scope in slot.in_flight.values():
+                    scope.cancel()
+                slot.graph.cancel_all()
+            tasks = await self.store.list_tasks(run_id)
+            await self.store.transition(
+                run=RunChange(run_id, "cancelled", "run.cancelled", "cancelled by the user"),
+                batch=None,
+                tasks=[TaskChange(t.id, "cancelled", reason="run cancelled")
+                       for t in tasks if t.state not in ("succeeded", "cancelled")],
+                events=[],
+            )
+            for batch in await self.store.list_batches(run_id):
+                if batch.state not in ("succeeded", "cancelled"):
+                    await self.store.set_batch_state(batch.id, "cancelled")
+            return await self.store.get_run(run_id)
+
+    async def retry_task(self, task_id: str) -> Any:
+        """Re-queue a failed task's batch and unblock what waited on it."""
+        async with self._lock:
+            task = await self.store.get_task(task_id)
+            if task.state != "failed":
+                raise InvalidStateError(
+                    f"task {task_id} is {task.state}; only a failed task can be retried",
+                    data={"state": task.state, "allowed": ["failed"]},
+                )
+            record = await self.store.get_run(task.run_id)
+            _require(record, ("running", "paused", "failed"), "retry a task of")
+            assert task.batch_id is not None
+            slot = self.scheduler.get(record.id)
+            if slot is None:
+                _, slot = await self._activate(record, start=False)
+            unblocked = slot.graph.retry(task.batch_id)
+            batches = {b.id: b for b in await self.store.list_batches(record.id)}
+            states = slot.graph.states()
+            changes: list[TaskChange] = []
+            for batch_id in [task.batch_id, *unblocked]:
+                want = "ready" if states[batch_id] == "ready" else "pending"
+                why = f"retry of task {ActiveRun.plan_id(task_id)}"
+                changes += [TaskChange(t, want, reason=why) for t in batches[batch_id].task_ids]
+            run_change = None
+            if record.state == "failed":
+                run_change = RunChange(record.id, "running", "run.resumed",
+                                       f"retry of task {task_id}")
+            await self.store.transition(
+                run=run_change,
+                batch=(task.batch_id, "pending", "batch.retried", {"task_id": task_id}),
+                tasks=changes, events=[],
+            )
+            if self.scheduler.get(record.id) is None:
+                self.scheduler.add(slot)
+            self.scheduler.wake()
+            return await self.store.get_task(task_id)
+
+    async def budget_exceeded(self, run_id: str, spent_usd: float, budget_usd: float) -> None:
+        """The batch context's hook: pause the run (once) with the reason."""
+        record = await self.store.get_run(run_id)
+        if record.state in ("queued", "running"):
+            await self.pause(
+                run_id,
+                reason=f"budget exceeded: spent ${spent_usd:.4f} of ${budget_usd:.2f}; raise "
+                "the budget and resume",
+            )
+
+    # --- executing batches (called by the scheduler) ----------------------------------------
+    async def _execute(self, slot: RunSlot, batch_id: str) -> None:
+        active = self._active.get(slot.run_id)
+        if active is None:
+            return
+        try:
+            result = await run_batch_lifecycle(
+                store=self.store, executor=self.executor, config=self.config, run=active,
+                batch_id=batch_id, on_budget_exceeded=self.budget_exceeded,
+            )
+        except anyio.get_cancelled_exc_class():
+            if not active.cancelling:
+                slot.graph.requeue(batch_id)  # shutdown: recovery re-queues it in the store
+            raise
+        except StoreError as exc:
+            _log.error("batch.store_failed", batch_id=batch_id, error=str(exc))
+            slot.graph.requeue(batch_id)
+            slot.paused = True
+            with anyio.move_on_after(10.0):
+                try:
+                    await self.store.set_run_state(
+                        slot.run_id, "paused", event_type="run.paused",
+                        reason=f"the database failed: {exc}; fix it and resume the run",
+                    )
+                except BuildRunnerError:
+                    pass
+            return
+        except Exception as exc:
+            _log.exception("batch.crashed", batch_id=batch_id)
+            result = BatchResult("failed", reason=f"{type(exc).__name__}: {exc}")
+        if active.cancelling:
+            return
+        await self._apply_result(active, slot, batch_id, result)
+
+    async def _apply_result(
+        self, active: ActiveRun, slot: RunSlot, batch_id: str, result: BatchResult
+    ) -> None:
+        graph = slot.graph
+        plan_batch = active.batches_by_plan_id[ActiveRun.plan_id(batch_id)]
+        task_gids = [active.gid(t) for t in plan_batch.task_ids]
+        if result.status == "succeeded":
+            newly_ready = graph.succeed(batch_id)
+            changes = [TaskChange(t, "succeeded", model=result.model) for t in task_gids]
+            for ready_id in newly_ready:
+                ready_batch = active.batches_by_plan_id[ActiveRun.plan_id(ready_id)]
+                changes += [TaskChange(active.gid(t), "ready") for t in ready_batch.task_ids]
+            active.summaries.append(result.summary or "; ".join(
+                active.tasks_by_plan_id[t].title for t in plan_batch.task_ids))
+            await self.store.transition(
+                run=None,
+                batch=(batch_id, "succeeded", "batch.succeeded",
+                       {"commit": result.commit, "model": result.model}, result.model),
+                tasks=changes, events=[],
+            )
+        elif result.status == "failed":
+            newly_blocked = graph.fail(batch_id)
+            reason = result.reason or "failed"
+            changes = [TaskChange(t, "failed", reason=reason) for t in task_gids]
+            why = f"blocked: depends on failed task {', '.join(plan_batch.task_ids)}"
+            for blocked_id in newly_blocked:
+                blocked = active.batches_by_plan_id[ActiveRun.plan_id(blocked_id)]
+                changes += [TaskChange(active.gid(t), "blocked", reason=why)
+                            for t in blocked.task_ids]
+            await self.store.transition(
+                run=None,
+                batch=(batch_id, "failed", "batch.failed", {"reason": reason}),
+                tasks=changes, events=[],
+            )
+        else:  # interrupted (budget, backend cancelled): back to the queue
+            graph.requeue(batch_id)
+            await self.store.transition(
+                run=None, batch=(batch_id, "pending", "batch.requeued",
+                                 {"reason": result.reason}),
+                tasks=[TaskChange(t, "ready", reason=result.reason) for t in task_gids],
+                events=[],
+            )
+        if graph.finished:
+            async with self._lock:
+                if self._active.get(active.id) is active and graph.finished:
+                    await self._finish_run(active, graph)
+
+    async def _finish_run(self, active: ActiveRun, graph: RunGraph) -> None:
+        self.scheduler.remove(active.id)
+        self._active.pop(active.id, None)
+        if graph.all_succeeded:
+            await self.store.set_run_state(
+                active.id, "succeeded", event_type="run.succeeded",
+                data={"branch": active.branch, "batches": len(graph.states())},
+            )
+            _log.info("run.succeeded", run_id=active.id, branch=active.branch)
+            return
+        counts = Counter(graph.states().values())
+        reason = (f"{counts.get('failed', 0)} batch(es) failed, {counts.get('blocked', 0)} "
+                  "blocked; see `brctl tasks` and retry the failed tasks")
+        await self.store.set_run_state(active.id, "failed", event_type="run.failed",
+                                       reason=reason, data=dict(counts))
+        _log.info("run.failed", run_id=active.id, reason=reason)
+
+    # --- shutdown -------------------------------------------------------------------------
+    async def shutdown(self, grace_period_s: float) -> None:
+        """Stop dispatching; give in-flight batches ``grace_period_s`` to finish, then cancel
+        them (their attempts are recorded as interrupted; recovery re-queues them)."""
+        self.scheduler.stop_dispatching()
+        with anyio.move_on_after(grace_period_s):
+            await self.scheduler.wait_idle()
+        if self.scheduler.in_flight:
+            _log.info("shutdown.interrupting", batches=self.scheduler.in_flight)
+            self.scheduler.cancel_in_flight()
+            with anyio.move_on_after(15.0, shield=True):
+                await self.scheduler.wait_idle()
+
+
+def _require(record: RunRecord, allowed: tuple[str, ...], action: str) -> None:
+    if record.state not in allowed:
+        raise InvalidStateError(
+            f"cannot {action} run {record.id}: it is {record.state} (allowed when "
+            f"{' or '.join(allowed)})",
+            data={"state": record.state, "allowed": list(allowed)},
+        )
+
+
+def tasks_by_state(tasks: list[Any]) -> dict[str, int]:
+    """Counts of tasks per state (every state of the contract, zeros included)."""
+    counts = dict.fromkeys(protocol.TASK_STATES, 0)
+    for task in tasks:
+        counts[task.state] = counts.get(task.state, 0) + 1
+    return counts

@@ -1,0 +1,342 @@
+"""The scheduler: which batch runs next, on which free worker.
+
+Dynamic, not level-by-level: a batch becomes *ready* the moment every batch it depends on has
+succeeded, and a ready batch is dispatched as soon as a worker is free, highest
+``priority_minutes`` (longest remaining path) first. Two limits hold at all times: the
+daemon-wide number of workers and each run's own ``workers``.
+
+Two layers, so the policy can be driven with a virtual clock (``bench/sched_bench.py``):
+
+- :class:`RunGraph` is the pure state of one run's batch DAG (no I/O, no async): ready heap,
+  success/failure propagation, transitive blocking, retry, cancel.
+- :class:`Scheduler` is the async dispatcher over every active run: it owns the worker slots
+  and the cancel scope of each in-flight batch, and calls back into the run manager to execute
+  a batch. It never touches the store itself.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass, field
+
+import anyio
+import anyio.abc
+
+__all__ = ["BatchSpec", "RunGraph", "Scheduler", "RunSlot", "pick_next"]
+
+_TERMINAL = frozenset({"succeeded", "cancelled"})
+
+
+@dataclass(frozen=True, slots=True)
+class BatchSpec:
+    """What the scheduler needs to know of one batch."""
+
+    id: str
+    depends_on: tuple[str, ...]
+    priority_minutes: int
+    state: str = "pending"  # pending|running|succeeded|failed|cancelled (store batch states)
+
+
+@dataclass(slots=True)
+class _Node:
+    id: str
+    deps: tuple[str, ...]
+    priority: int
+    state: str  # pending|ready|running|succeeded|failed|blocked|cancelled
+    dependents: list[str] = field(default_factory=list)
+    unmet: int = 0  # deps not yet succeeded
+    blocked_by: set[str] = field(default_factory=set)  # failed batch ids upstream
+
+
+class RunGraph:
+    """The batch DAG of one run and the state of each batch, for dispatch decisions.
+
+    States: ``pending`` (waiting for dependencies), ``ready`` (in the heap), ``running``,
+    ``succeeded``, ``failed``, ``blocked`` (an upstream batch failed), ``cancelled``.
+    Built from the stored batch states, so it is also what recovery rebuilds after a restart
+    (a batch stored as running/verifying comes back as ready: its attempt was interrupted).
+    """
+
+    def __init__(self, batches: Iterable[BatchSpec]) -> None:
+        self._nodes: dict[str, _Node] = {}
+        self._heap: list[tuple[int, int, str]] = []
+        self._seq = itertools.count()
+        specs = list(batches)
+        for spec in specs:
+            state = spec.state
+            if state in ("running", "verifying"):
+                state = "pending"  # interrupted in flight: back to the queue
+            elif state not in ("succeeded", "failed", "cancelled"):
+                state = "pending"
+            self._nodes[spec.id] = _Node(spec.id, spec.depends_on, spec.priority_minutes, state)
+        for node in self._nodes.values():
+            for dep in node.deps:
+                if dep not in self._nodes:
+                    raise ValueError(f"batch {node.id} depends on unknown batch {dep}")
+                self._nodes[dep].dependents.append(node.id)
+        for node in self._nodes.values():
+            node.unmet = sum(1 for d in node.deps if self._nodes[d].state != "succeeded")
+        for node in self._nodes.values():
+            if node.state == "failed":
+                self._block_downstream(node.id)
+        for node in self._nodes.values():
+            if node.state == "pending" and node.unmet == 0:
+                self._make_ready(node)
+
+    # --- queries -------------------------------------------------------------------------
+    def state(self, batch_id: str) -> str:
+        """The scheduler state of ``batch_id``."""
+        return self._nodes[batch_id].state
+
+    def blocked_by(self, batch_id: str) -> set[str]:
+        """The failed upstream batches that block ``batch_id`` (empty unless blocked)."""
+        return set(self._nodes[batch_id].blocked_by)
+
+    def states(self) -> dict[str, str]:
+        """Every batch's scheduler state."""
+        return {n.id: n.state for n in self._nodes.values()}
+
+    def peek_priority(self) -> int | None:
+        """The priority of the best ready batch, or None when nothing is ready."""
+        while self._heap:
+            _, _, batch_id = self._heap[0]
+            if self._nodes[batch_id].state == "ready":
+                return -self._heap[0][0]
+            heapq.heappop(self._heap)  # stale entry (cancelled/retried meanwhile)
+        return None
+
+    @property
+    def has_ready(self) -> bool:
+        return self.peek_priority() is not None
+
+    @property
+    def running(self) -> int:
+        return sum(1 for n in self._nodes.values() if n.state == "running")
+
+    @property
+    def finished(self) -> bool:
+        """Nothing is ready, pending or running: the run cannot make progress on its own."""
+        return all(n.state in ("succeeded", "failed", "blocked", "cancelled")
+                   for n in self._nodes.values())
+
+    @property
+    def all_succeeded(self) -> bool:
+        return all(n.state == "succeeded" for n in self._nodes.values())
+
+    # --- transitions ---------------------------------------------------------------------
+    def pop_ready(self) -> str | None:
+        """Take the best ready batch and mark it running."""
+        if self.peek_priority() is None:
+            return None
+        _, _, batch_id = heapq.heappop(self._heap)
+        self._nodes[batch_id].state = "running"
+        return batch_id
+
+    def succeed(self, batch_id: str) -> list[str]:
+        """Mark a running batch succeeded; return the batches that became ready."""
+        node = self._nodes[batch_id]
+        node.state = "succeeded"
+        newly_ready: list[str] = []
+        for dep_id in node.dependents:
+            dep = self._nodes[dep_id]
+            dep.unmet -= 1
+            if dep.unmet == 0 and dep.state == "pending":
+                self._make_ready(dep)
+                newly_ready.append(dep_id)
+        return newly_ready
+
+    def fail(self, batch_id: str) -> list[str]:
+        """Mark a batch failed; return every batch it newly blocks (transitively)."""
+        self._nodes[batch_id].state = "failed"
+        return self._block_downstream(batch_id)
+
+    def requeue(self, batch_id: str) -> None:
+        """An interrupted running batch (shutdown, budget pause) goes back to the ready heap."""
+        node = self._nodes[batch_id]
+        if node.state == "running":
+            node.state = "pending"
+            if node.unmet == 0 and not node.blocked_by:
+                self._make_ready(node)
+
+    def retry(self, batch_id: str) -> list[str]:
+        """Re-queue a failed batch; return the batches it unblocks (back to pending)."""
+        node = self._nodes[batch_id]
+        if node.state != "failed":
+            raise ValueError(f"batch {batch_id} is {node.state}, only a failed batch is retried")
+        node.state = "pending"
+        if node.unmet == 0:
+            self._make_ready(node)
+        unblocked: list[str] = []
+        for down_id in self._downstream(batch_id):
+            down = self._nodes[down_id]
+            down.blocked_by.discard(batch_id)
+            if down.state == "blocked" and not down.blocked_by:
+                down.state = "pending"
+                unblocked.append(down_id)
+                if down.unmet == 0:
+                    self._make_ready(down)
+        return unblocked
+
+    def cancel_all(self) -> list[str]:
+        """Mark every batch that has not finished cancelled; return them (running included)."""
+        cancelled = [n.id for n in self._nodes.values() if n.state not in _TERMINAL]
+        for batch_id in cancelled:
+            self._nodes[batch_id].state = "cancelled"
+        self._heap.clear()
+        return cancelled
+
+    # --- internals -----------------------------------------------------------------------
+    def _make_ready(self, node: _Node) -> None:
+        node.state = "ready"
+        heapq.heappush(self._heap, (-node.priority, next(self._seq), node.id))
+
+    def _downstream(self, batch_id: str) -> list[str]:
+        seen: set[str] = set()
+        order: list[str] = []
+        stack = list(self._nodes[batch_id].dependents)
+        while stack:
+            current = stack.pop()
+            if current in seen:
+                continue
+            seen.add(current)
+            order.append(current)
+            stack.extend(self._nodes[current].dependents)
+        return order
+
+    def _block_downstream(self, failed_id: str) -> list[str]:
+        newly: list[str] = []
+        for down_id in self._downstream(failed_id):
+            down = self._nodes[down_id]
+            if down.state in ("succeeded", "cancelled"):
+                continue
+            down.blocked_by.add(failed_id)
+            if down.state != "blocked":
+                down.state = "blocked"
+                newly.append(down_id)
+        return newly
+
+
+@dataclass(slots=True)
+class RunSlot:
+    """One active run as the dispatcher sees it."""
+
+    run_id: str
+    graph: RunGraph
+    workers: int  # this run's worker limit
+    paused: bool = False
+    in_flight: dict[str, anyio.CancelScope] = field(default_factory=dict)
+
+
+def pick_next(slots: Iterable[RunSlot]) -> RunSlot | None:
+    """The run whose best ready batch has the highest priority among runs that may dispatch.
+
+    Ties go to the run listed first (submission order), so an earlier run is never starved by
+    a later one of equal priority.
+    """
+    best: RunSlot | None = None
+    best_priority = -1
+    for slot in slots:
+        if slot.paused or len(slot.in_flight) >= slot.workers:
+            continue
+        priority = slot.graph.peek_priority()
+        if priority is not None and priority > best_priority:
+            best, best_priority = slot, priority
+    return best
+
+
+ExecuteBatch = Callable[[RunSlot, str], Awaitable[None]]
+
+
+class Scheduler:
+    """Dispatches ready batches of every active run onto at most ``workers`` workers.
+
+    ``execute(slot, batch_id)`` is the run manager's batch lifecycle; it runs inside the batch's
+    own cancel scope (``slot.in_flight[batch_id]``) and must leave ``slot.graph`` updated
+    (succeed/fail/requeue) before it returns. The scheduler wakes on :meth:`wake` (a new run, a
+    finished batch, resume, retry) and never polls.
+    """
+
+    def __init__(self, workers: int, execute: ExecuteBatch) -> None:
+        if workers < 1:
+            raise ValueError(f"workers must be >= 1, got {workers}")
+        self.workers = workers
+        self._execute = execute
+        self._slots: dict[str, RunSlot] = {}
+        self._running = 0
+        self._wakeup = anyio.Event()
+        self._stopping = False
+        self._idle = anyio.Event()
+        self._idle.set()
+
+    # --- control from the run manager ---------------------------------------------------
+    def add(self, slot: RunSlot) -> None:
+        """Start dispatching a run's ready batches."""
+        self._slots[slot.run_id] = slot
+        self.wake()
+
+    def remove(self, run_id: str) -> RunSlot | None:
+        """Stop dispatching a run (it finished or was cancelled)."""
+        return self._slots.pop(run_id, None)
+
+    def get(self, run_id: str) -> RunSlot | None:
+        return self._slots.get(run_id)
+
+    def wake(self) -> None:
+        """Something changed (a batch finished, a run resumed): look for work."""
+        self._wakeup.set()
+
+    def stop_dispatching(self) -> None:
+        """Shutdown: dispatch nothing new; in-flight batches go on until cancelled."""
+        self._stopping = True
+        self.wake()
+
+    @property
+    def in_flight(self) -> int:
+        return self._running
+
+    async def wait_idle(self) -> None:
+        """Return once no batch is in flight."""
+        await self._idle.wait()
+
+    def cancel_in_flight(self) -> None:
+        """Cancel every in-flight batch (shutdown after the grace period)."""
+        for slot in self._slots.values():
+            for scope in slot.in_flight.values():
+                scope.cancel()
+
+    # --- the loop ------------------------------------------------------------------------
+    async def run(
+        self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED
+    ) -> None:
+        """Dispatch until cancelled. Batches run as children of this task's task group, so
+        cancelling the scheduler cancels them too (their lifecycle records the interruption)."""
+        async with anyio.create_task_group() as tg:
+            task_status.started()
+            while True:
+                await self._wakeup.wait()
+                self._wakeup = anyio.Event()
+                while not self._stopping and self._running < self.workers:
+                    slot = pick_next(self._slots.values())
+                    if slot is None:
+                        break
+                    batch_id = slot.graph.pop_ready()
+                    if batch_id is None:  # pragma: no cover - pick_next saw one ready
+                        break
+                    scope = anyio.CancelScope()
+                    slot.in_flight[batch_id] = scope
+                    self._running += 1
+                    self._idle = anyio.Event() if self._idle.is_set() else self._idle
+                    tg.start_soon(self._run_one, slot, batch_id, scope)
+
+    async def _run_one(self, slot: RunSlot, batch_id: str, scope: anyio.CancelScope) -> None:
+        try:
+            with scope:
+                await self._execute(slot, batch_id)
+        finally:
+            slot.in_flight.pop(batch_id, None)
+            self._running -= 1
+            if self._running == 0:
+                self._idle.set()
+            self.wake()

@@ -1,0 +1,121 @@
+"""The ``simulated`` backend: a model stand-in for demos, tests and benchmarks.
+
+It is clearly labelled as such (``name = "simulated"``; ``ping`` and the logs say so). It does
+no model work: it completes a batch by writing every file its tasks name, after
+``ms_per_minute * sum(estimate_minutes)`` milliseconds. ``.py`` files are valid Python, other
+files get a short non-empty text that names the task, so verification's existence and compile
+checks pass and two batches writing the same file really conflict on merge.
+
+Test knob (documented in docs/architecture.md): when ``BUILDRUNNER_SIM_FAIL_FILE`` names a file,
+every task id listed in it (plan id or global id, one per line) makes its batch fail with a clear
+reason. Tests edit the file between attempts to fail first and succeed on ``task.retry``.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import anyio
+
+from buildrunnerd.executor._protocol import BatchJob, ExecutionContext, ExecutionOutcome
+from buildrunnerd.plan._model import Task
+
+__all__ = ["SimulatedExecutor", "SIM_MS_PER_MINUTE_ENV", "SIM_FAIL_FILE_ENV"]
+
+SIM_MS_PER_MINUTE_ENV = "BUILDRUNNER_SIM_MS_PER_MINUTE"
+SIM_FAIL_FILE_ENV = "BUILDRUNNER_SIM_FAIL_FILE"
+
+
+def _python_body(task: Task, path: str) -> str:
+    # Valid, importable Python that names its origin; the task id keeps two batches' versions
+    # of the same file different (so a real merge conflict can happen, as with a model).
+    title = task.title.replace('"""', "'''").replace("\\", "/")
+    return (
+        f'"""{path}: {title} (task {task.id}; written by the BuildRunner simulated backend)."""\n'
+        "\n"
+        f"TASK_ID = {task.id!r}\n"
+        "\n"
+        "\n"
+        "def describe() -> str:\n"
+        '    """Say what wrote this file."""\n'
+        f"    return {('simulated: ' + task.title)!r}\n"
+    )
+
+
+def _text_body(task: Task, path: str) -> str:
+    origin = f"(task {task.id}; written by the BuildRunner simulated backend)"
+    return f"{path}\n\n{task.title}\n\n{origin}\n"
+
+
+def _failing_task_ids(env: dict[str, str] | os._Environ[str]) -> set[str]:
+    fail_file = env.get(SIM_FAIL_FILE_ENV)
+    if not fail_file:
+        return set()
+    try:
+        text = Path(fail_file).read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return set()
+    return {line.strip() for line in text.splitlines() if line.strip()}
+
+
+class SimulatedExecutor:
+    """Writes the files a batch's tasks name, after a latency proportional to their estimate.
+
+    ``ms_per_minute``: milliseconds per estimated task minute (``BUILDRUNNER_SIM_MS_PER_MINUTE``,
+    default 0: no latency).
+    """
+
+    name = "simulated"
+
+    def __init__(self, ms_per_minute: float = 0.0) -> None:
+        if ms_per_minute < 0:
+            raise ValueError(f"ms_per_minute must be >= 0, got {ms_per_minute}")
+        self.ms_per_minute = ms_per_minute
+
+    @classmethod
+    def from_env(cls, env: dict[str, str] | os._Environ[str] | None = None) -> SimulatedExecutor:
+        """Build one from ``BUILDRUNNER_SIM_MS_PER_MINUTE`` (a number; default 0)."""
+        env = os.environ if env is None else env
+        raw = env.get(SIM_MS_PER_MINUTE_ENV, "").strip()
+        try:
+            value = float(raw) if raw else 0.0
+        except ValueError as exc:
+            raise ValueError(
+                f"{SIM_MS_PER_MINUTE_ENV}={raw!r} is not a number; set it to milliseconds per "
+                "estimated task minute, e.g. 5"
+            ) from exc
+        return cls(value)
+
+    async def run_batch(self, job: BatchJob, ctx: ExecutionContext) -> ExecutionOutcome:
+        """Sleep for the batch's simulated duration, then write every file its tasks name."""
+        minutes = sum(task.estimate_minutes for task in job.tasks)
+        delay_s = self.ms_per_minute * minutes / 1000.0
+        if job.fix_round:
+            delay_s /= 2  # a fix-up is smaller than the first try
+        if delay_s > 0:
+            await anyio.sleep(delay_s)
+        failing = _failing_task_ids(os.environ)
+        for task in job.tasks:
+            if task.id in failing or f"{job.run_id}:{task.id}" in failing:
+                return ExecutionOutcome(
+                    status="failed",
+                    reason=f"simulated failure of task {task.id} (listed in ${SIM_FAIL_FILE_ENV})",
+                    model="simulated",
+                )
+        root = anyio.Path(job.worktree)
+        for task in job.tasks:
+            for rel in task.files:
+                target = root / rel
+                await target.parent.mkdir(parents=True, exist_ok=True)
+                body = _python_body(task, rel) if rel.endswith(".py") else _text_body(task, rel)
+                await target.write_text(body, encoding="utf-8")
+        titles = "; ".join(f"{t.id} {t.title}" for t in job.tasks)
+        return ExecutionOutcome(
+            status="completed",
+            model="simulated",
+            summary=f"(simulated) {titles}",
+        )
+
+    async def aclose(self) -> None:
+        """Nothing to release."""

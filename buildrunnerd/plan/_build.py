@@ -1,0 +1,125 @@
+"""Plan assembly: tasks -> validated DAG -> levels, critical path, batches, prompt sizes."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+from buildrunnerd.config._model import PlannerConfig
+from buildrunnerd.errors import PlanError, Problem
+from buildrunnerd.plan._batch import make_batches
+from buildrunnerd.plan._dag import critical_path, find_cycle, levels
+from buildrunnerd.plan._decompose import HeuristicPlanner
+from buildrunnerd.plan._model import Plan, PlanFeature, PlanWarning, Task
+from buildrunnerd.spec._model import Spec
+
+if TYPE_CHECKING:
+    from buildrunnerd.prompt import TokenCounter
+
+__all__ = ["build_plan", "validate_tasks"]
+
+
+def validate_tasks(tasks: Sequence[Task], *, path: str | None = None) -> None:
+    """Raise :class:`PlanError` listing every duplicate id, unknown dependency and cycle."""
+    problems: list[Problem] = []
+    seen: dict[str, Task] = {}
+    for task in tasks:
+        if not task.id.strip():
+            problems.append(Problem(task.line, f"task {task.title!r} has an empty id; give it one"))
+        elif task.id in seen:
+            first = seen[task.id].line
+            problems.append(Problem(
+                task.line,
+                f"duplicate task id {task.id!r}"
+                + (f" (first used on line {first})" if first is not None else "")
+                + "; give each task its own id",
+            ))
+        else:
+            seen[task.id] = task
+    for task in tasks:
+        for dep in task.depends_on:
+            if dep not in seen:
+                problems.append(Problem(
+                    task.line,
+                    f"task {task.id!r} depends on unknown task {dep!r}; "
+                    "fix the id or remove the dependency",
+                ))
+    if problems:
+        raise PlanError(problems, path=path)
+    cycle = find_cycle({t.id: t.depends_on for t in tasks})
+    if cycle is not None:
+        shown = " -> ".join([*cycle, cycle[0]])
+        err = PlanError(
+            [Problem(seen[cycle[0]].line,
+                     f"task dependency cycle: {shown}; remove one of these dependencies")],
+            path=path,
+        )
+        err.data["cycle"] = cycle
+        raise err
+
+
+def build_plan(
+    spec: Spec,
+    tasks: list[Task] | None = None,
+    *,
+    config: PlannerConfig | None = None,
+    counter: TokenCounter | None = None,
+) -> Plan:
+    """Plan ``spec``: decompose it (unless ``tasks`` are given), validate the task graph, and
+    compute levels, the critical path, batches and each batch's prompt size in tokens.
+
+    Raises :class:`PlanError` for duplicate task ids, unknown dependencies, a dependency cycle
+    (``data["cycle"]`` lists its ids in order) or a batch whose tasks do not fit the context
+    budget.
+    """
+    # Imported here, not at the top: the prompt package imports the plan model, and the plan
+    # package must stay importable on its own (the executor protocol imports it too).
+    from buildrunnerd.prompt import build_prompt_for_tasks, default_counter
+
+    config = config or PlannerConfig()
+    counter = counter or default_counter()
+    if tasks is None:
+        tasks = HeuristicPlanner().decompose_sync(spec)
+    validate_tasks(tasks, path=spec.path)
+
+    deps = {t.id: t.depends_on for t in tasks}
+    task_levels = levels(deps)
+    path = critical_path(deps, {t.id: t.estimate_minutes for t in tasks})
+    batches = make_batches(tasks, max_batch_minutes=config.max_batch_minutes, deps=deps)
+
+    warnings = [PlanWarning(line=w.line, message=w.message) for w in spec.warnings]
+    done = [st for st in spec.tasks if st.done]
+    if done:
+        warnings.append(PlanWarning(
+            line=done[0].line,
+            message=f"{len(done)} of {len(spec.tasks)} tasks are marked done ([x]) in the spec; "
+                    "they are planned anyway (remove them from the list to skip them)",
+        ))
+
+    by_id = {t.id: t for t in tasks}
+    for batch in batches:
+        prompt = build_prompt_for_tasks(
+            spec.title,
+            batch,
+            [by_id[tid] for tid in batch.task_ids],
+            overview=spec.overview,
+            test_command=spec.test_command,
+            budget_tokens=config.context_budget_tokens,
+            counter=counter,
+        )
+        batch.prompt_tokens = prompt.tokens
+
+    return Plan(
+        spec_title=spec.title,
+        spec_path=spec.path,
+        features=[
+            PlanFeature(id=f.id, name=f.name, line=f.line, depends_on=list(f.depends_on))
+            for f in spec.features
+        ],
+        tasks=tasks,
+        batches=batches,
+        levels=task_levels,
+        critical_path=path,
+        warnings=warnings,
+        test_command=spec.test_command,
+    )

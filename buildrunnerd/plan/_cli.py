@@ -1,0 +1,139 @@
+"""``buildrunnerd plan SPEC [--json]``: plan a spec offline and print the plan.
+
+Exit codes: 0 the plan was printed; 1 the spec (or the configuration) cannot be planned, with
+every problem as ``path:line: message`` on stderr, or with ``--json`` as
+``{"errors": [{"line", "message"}]}`` on stdout. Never a traceback.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+from typing import TextIO
+
+import msgspec
+
+from buildrunnerd.errors import BuildRunnerError, Problem, SpecError
+from buildrunnerd.plan._model import Plan
+
+__all__ = ["plan_command", "render_plan"]
+
+
+def _load_spec_and_plan(spec_path: Path, config_file: Path | None) -> Plan:
+    from buildrunnerd.config import load_config
+    from buildrunnerd.paths import config_path
+    from buildrunnerd.plan._build import build_plan
+    from buildrunnerd.spec import parse_spec
+
+    config = load_config(config_file if config_file is not None else config_path())
+    try:
+        data = spec_path.read_bytes()
+    except OSError as exc:
+        reason = exc.strerror or str(exc)
+        raise SpecError(
+            [Problem(None, f"cannot read the spec: {reason}; check the path")],
+            path=str(spec_path),
+        ) from exc
+    spec = parse_spec(data, path=str(spec_path))
+    return build_plan(spec, config=config.planner)
+
+
+def plan_command(spec_path: Path, *, as_json: bool, config_file: Path | None) -> int:
+    """Plan ``spec_path`` and print it (a readable report, or JSON); return the exit code."""
+    try:
+        plan = _load_spec_and_plan(spec_path, config_file)
+    except SpecError as err:
+        if as_json:
+            errors = err.data.get("errors") or [{"line": None, "message": err.message}]
+            out: dict[str, object] = {"errors": errors, "path": str(spec_path)}
+            if "cycle" in err.data:
+                out["cycle"] = err.data["cycle"]
+            sys.stdout.write(msgspec.json.encode(out).decode() + "\n")
+        else:
+            sys.stderr.write(err.message + "\n")
+        return 1
+    except BuildRunnerError as err:  # e.g. a ConfigError: names the key and the file
+        _report(as_json, str(spec_path), err.message)
+        return 1
+    except Exception as exc:  # noqa: BLE001 - a planner bug must still not print a traceback
+        _report(as_json, str(spec_path),
+                f"internal error while planning ({type(exc).__name__}: {exc}); "
+                "please report this with the spec attached")
+        return 1
+    if as_json:
+        sys.stdout.write(msgspec.json.encode(plan.to_json_dict()).decode() + "\n")
+    else:
+        render_plan(plan, sys.stdout)
+    return 0
+
+
+def _report(as_json: bool, where: str, message: str) -> None:
+    if as_json:
+        out = {"errors": [{"line": None, "message": message}], "path": where}
+        sys.stdout.write(msgspec.json.encode(out).decode() + "\n")
+    else:
+        sys.stderr.write(f"{where}: {message}\n")
+
+
+def render_plan(plan: Plan, file: TextIO) -> None:
+    """Print ``plan`` as rich tables: features, tasks, levels, critical path, batches."""
+    from rich.console import Console
+    from rich.table import Table
+
+    width: int | None = None
+    if not file.isatty():
+        # Piped output: wide enough for the tables instead of rich's 80-column default.
+        width = int(os.environ.get("COLUMNS", "0") or 0) or 160
+    console = Console(file=file, width=width, highlight=False, soft_wrap=False)
+    by_feature: dict[str, int] = {}
+    for task in plan.tasks:
+        by_feature[task.feature] = by_feature.get(task.feature, 0) + 1
+    total_minutes = sum(t.estimate_minutes for t in plan.tasks)
+
+    console.print(f"[bold]{plan.spec_title}[/bold]" + (f"  ({plan.spec_path})"
+                                                       if plan.spec_path else ""))
+    console.print(
+        f"{len(plan.features)} features, {len(plan.tasks)} tasks "
+        f"({total_minutes} min of work), {len(plan.batches)} batches, "
+        f"{len(plan.levels)} levels; critical path {plan.critical_path.minutes} min"
+    )
+
+    features = Table(title="Features", title_justify="left")
+    for column in ("id", "name", "line", "depends on", "tasks"):
+        features.add_column(column)
+    for f in plan.features:
+        features.add_row(f.id, f.name, str(f.line), ", ".join(f.depends_on) or "-",
+                         str(by_feature.get(f.id, 0)))
+    console.print(features)
+
+    tasks = Table(title="Tasks", title_justify="left")
+    for column in ("id", "title", "domain", "complexity", "min", "depends on", "files",
+                   "criteria"):
+        tasks.add_column(column)
+    for t in plan.tasks:
+        tasks.add_row(t.id, t.title, t.domain, t.complexity, str(t.estimate_minutes),
+                      ", ".join(t.depends_on) or "-", "\n".join(t.files) or "-",
+                      str(len(t.acceptance_criteria)))
+    console.print(tasks)
+
+    console.print("[bold]Levels[/bold] (tasks of one level can run in parallel)")
+    for n, level in enumerate(plan.levels):
+        console.print(f"  {n}: {', '.join(level)}")
+    console.print(
+        f"[bold]Critical path[/bold] ({plan.critical_path.minutes} min): "
+        + " -> ".join(plan.critical_path.task_ids)
+    )
+
+    batches = Table(title="Batches (highest priority first)", title_justify="left")
+    for column in ("id", "domain", "tasks", "min", "priority", "depends on", "prompt tokens"):
+        batches.add_column(column)
+    for b in plan.batches:
+        batches.add_row(b.id, b.domain, ", ".join(b.task_ids), str(b.estimate_minutes),
+                        str(b.priority_minutes), ", ".join(b.depends_on) or "-",
+                        str(b.prompt_tokens))
+    console.print(batches)
+
+    for w in plan.warnings:
+        where = f"{plan.spec_path or '<spec>'}:{w.line}" if w.line else (plan.spec_path or "<spec>")
+        console.print(f"[yellow]warning[/yellow] {where}: {w.message}")

@@ -1,0 +1,438 @@
+"""Decomposers: turn a parsed :class:`Spec` into tasks.
+
+:class:`Planner` is the pluggable part (the Claude planner of ``buildrunnerd.agent`` is another
+one). :class:`HeuristicPlanner` is the deterministic, offline default: it reads each feature's
+own words to decide which 1-2 hour tasks the feature needs (data model, API, business logic, UI,
+infrastructure, tests, docs), and nothing more. An explicit task list in the spec wins: it is
+used as written and only missing fields are filled in.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+from typing import Protocol
+
+import anyio.to_thread
+
+from buildrunnerd.plan._model import Task
+from buildrunnerd.spec._model import Feature, Item, Spec, SpecTask
+
+__all__ = ["Planner", "HeuristicPlanner", "ESTIMATE_MINUTES"]
+
+# The three sizes a task may have; complex and critical share the longest slot.
+ESTIMATE_MINUTES: dict[str, int] = {"simple": 60, "medium": 90, "complex": 120, "critical": 120}
+
+# A component's items beyond this are split into a further task, so no task outgrows ~2 hours.
+_MAX_ITEMS_PER_TASK = 4
+_MAX_DESCRIPTION_CHARS = 600
+
+
+class Planner(Protocol):
+    """Something that decomposes a spec into tasks (heuristic, Claude, ...)."""
+
+    async def decompose(self, spec: Spec) -> list[Task]:
+        """Return the spec's tasks with ids, dependencies, files and acceptance criteria."""
+        ...
+
+
+def _words(pattern: str) -> re.Pattern[str]:
+    return re.compile(rf"\b(?:{pattern})\b", re.IGNORECASE)
+
+
+# Keyword families, in the order the tasks of a feature are built. Matching is on whole words
+# (with suffixes where ``\w*`` says so) so "table" finds a data model but "stable" does not.
+_KIND_WORDS: dict[str, re.Pattern[str]] = {
+    "data": _words(
+        r"database|db|schema\w*|tables?|data ?models?|models?|migrations?|persist\w*|"
+        r"stor(?:e|es|ed|age)|sav(?:e|es|ed|ing)|records?|entit(?:y|ies)|sql\w*|postgres\w*|"
+        r"mysql|sqlite|mongo\w*|redis|orm|crud|fields?|columns?|indexe?s?"
+    ),
+    "logic": _words(
+        r"calculat\w*|comput\w*|validat\w*|process\w*|rules?|algorithms?|analy[sz]\w*|pars\w*|"
+        r"generat\w*|transform\w*|schedul\w*|detect\w*|classif\w*|scor\w*|convert\w*|engine|"
+        r"logic|workflows?|filter\w*|sort\w*|search\w*|merg\w*|sync\w*|queues?|rank\w*|"
+        r"notif\w*|import\w*|export\w*|cach\w*|retr(?:y|ies)|aggregat\w*"
+    ),
+    "api": _words(
+        r"apis?|endpoints?|rest|restful|graphql|https?|routes?|webhooks?|requests?|responses?|"
+        r"json-rpc|rpc|grpc|server|status codes?"
+    ),
+    "ui": _words(
+        r"ui|user interface|pages?|screens?|buttons?|forms?|display\w*|views?|components?|"
+        r"dashboards?|click\w*|modals?|dialogs?|frontend|front-end|css|render\w*|layouts?|menus?|"
+        r"widgets?|tabs?|browser|responsive|html|react|vue|svelte|cli|command[- ]line|terminal|"
+        r"checkbox\w*|dropdowns?|icons?|dark mode|navigat\w*"
+    ),
+    "infra": _words(
+        r"deploy\w*|docker\w*|containers?|kubernetes|k8s|ci|ci/cd|pipelines?|terraform|helm|"
+        r"infrastructure|vercel|aws|gcp|azure|nginx|systemd|monitoring|environment variables?|"
+        r"env vars?|provision\w*"
+    ),
+}
+# HTTP verbs only count in capitals ("GET /users"), not as English verbs ("get a list").
+_HTTP_VERB = re.compile(r"\b(?:GET|POST|PUT|PATCH|DELETE)\b|/api/")
+_TESTS_WORDS = _words(r"tests?|testing|tested|coverage|unit tests?|integration tests?|e2e|qa")
+_DOCS_WORDS = _words(
+    r"documentation|document(?:s|ed)?|docs|readme|guides?|tutorials?|manual|changelog|docstrings?"
+)
+_DOCS_REQUEST = re.compile(
+    r"^\W*(?:document|write|add|update|provide|include|publish|generate)\b.*\b(?:docs?|"
+    r"documentation|readme|guides?|tutorials?|manual|changelog|docstrings?)\b"
+    r"|^\W*document\b",
+    re.IGNORECASE,
+)
+_CRITICAL_WORDS = _words(
+    r"auth\w*|log ?in|logins?|sign[- ]?(?:in|up)|passwords?|payments?|billing|checkout|invoic\w*|"
+    r"security|secure|encrypt\w*|decrypt\w*|credentials?|permissions?|oauth\w*|secrets?|2fa|mfa|"
+    r"access control|rbac|csrf|xss|pii"
+)
+
+_IMPL_KINDS = ("data", "logic", "api", "ui", "infra")
+_KIND_TITLE = {
+    "data": "Data model",
+    "logic": "Business logic",
+    "api": "API endpoints",
+    "ui": "User interface",
+    "infra": "Infrastructure",
+    "tests": "Tests",
+    "docs": "Documentation",
+}
+_KIND_DOMAIN = {
+    "data": "database",
+    "logic": "backend",
+    "api": "backend",
+    "ui": "frontend",
+    "infra": "infra",
+    "tests": "tests",
+    "docs": "docs",
+}
+_DOMAIN_KIND = {
+    "database": "data",
+    "backend": "logic",
+    "frontend": "ui",
+    "infra": "infra",
+    "tests": "tests",
+    "docs": "docs",
+}
+
+# Where a named file belongs, judged by its path; first match wins.
+_FILE_KINDS: list[tuple[str, re.Pattern[str]]] = [
+    ("tests", re.compile(r"(^|/)(tests?|__tests__|spec)/|(^|/)test_|_test\.|\.(test|spec)\.")),
+    ("docs", re.compile(r"(^|/)docs?/|\.(md|rst|adoc)$|(^|/)readme", re.IGNORECASE)),
+    ("infra", re.compile(
+        r"(^|/)(dockerfile|docker-compose|\.github|deploy|infra|terraform|k8s|helm|systemd)"
+        r"|\.(ya?ml|tf|service|ini|cfg)$|(^|/)(package\.json|pyproject\.toml|Makefile)$",
+        re.IGNORECASE,
+    )),
+    ("ui", re.compile(
+        r"\.(tsx|jsx|vue|svelte|css|scss|html|htm)$|(^|/)(components|pages|ui|views|templates|"
+        r"static|public|app/\(.*\))/",
+        re.IGNORECASE,
+    )),
+    ("data", re.compile(r"(^|/)(models?|schemas?|migrations|db|database|entities)(/|\.|_)|\.sql$",
+                        re.IGNORECASE)),
+    ("api", re.compile(r"(^|/)(api|routes?|endpoints|handlers|controllers)(/|\.)|route\.\w+$",
+                       re.IGNORECASE)),
+]
+
+
+def _file_kind(path: str) -> str:
+    for kind, pattern in _FILE_KINDS:
+        if pattern.search(path):
+            return kind
+    return "logic"
+
+
+def _complexity(n_items: int, *, critical: bool, floor: str = "simple") -> str:
+    if critical:
+        return "critical"
+    size = "simple" if n_items <= 1 else "medium" if n_items <= 3 else "complex"
+    order = ("simple", "medium", "complex")
+    return order[max(order.index(size), order.index(floor))]
+
+
+def _language(spec: Spec) -> str:
+    """Guess the project's language for generated paths: named files first, then the prose."""
+    counts = {"ts": 0, "py": 0, "go": 0}
+    for feature in spec.features:
+        for path in feature.files:
+            ext = path.rsplit(".", 1)[-1].lower() if "." in path else ""
+            if ext in ("ts", "tsx", "js", "jsx", "mjs"):
+                counts["ts"] += 1
+            elif ext == "py":
+                counts["py"] += 1
+            elif ext == "go":
+                counts["go"] += 1
+    if any(counts.values()):
+        return max(counts, key=lambda k: counts[k])
+    prose = f"{spec.title}\n{spec.overview[:20000]}".lower()
+    if re.search(r"\b(typescript|javascript|react|next\.js|node\.js|vue|angular|svelte)\b", prose):
+        return "ts"
+    if re.search(r"\b(golang|go module|go 1\.\d+)\b", prose):
+        return "go"
+    return "py"
+
+
+def _module_name(feature_id: str) -> str:
+    name = re.sub(r"\W+", "_", feature_id.lower()).strip("_") or "feature"
+    return name if name[0].isalpha() else f"feature_{name}"
+
+
+def _default_file(kind: str, feature_id: str, language: str) -> str:
+    mod = _module_name(feature_id)
+    slug = mod.replace("_", "-")
+    if kind == "docs":
+        return f"docs/{slug}.md"
+    if kind == "infra":
+        return f"deploy/{slug}.yml"
+    if language == "ts":
+        pascal = "".join(part.capitalize() for part in mod.split("_"))
+        return {
+            "data": f"src/models/{slug}.ts",
+            "logic": f"src/lib/{slug}.ts",
+            "api": f"src/api/{slug}.ts",
+            "ui": f"src/components/{pascal}.tsx",
+            "tests": f"tests/{slug}.test.ts",
+        }[kind]
+    if language == "go":
+        return {
+            "data": f"internal/{mod}/model.go",
+            "logic": f"internal/{mod}/{mod}.go",
+            "api": f"internal/{mod}/handler.go",
+            "ui": f"web/{slug}.html",
+            "tests": f"internal/{mod}/{mod}_test.go",
+        }[kind]
+    return {
+        "data": f"src/models/{mod}.py",
+        "logic": f"src/{mod}.py",
+        "api": f"src/api/{mod}.py",
+        "ui": f"src/ui/{mod}.py",
+        "tests": f"tests/test_{mod}.py",
+    }[kind]
+
+
+def _chunks(items: list[Item], size: int) -> list[list[Item]]:
+    if not items:
+        return [[]]
+    return [items[i:i + size] for i in range(0, len(items), size)]
+
+
+def _first_sentence(text: str) -> str:
+    text = " ".join(text.split())
+    match = re.match(r"(.+?[.!?])(\s|$)", text)
+    return (match.group(1) if match else text)[:300]
+
+
+class _FeatureTasks:
+    """The tasks of one feature while they are being built, with the entry/exit points."""
+
+    __slots__ = ("tasks", "entries", "impl_sinks")
+
+    def __init__(self) -> None:
+        self.tasks: list[Task] = []
+        self.entries: list[Task] = []  # tasks with no dependency inside the feature
+        self.impl_sinks: list[str] = []  # what a dependent feature waits for
+
+
+class HeuristicPlanner:
+    """The deterministic, offline decomposer (the default planner)."""
+
+    name = "heuristic"
+
+    async def decompose(self, spec: Spec) -> list[Task]:
+        """Decompose ``spec`` in a worker thread (a 1 MB spec takes a noticeable moment)."""
+        return await anyio.to_thread.run_sync(self.decompose_sync, spec)
+
+    def decompose_sync(self, spec: Spec) -> list[Task]:
+        """Return the tasks of ``spec``: its explicit task list if it has one, else the tasks
+        each feature's text calls for, with feature dependencies as task dependencies."""
+        if spec.tasks:
+            return [self._explicit(st, spec) for st in spec.tasks]
+        language = _language(spec)
+        built: dict[str, _FeatureTasks] = {}
+        for feature in spec.features:
+            built[feature.id] = self._feature(feature, language)
+        for feature in spec.features:
+            waits_for: list[str] = []
+            for dep in feature.depends_on:
+                if dep in built and dep != feature.id:
+                    waits_for.extend(built[dep].impl_sinks)
+            for task in built[feature.id].entries:
+                task.depends_on = [*dict.fromkeys([*waits_for, *task.depends_on])]
+        return [task for feature in spec.features for task in built[feature.id].tasks]
+
+    # -- explicit tasks -----------------------------------------------------------------------
+    def _explicit(self, st: SpecTask, spec: Spec) -> Task:
+        text = " ".join([st.title, *(d.text for d in st.details)])
+        domain = st.domain or self._explicit_domain(st, text, spec)
+        if st.complexity:
+            complexity = st.complexity
+        elif _CRITICAL_WORDS.search(text):
+            complexity = "critical"
+        elif st.estimate_minutes is not None:
+            m = st.estimate_minutes
+            complexity = "simple" if m <= 60 else "medium" if m <= 90 else "complex"
+        else:
+            complexity = _complexity(len(st.details), critical=False)
+        criteria = [c.text for c in st.acceptance_criteria] or [d.text for d in st.details]
+        return Task(
+            id=st.id,
+            feature=st.feature,
+            title=st.title,
+            domain=domain,
+            complexity=complexity,
+            estimate_minutes=st.estimate_minutes or ESTIMATE_MINUTES.get(complexity, 90),
+            depends_on=list(st.depends_on),
+            files=list(st.files),
+            acceptance_criteria=criteria or [st.title],
+            description="\n".join(d.text for d in st.details)[:_MAX_DESCRIPTION_CHARS],
+            line=st.line,
+        )
+
+    @staticmethod
+    def _explicit_domain(st: SpecTask, text: str, spec: Spec) -> str:
+        if st.files:
+            kinds = [_file_kind(f) for f in st.files]
+            return _KIND_DOMAIN[max(dict.fromkeys(kinds), key=kinds.count)]
+        if _TESTS_WORDS.search(st.title):
+            return "tests"
+        if _DOCS_WORDS.search(st.title):
+            return "docs"
+        for kind in ("infra", "ui", "data", "api", "logic"):
+            if _KIND_WORDS[kind].search(text):
+                return _KIND_DOMAIN[kind]
+        for feature in spec.features:
+            if feature.id == st.feature and feature.domain:
+                return feature.domain
+        return "backend"
+
+    # -- decomposition of one feature ---------------------------------------------------------
+    def _feature(self, feature: Feature, language: str) -> _FeatureTasks:
+        head = f"{feature.name}\n{feature.description}"
+        items = [*feature.requirements, *feature.acceptance_criteria]
+        full = "\n".join([head, *(i.text for i in items)])
+
+        kinds = {k for k in _IMPL_KINDS if _KIND_WORDS[k].search(full)}
+        if _HTTP_VERB.search(full):
+            kinds.add("api")
+        named: dict[str, list[str]] = {}
+        for path in feature.files:
+            named.setdefault(_file_kind(path), []).append(path)
+        kinds.update(k for k in named if k in _IMPL_KINDS)
+        if feature.domain in _DOMAIN_KIND and _DOMAIN_KIND[feature.domain] in _IMPL_KINDS:
+            kinds.add(_DOMAIN_KIND[feature.domain])
+        wants_tests = bool(feature.acceptance_criteria) or "tests" in named or bool(
+            _TESTS_WORDS.search(full)
+        )
+        # Docs only when asked for: a named doc file, the feature's own description, or a
+        # requirement that says to write them ("documentation" in a list of categories is not).
+        wants_docs = "docs" in named or bool(_DOCS_WORDS.search(head)) or any(
+            _DOCS_REQUEST.search(i.text) for i in items
+        )
+        if not kinds and not (wants_docs and not feature.requirements):
+            # Nothing more specific in the text: the feature is its own piece of logic. A
+            # feature that only asks for documentation gets just the docs task.
+            kinds.add("logic")
+
+        # Each requirement or criterion goes to every component whose words it uses; the rest
+        # to the core component, so every sentence of the spec lands in some task's criteria.
+        # Behaviour without a more specific word belongs to the logic, else the API, else the
+        # UI; a data model alone is the last resort.
+        core = next((k for k in ("logic", "api", "ui", "data", "infra") if k in kinds), None)
+        assigned: dict[str, list[Item]] = {k: [] for k in kinds}
+        for item in items:
+            hits = [k for k in _IMPL_KINDS if k in kinds and _KIND_WORDS[k].search(item.text)]
+            if "api" in kinds and "api" not in hits and _HTTP_VERB.search(item.text):
+                hits.append("api")
+            if not hits and core is not None:
+                hits = [core]
+            for kind in hits:
+                assigned[kind].append(item)
+
+        critical_feature = bool(_CRITICAL_WORDS.search(head))
+        out = _FeatureTasks()
+        last: dict[str, str] = {}  # kind -> id of its last task
+        counter = 0
+
+        def add(kind: str, chunk_items: list[str], complexity: str, deps: list[str],
+                part: tuple[int, int] | None) -> Task:
+            nonlocal counter
+            counter += 1
+            title = f"{feature.name}: {_KIND_TITLE[kind]}"
+            if part is not None:
+                title += f" (part {part[0]}/{part[1]})"
+            files = named.get(kind) or [_default_file(kind, feature.id, language)]
+            task = Task(
+                id=f"{feature.id}.{counter}",
+                feature=feature.id,
+                title=title,
+                domain=_KIND_DOMAIN[kind],
+                complexity=complexity,
+                estimate_minutes=ESTIMATE_MINUTES[complexity],
+                depends_on=list(deps),
+                files=list(files),
+                acceptance_criteria=chunk_items,
+                description=feature.description[:_MAX_DESCRIPTION_CHARS],
+                line=feature.line,
+            )
+            out.tasks.append(task)
+            if not deps:
+                out.entries.append(task)
+            return task
+
+        for kind in _IMPL_KINDS:
+            if kind not in kinds:
+                continue
+            upstream = {
+                "data": [],
+                "logic": ["data"],
+                "api": ["logic"] if "logic" in kinds else ["data"],
+                "ui": ["api"] if "api" in kinds else ["logic"] if "logic" in kinds else ["data"],
+                "infra": [],
+            }[kind]
+            deps = [last[k] for k in upstream if k in last]
+            # Criteria first: they say what "done" means; requirements say what to build.
+            kind_items = sorted(
+                assigned[kind], key=lambda i: (i not in feature.acceptance_criteria, i.line)
+            )
+            chunks = _chunks(kind_items, _MAX_ITEMS_PER_TASK)
+            for n, chunk in enumerate(chunks, 1):
+                critical = critical_feature or any(_CRITICAL_WORDS.search(i.text) for i in chunk)
+                floor = "medium" if kind == "logic" and len(chunks) == 1 else "simple"
+                if not chunk and feature.description:
+                    floor = "medium"
+                criteria = [i.text for i in chunk] or [
+                    _first_sentence(feature.description)
+                    or f"{feature.name} works as the spec describes"
+                ]
+                task = add(
+                    kind, criteria, _complexity(len(chunk), critical=critical, floor=floor),
+                    deps, (n, len(chunks)) if len(chunks) > 1 else None,
+                )
+                deps = [task.id]  # parts of one component touch the same files: in sequence
+                last[kind] = task.id
+
+        # Only dependencies inside the feature exist yet: feature dependencies come later.
+        depended = {d for t in out.tasks for d in t.depends_on}
+        out.impl_sinks = [t for t in last.values() if t not in depended]
+        sinks = out.impl_sinks
+        if wants_tests:
+            checks = feature.acceptance_criteria or feature.requirements
+            criteria = [f"A test checks: {i.text}" for i in checks] or [
+                f"Tests cover {feature.name}: {_first_sentence(feature.description)}"
+            ]
+            criteria.append("The test command passes")
+            add("tests", criteria, "medium" if len(checks) > 3 else "simple", sinks, None)
+        if wants_docs:
+            add("docs", [f"The documentation explains how to use {feature.name}"]
+                + [i.text for i in _docs_items(items)], "simple", sinks, None)
+        if not out.impl_sinks:
+            # A docs- or tests-only feature: dependents wait for all of it.
+            out.impl_sinks = [t.id for t in out.tasks if t.id not in
+                              {d for x in out.tasks for d in x.depends_on}]
+        return out
+
+
+def _docs_items(items: Iterable[Item]) -> list[Item]:
+    return [i for i in items if _DOCS_WORDS.search(i.text)][:_MAX_ITEMS_PER_TASK]

@@ -1,0 +1,25 @@
+"""Prompts: token counting and batch prompts within a context budget."""
+
+from buildrunnerd.prompt._builder import (
+    build_batch_prompt,
+    build_prompt_for_tasks,
+    fix_prompt,
+    system_prompt,
+)
+from buildrunnerd.prompt._counter import (
+    ENCODING_NAME,
+    TiktokenCounter,
+    TokenCounter,
+    default_counter,
+)
+
+__all__ = [
+    "ENCODING_NAME",
+    "TiktokenCounter",
+    "TokenCounter",
+    "build_batch_prompt",
+    "build_prompt_for_tasks",
+    "default_counter",
+    "fix_prompt",
+    "system_prompt",
+]

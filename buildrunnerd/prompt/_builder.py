@@ -1,0 +1,317 @@
+"""Batch prompts within a token budget, and fix-up prompts from verification reports.
+
+A batch prompt has two parts:
+
+- ``system``: who the agent is, the rules, how work is verified and when to stop. It depends
+  only on the run (its test command), so it is byte-identical for every batch and the API can
+  cache it.
+- ``user``: the context (project overview, what is already built, relevant files) followed by
+  this batch's tasks, its verification and an explicit stop point.
+
+``budget_tokens`` bounds the user part: the tasks come first and are never cut; the context
+gets what is left and is trimmed lowest value first (unrelated files, then older summaries of
+finished batches, then files the tasks name, the overview last). A batch whose tasks alone are
+over the budget is a :class:`PlanError` naming the batch.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from buildrunnerd.errors import PlanError, Problem
+from buildrunnerd.plan._model import Batch, BatchPrompt, Plan, Task
+from buildrunnerd.prompt._counter import TokenCounter, default_counter
+
+__all__ = ["build_batch_prompt", "build_prompt_for_tasks", "system_prompt", "fix_prompt"]
+
+# A context item cut to fewer tokens than this says too little to be worth its header.
+_MIN_USEFUL_TOKENS = 40
+_TRUNCATED = "\n[... truncated to fit the context budget]"
+_MAX_OUTPUT_TAIL_CHARS = 4000
+
+
+def _fence(text: str) -> str:
+    """A backtick fence longer than any run of backticks inside ``text``."""
+    longest = max((len(m) for m in re.findall(r"`+", text)), default=0)
+    return "`" * max(3, longest + 1)
+
+
+def system_prompt(test_command: str | None) -> str:
+    """The stable part of every batch prompt of a run (depends only on the test command)."""
+    if test_command:
+        tests = f"3. the test command `{test_command}` passes;"
+    else:
+        tests = "3. (this run has no test command; still write the tests a task asks for);"
+    return f"""You are a senior software engineer, one of several agents that BuildRunner runs in \
+parallel to build a project from its written spec. Each agent gets a batch of tasks in its own \
+git worktree; BuildRunner verifies and merges the work when the agent stops.
+
+# Rules
+- Work only inside the current directory (your worktree). Never touch files outside it.
+- Do only the tasks of your batch. Other agents build the rest of the project at the same time; \
+do not implement, stub or rewrite their parts.
+- Create or edit the files each task names. Change other files only when a task needs it.
+- Write complete, working code: no placeholders, no TODO stubs, no pretend implementations.
+- Read a file before you edit it and follow the conventions already in the project.
+- Never write secrets, API keys, tokens or passwords into files; read them from the environment.
+- Do not commit, branch or push: BuildRunner commits and merges your work.
+
+# How your work is verified
+When you stop, BuildRunner checks your worktree:
+1. every file your tasks name exists and is not empty;
+2. changed source files parse (Python files compile, imports resolve);
+{tests}
+4. the diff contains no credentials.
+A failed check comes back to you with its report so you can fix it.
+
+# When to stop
+Stop as soon as every task of your batch is done and its acceptance criteria hold. End with a \
+short summary: the files you created or changed and what each does. This summary is what later \
+batches will know about your work. Do not start anything else.
+"""
+
+
+def _render_task(task: Task) -> str:
+    lines = [
+        f"## {task.id}: {task.title}",
+        f"Domain: {task.domain}; complexity: {task.complexity}; "
+        f"estimate: {task.estimate_minutes} min",
+    ]
+    if task.files:
+        lines.append("Files: " + ", ".join(f"`{f}`" for f in task.files))
+    if task.depends_on:
+        lines.append("Builds on (already done): " + ", ".join(task.depends_on))
+    if task.description:
+        lines.append(f"Details: {task.description}")
+    lines.append("Acceptance criteria:")
+    lines.extend(f"- [ ] {c}" for c in task.acceptance_criteria)
+    return "\n".join(lines)
+
+
+def _render_tasks(batch: Batch, tasks: Sequence[Task], test_command: str | None) -> str:
+    files = list(dict.fromkeys(f for t in tasks for f in t.files))
+    parts = [
+        f"# Your tasks: batch {batch.id} ({batch.domain}, {len(tasks)} "
+        f"task{'s' if len(tasks) != 1 else ''})",
+        *(_render_task(t) for t in tasks),
+        "# Verification of this batch",
+    ]
+    checks = []
+    if files:
+        named = ", ".join(f"`{f}`" for f in files)
+        checks.append(f"- these files exist and are not empty: {named}")
+    if test_command:
+        checks.append(f"- `{test_command}` passes")
+    checks.append("- every acceptance criterion above holds")
+    parts.append("\n".join(checks))
+    ids = ", ".join(t.id for t in tasks)
+    parts.append(
+        f"# Stop point\nStop when {ids} {'is' if len(tasks) == 1 else 'are'} done. "
+        "Then reply with your summary and nothing else."
+    )
+    return "\n\n".join(parts)
+
+
+class _Item:
+    """One piece of optional context: rendered with a header, maybe cut to fit."""
+
+    __slots__ = ("header", "body", "footer", "can_cut")
+
+    def __init__(self, header: str, body: str, *, footer: str = "", can_cut: bool) -> None:
+        self.header = header
+        self.body = body
+        self.footer = footer
+        self.can_cut = can_cut
+
+    def render(self, body: str | None = None) -> str:
+        return f"{self.header}{self.body if body is None else body}{self.footer}"
+
+
+def _file_item(path: str, content: str) -> _Item:
+    fence = _fence(content)
+    return _Item(f"## `{path}`\n{fence}\n", content.rstrip("\n"), footer=f"\n{fence}",
+                 can_cut=True)
+
+
+def _context_items(
+    title: str,
+    overview: str,
+    built: Sequence[str],
+    files: Mapping[str, str],
+    tasks: Sequence[Task],
+) -> list[_Item]:
+    """Context items, most valuable first."""
+    items: list[_Item] = []
+    if overview.strip() or title:
+        items.append(_Item(f"# Project: {title}\n", overview.strip(), can_cut=True))
+    named = list(dict.fromkeys(f for t in tasks for f in t.files))
+    for path in named:
+        if path in files:
+            items.append(_file_item(path, files[path]))
+    # The newest summaries matter most: later batches usually build on the latest work.
+    for summary in reversed(built):
+        if summary.strip():
+            items.append(_Item("- ", " ".join(summary.split()), can_cut=False))
+    named_set = set(named)
+    for path, content in files.items():
+        if path not in named_set:
+            items.append(_file_item(path, content))
+    return items
+
+
+def _assemble(items: Sequence[tuple[_Item, str]]) -> str:
+    """Lay the chosen items out in reading order: overview, built, files."""
+    overview = [text for item, text in items if item.header.startswith("# Project")]
+    built = [text for item, text in items if item.header == "- "]
+    files = [text for item, text in items if item.header.startswith("## `")]
+    sections = list(overview)
+    if built:
+        sections.append("# Already built (by earlier batches)\n" + "\n".join(built))
+    if files:
+        sections.append("# Relevant files (current content)\n\n" + "\n\n".join(files))
+    return "\n\n".join(sections)
+
+
+def _fit_context(items: list[_Item], allowance: int, counter: TokenCounter) -> tuple[str, int]:
+    chosen: list[tuple[_Item, str]] = []
+    remaining = allowance
+    for item in items:
+        if remaining <= 0:
+            break
+        text = item.render()
+        cost = counter.count(text) + 2  # +2: the separators between items
+        if cost <= remaining:
+            chosen.append((item, text))
+            remaining -= cost
+            continue
+        if not item.can_cut:
+            continue
+        frame = counter.count(item.render("")) + counter.count(_TRUNCATED) + 4
+        room = remaining - frame
+        if room < _MIN_USEFUL_TOKENS:
+            continue
+        cut = counter.truncate(item.body, room)
+        text = item.render(cut + _TRUNCATED)
+        chosen.append((item, text))
+        remaining -= counter.count(text) + 2
+    # Per-item counts are an estimate of the whole (tokens can merge across a boundary):
+    # count the real text and drop the least valuable items until it really fits.
+    while True:
+        context = _assemble(chosen)
+        tokens = counter.count(context)
+        if tokens <= allowance or not chosen:
+            return context, tokens
+        chosen.pop()
+
+
+def build_prompt_for_tasks(
+    plan_title: str,
+    batch: Batch,
+    tasks: Sequence[Task],
+    *,
+    overview: str,
+    built: Sequence[str] = (),
+    files: Mapping[str, str] | None = None,
+    test_command: str | None = None,
+    budget_tokens: int = 4000,
+    counter: TokenCounter | None = None,
+) -> BatchPrompt:
+    """:func:`build_batch_prompt` for callers that already hold the batch's tasks (the planner
+    uses it for thousands of batches without looking tasks up again)."""
+    counter = counter or default_counter()
+    system = system_prompt(test_command)
+    tasks_text = _render_tasks(batch, tasks, test_command)
+    task_tokens = counter.count(tasks_text)
+    if task_tokens > budget_tokens:
+        raise PlanError([Problem(
+            tasks[0].line if tasks else None,
+            f"batch {batch.id} ({', '.join(t.id for t in tasks)}): its tasks alone take "
+            f"{task_tokens} tokens, over the context budget of {budget_tokens}; split the "
+            "tasks or shorten their text, or raise planner.context_budget_tokens",
+        )])
+    items = _context_items(plan_title, overview, built, files or {}, tasks)
+    context, context_tokens = _fit_context(items, budget_tokens - task_tokens - 2, counter)
+    user = f"{context}\n\n{tasks_text}" if context else tasks_text
+    # The sum of the parts, counted separately: the budget and the tokens estimate agree, and a
+    # plan of thousands of batches counts each batch's own text only once.
+    tokens = counter.count(system) + context_tokens + task_tokens + (2 if context else 0)
+    return BatchPrompt(system=system, user=user, tokens=tokens, context_tokens=context_tokens)
+
+
+def build_batch_prompt(
+    plan: Plan,
+    batch: Batch,
+    *,
+    overview: str,
+    built: list[str],
+    files: dict[str, str],
+    test_command: str | None,
+    budget_tokens: int = 4000,
+    counter: TokenCounter | None = None,
+) -> BatchPrompt:
+    """The prompt for ``batch`` of ``plan``.
+
+    ``overview`` is the project's overview, ``built`` the summaries of finished batches (oldest
+    first), ``files`` the content of relevant existing files by path. The context part never
+    exceeds ``budget_tokens`` minus what the tasks take; ``BatchPrompt.system`` is identical for
+    every batch with the same ``test_command``. Raises :class:`PlanError` naming the batch when
+    its tasks alone do not fit the budget.
+    """
+    by_id = {t.id: t for t in plan.tasks}
+    missing = [tid for tid in batch.task_ids if tid not in by_id]
+    if missing:
+        raise PlanError([Problem(None, f"batch {batch.id} names tasks that are not in the plan: "
+                                       f"{', '.join(missing)}; rebuild the plan")])
+    return build_prompt_for_tasks(
+        plan.spec_title,
+        batch,
+        [by_id[tid] for tid in batch.task_ids],
+        overview=overview,
+        built=built,
+        files=files,
+        test_command=test_command,
+        budget_tokens=budget_tokens,
+        counter=counter,
+    )
+
+
+def fix_prompt(report: dict[str, Any]) -> str:
+    """The user turn of a fix-up round, from the verifier's structured report.
+
+    ``report["checks"]`` holds dicts with ``name``, ``passed``, ``message``, ``file``, ``line``
+    and ``output_tail``; failed checks are listed first, with where and what they printed.
+    """
+    checks = [c for c in report.get("checks") or [] if isinstance(c, dict)]
+    failed = [c for c in checks if not c.get("passed")]
+    passed = [c for c in checks if c.get("passed")]
+    parts = [
+        "BuildRunner verified your work and it did not pass. Fix the problems below in this "
+        "worktree. Change only what the fix needs; keep the work that passed. Then stop with a "
+        "short summary of what you changed."
+    ]
+    if failed:
+        parts.append(f"# Failed checks ({len(failed)})")
+    else:
+        parts.append("# Failed checks\nThe report names no failed check; re-check the "
+                     "acceptance criteria of your tasks and the test command.")
+    for n, check in enumerate(failed, 1):
+        lines = [f"## {n}. {check.get('name', 'check')}: {check.get('message') or 'failed'}"]
+        where = check.get("file")
+        if where:
+            line = check.get("line")
+            lines.append(f"Where: `{where}`" + (f" line {line}" if line else ""))
+        tail = str(check.get("output_tail") or "").strip()
+        if tail:
+            if len(tail) > _MAX_OUTPUT_TAIL_CHARS:
+                tail = "[...]\n" + tail[-_MAX_OUTPUT_TAIL_CHARS:]
+            fence = _fence(tail)
+            lines.append(f"Output (last lines):\n{fence}\n{tail}\n{fence}")
+        parts.append("\n".join(lines))
+    if passed:
+        parts.append("# Passed checks\n" + "\n".join(
+            f"- {c.get('name', 'check')}" for c in passed
+        ))
+    parts.append("# Stop point\nStop when every failed check above would pass.")
+    return "\n\n".join(parts)

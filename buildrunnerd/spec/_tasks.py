@@ -1,0 +1,345 @@
+"""Explicit task lists, kept as written: spec-kit ``T001``, Kiro ``1.1``, plans ``Task A.1``.
+
+Each reader returns the feature drafts the tasks are grouped under and the tasks paired with
+their draft; the parser gives the drafts ids and fills ``SpecTask.feature`` afterwards.
+Dependencies come from how each format orders its work (see docs/spec-format.md).
+"""
+
+from __future__ import annotations
+
+import re
+
+from buildrunnerd.spec._features import Draft, read_lines
+from buildrunnerd.spec._model import Item, SpecTask
+from buildrunnerd.spec._scan import HEADING, ITEM, TEXT, Line
+from buildrunnerd.spec._text import (
+    clean_title,
+    find_files,
+    parse_minutes,
+    split_label,
+    split_refs,
+    strip_duration,
+    strip_markup,
+)
+
+__all__ = [
+    "TaskPairs",
+    "SPECKIT_TASK",
+    "KIRO_TASK",
+    "PLAN_TASK",
+    "speckit_tasks",
+    "kiro_tasks",
+    "plan_tasks",
+]
+
+TaskPairs = list[tuple[SpecTask, Draft]]
+
+SPECKIT_TASK = re.compile(r"^(T\d{1,5}|TXXX)\b\s*(.*)$")
+_PHASE = re.compile(r"^phase\s+(\d{1,4}|[a-z])\b", re.I)
+_SPECKIT_MARK = re.compile(r"^\[([A-Za-z]{1,3}\d{0,4})\]\s*")
+_SPECKIT_DEPS = re.compile(r"\(\s{0,3}depends on\s{1,3}([^()]{1,200})\)", re.I)
+KIRO_TASK = re.compile(r"^(\d{1,4}\.(?:\d{1,4}(?:\.\d{1,4}){0,2}\.?)?)\s+(\S.*)$")
+_KIRO_REQS = re.compile(r"^_?requirements?:\s{0,3}(.*?)_?$", re.I)
+PLAN_TASK = re.compile(
+    r"^(?:task\s+([A-Za-z]{0,3}\d{1,4}(?:[.\-]\d{1,4}){0,3}|[A-Z]{1,3}\.\d{1,4}(?:\.\d{1,4}){0,2})"
+    r"|(?-i:([A-Z]{1,3}\d{0,3}\.\d{1,4})))"
+    r"\s{0,3}[:\-–—]\s{0,3}(\S.*)$",
+    re.I,
+)
+_TRAILING_PAREN = re.compile(r"\s{0,3}\([^()]{0,80}\)$")
+_GENERIC_PARENT = re.compile(
+    r"^(?:tasks?|task list|implementation(?: tasks| plan)?|work items|steps|todo|batches)$", re.I
+)
+
+
+def _add_task(
+    pairs: TaskPairs, seen: dict[str, int], warnings: list[tuple[int, str]],
+    task: SpecTask, draft: Draft,
+) -> None:
+    """Append, renaming a repeated id ("TXXX" in a template) so every id stays unique."""
+    if task.id in seen:
+        seen[task.id] += 1
+        new_id = f"{task.id}-{seen[task.id]}"
+        warnings.append(
+            (task.line, f"task id '{task.id}' is used more than once; this one was renamed "
+             f"'{new_id}' (give each task its own id)")
+        )
+        task.id = new_id
+    else:
+        seen[task.id] = 1
+    pairs.append((task, draft))
+
+
+def speckit_tasks(lines: list[Line]) -> tuple[list[Draft], TaskPairs, list[tuple[int, str]]]:
+    """A spec-kit ``tasks.md``: every ``## Phase N`` is a feature, ``- [ ] T001 ...`` tasks.
+
+    Order as spec-kit means it: user-story phases wait for the last shared phase before them
+    and may run side by side; other phases wait for everything before them. Inside a phase a
+    task without ``[P]`` waits for the task written before it.
+    """
+    drafts: list[Draft] = []
+    pairs: TaskPairs = []
+    seen: dict[str, int] = {}
+    warnings: list[tuple[int, str]] = []
+    phase: Draft | None = None
+    phase_is_story: dict[int, bool] = {}
+    phase_tasks: dict[int, list[SpecTask]] = {}
+    prev_in_phase: SpecTask | None = None
+    current_task: SpecTask | None = None
+    for line in lines:
+        if line.kind == HEADING and line.level <= 2:
+            current_task = None
+            title = clean_title(line.text)
+            if _PHASE.match(title) or phase is not None:
+                name = title.split("🎯")[0].strip()
+                phase = Draft(name, line.number)
+                drafts.append(phase)
+                phase_is_story[id(phase)] = "user story" in title.lower()
+                phase_tasks[id(phase)] = []
+                prev_in_phase = None
+            continue
+        if line.kind == ITEM and line.checked is not None:
+            m = SPECKIT_TASK.match(line.text)
+            if m is None:
+                continue
+            if phase is None:
+                phase = Draft("Tasks", line.number)
+                drafts.append(phase)
+                phase_is_story[id(phase)] = False
+                phase_tasks[id(phase)] = []
+            rest = m.group(2)
+            parallel = False
+            refs: list[str] = []
+            while True:
+                mark = _SPECKIT_MARK.match(rest)
+                if mark is None:
+                    break
+                if mark.group(1).upper() == "P":
+                    parallel = True
+                else:
+                    refs.append(mark.group(1))
+                rest = rest[mark.end() :]
+            deps: list[str] = []
+            dm = _SPECKIT_DEPS.search(rest)
+            if dm is not None:
+                deps = [r for r in split_refs(dm.group(1)) if r]
+                rest = (rest[: dm.start()] + rest[dm.end() :]).strip()
+            task = SpecTask(
+                id=m.group(1), title=strip_markup(strip_duration(rest)) or m.group(1),
+                line=line.number, feature="", estimate_minutes=parse_minutes(rest),
+                files=find_files(rest, bare=True), depends_on=deps, parallel=parallel,
+                done=bool(line.checked), requirements=refs,
+            )
+            if not parallel and prev_in_phase is not None and prev_in_phase.id not in deps:
+                task.depends_on = [prev_in_phase.id, *deps]
+            _add_task(pairs, seen, warnings, task, phase)
+            phase_tasks[id(phase)].append(task)
+            prev_in_phase = task
+            current_task = task
+            continue
+        if current_task is not None and line.kind == ITEM and line.indent > 0 and line.text:
+            current_task.details.append(Item(strip_markup(line.text), line.number))
+    # Phase barriers: the first tasks of a phase wait for the phases it depends on.
+    barrier: list[Draft] = []  # phases the next shared phase must wait for
+    last_shared: Draft | None = None
+    for draft in drafts:
+        is_story = phase_is_story[id(draft)]
+        waits_for = ([last_shared] if last_shared is not None else []) if is_story else barrier
+        sinks = [t.id for p in waits_for for t in _sinks(phase_tasks[id(p)])]
+        for task in phase_tasks[id(draft)]:
+            if not any(d in {t.id for t in phase_tasks[id(draft)]} for d in task.depends_on):
+                task.depends_on = [*sinks, *(d for d in task.depends_on if d not in sinks)]
+        draft.dep_refs.extend((p.name, draft.line) for p in waits_for)
+        if is_story:
+            barrier.append(draft)
+        else:
+            last_shared = draft
+            barrier = [draft]
+    kept = [d for d in drafts if phase_tasks[id(d)]]
+    return kept, pairs, warnings
+
+
+def _sinks(tasks: list[SpecTask]) -> list[SpecTask]:
+    """Tasks of a phase nothing else in the phase waits for (the phase is done after them)."""
+    waited = {d for t in tasks for d in t.depends_on}
+    return [t for t in tasks if t.id not in waited]
+
+
+def kiro_tasks(lines: list[Line]) -> tuple[list[Draft], TaskPairs, list[tuple[int, str]]]:
+    """A Kiro ``tasks.md``: ``- [ ] 1. Group`` is a feature, ``- [ ] 1.1 Task`` its tasks.
+
+    Kiro works through the list in order, so each task waits for the one numbered before it;
+    a group without sub-tasks is a task itself. Sub-bullets are details, ``_Requirements:
+    7.4_`` lines are kept as requirement traces.
+    """
+    drafts: list[Draft] = []
+    pairs: TaskPairs = []
+    seen: dict[str, int] = {}
+    warnings: list[tuple[int, str]] = []
+    group: Draft | None = None
+    group_task: SpecTask | None = None  # the group line itself, used when it has no sub-tasks
+    group_has_sub = False
+    current: SpecTask | None = None
+    previous: SpecTask | None = None
+
+    def close_group() -> None:
+        nonlocal previous
+        if group is not None and group_task is not None and not group_has_sub:
+            _chain(group_task)
+            _add_task(pairs, seen, warnings, group_task, group)
+
+    def _chain(task: SpecTask) -> None:
+        nonlocal previous
+        if previous is not None and previous.id not in task.depends_on:
+            task.depends_on = [previous.id, *task.depends_on]
+        previous = task
+
+    for line in lines:
+        if line.kind == HEADING:
+            continue
+        m = KIRO_TASK.match(line.text) if line.kind == ITEM and line.checked is not None else None
+        if m is not None:
+            number, title = m.group(1).rstrip("."), m.group(2)
+            task = SpecTask(
+                id=number, title=strip_markup(strip_duration(title)), line=line.number,
+                feature="", estimate_minutes=parse_minutes(title), files=find_files(title),
+                done=bool(line.checked),
+            )
+            if "." not in number or group is None:
+                close_group()
+                group = Draft(clean_title(strip_duration(title)), line.number)
+                drafts.append(group)
+                if "." in number:  # a sub-task with no group line above it
+                    group_task, group_has_sub = None, True
+                    _chain(task)
+                    _add_task(pairs, seen, warnings, task, group)
+                else:
+                    group_task, group_has_sub = task, False
+            else:
+                group_has_sub = True
+                _chain(task)
+                _add_task(pairs, seen, warnings, task, group)
+            current = task
+            continue
+        if current is None or line.kind not in (ITEM, TEXT) or not line.text:
+            continue
+        rm = _KIRO_REQS.match(line.text.strip("_ "))
+        if rm is not None:
+            current.requirements.extend(split_refs(rm.group(1).strip("_ ")))
+            continue
+        current.details.append(Item(strip_markup(line.text), line.number))
+        for path in find_files(line.text):
+            if path not in current.files:
+                current.files.append(path)
+    close_group()
+    # Groups follow each other in the order written.
+    for before, after in zip(drafts, drafts[1:], strict=False):
+        after.dep_refs.append((before.name, after.line))
+    return drafts, pairs, warnings
+
+
+def _plan_parent(stack: list[tuple[int, str, int]], level: int) -> tuple[str, int] | None:
+    """The nearest enclosing heading above ``level`` that names a group (not "Tasks")."""
+    for lvl, title, number in reversed(stack):
+        if lvl < level and not _GENERIC_PARENT.match(title):
+            return _TRAILING_PAREN.sub("", title) or title, number
+    return None
+
+
+def plan_tasks(
+    lines: list[Line], spec_title: str
+) -> tuple[list[Draft], TaskPairs, list[tuple[int, str]]]:
+    """A plan with ``#### Task A.1: Title (90 min)`` headings (or ``- Task A.1: ...`` items).
+
+    Tasks are grouped under the heading (or list item) around them — a batch or a build —
+    and, as written in a plan, each waits for the task before it in the same group.
+    """
+    drafts: dict[tuple[str, int], Draft] = {}
+    pairs: TaskPairs = []
+    seen: dict[str, int] = {}
+    warnings: list[tuple[int, str]] = []
+    stack: list[tuple[int, str, int]] = []  # open headings: (level, clean title, line)
+    last_in_group: dict[int, SpecTask] = {}
+    current: SpecTask | None = None
+    body: list[Line] = []
+    parent_item: tuple[int, str, int] | None = None  # (indent, title, line) of a "Batch" item
+
+    def finish() -> None:
+        if current is not None:
+            _fill_task(current, body)
+
+    current_indent = -1  # indentation of a list-item task; -1 for a heading task
+    for line in lines:
+        m = PLAN_TASK.match(strip_markup(line.text)) if line.kind in (HEADING, ITEM) else None
+        if line.kind == HEADING:
+            parent_item = None
+            while stack and stack[-1][0] >= line.level:
+                stack.pop()
+            if m is None:
+                finish()
+                current = None
+                stack.append((line.level, clean_title(strip_duration(line.text)), line.number))
+                continue
+        if m is not None:
+            finish()
+            body = []
+            if line.kind == HEADING:
+                parent = _plan_parent(stack, line.level)
+                current_indent = -1
+            else:
+                if parent_item is not None and parent_item[0] >= line.indent:
+                    parent_item = None
+                parent = (parent_item[1], parent_item[2]) if parent_item else _plan_parent(
+                    stack, 7
+                )
+                current_indent = line.indent
+            key = parent or (spec_title or "Tasks", 1)
+            draft = drafts.get(key)
+            if draft is None:
+                draft = drafts[key] = Draft(key[0], key[1])
+            title = m.group(3)
+            current = SpecTask(
+                id=m.group(1) or m.group(2),
+                title=strip_markup(strip_duration(title)).rstrip(" -") or title,
+                line=line.number, feature="", estimate_minutes=parse_minutes(title),
+                files=find_files(title, bare=True),
+                done="✅" in line.text or bool(line.checked),
+            )
+            previous = last_in_group.get(id(draft))
+            if previous is not None:
+                current.depends_on = [previous.id]
+            last_in_group[id(draft)] = current
+            _add_task(pairs, seen, warnings, current, draft)
+            continue
+        if line.kind == ITEM and line.text and (current is None or line.indent <= current_indent):
+            # A list item outside any task: a "Batch A1: ..." line that groups the tasks below.
+            finish()
+            current = None
+            name = clean_title(strip_duration(line.text.split(" (")[0])) or line.text
+            parent_item = (line.indent, name, line.number)
+            continue
+        if current is not None and line.kind in (ITEM, TEXT):
+            body.append(line)
+    finish()
+    return list(drafts.values()), pairs, warnings
+
+
+def _fill_task(task: SpecTask, body: list[Line]) -> None:
+    """Files, acceptance criteria, dependencies and details from a task's own lines."""
+    scratch = Draft(task.title, task.line)
+    read_lines(scratch, body)
+    for line in body:
+        labelled = split_label(line.text)
+        if labelled is not None and labelled[0] in ("complexity",):
+            task.complexity = strip_markup(labelled[1]).lower() or None
+        if labelled is not None and labelled[0] == "domain":
+            task.domain = strip_markup(labelled[1]).lower() or None
+        if line.kind == ITEM or line.kind == TEXT:
+            for path in find_files(line.text, bare=line.kind == ITEM):
+                if path not in task.files:
+                    task.files.append(path)
+    task.acceptance_criteria = scratch.criteria
+    task.details = scratch.requirements
+    task.depends_on = [*task.depends_on, *(r for r, _ in scratch.dep_refs)]
+    if task.domain is None and scratch.domain:
+        task.domain = scratch.domain

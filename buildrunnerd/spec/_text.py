@@ -1,0 +1,177 @@
+"""Small text helpers shared by the dialect parsers: slugs, labels, durations, file paths.
+
+All of them are linear in the length of their input: no regex here has nested or adjacent
+overlapping quantifiers, so a hostile 1 MB line cannot make parsing slow.
+"""
+
+from __future__ import annotations
+
+import re
+
+__all__ = [
+    "slugify",
+    "clean_title",
+    "split_label",
+    "parse_minutes",
+    "strip_duration",
+    "find_files",
+    "split_refs",
+    "is_placeholder",
+    "strip_markup",
+    "norm_name",
+]
+
+_MAX_SLUG = 60
+_MAX_TOKEN = 300
+
+_NUMBER_PREFIX = re.compile(r"^(?:\d{1,4}[.)]|[A-Za-z]\))\s+")
+_FEATURE_PREFIX = re.compile(r"^(?:feature|capability|epic|module)\s*\d{0,4}\s*[:.\-–—]\s*", re.I)
+_DURATION = re.compile(
+    r"\(\s{0,3}~?\s{0,3}(\d{1,4}(?:\.\d{1,2})?)\s{0,3}(min|mins|minutes|m|h|hr|hrs|hour|hours)\s{0,3}\)",
+    re.I,
+)
+_FILE_TOKEN = re.compile(r"[\w.\-\[\]/@+]{1,300}\.[A-Za-z0-9]{1,8}")
+_STATUS_SUFFIX = re.compile(
+    r"\s[-–—]\s{1,3}(?:complete[d]?|done|in progress|todo|wip|pending)$", re.I
+)
+_EMOJI_MARKS = "✅❌⚠️🎯✓✔☐☑⏳🚧"
+
+
+def strip_markup(text: str) -> str:
+    """Text without Markdown emphasis markers and status emoji, whitespace collapsed."""
+    out = text.replace("**", "").replace("__", "")
+    for mark in _EMOJI_MARKS:
+        out = out.replace(mark, "")
+    return " ".join(out.split())
+
+
+def clean_title(title: str) -> str:
+    """A heading or item turned into a feature name: no numbering, emphasis or "Feature:"."""
+    out = strip_markup(title)
+    out = _NUMBER_PREFIX.sub("", out, count=1)
+    out = _FEATURE_PREFIX.sub("", out, count=1)
+    out = _STATUS_SUFFIX.sub("", out)
+    if out.startswith("`") and out.endswith("`") and out.count("`") == 2:
+        out = out[1:-1]
+    return out.strip(" :*_-") or out.strip()
+
+
+def norm_name(name: str) -> str:
+    """The key two names are compared by: case, punctuation and spacing do not matter."""
+    return " ".join("".join(c if c.isalnum() else " " for c in name.casefold()).split())
+
+
+def slugify(name: str, default: str = "feature") -> str:
+    """A stable, readable id: lowercase ASCII words joined by '-', at most 60 characters."""
+    words: list[str] = []
+    current: list[str] = []
+    for ch in name.lower():
+        if ch.isascii() and ch.isalnum():
+            current.append(ch)
+        elif current:
+            words.append("".join(current))
+            current = []
+    if current:
+        words.append("".join(current))
+    slug = ""
+    for word in words:
+        candidate = f"{slug}-{word}" if slug else word
+        if len(candidate) > _MAX_SLUG:
+            break
+        slug = candidate
+    if not slug and words:
+        slug = words[0][:_MAX_SLUG]
+    return slug or default
+
+
+def split_label(text: str) -> tuple[str, str] | None:
+    """``**Depends on:** a, b`` / ``Priority: high`` / ``**Goal**: x`` -> (label, value).
+
+    The label is lowercased with emphasis removed; ``None`` when the line has no short label.
+    """
+    head, sep, rest = text.partition(":")
+    if not sep or len(head) > 60:
+        return None
+    label = head.replace("*", "").replace("_", " ").strip()
+    if not label or "`" in label or "[" in label or "(" in label and ")" not in label:
+        return None
+    if not all(c.isalnum() or c in " -/&'()" for c in label):
+        return None
+    value = rest.strip()
+    # "**Label:** value" leaves the closing ** at the start of the value.
+    if value.startswith("**"):
+        value = value[2:].strip()
+    elif value.startswith("*") and not value.startswith("* "):
+        value = value[1:].strip()
+    return " ".join(label.lower().split()), value
+
+
+def parse_minutes(text: str) -> int | None:
+    """The first duration written as ``(90 min)``, ``(2 hours)``, ``(1.5h)`` in minutes."""
+    m = _DURATION.search(text)
+    if m is None:
+        return None
+    amount = float(m.group(1))
+    unit = m.group(2).lower()
+    minutes = amount if unit.startswith("m") else amount * 60
+    return max(1, round(minutes))
+
+
+def strip_duration(text: str) -> str:
+    """``Spec Parser (90 min)`` -> ``Spec Parser``."""
+    return _DURATION.sub("", text).strip(" -–—:")
+
+
+def _looks_like_path(token: str) -> bool:
+    if not token or len(token) > _MAX_TOKEN or " " in token or "://" in token:
+        return False
+    if token[0] in "-$<{(" or token.endswith("/") or "*" in token:
+        return False
+    if _FILE_TOKEN.fullmatch(token) is not None:
+        return True
+    parts = token.split("/")
+    return len(parts) > 1 and all(parts[1:]) and "." in parts[-1]
+
+
+def find_files(text: str, *, bare: bool = False) -> list[str]:
+    """Paths named in backticks (``src/app.py``); with ``bare``, also unquoted path tokens.
+
+    A "path" has an extension or a directory part and no spaces; ``POST /api/x`` is not one.
+    """
+    out: list[str] = []
+    parts = text.split("`")
+    for i in range(1, len(parts) - 1, 2):
+        token = parts[i].strip()
+        if _looks_like_path(token) and ("/" in token or "." in token):
+            out.append(token.lstrip("./") if token.startswith("./") else token)
+    if bare:
+        for i in range(0, len(parts), 2):
+            for raw in parts[i].split():
+                token = raw.strip("\"'()[],;:")
+                if "/" in token and _looks_like_path(token) and token not in out:
+                    out.append(token)
+    return out
+
+
+def split_refs(value: str) -> list[str]:
+    """``a, b and c`` / ``[a], [b]`` / ``none`` -> ["a", "b", "c"] / [] (order kept)."""
+    cleaned = strip_markup(value).replace("`", "")
+    if norm_name(cleaned) in {"", "none", "n a", "na", "nothing", "no dependencies", "no"}:
+        return []
+    for sep in (";", " and ", " & "):
+        cleaned = cleaned.replace(sep, ",")
+    refs: list[str] = []
+    for part in cleaned.split(","):
+        ref = part.strip().strip("[]").strip().rstrip(".").strip()
+        if ref and norm_name(ref) not in {"none", "n a"}:
+            refs.append(ref)
+    return refs
+
+
+def is_placeholder(name: str) -> bool:
+    """A name that is an unfilled template slot: ``[Name]``, ``[Feature name]``, ``<name>``."""
+    s = name.strip()
+    return len(s) >= 2 and (
+        (s[0] == "[" and s[-1] == "]" and s.count("[") == 1)
+        or (s[0] == "<" and s[-1] == ">" and s.count("<") == 1)
+    )

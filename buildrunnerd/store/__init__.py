@@ -1,0 +1,33 @@
+"""The SQLite store: runs, tasks, batches, attempts, events, API calls and their costs.
+
+One :class:`Store` per daemon. Every state change and its event are written in one transaction;
+stored events reach the daemon's event bus through ``on_event`` after the commit.
+"""
+
+from buildrunnerd.store._costs import COST_GROUPINGS
+from buildrunnerd.store._migrations import LATEST_VERSION, MIGRATIONS
+from buildrunnerd.store._records import (
+    ATTEMPT_OUTCOMES,
+    AttemptRecord,
+    BatchChange,
+    BatchRecord,
+    NewEvent,
+    NewRun,
+    RunChange,
+    RunOptions,
+    RunRecord,
+    TaskChange,
+    TaskRecord,
+    format_ts,
+    global_id,
+    parse_ts,
+)
+from buildrunnerd.store._store import Store
+
+__all__ = [
+    "Store",
+    "NewRun", "RunOptions", "RunRecord", "TaskRecord", "BatchRecord", "AttemptRecord",
+    "TaskChange", "RunChange", "BatchChange", "NewEvent",
+    "ATTEMPT_OUTCOMES", "COST_GROUPINGS", "MIGRATIONS", "LATEST_VERSION",
+    "global_id", "format_ts", "parse_ts",
+]

@@ -1,0 +1,228 @@
+"""API calls and what they cost: recording, summaries, and retention (prune, vacuum).
+
+Costs are stored as integer nano-dollars, so every total is an exact sum whatever the grouping;
+they become USD floats only on the way out. Three places hold usage: the raw ``api_calls`` rows
+(pruned with the run's events), the hourly roll-ups ``metrics_hourly`` keyed by (hour, model), and
+the per-run totals on ``runs`` (both kept forever), so summaries stay right after pruning.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from buildrunnerd import protocol
+from buildrunnerd.errors import NotFoundError
+from buildrunnerd.executor._protocol import ApiCall
+from buildrunnerd.store._db import Database
+from buildrunnerd.store._records import format_ts
+
+__all__ = ["CostMethods", "COST_GROUPINGS", "to_nanousd", "from_nanousd"]
+
+#: What ``cost_summary(by=...)`` accepts.
+COST_GROUPINGS: tuple[str, ...] = ("model", "day", "run")
+
+_NANO = 1_000_000_000
+_USAGE_SUMS = (
+    "count(*), coalesce(sum(input_tokens), 0), coalesce(sum(output_tokens), 0),"
+    " coalesce(sum(cache_read_input_tokens), 0), coalesce(sum(cache_creation_input_tokens), 0),"
+    " coalesce(sum(cost_nanousd), 0)"
+)
+_ROLLUP_SUMS = (
+    "coalesce(sum(calls), 0), coalesce(sum(input_tokens), 0), coalesce(sum(output_tokens), 0),"
+    " coalesce(sum(cache_read_input_tokens), 0), coalesce(sum(cache_creation_input_tokens), 0),"
+    " coalesce(sum(cost_nanousd), 0)"
+)
+
+
+def to_nanousd(cost_usd: float) -> int:
+    """USD -> integer nano-dollars (the unit stored)."""
+    return round(cost_usd * _NANO)
+
+
+def from_nanousd(nanos: int) -> float:
+    """Integer nano-dollars -> USD."""
+    return nanos / _NANO
+
+
+class CostMethods(Database):
+    """API-call recording, cost summaries and retention; see :class:`Store` for the contract."""
+
+    async def record_api_call(
+        self, run_id: str, batch_id: str | None, call: ApiCall
+    ) -> protocol.Event:
+        """Store a billed call in ONE transaction: its row, an ``api.call`` event
+        ``{model, tokens {...}, cost_usd, request_id, ...}``, the hourly roll-up, and the cost
+        added to the run and, split evenly (to the nano-dollar), to the batch's tasks."""
+        nanos = to_nanousd(call.cost_usd)
+        async with self._write(f"recording an API call of run {run_id}") as txn:
+            hour = txn.ts[:13]
+            changed = await txn.execute(
+                "UPDATE runs SET cost_nanousd = cost_nanousd + ?, calls = calls + 1,"
+                " input_tokens = input_tokens + ?, output_tokens = output_tokens + ?,"
+                " cache_read_input_tokens = cache_read_input_tokens + ?,"
+                " cache_creation_input_tokens = cache_creation_input_tokens + ?"
+                " WHERE id = ?",
+                (nanos, call.input_tokens, call.output_tokens, call.cache_read_input_tokens,
+                 call.cache_creation_input_tokens, run_id),
+            )
+            if changed == 0:
+                raise _run_not_found(run_id)
+            await txn.execute(
+                "INSERT INTO api_calls (ts, run_id, batch_id, model, purpose, input_tokens,"
+                " output_tokens, cache_creation_input_tokens, cache_read_input_tokens,"
+                " cost_nanousd, latency_ms, request_id, stop_reason)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (txn.ts, run_id, batch_id, call.model, call.purpose, call.input_tokens,
+                 call.output_tokens, call.cache_creation_input_tokens,
+                 call.cache_read_input_tokens, nanos, call.latency_ms, call.request_id,
+                 call.stop_reason),
+            )
+            await txn.execute(
+                "INSERT INTO metrics_hourly (hour, model, calls, input_tokens, output_tokens,"
+                " cache_creation_input_tokens, cache_read_input_tokens, cost_nanousd)"
+                " VALUES (?, ?, 1, ?, ?, ?, ?, ?)"
+                " ON CONFLICT (hour, model) DO UPDATE SET calls = calls + 1,"
+                " input_tokens = input_tokens + excluded.input_tokens,"
+                " output_tokens = output_tokens + excluded.output_tokens,"
+                " cache_creation_input_tokens ="
+                "   cache_creation_input_tokens + excluded.cache_creation_input_tokens,"
+                " cache_read_input_tokens ="
+                "   cache_read_input_tokens + excluded.cache_read_input_tokens,"
+                " cost_nanousd = cost_nanousd + excluded.cost_nanousd",
+                (hour, call.model, call.input_tokens, call.output_tokens,
+                 call.cache_creation_input_tokens, call.cache_read_input_tokens, nanos),
+            )
+            if batch_id is not None and nanos:
+                rows = await txn.fetchall(
+                    "SELECT id FROM tasks WHERE batch_id = ? ORDER BY position", (batch_id,)
+                )
+                if rows:
+                    share, rest = divmod(nanos, len(rows))
+                    # The remainder goes one nano-dollar at a time to the first tasks, so the
+                    # tasks' costs add up to the call's cost exactly.
+                    await txn.executemany(
+                        "UPDATE tasks SET cost_nanousd = cost_nanousd + ? WHERE id = ?",
+                        [(share + (1 if i < rest else 0), row[0]) for i, row in enumerate(rows)],
+                    )
+            data: dict[str, Any] = {
+                "model": call.model,
+                "tokens": {
+                    "input_tokens": call.input_tokens,
+                    "output_tokens": call.output_tokens,
+                    "cache_creation_input_tokens": call.cache_creation_input_tokens,
+                    "cache_read_input_tokens": call.cache_read_input_tokens,
+                },
+                "cost_usd": from_nanousd(nanos),
+                "request_id": call.request_id,
+                "latency_ms": call.latency_ms,
+                "purpose": call.purpose,
+            }
+            if call.stop_reason is not None:
+                data["stop_reason"] = call.stop_reason
+            txn.add_event(run_id, "api.call", data, batch_id=batch_id)
+        return txn.events[0]
+
+    async def run_cost_usd(self, run_id: str) -> float:
+        """What the run has spent so far, in USD (NotFoundError for an unknown run)."""
+        rows = await self._fetchall(
+            f"reading the cost of run {run_id}",
+            "SELECT cost_nanousd FROM runs WHERE id = ?", (run_id,),
+        )
+        if not rows:
+            raise _run_not_found(run_id)
+        return from_nanousd(int(rows[0][0]))
+
+    async def cost_summary(
+        self, *, run_id: str | None = None, by: str = "model"
+    ) -> protocol.CostSummary:
+        """Spend and tokens grouped ``by`` model, day (UTC, ``YYYY-MM-DD``) or run, for one run
+        or all. Totals are exact sums of the recorded usage. Without ``run_id`` the model and
+        day views read the hourly roll-ups and the run view the per-run totals, so they stay
+        complete after :meth:`prune`; with ``run_id`` the model and day views read the run's
+        call rows (gone once pruned; the run's totals remain)."""
+        if by not in COST_GROUPINGS:
+            raise ValueError(f"cost_summary(by={by!r}): use one of {', '.join(COST_GROUPINGS)}")
+        what = f"summarizing costs by {by}"
+        async with self._read(what) as conn:
+            if run_id is not None:
+                found = list(await conn.execute_fetchall(
+                    "SELECT 1 FROM runs WHERE id = ?", (run_id,)
+                ))
+                if not found:
+                    raise _run_not_found(run_id)
+            if by == "run":
+                where = "WHERE id = ?" if run_id is not None else "WHERE calls > 0"
+                sql = (
+                    "SELECT id, calls, input_tokens, output_tokens, cache_read_input_tokens,"
+                    f" cache_creation_input_tokens, cost_nanousd FROM runs {where}"
+                    " ORDER BY created_at, id"
+                )
+                params: tuple[Any, ...] = (run_id,) if run_id is not None else ()
+            elif run_id is not None:
+                key = "model" if by == "model" else "substr(ts, 1, 10)"
+                sql = (
+                    f"SELECT {key} AS k, {_USAGE_SUMS} FROM api_calls WHERE run_id = ?"
+                    " GROUP BY k ORDER BY k"
+                )
+                params = (run_id,)
+            else:
+                key = "model" if by == "model" else "substr(hour, 1, 10)"
+                sql = f"SELECT {key} AS k, {_ROLLUP_SUMS} FROM metrics_hourly GROUP BY k ORDER BY k"
+                params = ()
+            rows = list(await conn.execute_fetchall(sql, params))
+        cost_rows = [
+            protocol.CostRow(
+                key=str(r[0]), calls=int(r[1]), input_tokens=int(r[2]),
+                output_tokens=int(r[3]), cache_read_input_tokens=int(r[4]),
+                cache_creation_input_tokens=int(r[5]), cost_usd=from_nanousd(int(r[6])),
+            )
+            for r in rows
+        ]
+        return protocol.CostSummary(
+            by=by,
+            total_usd=from_nanousd(sum(int(r[6]) for r in rows)),
+            calls=sum(r.calls for r in cost_rows),
+            input_tokens=sum(r.input_tokens for r in cost_rows),
+            output_tokens=sum(r.output_tokens for r in cost_rows),
+            cache_read_input_tokens=sum(r.cache_read_input_tokens for r in cost_rows),
+            cache_creation_input_tokens=sum(r.cache_creation_input_tokens for r in cost_rows),
+            rows=cost_rows,
+            run_id=run_id,
+        )
+
+    async def prune(
+        self, *, older_than: datetime, api_calls_older_than: datetime | None = None
+    ) -> dict[str, int]:
+        """Delete events older than ``older_than`` and API-call rows older than
+        ``api_calls_older_than`` (default: ``older_than``), of FINISHED runs only; hourly
+        roll-ups and per-run totals are kept. Returns ``{"events": n, "api_calls": m}``."""
+        events_cutoff = format_ts(older_than)
+        calls_cutoff = format_ts(api_calls_older_than or older_than)
+        finished = ", ".join(f"'{s}'" for s in sorted(protocol.TERMINAL_RUN_STATES))
+        async with self._write("pruning old events and API calls") as txn:
+            events = await txn.execute(
+                "DELETE FROM events WHERE ts < ? AND run_id IN"
+                f" (SELECT id FROM runs WHERE state IN ({finished}))",
+                (events_cutoff,),
+            )
+            calls = await txn.execute(
+                "DELETE FROM api_calls WHERE ts < ? AND run_id IN"
+                f" (SELECT id FROM runs WHERE state IN ({finished}))",
+                (calls_cutoff,),
+            )
+        return {"events": events, "api_calls": calls}
+
+    async def vacuum(self) -> None:
+        """Give the space of deleted rows back to the disk (VACUUM, then truncate the WAL).
+        Holds the store for as long as it takes: run it on a schedule, not per request."""
+        async with self._read("vacuuming the database") as conn:
+            await conn.execute("VACUUM")
+            await conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            await conn.execute("PRAGMA optimize")
+
+
+def _run_not_found(run_id: str) -> NotFoundError:
+    return NotFoundError(
+        f"run {run_id} not found: `brctl runs` lists the runs", data={"kind": "run", "id": run_id}
+    )

@@ -1,0 +1,337 @@
+"""The connection: opening, migrations, transactions, events after commit, error translation.
+
+One aiosqlite connection (its own thread) serves the whole daemon. A lock serializes
+transactions and reads, so a reader never sees another coroutine's half-written transaction and
+two writers never interleave. Events written in a transaction are handed to ``on_event`` only
+after COMMIT succeeded, in id order, and never for a transaction that rolled back.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
+from contextlib import asynccontextmanager
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Self
+
+import aiosqlite
+import anyio
+import msgspec
+import structlog
+
+from buildrunnerd import protocol
+from buildrunnerd.errors import StoreError
+from buildrunnerd.store._migrations import LATEST_VERSION, migrate
+from buildrunnerd.store._records import format_ts
+
+__all__ = [
+    "Database", "Txn", "EventCallback", "EVENT_COLUMNS", "encode_json", "decode_json",
+    "event_from_row", "translate_error",
+]
+
+EventCallback = Callable[[protocol.Event], None]
+
+_log = structlog.get_logger("buildrunnerd.store")
+_json_encoder = msgspec.json.Encoder()
+_json_decoder = msgspec.json.Decoder()
+
+# Six parameters a row; SQLite allows 32766 parameters per statement.
+_EVENTS_PER_INSERT = 1000
+EVENT_COLUMNS = "id, ts, run_id, type, data, batch_id, task_id"
+
+
+def encode_json(value: Any) -> str:
+    """JSON text for a column (raises ``TypeError`` for values JSON cannot hold)."""
+    try:
+        return _json_encoder.encode(value).decode()
+    except (msgspec.EncodeError, TypeError) as exc:
+        raise TypeError(f"cannot store {value!r} as JSON: {exc}") from exc
+
+
+def decode_json(text: str | bytes | None) -> Any:
+    """The value of a JSON column (None stays None)."""
+    return None if text is None else _json_decoder.decode(text)
+
+
+def event_from_row(row: Sequence[Any]) -> protocol.Event:
+    """A ``protocol.Event`` from a row selected with ``EVENT_COLUMNS``."""
+    return protocol.Event(
+        id=row[0], ts=row[1], run_id=row[2], type=row[3], data=decode_json(row[4]),
+        batch_id=row[5], task_id=row[6],
+    )
+
+
+class Txn:
+    """One open write transaction: statements, plus events buffered until just before COMMIT.
+
+    Every ``await`` here is a hop to the connection's thread, so the events of a transaction
+    are inserted together at the end (a multi-row INSERT) instead of one by one.
+    """
+
+    def __init__(self, conn: aiosqlite.Connection, now: datetime) -> None:
+        self.conn = conn
+        self.now = now
+        self.ts = format_ts(now)
+        self._pending: list[tuple[str, str, str, str | None, str | None]] = []
+        #: The stored events, in id order; filled by :meth:`flush_events`.
+        self.events: list[protocol.Event] = []
+
+    async def execute(self, sql: str, params: Sequence[Any] = ()) -> int:
+        """Run one statement; return the number of rows it changed."""
+        cursor = await self.conn.execute(sql, params)
+        return int(cursor.rowcount)
+
+    async def insert(self, sql: str, params: Sequence[Any] = ()) -> int:
+        """Run one INSERT; return the new row's id."""
+        cursor = await self.conn.execute(sql, params)
+        return int(cursor.lastrowid or 0)
+
+    async def executemany(self, sql: str, rows: Iterable[Sequence[Any]]) -> None:
+        """Run one statement for every row of parameters."""
+        await self.conn.executemany(sql, rows)
+
+    async def fetchall(self, sql: str, params: Sequence[Any] = ()) -> list[Any]:
+        """Rows of a query, inside this transaction."""
+        return list(await self.conn.execute_fetchall(sql, params))
+
+    def add_event(
+        self, run_id: str, type_: str, data: dict[str, Any] | None = None, *,
+        batch_id: str | None = None, task_id: str | None = None,
+    ) -> None:
+        """Queue an event; it is inserted before COMMIT and lands in :attr:`events`.
+        Raises ``TypeError`` at once for data JSON cannot hold."""
+        self._pending.append((run_id, type_, encode_json(data or {}), batch_id, task_id))
+
+    async def flush_events(self) -> None:
+        """Insert the queued events, in order, and record them in :attr:`events`."""
+        pending, self._pending = self._pending, []
+        for start in range(0, len(pending), _EVENTS_PER_INSERT):
+            chunk = pending[start:start + _EVENTS_PER_INSERT]
+            params: list[Any] = []
+            for run_id, type_, text, batch_id, task_id in chunk:
+                params.extend((self.ts, run_id, type_, text, batch_id, task_id))
+            last_id = await self.insert(
+                "INSERT INTO events (ts, run_id, type, data, batch_id, task_id) VALUES "
+                + ", ".join(["(?, ?, ?, ?, ?, ?)"] * len(chunk)),
+                params,
+            )
+            # AUTOINCREMENT ids of the rows of one INSERT are consecutive (we hold the write
+            # lock), so the last id gives them all.
+            first_id = last_id - len(chunk) + 1
+            self.events.extend(
+                protocol.Event(
+                    id=first_id + i, ts=self.ts, run_id=run_id, type=type_,
+                    data=decode_json(text), batch_id=batch_id, task_id=task_id,
+                )
+                for i, (run_id, type_, text, batch_id, task_id) in enumerate(chunk)
+            )
+
+
+class Database:
+    """The connection and its transaction discipline; :class:`Store` adds the queries."""
+
+    def __init__(
+        self,
+        conn: aiosqlite.Connection,
+        path: Path,
+        *,
+        on_event: EventCallback | None,
+        clock: Callable[[], datetime],
+        schema_version: int,
+    ) -> None:
+        self._conn = conn
+        self._path = path
+        self._lock = anyio.Lock()
+        self._clock = clock
+        self._schema_version = schema_version
+        self._closed = False
+        #: Called with each stored event after its transaction committed (settable later,
+        #: e.g. once the daemon's event bus exists). Must not block; exceptions are logged.
+        self.on_event: EventCallback | None = on_event
+
+    @classmethod
+    async def open(
+        cls,
+        path: Path,
+        *,
+        on_event: EventCallback | None = None,
+        clock: Callable[[], datetime] | None = None,
+        busy_timeout_s: float = 5.0,
+        max_size_bytes: int | None = None,
+    ) -> Self:
+        """Open (creating if needed) the database at ``path`` and migrate it to the latest
+        schema. ``clock`` returns the current time (tests pass their own);
+        ``max_size_bytes`` caps the file (``PRAGMA max_page_count``), beyond which writes fail
+        as with a full disk."""
+        path = Path(path)
+        try:
+            await anyio.to_thread.run_sync(_create_private_file, path)
+        except OSError as exc:
+            raise StoreError(
+                f"cannot create the database {path}: {exc.strerror}; check that the state "
+                "directory (BUILDRUNNER_HOME) is writable",
+                data={"path": str(path)},
+            ) from exc
+        # isolation_level=None: we issue BEGIN/COMMIT ourselves, so a transaction is exactly
+        # the statements inside `_write()`.
+        conn = await aiosqlite.connect(path, isolation_level=None)
+        try:
+            await conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout_s * 1000)}")
+            await conn.execute("PRAGMA foreign_keys = ON")
+            # WAL + synchronous=NORMAL: readers never block the writer and a process crash
+            # (kill -9) never loses a committed transaction.
+            await conn.execute("PRAGMA journal_mode = WAL")
+            await conn.execute("PRAGMA synchronous = NORMAL")
+            version = await migrate(conn)
+            if version > LATEST_VERSION:
+                raise StoreError(
+                    f"the database {path} has schema version {version}, newer than this "
+                    f"buildrunnerd understands ({LATEST_VERSION}); upgrade buildrunnerd or use "
+                    "another BUILDRUNNER_HOME",
+                    data={"path": str(path), "version": version},
+                )
+            if max_size_bytes is not None:
+                page_size = int(list(await conn.execute_fetchall("PRAGMA page_size"))[0][0])
+                pages = max(1, max_size_bytes // page_size)
+                await conn.execute(f"PRAGMA max_page_count = {pages}")
+        except sqlite3.Error as exc:
+            await conn.close()
+            raise translate_error(exc, path, "opening") from exc
+        except BaseException:
+            await conn.close()
+            raise
+        return cls(
+            conn, path, on_event=on_event, clock=clock or _utcnow, schema_version=version
+        )
+
+    @property
+    def schema_version(self) -> int:
+        """The schema version of the open database (``PRAGMA user_version``)."""
+        return self._schema_version
+
+    @property
+    def path(self) -> Path:
+        """The database file."""
+        return self._path
+
+    async def close(self) -> None:
+        """Close the connection (idempotent); waits for a running transaction to finish."""
+        if self._closed:
+            return
+        with anyio.CancelScope(shield=True):
+            async with self._lock:
+                self._closed = True
+                await self._conn.close()
+
+    def now(self) -> datetime:
+        """The store's clock."""
+        return self._clock()
+
+    @asynccontextmanager
+    async def _write(self, what: str) -> AsyncIterator[Txn]:
+        """A write transaction; rolled back on any error (translated to StoreError when it
+        comes from SQLite), its events published after the commit."""
+        async with self._lock:
+            self._check_open()
+            txn = Txn(self._conn, self._clock())
+            try:
+                await self._conn.execute("BEGIN IMMEDIATE")
+                yield txn
+                await txn.flush_events()
+                # Shielded: once COMMIT is queued on the connection's thread it happens anyway,
+                # and the events of a committed transaction must be published.
+                with anyio.CancelScope(shield=True):
+                    await self._conn.execute("COMMIT")
+            except BaseException as exc:
+                with anyio.CancelScope(shield=True):
+                    await self._rollback()
+                if isinstance(exc, sqlite3.Error):
+                    raise translate_error(exc, self._path, what) from exc
+                raise
+            # Still under the lock, so subscribers see events in id order across writers.
+            self._publish(txn.events)
+
+    @asynccontextmanager
+    async def _read(self, what: str) -> AsyncIterator[aiosqlite.Connection]:
+        """Serialized read access (never sees another coroutine's open transaction)."""
+        async with self._lock:
+            self._check_open()
+            try:
+                yield self._conn
+            except sqlite3.Error as exc:
+                raise translate_error(exc, self._path, what) from exc
+
+    async def _fetchall(self, what: str, sql: str, params: Sequence[Any] = ()) -> list[Any]:
+        async with self._read(what) as conn:
+            return list(await conn.execute_fetchall(sql, params))
+
+    async def _rollback(self) -> None:
+        # SQLite rolls back by itself after some errors (SQLITE_FULL can), so only roll back
+        # what is still open, and never let a failed rollback hide the original error.
+        if self._conn.in_transaction:
+            try:
+                await self._conn.execute("ROLLBACK")
+            except sqlite3.Error as exc:
+                _log.warning("rollback failed", path=str(self._path), error=str(exc))
+
+    def _publish(self, events: Sequence[protocol.Event]) -> None:
+        callback = self.on_event
+        if callback is None:
+            return
+        for event in events:
+            try:
+                callback(event)
+            except Exception:
+                # The transaction is committed; a subscriber's bug must not turn it into an
+                # error for the writer.
+                _log.exception("on_event callback failed", event_id=event.id, type=event.type)
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise StoreError(
+                f"the database {self._path} is closed (the daemon is shutting down)",
+                data={"path": str(self._path)},
+            )
+
+
+def translate_error(exc: sqlite3.Error, path: Path, what: str) -> StoreError:
+    """A StoreError that says what failed, where, and what to do about it."""
+    name = getattr(exc, "sqlite_errorname", "") or ""
+    data: dict[str, Any] = {"path": str(path), "sqlite_error": name or type(exc).__name__}
+    if name == "SQLITE_FULL" or "full" in str(exc):
+        message = (
+            f"database is full while {what}: free space on {path.parent} (or raise the size "
+            f"limit) and retry; nothing of this change was written to {path}"
+        )
+    elif name.startswith("SQLITE_BUSY") or name.startswith("SQLITE_LOCKED") or (
+        "locked" in str(exc)
+    ):
+        message = (
+            f"database is locked while {what}: another process holds {path}; stop it "
+            "(is a second buildrunnerd or a sqlite3 shell open on it?) and retry"
+        )
+    elif name.startswith("SQLITE_IOERR") or name == "SQLITE_CORRUPT" or "I/O" in str(exc):
+        message = (
+            f"disk I/O error while {what} on {path}: {exc}; check the disk and its free space, "
+            "then restart buildrunnerd"
+        )
+    elif name.startswith("SQLITE_READONLY"):
+        message = f"database {path} is read-only while {what}: make it and its folder writable"
+    elif name.startswith("SQLITE_CONSTRAINT"):
+        message = f"database constraint failed while {what}: {exc} (in {path})"
+    else:
+        message = f"database error while {what}: {exc} (in {path})"
+    return StoreError(message, data=data)
+
+
+def _create_private_file(path: Path) -> None:
+    # The database holds specs and prompts: readable by the owner only.
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_CREAT | os.O_RDWR, 0o600)
+    os.close(fd)
+
+
+def _utcnow() -> datetime:
+    return datetime.now(UTC)

@@ -1,0 +1,29 @@
+"""Workspaces and verification: the run branch, batch worktrees, the file monitor, the
+verification engine (with the secret scanner) and merging a batch into the run branch.
+
+See docs/verification.md for the checks and docs/architecture.md ("Workspace") for the API.
+"""
+
+from buildrunnerd.workspace._monitor import ChangeKind, FileMonitor, OnChange
+from buildrunnerd.workspace._repo import (
+    BRANCH_PREFIX,
+    MergeResult,
+    RunRepo,
+    batch_commit_message,
+    cleanup_orphan_worktrees,
+    prepare_run_repo,
+)
+from buildrunnerd.workspace._secrets import ALLOWLIST_FILENAME, Allowlist, SecretFinding, scan_diff
+from buildrunnerd.workspace._verify import (
+    CheckResult,
+    VerificationReport,
+    detect_test_command,
+    verify,
+)
+
+__all__ = [
+    "ALLOWLIST_FILENAME", "Allowlist", "BRANCH_PREFIX", "ChangeKind", "CheckResult",
+    "FileMonitor", "MergeResult", "OnChange", "RunRepo", "SecretFinding",
+    "VerificationReport", "batch_commit_message", "cleanup_orphan_worktrees",
+    "detect_test_command", "prepare_run_repo", "scan_diff", "verify",
+]

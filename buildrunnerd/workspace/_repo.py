@@ -1,0 +1,351 @@
+"""The run repository: a run's own branch, its batch worktrees, and merges into the branch.
+
+The user's checkout is never touched: the run branch is created with ``git branch`` (no
+checkout), every batch works in a detached worktree under the state dir, and the branch only
+moves by ``git update-ref`` with the expected old value, so nothing is ever forced.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Collection, Sequence
+from pathlib import Path
+
+import anyio
+import msgspec
+
+from buildrunnerd.errors import RepoError, WorkspaceError
+from buildrunnerd.plan._model import Task
+from buildrunnerd.workspace._git import BOT_IDENTITY, git
+
+__all__ = [
+    "RunRepo", "MergeResult", "prepare_run_repo", "cleanup_orphan_worktrees",
+    "batch_commit_message", "BRANCH_PREFIX", "COMMIT_EXCLUDES",
+]
+
+BRANCH_PREFIX = "buildrunner/"
+
+# Byte-code and tool caches that verification (py_compile, pytest) may leave in a worktree.
+# They are never part of a batch's work, so ``git add`` skips them even when the project has
+# no .gitignore for them.
+COMMIT_EXCLUDES = (
+    ":(exclude,glob)**/__pycache__/**",
+    ":(exclude,glob)**/*.pyc",
+    ":(exclude,glob)**/.pytest_cache/**",
+    ":(exclude,glob)**/.mypy_cache/**",
+    ":(exclude,glob)**/.ruff_cache/**",
+    ":(exclude,glob)**/.hypothesis/**",
+)
+
+# Where a run's base commit is remembered, so RunRepo.open works after a restart. A key in the
+# branch's own config section disappears with the branch (``git branch -D``).
+_BASE_KEY = "branch.{branch}.buildrunnerBase"
+
+# How often a merge is retried when the run branch moved between reading it and updating it.
+_MAX_REF_RACES = 3
+
+
+class MergeResult(msgspec.Struct):
+    """The outcome of :meth:`RunRepo.commit_and_merge`.
+
+    ``merged`` with ``commit=None`` means the batch changed nothing (nothing to commit; the run
+    branch is unchanged). ``merged=False`` means the merge conflicted: ``conflict_files`` lists
+    the paths, ``commit`` is the batch's own (unmerged) commit, and the run branch is unchanged.
+    """
+
+    merged: bool
+    commit: str | None = None
+    conflict_files: list[str] = []
+    fast_forward: bool = False
+
+
+def batch_commit_message(run_id: str, batch_id: str, tasks: Sequence[Task]) -> str:
+    """The commit message of a batch: names the run, the batch and every task."""
+    titles = ", ".join(t.id for t in tasks) or "no tasks"
+    lines = [f"buildrunner {run_id} {batch_id}: {titles}", ""]
+    lines += [f"- {t.id}: {t.title}" for t in tasks]
+    lines += ["", f"BuildRunner-Run: {run_id}", f"BuildRunner-Batch: {batch_id}"]
+    return "\n".join(lines) + "\n"
+
+
+class RunRepo:
+    """A repository and the branch one run works on.
+
+    Make one with :func:`prepare_run_repo` (new run) or :meth:`RunRepo.open` (after a restart).
+    Merges into the branch are serialized by a lock held by this object: use one ``RunRepo`` per
+    run. Even so the branch is only moved with a compare-and-swap, so a second writer can never
+    make a merge silently drop work.
+    """
+
+    def __init__(
+        self, repo: Path, branch: str, base_commit: str, *, timeout_s: float = 60.0
+    ) -> None:
+        self.repo = repo
+        self.branch = branch
+        self.base_commit = base_commit
+        self.timeout_s = timeout_s
+        self._merge_lock = anyio.Lock()
+
+    def __repr__(self) -> str:
+        return f"RunRepo(repo={str(self.repo)!r}, branch={self.branch!r})"
+
+    @property
+    def ref(self) -> str:
+        return f"refs/heads/{self.branch}"
+
+    @classmethod
+    async def open(
+        cls, repo: Path, branch: str, *, base_commit: str | None = None, timeout_s: float = 60.0
+    ) -> RunRepo:
+        """Re-open a run's repository after a restart. The branch must still exist; its base
+        commit is read back from the repository config when not given."""
+        repo = Path(repo)
+        if not await anyio.Path(repo).is_dir():
+            raise RepoError(
+                f"{repo}: the run's repository is gone (it held branch {branch})",
+                data={"repo": str(repo), "reason": "missing"},
+            )
+        res = await git(
+            ["rev-parse", "--verify", "-q", f"refs/heads/{branch}"],
+            cwd=repo, timeout_s=timeout_s, check=False, error=RepoError,
+        )
+        if not res.ok:
+            raise RepoError(
+                f"{repo}: branch {branch} no longer exists; was it deleted? Submit the spec "
+                "again to start a new run",
+                data={"repo": str(repo), "reason": "branch_missing", "branch": branch},
+            )
+        if base_commit is None:
+            cfg = await git(
+                ["config", "--get", _BASE_KEY.format(branch=branch)],
+                cwd=repo, timeout_s=timeout_s, check=False, error=RepoError,
+            )
+            base_commit = cfg.stdout.strip() or res.stdout.strip()
+        return cls(repo, branch, base_commit, timeout_s=timeout_s)
+
+    async def head(self) -> str:
+        """The run branch's current commit."""
+        res = await git(
+            ["rev-parse", "--verify", self.ref], cwd=self.repo, timeout_s=self.timeout_s,
+            what=f"reading branch {self.branch}",
+        )
+        return res.stdout.strip()
+
+    async def add_worktree(self, root: Path, name: str) -> Path:
+        """A fresh worktree at ``root/name`` of the run branch's current head (detached, so
+        the branch itself is never checked out anywhere). A leftover at that path is removed."""
+        path = Path(root) / name
+        await anyio.Path(root).mkdir(parents=True, exist_ok=True)
+        if await anyio.Path(path).exists():
+            await self.remove_worktree(path)
+        await git(
+            ["worktree", "add", "--detach", "--quiet", str(path), self.ref],
+            cwd=self.repo, timeout_s=self.timeout_s, what=f"creating worktree {path}",
+        )
+        return path
+
+    async def remove_worktree(self, path: Path) -> None:
+        """Remove a worktree (with any uncommitted changes) and forget it in git."""
+        await _remove_worktree(self.repo, Path(path), timeout_s=self.timeout_s)
+
+    async def commit_and_merge(self, worktree: Path, message: str) -> MergeResult:
+        """Commit everything in ``worktree`` and merge it into the run branch.
+
+        Fast-forward when the branch has not moved since the worktree was made; otherwise a
+        real merge in a private, temporary merge worktree. A conflict is aborted and reported
+        (``merged=False`` with the files); nothing is ever forced.
+        """
+        worktree = Path(worktree)
+        t = self.timeout_s
+        await git(["add", "-A", "--", ".", *COMMIT_EXCLUDES], cwd=worktree, timeout_s=t,
+                  what="staging the batch's changes")
+        staged = await git(["diff", "--cached", "--quiet"], cwd=worktree, timeout_s=t,
+                           check=False)
+        if staged.returncode == 0:
+            return MergeResult(merged=True, commit=None)
+        if staged.returncode != 1:
+            raise WorkspaceError(
+                f"`git diff --cached --quiet` failed in {worktree}: {staged.stderr.strip()}",
+                data={"worktree": str(worktree)},
+            )
+        await git([*BOT_IDENTITY, "commit", "--quiet", "--no-verify", "-m", message],
+                  cwd=worktree, timeout_s=t, what="committing the batch")
+        res = await git(["rev-parse", "HEAD", "HEAD~1"], cwd=worktree, timeout_s=t)
+        commit, parent = res.stdout.split()
+        async with self._merge_lock:
+            for _ in range(_MAX_REF_RACES):
+                head = await self.head()
+                if head == parent or await self._is_ancestor(head, commit):
+                    if await self._move_branch(commit, head):
+                        return MergeResult(merged=True, commit=commit, fast_forward=True)
+                    continue
+                result = await self._merge(worktree, commit, head, message)
+                if not result.merged or result.commit is None:
+                    return result
+                if await self._move_branch(result.commit, head):
+                    return result
+        raise WorkspaceError(
+            f"{self.repo}: branch {self.branch} kept moving while merging {commit[:12]}; is "
+            "another process writing to it? Stop it and retry the task",
+            data={"repo": str(self.repo), "branch": self.branch, "commit": commit},
+        )
+
+    async def _is_ancestor(self, ancestor: str, descendant: str) -> bool:
+        res = await git(["merge-base", "--is-ancestor", ancestor, descendant],
+                        cwd=self.repo, timeout_s=self.timeout_s, check=False)
+        if res.returncode not in (0, 1):
+            raise WorkspaceError(
+                f"`git merge-base --is-ancestor` failed in {self.repo}: {res.stderr.strip()}",
+                data={"repo": str(self.repo)},
+            )
+        return res.returncode == 0
+
+    async def _move_branch(self, new: str, old: str) -> bool:
+        """Compare-and-swap the branch from ``old`` to ``new``; False if it had moved."""
+        res = await git(
+            ["update-ref", "-m", "buildrunner: merge batch", self.ref, new, old],
+            cwd=self.repo, timeout_s=self.timeout_s, check=False,
+        )
+        if res.ok:
+            return True
+        if (await self.head()) != old:
+            return False
+        raise WorkspaceError(
+            f"`git update-ref {self.ref}` failed in {self.repo}: {res.stderr.strip()}",
+            data={"repo": str(self.repo), "branch": self.branch},
+        )
+
+    async def _merge(self, worktree: Path, commit: str, head: str, message: str) -> MergeResult:
+        """Merge ``commit`` into ``head`` in a private merge worktree beside ``worktree``."""
+        t = self.timeout_s
+        merge_dir = worktree.parent / f".merge-{worktree.name}"
+        if await anyio.Path(merge_dir).exists():
+            await _remove_worktree(self.repo, merge_dir, timeout_s=t)
+        await git(["worktree", "add", "--detach", "--quiet", str(merge_dir), head],
+                  cwd=self.repo, timeout_s=t, what="creating the merge worktree")
+        try:
+            first_line = message.strip().splitlines()[0] if message.strip() else commit[:12]
+            res = await git(
+                [*BOT_IDENTITY, "merge", "--no-ff", "--no-edit", "--no-verify",
+                 "-m", f"Merge {first_line}", commit],
+                cwd=merge_dir, timeout_s=t, check=False,
+            )
+            if not res.ok:
+                conflicts = await git(["diff", "--name-only", "--diff-filter=U", "-z"],
+                                      cwd=merge_dir, timeout_s=t, check=False)
+                files = sorted(f for f in conflicts.stdout.split("\0") if f)
+                await git(["merge", "--abort"], cwd=merge_dir, timeout_s=t, check=False)
+                if not files:
+                    raise WorkspaceError(
+                        f"`git merge {commit[:12]}` failed in {merge_dir} without a conflict: "
+                        f"{(res.stderr or res.stdout).strip()}",
+                        data={"repo": str(self.repo), "commit": commit},
+                    )
+                return MergeResult(merged=False, commit=commit, conflict_files=files)
+            merged = await git(["rev-parse", "HEAD"], cwd=merge_dir, timeout_s=t)
+            return MergeResult(merged=True, commit=merged.stdout.strip())
+        finally:
+            # Shielded: a cancelled batch must not leave the merge worktree registered.
+            with anyio.CancelScope(shield=True):
+                await _remove_worktree(self.repo, merge_dir, timeout_s=t)
+
+
+async def prepare_run_repo(
+    repo: Path, run_id: str, *, allow_dirty: bool = False, timeout_s: float = 60.0
+) -> RunRepo:
+    """Check that ``repo`` can host a run and create the branch ``buildrunner/<run_id>`` at its
+    HEAD, without checking it out. Raises :class:`RepoError` saying what is wrong and the fix:
+    not a repository, no commits, detached HEAD, uncommitted changes (unless ``allow_dirty``;
+    untracked files never count: the run starts from HEAD and never sees them)."""
+    repo = Path(await anyio.Path(repo).expanduser())
+
+    def fail(reason: str, message: str) -> RepoError:
+        return RepoError(f"{repo}: {message}", data={"repo": str(repo), "reason": reason})
+
+    if not await anyio.Path(repo).is_dir():
+        raise fail("missing", "no such folder; pass --repo with an existing git repository")
+    top = await git(["rev-parse", "--show-toplevel"], cwd=repo, timeout_s=timeout_s,
+                    check=False, error=RepoError)
+    if not top.ok:
+        raise fail(
+            "not_a_repository",
+            "not a git repository; run `git init && git add -A && git commit -m init` there, "
+            "or pass --repo with a repository",
+        )
+    root = Path(top.stdout.strip())
+    head = await git(["rev-parse", "--verify", "-q", "HEAD"], cwd=root, timeout_s=timeout_s,
+                     check=False, error=RepoError)
+    if not head.ok:
+        raise fail("no_commits", "the repository has no commits yet; make a first commit "
+                   "(`git commit --allow-empty -m init`) and submit again")
+    symbolic = await git(["symbolic-ref", "-q", "HEAD"], cwd=root, timeout_s=timeout_s,
+                         check=False, error=RepoError)
+    if not symbolic.ok:
+        raise fail("detached_head", "HEAD is detached; check out a branch "
+                   "(`git switch <branch>`) and submit again")
+    if not allow_dirty:
+        status = await git(["status", "--porcelain", "--untracked-files=no"], cwd=root,
+                           timeout_s=timeout_s, error=RepoError, what="checking for changes")
+        if status.stdout.strip():
+            changed = [line[3:] for line in status.stdout.splitlines()][:5]
+            raise fail(
+                "dirty",
+                "uncommitted changes in " + ", ".join(changed)
+                + "; commit or stash them first, or submit with --allow-dirty (the run starts "
+                "from HEAD and ignores them)",
+            )
+    branch = BRANCH_PREFIX + run_id
+    base_commit = head.stdout.strip()
+    created = await git(["branch", "--no-track", branch, base_commit], cwd=root,
+                        timeout_s=timeout_s, check=False, error=RepoError)
+    if not created.ok:
+        raise fail("branch_exists" if "already exists" in created.stderr else "branch_failed",
+                   f"cannot create branch {branch}: {created.stderr.strip()}; delete it "
+                   f"(`git branch -D {branch}`) or use another run id")
+    await git(["config", _BASE_KEY.format(branch=branch), base_commit], cwd=root,
+              timeout_s=timeout_s, error=RepoError, what="recording the run's base commit")
+    return RunRepo(root, branch, base_commit, timeout_s=timeout_s)
+
+
+async def _remove_worktree(repo: Path, path: Path, *, timeout_s: float) -> None:
+    # --force: a failed batch's worktree has uncommitted changes; they are the batch's own.
+    res = await git(["worktree", "remove", "--force", "--force", str(path)], cwd=repo,
+                    timeout_s=timeout_s, check=False)
+    if await anyio.Path(path).exists():
+        # Not a registered worktree (or git could not remove it): delete the folder and let
+        # ``prune`` drop any registration left behind.
+        await anyio.to_thread.run_sync(lambda: shutil.rmtree(path, ignore_errors=True))
+    if not res.ok:
+        await git(["worktree", "prune"], cwd=repo, timeout_s=timeout_s,
+                  what=f"forgetting worktree {path}")
+
+
+async def cleanup_orphan_worktrees(
+    repo: Path, root: Path, keep: Collection[Path | str] = frozenset(), *, timeout_s: float = 60.0
+) -> list[Path]:
+    """Remove every folder under ``root`` not in ``keep`` (paths, or names under ``root``):
+    the worktrees a crash left behind. Then ``git worktree prune``. Returns what was removed.
+    A repository that no longer exists is skipped (the folders are still deleted)."""
+    root = Path(root)
+    repo = Path(repo)
+    if not await anyio.Path(root).is_dir():
+        return []
+
+    def orphans() -> list[Path]:
+        kept = {os.path.realpath(root / k if isinstance(k, str) else k) for k in keep}
+        return sorted(e for e in root.iterdir()
+                      if e.is_dir() and os.path.realpath(e) not in kept)
+
+    removed: list[Path] = []
+    repo_ok = await anyio.Path(repo).is_dir()
+    for entry in await anyio.to_thread.run_sync(orphans):
+        if repo_ok:
+            await _remove_worktree(repo, entry, timeout_s=timeout_s)
+        else:
+            await anyio.to_thread.run_sync(shutil.rmtree, entry, True)
+        removed.append(entry)
+    if repo_ok:
+        await git(["worktree", "prune"], cwd=repo, timeout_s=timeout_s,
+                  what="pruning stale worktrees")
+    return removed

@@ -1,0 +1,310 @@
+"""The verification engine: what a batch must pass before it is merged.
+
+Four checks, in order (see docs/verification.md): ``files`` (every file the tasks name exists
+and is non-empty), ``compile`` (changed Python files compile; then ``import`` when configured),
+``tests`` (the test command passes) and ``secrets`` (no credentials in the added lines). Every
+check runs even when an earlier one failed, so one fix-up round can address everything.
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+import signal
+import subprocess
+import sys
+from collections.abc import Sequence
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+import anyio
+import msgspec
+
+from buildrunnerd.config._model import VerifyConfig
+from buildrunnerd.errors import WorkspaceError
+from buildrunnerd.plan._model import Task
+from buildrunnerd.workspace._git import git
+from buildrunnerd.workspace._repo import COMMIT_EXCLUDES
+from buildrunnerd.workspace._secrets import ALLOWLIST_FILENAME, Allowlist, scan_diff
+
+__all__ = ["CheckResult", "VerificationReport", "verify", "detect_test_command",
+           "OUTPUT_TAIL_BYTES"]
+
+OUTPUT_TAIL_BYTES = 4096
+
+# Folders never searched for tests or Python files: not the project's own code.
+_SKIP_DIRS = frozenset({".git", ".venv", "venv", "node_modules", "__pycache__", ".tox",
+                        ".mypy_cache", ".pytest_cache", "site-packages", "build", "dist"})
+
+
+class CheckResult(msgspec.Struct, omit_defaults=True):
+    """One check's outcome (or one problem it found)."""
+
+    name: str  # files | compile | import | tests | secrets
+    passed: bool
+    message: str
+    file: str | None = None
+    line: int | None = None
+    output_tail: str | None = None
+
+
+class VerificationReport(msgspec.Struct):
+    """All checks of one verification. ``passed`` iff every check passed."""
+
+    passed: bool
+    checks: list[CheckResult]
+    test_command: str | None = None
+
+    def failures(self) -> list[CheckResult]:
+        return [c for c in self.checks if not c.passed]
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain data for the store, events and a fix-up prompt."""
+        out: dict[str, Any] = msgspec.to_builtins(self)
+        return out
+
+    def summary(self) -> str:
+        """One line per failure (or "all checks passed"), for task state reasons and logs."""
+        if self.passed:
+            return "all checks passed"
+        return "; ".join(
+            f"{c.name}: {c.file + (f':{c.line}' if c.line else '') + ': ' if c.file else ''}"
+            f"{c.message.splitlines()[0] if c.message else ''}"
+            for c in self.failures()
+        )
+
+
+def _tail(data: bytes, limit: int = OUTPUT_TAIL_BYTES) -> str:
+    text = data[-limit:].decode("utf-8", "replace")
+    return ("…" + text) if len(data) > limit else text
+
+
+def _safe_relpath(name: str) -> PurePosixPath | None:
+    p = PurePosixPath(name.replace("\\", "/"))
+    if p.is_absolute() or ".." in p.parts or not p.parts:
+        return None
+    return p
+
+
+def _walk(root: Path) -> list[Path]:
+    found: list[Path] = []
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames[:] = [d for d in dirnames if d not in _SKIP_DIRS]
+        found += [Path(dirpath) / f for f in filenames]
+    return found
+
+
+def detect_test_command(worktree: Path) -> str | None:
+    """pytest (with the daemon's Python) when the tree has tests: a ``tests/`` folder or
+    ``test_*.py`` / ``*_test.py`` files. None when there is nothing to run."""
+    has_tests = (worktree / "tests").is_dir() or any(
+        p.suffix == ".py" and (p.name.startswith("test_") or p.stem.endswith("_test"))
+        for p in _walk(worktree)
+    )
+    if not has_tests:
+        return None
+    # No cache folder: it would end up in the batch's commit.
+    return f"{shlex.quote(sys.executable)} -m pytest -q -p no:cacheprovider"
+
+
+async def _check_files(worktree: Path, tasks: Sequence[Task]) -> list[CheckResult]:
+    problems: list[CheckResult] = []
+    named = 0
+    for task in tasks:
+        for name in task.files:
+            named += 1
+            rel = _safe_relpath(name)
+            if rel is None:
+                problems.append(CheckResult(
+                    "files", False, f"task {task.id} names {name!r}, which is outside the "
+                    "repository; name files relative to the repository root", file=name))
+                continue
+            path = anyio.Path(worktree / rel)
+            if not await path.exists():
+                problems.append(CheckResult(
+                    "files", False, f"{name} does not exist; task {task.id} ({task.title}) "
+                    "must create it", file=name))
+            elif await path.is_dir():
+                problems.append(CheckResult(
+                    "files", False, f"{name} is a folder; task {task.id} names it as a file",
+                    file=name))
+            elif (await path.stat()).st_size == 0:
+                problems.append(CheckResult(
+                    "files", False, f"{name} is empty; task {task.id} ({task.title}) must "
+                    "write its content", file=name))
+    return problems or [CheckResult("files", True, f"{named} named file(s) present")]
+
+
+def _compile_all(worktree: Path, files: list[str]) -> list[CheckResult]:
+    # compile() rather than py_compile: the same syntax check without writing .pyc files
+    # into the worktree (they would land in the batch's commit).
+    problems: list[CheckResult] = []
+    for name in files:
+        if not (worktree / name).is_file():
+            continue
+        try:
+            source = (worktree / name).read_bytes()
+            compile(source, name, "exec", dont_inherit=True)
+        except SyntaxError as exc:
+            where = f"{name}:{exc.lineno}" if exc.lineno else name
+            problems.append(CheckResult(
+                "compile", False, f"{where}: {exc.msg}" + (
+                    f"\n    {exc.text.rstrip()}" if exc.text else ""),
+                file=name, line=exc.lineno))
+        except (ValueError, OSError) as exc:  # null bytes, unreadable file
+            problems.append(CheckResult("compile", False, f"{name}: {exc}", file=name))
+    return problems or [CheckResult("compile", True, f"{len(files)} Python file(s) compile")]
+
+
+async def _changed_files(worktree: Path, base_commit: str, timeout_s: float) -> str:
+    """Stage everything (as the commit will) and return the diff against ``base_commit``.
+
+    Staging makes new, untracked files part of the diff. The index is the batch's private one
+    (the worktree's), and commit_and_merge stages the same set anyway.
+    """
+    await git(["add", "-A", "--", ".", *COMMIT_EXCLUDES], cwd=worktree, timeout_s=timeout_s,
+              what="staging changes for verification")
+    res = await git(
+        ["-c", "core.quotePath=false", "diff", "--cached", "--no-color", "--no-ext-diff",
+         "--no-renames", "-U0", base_commit, "--"],
+        cwd=worktree, timeout_s=timeout_s, what="diffing the batch's changes",
+    )
+    return res.stdout
+
+
+def _changed_python_files(diff: str) -> list[str]:
+    files: list[str] = []
+    for line in diff.splitlines():
+        if line.startswith("+++ b/") and line.endswith(".py"):
+            files.append(line[6:])
+    return files
+
+
+async def _run_shell(
+    command: str,
+    *,
+    cwd: Path,
+    timeout_s: float,
+    name: str,
+    env: dict[str, str],
+    ok_codes: frozenset[int] = frozenset({0}),
+) -> CheckResult:
+    """Run ``command`` with ``sh -c`` in its own process group, output merged and tail kept.
+    On timeout (or cancellation) the whole group is killed: test runners start children."""
+    chunks = bytearray()
+    try:
+        process = await anyio.open_process(
+            ["/bin/sh", "-c", command], cwd=cwd, env=env, stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True,
+        )
+    except OSError as exc:
+        return CheckResult(name, False, f"cannot start `{command}` in {cwd}: {exc}")
+    async with process:
+        assert process.stdout is not None
+        try:
+            with anyio.move_on_after(timeout_s) as scope:
+                async for chunk in process.stdout:
+                    chunks += chunk
+                    # Keep only what the tail needs: a chatty test run must not fill memory.
+                    if len(chunks) > 4 * OUTPUT_TAIL_BYTES:
+                        del chunks[: len(chunks) - 2 * OUTPUT_TAIL_BYTES]
+                await process.wait()
+        finally:
+            if process.returncode is None:
+                try:
+                    os.killpg(process.pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+                with anyio.CancelScope(shield=True):
+                    await process.wait()
+    tail = _tail(bytes(chunks))
+    if scope.cancelled_caught:
+        return CheckResult(name, False, f"`{command}` did not finish within {timeout_s:g} s "
+                           "(killed); make it faster or raise verify.test_timeout_s",
+                           output_tail=tail)
+    if process.returncode not in ok_codes:
+        return CheckResult(name, False, f"`{command}` failed (exit {process.returncode}); "
+                           "see the output tail", output_tail=tail)
+    return CheckResult(name, True, f"`{command}` passed", output_tail=tail)
+
+
+async def _load_allowlist(
+    worktree: Path, base_commit: str, config: VerifyConfig, timeout_s: float
+) -> Allowlist:
+    allow = Allowlist()
+    if config.secret_allowlist:
+        path = Path(await anyio.Path(config.secret_allowlist).expanduser())
+        try:
+            text = await anyio.Path(path).read_text(encoding="utf-8")
+        except OSError as exc:
+            raise WorkspaceError(
+                f"cannot read the secret allowlist {path} (verify.secret_allowlist): {exc}",
+                data={"allowlist": str(path)},
+            ) from exc
+        allow.extend(Allowlist.parse(text, source=str(path)))
+    # The repository's own allowlist is read from the base commit, not the worktree: the
+    # agent must not be able to allow its own secrets by writing the file.
+    res = await git(["show", f"{base_commit}:{ALLOWLIST_FILENAME}"], cwd=worktree,
+                    timeout_s=timeout_s, check=False)
+    if res.ok:
+        allow.extend(Allowlist.parse(res.stdout, source=ALLOWLIST_FILENAME))
+    return allow
+
+
+async def verify(
+    worktree: Path,
+    tasks: Sequence[Task],
+    *,
+    base_commit: str | None = None,
+    test_cmd: str | None = None,
+    config: VerifyConfig | None = None,
+) -> VerificationReport:
+    """Verify a batch's work in ``worktree`` (see the module docstring for the checks).
+
+    ``base_commit`` is the commit the worktree started from (default: its HEAD, which is the
+    same while the batch is uncommitted): the secret scan looks at lines added since then.
+    ``test_cmd`` (per run or from the spec, resolved by the caller) wins over
+    ``config.test_cmd``, which wins over auto-detection. Raises :class:`WorkspaceError` only
+    for failures outside the batch's work (git failing, an unreadable allowlist).
+    """
+    config = config or VerifyConfig()
+    worktree = Path(worktree)
+    t = config.git_timeout_s
+    if base_commit is None:
+        base_commit = (await git(["rev-parse", "HEAD"], cwd=worktree, timeout_s=t,
+                                 what="reading the worktree's commit")).stdout.strip()
+    checks: list[CheckResult] = []
+    checks += await _check_files(worktree, tasks)
+
+    diff = await _changed_files(worktree, base_commit, t)
+    py_files = _changed_python_files(diff)
+    checks += await anyio.to_thread.run_sync(_compile_all, worktree, py_files)
+
+    env = dict(os.environ)
+    env["PYTHONDONTWRITEBYTECODE"] = "1"  # no .pyc files in the batch's commit
+    if config.import_check:
+        checks.append(await _run_shell(config.import_check, cwd=worktree, name="import",
+                                       timeout_s=config.test_timeout_s, env=env))
+
+    command = test_cmd or config.test_cmd
+    ok_codes = frozenset({0})
+    if command is None:
+        command = await anyio.to_thread.run_sync(detect_test_command, worktree)
+        # pytest's "no tests collected": an empty tests/ folder is not a failure of the batch.
+        ok_codes = frozenset({0, 5})
+    if command is None:
+        checks.append(CheckResult("tests", True, "no test command set and no tests found "
+                                  "(no tests/ folder or test_*.py files): nothing to run"))
+    else:
+        checks.append(await _run_shell(command, cwd=worktree, name="tests", ok_codes=ok_codes,
+                                       timeout_s=config.test_timeout_s, env=env))
+
+    allow = await _load_allowlist(worktree, base_commit, config, t)
+    findings = scan_diff(diff, allow)
+    if findings:
+        checks += [CheckResult("secrets", False, f.message(), file=f.file, line=f.line)
+                   for f in findings]
+    else:
+        checks.append(CheckResult("secrets", True, "no credentials in the added lines"))
+    return VerificationReport(passed=all(c.passed for c in checks), checks=checks,
+                              test_command=command)

@@ -1,0 +1,167 @@
+"""The real daemon as a subprocess on a socket under tmp_path, driven over raw JSON-RPC."""
+
+from __future__ import annotations
+
+import json
+import signal
+import socket
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import anyio
+import pytest
+
+from conftest import DaemonFactory, RpcClient, RpcError, wait_run_event, write_spec
+
+FEATURES = [
+    ("Storage", "database", [], ["app/db.py"]),
+    ("Accounts", "backend", ["Storage"], ["app/accounts.py"]),
+    ("Reports", "backend", ["Storage"], ["app/reports.py"]),
+    ("Web", "frontend", ["Accounts", "Reports"], ["web/index.html"]),
+]
+
+
+async def all_events(client: RpcClient, run_id: str) -> list[dict[str, Any]]:
+    events: list[dict[str, Any]] = []
+    since = 0
+    while True:
+        page = await client.call("events.list", run_id=run_id, since=since, limit=1000)
+        events += page
+        if len(page) < 1000:
+            return events
+        since = page[-1]["id"]
+
+
+def git(repo: Path, *args: str) -> str:
+    return subprocess.run(["git", *args], cwd=repo, check=True, capture_output=True,
+                          text=True).stdout.strip()
+
+
+async def test_submit_runs_to_success_and_says_simulated(
+    daemon_factory: DaemonFactory, tmp_path: Path
+) -> None:
+    spec = write_spec(tmp_path / "PROJECT_SPEC.md", FEATURES)
+    daemon = await daemon_factory.start()
+    async with daemon.client() as client:
+        ping = await client.call("daemon.ping")
+        assert ping["backend"] == "simulated" and ping["simulated"] is True
+        run = await client.call("run.submit", spec_path=str(spec), workers=2)
+        assert run["state"] in ("running", "succeeded")
+        await wait_run_event(daemon.socket, run["id"])
+        info = await client.call("run.get", run_id=run["id"])
+        assert info["state"] == "succeeded", info
+        assert info["tasks_by_state"]["succeeded"] == info["task_count"] > 0
+        assert {t["state"] for t in info["tasks"]} == {"succeeded"}
+        events = await all_events(client, run["id"])
+    types = [e["type"] for e in events]
+    for expected in ("run.submitted", "run.started", "batch.dispatched", "task.state_changed",
+                     "file.created", "verify.passed", "batch.succeeded", "run.succeeded"):
+        assert expected in types, expected
+    assert types[-1] == "run.succeeded"
+    assert [e["id"] for e in events] == sorted(e["id"] for e in events)
+    # The scratch directory holds what the simulated backend wrote.
+    scratch = daemon.home / "runs" / run["id"] / "scratch"
+    assert (scratch / "app" / "db.py").read_text().startswith('"""app/db.py')
+    assert "simulated" in daemon.stderr().lower()
+    assert await daemon.stop() == 0
+
+
+async def test_git_run_lands_on_its_branch_and_leaves_the_checkout_alone(
+    daemon_factory: DaemonFactory, tmp_path: Path
+) -> None:
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    git(repo, "init", "-q", "-b", "main")
+    git(repo, "config", "user.email", "t@example.invalid")
+    git(repo, "config", "user.name", "Tester")
+    spec = write_spec(repo / "PROJECT_SPEC.md", FEATURES)
+    git(repo, "add", ".")
+    git(repo, "commit", "-qm", "init")
+    head_before = git(repo, "rev-parse", "HEAD")
+    daemon = await daemon_factory.start()
+    async with daemon.client() as client:
+        run = await client.call("run.submit", spec_path=str(spec))
+        assert run["branch"] == f"buildrunner/{run['id']}"
+        event = await wait_run_event(daemon.socket, run["id"])
+        assert event["type"] == "run.succeeded", await client.call("run.get", run_id=run["id"])
+    files = set(git(repo, "ls-tree", "-r", "--name-only", run["branch"]).splitlines())
+    assert {"app/db.py", "app/accounts.py", "app/reports.py", "web/index.html"} <= files
+    assert git(repo, "rev-parse", "HEAD") == head_before
+    assert git(repo, "status", "--porcelain") == ""
+    assert not any((daemon.home / "worktrees" / run["id"]).glob("*"))
+
+
+async def test_bad_frames_and_params_get_errors_and_the_daemon_keeps_serving(
+    daemon_factory: DaemonFactory,
+) -> None:
+    daemon = await daemon_factory.start()
+    async with daemon.client() as bystander, daemon.client() as rude:
+        await rude.send_raw(b"{this is not json\n")
+        reply = await rude.read_frame()
+        assert reply["error"]["code"] == -32700
+        await rude.send_raw(b'{"jsonrpc":"2.0","id":7,"method":"no.such"}\n')
+        assert (await rude.read_frame())["error"]["code"] == -32601
+        with pytest.raises(RpcError) as bad:
+            await rude.call("run.get", run_id=42)
+        assert bad.value.code == -32602 and bad.value.data["param"] == "run_id"
+        with pytest.raises(RpcError) as missing:
+            await rude.call("run.get", run_id="r-00000000")
+        assert missing.value.code == -32001
+        assert missing.value.data == {"kind": "run", "id": "r-00000000"}
+        with pytest.raises(RpcError) as spec_err:
+            await rude.call("run.submit", spec_text="no features here")
+        assert spec_err.value.code == -32010 and spec_err.value.data["errors"]
+        with pytest.raises(RpcError) as both:
+            await rude.call("spec.plan", spec_text="x", spec_path="/x")
+        assert both.value.code == -32602
+        # A frame over the limit closes that connection only.
+        await rude.send_raw(b'{"pad":"' + b"x" * (9 * 1024 * 1024) + b'"}\n')
+        with pytest.raises(EOFError):
+            while True:
+                await rude.read_frame()
+        assert (await bystander.call("daemon.ping"))["pid"] == daemon.pid
+
+
+async def test_spec_plan_matches_the_offline_planner(
+    daemon_factory: DaemonFactory, tmp_path: Path
+) -> None:
+    spec = write_spec(tmp_path / "spec.md", FEATURES)
+    daemon = await daemon_factory.start()
+    async with daemon.client() as client:
+        plan = await client.call("spec.plan", spec_path=str(spec))
+    assert {"spec", "features", "tasks", "batches", "levels", "critical_path"} <= plan.keys()
+    assert [f["name"] for f in plan["features"]] == [f[0] for f in FEATURES]
+
+
+async def test_second_daemon_refuses_and_stale_socket_is_replaced(
+    daemon_factory: DaemonFactory,
+) -> None:
+    daemon_factory.socket_dir.mkdir(mode=0o700)
+    stale = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    stale.bind(str(daemon_factory.socket))  # a socket file nobody listens on (a crash's)
+    stale.close()
+    first = await daemon_factory.start()
+    second = daemon_factory.spawn()
+    with anyio.fail_after(30):
+        while second.proc.poll() is None:
+            await anyio.sleep(0.02)
+    assert second.proc.returncode == 1
+    assert f"already running (pid {first.pid})" in second.stderr()
+    async with first.client() as client:
+        assert (await client.call("daemon.ping"))["pid"] == first.pid
+
+
+async def test_sigterm_and_shutdown_exit_zero_and_remove_the_socket(
+    daemon_factory: DaemonFactory,
+) -> None:
+    daemon = await daemon_factory.start()
+    assert await daemon.stop(signal.SIGTERM) == 0
+    assert not daemon.socket.exists()
+    again = await daemon_factory.start()
+    async with again.client() as client:
+        assert (await client.call("daemon.shutdown"))["stopping"] is True
+    assert await again.stop(signal.SIGCONT) == 0  # SIGCONT: only wait, the daemon stops itself
+    assert not again.socket.exists()
+    lines = [json.loads(line) for line in again.stderr().splitlines() if line.startswith("{")]
+    assert any(line.get("event") == "daemon.stopped" for line in lines)

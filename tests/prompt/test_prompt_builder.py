@@ -1,0 +1,164 @@
+"""Token counting (the real bundled encoding) and batch prompts within their budget."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from buildrunnerd.errors import PlanError
+from buildrunnerd.plan import Batch, Plan, Task, build_plan
+from buildrunnerd.plan._model import CriticalPath
+from buildrunnerd.prompt import TiktokenCounter, build_batch_prompt, fix_prompt
+from buildrunnerd.spec._model import Feature, Item, Spec
+
+COUNTER = TiktokenCounter()
+
+
+def test_counter_uses_the_real_cl100k_encoding() -> None:
+    assert COUNTER.count("hello world") == 2  # the well-known cl100k figure
+    assert COUNTER.count("") == 0
+    # Special-token markers in user text are plain text, not an error.
+    assert COUNTER.count("<|endoftext|>") > 1
+    text = "The quick brown fox jumps over the lazy dog. " * 50
+    cut = COUNTER.truncate(text, 30)
+    assert text.startswith(cut) and COUNTER.count(cut) <= 30 and len(cut) < len(text)
+    assert COUNTER.truncate("short", 100) == "short"
+    assert COUNTER.truncate("ééé漢字漢字", 2) in ("ééé漢字漢字"[:n] for n in range(8))
+
+
+def test_counter_loads_offline_without_downloading(tmp_path: Path) -> None:
+    # Any HTTP fetch would go to a dead proxy and fail; an empty cache rules out a stale copy.
+    cache = tmp_path / "tiktoken-cache"
+    env = {**os.environ, "TIKTOKEN_CACHE_DIR": str(cache), "DATA_GYM_CACHE_DIR": str(cache),
+           "HTTPS_PROXY": "http://127.0.0.1:9", "HTTP_PROXY": "http://127.0.0.1:9"}
+    code = ("from buildrunnerd.prompt import TiktokenCounter; "
+            "print(TiktokenCounter().count('a b c'))")
+    result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
+                            text=True, timeout=60, check=False)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "3"
+
+
+def _plan() -> Plan:
+    tasks = [
+        Task(id="a.1", feature="a", title="Store notes", domain="database", complexity="simple",
+             estimate_minutes=60, files=["src/models/notes.py"],
+             acceptance_criteria=["Notes are saved in SQLite with a created_at column"]),
+        Task(id="a.2", feature="a", title="Search notes", domain="backend", complexity="medium",
+             estimate_minutes=90, depends_on=["a.1"], files=["src/search.py"],
+             acceptance_criteria=["A search for 'milk' finds the note 'buy milk'"]),
+    ]
+    batches = [
+        Batch(id="B001", task_ids=["a.1"], domain="database", estimate_minutes=60,
+              priority_minutes=150),
+        Batch(id="B002", task_ids=["a.2"], domain="backend", estimate_minutes=90,
+              priority_minutes=90, depends_on=["B001"]),
+    ]
+    return Plan(spec_title="Notes", spec_path=None, features=[], tasks=tasks, batches=batches,
+                levels=[["a.1"], ["a.2"]], critical_path=CriticalPath(["a.1", "a.2"], 150))
+
+
+def test_prompt_holds_every_part_and_the_system_part_is_stable() -> None:
+    plan = _plan()
+    first = build_batch_prompt(plan, plan.batches[0], overview="A note-taking app.", built=[],
+                               files={}, test_command="pytest -q")
+    second = build_batch_prompt(
+        plan, plan.batches[1], overview="A note-taking app.",
+        built=["B001: added src/models/notes.py with a Note table"],
+        files={"src/models/notes.py": "class Note: ...\n"}, test_command="pytest -q",
+    )
+    assert first.system == second.system, "byte-identical stable part"
+    assert "pytest -q" in first.system and "When to stop" in first.system
+    user = second.user
+    for part in ("# Project: Notes", "A note-taking app.", "# Already built",
+                 "added src/models/notes.py", "# Relevant files", "class Note: ...",
+                 "## a.2: Search notes", "`src/search.py`",
+                 "- [ ] A search for 'milk' finds the note 'buy milk'",
+                 "# Verification of this batch", "# Stop point", "Stop when a.2 is done"):
+        assert part in user, part
+    assert user.index("# Project") < user.index("# Your tasks") < user.index("# Stop point")
+    assert "a.1" not in first.user.split("# Your tasks")[0]
+    tasks_part = user[user.index("# Your tasks"):]
+    assert second.tokens == (
+        COUNTER.count(second.system) + second.context_tokens + COUNTER.count(tasks_part) + 2
+    )
+
+
+def test_context_is_trimmed_lowest_value_first_and_tasks_never() -> None:
+    plan = _plan()
+    batch = plan.batches[1]
+    overview = "This project keeps notes. " * 400  # ~2,000 tokens on its own
+    files = {
+        "src/unrelated.py": "x = 1\n" * 2000,  # not named by the batch: lowest value
+        "src/search.py": "def search(q):\n    return []\n" * 300,  # named by task a.2
+    }
+    built = [f"B{n:03d}: built part {n} of the notes app" for n in range(1, 30)]
+    budget = 1500
+    prompt = build_batch_prompt(plan, batch, overview=overview, built=built, files=files,
+                                test_command=None, budget_tokens=budget)
+    tasks_part = prompt.user[prompt.user.index("# Your tasks"):]
+    assert prompt.context_tokens + COUNTER.count(tasks_part) <= budget
+    assert COUNTER.count(prompt.user) <= budget + 2
+    assert "A search for 'milk' finds the note 'buy milk'" in tasks_part, "tasks are never cut"
+    assert "src/unrelated.py" not in prompt.user, "the lowest-value context went first"
+    assert "# Project: Notes" in prompt.user, "the overview stays (cut if need be)"
+    assert "truncated to fit the context budget" in prompt.user
+    # With room to spare, nothing is cut.
+    roomy = build_batch_prompt(plan, batch, overview=overview, built=built, files=files,
+                               test_command=None, budget_tokens=100_000)
+    assert "src/unrelated.py" in roomy.user and "truncated" not in roomy.user
+    assert roomy.system == prompt.system
+
+
+def test_a_batch_whose_tasks_alone_do_not_fit_is_an_error_naming_it() -> None:
+    plan = _plan()
+    with pytest.raises(PlanError, match="batch B002 .*a.2.* over the context budget of 50"):
+        build_batch_prompt(plan, plan.batches[1], overview="", built=[], files={},
+                           test_command=None, budget_tokens=50)
+
+
+def test_build_plan_fills_prompt_tokens_and_rejects_a_too_small_budget() -> None:
+    spec = Spec(title="T", path="t.md", format="native", overview="Overview " * 50, features=[
+        Feature(id="f", name="F", line=1, description="Parse a file.",
+                requirements=[Item("Parse the header", 2)]),
+    ])
+    plan = build_plan(spec)
+    assert all(b.prompt_tokens > COUNTER.count(
+        build_batch_prompt(plan, b, overview="", built=[], files={}, test_command=None).system
+    ) for b in plan.batches)
+    from buildrunnerd.config import PlannerConfig
+
+    with pytest.raises(PlanError, match="batch B001"):
+        build_plan(spec, config=PlannerConfig(context_budget_tokens=20))
+
+
+def test_fix_prompt_lists_failed_checks_with_where_and_output() -> None:
+    report = {
+        "passed": False,
+        "checks": [
+            {"name": "files_exist", "passed": True, "message": "ok", "file": None, "line": None,
+             "output_tail": ""},
+            {"name": "tests", "passed": False, "message": "2 tests failed",
+             "file": "tests/test_search.py", "line": 14,
+             "output_tail": "E   assert [] == ['buy milk']\n```nested fence```"},
+            {"name": "secret_scan", "passed": False, "message": "AWS key in the diff",
+             "file": "src/config.py", "line": 3, "output_tail": None},
+        ],
+    }
+    text = fix_prompt(report)
+    assert "# Failed checks (2)" in text
+    assert "## 1. tests: 2 tests failed" in text
+    assert "Where: `tests/test_search.py` line 14" in text
+    assert "E   assert [] == ['buy milk']" in text
+    assert "````" in text, "a longer fence than the output's own backticks"
+    assert "## 2. secret_scan: AWS key in the diff" in text and "`src/config.py` line 3" in text
+    assert "# Passed checks\n- files_exist" in text
+    assert text.index("Failed checks") < text.index("Passed checks") < text.index("Stop point")
+    long_tail = fix_prompt(
+        {"checks": [{"name": "t", "passed": False, "output_tail": "x" * 50_000}]}
+    )
+    assert len(long_tail) < 6000

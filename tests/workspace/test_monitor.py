@@ -1,0 +1,85 @@
+"""FileMonitor: real inotify events from a real folder, waited for with a timeout."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import anyio
+import pytest
+
+from buildrunnerd.workspace import ChangeKind, FileMonitor
+
+from ._helpers import run_git
+
+WAIT_S = 10.0
+
+
+class Recorder:
+    def __init__(self) -> None:
+        self.events: list[tuple[ChangeKind, str]] = []
+        self._changed = anyio.Event()
+
+    async def __call__(self, kind: ChangeKind, relpath: str) -> None:
+        self.events.append((kind, relpath))
+        self._changed.set()
+        self._changed = anyio.Event()
+
+    async def wait_for(self, expected: tuple[ChangeKind, str]) -> None:
+        with anyio.fail_after(WAIT_S):
+            while expected not in self.events:
+                await self._changed.wait()
+
+
+async def test_reports_created_and_modified_files(tmp_path: Path) -> None:
+    root = tmp_path / "wt"
+    root.mkdir()
+    (root / "existing.py").write_text("A = 1\n")
+    rec = Recorder()
+    async with FileMonitor(root, rec, debounce_ms=100):
+        (root / "pkg").mkdir()
+        (root / "pkg" / "new.py").write_text("B = 2\n")
+        await rec.wait_for(("created", "pkg/new.py"))
+        (root / "existing.py").write_text("A = 2\n")
+        await rec.wait_for(("modified", "existing.py"))
+    assert ("created", "pkg") not in rec.events  # folders are not files
+    assert all(kind in ("created", "modified") for kind, _ in rec.events)
+
+
+async def test_ignores_git_folder(tmp_path: Path) -> None:
+    root = tmp_path / "wt"
+    root.mkdir()
+    run_git(root, "init", "-q")
+    rec = Recorder()
+    async with FileMonitor(root, rec, debounce_ms=100):
+        (root / ".git" / "scratch").write_text("internal")
+        run_git(root, "config", "user.name", "x")  # writes .git/config
+        (root / "visible.txt").write_text("v")
+        await rec.wait_for(("created", "visible.txt"))
+    assert not [rel for _, rel in rec.events if rel.startswith(".git")]
+
+
+async def test_stops_cleanly_and_reports_nothing_after_exit(tmp_path: Path) -> None:
+    root = tmp_path / "wt"
+    root.mkdir()
+    rec = Recorder()
+    async with FileMonitor(root, rec, debounce_ms=50):
+        (root / "during.txt").write_text("d")
+        await rec.wait_for(("created", "during.txt"))
+    count = len(rec.events)
+    (root / "after.txt").write_text("a")
+    await anyio.sleep(0.3)  # nothing is listening any more; give a stray event time to appear
+    assert len(rec.events) == count
+
+
+async def test_callback_error_propagates(tmp_path: Path) -> None:
+    root = tmp_path / "wt"
+    root.mkdir()
+
+    async def broken(kind: ChangeKind, relpath: str) -> None:
+        raise RuntimeError(f"store down while recording {relpath}")
+
+    with pytest.raises(ExceptionGroup) as info:
+        async with FileMonitor(root, broken, debounce_ms=50):
+            (root / "x.txt").write_text("x")
+            await anyio.sleep(WAIT_S)
+    assert info.group_contains(RuntimeError, match="store down while recording x.txt")
