@@ -153,6 +153,11 @@ class RpcClient:
                 continue
             return message.get("result")
 
+    @property
+    def pending_notifications(self) -> int:
+        """Notifications already received and not yet taken by :meth:`next_notification`."""
+        return len(self._notifications)
+
     def next_notification(self, timeout_s: float) -> dict[str, Any] | None:
         """The next notification (``{"method", "params"}``), or None after ``timeout_s``."""
         if self._notifications:

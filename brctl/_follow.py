@@ -80,7 +80,9 @@ def _poll_ended(client: RpcClient, state: LiveState) -> None:
 
 def _follow_lines(client: RpcClient, state: LiveState, out: TextIO, *, as_json: bool) -> int:
     last_event_at = time.monotonic()
-    while not state.ended:
+    # The replay arrives before the subscribe reply and is buffered: print it even when the
+    # run had already ended (`logs --follow` of a finished run shows its whole history).
+    while not state.ended or client.pending_notifications:
         event = _next_event(client, _POLL_S)
         if event is None:
             if time.monotonic() - last_event_at >= _POLL_S:
@@ -107,7 +109,7 @@ def _follow_live(client: RpcClient, state: LiveState, out: TextIO) -> int:
     last_event_at = time.monotonic()
     with Live(rich_view(state), console=console, auto_refresh=False, transient=False) as live:
         last_draw = 0.0
-        while not state.ended:
+        while not state.ended or client.pending_notifications:
             event = _next_event(client, _TICK_S)
             now = time.monotonic()
             if event is not None:
@@ -122,7 +124,7 @@ def _follow_live(client: RpcClient, state: LiveState, out: TextIO) -> int:
         live.update(rich_view(state), refresh=True)
     for view in state.runs.values():
         console.print(
-            f"run {view.run_id} {view.state}: {view.done}/{len(view.tasks)} tasks, "
+            f"run {view.run_id} {view.state}: {view.done}/{len(view.tasks)} tasks succeeded, "
             f"{format_usd(view.cost_usd)}, {format_duration(view.elapsed_s(datetime.now(UTC)))}"
             + (f" ({view.reason})" if view.reason else ""),
             highlight=False,

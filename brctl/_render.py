@@ -28,7 +28,6 @@ _RUN_EVENT_STATES = {
     "run.resumed": "running", "run.succeeded": "succeeded", "run.failed": "failed",
     "run.cancelled": "cancelled",
 }
-_DONE_TASK_STATES = frozenset({"succeeded", "failed", "blocked", "cancelled"})
 LAST_EVENTS = 6
 
 
@@ -78,6 +77,7 @@ class RunView:
     budget_usd: float | None = None
     snapshot_cost_usd: float = 0.0
     event_cost_usd: float = 0.0
+    created: datetime | None = None
     started: datetime | None = None
     finished: datetime | None = None
     branch: str | None = None
@@ -93,7 +93,7 @@ class RunView:
             run_id=str(run.get("id", "")), title=str(run.get("title") or ""),
             state=str(run.get("state") or "queued"), budget_usd=run.get("budget_usd"),
             snapshot_cost_usd=float(run.get("cost_usd") or 0.0),
-            started=parse_ts(run.get("started_at") or run.get("created_at")),
+            created=parse_ts(run.get("created_at")), started=parse_ts(run.get("started_at")),
             finished=parse_ts(run.get("finished_at")), branch=run.get("branch"),
             reason=run.get("reason"),
         )
@@ -109,7 +109,9 @@ class RunView:
 
     @property
     def done(self) -> int:
-        return sum(1 for state in self.tasks.values() if state in _DONE_TASK_STATES)
+        """Tasks that succeeded: the progress bar. Failed and blocked ones show in the counts,
+        so a run with failures never looks complete."""
+        return sum(1 for state in self.tasks.values() if state == "succeeded")
 
     @property
     def ended(self) -> bool:
@@ -123,9 +125,11 @@ class RunView:
         return {state: n for state, n in counts.items() if n}
 
     def elapsed_s(self, now: datetime) -> float:
-        if self.started is None:
+        """Since the run started (or was submitted, while queued) until it ended or ``now``."""
+        start = self.started or self.created
+        if start is None:
             return 0.0
-        return ((self.finished or now) - self.started).total_seconds()
+        return ((self.finished or now) - start).total_seconds()
 
     def apply(self, event: dict[str, Any]) -> None:
         """Move the view forward by one event."""
@@ -237,9 +241,9 @@ def plain_line(event: dict[str, Any], view: RunView | None) -> str:
     clock = ts.strftime("%H:%M:%S") if ts else "--:--:--"
     line = f"{clock} {event.get('run_id', '?')} {describe(event)}"
     if view is not None and event.get("type") == "task.state_changed" and view.tasks:
-        line += f" [{view.done}/{len(view.tasks)} done]"
+        line += f" [{view.done}/{len(view.tasks)} succeeded]"
     if view is not None and event.get("type") in ("run.succeeded", "run.failed", "run.cancelled"):
-        line += f" ({view.done}/{len(view.tasks)} tasks done, {format_usd(view.cost_usd)})"
+        line += f" ({view.done}/{len(view.tasks)} tasks succeeded, {format_usd(view.cost_usd)})"
     return line
 
 
@@ -270,7 +274,7 @@ def rich_view(state: LiveState, now: datetime | None = None) -> RenderableType:
         progress = Table.grid(padding=(0, 1))
         progress.add_row(
             ProgressBar(total=max(total, 1), completed=view.done, width=40),
-            Text(f"{view.done}/{total} tasks"),
+            Text(f"{view.done}/{total} tasks succeeded"),
         )
         counts = Text()
         for task_state, n in view.counts().items():

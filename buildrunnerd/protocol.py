@@ -90,8 +90,9 @@ class Notification(msgspec.Struct):
 
 
 # --- Domain records as they cross the wire --------------------------------------------------
-class Event(msgspec.Struct, omit_defaults=True):
-    """One stored event; ``id`` increases and is the cursor for ``since``."""
+class Event(msgspec.Struct):
+    """One stored event; ``id`` increases and is the cursor for ``since``. Every field is always
+    on the wire (``data`` is ``{}`` when empty; ``batch_id``/``task_id`` may be null)."""
 
     id: int
     ts: str  # RFC 3339, UTC

@@ -29,6 +29,7 @@ class ConversationState(msgspec.Struct, kw_only=True):
     messages: list[dict[str, Any]]
     turns: int = 0  # billed model turns so far
     tokens: int = 0  # input + output tokens so far (the batch's token limit)
+    output_tokens: int = 0  # output tokens so far (the budget check projects the next turn's)
     pending_tools: bool = False  # the last assistant message has tool_use blocks not yet run
     continue_after_tools: bool = False  # ... and it was cut by max_tokens
     done: bool = False  # the model ended its turn

@@ -176,6 +176,7 @@ class AnthropicExecutor:
             state.model = params["model"]  # the fallback may have replaced it
             await self._record(ctx, turn)
             state.turns += 1
+            state.output_tokens += turn.usage.get("output_tokens", 0)
             state.tokens += sum(turn.usage.get(k, 0) for k in (
                 "input_tokens", "output_tokens", "cache_creation_input_tokens",
                 "cache_read_input_tokens"))
@@ -245,8 +246,11 @@ class AnthropicExecutor:
                             params: dict[str, Any]) -> None:
         tokens = await anyio.to_thread.run_sync(count_request_tokens, self._counter, params)
         cached = min(state.last_request_tokens, tokens)
+        # The next answer is expected to be as long as this batch's answers so far.
+        expected_output = state.output_tokens // state.turns if state.turns else 0
         estimate = self.costs.estimate_usd(params["model"], cached_tokens=cached,
-                                           new_tokens=tokens - cached)
+                                           new_tokens=tokens - cached,
+                                           output_tokens=expected_output)
         state.last_request_tokens = tokens
         await ctx.check_budget(estimate)
 

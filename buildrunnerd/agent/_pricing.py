@@ -48,11 +48,13 @@ class CostTable:
             + (usage.get("cache_read_input_tokens") or 0) * price.cache_read_per_mtok
         ) / 1_000_000
 
-    def estimate_usd(self, model: str, *, cached_tokens: int, new_tokens: int) -> float:
-        """A conservative price for a call's input before it is made: the prefix sent last
-        time at the cache-read rate, everything new at the cache-write rate."""
+    def estimate_usd(self, model: str, *, cached_tokens: int, new_tokens: int,
+                     output_tokens: int = 0) -> float:
+        """A price for a call before it is made: the prefix sent last time at the
+        cache-read rate, everything new at the cache-write rate, and the expected output."""
         price = self.price(model)
         if price is None:
             return 0.0
         return (cached_tokens * price.cache_read_per_mtok
-                + new_tokens * max(price.cache_write_per_mtok, price.input_per_mtok)) / 1_000_000
+                + new_tokens * max(price.cache_write_per_mtok, price.input_per_mtok)
+                + output_tokens * price.output_per_mtok) / 1_000_000

@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import IO, Any
 
 import anyio
+import anyio.abc
 import msgspec
 import structlog
 
@@ -45,6 +46,7 @@ DB_FILENAME = "buildrunner.db"
 _LOCK_FILENAME = "buildrunnerd.lock"
 _PROBE_TIMEOUT_S = 2.0
 _RETENTION_FIRST_DELAY_S = 60.0
+_SHUTDOWN_REPLY_S = 2.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -148,9 +150,21 @@ class _Daemon:
         self.stop = anyio.Event()
         self.started = time.monotonic()
         self.config: Config = Config()
+        self._tg: anyio.abc.TaskGroup | None = None
 
-    def request_stop(self) -> None:
-        self.stop.set()
+    def request_stop(self, conn: Any = None) -> None:
+        """Stop gracefully. From ``daemon.shutdown``: once the caller has its answer (it closes
+        the connection) or after ``_SHUTDOWN_REPLY_S``, so the reply is never cut off."""
+        if conn is None or self._tg is None:
+            self.stop.set()
+            return
+
+        async def after_reply() -> None:
+            with anyio.move_on_after(_SHUTDOWN_REPLY_S):
+                await conn.closed.wait()
+            self.stop.set()
+
+        self._tg.start_soon(after_reply)
 
     async def main(self) -> int:
         from buildrunnerd.config import load_config
@@ -220,6 +234,7 @@ class _Daemon:
             exit_code = 0
             try:
                 async with anyio.create_task_group() as tg:
+                    self._tg = tg
                     tg.start_soon(self._watch_signals, runs)
                     await tg.start(runs.scheduler.run)
                     recovered = await runs.recover()

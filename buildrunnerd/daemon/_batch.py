@@ -29,7 +29,7 @@ import structlog
 from buildrunnerd.errors import BudgetExceededError
 from buildrunnerd.executor import ApiCall, BatchJob, ExecutionOutcome, Executor
 from buildrunnerd.plan._model import Batch, BatchPrompt, Plan, Task
-from buildrunnerd.store._records import TaskChange
+from buildrunnerd.store._records import NewEvent, TaskChange
 
 if TYPE_CHECKING:
     from buildrunnerd.config import Config
@@ -109,6 +109,7 @@ class BatchContext:
         self.run = run
         self._run = run
         self._batch_id = batch_id
+        self.batch_id = batch_id
         self.attempt_id = attempt_id
         self._on_budget_exceeded = on_budget_exceeded
         self.model: str | None = None  # the model that did the work (last outcome's)
@@ -198,12 +199,15 @@ async def _ws_verify(
 
 
 async def _scratch_verify(path: Path, tasks: list[Task]) -> dict[str, Any]:
+    return await anyio.to_thread.run_sync(_scratch_checks, path, tasks)
+
+
+def _scratch_checks(path: Path, tasks: list[Task]) -> dict[str, Any]:
     checks: list[dict[str, Any]] = []
     for task in tasks:
         for rel in task.files:
-            target = anyio.Path(path) / rel
-            ok = await target.is_file() and (await target.stat()).st_size > 0
-            if not ok:
+            target = path / rel
+            if not (target.is_file() and target.stat().st_size > 0):
                 checks.append({
                     "name": "files", "passed": False, "file": rel, "line": None,
                     "message": f"{rel} (task {task.id}) is missing or empty",
@@ -236,23 +240,28 @@ class _FileEvents:
 
 
 async def _scratch_file_events(ctx: BatchContext, path: Path, tasks: list[Task],
-                               before: dict[str, float]) -> None:
+                               before: dict[str, float]) -> list[NewEvent]:
     # No watcher in scratch mode (a shared directory, and the benchmark path): compare the
     # named files' mtimes instead, which is exact for what a backend is asked to write.
+    events: list[NewEvent] = []
     for rel, mtime in (await _snapshot(path, tasks)).items():
-        if rel not in before:
-            await ctx.emit("file.created", {"path": rel})
-        elif mtime != before[rel]:
-            await ctx.emit("file.modified", {"path": rel})
+        kind = "created" if rel not in before else "modified" if mtime != before[rel] else None
+        if kind is not None:
+            events.append(NewEvent(ctx.run.id, f"file.{kind}", {"path": rel},
+                                   batch_id=ctx.batch_id))
+    return events
 
 
 async def _snapshot(path: Path, tasks: list[Task]) -> dict[str, float]:
+    return await anyio.to_thread.run_sync(_mtimes, path, tasks)
+
+
+def _mtimes(path: Path, tasks: list[Task]) -> dict[str, float]:
     found: dict[str, float] = {}
     for task in tasks:
         for rel in task.files:
-            target = anyio.Path(path) / rel
             try:
-                found[rel] = (await target.stat()).st_mtime
+                found[rel] = (path / rel).stat().st_mtime_ns / 1e9
             except FileNotFoundError:
                 continue
     return found
@@ -306,8 +315,7 @@ async def run_batch_lifecycle(
     task_gids = [run.gid(t.id) for t in tasks]
     prompt = _build_prompt(run, plan_batch, config)
     prompt_text = f"{prompt.system}\n\n{prompt.user}"
-    for gid in task_gids:
-        await store.set_task_prompt(gid, prompt_text)
+    await store.set_tasks_details(task_gids, prompt=prompt_text)
 
     max_merge_reruns = config.verify.max_merge_reruns
     resume_attempt = run.resume_attempts.pop(batch_id, None)
@@ -406,7 +414,7 @@ async def _execute_and_verify(
                        for gid in task_gids],
                 events=[],
             )
-        outcome = await _run_executor(executor, job, ctx, path, tasks)
+        outcome, file_events = await _run_executor(executor, job, ctx, path, tasks)
         if outcome.model:
             ctx.model = outcome.model
         if outcome.status == "budget_exceeded":
@@ -420,11 +428,10 @@ async def _execute_and_verify(
         await store.transition(
             run=None, batch=(batch_id, "verifying", None, None, outcome.model),
             tasks=[TaskChange(gid, "verifying", model=outcome.model) for gid in task_gids],
-            events=[],
+            events=file_events,
         )
         report = await _ws_verify(run, path, tasks, head, config)
-        for gid in task_gids:
-            await store.set_task_verification(gid, report)
+        await store.set_tasks_details(task_gids, verification=report)
         if report.get("passed"):
             await ctx.emit("verify.passed", {"fix_round": fix_round,
                                              "checks": [c.get("name") for c in report["checks"]]})
@@ -442,21 +449,22 @@ async def _execute_and_verify(
 
 async def _run_executor(
     executor: Executor, job: BatchJob, ctx: BatchContext, path: Path, tasks: list[Task]
-) -> ExecutionOutcome:
+) -> tuple[ExecutionOutcome, list[NewEvent]]:
+    """Run the backend while watching the files; the scratch mode returns its file events for
+    the caller's next transaction instead of writing them one by one."""
     try:
         if ctx.run.run_repo is None:
             before = await _snapshot(path, tasks)
             outcome = await executor.run_batch(job, ctx)
-            await _scratch_file_events(ctx, path, tasks, before)
-            return outcome
+            return outcome, await _scratch_file_events(ctx, path, tasks, before)
         from buildrunnerd.workspace import FileMonitor
 
         async with FileMonitor(path, _FileEvents(ctx)):
-            return await executor.run_batch(job, ctx)
+            return await executor.run_batch(job, ctx), []
     except BudgetExceededError as exc:
-        return ExecutionOutcome(status="budget_exceeded", reason=str(exc))
+        return ExecutionOutcome(status="budget_exceeded", reason=str(exc)), []
     except anyio.get_cancelled_exc_class():
         raise
     except Exception as exc:
         _log.warning("executor.failed", batch=job.batch_id, error=repr(exc))
-        return ExecutionOutcome(status="failed", reason=f"{type(exc).__name__}: {exc}")
+        return ExecutionOutcome(status="failed", reason=f"{type(exc).__name__}: {exc}"), []

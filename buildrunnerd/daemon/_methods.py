@@ -21,7 +21,7 @@ from buildrunnerd import __version__, protocol
 from buildrunnerd.daemon._events import EventBus
 from buildrunnerd.daemon._runs import RunManager, SubmitRequest, plan_spec, read_spec
 from buildrunnerd.daemon._runs import tasks_by_state as count_tasks
-from buildrunnerd.errors import BuildRunnerError, InvalidStateError
+from buildrunnerd.errors import BuildRunnerError
 
 if TYPE_CHECKING:
     from buildrunnerd.rpc import Connection, Dispatcher
@@ -135,7 +135,7 @@ class DaemonMethods:
         backend: str,
         socket: Path,
         home: Path,
-        request_shutdown: Callable[[], None],
+        request_shutdown: Callable[[Connection], None],
         started_monotonic: float | None = None,
     ) -> None:
         self.runs = runs
@@ -185,7 +185,7 @@ class DaemonMethods:
     async def shutdown(self, params: dict[str, Any], conn: Connection) -> dict[str, Any]:
         """Stop the daemon gracefully (like SIGTERM); answers before it stops."""
         parse_params("daemon.shutdown", params, _NoParams)
-        self.request_shutdown()
+        self.request_shutdown(conn)
         return {"stopping": True, "pid": os.getpid()}
 
     def _refuse_when_stopping(self, method: str) -> None:
@@ -336,7 +336,3 @@ class DaemonMethods:
         if p.run_id is not None:
             await self.store.get_run(p.run_id)
         return await self.store.cost_summary(run_id=p.run_id, by=p.by)
-
-
-def _unused() -> None:  # pragma: no cover
-    _ = InvalidStateError

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from buildrunnerd.plan._dag import Deps, levels, longest_tails
+from buildrunnerd.plan._dag import Deps, levels, longest_tails, topo_order
 from buildrunnerd.plan._model import Batch, Task
 
 __all__ = ["make_batches", "BATCH_CAPACITY", "COMPLEXITY_WEIGHT"]
@@ -43,21 +43,27 @@ class _Open:
 
 
 def make_batches(
-    tasks: Sequence[Task], *, max_batch_minutes: int = 240, deps: Deps | None = None
+    tasks: Sequence[Task],
+    *,
+    max_batch_minutes: int = 240,
+    deps: Deps | None = None,
+    order: Sequence[str] | None = None,
 ) -> list[Batch]:
     """Group ``tasks`` into batches, highest ``priority_minutes`` first, ids ``B001``...
 
-    ``deps`` is the task graph (built from the tasks when not given). Deterministic: the same
-    tasks in the same order always give the same batches.
+    ``deps`` is the task graph and ``order`` its topological order (both computed when not
+    given). Deterministic: the same tasks in the same order always give the same batches.
     """
     if deps is None:
         deps = {t.id: t.depends_on for t in tasks}
+    if order is None:
+        order = topo_order(deps)
     by_id = {t.id: t for t in tasks}
     index = {t.id: i for i, t in enumerate(tasks)}
-    tails = longest_tails(deps, {t.id: t.estimate_minutes for t in tasks})
+    tails = longest_tails(deps, {t.id: t.estimate_minutes for t in tasks}, order=order)
 
     groups: dict[tuple[int, str], list[Task]] = {}
-    for level_no, level in enumerate(levels(deps)):
+    for level_no, level in enumerate(levels(deps, order=order)):
         for task_id in level:
             task = by_id[task_id]
             groups.setdefault((level_no, task.domain), []).append(task)
@@ -103,12 +109,12 @@ def make_batches(
 
     # Highest priority first is also a valid dependency order (a batch always has a higher
     # priority than anything waiting for it); level and task order break ties.
-    order = sorted(
+    ranked = sorted(
         range(len(packed)), key=lambda n: (-priority[n], packed[n].level, packed[n].first_index)
     )
     width = max(3, len(str(len(packed))))
-    batch_id = {n: f"B{pos:0{width}d}" for pos, n in enumerate(order, 1)}
-    position = {n: pos for pos, n in enumerate(order)}
+    batch_id = {n: f"B{pos:0{width}d}" for pos, n in enumerate(ranked, 1)}
+    position = {n: pos for pos, n in enumerate(ranked)}
     return [
         Batch(
             id=batch_id[n],
@@ -118,5 +124,5 @@ def make_batches(
             priority_minutes=priority[n],
             depends_on=[batch_id[d] for d in sorted(batch_deps[n], key=position.__getitem__)],
         )
-        for n in order
+        for n in ranked
     ]

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 from buildrunnerd.config._model import PlannerConfig
 from buildrunnerd.errors import PlanError, Problem
 from buildrunnerd.plan._batch import make_batches
-from buildrunnerd.plan._dag import critical_path, find_cycle, levels
+from buildrunnerd.plan._dag import critical_path, find_cycle, levels, topo_order
 from buildrunnerd.plan._decompose import HeuristicPlanner
 from buildrunnerd.plan._model import Plan, PlanFeature, PlanWarning, Task
 from buildrunnerd.spec._model import Spec
@@ -48,14 +48,34 @@ def validate_tasks(tasks: Sequence[Task], *, path: str | None = None) -> None:
         raise PlanError(problems, path=path)
     cycle = find_cycle({t.id: t.depends_on for t in tasks})
     if cycle is not None:
-        shown = " -> ".join([*cycle, cycle[0]])
-        err = PlanError(
-            [Problem(seen[cycle[0]].line,
-                     f"task dependency cycle: {shown}; remove one of these dependencies")],
-            path=path,
-        )
-        err.data["cycle"] = cycle
-        raise err
+        _raise_cycle(cycle, seen, path)
+
+
+def _raise_cycle(cycle: list[str], tasks: dict[str, Task], path: str | None) -> None:
+    shown = " -> ".join([*cycle, cycle[0]])
+    err = PlanError(
+        [Problem(tasks[cycle[0]].line,
+                 f"task dependency cycle: {shown}; remove one of these dependencies")],
+        path=path,
+    )
+    err.data["cycle"] = cycle
+    raise err
+
+
+def _ordered(tasks: Sequence[Task], path: str | None) -> tuple[dict[str, list[str]], list[str]]:
+    """The validated task graph and its topological order (one sort for the whole plan)."""
+    unnamed = [t for t in tasks if not t.id.strip()]
+    by_id = {t.id: t for t in tasks}
+    if unnamed or len(by_id) != len(tasks):
+        validate_tasks(tasks, path=path)  # raises with every problem and its line
+    deps = {t.id: t.depends_on for t in tasks}
+    try:
+        return deps, topo_order(deps)
+    except PlanError as err:
+        if "cycle" in err.data:
+            _raise_cycle(err.data["cycle"], by_id, path)
+        validate_tasks(tasks, path=path)  # unknown ids: the readable, per-line version
+        raise
 
 
 def build_plan(
@@ -74,18 +94,17 @@ def build_plan(
     """
     # Imported here, not at the top: the prompt package imports the plan model, and the plan
     # package must stay importable on its own (the executor protocol imports it too).
-    from buildrunnerd.prompt import build_prompt_for_tasks, default_counter
+    from buildrunnerd.prompt import PromptBuilder
 
     config = config or PlannerConfig()
-    counter = counter or default_counter()
     if tasks is None:
         tasks = HeuristicPlanner().decompose_sync(spec)
-    validate_tasks(tasks, path=spec.path)
-
-    deps = {t.id: t.depends_on for t in tasks}
-    task_levels = levels(deps)
-    path = critical_path(deps, {t.id: t.estimate_minutes for t in tasks})
-    batches = make_batches(tasks, max_batch_minutes=config.max_batch_minutes, deps=deps)
+    deps, order = _ordered(tasks, spec.path)
+    task_levels = levels(deps, order=order)
+    path = critical_path(deps, {t.id: t.estimate_minutes for t in tasks}, order=order)
+    batches = make_batches(
+        tasks, max_batch_minutes=config.max_batch_minutes, deps=deps, order=order
+    )
 
     warnings = [PlanWarning(line=w.line, message=w.message) for w in spec.warnings]
     done = [st for st in spec.tasks if st.done]
@@ -97,16 +116,11 @@ def build_plan(
         ))
 
     by_id = {t.id: t for t in tasks}
+    builder = PromptBuilder(spec.title, test_command=spec.test_command,
+                            budget_tokens=config.context_budget_tokens, counter=counter)
     for batch in batches:
-        prompt = build_prompt_for_tasks(
-            spec.title,
-            batch,
-            [by_id[tid] for tid in batch.task_ids],
-            overview=spec.overview,
-            test_command=spec.test_command,
-            budget_tokens=config.context_budget_tokens,
-            counter=counter,
-        )
+        prompt = builder.build(batch, [by_id[tid] for tid in batch.task_ids],
+                               overview=spec.overview)
         batch.prompt_tokens = prompt.tokens
 
     return Plan(

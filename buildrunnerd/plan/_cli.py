@@ -7,7 +7,6 @@ every problem as ``path:line: message`` on stderr, or with ``--json`` as
 
 from __future__ import annotations
 
-import os
 import sys
 from pathlib import Path
 from typing import TextIO
@@ -81,10 +80,8 @@ def render_plan(plan: Plan, file: TextIO) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    width: int | None = None
-    if not file.isatty():
-        # Piped output: wide enough for the tables instead of rich's 80-column default.
-        width = int(os.environ.get("COLUMNS", "0") or 0) or 160
+    # Piped output: wide enough for the tables instead of rich's 80-column default.
+    width = None if file.isatty() else 160
     console = Console(file=file, width=width, highlight=False, soft_wrap=False)
     by_feature: dict[str, int] = {}
     for task in plan.tasks:

@@ -110,26 +110,29 @@ def _depth(deps: Deps, order: Sequence[str]) -> dict[str, int]:
     return depth
 
 
-def levels(deps: Deps) -> list[list[str]]:
+def levels(deps: Deps, *, order: Sequence[str] | None = None) -> list[list[str]]:
     """Execution levels: level 0 has no dependencies, level n depends on something in n-1.
 
     Nodes of one level never depend on each other, so each level can run in parallel.
-    Within a level nodes keep the mapping's order.
+    Within a level nodes keep the mapping's order. ``order`` is :func:`topo_order`'s result
+    when the caller already has it (it is not checked again).
     """
-    depth = _depth(deps, topo_order(deps))
+    depth = _depth(deps, topo_order(deps) if order is None else order)
     result: list[list[str]] = [[] for _ in range(max(depth.values(), default=-1) + 1)]
     for node in deps:
         result[depth[node]].append(node)
     return result
 
 
-def critical_path(deps: Deps, weights: Mapping[str, int]) -> CriticalPath:
+def critical_path(
+    deps: Deps, weights: Mapping[str, int], *, order: Sequence[str] | None = None
+) -> CriticalPath:
     """The heaviest dependency chain by ``weights`` (estimated minutes), first node first.
 
     This is the shortest possible wall-clock time with unlimited workers. Ties go to the chain
-    ending at the earliest node in the mapping's order.
+    ending at the earliest node in the mapping's order. ``order`` as for :func:`levels`.
     """
-    order = topo_order(deps)
+    order = topo_order(deps) if order is None else order
     finish: dict[str, int] = {}
     via: dict[str, str | None] = {}
     for node in order:
@@ -152,12 +155,15 @@ def critical_path(deps: Deps, weights: Mapping[str, int]) -> CriticalPath:
     return CriticalPath(task_ids=path, minutes=finish[end] if end is not None else 0)
 
 
-def longest_tails(deps: Deps, weights: Mapping[str, int]) -> dict[str, int]:
+def longest_tails(
+    deps: Deps, weights: Mapping[str, int], *, order: Sequence[str] | None = None
+) -> dict[str, int]:
     """For each node, the heaviest path from it (included) to the end of the graph.
 
     The scheduler's priority: starting the node with the longest tail first shortens the run.
+    ``order`` as for :func:`levels`.
     """
-    order = topo_order(deps)
+    order = topo_order(deps) if order is None else order
     tail = dict.fromkeys(deps, 0)
     dependents_best = dict.fromkeys(deps, 0)
     for node in reversed(order):

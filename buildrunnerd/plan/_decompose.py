@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable
+from functools import lru_cache
 from typing import Protocol
 
 import anyio.to_thread
@@ -36,45 +37,79 @@ class Planner(Protocol):
         ...
 
 
-def _words(pattern: str) -> re.Pattern[str]:
-    return re.compile(rf"\b(?:{pattern})\b", re.IGNORECASE)
+_WORD = re.compile(r"[a-z0-9]+")
 
 
-# Keyword families, in the order the tasks of a feature are built. Matching is on whole words
-# (with suffixes where ``\w*`` says so) so "table" finds a data model but "stable" does not.
-_KIND_WORDS: dict[str, re.Pattern[str]] = {
-    "data": _words(
-        r"database|db|schema\w*|tables?|data ?models?|models?|migrations?|persist\w*|"
-        r"stor(?:e|es|ed|age)|sav(?:e|es|ed|ing)|records?|entit(?:y|ies)|sql\w*|postgres\w*|"
-        r"mysql|sqlite|mongo\w*|redis|orm|crud|fields?|columns?|indexe?s?"
+@lru_cache(maxsize=8192)
+def _analyse(text: str) -> tuple[frozenset[str], str]:
+    """The words of ``text`` (lower case) and the text as " word word ... " for phrases."""
+    words = _WORD.findall(text.lower())
+    return frozenset(words), f" {' '.join(words)} "
+
+
+class _Vocab:
+    """A family of keywords: whole words, word stems (``"validat"`` finds "validation") and
+    phrases. Matching works on whole words, so "table" finds a data model but "stable" does
+    not. Sets instead of one big regex: a 1 MB spec has tens of thousands of sentences."""
+
+    __slots__ = ("words", "others")
+
+    def __init__(self, words: str, stems: str = "", phrases: tuple[str, ...] = ()) -> None:
+        self.words = frozenset(words.split())
+        # Stems and phrases in one pattern over the " word word " form of the text.
+        alternatives = [re.escape(s) for s in stems.split()]
+        alternatives += [re.escape(p) + " " for p in phrases]
+        self.others = re.compile(" (?:" + "|".join(alternatives) + ")") if alternatives else None
+
+    def search(self, text: str) -> bool:
+        """Whether ``text`` uses any keyword of this family."""
+        words, joined = _analyse(text)
+        if not self.words.isdisjoint(words):
+            return True
+        return self.others is not None and self.others.search(joined) is not None
+
+
+# Keyword families, in the order the tasks of a feature are built.
+_KIND_WORDS: dict[str, _Vocab] = {
+    "data": _Vocab(
+        "database databases db schema schemas table tables model models migration migrations "
+        "store stores stored storage save saves saved saving record records entity entities "
+        "mysql sqlite redis orm crud field fields column columns index indexes",
+        stems="persist sql postgres mongo",
     ),
-    "logic": _words(
-        r"calculat\w*|comput\w*|validat\w*|process\w*|rules?|algorithms?|analy[sz]\w*|pars\w*|"
-        r"generat\w*|transform\w*|schedul\w*|detect\w*|classif\w*|scor\w*|convert\w*|engine|"
-        r"logic|workflows?|filter\w*|sort\w*|search\w*|merg\w*|sync\w*|queues?|rank\w*|"
-        r"notif\w*|import\w*|export\w*|cach\w*|retr(?:y|ies)|aggregat\w*"
+    "logic": _Vocab(
+        "rule rules algorithm algorithms engine logic workflow workflows queue queues retry "
+        "retries",
+        stems="calculat comput validat process analy pars generat transform schedul detect "
+              "classif scor convert filter sort search merg sync rank notif import export cach "
+              "aggregat",
     ),
-    "api": _words(
-        r"apis?|endpoints?|rest|restful|graphql|https?|routes?|webhooks?|requests?|responses?|"
-        r"json-rpc|rpc|grpc|server|status codes?"
+    "api": _Vocab(
+        "api apis endpoint endpoints rest restful graphql http https route routes webhook "
+        "webhooks request requests response responses rpc grpc server",
+        phrases=("status code", "status codes"),
     ),
-    "ui": _words(
-        r"ui|user interface|pages?|screens?|buttons?|forms?|display\w*|views?|components?|"
-        r"dashboards?|click\w*|modals?|dialogs?|frontend|front-end|css|render\w*|layouts?|menus?|"
-        r"widgets?|tabs?|browser|responsive|html|react|vue|svelte|cli|command[- ]line|terminal|"
-        r"checkbox\w*|dropdowns?|icons?|dark mode|navigat\w*"
+    "ui": _Vocab(
+        "ui page pages screen screens button buttons form forms view views component "
+        "components dashboard dashboards modal modals dialog dialogs frontend css layout "
+        "layouts menu menus widget widgets tab tabs browser responsive html react vue svelte "
+        "cli terminal dropdown dropdowns icon icons",
+        stems="display click render checkbox navigat",
+        phrases=("user interface", "front end", "command line", "dark mode"),
     ),
-    "infra": _words(
-        r"deploy\w*|docker\w*|containers?|kubernetes|k8s|ci|ci/cd|pipelines?|terraform|helm|"
-        r"infrastructure|vercel|aws|gcp|azure|nginx|systemd|monitoring|environment variables?|"
-        r"env vars?|provision\w*"
+    "infra": _Vocab(
+        "containers container kubernetes k8s ci cd pipeline pipelines terraform helm "
+        "infrastructure vercel aws gcp azure nginx systemd monitoring",
+        stems="deploy docker provision",
+        phrases=("environment variable", "environment variables", "env var", "env vars"),
     ),
 }
 # HTTP verbs only count in capitals ("GET /users"), not as English verbs ("get a list").
 _HTTP_VERB = re.compile(r"\b(?:GET|POST|PUT|PATCH|DELETE)\b|/api/")
-_TESTS_WORDS = _words(r"tests?|testing|tested|coverage|unit tests?|integration tests?|e2e|qa")
-_DOCS_WORDS = _words(
-    r"documentation|document(?:s|ed)?|docs|readme|guides?|tutorials?|manual|changelog|docstrings?"
+_TESTS_WORDS = _Vocab("test tests testing tested coverage e2e qa")
+_DOCS_WORDS = _Vocab(
+    "documentation document documents documented docs readme guide guides tutorial tutorials "
+    "manual changelog docstring docstrings"
 )
 _DOCS_REQUEST = re.compile(
     r"^\W*(?:document|write|add|update|provide|include|publish|generate)\b.*\b(?:docs?|"
@@ -82,10 +117,13 @@ _DOCS_REQUEST = re.compile(
     r"|^\W*document\b",
     re.IGNORECASE,
 )
-_CRITICAL_WORDS = _words(
-    r"auth\w*|log ?in|logins?|sign[- ]?(?:in|up)|passwords?|payments?|billing|checkout|invoic\w*|"
-    r"security|secure|encrypt\w*|decrypt\w*|credentials?|permissions?|oauth\w*|secrets?|2fa|mfa|"
-    r"access control|rbac|csrf|xss|pii"
+_CRITICAL_WORDS = _Vocab(
+    "auth authn authz authentication authenticate authenticated authorization authorize "
+    "authorized login logins logout password passwords payment payments billing checkout "
+    "security secure credential credentials permission permissions secret secrets 2fa mfa "
+    "rbac csrf xss pii",
+    stems="invoic encrypt decrypt oauth",
+    phrases=("log in", "sign in", "sign up", "signin", "signup", "access control"),
 )
 
 _IMPL_KINDS = ("data", "logic", "api", "ui", "infra")
@@ -174,6 +212,7 @@ def _language(spec: Spec) -> str:
     return "py"
 
 
+@lru_cache(maxsize=4096)
 def _module_name(feature_id: str) -> str:
     name = re.sub(r"\W+", "_", feature_id.lower()).strip("_") or "feature"
     return name if name[0].isalpha() else f"feature_{name}"

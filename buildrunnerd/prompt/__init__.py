@@ -1,6 +1,7 @@
 """Prompts: token counting and batch prompts within a context budget."""
 
 from buildrunnerd.prompt._builder import (
+    PromptBuilder,
     build_batch_prompt,
     build_prompt_for_tasks,
     fix_prompt,
@@ -15,6 +16,7 @@ from buildrunnerd.prompt._counter import (
 
 __all__ = [
     "ENCODING_NAME",
+    "PromptBuilder",
     "TiktokenCounter",
     "TokenCounter",
     "build_batch_prompt",

@@ -24,7 +24,9 @@ from buildrunnerd.errors import PlanError, Problem
 from buildrunnerd.plan._model import Batch, BatchPrompt, Plan, Task
 from buildrunnerd.prompt._counter import TokenCounter, default_counter
 
-__all__ = ["build_batch_prompt", "build_prompt_for_tasks", "system_prompt", "fix_prompt"]
+__all__ = [
+    "PromptBuilder", "build_batch_prompt", "build_prompt_for_tasks", "system_prompt", "fix_prompt",
+]
 
 # A context item cut to fewer tokens than this says too little to be worth its header.
 _MIN_USEFUL_TOKENS = 40
@@ -74,11 +76,7 @@ batches will know about your work. Do not start anything else.
 
 
 def _render_task(task: Task) -> str:
-    lines = [
-        f"## {task.id}: {task.title}",
-        f"Domain: {task.domain}; complexity: {task.complexity}; "
-        f"estimate: {task.estimate_minutes} min",
-    ]
+    lines = [f"## {task.id}: {task.title}"]
     if task.files:
         lines.append("Files: " + ", ".join(f"`{f}`" for f in task.files))
     if task.depends_on:
@@ -90,28 +88,21 @@ def _render_task(task: Task) -> str:
     return "\n".join(lines)
 
 
-def _render_tasks(batch: Batch, tasks: Sequence[Task], test_command: str | None) -> str:
-    files = list(dict.fromkeys(f for t in tasks for f in t.files))
-    parts = [
-        f"# Your tasks: batch {batch.id} ({batch.domain}, {len(tasks)} "
-        f"task{'s' if len(tasks) != 1 else ''})",
-        *(_render_task(t) for t in tasks),
-        "# Verification of this batch",
-    ]
-    checks = []
-    if files:
-        named = ", ".join(f"`{f}`" for f in files)
-        checks.append(f"- these files exist and are not empty: {named}")
+def _render_tasks(batch: Batch, tasks: Sequence[Task], test_command: str | None) -> list[str]:
+    """The batch's part of the prompt: header, one block per task, verification and stop."""
+    n = len(tasks)
+    checks = ["- every file named in the tasks above exists and is not empty"]
     if test_command:
         checks.append(f"- `{test_command}` passes")
     checks.append("- every acceptance criterion above holds")
-    parts.append("\n".join(checks))
-    ids = ", ".join(t.id for t in tasks)
-    parts.append(
-        f"# Stop point\nStop when {ids} {'is' if len(tasks) == 1 else 'are'} done. "
-        "Then reply with your summary and nothing else."
+    footer = (
+        "# Verification of this batch\n" + "\n".join(checks) + "\n\n# Stop point\n"
+        + ("Stop when the task above is done." if n == 1
+           else f"Stop when all {n} tasks above are done.")
+        + " Then reply with your summary and nothing else."
     )
-    return "\n\n".join(parts)
+    header = f"# Your tasks: batch {batch.id} ({batch.domain}, {n} task{'s' if n != 1 else ''})"
+    return [header, *(_render_task(t) for t in tasks), footer]
 
 
 class _Item:
@@ -206,6 +197,92 @@ def _fit_context(items: list[_Item], allowance: int, counter: TokenCounter) -> t
         chosen.pop()
 
 
+class PromptBuilder:
+    """Builds the prompts of one run's batches.
+
+    Holds what all of them share: the stable system part (counted once) and a cache of line
+    counts, so a plan of thousands of batches tokenizes each distinct line once (a feature's
+    description and criteria recur in several of its tasks).
+    """
+
+    _MAX_CACHED_LINES = 200_000
+
+    def __init__(
+        self,
+        title: str,
+        *,
+        test_command: str | None,
+        budget_tokens: int = 4000,
+        counter: TokenCounter | None = None,
+    ) -> None:
+        self.title = title
+        self.test_command = test_command
+        self.budget_tokens = budget_tokens
+        self.counter = counter or default_counter()
+        self.system = system_prompt(test_command)
+        self.system_tokens = self.counter.count(self.system)
+        self._line_tokens: dict[str, int] = {}
+        self._overview_context: dict[str, tuple[str, int]] = {}
+
+    def _count_lines(self, text: str) -> int:
+        # Line by line, plus one token per line break: an upper bound of counting the text in
+        # one go (cl100k merges some breaks), and never under it by more than a token or so.
+        memo = self._line_tokens
+        lines = text.split("\n")
+        total = len(lines) - 1
+        for line in lines:
+            n = memo.get(line)
+            if n is None:
+                n = self.counter.count(line)
+                if len(memo) < self._MAX_CACHED_LINES:
+                    memo[line] = n
+            total += n
+        return total
+
+    def build(
+        self,
+        batch: Batch,
+        tasks: Sequence[Task],
+        *,
+        overview: str,
+        built: Sequence[str] = (),
+        files: Mapping[str, str] | None = None,
+    ) -> BatchPrompt:
+        """The prompt for ``batch`` whose tasks are ``tasks`` (see :func:`build_batch_prompt`)."""
+        tasks_text = "\n\n".join(_render_tasks(batch, tasks, self.test_command))
+        task_tokens = self._count_lines(tasks_text)
+        budget = self.budget_tokens
+        if task_tokens > budget:
+            raise PlanError([Problem(
+                tasks[0].line if tasks else None,
+                f"batch {batch.id} ({', '.join(t.id for t in tasks)}): its tasks alone take "
+                f"{task_tokens} tokens, over the context budget of {budget}; split the "
+                "tasks or shorten their text, or raise planner.context_budget_tokens",
+            )])
+        # Two tokens for the blank line between the context and the tasks.
+        allowance = budget - task_tokens - 2
+        if not built and not files:
+            # Only the overview: the same for every batch of a plan, so fit it once and reuse
+            # it wherever it fits whole.
+            full = self._overview_context.get(overview)
+            if full is None:
+                items = _context_items(self.title, overview, (), {}, ())
+                full = _fit_context(items, budget, self.counter)
+                self._overview_context = {overview: full}
+            if full[1] <= allowance and full[1] < budget:
+                context, context_tokens = full
+            else:
+                items = _context_items(self.title, overview, (), {}, ())
+                context, context_tokens = _fit_context(items, allowance, self.counter)
+        else:
+            items = _context_items(self.title, overview, built, files or {}, tasks)
+            context, context_tokens = _fit_context(items, allowance, self.counter)
+        user = f"{context}\n\n{tasks_text}" if context else tasks_text
+        tokens = self.system_tokens + context_tokens + task_tokens + (2 if context else 0)
+        return BatchPrompt(system=self.system, user=user, tokens=tokens,
+                           context_tokens=context_tokens)
+
+
 def build_prompt_for_tasks(
     plan_title: str,
     batch: Batch,
@@ -218,26 +295,10 @@ def build_prompt_for_tasks(
     budget_tokens: int = 4000,
     counter: TokenCounter | None = None,
 ) -> BatchPrompt:
-    """:func:`build_batch_prompt` for callers that already hold the batch's tasks (the planner
-    uses it for thousands of batches without looking tasks up again)."""
-    counter = counter or default_counter()
-    system = system_prompt(test_command)
-    tasks_text = _render_tasks(batch, tasks, test_command)
-    task_tokens = counter.count(tasks_text)
-    if task_tokens > budget_tokens:
-        raise PlanError([Problem(
-            tasks[0].line if tasks else None,
-            f"batch {batch.id} ({', '.join(t.id for t in tasks)}): its tasks alone take "
-            f"{task_tokens} tokens, over the context budget of {budget_tokens}; split the "
-            "tasks or shorten their text, or raise planner.context_budget_tokens",
-        )])
-    items = _context_items(plan_title, overview, built, files or {}, tasks)
-    context, context_tokens = _fit_context(items, budget_tokens - task_tokens - 2, counter)
-    user = f"{context}\n\n{tasks_text}" if context else tasks_text
-    # The sum of the parts, counted separately: the budget and the tokens estimate agree, and a
-    # plan of thousands of batches counts each batch's own text only once.
-    tokens = counter.count(system) + context_tokens + task_tokens + (2 if context else 0)
-    return BatchPrompt(system=system, user=user, tokens=tokens, context_tokens=context_tokens)
+    """:func:`build_batch_prompt` for callers that already hold the batch's tasks."""
+    builder = PromptBuilder(plan_title, test_command=test_command,
+                            budget_tokens=budget_tokens, counter=counter)
+    return builder.build(batch, tasks, overview=overview, built=built, files=files)
 
 
 def build_batch_prompt(

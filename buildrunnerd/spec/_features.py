@@ -18,6 +18,7 @@ from buildrunnerd.spec._text import (
     split_label,
     split_refs,
     strip_markup,
+    title_aliases,
 )
 
 __all__ = [
@@ -63,13 +64,14 @@ NON_FEATURE = re.compile(
     r"out of scope|future enhancements|known limitations|design philosophy|testing strategy|"
     r"test strategy|benefits|migration|timeline|current state|architecture|project structure|"
     r"(?:the )?vision|examples?|next immediate steps|implementation timeline|"
-    r"critical success factors|(?:the )?paradigm)\b",
+    r"critical success factors|(?:the )?paradigm|dependencies|installation|usage|"
+    r"contributing|deployment|maintenance|development workflow|getting started)\b",
     re.I,
 )
 
 _DEP_LABELS = frozenset(
     {"depends on", "dependencies", "depends", "requires", "dependency", "prerequisites",
-     "blocked by", "after"}
+     "blocked by"}
 )
 _REQ_LABELS = frozenset(
     {"requirements", "requirement", "technical requirements", "functional requirements",
@@ -99,6 +101,7 @@ class Draft:
     domain: str | None = None
     files: list[str] = field(default_factory=list)
     id_hint: str | None = None  # a preferred id, e.g. "US1"-style refs resolve through it
+    aliases: list[str] = field(default_factory=list)  # "Feature 2", "2": see title_aliases
 
     def add_files(self, text: str, *, bare: bool = False) -> None:
         for path in find_files(text, bare=bare):
@@ -184,6 +187,7 @@ def read_lines(draft: Draft, lines: list[Line], bucket: str = "auto") -> None:
 def draft_from_section(sec: Section, name: str | None = None) -> Draft:
     """A feature from a heading and everything under it."""
     draft = Draft(name if name is not None else clean_title(sec.title), sec.number)
+    draft.aliases = title_aliases(sec.title)
     read_lines(draft, sec.body)
     for child in sec.children:
         read_lines(draft, child.all_lines())
@@ -285,9 +289,9 @@ def collect_features(sec: Section) -> list[Draft]:
 
 def find_containers(root: Section) -> list[Section]:
     """The sections that hold the features, by the first container kind present."""
-    sections = root.walk()[1:]
+    sections = [(s, clean_title(s.title)) for s in root.walk()[1:]]
     for pattern in _CONTAINERS:
-        found = [s for s in sections if pattern.match(clean_title(s.title))]
+        found = [s for s, title in sections if pattern.match(title)]
         # A container nested in another one of the same kind is part of it.
         outer = [s for s in found if not any(_is_below(s, o) for o in found if o is not s)]
         if outer:
@@ -311,7 +315,10 @@ def generic_features(root: Section) -> list[Draft]:
     features itself. A document without headings gives its top-level list items.
     """
     top = root.children
-    if len(top) == 1 and top[0].level == 1 and top[0].children:
+    if len(top) == 1 and top[0].level == 1:
+        if not top[0].children:
+            # Only a title: the features, if any, are the list under it.
+            return drafts_from_items(root.body + top[0].body)
         top = top[0].children
     elif all(s.level == 1 for s in top) and len(top) > 0:
         # Several "#" sections (PRD style): features live one level down if there is one.
@@ -345,26 +352,24 @@ def prose_dependencies(root: Section, drafts: list[Draft]) -> None:
     unmatched phrase is not an error.
     """
     names = sorted(((norm_name(d.name), d) for d in drafts), key=lambda p: -len(p[0]))
+    exact = {key: d for key, d in reversed(names)}
     for sec in root.walk():
-        title = norm_name(clean_title(sec.title))
-        if "dependency" not in title and "dependencies" not in title:
+        if sec.level > 2 or "dependenc" not in sec.title.lower():
             continue
         current: Draft | None = None
         for line in sec.all_lines():
-            if line.kind not in (ITEM, HEADING, TEXT):
-                continue
-            text = strip_markup(line.text)
-            if line.kind == ITEM and line.text.startswith("**") or line.kind == HEADING:
-                name, _ = _item_name(line.text)
-                key = norm_name(name)
-                current = next(
-                    (d for k, d in names if k == key or k.startswith(key + " ") and key), None
+            if line.kind == HEADING or (line.kind == ITEM and line.text.startswith("**")):
+                key = norm_name(_item_name(line.text)[0])
+                # "Command Line Interface" names the feature "Command Line Interface Foundation".
+                current = exact.get(key) or next(
+                    (d for k, d in names if key and k.startswith(key + " ")), None
                 )
                 continue
+            if current is None or line.kind not in (ITEM, TEXT):
+                continue
+            text = strip_markup(line.text)
             low = text.lower()
-            if current is None or not (
-                low.startswith("depends on") or low.startswith("built on") or "requires" in low
-            ):
+            if not (low.startswith(("depends on", "built on")) or "requires" in low):
                 continue
             for dep in _find_name_mentions(text, names):
                 if dep is not current and (dep.name, line.number) not in current.dep_refs:

@@ -64,6 +64,12 @@ def _decode(text: str | bytes) -> tuple[str | None, list[Problem]]:
                                   "save the spec as UTF-8")]
     else:
         decoded = text[1:] if text.startswith("\ufeff") else text
+    try:
+        # A str can hold lone surrogates that no file or JSON message can carry.
+        decoded.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        return None, [Problem(None, f"not valid Unicode text (lone surrogate at offset "
+                              f"{exc.start}); save the spec as UTF-8")]
     if "\x00" in decoded:
         return None, [Problem(None, "binary content (NUL characters), not a Markdown spec; "
                               "pass the spec's text file")]
@@ -145,7 +151,11 @@ def _count(lines: list[Line], kinds: tuple[str, ...], pattern: re.Pattern[str], 
     n = 0
     for line in lines:
         if line.kind in kinds and (not checkbox or line.checked is not None):
-            if pattern.match(strip_markup(line.text) if line.kind == ITEM else line.text):
+            text = line.text
+            # Only emphasis or a status emoji in front can hide a match; skip the copy otherwise.
+            if line.kind == ITEM and text and (text[0] == "*" or not text[0].isascii()):
+                text = strip_markup(text)
+            if pattern.match(text):
                 n += 1
     return n
 
@@ -199,7 +209,8 @@ def _detect(
     containers = find_containers(root)
     if containers:
         drafts = [d for sec in containers for d in collect_features(sec)]
-        prose_dependencies(root, drafts)
+        if is_prd:
+            prose_dependencies(root, drafts)
         warnings = graph_dependencies(lines, drafts)
         why = None
         if not drafts:
@@ -215,11 +226,14 @@ def _detect(
         warnings = graph_dependencies(lines, drafts)
     why = None
     if not drafts:
-        skipped = [s.title for s in root.walk()[1:] if NON_FEATURE.match(clean_title(s.title))]
-        detail = (
-            f"only project sections ({', '.join(skipped[:5])})" if skipped else
-            "no headings or list items"
-        )
+        headings = root.walk()[1:]
+        skipped = [s.title for s in headings if NON_FEATURE.match(clean_title(s.title))]
+        if skipped:
+            detail = f"only project sections ({', '.join(skipped[:5])})"
+        elif headings:
+            detail = f"only the title '{headings[0].title}' and prose, no sections or list items"
+        else:
+            detail = "no headings or list items"
         why = Problem(None, f"no features found: the spec has {detail}; {_NO_FEATURES_HINT}")
     return ("prd" if is_prd else "markdown"), drafts, [], warnings, [], why
 

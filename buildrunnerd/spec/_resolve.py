@@ -24,11 +24,18 @@ _DOMAINS = {
 }
 
 
-def _domain(value: str | None) -> str | None:
-    """Normalise a ``Domain:`` value to a protocol.Domain; unknown values are kept as written."""
+def _domain(value: str | None, line: int, warnings: list[SpecWarning]) -> str | None:
+    """Normalise a ``Domain:`` value to a protocol.Domain; an unknown one is dropped with a
+    warning so the planner picks the domain itself."""
     if not value:
         return None
-    return _DOMAINS.get(value.strip().lower(), value.strip().lower())
+    domain = _DOMAINS.get(value.strip().lower())
+    if domain is None:
+        warnings.append(SpecWarning(
+            line, f"unknown domain '{value}' ignored; use one of database, backend, frontend, "
+            "tests, docs, infra",
+        ))
+    return domain
 
 
 def _known(ids: list[str]) -> str:
@@ -90,7 +97,8 @@ def resolve(
         elif not draft.name.strip():
             problems.append(Problem(draft.line, "a feature has no name; give it a heading text"))
         else:
-            key = norm_name(draft.name) or draft.name
+            # Case and spacing do not make two features different; punctuation does ("C++").
+            key = " ".join(draft.name.casefold().split())
             first = first_by_name.get(key)
             if first is not None:
                 problems.append(Problem(
@@ -116,6 +124,8 @@ def resolve(
                 lookup.setdefault(key, fid)
     for draft, fid in zip(drafts, ids, strict=True):
         lookup.setdefault(slugify(draft.name), fid)
+        for alias in draft.aliases:
+            lookup.setdefault(norm_name(alias), fid)
 
     features: list[Feature] = []
     graph: dict[str, list[str]] = {}
@@ -140,7 +150,7 @@ def resolve(
             id=fid, name=draft.name, line=draft.line,
             description=description[:_MAX_DESCRIPTION],
             requirements=draft.requirements, acceptance_criteria=draft.criteria,
-            depends_on=deps, priority=draft.priority, domain=_domain(draft.domain),
+            depends_on=deps, priority=draft.priority, domain=_domain(draft.domain, draft.line, warnings),
             files=draft.files,
         ))
 
@@ -169,6 +179,6 @@ def resolve(
                 ))
         task.depends_on = kept
         if task.domain is not None:
-            task.domain = _domain(task.domain)
+            task.domain = _domain(task.domain, task.line, warnings)
         tasks.append(task)
     return features, tasks, problems, warnings

@@ -70,6 +70,18 @@ def _add_task(
     pairs.append((task, draft))
 
 
+def _unique_names(drafts: list[Draft]) -> list[Draft]:
+    """Task groups are named by the task list, not by a person listing features, so a repeat
+    ("5. Checkpoint", "9. Checkpoint" in Kiro) is told apart by its line, not an error."""
+    seen: set[str] = set()
+    for draft in drafts:
+        key = " ".join(draft.name.casefold().split())
+        if key in seen:
+            draft.name = f"{draft.name} (line {draft.line})"
+        seen.add(" ".join(draft.name.casefold().split()))
+    return drafts
+
+
 def speckit_tasks(lines: list[Line]) -> tuple[list[Draft], TaskPairs, list[tuple[int, str]]]:
     """A spec-kit ``tasks.md``: every ``## Phase N`` is a feature, ``- [ ] T001 ...`` tasks.
 
@@ -139,6 +151,7 @@ def speckit_tasks(lines: list[Line]) -> tuple[list[Draft], TaskPairs, list[tuple
             continue
         if current_task is not None and line.kind == ITEM and line.indent > 0 and line.text:
             current_task.details.append(Item(strip_markup(line.text), line.number))
+    _unique_names(drafts)
     # Phase barriers: the first tasks of a phase wait for the phases it depends on.
     barrier: list[Draft] = []  # phases the next shared phase must wait for
     last_shared: Draft | None = None
@@ -183,7 +196,6 @@ def kiro_tasks(lines: list[Line]) -> tuple[list[Draft], TaskPairs, list[tuple[in
     previous: SpecTask | None = None
 
     def close_group() -> None:
-        nonlocal previous
         if group is not None and group_task is not None and not group_has_sub:
             _chain(group_task)
             _add_task(pairs, seen, warnings, group_task, group)
@@ -232,6 +244,7 @@ def kiro_tasks(lines: list[Line]) -> tuple[list[Draft], TaskPairs, list[tuple[in
             if path not in current.files:
                 current.files.append(path)
     close_group()
+    _unique_names(drafts)
     # Groups follow each other in the order written.
     for before, after in zip(drafts, drafts[1:], strict=False):
         after.dep_refs.append((before.name, after.line))
@@ -321,7 +334,7 @@ def plan_tasks(
         if current is not None and line.kind in (ITEM, TEXT):
             body.append(line)
     finish()
-    return list(drafts.values()), pairs, warnings
+    return _unique_names(list(drafts.values())), pairs, warnings
 
 
 def _fill_task(task: SpecTask, body: list[Line]) -> None:

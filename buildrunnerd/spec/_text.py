@@ -7,6 +7,7 @@ overlapping quantifiers, so a hostile 1 MB line cannot make parsing slow.
 from __future__ import annotations
 
 import re
+import unicodedata
 
 __all__ = [
     "slugify",
@@ -19,13 +20,17 @@ __all__ = [
     "is_placeholder",
     "strip_markup",
     "norm_name",
+    "title_aliases",
 ]
 
 _MAX_SLUG = 60
 _MAX_TOKEN = 300
 
 _NUMBER_PREFIX = re.compile(r"^(?:\d{1,4}[.)]|[A-Za-z]\))\s+")
-_FEATURE_PREFIX = re.compile(r"^(?:feature|capability|epic|module)\s*\d{0,4}\s*[:.\-–—]\s*", re.I)
+_FEATURE_PREFIX = re.compile(
+    r"^(?:feature|capability|epic|module)(?:\s{0,3}\d{1,4})?\s{0,3}(?::|\.|\s[-–—])\s*", re.I
+)
+_ALIAS_NUMBER = re.compile(r"^(?:(feature|capability|epic|module)\s{0,3})?(\d{1,4})\b", re.I)
 _DURATION = re.compile(
     r"\(\s{0,3}~?\s{0,3}(\d{1,4}(?:\.\d{1,2})?)\s{0,3}(min|mins|minutes|m|h|hr|hrs|hour|hours)\s{0,3}\)",
     re.I,
@@ -34,14 +39,20 @@ _FILE_TOKEN = re.compile(r"[\w.\-\[\]/@+]{1,300}\.[A-Za-z0-9]{1,8}")
 _STATUS_SUFFIX = re.compile(
     r"\s[-–—]\s{1,3}(?:complete[d]?|done|in progress|todo|wip|pending)$", re.I
 )
-_EMOJI_MARKS = "✅❌⚠️🎯✓✔☐☑⏳🚧"
+# Status marks people put in titles ("✅ Done"); "⚠️" is two code points, both dropped.
+_EMOJI_MARKS = dict.fromkeys(map(ord, "✅❌⚠\ufe0f🎯✓✔☐☑⏳🚧"))
+_NON_WORD = re.compile(r"[\W_]+")
+_SLUG_WORD = re.compile(r"[a-z0-9]+")
+_LABEL_CHARS = re.compile(r"[\w \-/&'()]{1,60}")
 
 
 def strip_markup(text: str) -> str:
     """Text without Markdown emphasis markers and status emoji, whitespace collapsed."""
-    out = text.replace("**", "").replace("__", "")
-    for mark in _EMOJI_MARKS:
-        out = out.replace(mark, "")
+    out = text
+    if "*" in out or "_" in out:
+        out = out.replace("**", "").replace("__", "")
+    if not out.isascii():
+        out = out.translate(_EMOJI_MARKS)
     return " ".join(out.split())
 
 
@@ -58,21 +69,17 @@ def clean_title(title: str) -> str:
 
 def norm_name(name: str) -> str:
     """The key two names are compared by: case, punctuation and spacing do not matter."""
-    return " ".join("".join(c if c.isalnum() else " " for c in name.casefold()).split())
+    return _NON_WORD.sub(" ", name.casefold()).strip()
 
 
 def slugify(name: str, default: str = "feature") -> str:
     """A stable, readable id: lowercase ASCII words joined by '-', at most 60 characters."""
-    words: list[str] = []
-    current: list[str] = []
-    for ch in name.lower():
-        if ch.isascii() and ch.isalnum():
-            current.append(ch)
-        elif current:
-            words.append("".join(current))
-            current = []
-    if current:
-        words.append("".join(current))
+    # "Ünïcode" -> "Unicode": decompose accents and drop the combining marks.
+    if not name.isascii():
+        name = "".join(
+            c for c in unicodedata.normalize("NFKD", name) if not unicodedata.combining(c)
+        )
+    words = _SLUG_WORD.findall(name.lower())
     slug = ""
     for word in words:
         candidate = f"{slug}-{word}" if slug else word
@@ -95,7 +102,7 @@ def split_label(text: str) -> tuple[str, str] | None:
     label = head.replace("*", "").replace("_", " ").strip()
     if not label or "`" in label or "[" in label or "(" in label and ")" not in label:
         return None
-    if not all(c.isalnum() or c in " -/&'()" for c in label):
+    if _LABEL_CHARS.fullmatch(label) is None:
         return None
     value = rest.strip()
     # "**Label:** value" leaves the closing ** at the start of the value.
@@ -175,3 +182,15 @@ def is_placeholder(name: str) -> bool:
         (s[0] == "[" and s[-1] == "]" and s.count("[") == 1)
         or (s[0] == "<" and s[-1] == ">" and s.count("<") == 1)
     )
+
+
+def title_aliases(title: str) -> list[str]:
+    """Other names a numbered heading answers to: "Feature 2: Search" / "2. Search" can be
+    named in a dependency as "Feature 2", "2" or by its full heading text."""
+    raw = strip_markup(title)
+    m = _ALIAS_NUMBER.match(raw)
+    if m is None:
+        return []
+    number = m.group(2)
+    kind = (m.group(1) or "feature").lower()
+    return [raw, f"{kind} {number}", number]

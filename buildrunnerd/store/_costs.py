@@ -8,13 +8,13 @@ the per-run totals on ``runs`` (both kept forever), so summaries stay right afte
 
 from __future__ import annotations
 
+import sqlite3
 from datetime import datetime
 from typing import Any
 
 from buildrunnerd import protocol
-from buildrunnerd.errors import NotFoundError
 from buildrunnerd.executor._protocol import ApiCall
-from buildrunnerd.store._db import Database
+from buildrunnerd.store._db import Database, Txn, not_found
 from buildrunnerd.store._records import format_ts
 
 __all__ = ["CostMethods", "COST_GROUPINGS", "to_nanousd", "from_nanousd"]
@@ -55,9 +55,24 @@ class CostMethods(Database):
         ``{model, tokens {...}, cost_usd, request_id, ...}``, the hourly roll-up, and the cost
         added to the run and, split evenly (to the nano-dollar), to the batch's tasks."""
         nanos = to_nanousd(call.cost_usd)
-        async with self._write(f"recording an API call of run {run_id}") as txn:
-            hour = txn.ts[:13]
-            changed = await txn.execute(
+        data: dict[str, Any] = {
+            "model": call.model,
+            "tokens": {
+                "input_tokens": call.input_tokens,
+                "output_tokens": call.output_tokens,
+                "cache_creation_input_tokens": call.cache_creation_input_tokens,
+                "cache_read_input_tokens": call.cache_read_input_tokens,
+            },
+            "cost_usd": from_nanousd(nanos),
+            "request_id": call.request_id,
+            "latency_ms": call.latency_ms,
+            "purpose": call.purpose,
+        }
+        if call.stop_reason is not None:
+            data["stop_reason"] = call.stop_reason
+
+        def record(txn: Txn) -> None:
+            changed = txn.execute(
                 "UPDATE runs SET cost_nanousd = cost_nanousd + ?, calls = calls + 1,"
                 " input_tokens = input_tokens + ?, output_tokens = output_tokens + ?,"
                 " cache_read_input_tokens = cache_read_input_tokens + ?,"
@@ -67,8 +82,8 @@ class CostMethods(Database):
                  call.cache_creation_input_tokens, run_id),
             )
             if changed == 0:
-                raise _run_not_found(run_id)
-            await txn.execute(
+                raise not_found("run", run_id)
+            txn.execute(
                 "INSERT INTO api_calls (ts, run_id, batch_id, model, purpose, input_tokens,"
                 " output_tokens, cache_creation_input_tokens, cache_read_input_tokens,"
                 " cost_nanousd, latency_ms, request_id, stop_reason)"
@@ -78,7 +93,7 @@ class CostMethods(Database):
                  call.cache_read_input_tokens, nanos, call.latency_ms, call.request_id,
                  call.stop_reason),
             )
-            await txn.execute(
+            txn.execute(
                 "INSERT INTO metrics_hourly (hour, model, calls, input_tokens, output_tokens,"
                 " cache_creation_input_tokens, cache_read_input_tokens, cost_nanousd)"
                 " VALUES (?, ?, 1, ?, ?, ?, ?, ?)"
@@ -90,38 +105,25 @@ class CostMethods(Database):
                 " cache_read_input_tokens ="
                 "   cache_read_input_tokens + excluded.cache_read_input_tokens,"
                 " cost_nanousd = cost_nanousd + excluded.cost_nanousd",
-                (hour, call.model, call.input_tokens, call.output_tokens,
+                (txn.ts[:13], call.model, call.input_tokens, call.output_tokens,
                  call.cache_creation_input_tokens, call.cache_read_input_tokens, nanos),
             )
             if batch_id is not None and nanos:
-                rows = await txn.fetchall(
+                rows = txn.fetchall(
                     "SELECT id FROM tasks WHERE batch_id = ? ORDER BY position", (batch_id,)
                 )
                 if rows:
                     share, rest = divmod(nanos, len(rows))
                     # The remainder goes one nano-dollar at a time to the first tasks, so the
                     # tasks' costs add up to the call's cost exactly.
-                    await txn.executemany(
+                    txn.executemany(
                         "UPDATE tasks SET cost_nanousd = cost_nanousd + ? WHERE id = ?",
                         [(share + (1 if i < rest else 0), row[0]) for i, row in enumerate(rows)],
                     )
-            data: dict[str, Any] = {
-                "model": call.model,
-                "tokens": {
-                    "input_tokens": call.input_tokens,
-                    "output_tokens": call.output_tokens,
-                    "cache_creation_input_tokens": call.cache_creation_input_tokens,
-                    "cache_read_input_tokens": call.cache_read_input_tokens,
-                },
-                "cost_usd": from_nanousd(nanos),
-                "request_id": call.request_id,
-                "latency_ms": call.latency_ms,
-                "purpose": call.purpose,
-            }
-            if call.stop_reason is not None:
-                data["stop_reason"] = call.stop_reason
             txn.add_event(run_id, "api.call", data, batch_id=batch_id)
-        return txn.events[0]
+
+        _, events = await self._write(f"recording an API call of run {run_id}", record)
+        return events[0]
 
     async def run_cost_usd(self, run_id: str) -> float:
         """What the run has spent so far, in USD (NotFoundError for an unknown run)."""
@@ -130,7 +132,7 @@ class CostMethods(Database):
             "SELECT cost_nanousd FROM runs WHERE id = ?", (run_id,),
         )
         if not rows:
-            raise _run_not_found(run_id)
+            raise not_found("run", run_id)
         return from_nanousd(int(rows[0][0]))
 
     async def cost_summary(
@@ -143,34 +145,36 @@ class CostMethods(Database):
         call rows (gone once pruned; the run's totals remain)."""
         if by not in COST_GROUPINGS:
             raise ValueError(f"cost_summary(by={by!r}): use one of {', '.join(COST_GROUPINGS)}")
-        what = f"summarizing costs by {by}"
-        async with self._read(what) as conn:
-            if run_id is not None:
-                found = list(await conn.execute_fetchall(
-                    "SELECT 1 FROM runs WHERE id = ?", (run_id,)
-                ))
-                if not found:
-                    raise _run_not_found(run_id)
-            if by == "run":
-                where = "WHERE id = ?" if run_id is not None else "WHERE calls > 0"
-                sql = (
-                    "SELECT id, calls, input_tokens, output_tokens, cache_read_input_tokens,"
-                    f" cache_creation_input_tokens, cost_nanousd FROM runs {where}"
-                    " ORDER BY created_at, id"
-                )
-                params: tuple[Any, ...] = (run_id,) if run_id is not None else ()
-            elif run_id is not None:
-                key = "model" if by == "model" else "substr(ts, 1, 10)"
-                sql = (
-                    f"SELECT {key} AS k, {_USAGE_SUMS} FROM api_calls WHERE run_id = ?"
-                    " GROUP BY k ORDER BY k"
-                )
-                params = (run_id,)
-            else:
-                key = "model" if by == "model" else "substr(hour, 1, 10)"
-                sql = f"SELECT {key} AS k, {_ROLLUP_SUMS} FROM metrics_hourly GROUP BY k ORDER BY k"
-                params = ()
-            rows = list(await conn.execute_fetchall(sql, params))
+        if by == "run":
+            where = "WHERE id = ?" if run_id is not None else "WHERE calls > 0"
+            sql = (
+                "SELECT id, calls, input_tokens, output_tokens, cache_read_input_tokens,"
+                f" cache_creation_input_tokens, cost_nanousd FROM runs {where}"
+                " ORDER BY created_at, id"
+            )
+            params: tuple[Any, ...] = (run_id,) if run_id is not None else ()
+        elif run_id is not None:
+            key = "model" if by == "model" else "substr(ts, 1, 10)"
+            sql = (
+                f"SELECT {key} AS k, {_USAGE_SUMS} FROM api_calls WHERE run_id = ?"
+                " GROUP BY k ORDER BY k"
+            )
+            params = (run_id,)
+        else:
+            key = "model" if by == "model" else "substr(hour, 1, 10)"
+            sql = f"SELECT {key} AS k, {_ROLLUP_SUMS} FROM metrics_hourly GROUP BY k ORDER BY k"
+            params = ()
+
+        def query(conn: sqlite3.Connection) -> list[Any] | None:
+            if run_id is not None and not conn.execute(
+                "SELECT 1 FROM runs WHERE id = ?", (run_id,)
+            ).fetchall():
+                return None
+            return conn.execute(sql, params).fetchall()
+
+        rows = await self._read(f"summarizing costs by {by}", query)
+        if rows is None:
+            raise not_found("run", run_id or "")
         cost_rows = [
             protocol.CostRow(
                 key=str(r[0]), calls=int(r[1]), input_tokens=int(r[2]),
@@ -195,34 +199,44 @@ class CostMethods(Database):
         self, *, older_than: datetime, api_calls_older_than: datetime | None = None
     ) -> dict[str, int]:
         """Delete events older than ``older_than`` and API-call rows older than
-        ``api_calls_older_than`` (default: ``older_than``), of FINISHED runs only; hourly
-        roll-ups and per-run totals are kept. Returns ``{"events": n, "api_calls": m}``."""
+        ``api_calls_older_than`` (default: ``older_than``), and conversation checkpoints
+        saved before ``older_than``, of FINISHED runs only; hourly roll-ups and per-run totals
+        are kept. Returns ``{"events": n, "api_calls": m, "checkpoints": k}``."""
         events_cutoff = format_ts(older_than)
         calls_cutoff = format_ts(api_calls_older_than or older_than)
         finished = ", ".join(f"'{s}'" for s in sorted(protocol.TERMINAL_RUN_STATES))
-        async with self._write("pruning old events and API calls") as txn:
-            events = await txn.execute(
+
+        def delete(txn: Txn) -> dict[str, int]:
+            events = txn.execute(
                 "DELETE FROM events WHERE ts < ? AND run_id IN"
                 f" (SELECT id FROM runs WHERE state IN ({finished}))",
                 (events_cutoff,),
             )
-            calls = await txn.execute(
+            calls = txn.execute(
                 "DELETE FROM api_calls WHERE ts < ? AND run_id IN"
                 f" (SELECT id FROM runs WHERE state IN ({finished}))",
                 (calls_cutoff,),
             )
-        return {"events": events, "api_calls": calls}
+            # A conversation checkpoint only serves to resume an attempt of a live run; in a
+            # finished run it is dead weight (and often the biggest thing in the file).
+            checkpoints = txn.execute(
+                "UPDATE attempts SET checkpoint = NULL WHERE checkpoint IS NOT NULL"
+                " AND checkpoint_at < ? AND run_id IN"
+                f" (SELECT id FROM runs WHERE state IN ({finished}))",
+                (events_cutoff,),
+            )
+            return {"events": events, "api_calls": calls, "checkpoints": checkpoints}
+
+        counts, _ = await self._write("pruning old events and API calls", delete)
+        return counts
 
     async def vacuum(self) -> None:
         """Give the space of deleted rows back to the disk (VACUUM, then truncate the WAL).
         Holds the store for as long as it takes: run it on a schedule, not per request."""
-        async with self._read("vacuuming the database") as conn:
-            await conn.execute("VACUUM")
-            await conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-            await conn.execute("PRAGMA optimize")
 
+        def vacuum(conn: sqlite3.Connection) -> None:
+            conn.execute("VACUUM")
+            conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
+            conn.execute("PRAGMA optimize")
 
-def _run_not_found(run_id: str) -> NotFoundError:
-    return NotFoundError(
-        f"run {run_id} not found: `brctl runs` lists the runs", data={"kind": "run", "id": run_id}
-    )
+        await self._read("vacuuming the database", vacuum)

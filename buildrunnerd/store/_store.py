@@ -3,14 +3,16 @@ transaction. Costs and retention live in :mod:`._costs`, the connection in :mod:
 
 from __future__ import annotations
 
+import sqlite3
 from collections.abc import Iterable, Sequence
 from typing import Any, get_args
 
 import msgspec
 
 from buildrunnerd import protocol
-from buildrunnerd.errors import InvalidStateError, NotFoundError
+from buildrunnerd.errors import InvalidStateError
 from buildrunnerd.plan._model import Plan
+from buildrunnerd.store._attempts import AttemptMethods
 from buildrunnerd.store._costs import CostMethods, from_nanousd
 from buildrunnerd.store._db import (
     EVENT_COLUMNS,
@@ -18,10 +20,9 @@ from buildrunnerd.store._db import (
     decode_json,
     encode_json,
     event_from_row,
+    not_found,
 )
 from buildrunnerd.store._records import (
-    ATTEMPT_OUTCOMES,
-    AttemptRecord,
     BatchChange,
     BatchRecord,
     NewEvent,
@@ -55,17 +56,13 @@ _BATCH_COLUMNS = (
     "id, run_id, plan_id, task_ids, domain, priority_minutes, prompt_tokens, state, attempts,"
     " model, started_at, finished_at, estimate_minutes"
 )
-_ATTEMPT_COLUMNS = (
-    "id, batch_id, run_id, number, worktree, model, started_at, finished_at, outcome, reason,"
-    " verification, commit_sha, checkpoint IS NOT NULL"
-)
 _RUN_FIELDS = frozenset({"title", "repo", "branch", "base_commit", "spec_path", "reason"})
 _OPTION_FIELDS = frozenset(RunOptions.__struct_fields__)
 # SQLite's default limit on host parameters is far higher, but chunks keep statements small.
 _CHUNK = 500
 
 
-class Store(CostMethods):
+class Store(AttemptMethods, CostMethods):
     """BuildRunner's SQLite store (aiosqlite, WAL, foreign keys, migrations by user_version).
 
     Ids: run ids come from the daemon; task and batch ids are global,
@@ -78,7 +75,8 @@ class Store(CostMethods):
     API (beyond the brief, additive): ``open(..., clock=, busy_timeout_s=, max_size_bytes=)``,
     ``path``, ``now()``, ``task_counts()``, ``get_attempt()``, ``prune(...,
     api_calls_older_than=)``; ``transition`` accepts :class:`RunChange`/:class:`BatchChange`
-    or plain tuples in the same order; records have ``to_info()`` for the wire types.
+    or plain tuples in the same order; records have ``to_info()`` for the wire types;
+    ``on_event`` may be set after ``open``. Costs are kept as integer nano-dollars (exact sums).
 
     Side effects worth knowing: ``set_run_state`` sets ``started_at`` the first time a run goes
     ``running`` and ``finished_at`` when it reaches a terminal state (cleared when it leaves
@@ -97,8 +95,9 @@ class Store(CostMethods):
         for batch in plan.batches:
             for task_id in batch.task_ids:
                 batch_of[task_id] = batch.id
-        async with self._write(f"creating run {run_id}") as txn:
-            await txn.execute(
+
+        def create(txn: Txn) -> RunRecord:
+            txn.execute(
                 "INSERT INTO runs (id, title, state, spec_path, spec_text, repo, branch,"
                 " base_commit, plan_json, options_json, created_at)"
                 " VALUES (?, ?, 'queued', ?, ?, ?, ?, ?, ?, ?, ?)",
@@ -106,12 +105,12 @@ class Store(CostMethods):
                  new.base_commit, msgspec.json.encode(plan).decode(), encode_json(new.options),
                  txn.ts),
             )
-            await txn.executemany(
+            txn.executemany(
                 "INSERT INTO features (run_id, plan_id, name, line, depends_on)"
                 " VALUES (?, ?, ?, ?, ?)",
                 [(run_id, f.id, f.name, f.line, encode_json(f.depends_on)) for f in plan.features],
             )
-            await txn.executemany(
+            txn.executemany(
                 "INSERT INTO batches (id, run_id, plan_id, position, task_ids, domain,"
                 " estimate_minutes, priority_minutes, prompt_tokens, state)"
                 " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 'pending')",
@@ -122,14 +121,14 @@ class Store(CostMethods):
                     for i, b in enumerate(plan.batches)
                 ],
             )
-            await txn.executemany(
+            txn.executemany(
                 "INSERT INTO batch_deps (batch_id, depends_on) VALUES (?, ?)",
                 [
                     (global_id(run_id, b.id), global_id(run_id, dep))
                     for b in plan.batches for dep in dict.fromkeys(b.depends_on)
                 ],
             )
-            await txn.executemany(
+            txn.executemany(
                 "INSERT INTO tasks (id, run_id, plan_id, position, feature, title, domain,"
                 " complexity, estimate_minutes, description, files, acceptance_criteria,"
                 " batch_id, state, updated_at)"
@@ -142,7 +141,7 @@ class Store(CostMethods):
                     for i, t in enumerate(plan.tasks)
                 ],
             )
-            await txn.executemany(
+            txn.executemany(
                 "INSERT INTO task_deps (task_id, depends_on) VALUES (?, ?)",
                 [
                     (global_id(run_id, t.id), global_id(run_id, dep))
@@ -154,8 +153,11 @@ class Store(CostMethods):
                 {"title": title, "tasks": len(plan.tasks), "batches": len(plan.batches),
                  "spec_path": new.spec_path, "repo": new.repo},
             )
-            rows = await txn.fetchall(f"SELECT {_RUN_COLUMNS} FROM runs WHERE id = ?", (run_id,))
-        return _run_from_row(rows[0])
+            rows = txn.fetchall(f"SELECT {_RUN_COLUMNS} FROM runs WHERE id = ?", (run_id,))
+            return _run_from_row(rows[0])
+
+        record, _ = await self._write(f"creating run {run_id}", create)
+        return record
 
     async def get_run(self, run_id: str) -> RunRecord:
         """One run (NotFoundError if there is none)."""
@@ -163,7 +165,7 @@ class Store(CostMethods):
             f"reading run {run_id}", f"SELECT {_RUN_COLUMNS} FROM runs WHERE id = ?", (run_id,)
         )
         if not rows:
-            raise _not_found("run", run_id)
+            raise not_found("run", run_id)
         return _run_from_row(rows[0])
 
     async def list_runs(self, states: Iterable[str] | None = None) -> list[RunRecord]:
@@ -189,9 +191,11 @@ class Store(CostMethods):
     ) -> protocol.Event:
         """Move a run to ``to`` and store ``event_type`` ``{from, to, reason, **data}``, in one
         transaction; returns the event."""
-        async with self._write(f"changing the state of run {run_id}") as txn:
-            await _apply_run_change(txn, RunChange(run_id, to, event_type, reason, data))
-        return txn.events[0]
+        change = RunChange(run_id, to, event_type, reason, data)
+        _, events = await self._write(
+            f"changing the state of run {run_id}", lambda txn: _apply_run_change(txn, change)
+        )
+        return events[0]
 
     async def update_run(self, run_id: str, **fields: Any) -> None:
         """Set plain fields of a run (``title, repo, branch, base_commit, spec_path, reason``)
@@ -200,10 +204,10 @@ class Store(CostMethods):
         if unknown:
             allowed = ", ".join(sorted(_RUN_FIELDS | _OPTION_FIELDS))
             raise TypeError(f"update_run() cannot set {', '.join(sorted(unknown))}: use {allowed}")
-        async with self._write(f"updating run {run_id}") as txn:
-            rows = await txn.fetchall("SELECT options_json FROM runs WHERE id = ?", (run_id,))
+        def update(txn: Txn) -> None:
+            rows = txn.fetchall("SELECT options_json FROM runs WHERE id = ?", (run_id,))
             if not rows:
-                raise _not_found("run", run_id)
+                raise not_found("run", run_id)
             columns = {k: v for k, v in fields.items() if k in _RUN_FIELDS}
             options = {k: v for k, v in fields.items() if k in _OPTION_FIELDS}
             if options:
@@ -213,38 +217,48 @@ class Store(CostMethods):
                 columns["options_json"] = encode_json(merged)
             if columns:
                 assignments = ", ".join(f"{name} = ?" for name in columns)
-                await txn.execute(
+                txn.execute(
                     f"UPDATE runs SET {assignments} WHERE id = ?", (*columns.values(), run_id)
                 )
+
+        await self._write(f"updating run {run_id}", update)
 
     # --- tasks and batches ---------------------------------------------------------------
     async def list_tasks(self, run_id: str) -> list[TaskRecord]:
         """A run's tasks in plan order (an unknown run has none)."""
-        async with self._read(f"listing the tasks of run {run_id}") as conn:
-            rows = list(await conn.execute_fetchall(
+
+        def query(conn: sqlite3.Connection) -> tuple[list[Any], list[Any]]:
+            rows = conn.execute(
                 f"SELECT {_TASK_COLUMNS} FROM tasks WHERE run_id = ? ORDER BY position",
                 (run_id,),
-            ))
-            deps = list(await conn.execute_fetchall(
+            ).fetchall()
+            deps = conn.execute(
                 "SELECT d.task_id, d.depends_on FROM task_deps d JOIN tasks t ON t.id = d.task_id"
                 " WHERE t.run_id = ?",
                 (run_id,),
-            ))
+            ).fetchall()
+            return rows, deps
+
+        rows, deps = await self._read(f"listing the tasks of run {run_id}", query)
         depends_on = _group(deps)
         return [_task_from_row(r, depends_on.get(r[0], [])) for r in rows]
 
     async def get_task(self, task_id: str) -> TaskRecord:
         """One task by its global id (NotFoundError if there is none)."""
-        async with self._read(f"reading task {task_id}") as conn:
-            rows = list(await conn.execute_fetchall(
+
+        def query(conn: sqlite3.Connection) -> tuple[list[Any], list[Any]]:
+            rows = conn.execute(
                 f"SELECT {_TASK_COLUMNS} FROM tasks WHERE id = ?", (task_id,)
-            ))
-            deps = list(await conn.execute_fetchall(
+            ).fetchall()
+            deps = conn.execute(
                 "SELECT depends_on FROM task_deps WHERE task_id = ? ORDER BY depends_on",
                 (task_id,),
-            ))
+            ).fetchall()
+            return rows, deps
+
+        rows, deps = await self._read(f"reading task {task_id}", query)
         if not rows:
-            raise _not_found("task", task_id)
+            raise not_found("task", task_id)
         return _task_from_row(rows[0], [d[0] for d in deps])
 
     async def task_counts(self, run_ids: Iterable[str] | None = None) -> dict[str, dict[str, int]]:
@@ -265,37 +279,46 @@ class Store(CostMethods):
         each, all in ONE transaction; returns the events in order."""
         if not changes:
             return []
-        async with self._write("changing task states") as txn:
-            await _apply_task_changes(txn, changes)
-        return txn.events
+        _, events = await self._write(
+            "changing task states", lambda txn: _apply_task_changes(txn, changes)
+        )
+        return events
 
     async def list_batches(self, run_id: str) -> list[BatchRecord]:
         """A run's batches in plan order (an unknown run has none)."""
-        async with self._read(f"listing the batches of run {run_id}") as conn:
-            rows = list(await conn.execute_fetchall(
+
+        def query(conn: sqlite3.Connection) -> tuple[list[Any], list[Any]]:
+            rows = conn.execute(
                 f"SELECT {_BATCH_COLUMNS} FROM batches WHERE run_id = ? ORDER BY position",
                 (run_id,),
-            ))
-            deps = list(await conn.execute_fetchall(
+            ).fetchall()
+            deps = conn.execute(
                 "SELECT d.batch_id, d.depends_on FROM batch_deps d"
                 " JOIN batches b ON b.id = d.batch_id WHERE b.run_id = ?",
                 (run_id,),
-            ))
+            ).fetchall()
+            return rows, deps
+
+        rows, deps = await self._read(f"listing the batches of run {run_id}", query)
         depends_on = _group(deps)
         return [_batch_from_row(r, depends_on.get(r[0], [])) for r in rows]
 
     async def get_batch(self, batch_id: str) -> BatchRecord:
         """One batch by its global id (NotFoundError if there is none)."""
-        async with self._read(f"reading batch {batch_id}") as conn:
-            rows = list(await conn.execute_fetchall(
+
+        def query(conn: sqlite3.Connection) -> tuple[list[Any], list[Any]]:
+            rows = conn.execute(
                 f"SELECT {_BATCH_COLUMNS} FROM batches WHERE id = ?", (batch_id,)
-            ))
-            deps = list(await conn.execute_fetchall(
+            ).fetchall()
+            deps = conn.execute(
                 "SELECT depends_on FROM batch_deps WHERE batch_id = ? ORDER BY depends_on",
                 (batch_id,),
-            ))
+            ).fetchall()
+            return rows, deps
+
+        rows, deps = await self._read(f"reading batch {batch_id}", query)
         if not rows:
-            raise _not_found("batch", batch_id)
+            raise not_found("batch", batch_id)
         return _batch_from_row(rows[0], [d[0] for d in deps])
 
     async def set_batch_state(
@@ -304,9 +327,11 @@ class Store(CostMethods):
     ) -> protocol.Event | None:
         """Move a batch to ``to`` (and set its model); with ``event_type``, store that event
         ``{from, to, **data}`` in the same transaction and return it."""
-        async with self._write(f"changing the state of batch {batch_id}") as txn:
-            await _apply_batch_change(txn, BatchChange(batch_id, to, event_type, data, model))
-        return txn.events[0] if txn.events else None
+        change = BatchChange(batch_id, to, event_type, data, model)
+        _, events = await self._write(
+            f"changing the state of batch {batch_id}", lambda txn: _apply_batch_change(txn, change)
+        )
+        return events[0] if events else None
 
     async def transition(
         self,
@@ -326,18 +351,21 @@ class Store(CostMethods):
         run_change = RunChange(*run) if run is not None else None
         batch_change = BatchChange(*batch) if batch is not None else None
         run_last = run_change is not None and run_change.to in protocol.TERMINAL_RUN_STATES
-        async with self._write("applying a state transition") as txn:
+
+        def apply(txn: Txn) -> None:
             if run_change is not None and not run_last:
-                await _apply_run_change(txn, run_change)
+                _apply_run_change(txn, run_change)
             if batch_change is not None:
-                await _apply_batch_change(txn, batch_change)
+                _apply_batch_change(txn, batch_change)
             if tasks:
-                await _apply_task_changes(txn, tasks)
+                _apply_task_changes(txn, tasks)
             for e in events:
                 txn.add_event(e.run_id, e.type, e.data, batch_id=e.batch_id, task_id=e.task_id)
             if run_change is not None and run_last:
-                await _apply_run_change(txn, run_change)
-        return txn.events
+                _apply_run_change(txn, run_change)
+
+        _, stored = await self._write("applying a state transition", apply)
+        return stored
 
     async def set_task_prompt(self, task_id: str, prompt: str) -> None:
         """Keep the prompt a task was built with (shown by ``brctl task``)."""
@@ -347,116 +375,45 @@ class Store(CostMethods):
         """Keep a task's latest verification report (JSON)."""
         await self._set_task_column(task_id, "verification", encode_json(report))
 
+    async def set_tasks_details(
+        self, task_ids: Sequence[str], *, prompt: str | None = None,
+        verification: dict[str, Any] | None = None,
+    ) -> None:
+        """Set the prompt and/or the verification report of several tasks (a batch's tasks
+        share both) in ONE transaction. Added for the daemon's hot path (one write per batch
+        instead of one per task); NotFoundError if a task is missing."""
+        sets: list[str] = []
+        values: list[Any] = []
+        if prompt is not None:
+            sets.append("prompt = ?")
+            values.append(prompt)
+        if verification is not None:
+            sets.append("verification = ?")
+            values.append(encode_json(verification))
+        if not sets or not task_ids:
+            return
+
+        def update(txn: Txn) -> None:
+            for task_id in task_ids:
+                changed = txn.execute(
+                    f"UPDATE tasks SET {', '.join(sets)}, updated_at = ? WHERE id = ?",
+                    (*values, txn.ts, task_id),
+                )
+                if changed == 0:
+                    raise not_found("task", task_id)
+
+        await self._write(f"setting details of {len(task_ids)} task(s)", update)
+
     async def _set_task_column(self, task_id: str, column: str, value: str) -> None:
-        async with self._write(f"setting the {column} of task {task_id}") as txn:
-            changed = await txn.execute(
+        def update(txn: Txn) -> None:
+            changed = txn.execute(
                 f"UPDATE tasks SET {column} = ?, updated_at = ? WHERE id = ?",
                 (value, txn.ts, task_id),
             )
             if changed == 0:
-                raise _not_found("task", task_id)
+                raise not_found("task", task_id)
 
-    # --- attempts ------------------------------------------------------------------------
-    async def start_attempt(
-        self, batch_id: str, *, worktree: str | None, model: str | None
-    ) -> AttemptRecord:
-        """Open the next attempt of a batch (number = the batch's attempts + 1, which it
-        increments). No event: the daemon stores ``batch.dispatched`` itself."""
-        async with self._write(f"starting an attempt of batch {batch_id}") as txn:
-            rows = await txn.fetchall(
-                "SELECT run_id, attempts FROM batches WHERE id = ?", (batch_id,)
-            )
-            if not rows:
-                raise _not_found("batch", batch_id)
-            run_id, number = rows[0][0], int(rows[0][1]) + 1
-            await txn.execute(
-                "UPDATE batches SET attempts = ?, model = coalesce(?, model) WHERE id = ?",
-                (number, model, batch_id),
-            )
-            attempt_id = await txn.insert(
-                "INSERT INTO attempts (batch_id, run_id, number, worktree, model, started_at)"
-                " VALUES (?, ?, ?, ?, ?, ?)",
-                (batch_id, run_id, number, worktree, model, txn.ts),
-            )
-        return AttemptRecord(
-            id=attempt_id, batch_id=batch_id, run_id=run_id, number=number, worktree=worktree,
-            model=model, started_at=txn.ts,
-        )
-
-    async def finish_attempt(
-        self, attempt_id: int, *, outcome: str, reason: str | None = None,
-        verification: dict[str, Any] | None = None, commit: str | None = None,
-    ) -> None:
-        """Close an attempt with ``outcome`` (succeeded|failed|interrupted|conflict|cancelled).
-        An attempt finishes once: finishing it again raises InvalidStateError."""
-        if outcome not in ATTEMPT_OUTCOMES:
-            raise InvalidStateError(
-                f"attempt {attempt_id}: unknown outcome {outcome!r}; use one of "
-                f"{', '.join(ATTEMPT_OUTCOMES)}",
-                data={"state": outcome, "allowed": list(ATTEMPT_OUTCOMES)},
-            )
-        async with self._write(f"finishing attempt {attempt_id}") as txn:
-            rows = await txn.fetchall("SELECT outcome FROM attempts WHERE id = ?", (attempt_id,))
-            if not rows:
-                raise _not_found("attempt", attempt_id)
-            if rows[0][0] is not None:
-                raise InvalidStateError(
-                    f"attempt {attempt_id} already finished ({rows[0][0]}); start a new attempt",
-                    data={"state": rows[0][0], "allowed": []},
-                )
-            await txn.execute(
-                "UPDATE attempts SET outcome = ?, reason = ?, verification = ?, commit_sha = ?,"
-                " finished_at = ? WHERE id = ?",
-                (outcome, reason, None if verification is None else encode_json(verification),
-                 commit, txn.ts, attempt_id),
-            )
-
-    async def get_attempt(self, attempt_id: int) -> AttemptRecord:
-        """One attempt (NotFoundError if there is none)."""
-        rows = await self._fetchall(
-            f"reading attempt {attempt_id}",
-            f"SELECT {_ATTEMPT_COLUMNS} FROM attempts WHERE id = ?", (attempt_id,),
-        )
-        if not rows:
-            raise _not_found("attempt", attempt_id)
-        return _attempt_from_row(rows[0])
-
-    async def list_attempts(self, batch_id: str) -> list[AttemptRecord]:
-        """A batch's attempts, oldest first."""
-        rows = await self._fetchall(
-            f"listing the attempts of batch {batch_id}",
-            f"SELECT {_ATTEMPT_COLUMNS} FROM attempts WHERE batch_id = ? ORDER BY id",
-            (batch_id,),
-        )
-        return [_attempt_from_row(r) for r in rows]
-
-    async def unfinished_attempts(self) -> list[AttemptRecord]:
-        """Attempts without an outcome (in flight when the daemon stopped), oldest first."""
-        rows = await self._fetchall(
-            "listing unfinished attempts",
-            f"SELECT {_ATTEMPT_COLUMNS} FROM attempts WHERE outcome IS NULL ORDER BY id",
-        )
-        return [_attempt_from_row(r) for r in rows]
-
-    async def save_checkpoint(self, attempt_id: int, state: bytes) -> None:
-        """Keep the agent's conversation after a turn (replaces the previous checkpoint)."""
-        async with self._write(f"checkpointing attempt {attempt_id}") as txn:
-            changed = await txn.execute(
-                "UPDATE attempts SET checkpoint = ?, checkpoint_at = ? WHERE id = ?",
-                (bytes(state), txn.ts, attempt_id),
-            )
-            if changed == 0:
-                raise _not_found("attempt", attempt_id)
-
-    async def load_checkpoint(self, attempt_id: int) -> bytes | None:
-        """The attempt's last checkpoint, or None if it has none."""
-        rows = await self._fetchall(
-            f"loading the checkpoint of attempt {attempt_id}",
-            "SELECT checkpoint FROM attempts WHERE id = ?", (attempt_id,),
-        )
-        if not rows:
-            raise _not_found("attempt", attempt_id)
-        return None if rows[0][0] is None else bytes(rows[0][0])
+        await self._write(f"setting the {column} of task {task_id}", update)
 
     # --- events --------------------------------------------------------------------------
     async def append_event(
@@ -464,12 +421,14 @@ class Store(CostMethods):
         batch_id: str | None = None, task_id: str | None = None,
     ) -> protocol.Event:
         """Store one event (its own transaction) and return it with its id and ``ts``."""
-        async with self._write(f"storing a {type} event of run {run_id}") as txn:
-            found = await txn.fetchall("SELECT 1 FROM runs WHERE id = ?", (run_id,))
-            if not found:
-                raise _not_found("run", run_id)
+
+        def append(txn: Txn) -> None:
+            if not txn.fetchall("SELECT 1 FROM runs WHERE id = ?", (run_id,)):
+                raise not_found("run", run_id)
             txn.add_event(run_id, type, data, batch_id=batch_id, task_id=task_id)
-        return txn.events[0]
+
+        _, events = await self._write(f"storing a {type} event of run {run_id}", append)
+        return events[0]
 
     async def list_events(
         self, *, run_id: str | None = None, since: int = 0, limit: int = 1000,
@@ -500,16 +459,16 @@ class Store(CostMethods):
 
 
 # --- transaction steps shared by the single-change methods and transition() ---------------
-async def _apply_run_change(txn: Txn, change: RunChange) -> None:
+def _apply_run_change(txn: Txn, change: RunChange) -> None:
     run_id, to, event_type, reason, data = change
     if to not in _RUN_STATES:
         raise _bad_state("run", run_id, to, protocol.RUN_STATES)
-    rows = await txn.fetchall("SELECT state FROM runs WHERE id = ?", (run_id,))
+    rows = txn.fetchall("SELECT state FROM runs WHERE id = ?", (run_id,))
     if not rows:
-        raise _not_found("run", run_id)
+        raise not_found("run", run_id)
     previous = rows[0][0]
     terminal = to in protocol.TERMINAL_RUN_STATES
-    await txn.execute(
+    txn.execute(
         "UPDATE runs SET state = ?, reason = ?,"
         " started_at = CASE WHEN ? = 'running' THEN coalesce(started_at, ?) ELSE started_at END,"
         " finished_at = CASE WHEN ? THEN ? ELSE NULL END WHERE id = ?",
@@ -522,15 +481,15 @@ async def _apply_run_change(txn: Txn, change: RunChange) -> None:
     txn.add_event(run_id, event_type, payload)
 
 
-async def _apply_batch_change(txn: Txn, change: BatchChange) -> None:
+def _apply_batch_change(txn: Txn, change: BatchChange) -> None:
     batch_id, to, event_type, data, model = change
     if to not in _BATCH_STATES:
         raise _bad_state("batch", batch_id, to, sorted(_BATCH_STATES))
-    rows = await txn.fetchall("SELECT state, run_id FROM batches WHERE id = ?", (batch_id,))
+    rows = txn.fetchall("SELECT state, run_id FROM batches WHERE id = ?", (batch_id,))
     if not rows:
-        raise _not_found("batch", batch_id)
+        raise not_found("batch", batch_id)
     previous, run_id = rows[0]
-    await txn.execute(
+    txn.execute(
         "UPDATE batches SET state = ?, model = coalesce(?, model),"
         " started_at = CASE WHEN ? = 'running' THEN ? ELSE started_at END,"
         " finished_at = CASE WHEN ? THEN ? ELSE NULL END WHERE id = ?",
@@ -545,7 +504,7 @@ async def _apply_batch_change(txn: Txn, change: BatchChange) -> None:
     txn.add_event(run_id, event_type, payload, batch_id=batch_id)
 
 
-async def _apply_task_changes(txn: Txn, changes: Sequence[TaskChange]) -> None:
+def _apply_task_changes(txn: Txn, changes: Sequence[TaskChange]) -> None:
     for change in changes:
         if change.to not in _TASK_STATES:
             raise _bad_state("task", change.task_id, change.to, protocol.TASK_STATES)
@@ -553,7 +512,7 @@ async def _apply_task_changes(txn: Txn, changes: Sequence[TaskChange]) -> None:
     current: dict[str, tuple[str, str, str | None]] = {}
     for start in range(0, len(ids), _CHUNK):
         chunk = ids[start:start + _CHUNK]
-        rows = await txn.fetchall(
+        rows = txn.fetchall(
             f"SELECT id, state, run_id, batch_id FROM tasks WHERE id IN"
             f" ({', '.join('?' * len(chunk))})",
             chunk,
@@ -562,7 +521,7 @@ async def _apply_task_changes(txn: Txn, changes: Sequence[TaskChange]) -> None:
             current[task_id] = (state, run_id, batch_id)
     missing = [task_id for task_id in ids if task_id not in current]
     if missing:
-        raise _not_found("task", missing[0])
+        raise not_found("task", missing[0])
     updates: list[tuple[Any, ...]] = []
     for change in changes:
         previous, run_id, batch_id = current[change.task_id]
@@ -576,7 +535,7 @@ async def _apply_task_changes(txn: Txn, changes: Sequence[TaskChange]) -> None:
             {"from": previous, "to": change.to, "reason": change.reason},
             batch_id=batch_id, task_id=change.task_id,
         )
-    await txn.executemany(
+    txn.executemany(
         "UPDATE tasks SET state = ?, reason = ?, attempts = attempts + ?,"
         " model = coalesce(?, model), updated_at = ? WHERE id = ?",
         updates,
@@ -615,29 +574,11 @@ def _batch_from_row(r: Sequence[Any], depends_on: list[str]) -> BatchRecord:
     )
 
 
-def _attempt_from_row(r: Sequence[Any]) -> AttemptRecord:
-    return AttemptRecord(
-        id=int(r[0]), batch_id=r[1], run_id=r[2], number=int(r[3]), worktree=r[4], model=r[5],
-        started_at=r[6], finished_at=r[7], outcome=r[8], reason=r[9],
-        verification=decode_json(r[10]), commit=r[11], has_checkpoint=bool(r[12]),
-    )
-
-
 def _group(pairs: Iterable[Sequence[Any]]) -> dict[str, list[str]]:
     grouped: dict[str, list[str]] = {}
     for key, value in pairs:
         grouped.setdefault(key, []).append(value)
     return grouped
-
-
-def _not_found(kind: str, ident: str | int) -> NotFoundError:
-    hint = {
-        "run": "`brctl runs` lists the runs",
-        "task": "task ids look like r-3f9a1c2e:T001; `brctl tasks RUN` lists them",
-        "batch": "batch ids look like r-3f9a1c2e:B001",
-        "attempt": "attempts come from start_attempt()",
-    }[kind]
-    return NotFoundError(f"{kind} {ident} not found: {hint}", data={"kind": kind, "id": ident})
 
 
 def _bad_state(kind: str, ident: str, state: str, allowed: Iterable[str]) -> InvalidStateError:

@@ -24,8 +24,12 @@ class FileMonitor:
 
     Changes are debounced (grouped for up to ``debounce_ms``; a file created and then written
     within one group is reported once, as ``created``). ``.git``, byte-code and tool caches are
-    ignored (watchfiles' default filter); deletions are not reported. Exiting stops the watcher
-    cleanly. An exception raised by ``on_change`` propagates out of the ``async with`` block.
+    ignored (watchfiles' default filter); deletions are not reported. An exception raised by
+    ``on_change`` propagates out of the ``async with`` block.
+
+    A normal exit stops the watcher and then reports, once, every file that differs from the
+    tree at entry (by size and mtime) but was not reported live: changes still inside the
+    debounce window, or written faster than inotify could watch a new folder, are never lost.
     """
 
     def __init__(
@@ -43,8 +47,11 @@ class FileMonitor:
         self._stop = anyio.Event()
         self._filter = DefaultFilter()
         self._tg: TaskGroup | None = None
+        self._before: dict[str, tuple[int, int]] = {}
+        self._reported: set[str] = set()
 
     async def __aenter__(self) -> FileMonitor:
+        self._before = await anyio.to_thread.run_sync(self._scan)
         self._tg = anyio.create_task_group()
         await self._tg.__aenter__()
         try:
@@ -66,7 +73,32 @@ class FileMonitor:
         # promptly; a cancelled exit also sets it (awatch does) before waiting for the thread.
         self._stop.set()
         tg, self._tg = self._tg, None
-        return await tg.__aexit__(exc_type, exc, tb)
+        suppress = await tg.__aexit__(exc_type, exc, tb)
+        if exc_type is None:
+            await self._report_unseen()
+        return suppress
+
+    async def _report_unseen(self) -> None:
+        after = await anyio.to_thread.run_sync(self._scan)
+        for rel, stat in sorted(after.items()):
+            if rel in self._reported or self._before.get(rel) == stat:
+                continue
+            await self._emit("created" if rel not in self._before else "modified", rel)
+
+    def _scan(self) -> dict[str, tuple[int, int]]:
+        """(mtime_ns, size) of every watched file, by relative path."""
+        found: dict[str, tuple[int, int]] = {}
+        for path in self._files_under(self.path):
+            try:
+                st = path.stat()
+            except OSError:  # deleted while walking
+                continue
+            found[path.relative_to(self.path).as_posix()] = (st.st_mtime_ns, st.st_size)
+        return found
+
+    async def _emit(self, kind: ChangeKind, rel: str) -> None:
+        self._reported.add(rel)
+        await self.on_change(kind, rel)
 
     async def _watch(self, *, task_status: TaskStatus[None]) -> None:
         changes = awatch(
@@ -85,7 +117,7 @@ class FileMonitor:
         task_status.started()
         async for group in changes:
             for kind, relpath in await anyio.to_thread.run_sync(self._classify, group):
-                await self.on_change(kind, relpath)
+                await self._emit(kind, relpath)
 
     def _classify(self, group: set[tuple[Change, str]]) -> list[tuple[ChangeKind, str]]:
         # Runs in a worker thread: it stats and walks the tree.
@@ -120,7 +152,8 @@ class FileMonitor:
     def _files_under(self, folder: Path) -> list[Path]:
         found: list[Path] = []
         for dirpath, dirnames, filenames in os.walk(folder):
-            dirnames[:] = [d for d in dirnames if self._filter(Change.added, str(Path(dirpath, d)))]
+            dirnames[:] = [d for d in dirnames
+                           if d != ".git" and self._filter(Change.added, str(Path(dirpath, d)))]
             found += [Path(dirpath, f) for f in filenames
                       if self._filter(Change.added, str(Path(dirpath, f)))]
         return found

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 
-from conftest import Daemon
+from brctl_support import Daemon
 
 from buildrunnerd import protocol
 
@@ -50,7 +51,8 @@ def test_submit_follow_to_success_then_inspect(daemon: Daemon, realworld_repo: P
     human_task = daemon.brctl("task", one).stdout
     assert "prompt:" in human_task and task["files"][0] in human_task
 
-    events = [json.loads(line) for line in daemon.brctl("logs", run_id, "--json").stdout.splitlines()]
+    logs = daemon.brctl("logs", run_id, "--json").stdout
+    events = [json.loads(line) for line in logs.splitlines()]
     assert [e["id"] for e in events] == sorted(e["id"] for e in events)
     types = [e["type"] for e in events]
     assert types[0] == "run.submitted" and types[-1] == "run.succeeded"
@@ -133,3 +135,20 @@ def test_daemon_errors_exit_1_with_the_message(daemon: Daemon) -> None:
     assert daemon.brctl("retry", "r-x:nope").exit_code == 1
     usage = daemon.brctl("submit")
     assert usage.exit_code == 2
+
+
+def test_status_follow_without_run_follows_every_active_run(
+    start_daemon: Callable[..., Daemon], realworld_repo: Path
+) -> None:
+    daemon = start_daemon(ms_per_minute=5)  # a few seconds per run: both are still active
+    spec = str(realworld_repo / "PROJECT_SPEC.md")
+    first, second = _submit(daemon, realworld_repo), _submit(daemon, realworld_repo)
+    active = json.loads(daemon.brctl("status", "--json").stdout)
+    assert {r["id"] for r in active} == {first, second}
+    follow = daemon.brctl_process("status", "--follow")
+    assert follow.returncode == 0, follow.stderr
+    ended = [line for line in follow.stdout.splitlines() if " run succeeded" in line]
+    assert sorted(line.split()[1] for line in ended) == sorted([first, second])
+    assert spec  # both runs built the same spec, on their own branches
+    runs = json.loads(daemon.brctl("runs", "--json").stdout)
+    assert {r["branch"] for r in runs} == {f"buildrunner/{first}", f"buildrunner/{second}"}

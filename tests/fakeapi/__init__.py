@@ -418,6 +418,12 @@ def _make_handler(fake: FakeAnthropic) -> type[BaseHTTPRequestHandler]:
         def log_message(self, format: str, *args: Any) -> None:  # quiet
             pass
 
+        def setup(self) -> None:
+            super().setup()
+            # Many small writes (SSE events): without this, Nagle's algorithm and delayed ACKs
+            # add ~40 ms to every response, which the real API does not.
+            self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
         def _send_json(self, status: int, payload: dict[str, Any],
                        headers: dict[str, str]) -> None:
             data = json.dumps(payload).encode()

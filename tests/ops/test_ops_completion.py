@@ -90,3 +90,14 @@ def test_bash_completes_commands_and_options(tmp_path: Path) -> None:
         "install", "status", "uninstall",
     ]
     assert "--dry-run" in _complete_in_bash(env, "brctl service install --", 3)
+
+
+def test_bash_completes_the_installed_brctl() -> None:
+    # The real console script from this environment, with every command of the contract.
+    bindir = Path(sys.executable).parent
+    assert (bindir / "brctl").exists()
+    env = {**os.environ, "PATH": f"{bindir}{os.pathsep}{os.environ['PATH']}"}
+    commands = set(_complete_in_bash(env, "brctl ''", 1))
+    assert {"submit", "status", "logs", "service", "completion", "shutdown"} <= commands
+    assert _complete_in_bash(env, "brctl sub", 1) == ["submit"]
+    assert "--follow" in _complete_in_bash(env, "brctl submit x --fo", 3)

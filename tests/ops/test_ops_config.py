@@ -186,3 +186,23 @@ def test_check_config_main_finds_the_xdg_file(tmp_path: Path) -> None:
     out = io.StringIO()
     assert check_config_main(None, env={"XDG_CONFIG_HOME": str(xdg)}, out=out) == 0
     assert "workers = 3" in out.getvalue()
+
+
+def test_configuration_doc_lists_every_key_and_variable() -> None:
+    from buildrunnerd.config import ENV_OVERRIDES
+
+    doc = (ROOT / "docs" / "configuration.md").read_text()
+    data = msgspec.to_builtins(Config())
+    for section, body in data.items():
+        if not isinstance(body, dict):
+            assert f"`{section}`" in doc, section
+            continue
+        for key in body:
+            if section == "pricing" and key == "models":
+                for field in ("input_per_mtok", "output_per_mtok", "cache_write_per_mtok",
+                              "cache_read_per_mtok"):
+                    assert f"`pricing.models.<model>.{field}`" in doc, field
+                continue
+            assert f"`{section}.{key}`" in doc, f"{section}.{key}"
+    for var in ENV_OVERRIDES:
+        assert f"`{var}`" in doc, var

@@ -78,14 +78,17 @@ def test_prompt_holds_every_part_and_the_system_part_is_stable() -> None:
                  "added src/models/notes.py", "# Relevant files", "class Note: ...",
                  "## a.2: Search notes", "`src/search.py`",
                  "- [ ] A search for 'milk' finds the note 'buy milk'",
-                 "# Verification of this batch", "# Stop point", "Stop when a.2 is done"):
+                 "# Verification of this batch", "# Stop point",
+                 "Stop when the task above is done"):
         assert part in user, part
     assert user.index("# Project") < user.index("# Your tasks") < user.index("# Stop point")
     assert "a.1" not in first.user.split("# Your tasks")[0]
     tasks_part = user[user.index("# Your tasks"):]
-    assert second.tokens == (
-        COUNTER.count(second.system) + second.context_tokens + COUNTER.count(tasks_part) + 2
-    )
+    estimate = second.tokens - COUNTER.count(second.system) - second.context_tokens - 2
+    # The tasks are counted line by line: never under counting them in one go, and over it by
+    # at most a token per line break.
+    exact = COUNTER.count(tasks_part)
+    assert exact <= estimate <= exact + tasks_part.count("\n")
 
 
 def test_context_is_trimmed_lowest_value_first_and_tasks_never() -> None:
@@ -102,7 +105,7 @@ def test_context_is_trimmed_lowest_value_first_and_tasks_never() -> None:
                                 test_command=None, budget_tokens=budget)
     tasks_part = prompt.user[prompt.user.index("# Your tasks"):]
     assert prompt.context_tokens + COUNTER.count(tasks_part) <= budget
-    assert COUNTER.count(prompt.user) <= budget + 2
+    assert COUNTER.count(prompt.user) <= budget
     assert "A search for 'milk' finds the note 'buy milk'" in tasks_part, "tasks are never cut"
     assert "src/unrelated.py" not in prompt.user, "the lowest-value context went first"
     assert "# Project: Notes" in prompt.user, "the overview stays (cut if need be)"

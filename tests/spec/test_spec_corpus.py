@@ -85,7 +85,7 @@ def test_commit_analyzer_core_features() -> None:
     assert [f.line for f in spec.features] == [99, 109, 118]
     analysis = spec.features[0]
     assert analysis.id == "commit-analysis"
-    assert analysis.requirements[0].text == "Endpoint: POST /api/commits/analyze"
+    assert analysis.requirements[0].text == "Endpoint: `POST /api/commits/analyze`"
     assert analysis.requirements[0].line == 100
     # The "### ✅ Vercel-Ready Features" and headings inside ``` blocks are not features.
     assert spec.tasks == []

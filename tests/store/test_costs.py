@@ -138,12 +138,19 @@ async def test_prune_keeps_running_runs_and_roll_ups(store: Store, clock: Clock)
                                                           cost_usd=0.25))
     await store.set_run_state("r-old", "succeeded", event_type="run.succeeded")
     await store.set_run_state("r-live", "running", event_type="run.started")
+    old_attempt = await store.start_attempt("r-old:B001", worktree=None, model=None)
+    await store.save_checkpoint(old_attempt.id, b"conversation")
+    await store.finish_attempt(old_attempt.id, outcome="succeeded")
+    live_attempt = await store.start_attempt("r-live:B001", worktree=None, model=None)
+    await store.save_checkpoint(live_attempt.id, b"conversation")
     before = await store.cost_summary(by="day")
     clock.advance(days=30)
     recent = await store.append_event("r-old", "note")  # newer than the cutoff: kept
 
     counts = await store.prune(older_than=clock.now - timedelta(days=1))
-    assert counts == {"events": 3, "api_calls": 1}
+    assert counts == {"events": 3, "api_calls": 1, "checkpoints": 1}
+    assert await store.load_checkpoint(old_attempt.id) is None
+    assert await store.load_checkpoint(live_attempt.id) == b"conversation"
     assert await store.list_events(run_id="r-old") == [recent]
     assert len(await store.list_events(run_id="r-live")) == 3  # a live run keeps everything
     # roll-ups and run totals survive: the summaries do not change
@@ -160,6 +167,6 @@ async def test_prune_keeps_running_runs_and_roll_ups(store: Store, clock: Clock)
     clock.advance(days=10)
     counts = await store.prune(older_than=clock.now - timedelta(days=20),
                                api_calls_older_than=clock.now)
-    assert counts == {"events": 0, "api_calls": 1}
+    assert counts == {"events": 0, "api_calls": 1, "checkpoints": 0}
     await store.vacuum()
     assert (await store.cost_summary(by="run")).calls == 3

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import anyio
+import anyio.lowlevel
 import pytest
 
 from buildrunnerd.errors import InvalidStateError, NotFoundError
@@ -228,3 +230,44 @@ async def test_task_prompt_and_verification(store: Store, recorder: Recorder) ->
     with pytest.raises(NotFoundError):
         await store.set_task_prompt("r-1:T404", "x")
     assert len(recorder.events) == 1
+
+
+async def test_concurrent_writers_never_interleave(store: Store, recorder: Recorder) -> None:
+    from .conftest import make_plan
+
+    await submit(store, "r-c", make_plan(n_batches=20, tasks_per_batch=5))
+    tasks = await store.list_tasks("r-c")
+    recorder.events.clear()
+
+    async def walk(task_id: str) -> None:
+        for to in ("ready", "running", "verifying", "succeeded"):
+            await store.set_task_states([TaskChange(task_id, to)])
+
+    async with anyio.create_task_group() as tg:
+        for task in tasks:
+            tg.start_soon(walk, task.id)
+    assert all(t.state == "succeeded" for t in await store.list_tasks("r-c"))
+    assert len(recorder.events) == 400
+    for task in tasks:
+        mine = [e.data["to"] for e in recorder.events if e.task_id == task.id]
+        assert mine == ["ready", "running", "verifying", "succeeded"]
+
+
+async def test_a_cancelled_caller_leaves_all_or_nothing(store: Store, recorder: Recorder) -> None:
+    await submit(store, "r-1")
+    recorder.events.clear()
+    outcomes = set()
+    for ticks in range(8):
+        state = "ready" if ticks % 2 == 0 else "pending"
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(store.set_task_states,
+                          [TaskChange(T1, state), TaskChange(T2, state)])
+            for _ in range(ticks):
+                await anyio.lowlevel.checkpoint()
+            tg.cancel_scope.cancel()  # before, during or after the write
+        t1, t2 = await store.get_task(T1), await store.get_task(T2)
+        assert t1.state == t2.state
+        # subscribers got exactly what was committed, never more, never less
+        assert await store.list_events(types=["task.state_changed"]) == recorder.events
+        outcomes.add(len(recorder.events))
+    assert 0 in outcomes and max(outcomes) > 0  # some writes were cut off, some went through

@@ -83,3 +83,17 @@ async def test_callback_error_propagates(tmp_path: Path) -> None:
             (root / "x.txt").write_text("x")
             await anyio.sleep(WAIT_S)
     assert info.group_contains(RuntimeError, match="store down while recording x.txt")
+
+
+async def test_changes_just_before_exit_are_reported_once(tmp_path: Path) -> None:
+    root = tmp_path / "wt"
+    root.mkdir()
+    (root / "old.py").write_text("A = 1\n")
+    (root / "same.py").write_text("S = 1\n")
+    rec = Recorder()
+    # A long debounce: nothing can be reported live before the block ends.
+    async with FileMonitor(root, rec, debounce_ms=5000, step_ms=500):
+        (root / "deep" / "er").mkdir(parents=True)
+        (root / "deep" / "er" / "quick.py").write_text("Q = 1\n")
+        (root / "old.py").write_text("A = 22\n")
+    assert sorted(rec.events) == [("created", "deep/er/quick.py"), ("modified", "old.py")]

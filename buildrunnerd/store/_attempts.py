@@ -1,0 +1,139 @@
+"""Attempts: one per try at a batch, with the agent's conversation checkpoint for resuming."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from buildrunnerd.errors import InvalidStateError
+from buildrunnerd.store._db import Database, Txn, decode_json, encode_json, not_found
+from buildrunnerd.store._records import ATTEMPT_OUTCOMES, AttemptRecord
+
+__all__ = ["AttemptMethods"]
+
+_ATTEMPT_COLUMNS = (
+    "id, batch_id, run_id, number, worktree, model, started_at, finished_at, outcome, reason,"
+    " verification, commit_sha, checkpoint IS NOT NULL"
+)
+
+
+class AttemptMethods(Database):
+    """Attempt bookkeeping; see :class:`Store` for the contract."""
+
+    async def start_attempt(
+        self, batch_id: str, *, worktree: str | None, model: str | None
+    ) -> AttemptRecord:
+        """Open the next attempt of a batch (number = the batch's attempts + 1, which it
+        increments). No event: the daemon stores ``batch.dispatched`` itself."""
+
+        def start(txn: Txn) -> AttemptRecord:
+            rows = txn.fetchall(
+                "SELECT run_id, attempts FROM batches WHERE id = ?", (batch_id,)
+            )
+            if not rows:
+                raise not_found("batch", batch_id)
+            run_id, number = rows[0][0], int(rows[0][1]) + 1
+            txn.execute(
+                "UPDATE batches SET attempts = ?, model = coalesce(?, model) WHERE id = ?",
+                (number, model, batch_id),
+            )
+            attempt_id = txn.insert(
+                "INSERT INTO attempts (batch_id, run_id, number, worktree, model, started_at)"
+                " VALUES (?, ?, ?, ?, ?, ?)",
+                (batch_id, run_id, number, worktree, model, txn.ts),
+            )
+            return AttemptRecord(
+                id=attempt_id, batch_id=batch_id, run_id=run_id, number=number,
+                worktree=worktree, model=model, started_at=txn.ts,
+            )
+
+        attempt, _ = await self._write(f"starting an attempt of batch {batch_id}", start)
+        return attempt
+
+    async def finish_attempt(
+        self, attempt_id: int, *, outcome: str, reason: str | None = None,
+        verification: dict[str, Any] | None = None, commit: str | None = None,
+    ) -> None:
+        """Close an attempt with ``outcome`` (succeeded|failed|interrupted|conflict|cancelled).
+        An attempt finishes once: finishing it again raises InvalidStateError."""
+        if outcome not in ATTEMPT_OUTCOMES:
+            raise InvalidStateError(
+                f"attempt {attempt_id}: unknown outcome {outcome!r}; use one of "
+                f"{', '.join(ATTEMPT_OUTCOMES)}",
+                data={"state": outcome, "allowed": list(ATTEMPT_OUTCOMES)},
+            )
+        def finish(txn: Txn) -> None:
+            rows = txn.fetchall("SELECT outcome FROM attempts WHERE id = ?", (attempt_id,))
+            if not rows:
+                raise not_found("attempt", attempt_id)
+            if rows[0][0] is not None:
+                raise InvalidStateError(
+                    f"attempt {attempt_id} already finished ({rows[0][0]}); start a new attempt",
+                    data={"state": rows[0][0], "allowed": []},
+                )
+            txn.execute(
+                "UPDATE attempts SET outcome = ?, reason = ?, verification = ?, commit_sha = ?,"
+                " finished_at = ? WHERE id = ?",
+                (outcome, reason, None if verification is None else encode_json(verification),
+                 commit, txn.ts, attempt_id),
+            )
+
+        await self._write(f"finishing attempt {attempt_id}", finish)
+
+    async def get_attempt(self, attempt_id: int) -> AttemptRecord:
+        """One attempt (NotFoundError if there is none)."""
+        rows = await self._fetchall(
+            f"reading attempt {attempt_id}",
+            f"SELECT {_ATTEMPT_COLUMNS} FROM attempts WHERE id = ?", (attempt_id,),
+        )
+        if not rows:
+            raise not_found("attempt", attempt_id)
+        return _attempt_from_row(rows[0])
+
+    async def list_attempts(self, batch_id: str) -> list[AttemptRecord]:
+        """A batch's attempts, oldest first."""
+        rows = await self._fetchall(
+            f"listing the attempts of batch {batch_id}",
+            f"SELECT {_ATTEMPT_COLUMNS} FROM attempts WHERE batch_id = ? ORDER BY id",
+            (batch_id,),
+        )
+        return [_attempt_from_row(r) for r in rows]
+
+    async def unfinished_attempts(self) -> list[AttemptRecord]:
+        """Attempts without an outcome (in flight when the daemon stopped), oldest first."""
+        rows = await self._fetchall(
+            "listing unfinished attempts",
+            f"SELECT {_ATTEMPT_COLUMNS} FROM attempts WHERE outcome IS NULL ORDER BY id",
+        )
+        return [_attempt_from_row(r) for r in rows]
+
+    async def save_checkpoint(self, attempt_id: int, state: bytes) -> None:
+        """Keep the agent's conversation after a turn (replaces the previous checkpoint)."""
+
+        def save(txn: Txn) -> None:
+            changed = txn.execute(
+                "UPDATE attempts SET checkpoint = ?, checkpoint_at = ? WHERE id = ?",
+                (bytes(state), txn.ts, attempt_id),
+            )
+            if changed == 0:
+                raise not_found("attempt", attempt_id)
+
+        await self._write(f"checkpointing attempt {attempt_id}", save)
+
+    async def load_checkpoint(self, attempt_id: int) -> bytes | None:
+        """The attempt's last checkpoint, or None if it has none."""
+        rows = await self._fetchall(
+            f"loading the checkpoint of attempt {attempt_id}",
+            "SELECT checkpoint FROM attempts WHERE id = ?", (attempt_id,),
+        )
+        if not rows:
+            raise not_found("attempt", attempt_id)
+        return None if rows[0][0] is None else bytes(rows[0][0])
+
+
+def _attempt_from_row(r: Sequence[Any]) -> AttemptRecord:
+    return AttemptRecord(
+        id=int(r[0]), batch_id=r[1], run_id=r[2], number=int(r[3]), worktree=r[4], model=r[5],
+        started_at=r[6], finished_at=r[7], outcome=r[8], reason=r[9],
+        verification=decode_json(r[10]), commit=r[11], has_checkpoint=bool(r[12]),
+    )

@@ -1,0 +1,94 @@
+"""``brctl status --follow`` as users run it: a real brctl process on a pseudo-terminal (rich
+redraws in place) and on a pipe (plain lines), fed a recorded run by a real socket server."""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import os
+import pty
+import struct
+import subprocess
+import sys
+import termios
+from pathlib import Path
+
+import anyio
+from brctl_recorded import failed_run, recorded_dispatcher
+from brctl_support import base_env
+
+from buildrunnerd.rpc import RpcServer
+
+BRCTL = [sys.executable, "-m", "brctl"]
+PROCESS_TIMEOUT_S = 60.0
+
+
+def _read_until_eof(fd: int) -> bytes:
+    chunks = []
+    while True:
+        try:
+            chunk = os.read(fd, 65536)
+        except OSError as exc:  # Linux reports the closed slave side as EIO
+            if exc.errno == errno.EIO:
+                break
+            raise
+        if not chunk:
+            break
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+async def _follow(tmp_path: Path, *, on_pty: bool) -> tuple[int, str]:
+    snapshot, events = failed_run()
+    sock = tmp_path / "fake.sock"
+    env = base_env(tmp_path)
+    env.update({"TERM": "xterm-256color", "COLUMNS": "100", "LINES": "40"})
+    async with anyio.create_task_group() as tg:
+        dispatcher = recorded_dispatcher(tg, snapshot, events, live_after=6, delay_s=0.05)
+        await tg.start(RpcServer(sock, dispatcher).serve)
+        command = [*BRCTL, "--socket", str(sock), "status", snapshot["id"], "--follow"]
+        with anyio.fail_after(PROCESS_TIMEOUT_S):
+            if on_pty:
+                master, slave = pty.openpty()
+                fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 40, 100, 0, 0))
+                process = await anyio.open_process(
+                    command, stdin=slave, stdout=slave, stderr=slave, env=env
+                )
+                os.close(slave)
+                try:
+                    raw = await anyio.to_thread.run_sync(_read_until_eof, master)
+                finally:
+                    os.close(master)
+                code = await process.wait()
+                output = raw.decode(errors="replace")
+            else:
+                result = await anyio.run_process(command, env=env, check=False,
+                                                 stderr=subprocess.STDOUT)
+                code, output = result.returncode, result.stdout.decode()
+        tg.cancel_scope.cancel()
+    return code, output
+
+
+async def test_follow_on_a_terminal_redraws_in_place(tmp_path: Path) -> None:
+    code, output = await _follow(tmp_path, on_pty=True)
+    assert code == 1, output  # the recorded run failed
+    # rich's Live display moves the cursor up and erases lines to redraw the same block.
+    assert "\x1b[1A" in output or "\x1b[A" in output, output[-2000:]
+    assert "\x1b[2K" in output
+    assert "━" in output  # the progress bar
+    assert "claude-sonnet-5-5" in output  # a running batch's model
+    assert "spend $0.0367 of $1.0000 budget" in output
+    assert "run r-0a1b2c3d failed: 1/4 tasks succeeded" in output
+    # Not the piped format.
+    assert "[1/4 succeeded]" not in output
+
+
+async def test_follow_on_a_pipe_prints_plain_lines(tmp_path: Path) -> None:
+    code, output = await _follow(tmp_path, on_pty=False)
+    _, events = failed_run()
+    assert code == 1, output
+    assert "\x1b[" not in output
+    lines = output.splitlines()
+    assert len(lines) == len(events)  # one line per event, each once
+    assert lines[0] == "18:00:00 r-0a1b2c3d run submitted"
+    assert lines[-1].startswith("18:00:03 r-0a1b2c3d run failed")

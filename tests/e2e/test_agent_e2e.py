@@ -1,0 +1,150 @@
+"""The real daemon with ``--backend anthropic`` against the fake Messages API."""
+
+from __future__ import annotations
+
+import re
+import signal
+import subprocess
+import threading
+from pathlib import Path
+
+import anyio
+
+from conftest import DaemonFactory, wait_run_event, write_spec
+from tests.fakeapi import API_KEY, FakeAnthropic, FakeRequest, Faults, Reply, text, tool_use
+
+FEATURES = [
+    ("Storage", "database", [], ["app/db.py"]),
+    ("Accounts", "backend", ["Storage"], ["app/accounts.py"]),
+    ("Reports", "backend", ["Storage"], ["app/reports.py"]),
+]
+_FILES = re.compile(r"^Files: (.*)$", re.MULTILINE)
+
+
+def named_files(req: FakeRequest) -> list[str]:
+    """The files the batch's tasks name, as the prompt builder lists them."""
+    return [f for line in _FILES.findall(req.first_user_text())
+            for f in re.findall(r"`([^`]+)`", line)]
+
+
+def builder(req: FakeRequest) -> Reply:
+    """A model that writes each named file (one editor call per turn), runs bash, ends."""
+    files = named_files(req)
+    turn = req.assistant_turns()
+    if turn < len(files):
+        path = files[turn]
+        body = f'"""{path}"""\n\nVALUE = {turn}\n' if path.endswith(".py") else "ok\n"
+        return Reply([text(f"Writing {path}."), tool_use(
+            "str_replace_based_edit_tool", {"command": "create", "path": path,
+                                            "file_text": body})], "tool_use")
+    if turn == len(files):
+        return Reply([tool_use("bash", {"command": "env | sort; ls -R app"})], "tool_use")
+    return Reply([text("Wrote " + ", ".join(files) + ".")], "end_turn")
+
+
+def git(repo: Path, *args: str) -> str:
+    return subprocess.run(["git", *args], cwd=repo, check=True, capture_output=True,
+                          text=True).stdout.strip()
+
+
+def make_repo(tmp_path: Path) -> tuple[Path, Path]:
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    git(repo, "init", "-q", "-b", "main")
+    git(repo, "config", "user.email", "t@example.invalid")
+    git(repo, "config", "user.name", "Tester")
+    spec = write_spec(repo / "PROJECT_SPEC.md", FEATURES)
+    git(repo, "add", ".")
+    git(repo, "commit", "-qm", "init")
+    return repo, spec
+
+
+def grep_tree(root: Path, needle: bytes) -> list[Path]:
+    return [p for p in root.rglob("*") if p.is_file() and needle in p.read_bytes()]
+
+
+async def test_anthropic_run_builds_merges_and_bills_exactly(
+    daemon_factory: DaemonFactory, tmp_path: Path
+) -> None:
+    repo, spec = make_repo(tmp_path)
+    faults = Faults(rate=0.3, seed=5, retry_after="0", timeout_s=1.0,
+                    sequence=["429", "529", "500", "drop", "stream_overload"])
+    with FakeAnthropic(builder, faults=faults) as fake:
+        env = daemon_factory.base_env(ANTHROPIC_API_KEY=API_KEY,
+                                      ANTHROPIC_BASE_URL=fake.base_url)
+        config = tmp_path / "config.toml"
+        config.write_text("[planner]\nplanner = \"heuristic\"\n[agent]\nbackoff_base_s = 0.01\n"
+                          "backoff_max_s = 0.05\nrequest_timeout_s = 0.8\nmax_retries = 12\n")
+        daemon = await daemon_factory.start("--backend", "anthropic", "--config", str(config),
+                                            env=env)
+        async with daemon.client() as client:
+            ping = await client.call("daemon.ping")
+            assert ping["backend"] == "anthropic"
+            run = await client.call("run.submit", spec_path=str(spec), repo=str(repo),
+                                    workers=3)
+            await wait_run_event(daemon.socket, run["id"], timeout_s=120)
+            info = await client.call("run.get", run_id=run["id"])
+            costs = await client.call("costs.summary", run_id=run["id"])
+        assert await daemon.stop() == 0
+    assert info["state"] == "succeeded", (info, daemon.stderr()[-3000:])
+    files = set(git(repo, "ls-tree", "-r", "--name-only", info["branch"]).splitlines())
+    assert {"app/db.py", "app/accounts.py", "app/reports.py"} <= files
+    # The totals the store reports are the usage the API billed, exactly.
+    billed = fake.billed_totals()
+    for key, value in billed.items():
+        assert costs[key] == value, (key, costs, billed)
+    # The key reached neither the model's shell, nor the logs, nor the state dir (DB, events).
+    for req in fake.requests:
+        assert API_KEY not in req.raw.decode()
+    assert API_KEY not in daemon.stderr()
+    assert grep_tree(daemon.home, API_KEY.encode()) == []
+
+
+async def test_sigkill_mid_conversation_resumes_without_repeating_turns(
+    daemon_factory: DaemonFactory, tmp_path: Path
+) -> None:
+    repo, spec = make_repo(tmp_path)
+    hold = threading.Event()
+    held = threading.Event()
+    held_index: list[int] = []
+
+    def responder(req: FakeRequest) -> Reply:
+        # The second turn of the first batch waits: the daemon is killed meanwhile.
+        if "app/db.py" in named_files(req) and req.assistant_turns() == 2 and not hold.is_set():
+            held_index.append(req.index)
+            held.set()
+            hold.wait(30)
+        return builder(req)
+
+    with FakeAnthropic(responder) as fake:
+        env = daemon_factory.base_env(ANTHROPIC_API_KEY=API_KEY,
+                                      ANTHROPIC_BASE_URL=fake.base_url)
+        config = tmp_path / "config.toml"
+        config.write_text("[planner]\nplanner = \"heuristic\"\n")
+        daemon = await daemon_factory.start("--backend", "anthropic", "--config", str(config),
+                                            env=env)
+        async with daemon.client() as client:
+            run = await client.call("run.submit", spec_path=str(spec), repo=str(repo),
+                                    workers=1)
+        await anyio.to_thread.run_sync(held.wait, 60)
+        daemon.proc.send_signal(signal.SIGKILL)
+        daemon.proc.wait(timeout=10)
+        hold.set()
+        daemon = await daemon_factory.start("--backend", "anthropic", "--config", str(config),
+                                            env=env)
+        await wait_run_event(daemon.socket, run["id"], timeout_s=120)
+        async with daemon.client() as client:
+            info = await client.call("run.get", run_id=run["id"])
+        assert await daemon.stop() == 0
+    assert info["state"] == "succeeded", (info, daemon.stderr()[-3000:])
+    # Every billed turn of every batch happened once: the turns before the kill were not
+    # asked again after the restart.
+    seen: dict[tuple[str, int], int] = {}
+    for b in fake.billed:
+        if b.request_index in held_index:
+            continue  # answered to a dead daemon: lost, rightly asked again
+        req = fake.requests[b.request_index]
+        key = (",".join(named_files(req)), req.assistant_turns())
+        seen[key] = seen.get(key, 0) + 1
+    assert [k for k, n in seen.items() if n > 1] == []
+
