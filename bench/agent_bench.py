@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import subprocess
 import sys
 import tempfile
 import time
@@ -107,7 +106,7 @@ async def run(workers: int, batches: list[str], latency_s: float, root: Path) ->
         for b in batches:
             wt = root / f"w{workers}" / b
             wt.mkdir(parents=True)
-            subprocess.run(["git", "init", "-q", str(wt)], check=True)
+            await anyio.run_process(["git", "init", "-q", str(wt)])
             worktrees[b] = wt
         queue = list(batches)
         ctxs: list[Ctx] = []

@@ -215,7 +215,8 @@ class _Daemon:
 def bench_daemon(workdir: Path, features: int, repeats: int, workers: int) -> dict[str, Any]:
     daemon = _Daemon(workdir, workers)
     try:
-        rates = []
+        rates: list[float] = []
+        exec_rates: list[float] = []
         run_id = ""
         for _ in range(repeats):
             watcher = _Rpc(daemon.socket)
@@ -232,6 +233,8 @@ def bench_daemon(workdir: Path, features: int, repeats: int, workers: int) -> di
             info = client.call("run.get", run_id=run_id)
             assert info["state"] == "succeeded", info["state"]
             rates.append(info["task_count"] / elapsed)
+            # Execution alone (dispatch -> persist -> complete), from the stored timestamps.
+            exec_rates.append(info["task_count"] / max(info["elapsed_s"], 1e-6))
             tasks = info["task_count"]
             watcher.close()
             client.close()
@@ -240,7 +243,9 @@ def bench_daemon(workdir: Path, features: int, repeats: int, workers: int) -> di
         daemon.stop()
     return {"tasks_per_run": tasks, "workers": workers,
             "tasks_per_s_median": round(statistics.median(rates), 1),
-            "tasks_per_s_all": [round(r, 1) for r in rates], **brctl}
+            "tasks_per_s_all": [round(r, 1) for r in rates],
+            "execution_tasks_per_s_median": round(statistics.median(exec_rates), 1),
+            "execution_tasks_per_s_all": [round(r, 1) for r in exec_rates], **brctl}
 
 
 def _median_run(argv: list[str], repeats: int, env: dict[str, str] | None = None) -> float:
@@ -285,8 +290,12 @@ def main() -> int:
           f"{s['ours_better_on_every_multilevel_dag']}")
     if "daemon" in result:
         d = result["daemon"]
-        print(f"daemon: {d['tasks_per_run']} tasks, {d['workers']} workers, zero latency: "
-              f"{d['tasks_per_s_median']} tasks/s (runs: {d['tasks_per_s_all']})")
+        print(f"daemon: {d['tasks_per_run']} tasks, {d['workers']} workers, zero latency")
+        print(f"  submit -> run.succeeded (parse + plan included): {d['tasks_per_s_median']} "
+              f"tasks/s (runs: {d['tasks_per_s_all']})")
+        print(f"  run started -> finished (dispatch, persist, complete): "
+              f"{d['execution_tasks_per_s_median']} tasks/s "
+              f"(runs: {d['execution_tasks_per_s_all']})")
         print(f"  brctl status --json {d['brctl_status_json_ms']} ms vs python -c pass "
               f"{d['python_c_pass_ms']} ms: {d['brctl_ratio']}x")
     return 0

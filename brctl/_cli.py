@@ -255,7 +255,8 @@ def _run_with_tasks(client: RpcClient, run_id: str) -> dict[str, Any]:
 @_command("status")
 @click.argument("run_id", metavar="[RUN]", required=False)
 @click.option("--follow", is_flag=True,
-              help="Redraw live until the run ends (exit 0 if it succeeded, 1 otherwise).")
+              help="Redraw live until the run ends (exit 0 if it succeeded, 1 otherwise); "
+                   "with --json, print its events as JSON lines.")
 def status_cmd(ctx: click.Context, run_id: str | None, follow: bool) -> None:
     """A run's state, tasks by state, cost, elapsed, branch (no RUN: every active run)."""
     from brctl._output import format_status
@@ -269,8 +270,9 @@ def status_cmd(ctx: click.Context, run_id: str | None, follow: bool) -> None:
                 return
         else:
             run_ids = [run_id]
-        if follow and not settings.json:
-            _follow_runs(ctx, client, run_ids, mode="status")
+        if follow:
+            # --json --follow: the events as JSON lines, as `logs --follow --json` prints them.
+            _follow_runs(ctx, client, run_ids, mode="status", as_json=settings.json)
         runs = [_run_with_tasks(client, rid) for rid in run_ids]
     if settings.json:
         _print_json(runs[0] if run_id is not None else runs)

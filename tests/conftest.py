@@ -140,10 +140,11 @@ class DaemonProcess:
         """Send ``sig`` and wait for the exit code."""
         if self.proc.poll() is None:
             self.proc.send_signal(sig)
-        with anyio.fail_after(timeout_s):
-            while self.proc.poll() is None:
-                await anyio.sleep(0.01)
-        return self.proc.returncode
+        return await self.wait(timeout_s)
+
+    async def wait(self, timeout_s: float = 30.0) -> int:
+        """Wait for the process to exit; its exit code."""
+        return await anyio.to_thread.run_sync(self.proc.wait, timeout_s)
 
     def kill(self) -> None:
         if self.proc.poll() is None:
@@ -203,7 +204,9 @@ class DaemonFactory:
                     if "READY=1" in message.splitlines():
                         break
         except TimeoutError:
-            raise AssertionError(f"daemon not ready in {READY_TIMEOUT_S}s:\n{daemon.stderr()}")
+            raise AssertionError(
+                f"daemon not ready in {READY_TIMEOUT_S}s:\n{daemon.stderr()}"
+            ) from None
         finally:
             notify.close()
         async with daemon.client() as client:

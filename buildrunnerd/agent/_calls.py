@@ -27,6 +27,9 @@ __all__ = ["Turn", "CallSettings", "call_with_retries", "call_once"]
 _log = structlog.get_logger("buildrunnerd.agent.calls")
 
 Emit = Callable[[str, dict[str, Any]], Awaitable[None]]
+# Text progress: ``(piece, final)``. Streaming hands out a long block in pieces as it grows.
+OnText = Callable[[str, bool], Awaitable[None]]
+_PIECE_CHARS = 800  # a streamed text block is reported every this many characters
 
 
 @dataclass
@@ -69,7 +72,7 @@ def _usage(raw: Any) -> dict[str, int]:
 
 async def call_once(client: anthropic.AsyncAnthropic, params: dict[str, Any], *,
                     stream: bool, timeout_s: float, limiter: RateLimiter,
-                    on_text: Callable[[str], Awaitable[None]] | None = None) -> Turn:
+                    on_text: OnText | None = None) -> Turn:
     """Make one call; raises the SDK's exceptions (the caller classifies them)."""
     started = time.monotonic()
     if not stream:
@@ -81,7 +84,7 @@ async def call_once(client: anthropic.AsyncAnthropic, params: dict[str, Any], *,
         content = list(body.get("content") or [])
         for block in content:
             if block.get("type") == "text" and on_text is not None:
-                await on_text(block.get("text", ""))
+                await on_text(block.get("text", ""), True)
         return Turn(content, body.get("stop_reason"), _usage(body.get("usage")),
                     str(body.get("model") or params["model"]), raw.headers.get("request-id"),
                     int((time.monotonic() - started) * 1000))
@@ -92,6 +95,7 @@ async def call_once(client: anthropic.AsyncAnthropic, params: dict[str, Any], *,
     events = await raw_stream.parse()
     blocks: dict[int, dict[str, Any]] = {}
     partial_json: dict[int, str] = {}
+    reported: dict[int, int] = {}  # text block index -> characters already handed to on_text
     usage: dict[str, int] = {}
     stop_reason: str | None = None
     model = str(params["model"])
@@ -113,6 +117,10 @@ async def call_once(client: anthropic.AsyncAnthropic, params: dict[str, Any], *,
                 dtype = delta.get("type")
                 if dtype == "text_delta":
                     block["text"] = block.get("text", "") + delta.get("text", "")
+                    done = reported.get(idx, 0)
+                    if on_text is not None and len(block["text"]) - done >= _PIECE_CHARS:
+                        reported[idx] = len(block["text"])
+                        await on_text(block["text"][done:], False)
                 elif dtype == "input_json_delta":
                     partial_json[idx] = partial_json.get(idx, "") + delta.get("partial_json", "")
                 elif dtype == "thinking_delta":
@@ -133,7 +141,7 @@ async def call_once(client: anthropic.AsyncAnthropic, params: dict[str, Any], *,
                         block["input"] = {}
                         block["_truncated"] = True
                 if block.get("type") == "text" and on_text is not None:
-                    await on_text(block.get("text", ""))
+                    await on_text(block.get("text", "")[reported.get(idx, 0):], True)
             elif kind == "message_delta":
                 stop_reason = (ev.get("delta") or {}).get("stop_reason") or stop_reason
                 usage.update(_usage(ev.get("usage")))
@@ -151,7 +159,7 @@ async def call_once(client: anthropic.AsyncAnthropic, params: dict[str, Any], *,
 async def call_with_retries(
     client: anthropic.AsyncAnthropic, params: dict[str, Any], *, settings: CallSettings,
     limiter: RateLimiter, emit: Emit,
-    on_text: Callable[[str], Awaitable[None]] | None = None,
+    on_text: OnText | None = None,
 ) -> Turn:
     """:func:`call_once` with retries, the shared limiter and the overload fallback.
 

@@ -36,6 +36,8 @@ class ConversationState(msgspec.Struct, kw_only=True):
     fix_round: int = 0  # the fix-up round this conversation has reached
     summary: str = ""
     last_request_tokens: int = 0  # the token counter's count of the last request
+    worktree: str = ""  # where the conversation's edits were made
+    pending_note: str = ""  # a user note to add before the next call (after tool results)
 
     def encode(self) -> bytes:
         return msgspec.json.encode(self)

@@ -9,6 +9,7 @@ it in a worker thread so the event loop never blocks.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -141,14 +142,25 @@ class TextEditor:
 
     def _listing(self, path: Path, raw: str) -> str:
         entries: list[str] = []
-        for child in sorted(path.rglob("*")):
-            rel = child.relative_to(path)
-            if len(rel.parts) > 2 or any(p.startswith(".") for p in rel.parts):
+        # Walk two levels only: a node_modules or .venv below must not be traversed.
+        for top in sorted(os.scandir(path), key=lambda e: e.name):
+            if top.name.startswith("."):
                 continue
-            entries.append(f"{rel}/" if child.is_dir() else str(rel))
-            if len(entries) >= _MAX_LISTING:
-                entries.append(f"[... listing stopped after {_MAX_LISTING} entries ...]")
-                break
+            if not top.is_dir(follow_symlinks=False):
+                entries.append(top.name)
+                continue
+            entries.append(f"{top.name}/")
+            try:
+                children = sorted(os.scandir(top.path), key=lambda e: e.name)
+            except OSError:
+                continue
+            for child in children:
+                if not child.name.startswith("."):
+                    slash = "/" if child.is_dir(follow_symlinks=False) else ""
+                    entries.append(f"{top.name}/{child.name}{slash}")
+        if len(entries) > _MAX_LISTING:
+            more = len(entries) - _MAX_LISTING
+            entries = [*entries[:_MAX_LISTING], f"[... {more} more entries not shown ...]"]
         header = (f"Files and directories up to 2 levels deep in {raw}, excluding hidden items:")
         return "\n".join([header, *entries])
 

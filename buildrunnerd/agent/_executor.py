@@ -44,6 +44,12 @@ _TEXT_EVENT_CHARS = 2000  # events carry a preview; the conversation holds the f
 _RESULT_EVENT_CHARS = 500
 _CONTINUE = ("Your previous answer was cut off by the output token limit. Continue exactly "
              "where you stopped; keep tool calls short.")
+_MOVED_NOTE = (
+    "Note from BuildRunner: the daemon restarted and this batch continues in a fresh worktree "
+    "({wt}) made from the run branch. Edits from earlier in this conversation that were not "
+    "merged are gone: check the files you created or changed (view them) and redo what is "
+    "missing before you go on."
+)
 _WORKTREE_NOTE = (
     "Your working directory is the repository worktree at {wt}. Give tool paths relative to "
     "it (or absolute under it); nothing outside it can be read or written, and .git is "
@@ -126,12 +132,17 @@ class AnthropicExecutor:
                                                   "text": format_fix_report(job.fix_report)}])
                 if job.escalation:
                     state.model = self._model_for(job)
+                if state.worktree and state.worktree != job.worktree:
+                    # The daemon may resume an interrupted attempt in a new worktree: the
+                    # conversation must not believe its earlier edits are still there.
+                    state.pending_note = _MOVED_NOTE.format(wt=job.worktree)
+                state.worktree = job.worktree
                 return state
         messages: list[dict[str, Any]] = [{"role": "user", "content": job.prompt.user}]
         if job.fix_report is not None:
             append_user(messages, [{"type": "text", "text": format_fix_report(job.fix_report)}])
         return ConversationState(model=self._model_for(job), messages=messages,
-                                 fix_round=job.fix_round)
+                                 fix_round=job.fix_round, worktree=job.worktree)
 
     def _model_for(self, job: BatchJob) -> str:
         return pick_model(self.config.models, [t.complexity for t in job.tasks], job.escalation)
@@ -160,6 +171,10 @@ class AnthropicExecutor:
                 append_user(state.messages, results)
                 state.pending_tools = state.continue_after_tools = False
                 await self._checkpoint(job, ctx, state)
+            if state.pending_note:
+                append_user(state.messages, [{"type": "text", "text": state.pending_note}])
+                state.pending_note = ""
+                state.done = False
             if state.done:
                 return ExecutionOutcome("completed", model=state.model, summary=state.summary)
             if state.turns >= agent.max_turns:
@@ -172,7 +187,7 @@ class AnthropicExecutor:
             await self._check_budget(ctx, state, params)
             turn = await call_with_retries(
                 self.client, params, settings=self._settings, limiter=self.limiter,
-                emit=ctx.emit, on_text=lambda s: self._emit_text(ctx, s))
+                emit=ctx.emit, on_text=lambda s, final: self._emit_text(ctx, s, final))
             state.model = params["model"]  # the fallback may have replaced it
             await self._record(ctx, turn)
             state.turns += 1
@@ -264,10 +279,12 @@ class AnthropicExecutor:
             cost_usd=self.costs.cost_usd(turn.model, u), latency_ms=turn.latency_ms,
             request_id=turn.request_id, stop_reason=turn.stop_reason, purpose="batch"))
 
-    async def _emit_text(self, ctx: ExecutionContext, text: str) -> None:
+    async def _emit_text(self, ctx: ExecutionContext, text: str, final: bool) -> None:
         if text.strip():
-            await ctx.emit("agent.text", {"text": text[:_TEXT_EVENT_CHARS],
-                                          "chars": len(text)})
+            data: dict[str, Any] = {"text": text[:_TEXT_EVENT_CHARS], "chars": len(text)}
+            if not final:
+                data["partial"] = True  # more of this block follows in the next event
+            await ctx.emit("agent.text", data)
 
     async def _run_tools(self, ctx: ExecutionContext, content: list[dict[str, Any]],
                          editor: TextEditor, bash: BashSession) -> list[dict[str, Any]]:

@@ -8,6 +8,7 @@ from (the file and line, or the environment variable) and what to do about it.
 
 from __future__ import annotations
 
+import os
 import re
 import sys
 import tomllib
@@ -75,8 +76,6 @@ def load_config(path: Path | None, env: Mapping[str, str] | None = None) -> Conf
     ``env`` defaults to ``os.environ``. Raises :class:`ConfigError` naming the key path, the
     file (with its line when it can be found) or the environment variable at fault.
     """
-    import os
-
     env = os.environ if env is None else env
     text = ""
     data: dict[str, Any] = {}
@@ -359,8 +358,6 @@ def check_config_main(
     ``config_file`` None means the usual lookup (``$BUILDRUNNER_CONFIG``, the XDG config file,
     else built-in defaults). Exit 0 when valid, 1 with the error on ``err`` when not.
     """
-    import os
-
     from buildrunnerd.paths import config_path
 
     env = os.environ if env is None else env

@@ -76,7 +76,8 @@ class PricingConfig(_Section):
 
 class AgentConfig(_Section):
     max_turns: int = 40
-    max_batch_tokens: int = 4_000_000  # input+output tokens (cached included) per batch; 0 = no limit
+    # input + output tokens (cache reads and writes included) per batch; 0 = no limit
+    max_batch_tokens: int = 4_000_000
     request_timeout_s: float = 600.0
     batch_timeout_s: float = 3600.0
     max_retries: int = 8

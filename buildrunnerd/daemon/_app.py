@@ -124,12 +124,12 @@ def _choose_backend(options: DaemonOptions, config: Config, env: dict[str, str])
     return choice
 
 
-def _make_executor(backend: str, config: Config) -> Executor:
+def _make_executor(backend: str, config: Config, socket: Path) -> Executor:
     if backend == "simulated":
         return SimulatedExecutor.from_env()
     from buildrunnerd.agent import AnthropicExecutor
 
-    executor: Executor = AnthropicExecutor(config)
+    executor: Executor = AnthropicExecutor(config, socket_path=socket)
     return executor
 
 
@@ -207,7 +207,7 @@ class _Daemon:
         config = self.config
         backend = _choose_backend(self.options, config, self.env)
         workers = self.options.workers or config.daemon.workers
-        executor = _make_executor(backend, config)
+        executor = _make_executor(backend, config, self.socket)
         if backend == "simulated":
             _log.warning("backend.simulated",
                          message="SIMULATED backend: no model is called; batches write "
@@ -225,6 +225,14 @@ class _Daemon:
             )
             dispatcher = Dispatcher()
             methods.register(dispatcher)
+
+            def report_status(event: Any) -> None:
+                # systemctl status shows the latest STATUS= line: keep it about runs.
+                if event.type.startswith("run."):
+                    _notify.status(f"{runs.active_runs} active run(s); "
+                                   f"{runs.scheduler.in_flight} batch(es) in flight")
+
+            bus.add_listener(report_status)
             server = RpcServer(
                 self.socket, dispatcher, max_frame_bytes=config.daemon.max_frame_bytes,
                 idle_timeout_s=config.daemon.client_idle_timeout_s,

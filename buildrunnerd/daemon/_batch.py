@@ -59,6 +59,8 @@ class ActiveRun:
     summaries: list[str] = field(default_factory=list)  # "already built", for later prompts
     resume_attempts: dict[str, int] = field(default_factory=dict)  # batch id -> attempt id
     cancelling: bool = False
+    attempts: dict[str, int] = field(default_factory=dict)  # batch id -> attempts so far
+    scratch_ready: bool = False
     tasks_by_plan_id: dict[str, Task] = field(default_factory=dict)
     batches_by_plan_id: dict[str, Batch] = field(default_factory=dict)
 
@@ -158,7 +160,9 @@ class BatchContext:
 async def _ws_prepare(run: ActiveRun, name: str) -> tuple[Path, str | None]:
     """A fresh worktree of the run branch's head (its path and head commit)."""
     if run.run_repo is None:
-        await anyio.Path(run.scratch_dir).mkdir(parents=True, exist_ok=True)
+        if not run.scratch_ready:
+            await anyio.Path(run.scratch_dir).mkdir(parents=True, exist_ok=True)
+            run.scratch_ready = True
         return run.scratch_dir, None
     path: Path = await run.run_repo.add_worktree(run.worktree_root, name)
     head = await _head_commit(path)
@@ -239,17 +243,24 @@ class _FileEvents:
         await self._ctx.emit(f"file.{kind}", {"path": relpath})
 
 
-async def _scratch_file_events(ctx: BatchContext, path: Path, tasks: list[Task],
-                               before: dict[str, float]) -> list[NewEvent]:
-    # No watcher in scratch mode (a shared directory, and the benchmark path): compare the
-    # named files' mtimes instead, which is exact for what a backend is asked to write.
+async def _scratch_after(
+    ctx: BatchContext, path: Path, tasks: list[Task], before: dict[str, float]
+) -> tuple[list[NewEvent], dict[str, Any]]:
+    """Scratch mode, after the backend: the file events and the verification report, in one
+    thread hop. There is no watcher here (a shared directory, and the benchmark's path):
+    comparing the named files' mtimes is exact for what a backend is asked to write."""
+
+    def work() -> tuple[dict[str, float], dict[str, Any]]:
+        return _mtimes(path, tasks), _scratch_checks(path, tasks)
+
+    after, report = await anyio.to_thread.run_sync(work)
     events: list[NewEvent] = []
-    for rel, mtime in (await _snapshot(path, tasks)).items():
+    for rel, mtime in after.items():
         kind = "created" if rel not in before else "modified" if mtime != before[rel] else None
         if kind is not None:
             events.append(NewEvent(ctx.run.id, f"file.{kind}", {"path": rel},
                                    batch_id=ctx.batch_id))
-    return events
+    return events, report
 
 
 async def _snapshot(path: Path, tasks: list[Task]) -> dict[str, float]:
@@ -321,8 +332,8 @@ async def run_batch_lifecycle(
     resume_attempt = run.resume_attempts.pop(batch_id, None)
     merge_round = 0
     while True:
-        batch_record = await store.get_batch(batch_id)
-        attempt_no = batch_record.attempts + 1
+        attempt_no = run.attempts.get(batch_id, 0) + 1
+        run.attempts[batch_id] = attempt_no
         await store.transition(
             run=None,
             batch=(batch_id, "running", "batch.dispatched",
@@ -414,7 +425,8 @@ async def _execute_and_verify(
                        for gid in task_gids],
                 events=[],
             )
-        outcome, file_events = await _run_executor(executor, job, ctx, path, tasks)
+        outcome, file_events, scratch_report = await _run_executor(executor, job, ctx, path,
+                                                                    tasks)
         if outcome.model:
             ctx.model = outcome.model
         if outcome.status == "budget_exceeded":
@@ -430,7 +442,7 @@ async def _execute_and_verify(
             tasks=[TaskChange(gid, "verifying", model=outcome.model) for gid in task_gids],
             events=file_events,
         )
-        report = await _ws_verify(run, path, tasks, head, config)
+        report = scratch_report or await _ws_verify(run, path, tasks, head, config)
         await store.set_tasks_details(task_gids, verification=report)
         if report.get("passed"):
             await ctx.emit("verify.passed", {"fix_round": fix_round,
@@ -449,22 +461,25 @@ async def _execute_and_verify(
 
 async def _run_executor(
     executor: Executor, job: BatchJob, ctx: BatchContext, path: Path, tasks: list[Task]
-) -> tuple[ExecutionOutcome, list[NewEvent]]:
-    """Run the backend while watching the files; the scratch mode returns its file events for
-    the caller's next transaction instead of writing them one by one."""
+) -> tuple[ExecutionOutcome, list[NewEvent], dict[str, Any] | None]:
+    """Run the backend while watching the files. The scratch mode also returns its file
+    events (for the caller's next transaction) and its verification report."""
     try:
         if ctx.run.run_repo is None:
             before = await _snapshot(path, tasks)
             outcome = await executor.run_batch(job, ctx)
-            return outcome, await _scratch_file_events(ctx, path, tasks, before)
+            if outcome.status != "completed":
+                return outcome, [], None
+            events, report = await _scratch_after(ctx, path, tasks, before)
+            return outcome, events, report
         from buildrunnerd.workspace import FileMonitor
 
         async with FileMonitor(path, _FileEvents(ctx)):
-            return await executor.run_batch(job, ctx), []
+            return await executor.run_batch(job, ctx), [], None
     except BudgetExceededError as exc:
-        return ExecutionOutcome(status="budget_exceeded", reason=str(exc)), []
+        return ExecutionOutcome(status="budget_exceeded", reason=str(exc)), [], None
     except anyio.get_cancelled_exc_class():
         raise
     except Exception as exc:
         _log.warning("executor.failed", batch=job.batch_id, error=repr(exc))
-        return ExecutionOutcome(status="failed", reason=f"{type(exc).__name__}: {exc}"), []
+        return ExecutionOutcome(status="failed", reason=f"{type(exc).__name__}: {exc}"), [], None

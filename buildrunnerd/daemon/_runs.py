@@ -29,6 +29,7 @@ from buildrunnerd.errors import (
     StoreError,
 )
 from buildrunnerd.executor import Executor
+from buildrunnerd.logging import bind_ids
 from buildrunnerd.plan._model import Plan
 from buildrunnerd.store._records import (
     BatchRecord,
@@ -184,8 +185,15 @@ class RunManager:
         await self._open_repo(record, active)
         batches = await self.store.list_batches(record.id)
         for batch in batches:
+            active.attempts[batch.id] = batch.attempts
             if resume and batch.id in resume:
                 active.resume_attempts[batch.id] = resume[batch.id]
+            elif batch.state in ("running", "verifying"):
+                # Stopped gracefully mid-attempt: that attempt is already marked interrupted,
+                # and its conversation checkpoint is where the next attempt resumes.
+                attempts = await self.store.list_attempts(batch.id)
+                if attempts and attempts[-1].has_checkpoint:
+                    active.resume_attempts[batch.id] = attempts[-1].id
         graph = RunGraph(
             BatchSpec(b.id, tuple(b.depends_on), b.priority_minutes, b.state) for b in batches
         )
@@ -261,10 +269,29 @@ class RunManager:
         """Plan a spec, prepare the run branch, store the run and start it."""
         text, spec_path = await read_spec(request.spec_path, request.spec_text)
         spec, plan = await plan_spec(text, spec_path, self.config)
+        if (self.config.planner.planner == "claude" and self.executor.name == "anthropic"
+                and not spec.tasks):
+            plan = await self._claude_plan(spec)
         return await self.submit_plan(
             plan, spec_text=text, spec_path=spec_path, request=request,
             spec_test_command=spec.test_command,
         )
+
+    async def _claude_plan(self, spec: Any) -> Plan:
+        """``planner = "claude"``: Claude decomposes the features (it falls back to the
+        heuristic planner itself when it cannot), then the plan is built as usual."""
+        from buildrunnerd.agent import ClaudePlanner
+        from buildrunnerd.plan import build_plan
+
+        planner = ClaudePlanner(self.config)
+        try:
+            tasks = await planner.decompose(spec)
+        finally:
+            await planner.aclose()
+        plan: Plan = await anyio.to_thread.run_sync(
+            lambda: build_plan(spec, tasks, config=self.config.planner)
+        )
+        return plan
 
     async def submit_plan(
         self,
@@ -421,10 +448,12 @@ class RunManager:
         if active is None:
             return
         try:
-            result = await run_batch_lifecycle(
-                store=self.store, executor=self.executor, config=self.config, run=active,
-                batch_id=batch_id, on_budget_exceeded=self.budget_exceeded,
-            )
+            # Every log line of this batch (ours, the agent's, git's) carries its ids.
+            with bind_ids(run_id=slot.run_id, batch_id=batch_id):
+                result = await run_batch_lifecycle(
+                    store=self.store, executor=self.executor, config=self.config, run=active,
+                    batch_id=batch_id, on_budget_exceeded=self.budget_exceeded,
+                )
         except anyio.get_cancelled_exc_class():
             if not active.cancelling:
                 slot.graph.requeue(batch_id)  # shutdown: recovery re-queues it in the store

@@ -27,6 +27,7 @@ import anyio.abc
 __all__ = ["BatchSpec", "RunGraph", "Scheduler", "RunSlot", "pick_next"]
 
 _TERMINAL = frozenset({"succeeded", "cancelled"})
+_ALL_STATES = ("pending", "ready", "running", "succeeded", "failed", "blocked", "cancelled")
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,6 +64,7 @@ class RunGraph:
         self._nodes: dict[str, _Node] = {}
         self._heap: list[tuple[int, int, str]] = []
         self._seq = itertools.count()
+        self._counts: dict[str, int] = dict.fromkeys(_ALL_STATES, 0)
         specs = list(batches)
         for spec in specs:
             state = spec.state
@@ -71,6 +73,7 @@ class RunGraph:
             elif state not in ("succeeded", "failed", "cancelled"):
                 state = "pending"
             self._nodes[spec.id] = _Node(spec.id, spec.depends_on, spec.priority_minutes, state)
+            self._counts[state] += 1
         for node in self._nodes.values():
             for dep in node.deps:
                 if dep not in self._nodes:
@@ -113,17 +116,20 @@ class RunGraph:
 
     @property
     def running(self) -> int:
-        return sum(1 for n in self._nodes.values() if n.state == "running")
+        return self._counts["running"]
+
+    def count(self, state: str) -> int:
+        """How many batches are in ``state`` (O(1): counts are kept on every transition)."""
+        return self._counts[state]
 
     @property
     def finished(self) -> bool:
         """Nothing is ready, pending or running: the run cannot make progress on its own."""
-        return all(n.state in ("succeeded", "failed", "blocked", "cancelled")
-                   for n in self._nodes.values())
+        return not (self._counts["pending"] or self._counts["ready"] or self._counts["running"])
 
     @property
     def all_succeeded(self) -> bool:
-        return all(n.state == "succeeded" for n in self._nodes.values())
+        return self._counts["succeeded"] == len(self._nodes)
 
     # --- transitions ---------------------------------------------------------------------
     def pop_ready(self) -> str | None:
@@ -131,13 +137,13 @@ class RunGraph:
         if self.peek_priority() is None:
             return None
         _, _, batch_id = heapq.heappop(self._heap)
-        self._nodes[batch_id].state = "running"
+        self._set(self._nodes[batch_id], "running")
         return batch_id
 
     def succeed(self, batch_id: str) -> list[str]:
         """Mark a running batch succeeded; return the batches that became ready."""
         node = self._nodes[batch_id]
-        node.state = "succeeded"
+        self._set(node, "succeeded")
         newly_ready: list[str] = []
         for dep_id in node.dependents:
             dep = self._nodes[dep_id]
@@ -149,14 +155,14 @@ class RunGraph:
 
     def fail(self, batch_id: str) -> list[str]:
         """Mark a batch failed; return every batch it newly blocks (transitively)."""
-        self._nodes[batch_id].state = "failed"
+        self._set(self._nodes[batch_id], "failed")
         return self._block_downstream(batch_id)
 
     def requeue(self, batch_id: str) -> None:
         """An interrupted running batch (shutdown, budget pause) goes back to the ready heap."""
         node = self._nodes[batch_id]
         if node.state == "running":
-            node.state = "pending"
+            self._set(node, "pending")
             if node.unmet == 0 and not node.blocked_by:
                 self._make_ready(node)
 
@@ -165,7 +171,7 @@ class RunGraph:
         node = self._nodes[batch_id]
         if node.state != "failed":
             raise ValueError(f"batch {batch_id} is {node.state}, only a failed batch is retried")
-        node.state = "pending"
+        self._set(node, "pending")
         if node.unmet == 0:
             self._make_ready(node)
         unblocked: list[str] = []
@@ -173,7 +179,7 @@ class RunGraph:
             down = self._nodes[down_id]
             down.blocked_by.discard(batch_id)
             if down.state == "blocked" and not down.blocked_by:
-                down.state = "pending"
+                self._set(down, "pending")
                 unblocked.append(down_id)
                 if down.unmet == 0:
                     self._make_ready(down)
@@ -183,13 +189,18 @@ class RunGraph:
         """Mark every batch that has not finished cancelled; return them (running included)."""
         cancelled = [n.id for n in self._nodes.values() if n.state not in _TERMINAL]
         for batch_id in cancelled:
-            self._nodes[batch_id].state = "cancelled"
+            self._set(self._nodes[batch_id], "cancelled")
         self._heap.clear()
         return cancelled
 
     # --- internals -----------------------------------------------------------------------
+    def _set(self, node: _Node, state: str) -> None:
+        self._counts[node.state] -= 1
+        self._counts[state] += 1
+        node.state = state
+
     def _make_ready(self, node: _Node) -> None:
-        node.state = "ready"
+        self._set(node, "ready")
         heapq.heappush(self._heap, (-node.priority, next(self._seq), node.id))
 
     def _downstream(self, batch_id: str) -> list[str]:
@@ -213,7 +224,7 @@ class RunGraph:
                 continue
             down.blocked_by.add(failed_id)
             if down.state != "blocked":
-                down.state = "blocked"
+                self._set(down, "blocked")
                 newly.append(down_id)
         return newly
 

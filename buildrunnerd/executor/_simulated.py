@@ -18,6 +18,7 @@ from pathlib import Path
 
 import anyio
 
+from buildrunnerd.errors import ConfigError
 from buildrunnerd.executor._protocol import BatchJob, ExecutionContext, ExecutionOutcome
 from buildrunnerd.plan._model import Task
 
@@ -89,11 +90,14 @@ class SimulatedExecutor:
         raw = env.get(SIM_MS_PER_MINUTE_ENV, "").strip()
         try:
             value = float(raw) if raw else 0.0
-        except ValueError as exc:
-            raise ValueError(
-                f"{SIM_MS_PER_MINUTE_ENV}={raw!r} is not a number; set it to milliseconds per "
-                "estimated task minute, e.g. 5"
-            ) from exc
+        except ValueError:
+            value = -1.0
+        if value < 0:
+            raise ConfigError(
+                f"${SIM_MS_PER_MINUTE_ENV}={raw!r} is not a number >= 0; set it to "
+                "milliseconds per estimated task minute (e.g. 5) or unset it",
+                data={"key": SIM_MS_PER_MINUTE_ENV, "file": None},
+            )
         return cls(value)
 
     async def run_batch(self, job: BatchJob, ctx: ExecutionContext) -> ExecutionOutcome:

@@ -8,10 +8,13 @@ every problem as ``path:line: message`` on stderr, or with ``--json`` as
 from __future__ import annotations
 
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TextIO
 
 import msgspec
+from rich.console import Console
+from rich.markup import escape
 
 from buildrunnerd.errors import BuildRunnerError, Problem, SpecError
 from buildrunnerd.plan._model import Plan
@@ -75,11 +78,31 @@ def _report(as_json: bool, where: str, message: str) -> None:
         sys.stderr.write(f"{where}: {message}\n")
 
 
-def render_plan(plan: Plan, file: TextIO) -> None:
-    """Print ``plan`` as rich tables: features, tasks, levels, critical path, batches."""
-    from rich.console import Console
-    from rich.table import Table
+# Above this many rows a table is printed as plain aligned text: rich measures every cell,
+# which takes seconds for the thousands of tasks of a very large spec.
+_RICH_MAX_ROWS = 400
 
+
+def _table(console: Console, file: TextIO, title: str, columns: Sequence[str],
+           rows: Sequence[Sequence[str]]) -> None:
+    if len(rows) <= _RICH_MAX_ROWS:
+        from rich.table import Table
+
+        table = Table(title=title, title_justify="left")
+        for column in columns:
+            table.add_column(column)
+        for row in rows:
+            # Spec text is data, not markup: "[Name]" must print as written.
+            table.add_row(*(escape(cell) for cell in row))
+        console.print(table)
+        return
+    file.write(f"{title}\n" + "\t".join(columns) + "\n")
+    file.writelines("\t".join(cell.replace("\n", " ") for cell in row) + "\n" for row in rows)
+    file.flush()
+
+
+def render_plan(plan: Plan, file: TextIO) -> None:
+    """Print ``plan`` as tables: features, tasks, levels, critical path, batches, warnings."""
     # Piped output: wide enough for the tables instead of rich's 80-column default.
     width = None if file.isatty() else 160
     console = Console(file=file, width=width, highlight=False, soft_wrap=False)
@@ -88,49 +111,37 @@ def render_plan(plan: Plan, file: TextIO) -> None:
         by_feature[task.feature] = by_feature.get(task.feature, 0) + 1
     total_minutes = sum(t.estimate_minutes for t in plan.tasks)
 
-    console.print(f"[bold]{plan.spec_title}[/bold]" + (f"  ({plan.spec_path})"
-                                                       if plan.spec_path else ""))
+    console.print(f"[bold]{escape(plan.spec_title)}[/bold]"
+                  + (f"  ({escape(plan.spec_path)})" if plan.spec_path else ""))
     console.print(
         f"{len(plan.features)} features, {len(plan.tasks)} tasks "
         f"({total_minutes} min of work), {len(plan.batches)} batches, "
         f"{len(plan.levels)} levels; critical path {plan.critical_path.minutes} min"
     )
-
-    features = Table(title="Features", title_justify="left")
-    for column in ("id", "name", "line", "depends on", "tasks"):
-        features.add_column(column)
-    for f in plan.features:
-        features.add_row(f.id, f.name, str(f.line), ", ".join(f.depends_on) or "-",
-                         str(by_feature.get(f.id, 0)))
-    console.print(features)
-
-    tasks = Table(title="Tasks", title_justify="left")
-    for column in ("id", "title", "domain", "complexity", "min", "depends on", "files",
-                   "criteria"):
-        tasks.add_column(column)
-    for t in plan.tasks:
-        tasks.add_row(t.id, t.title, t.domain, t.complexity, str(t.estimate_minutes),
-                      ", ".join(t.depends_on) or "-", "\n".join(t.files) or "-",
-                      str(len(t.acceptance_criteria)))
-    console.print(tasks)
-
+    _table(console, file, "Features", ("id", "name", "line", "depends on", "tasks"), [
+        (f.id, f.name, str(f.line), ", ".join(f.depends_on) or "-", str(by_feature.get(f.id, 0)))
+        for f in plan.features
+    ])
+    _table(console, file, "Tasks",
+           ("id", "title", "domain", "complexity", "min", "depends on", "files", "criteria"), [
+               (t.id, t.title, t.domain, t.complexity, str(t.estimate_minutes),
+                ", ".join(t.depends_on) or "-", "\n".join(t.files) or "-",
+                str(len(t.acceptance_criteria)))
+               for t in plan.tasks
+           ])
     console.print("[bold]Levels[/bold] (tasks of one level can run in parallel)")
-    for n, level in enumerate(plan.levels):
-        console.print(f"  {n}: {', '.join(level)}")
+    file.writelines(f"  {n}: {', '.join(level)}\n" for n, level in enumerate(plan.levels))
+    file.flush()
     console.print(
         f"[bold]Critical path[/bold] ({plan.critical_path.minutes} min): "
-        + " -> ".join(plan.critical_path.task_ids)
+        + escape(" -> ".join(plan.critical_path.task_ids))
     )
-
-    batches = Table(title="Batches (highest priority first)", title_justify="left")
-    for column in ("id", "domain", "tasks", "min", "priority", "depends on", "prompt tokens"):
-        batches.add_column(column)
-    for b in plan.batches:
-        batches.add_row(b.id, b.domain, ", ".join(b.task_ids), str(b.estimate_minutes),
-                        str(b.priority_minutes), ", ".join(b.depends_on) or "-",
-                        str(b.prompt_tokens))
-    console.print(batches)
-
+    _table(console, file, "Batches (highest priority first)",
+           ("id", "domain", "tasks", "min", "priority", "depends on", "prompt tokens"), [
+               (b.id, b.domain, ", ".join(b.task_ids), str(b.estimate_minutes),
+                str(b.priority_minutes), ", ".join(b.depends_on) or "-", str(b.prompt_tokens))
+               for b in plan.batches
+           ])
     for w in plan.warnings:
         where = f"{plan.spec_path or '<spec>'}:{w.line}" if w.line else (plan.spec_path or "<spec>")
-        console.print(f"[yellow]warning[/yellow] {where}: {w.message}")
+        console.print(f"[yellow]warning[/yellow] {escape(where)}: {escape(w.message)}")

@@ -80,9 +80,9 @@ _KIND_WORDS: dict[str, _Vocab] = {
     "logic": _Vocab(
         "rule rules algorithm algorithms engine logic workflow workflows queue queues retry "
         "retries",
-        stems="calculat comput validat process analy pars generat transform schedul detect "
-              "classif scor convert filter sort search merg sync rank notif import export cach "
-              "aggregat",
+        stems="calculat recalculat comput validat process analy pars generat transform schedul "
+              "detect classif scor convert filter sort search merg sync rank notif import export "
+              "cach aggregat",
     ),
     "api": _Vocab(
         "api apis endpoint endpoints rest restful graphql http https route routes webhook "
@@ -99,7 +99,8 @@ _KIND_WORDS: dict[str, _Vocab] = {
     ),
     "infra": _Vocab(
         "containers container kubernetes k8s ci cd pipeline pipelines terraform helm "
-        "infrastructure vercel aws gcp azure nginx systemd monitoring",
+        "infrastructure vercel aws gcp azure nginx systemd monitoring lint linting linter "
+        "linters formatter formatters",
         stems="deploy docker provision",
         phrases=("environment variable", "environment variables", "env var", "env vars"),
     ),
@@ -252,9 +253,18 @@ def _default_file(kind: str, feature_id: str, language: str) -> str:
 
 
 def _chunks(items: list[Item], size: int) -> list[list[Item]]:
+    """``items`` in as few chunks of at most ``size`` as possible, of near-equal length
+    (9 items make 3+3+3, not 4+4+1: no part is a token afterthought)."""
     if not items:
         return [[]]
-    return [items[i:i + size] for i in range(0, len(items), size)]
+    n = -(-len(items) // size)
+    base, extra = divmod(len(items), n)
+    chunks, start = [], 0
+    for k in range(n):
+        end = start + base + (1 if k < extra else 0)
+        chunks.append(items[start:end])
+        start = end
+    return chunks
 
 
 def _first_sentence(text: str) -> str:
@@ -350,24 +360,24 @@ class HeuristicPlanner:
     def _feature(self, feature: Feature, language: str) -> _FeatureTasks:
         head = f"{feature.name}\n{feature.description}"
         items = [*feature.requirements, *feature.acceptance_criteria]
-        full = "\n".join([head, *(i.text for i in items)])
+        head_tags = _tags(head)
+        item_tags = [_tags(i.text) for i in items]
 
-        kinds = {k for k in _IMPL_KINDS if _KIND_WORDS[k].search(full)}
-        if _HTTP_VERB.search(full):
-            kinds.add("api")
+        kinds = set(head_tags.union(*item_tags).intersection(_IMPL_KINDS))
         named: dict[str, list[str]] = {}
         for path in feature.files:
             named.setdefault(_file_kind(path), []).append(path)
         kinds.update(k for k in named if k in _IMPL_KINDS)
         if feature.domain in _DOMAIN_KIND and _DOMAIN_KIND[feature.domain] in _IMPL_KINDS:
             kinds.add(_DOMAIN_KIND[feature.domain])
-        wants_tests = bool(feature.acceptance_criteria) or "tests" in named or bool(
-            _TESTS_WORDS.search(full)
+        wants_tests = (
+            bool(feature.acceptance_criteria) or "tests" in named or "tests" in head_tags
+            or any("tests" in t for t in item_tags)
         )
         # Docs only when asked for: a named doc file, the feature's own description, or a
         # requirement that says to write them ("documentation" in a list of categories is not).
-        wants_docs = "docs" in named or bool(_DOCS_WORDS.search(head)) or any(
-            _DOCS_REQUEST.search(i.text) for i in items
+        wants_docs = "docs" in named or "docs" in head_tags or any(
+            "docs_request" in t for t in item_tags
         )
         if not kinds and not (wants_docs and not feature.requirements):
             # Nothing more specific in the text: the feature is its own piece of logic. A
@@ -380,16 +390,15 @@ class HeuristicPlanner:
         # UI; a data model alone is the last resort.
         core = next((k for k in ("logic", "api", "ui", "data", "infra") if k in kinds), None)
         assigned: dict[str, list[Item]] = {k: [] for k in kinds}
-        for item in items:
-            hits = [k for k in _IMPL_KINDS if k in kinds and _KIND_WORDS[k].search(item.text)]
-            if "api" in kinds and "api" not in hits and _HTTP_VERB.search(item.text):
-                hits.append("api")
+        for item, tags in zip(items, item_tags, strict=True):
+            hits = [k for k in _IMPL_KINDS if k in kinds and k in tags]
             if not hits and core is not None:
                 hits = [core]
             for kind in hits:
                 assigned[kind].append(item)
 
-        critical_feature = bool(_CRITICAL_WORDS.search(head))
+        critical_feature = "critical" in head_tags
+        critical_items = {id(i) for i, t in zip(items, item_tags, strict=True) if "critical" in t}
         out = _FeatureTasks()
         last: dict[str, str] = {}  # kind -> id of its last task
         counter = 0
@@ -437,7 +446,7 @@ class HeuristicPlanner:
             )
             chunks = _chunks(kind_items, _MAX_ITEMS_PER_TASK)
             for n, chunk in enumerate(chunks, 1):
-                critical = critical_feature or any(_CRITICAL_WORDS.search(i.text) for i in chunk)
+                critical = critical_feature or any(id(i) in critical_items for i in chunk)
                 floor = "medium" if kind == "logic" and len(chunks) == 1 else "simple"
                 if not chunk and feature.description:
                     floor = "medium"
@@ -474,4 +483,22 @@ class HeuristicPlanner:
 
 
 def _docs_items(items: Iterable[Item]) -> list[Item]:
-    return [i for i in items if _DOCS_WORDS.search(i.text)][:_MAX_ITEMS_PER_TASK]
+    return [i for i in items if "docs" in _tags(i.text)][:_MAX_ITEMS_PER_TASK]
+
+
+@lru_cache(maxsize=16384)
+def _tags(text: str) -> frozenset[str]:
+    """Every keyword family ``text`` uses: the components, "tests", "docs", "docs_request"
+    (a sentence asking for documentation) and "critical". One pass per distinct sentence."""
+    tags = {kind for kind, vocab in _KIND_WORDS.items() if vocab.search(text)}
+    if _HTTP_VERB.search(text):
+        tags.add("api")
+    if _TESTS_WORDS.search(text):
+        tags.add("tests")
+    if _DOCS_WORDS.search(text):
+        tags.add("docs")
+    if _DOCS_REQUEST.search(text):
+        tags.add("docs_request")
+    if _CRITICAL_WORDS.search(text):
+        tags.add("critical")
+    return frozenset(tags)

@@ -48,9 +48,13 @@ def _get_encoding() -> tiktoken.Encoding:
         return _encoding
 
 
-@lru_cache(maxsize=1024)
+# Texts up to this size are cached (the system prompt, an overview, a line): plans count
+# them for every batch. Bigger ones (tool output, whole conversations) are not kept alive.
+_CACHE_MAX_CHARS = 50_000
+
+
+@lru_cache(maxsize=2048)
 def _cached_count(text: str) -> int:
-    # Plans count the same overview and system text for every batch: cache them.
     return len(_get_encoding().encode_ordinary(text))
 
 
@@ -61,6 +65,8 @@ class TiktokenCounter:
         """The number of tokens in ``text`` (special-token markers count as plain text)."""
         if not text:
             return 0
+        if len(text) > _CACHE_MAX_CHARS:
+            return len(_get_encoding().encode_ordinary(text))
         return _cached_count(text)
 
     def truncate(self, text: str, max_tokens: int) -> str:

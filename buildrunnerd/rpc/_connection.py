@@ -72,6 +72,19 @@ class Connection:
             return False
         return True
 
+    async def send_notification(self, method: str, params: Any) -> bool:
+        """Like :meth:`notify`, but wait (at most ``write_timeout_s``) for room in the queue.
+
+        For replays of stored history, where waiting is right and dropping is not: a long
+        history must not overflow the queue meant for live events. False once the connection
+        is closed (including by the write timeout).
+        """
+        if self.close_reason is not None:
+            return False
+        self._subscriber = True
+        await self.send_frame(encode({"jsonrpc": "2.0", "method": method, "params": params}))
+        return self.close_reason is None
+
     def close(self, reason: str = "closed by the server") -> None:
         """Drop the connection now (queued frames are discarded). Safe to call more than once."""
         if self.close_reason is None:

@@ -30,7 +30,13 @@ from buildrunnerd.spec._tasks import (
     plan_tasks,
     speckit_tasks,
 )
-from buildrunnerd.spec._text import clean_title, norm_name, split_label, strip_markup
+from buildrunnerd.spec._text import (
+    clean_title,
+    norm_name,
+    split_label,
+    split_priority,
+    strip_markup,
+)
 
 __all__ = ["parse_spec", "parse_spec_file"]
 
@@ -39,7 +45,6 @@ _MAX_TITLE = 200
 _BINARY_SAMPLE = 8192
 _MAX_FILE_BYTES = 64 * 1024 * 1024  # a spec is prose; anything larger is not one
 _USER_STORY = re.compile(r"^user story\s+(\d{1,4})\b", re.I)
-_PRIORITY_PAREN = re.compile(r"\(\s{0,3}priority:\s{0,3}([^()]{1,20})\)", re.I)
 _KIRO_REQUIREMENT = re.compile(r"^requirement\s+(\d{1,4})\b", re.I)
 _FR = re.compile(r"^FR-\d{1,5}\b")
 _OVERVIEW = re.compile(
@@ -53,8 +58,10 @@ _NO_FEATURES_HINT = (
 
 def _decode(text: str | bytes) -> tuple[str | None, list[Problem]]:
     """Text ready to scan, or the problems that make it unreadable."""
+    if isinstance(text, (bytearray, memoryview)):
+        text = bytes(text)
     if isinstance(text, bytes):
-        if b"\x00" in text[:_BINARY_SAMPLE] or b"\x00" in text:
+        if b"\x00" in text:
             return None, [Problem(None, "binary content (NUL bytes), not a Markdown spec; "
                                   "pass the spec's text file")]
         try:
@@ -136,11 +143,9 @@ def _story_features(root: Section, pattern: re.Pattern[str], kind: str) -> list[
         m = pattern.match(title)
         if m is None:
             continue
-        prio = _PRIORITY_PAREN.search(title)
-        name = (title[: prio.start()] + title[prio.end() :]).strip() if prio else title
-        draft = draft_from_section(sec, name.split("🎯")[0].strip())
-        if prio is not None:
-            draft.priority = prio.group(1).strip()
+        name, priority = split_priority(title)
+        draft = draft_from_section(sec, name)
+        draft.priority = priority
         draft.id_hint = f"US{m.group(1)}" if kind == "speckit" else m.group(1)
         drafts.append(draft)
     return drafts

@@ -150,8 +150,8 @@ def resolve(
             id=fid, name=draft.name, line=draft.line,
             description=description[:_MAX_DESCRIPTION],
             requirements=draft.requirements, acceptance_criteria=draft.criteria,
-            depends_on=deps, priority=draft.priority, domain=_domain(draft.domain, draft.line, warnings),
-            files=draft.files,
+            depends_on=deps, priority=draft.priority,
+            domain=_domain(draft.domain, draft.line, warnings), files=draft.files,
         ))
 
     for cycle in find_cycles(graph):

@@ -17,6 +17,7 @@ from buildrunnerd.spec._text import (
     find_files,
     parse_minutes,
     split_label,
+    split_priority,
     split_refs,
     strip_duration,
     strip_markup,
@@ -103,8 +104,10 @@ def speckit_tasks(lines: list[Line]) -> tuple[list[Draft], TaskPairs, list[tuple
             current_task = None
             title = clean_title(line.text)
             if _PHASE.match(title) or phase is not None:
-                name = title.split("🎯")[0].strip()
+                # "Phase 3: User Story 1 - Browse (Priority: P1) 🎯 MVP"
+                name, priority = split_priority(title)
                 phase = Draft(name, line.number)
+                phase.priority = priority
                 drafts.append(phase)
                 phase_is_story[id(phase)] = "user story" in title.lower()
                 phase_tasks[id(phase)] = []
@@ -151,7 +154,10 @@ def speckit_tasks(lines: list[Line]) -> tuple[list[Draft], TaskPairs, list[tuple
             continue
         if current_task is not None and line.kind == ITEM and line.indent > 0 and line.text:
             current_task.details.append(Item(strip_markup(line.text), line.number))
-    _unique_names(drafts)
+        elif phase is not None and line.kind == TEXT:
+            read_lines(phase, [line])  # "**Goal**: ...", "**Purpose**: ..." describe the phase
+    # Sections without tasks ("## Notes" between phases) are not phases of the work.
+    drafts = _unique_names([d for d in drafts if phase_tasks[id(d)]])
     # Phase barriers: the first tasks of a phase wait for the phases it depends on.
     barrier: list[Draft] = []  # phases the next shared phase must wait for
     last_shared: Draft | None = None
@@ -168,8 +174,7 @@ def speckit_tasks(lines: list[Line]) -> tuple[list[Draft], TaskPairs, list[tuple
         else:
             last_shared = draft
             barrier = [draft]
-    kept = [d for d in drafts if phase_tasks[id(d)]]
-    return kept, pairs, warnings
+    return drafts, pairs, warnings
 
 
 def _sinks(tasks: list[SpecTask]) -> list[SpecTask]:
@@ -196,7 +201,12 @@ def kiro_tasks(lines: list[Line]) -> tuple[list[Draft], TaskPairs, list[tuple[in
     previous: SpecTask | None = None
 
     def close_group() -> None:
-        if group is not None and group_task is not None and not group_has_sub:
+        if group is None or group_task is None:
+            return
+        if group_has_sub:
+            # The group line's own bullets describe the whole group: the feature keeps them.
+            group.requirements.extend(group_task.details)
+        else:
             _chain(group_task)
             _add_task(pairs, seen, warnings, group_task, group)
 

@@ -21,6 +21,7 @@ __all__ = [
     "strip_markup",
     "norm_name",
     "title_aliases",
+    "split_priority",
 ]
 
 _MAX_SLUG = 60
@@ -30,6 +31,7 @@ _NUMBER_PREFIX = re.compile(r"^(?:\d{1,4}[.)]|[A-Za-z]\))\s+")
 _FEATURE_PREFIX = re.compile(
     r"^(?:feature|capability|epic|module)(?:\s{0,3}\d{1,4})?\s{0,3}(?::|\.|\s[-–—])\s*", re.I
 )
+_PRIORITY = re.compile(r"\(\s{0,3}priority:\s{0,3}([^()]{1,20})\)", re.I)
 _ALIAS_NUMBER = re.compile(r"^(?:(feature|capability|epic|module)\s{0,3})?(\d{1,4})\b", re.I)
 _DURATION = re.compile(
     r"\(\s{0,3}~?\s{0,3}(\d{1,4}(?:\.\d{1,2})?)\s{0,3}(min|mins|minutes|m|h|hr|hrs|hour|hours)\s{0,3}\)",
@@ -194,3 +196,11 @@ def title_aliases(title: str) -> list[str]:
     number = m.group(2)
     kind = (m.group(1) or "feature").lower()
     return [raw, f"{kind} {number}", number]
+
+
+def split_priority(title: str) -> tuple[str, str | None]:
+    """``Browse (Priority: P1) MVP`` -> ("Browse MVP", "P1")."""
+    m = _PRIORITY.search(title)
+    if m is None:
+        return title, None
+    return " ".join((title[: m.start()] + title[m.end() :]).split()), m.group(1).strip()

@@ -23,8 +23,12 @@ BOT_IDENTITY = ("-c", "user.name=BuildRunner", "-c", "user.email=buildrunner@loc
 # Options for every call. Hooks are the user's, written for their own checkout: a post-checkout
 # hook on every worktree or a pre-commit hook on every batch commit would run foreign code in
 # our worktrees and can block a run, so they are pointed at a path that holds no hooks.
-# Signing would ask for a passphrase the daemon cannot give.
-_BASE_OPTIONS = ("-c", "core.hooksPath=/dev/null", "-c", "commit.gpgSign=false")
+# Signing would ask for a passphrase the daemon cannot give. Automatic gc/maintenance after a
+# commit would prune worktrees and walk them while other batches are adding theirs.
+_BASE_OPTIONS = (
+    "-c", "core.hooksPath=/dev/null", "-c", "commit.gpgSign=false",
+    "-c", "gc.auto=0", "-c", "maintenance.auto=false",
+)
 
 # Inherited variables that would point git at another repository or index than ``cwd``'s
 # (set, for instance, when the daemon is started from inside a git hook).

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import weakref
 from collections.abc import Collection, Sequence
 from pathlib import Path
 
@@ -41,6 +42,21 @@ COMMIT_EXCLUDES = (
 # Where a run's base commit is remembered, so RunRepo.open works after a restart. A key in the
 # branch's own config section disappears with the branch (``git branch -D``).
 _BASE_KEY = "branch.{branch}.buildrunnerBase"
+
+# git does not support concurrent worktree changes in one repository: `git worktree add` reads
+# every entry of .git/worktrees and fails ("failed to read .git/worktrees/x/commondir") on one
+# that another add is still writing, and `prune` may delete it. Every add, remove and prune of
+# a repository is serialized by this lock, shared by all runs on that repository.
+_WORKTREE_LOCKS: weakref.WeakValueDictionary[str, anyio.Lock] = weakref.WeakValueDictionary()
+
+
+def _worktree_lock(repo: Path) -> anyio.Lock:
+    key = os.path.realpath(repo)
+    lock = _WORKTREE_LOCKS.get(key)
+    if lock is None:
+        lock = _WORKTREE_LOCKS[key] = anyio.Lock()
+    return lock
+
 
 # How often a merge is retried when the run branch moved between reading it and updating it.
 _MAX_REF_RACES = 3
@@ -86,6 +102,7 @@ class RunRepo:
         self.base_commit = base_commit
         self.timeout_s = timeout_s
         self._merge_lock = anyio.Lock()
+        self._worktree_lock = _worktree_lock(repo)  # held here: the registry is weak
 
     def __repr__(self) -> str:
         return f"RunRepo(repo={str(self.repo)!r}, branch={self.branch!r})"
@@ -139,10 +156,8 @@ class RunRepo:
         await anyio.Path(root).mkdir(parents=True, exist_ok=True)
         if await anyio.Path(path).exists():
             await self.remove_worktree(path)
-        await git(
-            ["worktree", "add", "--detach", "--quiet", str(path), self.ref],
-            cwd=self.repo, timeout_s=self.timeout_s, what=f"creating worktree {path}",
-        )
+        await _add_worktree(self.repo, path, self.ref, timeout_s=self.timeout_s,
+                            what=f"creating worktree {path}")
         return path
 
     async def remove_worktree(self, path: Path) -> None:
@@ -222,8 +237,8 @@ class RunRepo:
         merge_dir = worktree.parent / f".merge-{worktree.name}"
         if await anyio.Path(merge_dir).exists():
             await _remove_worktree(self.repo, merge_dir, timeout_s=t)
-        await git(["worktree", "add", "--detach", "--quiet", str(merge_dir), head],
-                  cwd=self.repo, timeout_s=t, what="creating the merge worktree")
+        await _add_worktree(self.repo, merge_dir, head, timeout_s=t,
+                            what="creating the merge worktree")
         try:
             first_line = message.strip().splitlines()[0] if message.strip() else commit[:12]
             res = await git(
@@ -308,17 +323,27 @@ async def prepare_run_repo(
     return RunRepo(root, branch, base_commit, timeout_s=timeout_s)
 
 
+async def _add_worktree(
+    repo: Path, path: Path, commit: str, *, timeout_s: float, what: str
+) -> None:
+    async with _worktree_lock(repo):
+        await git(["worktree", "add", "--detach", "--quiet", str(path), commit],
+                  cwd=repo, timeout_s=timeout_s, what=what)
+
+
 async def _remove_worktree(repo: Path, path: Path, *, timeout_s: float) -> None:
-    # --force: a failed batch's worktree has uncommitted changes; they are the batch's own.
-    res = await git(["worktree", "remove", "--force", "--force", str(path)], cwd=repo,
-                    timeout_s=timeout_s, check=False)
-    if await anyio.Path(path).exists():
-        # Not a registered worktree (or git could not remove it): delete the folder and let
-        # ``prune`` drop any registration left behind.
-        await anyio.to_thread.run_sync(lambda: shutil.rmtree(path, ignore_errors=True))
-    if not res.ok:
-        await git(["worktree", "prune"], cwd=repo, timeout_s=timeout_s,
-                  what=f"forgetting worktree {path}")
+    async with _worktree_lock(repo):
+        # --force twice: a failed batch's worktree has uncommitted changes (the batch's own),
+        # and a crashed one may still be locked.
+        res = await git(["worktree", "remove", "--force", "--force", str(path)], cwd=repo,
+                        timeout_s=timeout_s, check=False)
+        if await anyio.Path(path).exists():
+            # Not a registered worktree (or git could not remove it): delete the folder and
+            # let ``prune`` drop any registration left behind.
+            await anyio.to_thread.run_sync(shutil.rmtree, path, True)
+        if not res.ok:
+            await git(["worktree", "prune"], cwd=repo, timeout_s=timeout_s,
+                      what=f"forgetting worktree {path}")
 
 
 async def cleanup_orphan_worktrees(
@@ -346,6 +371,7 @@ async def cleanup_orphan_worktrees(
             await anyio.to_thread.run_sync(shutil.rmtree, entry, True)
         removed.append(entry)
     if repo_ok:
-        await git(["worktree", "prune"], cwd=repo, timeout_s=timeout_s,
-                  what="pruning stale worktrees")
+        async with _worktree_lock(repo):
+            await git(["worktree", "prune"], cwd=repo, timeout_s=timeout_s,
+                      what="pruning stale worktrees")
     return removed

@@ -228,3 +228,49 @@ async def test_fix_round_continues_the_conversation(fake_api: FakeAnthropic, wor
     assert [m["role"] for m in req.messages] == ["user", "assistant", "user"]
     fix_text = req.messages[-1]["content"][-1]["text"]
     assert "AssertionError: 2 != 3" in fix_text and "app.py" in fix_text
+
+
+async def test_resume_in_another_worktree_tells_the_model(fake_api: FakeAnthropic,
+                                                         tmp_path: Path) -> None:
+    fake_api.set_responder([
+        Reply([tool_use(EDIT, {"command": "create", "path": "a.txt", "file_text": "a"})],
+              "tool_use"),
+        Reply([text("redone")], "end_turn")])
+    first = AnthropicExecutor(make_config(), api_key=API_KEY, base_url=fake_api.base_url)
+    ctx = Recorder()
+    with anyio.CancelScope() as scope:
+        async def kill_after(n: int) -> None:
+            if n == 1:  # the assistant turn is saved, its tool call not yet run
+                scope.cancel()
+        ctx.on_checkpoint = kill_after
+        await first.run_batch(make_job(make_worktree(tmp_path, "old")), ctx)
+    await first.aclose()
+    new = make_worktree(tmp_path, "new")
+    second = AnthropicExecutor(make_config(), api_key=API_KEY, base_url=fake_api.base_url)
+    outcome = await second.run_batch(make_job(new, resume_state=ctx.checkpoints[-1]), Recorder())
+    await second.aclose()
+    assert outcome.status == "completed"
+    assert (new / "a.txt").read_text() == "a"  # the pending tool call ran in the new worktree
+    last = fake_api.requests[-1].messages[-1]["content"]
+    assert last[0]["type"] == "tool_result"  # results first, then the note
+    assert "fresh worktree" in last[1]["text"] and str(new) in last[1]["text"]
+
+
+async def test_exhausted_rate_limit_headers_hold_every_call() -> None:
+    from datetime import UTC, datetime, timedelta
+
+    from buildrunnerd.agent import RateLimiter
+
+    limiter = RateLimiter()
+    limiter.observe({"anthropic-ratelimit-tokens-remaining": "5000",
+                     "anthropic-ratelimit-tokens-reset": "2000-01-01T00:00:00Z"})
+    assert limiter.wait_s == 0  # capacity left: no pause
+    reset = (datetime.now(UTC) + timedelta(seconds=3)).isoformat().replace("+00:00", "Z")
+    limiter.observe({"anthropic-ratelimit-requests-remaining": "0",
+                     "anthropic-ratelimit-requests-reset": reset})
+    assert 1.0 < limiter.wait_s <= 3.0
+    limiter.observe({"retry-after": "30"}, status=429)
+    assert limiter.wait_s > 20  # a retry-after extends the pause for everyone
+    with anyio.move_on_after(0.05) as scope:
+        await limiter.wait()
+    assert scope.cancelled_caught  # still held

@@ -210,3 +210,15 @@ async def test_routing_by_complexity_and_escalation(fake_api: FakeAnthropic, wor
         "claude-haiku-5-5", "claude-sonnet-5-5", "claude-opus-5-5"]
     assert (o1.model, o2.model, o3.model) == (
         "claude-haiku-5-5", "claude-sonnet-5-5", "claude-opus-5-5")
+
+
+async def test_long_text_streams_to_events_in_pieces(fake_api: FakeAnthropic, worktree: Path,
+                                                     executor: AnthropicExecutor) -> None:
+    long = "".join(f"line {i} of a long explanation\n" for i in range(120))
+    fake_api.set_responder([Reply([text(long)], "end_turn")])
+    ctx = Recorder()
+    assert (await executor.run_batch(make_job(worktree), ctx)).status == "completed"
+    pieces = [d for t, d in ctx.events if t == "agent.text"]
+    assert len(pieces) > 2 and all(p.get("partial") for p in pieces[:-1])
+    assert "partial" not in pieces[-1]
+    assert "".join(p["text"] for p in pieces) == long

@@ -9,7 +9,8 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from brctl_support import (
+
+from tests.brctl.brctl_support import (
     DAEMON_STOP_TIMEOUT_S,
     REALWORLD_SPECS,
     Daemon,

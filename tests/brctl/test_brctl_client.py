@@ -11,12 +11,12 @@ from typing import Any
 
 import anyio
 import pytest
-from brctl_support import base_env
 
 from brctl._client import DaemonTimeoutError, DaemonUnreachableError, RemoteError, RpcClient
 from buildrunnerd import protocol
 from buildrunnerd.errors import InvalidStateError
 from buildrunnerd.rpc import Connection, Dispatcher, RpcServer
+from tests.brctl.brctl_support import base_env
 
 BRCTL = [sys.executable, "-m", "brctl"]
 

@@ -6,7 +6,7 @@ import json
 from collections.abc import Callable
 from pathlib import Path
 
-from brctl_support import Daemon
+from tests.brctl.brctl_support import Daemon
 
 
 def _json(daemon: Daemon, *args: str) -> object:

@@ -6,9 +6,8 @@ import json
 from collections.abc import Callable
 from pathlib import Path
 
-from brctl_support import Daemon
-
 from buildrunnerd import protocol
+from tests.brctl.brctl_support import Daemon
 
 
 def _submit(daemon: Daemon, repo: Path, *extra: str) -> str:

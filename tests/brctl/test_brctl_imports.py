@@ -7,7 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from brctl_support import Daemon, base_env
+from tests.brctl.brctl_support import Daemon, base_env
 
 HEAVY = ("anthropic", "aiosqlite", "watchfiles", "tiktoken", "anyio", "structlog", "httpx",
          "rich", "buildrunnerd.daemon", "buildrunnerd.store", "buildrunnerd.agent",

@@ -14,10 +14,10 @@ import termios
 from pathlib import Path
 
 import anyio
-from brctl_recorded import failed_run, recorded_dispatcher
-from brctl_support import base_env
 
 from buildrunnerd.rpc import RpcServer
+from tests.brctl.brctl_recorded import failed_run, recorded_dispatcher
+from tests.brctl.brctl_support import base_env
 
 BRCTL = [sys.executable, "-m", "brctl"]
 PROCESS_TIMEOUT_S = 60.0

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
-from brctl_recorded import failed_run
 from rich.console import Console
 
 from brctl._render import LiveState, RunView, plain_line, rich_view
+from tests.brctl.brctl_recorded import failed_run
 
 
 def _fold(count: int | None = None) -> tuple[LiveState, list[str]]:

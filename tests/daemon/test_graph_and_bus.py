@@ -8,11 +8,13 @@ from pathlib import Path
 from typing import Any
 
 import anyio
+import anyio.lowlevel
 import pytest
 
 from buildrunnerd import protocol
 from buildrunnerd.daemon._events import EventBus
 from buildrunnerd.daemon._scheduler import BatchSpec, RunGraph
+from buildrunnerd.errors import ConfigError
 from buildrunnerd.executor import BatchJob, SimulatedExecutor
 from buildrunnerd.plan._model import BatchPrompt, Task
 
@@ -93,7 +95,7 @@ async def test_subscribe_replays_then_streams_with_no_gap_and_no_duplicate() -> 
         new = event(len(stored) + 1)
         stored.append(new)
         bus.publish(new)
-        await anyio.sleep(0)
+        await anyio.lowlevel.checkpoint()
         return page
 
     async def send_replay(e: protocol.Event) -> bool:
@@ -140,5 +142,7 @@ async def test_simulated_backend_fails_the_tasks_listed_in_the_fail_file(
     assert outcome.status == "failed" and "T1" in (outcome.reason or "")
     fail_file.write_text("")
     assert (await SimulatedExecutor().run_batch(job, None)).status == "completed"  # type: ignore[arg-type]
-    with pytest.raises(ValueError):
-        SimulatedExecutor.from_env({"BUILDRUNNER_SIM_MS_PER_MINUTE": "fast"})
+    for bad in ("fast", "-1"):
+        with pytest.raises(ConfigError, match="BUILDRUNNER_SIM_MS_PER_MINUTE"):
+            SimulatedExecutor.from_env({"BUILDRUNNER_SIM_MS_PER_MINUTE": bad})
+    assert SimulatedExecutor.from_env({"BUILDRUNNER_SIM_MS_PER_MINUTE": "2.5"}).ms_per_minute == 2.5

@@ -12,7 +12,6 @@ from buildrunnerd.errors import InvalidStateError, NotFoundError
 from .conftest import GatedExecutor, make_plan
 
 
-
 async def states_of(h: Any, run_id: str) -> dict[str, str]:
     return {t.plan_id: t.state for t in await h.store.list_tasks(run_id)}
 

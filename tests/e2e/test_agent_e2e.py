@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import json
 import re
 import signal
 import subprocess
 import threading
 from pathlib import Path
+from typing import Any
 
 import anyio
 
-from conftest import DaemonFactory, wait_run_event, write_spec
+from tests.conftest import DaemonFactory, wait_run_event, write_spec
 from tests.fakeapi import API_KEY, FakeAnthropic, FakeRequest, Faults, Reply, text, tool_use
 
 FEATURES = [
@@ -27,16 +29,23 @@ def named_files(req: FakeRequest) -> list[str]:
             for f in re.findall(r"`([^`]+)`", line)]
 
 
+def create(path: str, turn: int) -> dict[str, Any]:
+    body = f'"""{path}"""\n\nVALUE = {turn}\n' if path.endswith(".py") else "ok\n"
+    return tool_use("str_replace_based_edit_tool", {"command": "create", "path": path,
+                                                    "file_text": body})
+
+
 def builder(req: FakeRequest) -> Reply:
-    """A model that writes each named file (one editor call per turn), runs bash, ends."""
+    """A model that writes each named file (one editor call per turn), runs bash, ends; told
+    that its worktree was recreated, it writes them all again."""
     files = named_files(req)
     turn = req.assistant_turns()
+    last = req.messages[-1]
+    if last["role"] == "user" and "fresh worktree" in json.dumps(last["content"]):
+        return Reply([text("Redoing my files."), *[create(f, turn) for f in files]],
+                     "tool_use")
     if turn < len(files):
-        path = files[turn]
-        body = f'"""{path}"""\n\nVALUE = {turn}\n' if path.endswith(".py") else "ok\n"
-        return Reply([text(f"Writing {path}."), tool_use(
-            "str_replace_based_edit_tool", {"command": "create", "path": path,
-                                            "file_text": body})], "tool_use")
+        return Reply([text(f"Writing {files[turn]}."), create(files[turn], turn)], "tool_use")
     if turn == len(files):
         return Reply([tool_use("bash", {"command": "env | sort; ls -R app"})], "tool_use")
     return Reply([text("Wrote " + ", ".join(files) + ".")], "end_turn")
@@ -147,4 +156,40 @@ async def test_sigkill_mid_conversation_resumes_without_repeating_turns(
         key = (",".join(named_files(req)), req.assistant_turns())
         seen[key] = seen.get(key, 0) + 1
     assert [k for k, n in seen.items() if n > 1] == []
+    # The batch went on from its checkpoint (told that its worktree is new), not from scratch.
+    assert any(b"fresh worktree" in r.raw for r in fake.requests)
 
+
+
+async def test_budget_pauses_the_run_before_the_call_that_would_exceed_it(
+    daemon_factory: DaemonFactory, tmp_path: Path
+) -> None:
+    repo, spec = make_repo(tmp_path)
+
+    def pricey(req: FakeRequest) -> Reply:
+        reply = builder(req)
+        reply.usage = {"output_tokens": 10_000}  # $0.15 a call at sonnet prices
+        return reply
+
+    with FakeAnthropic(pricey) as fake:
+        env = daemon_factory.base_env(ANTHROPIC_API_KEY=API_KEY,
+                                      ANTHROPIC_BASE_URL=fake.base_url)
+        config = tmp_path / "config.toml"
+        config.write_text("[planner]\nplanner = \"heuristic\"\n")
+        daemon = await daemon_factory.start("--backend", "anthropic", "--config", str(config),
+                                            env=env)
+        async with daemon.client() as client:
+            run = await client.call("run.submit", spec_path=str(spec), repo=str(repo),
+                                    workers=1, budget_usd=0.4)
+            event = await wait_run_event(daemon.socket, run["id"], ("budget.exceeded",),
+                                         timeout_s=60)
+            await wait_run_event(daemon.socket, run["id"], ("run.paused",), timeout_s=60)
+            info = await client.call("run.get", run_id=run["id"])
+            costs = await client.call("costs.summary", run_id=run["id"])
+        assert await daemon.stop() == 0
+    assert info["state"] == "paused"
+    assert event["data"]["budget_usd"] == 0.4
+    assert event["data"]["spent_usd"] + event["data"]["estimate_usd"] > 0.4
+    # Paused before the call: what was spent stays within the budget, and was billed exactly.
+    assert costs["total_usd"] <= 0.4
+    assert costs["output_tokens"] == fake.billed_totals()["output_tokens"] == 20_000

@@ -12,7 +12,7 @@ from typing import Any
 import anyio
 import pytest
 
-from conftest import DaemonFactory, RpcClient, RpcError, wait_run_event, write_spec
+from tests.conftest import DaemonFactory, RpcClient, RpcError, wait_run_event, write_spec
 
 FEATURES = [
     ("Storage", "database", [], ["app/db.py"]),
@@ -143,10 +143,7 @@ async def test_second_daemon_refuses_and_stale_socket_is_replaced(
     stale.close()
     first = await daemon_factory.start()
     second = daemon_factory.spawn()
-    with anyio.fail_after(30):
-        while second.proc.poll() is None:
-            await anyio.sleep(0.02)
-    assert second.proc.returncode == 1
+    assert await second.wait() == 1
     assert f"already running (pid {first.pid})" in second.stderr()
     async with first.client() as client:
         assert (await client.call("daemon.ping"))["pid"] == first.pid
@@ -161,7 +158,82 @@ async def test_sigterm_and_shutdown_exit_zero_and_remove_the_socket(
     again = await daemon_factory.start()
     async with again.client() as client:
         assert (await client.call("daemon.shutdown"))["stopping"] is True
-    assert await again.stop(signal.SIGCONT) == 0  # SIGCONT: only wait, the daemon stops itself
+    assert await again.wait() == 0
     assert not again.socket.exists()
     lines = [json.loads(line) for line in again.stderr().splitlines() if line.startswith("{")]
     assert any(line.get("event") == "daemon.stopped" for line in lines)
+
+
+async def test_failed_task_blocks_dependents_then_retry_finishes_the_run(
+    daemon_factory: DaemonFactory, tmp_path: Path
+) -> None:
+    fail_file = tmp_path / "fail.txt"
+    fail_file.write_text("storage.1\n")
+    env = daemon_factory.base_env(BUILDRUNNER_SIM_FAIL_FILE=str(fail_file))
+    spec = write_spec(tmp_path / "spec.md", FEATURES)
+    daemon = await daemon_factory.start(env=env)
+    async with daemon.client() as client:
+        run = await client.call("run.submit", spec_path=str(spec))
+        failed = await wait_run_event(daemon.socket, run["id"])
+        assert failed["type"] == "run.failed"
+        tasks = {t["id"].split(":")[1]: t for t in await client.call("task.list",
+                                                                     run_id=run["id"])}
+        assert tasks["storage.1"]["state"] == "failed"
+        assert "simulated failure" in tasks["storage.1"]["reason"]
+        blocked = [t for t in tasks.values() if t["state"] == "blocked"]
+        assert blocked and all("storage.1" in t["reason"] for t in blocked)
+        with pytest.raises(RpcError) as not_failed:
+            await client.call("task.retry", task_id=blocked[0]["id"])
+        assert not_failed.value.code == -32002
+        fail_file.write_text("")
+        await client.call("task.retry", task_id=f"{run['id']}:storage.1")
+        done = await wait_run_event(daemon.socket, run["id"], ("run.succeeded",),
+                                    since=failed["id"])
+        assert done["type"] == "run.succeeded"
+        detail = await client.call("task.get", task_id=f"{run['id']}:storage.1")
+        assert detail["attempts"] == 2 and detail["prompt"] and detail["verification"]["passed"]
+        assert any(e["type"] == "task.state_changed" for e in detail["events"])
+
+
+async def test_pause_resume_and_cancel_over_the_socket_with_two_runs(
+    daemon_factory: DaemonFactory, tmp_path: Path
+) -> None:
+    env = daemon_factory.base_env(BUILDRUNNER_SIM_MS_PER_MINUTE="3")
+    spec = write_spec(tmp_path / "spec.md", FEATURES)
+    daemon = await daemon_factory.start("--workers", "2", env=env)
+    async with daemon.client() as client:
+        keep = await client.call("run.submit", spec_path=str(spec), workers=1)
+        drop = await client.call("run.submit", spec_path=str(spec), workers=1)
+        paused = await client.call("run.pause", run_id=keep["id"])
+        assert paused["state"] == "paused"
+        with pytest.raises(RpcError) as again:
+            await client.call("run.pause", run_id=keep["id"])
+        assert again.value.code == -32002 and again.value.data["state"] == "paused"
+        cancelled = await client.call("run.cancel", run_id=drop["id"])
+        assert cancelled["state"] == "cancelled"
+        assert (await client.call("run.get", run_id=drop["id"]))["tasks_by_state"][
+            "succeeded"] < cancelled["task_count"]
+        resumed = await client.call("run.resume", run_id=keep["id"])
+        assert resumed["state"] == "running"
+        assert (await wait_run_event(daemon.socket, keep["id"]))["type"] == "run.succeeded"
+        runs = {r["id"]: r["state"] for r in await client.call("run.list")}
+        assert runs == {keep["id"]: "succeeded", drop["id"]: "cancelled"}
+        costs = await client.call("costs.summary", run_id=keep["id"])
+        assert costs["total_usd"] == 0.0
+
+
+async def test_sighup_reloads_the_configuration(
+    daemon_factory: DaemonFactory, tmp_path: Path
+) -> None:
+    config = tmp_path / "config.toml"
+    config.write_text("[daemon]\nworkers = 2\n")
+    daemon = await daemon_factory.start("--config", str(config))
+    async with daemon.client() as client:
+        assert (await client.call("daemon.ping"))["workers"] == 2
+        config.write_text("[daemon]\nworkers = 5\n")
+        daemon.proc.send_signal(signal.SIGHUP)
+        with anyio.fail_after(20):
+            # A reload has no event of its own; ping until the new value shows.
+            while (await client.call("daemon.ping"))["workers"] != 5:  # noqa: ASYNC110
+                await anyio.sleep(0.05)
+    assert await daemon.stop() == 0

@@ -17,7 +17,7 @@ from typing import Any
 
 import anyio
 
-from conftest import DaemonFactory, DaemonProcess, RpcClient, RpcError, wait_run_event
+from tests.conftest import DaemonFactory, DaemonProcess, RpcClient, RpcError, wait_run_event
 
 # Assembled at run time so this file holds no credential-shaped string.
 AWS_KEY = "AKIA" + "Z7Q4XK2M9PLW3JHV"
@@ -156,7 +156,8 @@ async def test_failing_test_command_fails_batch_after_fixups_and_blocks_dependen
     failed_batch = next(t["batch_id"] for t in info["tasks"] if t["id"].endswith("T002"))
     verify_failed = [e for e in events
                      if e["type"] == "verify.failed" and e["batch_id"] == failed_batch]
-    assert [e["data"]["fix_round"] for e in verify_failed] == [0, 1, 2]
+    assert [e["data"]["fix_round"] for e in verify_failed] == [0, 1, 2], (
+        failed_batch, info["tasks"], [(e["type"], e["batch_id"], e["data"]) for e in events])
     async with daemon.client() as client:
         task = await client.call("task.get", task_id=f"{info['id']}:T002")
     [tests_check] = [c for c in task["verification"]["checks"] if c["name"] == "tests"]

@@ -440,7 +440,7 @@ def _make_handler(fake: FakeAnthropic) -> type[BaseHTTPRequestHandler]:
             error: dict[str, Any] = {"type": err.type, "message": err.message}
             if err.details is not None:
                 error["details"] = err.details
-            headers = {"request-id": request_id, "x-should-retry": "false", **err.headers}
+            headers = {"request-id": request_id, **err.headers}
             self._send_json(err.status, {"type": "error", "error": error,
                                          "request_id": request_id}, headers)
 

@@ -50,3 +50,16 @@ def test_demo_builds_the_example_and_stops_the_daemon(tmp_path: Path) -> None:
     pid = int(re.search(r"\bpid=(\d+)", log).group(1))  # type: ignore[union-attr]
     assert not Path(f"/proc/{pid}").exists() or "zombie" in Path(f"/proc/{pid}/status").read_text()
     assert not (demo / "buildrunnerd.sock").exists()
+
+
+def test_demo_never_deletes_a_folder_it_did_not_make(tmp_path: Path) -> None:
+    precious = tmp_path / "mine"
+    precious.mkdir()
+    (precious / "notes.txt").write_text("keep me")
+    env = {**os.environ, "BUILDRUNNER_DEMO_DIR": str(precious)}
+    env.pop("ANTHROPIC_API_KEY", None)
+    result = subprocess.run([str(ROOT / "scripts" / "demo")], env=env, capture_output=True,
+                            text=True, timeout=110, stdin=subprocess.DEVNULL)
+    assert result.returncode == 1
+    assert "was not made by this demo" in result.stderr
+    assert (precious / "notes.txt").read_text() == "keep me"

@@ -21,14 +21,19 @@ PLANTED = "sk-ant-api03-" + "Zx9" * 30  # looks like a real Anthropic key
 
 @pytest.fixture
 def stream() -> Iterator[io.StringIO]:
+    # configure_logging changes process-wide state; put it all back for the other tests.
+    root = logging.getLogger()
+    levels = {name: logging.getLogger(name).level
+              for name in ("", "httpx", "httpcore", "anthropic._base_client")}
     buffer = io.StringIO()
     configure_logging("json", "debug", stream=buffer)
     yield buffer
     structlog.reset_defaults()
-    root = logging.getLogger()
     for handler in list(root.handlers):
         if getattr(handler, "_buildrunner", False):
             root.removeHandler(handler)
+    for name, level in levels.items():
+        logging.getLogger(name).setLevel(level)
 
 
 def _lines(buffer: io.StringIO) -> list[dict[str, object]]:

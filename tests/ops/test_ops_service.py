@@ -203,3 +203,19 @@ def test_launchd_install_writes_a_valid_plist(home: dict[str, str]) -> None:
     code, out, _ = _run(home, "service", "uninstall", "--platform", "launchd")
     assert code == 0 and "launchctl bootout" in out
     assert not path.exists()
+
+
+def test_the_installed_brctl_has_the_service_commands(home: dict[str, str]) -> None:
+    brctl = _buildrunnerd().parent / "brctl"
+    env = {**os.environ, **home}
+    result = subprocess.run(
+        [str(brctl), "--json", "service", "install", "--platform", "systemd", "--dry-run"],
+        env=env, capture_output=True, text=True, timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    doc = json.loads(result.stdout)
+    assert doc["dry_run"] is True
+    assert doc["path"] == str(
+        Path(home["XDG_CONFIG_HOME"]) / "systemd" / "user" / "buildrunnerd.service"
+    )
+    assert not Path(doc["path"]).exists()

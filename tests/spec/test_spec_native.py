@@ -160,3 +160,28 @@ def test_unknown_domain_is_a_warning_not_a_guess() -> None:
     assert [(w.line, w.message.split(";")[0]) for w in spec.warnings] == [
         (2, "unknown domain 'task processing engine' ignored")
     ]
+
+
+def test_speckit_sections_between_phases_do_not_break_the_order() -> None:
+    text = (
+        "# Tasks\n## Phase 1: Setup\n**Purpose**: Project skeleton\n- [ ] T001 Init repo\n"
+        "## Notes\nSome remarks.\n"
+        "## Phase 2: User Story 1 - Browse (Priority: P1) 🎯 MVP\n- [ ] T002 [US1] List items\n"
+    )
+    spec = parse_spec(text)
+    setup, story = spec.features
+    assert setup.description == "Project skeleton"
+    assert (story.name, story.priority) == ("Phase 2: User Story 1 - Browse MVP", "P1")
+    assert story.depends_on == [setup.id]
+    assert spec.tasks[1].depends_on == ["T001"]
+
+
+def test_kiro_group_bullets_describe_the_feature() -> None:
+    text = (
+        "- [ ] 1. Data layer\n  - Everything that touches storage\n"
+        "  - [ ] 1.1 Create tables\n    - `db/schema.sql`\n  - [ ] 1.2 Add indexes\n"
+    )
+    spec = parse_spec(text)
+    (feature,) = spec.features
+    assert feature.requirements == [Item("Everything that touches storage", 2)]
+    assert [(t.id, t.files) for t in spec.tasks] == [("1.1", ["db/schema.sql"]), ("1.2", [])]

@@ -194,3 +194,24 @@ async def test_reopened_run_repo_merges(repo: Path, wt_root: Path) -> None:
     wt = await run_repo.add_worktree(wt_root, "b1")
     (wt / "y.py").write_text("Y = 1\n")
     assert (await run_repo.commit_and_merge(wt, "b1")).merged
+
+
+async def test_concurrent_worktree_changes_on_one_repository(repo: Path, wt_root: Path) -> None:
+    # git itself fails when two `worktree add` run at once on a repository; two runs on the
+    # same repository must not see that.
+    first = await prepare_run_repo(repo, "r1")
+    second = await prepare_run_repo(repo, "r2")
+    paths: list[Path] = []
+
+    async def add(run_repo: RunRepo, name: str) -> None:
+        paths.append(await run_repo.add_worktree(wt_root, name))
+
+    async with anyio.create_task_group() as tg:
+        for n in range(6):
+            tg.start_soon(add, first if n % 2 else second, f"w{n}")
+    assert len(paths) == 6
+    async with anyio.create_task_group() as tg:
+        for n, path in enumerate(paths):
+            tg.start_soon((first if n % 2 else second).remove_worktree, path)
+        tg.start_soon(cleanup_orphan_worktrees, repo, wt_root / "other")
+    assert worktrees(repo) == [str(real(repo))]
