@@ -79,8 +79,6 @@ def _render_task(task: Task) -> str:
     lines = [f"## {task.id}: {task.title}"]
     if task.files:
         lines.append("Files: " + ", ".join(f"`{f}`" for f in task.files))
-    if task.depends_on:
-        lines.append("Builds on (already done): " + ", ".join(task.depends_on))
     if task.description:
         lines.append(f"Details: {task.description}")
     lines.append("Acceptance criteria:")

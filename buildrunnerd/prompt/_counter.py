@@ -48,8 +48,10 @@ def _get_encoding() -> tiktoken.Encoding:
         return _encoding
 
 
-# Texts up to this size are cached (the system prompt, an overview, a line): plans count
-# them for every batch. Bigger ones (tool output, whole conversations) are not kept alive.
+# Texts of this size are cached (the system prompt, an overview): plans count them for every
+# batch. Short ones are cheaper to count again than to look up; big ones (tool output, whole
+# conversations) are not kept alive.
+_CACHE_MIN_CHARS = 256
 _CACHE_MAX_CHARS = 50_000
 
 
@@ -65,9 +67,10 @@ class TiktokenCounter:
         """The number of tokens in ``text`` (special-token markers count as plain text)."""
         if not text:
             return 0
-        if len(text) > _CACHE_MAX_CHARS:
-            return len(_get_encoding().encode_ordinary(text))
-        return _cached_count(text)
+        if _CACHE_MIN_CHARS <= len(text) <= _CACHE_MAX_CHARS:
+            return _cached_count(text)
+        encoding = _encoding if _encoding is not None else _get_encoding()
+        return len(encoding.encode_ordinary(text))
 
     def truncate(self, text: str, max_tokens: int) -> str:
         """The longest token-aligned prefix of ``text`` within ``max_tokens`` tokens."""

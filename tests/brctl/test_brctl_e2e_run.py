@@ -151,3 +151,14 @@ def test_status_follow_without_run_follows_every_active_run(
     assert spec  # both runs built the same spec, on their own branches
     runs = json.loads(daemon.brctl("runs", "--json").stdout)
     assert {r["branch"] for r in runs} == {f"buildrunner/{first}", f"buildrunner/{second}"}
+
+
+def test_shutdown_stops_the_daemon_then_brctl_exits_3(daemon: Daemon) -> None:
+    stopped = daemon.brctl_process("shutdown", "--json")
+    assert stopped.returncode == 0, stopped.stderr
+    assert json.loads(stopped.stdout)["stopping"] is True
+    assert daemon.process.wait(timeout=30) == 0
+    assert not daemon.socket.exists()  # removed on exit
+    after = daemon.brctl_process("ping")
+    assert after.returncode == 3
+    assert str(daemon.socket) in after.stderr and "buildrunnerd &" in after.stderr

@@ -339,9 +339,18 @@ class FakeAnthropic:
         usage.update(reply.usage)
         return usage
 
-    def _bill(self, req: FakeRequest, model: str, usage: dict[str, int], request_id: str) -> None:
+    def _bill(self, req: FakeRequest, model: str, usage: dict[str, int], request_id: str
+              ) -> Billed:
+        # Billed before the last byte goes out, so a client that has its answer always finds
+        # it billed here; taken back if the write fails (the client never got it).
+        billed = Billed(req.index, model, dict(usage), request_id)
         with self._lock:
-            self.billed.append(Billed(req.index, model, dict(usage), request_id))
+            self.billed.append(billed)
+        return billed
+
+    def _unbill(self, billed: Billed) -> None:
+        with self._lock:
+            self.billed.remove(billed)
 
 
 def _ratelimit_headers() -> dict[str, str]:
@@ -523,8 +532,12 @@ def _make_handler(fake: FakeAnthropic) -> type[BaseHTTPRequestHandler]:
                 headers_out.update(_ratelimit_headers())
             if not req.stream:
                 req.outcome = "ok"
-                self._send_json(200, message, headers_out)
-                fake._bill(req, model, usage, request_id)
+                billed = fake._bill(req, model, usage, request_id)
+                try:
+                    self._send_json(200, message, headers_out)
+                except OSError:
+                    req.outcome = "client-gone"
+                    fake._unbill(billed)
                 return
             self.send_response(200)
             self.send_header("content-type", "text/event-stream")
@@ -533,18 +546,23 @@ def _make_handler(fake: FakeAnthropic) -> type[BaseHTTPRequestHandler]:
             for k, v in headers_out.items():
                 self.send_header(k, v)
             self.end_headers()
+            billed: Billed | None = None
+            delivered = False
             try:
                 for event, data in _stream_events(message, reply):
+                    if event == "message_stop":
+                        req.outcome = "ok"
+                        billed = fake._bill(req, model, usage, request_id)
                     self._chunk(_sse(event, data))
+                    delivered = billed is not None
                 self.wfile.write(b"0\r\n\r\n")
                 self.wfile.flush()
             except OSError:
-                req.outcome = "client-gone"
+                if billed is not None and not delivered:
+                    req.outcome = "client-gone"
+                    fake._unbill(billed)
                 return
             if reply.stream_error is not None:
                 req.outcome = "fault:stream_overload"
-                return
-            req.outcome = "ok"
-            fake._bill(req, model, usage, request_id)
 
     return Handler
