@@ -29,9 +29,11 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from buildrunnerd.agent import AnthropicExecutor  # noqa: E402
+from buildrunnerd.agent._bash import sandbox_mode  # noqa: E402
 from buildrunnerd.config import AgentConfig, Config  # noqa: E402
 from buildrunnerd.executor import ApiCall, BatchJob  # noqa: E402
 from buildrunnerd.plan import BatchPrompt, Task  # noqa: E402
+from buildrunnerd.prompt import default_counter  # noqa: E402
 from tests.fakeapi import (  # noqa: E402
     API_KEY,
     FakeAnthropic,
@@ -97,11 +99,26 @@ def job(batch: str, worktree: Path) -> BatchJob:
                     worktree=str(worktree))
 
 
+def serve_fake(batches: int, latency_ms: float) -> None:
+    """``--serve-fake``: run the fake API in this process until stdin closes. The bench runs
+    it as a separate process, as the real API is: its JSON and hashing work must not compete
+    with the agent for the bench process's GIL."""
+    names = [f"B{i:03d}" for i in range(1, batches + 1)]
+    responder = agent_script({b: steps(b) for b in names}, batch_key)
+    with FakeAnthropic(responder, latency_s=latency_ms / 1000) as fake:
+        print(fake.base_url, flush=True)
+        sys.stdin.read()
+
+
 async def run(workers: int, batches: list[str], latency_s: float, root: Path) -> dict[str, Any]:
-    responder = agent_script({b: steps(b) for b in batches}, batch_key)
-    with FakeAnthropic(responder, latency_s=latency_s) as fake:
+    server = await anyio.open_process(
+        [sys.executable, __file__, "--serve-fake", "--batches", str(len(batches)),
+         "--latency-ms", str(latency_s * 1000)])
+    assert server.stdout is not None and server.stdin is not None
+    base_url = (await server.stdout.receive()).decode().strip()
+    try:
         config = Config(agent=AgentConfig(request_timeout_s=30.0))
-        executor = AnthropicExecutor(config, api_key=API_KEY, base_url=fake.base_url)
+        executor = AnthropicExecutor(config, api_key=API_KEY, base_url=base_url)
         worktrees = {}
         for b in batches:
             wt = root / f"w{workers}" / b
@@ -127,6 +144,9 @@ async def run(workers: int, batches: list[str], latency_s: float, root: Path) ->
                 tg.start_soon(worker)
         elapsed = time.perf_counter() - started
         await executor.aclose()
+    finally:
+        await server.stdin.aclose()
+        await server.wait()
     calls = [c for ctx in ctxs for c in ctx.calls]
     read = sum(c.cache_read_input_tokens for c in calls)
     total_in = sum(c.input_tokens + c.cache_creation_input_tokens + c.cache_read_input_tokens
@@ -139,6 +159,10 @@ async def run(workers: int, batches: list[str], latency_s: float, root: Path) ->
 
 async def main_async(args: argparse.Namespace) -> dict[str, Any]:
     batches = [f"B{i:03d}" for i in range(1, args.batches + 1)]
+    # Warm the one-time costs (tokenizer load, sandbox probe) so the 1-worker run, which
+    # would pay them first, is not made slower than it is.
+    default_counter().count("warm up")
+    await sandbox_mode("auto")
     results = []
     with tempfile.TemporaryDirectory(prefix="agent-bench-") as tmp:
         for workers in args.workers:
@@ -157,7 +181,11 @@ def main() -> None:
     parser.add_argument("--latency-ms", type=float, default=200.0)
     parser.add_argument("--workers", type=int, nargs="+", default=[1, 4, 8])
     parser.add_argument("--json", action="store_true")
+    parser.add_argument("--serve-fake", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.serve_fake:
+        serve_fake(args.batches, args.latency_ms)
+        return
     report = anyio.run(main_async, args)
     if args.json:
         print(json.dumps(report, indent=2))

@@ -6,6 +6,7 @@ cancelled; 2 usage error; 3 the daemon is not reachable.
 
 from __future__ import annotations
 
+import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -109,6 +110,12 @@ class _BrctlGroup(click.Group):
         except KeyboardInterrupt:
             click.echo("interrupted", err=True)
             ctx.exit(130)
+        except BrokenPipeError:
+            # `brctl logs RUN | head`: the reader is gone, which is not an error. Point stdout
+            # at /dev/null so the interpreter's final flush does not complain either.
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())
+            ctx.exit(EXIT_OK)
 
 
 def _fail(ctx: click.Context, exc: BuildRunnerError, code: int) -> NoReturn:

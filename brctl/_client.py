@@ -113,6 +113,7 @@ class RpcClient:
         if self._sock is not None:
             self._sock.close()
             self._sock = None
+        self._buffer.clear()  # a partial frame of the old connection is garbage on a new one
 
     def call(
         self, method: str, params: dict[str, Any] | None = None, *, timeout_s: float | None = None

@@ -18,7 +18,7 @@ import anthropic
 import anyio
 import structlog
 
-from buildrunnerd.agent._retry import RateLimiter, backoff_s, classify
+from buildrunnerd.agent._retry import TRANSPORT_ERRORS, RateLimiter, backoff_s, classify
 from buildrunnerd.config import AgentConfig
 from buildrunnerd.errors import AgentError
 
@@ -64,6 +64,10 @@ class CallSettings:
                    fallback_model=fallback_model)
 
 
+# Every exception a call can end with that classify() understands.
+_RETRY_CANDIDATES: tuple[type[Exception], ...] = (anthropic.APIError, *TRANSPORT_ERRORS)
+
+
 def _usage(raw: Any) -> dict[str, int]:
     if not isinstance(raw, dict):
         return {}
@@ -93,67 +97,87 @@ async def call_once(client: anthropic.AsyncAnthropic, params: dict[str, Any], *,
         **params, stream=True, timeout=timeout_s)
     limiter.observe(raw_stream.headers)
     events = await raw_stream.parse()
-    blocks: dict[int, dict[str, Any]] = {}
-    partial_json: dict[int, str] = {}
-    reported: dict[int, int] = {}  # text block index -> characters already handed to on_text
-    usage: dict[str, int] = {}
-    stop_reason: str | None = None
-    model = str(params["model"])
-    complete = False
-    async with events:
-        async for event in events:
-            ev = event.to_dict()
-            kind = ev.get("type")
-            if kind == "message_start":
-                message = ev.get("message") or {}
-                usage.update(_usage(message.get("usage")))
-                model = str(message.get("model") or model)
-            elif kind == "content_block_start":
-                blocks[int(ev["index"])] = dict(ev["content_block"])
-            elif kind == "content_block_delta":
-                idx = int(ev["index"])
-                delta = ev.get("delta") or {}
-                block = blocks[idx]
-                dtype = delta.get("type")
-                if dtype == "text_delta":
-                    block["text"] = block.get("text", "") + delta.get("text", "")
-                    done = reported.get(idx, 0)
-                    if on_text is not None and len(block["text"]) - done >= _PIECE_CHARS:
-                        reported[idx] = len(block["text"])
-                        await on_text(block["text"][done:], False)
-                elif dtype == "input_json_delta":
-                    partial_json[idx] = partial_json.get(idx, "") + delta.get("partial_json", "")
-                elif dtype == "thinking_delta":
-                    block["thinking"] = block.get("thinking", "") + delta.get("thinking", "")
-                elif dtype == "signature_delta":
-                    block["signature"] = delta.get("signature", "")
-                elif dtype == "citations_delta":
-                    block.setdefault("citations", []).append(delta.get("citation"))
-            elif kind == "content_block_stop":
-                idx = int(ev["index"])
-                block = blocks[idx]
-                if idx in partial_json:
-                    text = partial_json.pop(idx)
-                    try:
-                        block["input"] = json.loads(text) if text else {}
-                    except json.JSONDecodeError:
-                        # A tool_use cut off by max_tokens: the caller drops it.
-                        block["input"] = {}
-                        block["_truncated"] = True
-                if block.get("type") == "text" and on_text is not None:
-                    await on_text(block.get("text", "")[reported.get(idx, 0):], True)
-            elif kind == "message_delta":
-                stop_reason = (ev.get("delta") or {}).get("stop_reason") or stop_reason
-                usage.update(_usage(ev.get("usage")))
-            elif kind == "message_stop":
-                complete = True
-    if not complete:
-        # The connection ended without message_stop: nothing was billed to us as complete.
+    message = _StreamedMessage(str(params["model"]), on_text)
+    try:
+        async with events:
+            async for event in events:
+                await message.feed(event.to_dict())
+    except TRANSPORT_ERRORS as exc:
+        request = raw_stream.http_response.request
+        if "Timeout" in type(exc).__name__:
+            raise anthropic.APITimeoutError(request=request) from exc
+        raise anthropic.APIConnectionError(message=f"the stream broke: {exc}",
+                                           request=request) from exc
+    if not message.complete:
+        # The stream ended without message_stop: the answer is incomplete, try again.
         raise anthropic.APIConnectionError(message="stream ended before message_stop",
                                            request=raw_stream.http_response.request)
-    content = [blocks[i] for i in sorted(blocks)]
-    return Turn(content, stop_reason, usage, model, raw_stream.headers.get("request-id"),
-                int((time.monotonic() - started) * 1000))
+    return Turn(message.content(), message.stop_reason, message.usage, message.model,
+                raw_stream.headers.get("request-id"), int((time.monotonic() - started) * 1000))
+
+
+class _StreamedMessage:
+    """Rebuilds a message from its stream events, block by block, as plain JSON."""
+
+    def __init__(self, model: str, on_text: OnText | None) -> None:
+        self.model = model
+        self.on_text = on_text
+        self.blocks: dict[int, dict[str, Any]] = {}
+        self.partial_json: dict[int, str] = {}
+        self.reported: dict[int, int] = {}  # text block index -> characters handed to on_text
+        self.usage: dict[str, int] = {}
+        self.stop_reason: str | None = None
+        self.complete = False
+
+    def content(self) -> list[dict[str, Any]]:
+        return [self.blocks[i] for i in sorted(self.blocks)]
+
+    async def feed(self, ev: dict[str, Any]) -> None:
+        kind = ev.get("type")
+        if kind == "message_start":
+            message = ev.get("message") or {}
+            self.usage.update(_usage(message.get("usage")))
+            self.model = str(message.get("model") or self.model)
+        elif kind == "content_block_start":
+            self.blocks[int(ev["index"])] = dict(ev["content_block"])
+        elif kind == "content_block_delta":
+            await self._delta(int(ev["index"]), ev.get("delta") or {})
+        elif kind == "content_block_stop":
+            idx = int(ev["index"])
+            block = self.blocks[idx]
+            if idx in self.partial_json:
+                text = self.partial_json.pop(idx)
+                try:
+                    block["input"] = json.loads(text) if text else {}
+                except json.JSONDecodeError:
+                    # A tool_use cut off by max_tokens: the caller drops it.
+                    block["input"] = {}
+                    block["_truncated"] = True
+            if block.get("type") == "text" and self.on_text is not None:
+                await self.on_text(block.get("text", "")[self.reported.get(idx, 0):], True)
+        elif kind == "message_delta":
+            self.stop_reason = (ev.get("delta") or {}).get("stop_reason") or self.stop_reason
+            self.usage.update(_usage(ev.get("usage")))
+        elif kind == "message_stop":
+            self.complete = True
+
+    async def _delta(self, idx: int, delta: dict[str, Any]) -> None:
+        block = self.blocks[idx]
+        dtype = delta.get("type")
+        if dtype == "text_delta":
+            block["text"] = block.get("text", "") + delta.get("text", "")
+            done = self.reported.get(idx, 0)
+            if self.on_text is not None and len(block["text"]) - done >= _PIECE_CHARS:
+                self.reported[idx] = len(block["text"])
+                await self.on_text(block["text"][done:], False)
+        elif dtype == "input_json_delta":
+            self.partial_json[idx] = self.partial_json.get(idx, "") + delta.get("partial_json", "")
+        elif dtype == "thinking_delta":
+            block["thinking"] = block.get("thinking", "") + delta.get("thinking", "")
+        elif dtype == "signature_delta":
+            block["signature"] = delta.get("signature", "")
+        elif dtype == "citations_delta":
+            block.setdefault("citations", []).append(delta.get("citation"))
 
 
 async def call_with_retries(
@@ -173,8 +197,8 @@ async def call_with_retries(
             return await call_once(client, params, stream=settings.stream,
                                    timeout_s=settings.timeout_s, limiter=limiter,
                                    on_text=on_text)
-        except anthropic.APIError as exc:
-            error: anthropic.APIError = exc
+        except _RETRY_CANDIDATES as exc:
+            error: Exception = exc
             failure = classify(exc)
             if isinstance(exc, anthropic.APIStatusError):
                 limiter.observe(exc.response.headers, status=exc.status_code)

@@ -17,7 +17,7 @@ class CostTable:
     """Prices per million tokens, looked up by model name.
 
     A dated model id (``claude-sonnet-5-5-20261001``) takes the price of the longest table
-    entry it starts with. A model not in the table costs 0, with one warning per model: the
+    entry it starts with (followed by ``-``). A model not in the table costs 0, with one warning per model: the
     run goes on, and ``brctl costs`` under-reports until the table is fixed."""
 
     def __init__(self, pricing: PricingConfig) -> None:
@@ -28,7 +28,7 @@ class CostTable:
         """The price entry for ``model`` or None."""
         if model in self._models:
             return self._models[model]
-        matches = [name for name in self._models if model.startswith(name)]
+        matches = [name for name in self._models if model.startswith(name + "-")]
         return self._models[max(matches, key=len)] if matches else None
 
     def cost_usd(self, model: str, usage: Mapping[str, int | None]) -> float:

@@ -17,6 +17,7 @@ shorter than the server's ``retry-after``.
 from __future__ import annotations
 
 import email.utils
+import importlib
 import random
 import time
 from collections.abc import Mapping
@@ -26,7 +27,22 @@ from datetime import datetime
 import anthropic
 import anyio
 
-__all__ = ["Failure", "classify", "backoff_s", "retry_after_s", "RateLimiter"]
+__all__ = ["TRANSPORT_ERRORS", "Failure", "classify", "backoff_s", "retry_after_s", "RateLimiter"]
+
+def _transport_errors() -> tuple[type[Exception], ...]:
+    # The SDK wraps transport errors while sending, not always while a body or stream is being
+    # read: a connection that breaks then raises the HTTP library's own error. anthropic 2.x
+    # uses httpx2, older releases httpx; catch whichever is installed.
+    found: list[type[Exception]] = []
+    for name in ("httpx2", "httpx"):
+        try:
+            found.append(importlib.import_module(name).TransportError)
+        except (ImportError, AttributeError):
+            continue
+    return tuple(found)
+
+
+TRANSPORT_ERRORS = _transport_errors()
 
 _SPEND_LIMIT_WORDS = ("spend limit", "credit balance", "billing", "usage limit")
 
@@ -69,6 +85,9 @@ def classify(exc: BaseException) -> Failure:
         return Failure(True, False, False, None, "timeout", "the request timed out")
     if isinstance(exc, anthropic.APIConnectionError):
         return Failure(True, False, False, None, "connection", f"connection failed: {exc}")
+    if isinstance(exc, TRANSPORT_ERRORS):
+        kind = "timeout" if "Timeout" in type(exc).__name__ else "connection"
+        return Failure(True, False, False, None, kind, f"{kind} failed: {exc}")
     if isinstance(exc, anthropic.APIStatusError):
         status = exc.status_code
         etype = exc.type

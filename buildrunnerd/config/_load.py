@@ -59,6 +59,7 @@ ENV_OVERRIDES: dict[str, tuple[str, Callable[[str], Any]]] = {
 # SIGHUP reload applies it to the next batch, the next log line, the next retention pass.
 RESTART_REQUIRED: frozenset[str] = frozenset({
     "daemon.backend",
+    "daemon.grace_period_s",  # the daemon takes it at start-up for its shutdown path
     "daemon.max_frame_bytes",
     "daemon.client_idle_timeout_s",
     "daemon.write_timeout_s",

@@ -213,6 +213,11 @@ class _Daemon:
                          message="SIMULATED backend: no model is called; batches write "
                                  "placeholder files (set ANTHROPIC_API_KEY for Claude)",
                          ms_per_minute=getattr(executor, "ms_per_minute", 0))
+        elif not (self.env.get("ANTHROPIC_API_KEY") or self.env.get("ANTHROPIC_AUTH_TOKEN")):
+            _log.warning("backend.no_api_key",
+                         message="backend anthropic without ANTHROPIC_API_KEY: every batch "
+                                 "will fail to authenticate; set the key or use --backend "
+                                 "simulated")
         bus = EventBus(buffer_limit=config.daemon.subscriber_queue_size)
         store = await Store.open(self.home / DB_FILENAME, on_event=bus.publish)
         try:

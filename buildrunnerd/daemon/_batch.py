@@ -165,15 +165,10 @@ async def _ws_prepare(run: ActiveRun, name: str) -> tuple[Path, str | None]:
             run.scratch_ready = True
         return run.scratch_dir, None
     path: Path = await run.run_repo.add_worktree(run.worktree_root, name)
-    head = await _head_commit(path)
+    # The commit the worktree starts from: verification's secret scan looks at lines added
+    # since then (read from the worktree, as the branch may move on meanwhile).
+    head: str = await run.run_repo.worktree_head(path)
     return path, head
-
-
-async def _head_commit(path: Path) -> str | None:
-    from buildrunnerd.workspace._git import git
-
-    result = await git(["rev-parse", "HEAD"], cwd=path, timeout_s=30.0, check=False)
-    return result.stdout.strip() or None if result.ok else None
 
 
 async def _ws_remove(run: ActiveRun, path: Path, *, keep: bool = False) -> None:
@@ -279,11 +274,41 @@ def _mtimes(path: Path, tasks: list[Task]) -> dict[str, float]:
 
 
 # --- prompts ----------------------------------------------------------------------------
-def _build_prompt(run: ActiveRun, batch: Batch, config: Config) -> BatchPrompt:
+_MAX_CONTEXT_FILES = 40
+_MAX_CONTEXT_FILE_BYTES = 64 * 1024
+
+
+def _relevant_files(run: ActiveRun, tasks: list[Task], root: Path) -> dict[str, str]:
+    """Existing files the batch's tasks or their dependencies name (the prompt builder keeps
+    what fits its budget, the batch's own files first)."""
+    wanted: list[str] = []
+    for task in tasks:
+        wanted += task.files
+    for task in tasks:
+        for dep in task.depends_on:
+            dep_task = run.tasks_by_plan_id.get(dep)
+            if dep_task is not None:
+                wanted += dep_task.files
+    found: dict[str, str] = {}
+    for rel in dict.fromkeys(wanted):
+        if len(found) >= _MAX_CONTEXT_FILES:
+            break
+        target = root / rel
+        try:
+            if target.is_file() and target.stat().st_size <= _MAX_CONTEXT_FILE_BYTES:
+                found[rel] = target.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError):
+            continue  # unreadable or binary: not useful as prompt context
+    return found
+
+
+def _build_prompt(
+    run: ActiveRun, batch: Batch, config: Config, files: dict[str, str]
+) -> BatchPrompt:
     from buildrunnerd.prompt import build_batch_prompt
 
     prompt: BatchPrompt = build_batch_prompt(
-        run.plan, batch, overview=run.overview, built=list(run.summaries[-50:]), files={},
+        run.plan, batch, overview=run.overview, built=list(run.summaries[-50:]), files=files,
         test_command=run.test_cmd, budget_tokens=config.planner.context_budget_tokens,
     )
     return prompt
@@ -324,9 +349,6 @@ async def run_batch_lifecycle(
     plan_batch = run.batches_by_plan_id[run.plan_id(batch_id)]
     tasks = [run.tasks_by_plan_id[t] for t in plan_batch.task_ids]
     task_gids = [run.gid(t.id) for t in tasks]
-    prompt = _build_prompt(run, plan_batch, config)
-    prompt_text = f"{prompt.system}\n\n{prompt.user}"
-    await store.set_tasks_details(task_gids, prompt=prompt_text)
 
     max_merge_reruns = config.verify.max_merge_reruns
     resume_attempt = run.resume_attempts.pop(batch_id, None)
@@ -350,6 +372,11 @@ async def run_batch_lifecycle(
             resume_attempt = None
         keep_worktree = False
         try:
+            # Built per attempt, after the worktree: a re-run after a conflict sees the
+            # files as they are on the new head.
+            files = await anyio.to_thread.run_sync(_relevant_files, run, tasks, path)
+            prompt = _build_prompt(run, plan_batch, config, files)
+            await store.set_tasks_details(task_gids, prompt=f"{prompt.system}\n\n{prompt.user}")
             result, report = await _execute_and_verify(
                 store=store, executor=executor, config=config, run=run, ctx=ctx,
                 batch_id=batch_id, tasks=tasks, task_gids=task_gids, prompt=prompt,
@@ -361,10 +388,9 @@ async def run_batch_lifecycle(
                                            verification=report)
                 keep_worktree = result.status == "failed" and config.verify.keep_failed_worktrees
                 return result
-            message = (
-                f"buildrunner: run {run.id} batch {plan_batch.id}\n\n"
-                + "\n".join(f"- {t.id}: {t.title}" for t in tasks)
-            )
+            from buildrunnerd.workspace import batch_commit_message
+
+            message = batch_commit_message(run.id, plan_batch.id, tasks)
             merged, commit, conflicts = await _ws_merge(run, path, message)
             if merged:
                 await store.finish_attempt(attempt.id, outcome="succeeded",
@@ -381,9 +407,12 @@ async def run_batch_lifecycle(
             merge_round += 1
         except BaseException as exc:
             cancelled = isinstance(exc, anyio.get_cancelled_exc_class())
-            outcome = "cancelled" if run.cancelling else "interrupted"
-            reason = ("run cancelled" if run.cancelling
-                      else "daemon stopped" if cancelled else f"{type(exc).__name__}: {exc}")
+            if run.cancelling:
+                outcome, reason = "cancelled", "run cancelled"
+            elif cancelled:
+                outcome, reason = "interrupted", "the daemon stopped during the attempt"
+            else:
+                outcome, reason = "failed", f"{type(exc).__name__}: {exc}"
             with anyio.move_on_after(10.0, shield=True):
                 await store.finish_attempt(attempt.id, outcome=outcome, reason=reason)
             raise

@@ -16,6 +16,7 @@ import itertools
 from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
 
+import anyio
 import msgspec
 
 from buildrunnerd import protocol
@@ -26,7 +27,12 @@ __all__ = ["EventBus", "Subscriber", "Subscription"]
 class Subscriber(Protocol):
     """What the bus needs of a connection (``buildrunnerd.rpc.Connection`` fits)."""
 
+    @property
+    def closed(self) -> anyio.Event: ...
+
     def notify(self, method: str, params: Any) -> bool: ...
+
+    def close(self, reason: str = ...) -> None: ...
 
 
 ListEvents = Callable[[str | None, int, int], Awaitable[list[protocol.Event]]]
@@ -109,6 +115,10 @@ class EventBus:
         ``send_replay(event)`` sends one replayed event waiting for room (backpressure: a
         long history must not overflow the connection's live queue), False if it is gone.
         """
+        # Forget subscribers whose connection closed (a run that emits nothing more would
+        # otherwise never find out): the table stays as small as the open connections.
+        for stale in [s.id for s in self._subs.values() if s.conn.closed.is_set()]:
+            self._subs.pop(stale, None)
         sub = Subscription(next(self._ids), conn, run_id, self._buffer_limit)
         sub.last_id = since
         # Register before reading: anything committed from now on lands in the buffer, anything
@@ -147,3 +157,6 @@ class EventBus:
         sub = self._subs.pop(sub_id, None)
         if sub is not None:
             sub.dropped = True
+            # A subscriber that misses events must not think it has them all: close it, and
+            # it can subscribe again with ``since`` = the last id it saw.
+            sub.conn.close("event subscriber fell behind; resubscribe with since=<last id>")

@@ -19,7 +19,8 @@ import msgspec
 
 from buildrunnerd import __version__, protocol
 from buildrunnerd.daemon._events import EventBus
-from buildrunnerd.daemon._runs import RunManager, SubmitRequest, plan_spec, read_spec
+from buildrunnerd.daemon._intake import SubmitRequest, plan_spec, read_spec
+from buildrunnerd.daemon._runs import RunManager
 from buildrunnerd.daemon._runs import tasks_by_state as count_tasks
 from buildrunnerd.errors import BuildRunnerError
 
@@ -27,7 +28,7 @@ if TYPE_CHECKING:
     from buildrunnerd.rpc import Connection, Dispatcher
     from buildrunnerd.store import Store
 
-__all__ = ["DaemonMethods", "InvalidParamsError"]
+__all__ = ["DaemonMethods", "DaemonStoppingError", "InvalidParamsError"]
 
 T = TypeVar("T")
 
@@ -36,6 +37,12 @@ class InvalidParamsError(BuildRunnerError):
     """A method's params are missing, unknown or of the wrong type (names the param)."""
 
     code = protocol.INVALID_PARAMS
+
+
+class DaemonStoppingError(BuildRunnerError):
+    """The daemon is shutting down and takes no new work."""
+
+    code = protocol.DAEMON_STOPPING
 
 
 # --- params ------------------------------------------------------------------------------
@@ -190,7 +197,7 @@ class DaemonMethods:
 
     def _refuse_when_stopping(self, method: str) -> None:
         if self.stopping:
-            raise BuildRunnerError(
+            raise DaemonStoppingError(
                 f"{method}: the daemon is shutting down; start it again and retry",
                 data={"method": method},
             )
@@ -224,7 +231,7 @@ class DaemonMethods:
 
     async def _run_info(self, run_id: str, *, full: bool = False) -> protocol.RunInfo:
         record = await self.store.get_run(run_id)
-        tasks = await self.store.list_tasks(run_id)
+        tasks = await self.store.list_tasks(run_id, details=False)
         info = record.to_info(tasks_by_state=count_tasks(tasks))
         info.task_count = len(tasks)
         if full:
@@ -271,7 +278,7 @@ class DaemonMethods:
         """A run's tasks in plan order."""
         p = parse_params("task.list", params, _RunParams)
         await self.store.get_run(p.run_id)  # NotFoundError for an unknown run
-        return [t.to_info() for t in await self.store.list_tasks(p.run_id)]
+        return [t.to_info() for t in await self.store.list_tasks(p.run_id, details=False)]
 
     async def task_get(self, params: dict[str, Any], conn: Connection) -> protocol.TaskInfo:
         """One task in full: prompt, verification report, files, events."""

@@ -14,18 +14,16 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import anyio
-import msgspec
 import structlog
 
 from buildrunnerd import protocol
 from buildrunnerd.daemon._batch import ActiveRun, BatchResult, run_batch_lifecycle
+from buildrunnerd.daemon._intake import SubmitRequest, git_root, plan_spec, read_spec
 from buildrunnerd.daemon._scheduler import BatchSpec, RunGraph, RunSlot, Scheduler
 from buildrunnerd.errors import (
     BuildRunnerError,
     InvalidStateError,
-    Problem,
     RepoError,
-    SpecError,
     StoreError,
 )
 from buildrunnerd.executor import Executor
@@ -44,66 +42,11 @@ if TYPE_CHECKING:
     from buildrunnerd.config import Config
     from buildrunnerd.store import Store
 
-__all__ = ["RunManager", "SubmitRequest", "plan_spec"]
+__all__ = ["RunManager", "tasks_by_state"]
 
 _log = structlog.get_logger("buildrunnerd.runs")
 
 _ACTIVE_STATES = ("queued", "running", "paused")
-
-
-class SubmitRequest(msgspec.Struct, kw_only=True):
-    """``run.submit`` params (validated by the RPC method)."""
-
-    spec_path: str | None = None
-    spec_text: str | None = None
-    repo: str | None = None
-    workers: int | None = None
-    budget_usd: float | None = None
-    test_cmd: str | None = None
-    allow_dirty: bool = False
-
-
-async def read_spec(spec_path: str | None, spec_text: str | None) -> tuple[str, str | None]:
-    """The spec's text and absolute path (None for inline text)."""
-    if spec_text is not None:
-        return spec_text, spec_path
-    assert spec_path is not None
-    path = Path(spec_path)
-    if not path.is_absolute():
-        raise SpecError(
-            [Problem(None, f"spec_path must be absolute (the daemon does not share your "
-                           f"working directory): {spec_path}")],
-            path=spec_path,
-        )
-    try:
-        text = await anyio.Path(path).read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        why = exc.strerror if isinstance(exc, OSError) else str(exc)
-        raise SpecError(
-            [Problem(None, f"cannot read the spec: {why}; check the path and its permissions")],
-            path=str(path),
-        ) from exc
-    return text, str(path)
-
-
-async def plan_spec(text: str, path: str | None, config: Config) -> tuple[Any, Plan]:
-    """Parse and plan a spec exactly as ``buildrunnerd plan`` does (in a worker thread: a big
-    spec takes a while and the loop must keep serving)."""
-    from buildrunnerd.plan import build_plan
-    from buildrunnerd.spec import parse_spec
-
-    def work() -> tuple[Any, Plan]:
-        spec = parse_spec(text, path)
-        return spec, build_plan(spec, config=config.planner)
-
-    return await anyio.to_thread.run_sync(work)
-
-
-def _git_root(start: Path) -> Path | None:
-    for folder in (start, *start.parents):
-        if (folder / ".git").exists():
-            return folder
-    return None
 
 
 class RunManager:
@@ -197,7 +140,7 @@ class RunManager:
         graph = RunGraph(
             BatchSpec(b.id, tuple(b.depends_on), b.priority_minutes, b.state) for b in batches
         )
-        tasks = {t.id: t for t in await self.store.list_tasks(record.id)}
+        tasks = {t.id: t for t in await self.store.list_tasks(record.id, details=False)}
         for batch in batches:
             if batch.state == "succeeded":
                 active.summaries.append(
@@ -312,7 +255,7 @@ class RunManager:
                 data={"repo": request.repo, "reason": "relative path"},
             )
         if repo_dir is None and spec_path is not None:
-            repo_dir = await anyio.to_thread.run_sync(_git_root, Path(spec_path).parent)
+            repo_dir = await anyio.to_thread.run_sync(git_root, Path(spec_path).parent)
         branch = base_commit = None
         if repo_dir is not None:
             from buildrunnerd.workspace import prepare_run_repo
@@ -382,7 +325,7 @@ class RunManager:
                 for scope in slot.in_flight.values():
                     scope.cancel()
                 slot.graph.cancel_all()
-            tasks = await self.store.list_tasks(run_id)
+            tasks = await self.store.list_tasks(run_id, details=False)
             await self.store.transition(
                 run=RunChange(run_id, "cancelled", "run.cancelled", "cancelled by the user"),
                 batch=None,

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import TYPE_CHECKING
+import contextlib
+import gc
+from collections.abc import Iterator, Sequence
+from typing import TYPE_CHECKING, NoReturn
 
 from buildrunnerd.config._model import PlannerConfig
 from buildrunnerd.errors import PlanError, Problem
@@ -51,7 +53,7 @@ def validate_tasks(tasks: Sequence[Task], *, path: str | None = None) -> None:
         _raise_cycle(cycle, seen, path)
 
 
-def _raise_cycle(cycle: list[str], tasks: dict[str, Task], path: str | None) -> None:
+def _raise_cycle(cycle: list[str], tasks: dict[str, Task], path: str | None) -> NoReturn:
     shown = " -> ".join([*cycle, cycle[0]])
     err = PlanError(
         [Problem(tasks[cycle[0]].line,
@@ -78,6 +80,25 @@ def _ordered(tasks: Sequence[Task], path: str | None) -> tuple[dict[str, list[st
         raise
 
 
+@contextlib.contextmanager
+def _gc_paused() -> Iterator[None]:
+    """Pause the cyclic garbage collector for the duration.
+
+    Planning a large spec allocates hundreds of thousands of small objects that all stay
+    alive, so every collection the allocations trigger re-scans all of them for nothing: about
+    a quarter of the time of a 1 MB spec. Planning creates no reference cycles to collect.
+    Only the caller that found the collector enabled turns it back on, so nested or concurrent
+    plans always leave it as they found it once they are done.
+    """
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            gc.enable()
+
+
 def build_plan(
     spec: Spec,
     tasks: list[Task] | None = None,
@@ -92,11 +113,17 @@ def build_plan(
     (``data["cycle"]`` lists its ids in order) or a batch whose tasks do not fit the context
     budget.
     """
+    with _gc_paused():
+        return _build_plan(spec, tasks, config or PlannerConfig(), counter)
+
+
+def _build_plan(
+    spec: Spec, tasks: list[Task] | None, config: PlannerConfig, counter: TokenCounter | None
+) -> Plan:
     # Imported here, not at the top: the prompt package imports the plan model, and the plan
     # package must stay importable on its own (the executor protocol imports it too).
     from buildrunnerd.prompt import PromptBuilder
 
-    config = config or PlannerConfig()
     if tasks is None:
         tasks = HeuristicPlanner().decompose_sync(spec)
     deps, order = _ordered(tasks, spec.path)

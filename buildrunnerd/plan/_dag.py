@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import heapq
 from collections.abc import Collection, Mapping, Sequence
+from typing import NoReturn
 
 from buildrunnerd.errors import PlanError, Problem
 from buildrunnerd.plan._model import CriticalPath
@@ -63,7 +64,7 @@ def find_cycle(deps: Deps) -> list[str] | None:
     return None
 
 
-def _raise_cycle(cycle: list[str]) -> None:
+def _raise_cycle(cycle: list[str]) -> NoReturn:
     shown = " -> ".join([*cycle, cycle[0]])
     err = PlanError(
         [Problem(None, f"dependency cycle: {shown}; remove one of these dependencies")]

@@ -37,13 +37,18 @@ class Planner(Protocol):
         ...
 
 
-_WORD = re.compile(r"[a-z0-9]+")
+# Underscores keep identifiers whole: "todo_api" is a name, not the word "api".
+_WORD = re.compile(r"[a-z0-9_]+")
+# Code spans hold paths and commands (`todo_api/db.py`, `pytest -q`): named files are judged by
+# their path (see _FILE_KINDS), and a command's words say nothing about the kind of work.
+_CODE_SPAN = re.compile(r"`[^`\n]*`")
 
 
 @lru_cache(maxsize=8192)
 def _analyse(text: str) -> tuple[frozenset[str], str]:
-    """The words of ``text`` (lower case) and the text as " word word ... " for phrases."""
-    words = _WORD.findall(text.lower())
+    """The words of ``text`` (lower case, code spans left out) and the text as
+    " word word ... " for phrases."""
+    words = _WORD.findall(_CODE_SPAN.sub(" ", text.lower()))
     return frozenset(words), f" {' '.join(words)} "
 
 
@@ -109,18 +114,19 @@ _KIND_WORDS: dict[str, _Vocab] = {
 _HTTP_VERB = re.compile(r"\b(?:GET|POST|PUT|PATCH|DELETE)\b|/api/")
 _TESTS_WORDS = _Vocab("test tests testing tested coverage e2e qa")
 _DOCS_WORDS = _Vocab(
-    "documentation document documents documented docs readme guide guides tutorial tutorials "
+    "documentation document documents documented doc docs readme guide guides tutorial tutorials "
     "manual changelog docstring docstrings"
 )
 _DOCS_REQUEST = re.compile(
-    r"^\W*(?:document|write|add|update|provide|include|publish|generate)\b.*\b(?:docs?|"
+    r"^\W*(?:document|write|add|update|provide|include|publish|generate|create|design|"
+    r"prepare|produce|draft|extend)\b.*\b(?:docs?|"
     r"documentation|readme|guides?|tutorials?|manual|changelog|docstrings?)\b"
     r"|^\W*document\b",
     re.IGNORECASE,
 )
 _CRITICAL_WORDS = _Vocab(
     "auth authn authz authentication authenticate authenticated authorization authorize "
-    "authorized login logins logout password passwords payment payments billing checkout "
+    "authorized login logins logout password passwords payment payments billing "
     "security secure credential credentials permission permissions secret secrets 2fa mfa "
     "rbac csrf xss pii",
     stems="invoic encrypt decrypt oauth",
@@ -219,7 +225,19 @@ def _module_name(feature_id: str) -> str:
     return name if name[0].isalpha() else f"feature_{name}"
 
 
-def _default_file(kind: str, feature_id: str, language: str) -> str:
+def _python_root(spec: Spec) -> str | None:
+    """The folder the spec's own Python modules live in (``todo_api``), if it names any:
+    generated modules go next to them instead of into a made-up ``src/`` layout."""
+    counts: dict[str, int] = {}
+    for feature in spec.features:
+        for path in feature.files:
+            if path.endswith(".py") and "/" in path and _file_kind(path) in _IMPL_KINDS:
+                folder = path.rsplit("/", 1)[0]
+                counts[folder] = counts.get(folder, 0) + 1
+    return max(counts, key=lambda k: (counts[k], -len(k))) if counts else None
+
+
+def _default_file(kind: str, feature_id: str, language: str, root: str | None = None) -> str:
     mod = _module_name(feature_id)
     slug = mod.replace("_", "-")
     if kind == "docs":
@@ -243,6 +261,10 @@ def _default_file(kind: str, feature_id: str, language: str) -> str:
             "ui": f"web/{slug}.html",
             "tests": f"internal/{mod}/{mod}_test.go",
         }[kind]
+    if root:
+        suffix = {"data": "_model", "logic": "", "api": "_api", "ui": "_ui"}.get(kind)
+        if suffix is not None:
+            return f"{root}/{mod}{suffix}.py"
     return {
         "data": f"src/models/{mod}.py",
         "logic": f"src/{mod}.py",
@@ -299,9 +321,10 @@ class HeuristicPlanner:
         if spec.tasks:
             return [self._explicit(st, spec) for st in spec.tasks]
         language = _language(spec)
+        root = _python_root(spec) if language == "py" else None
         built: dict[str, _FeatureTasks] = {}
         for feature in spec.features:
-            built[feature.id] = self._feature(feature, language)
+            built[feature.id] = self._feature(feature, language, root)
         for feature in spec.features:
             waits_for: list[str] = []
             for dep in feature.depends_on:
@@ -357,7 +380,7 @@ class HeuristicPlanner:
         return "backend"
 
     # -- decomposition of one feature ---------------------------------------------------------
-    def _feature(self, feature: Feature, language: str) -> _FeatureTasks:
+    def _feature(self, feature: Feature, language: str, root: str | None) -> _FeatureTasks:
         head = f"{feature.name}\n{feature.description}"
         items = [*feature.requirements, *feature.acceptance_criteria]
         head_tags = _tags(head)
@@ -397,6 +420,7 @@ class HeuristicPlanner:
             for kind in hits:
                 assigned[kind].append(item)
 
+        criteria_ids = {id(i) for i in feature.acceptance_criteria}
         critical_feature = "critical" in head_tags
         critical_items = {id(i) for i, t in zip(items, item_tags, strict=True) if "critical" in t}
         out = _FeatureTasks()
@@ -410,7 +434,7 @@ class HeuristicPlanner:
             title = f"{feature.name}: {_KIND_TITLE[kind]}"
             if part is not None:
                 title += f" (part {part[0]}/{part[1]})"
-            files = named.get(kind) or [_default_file(kind, feature.id, language)]
+            files = named.get(kind) or [_default_file(kind, feature.id, language, root)]
             task = Task(
                 id=f"{feature.id}.{counter}",
                 feature=feature.id,
@@ -442,7 +466,7 @@ class HeuristicPlanner:
             deps = [last[k] for k in upstream if k in last]
             # Criteria first: they say what "done" means; requirements say what to build.
             kind_items = sorted(
-                assigned[kind], key=lambda i: (i not in feature.acceptance_criteria, i.line)
+                assigned[kind], key=lambda i: (id(i) not in criteria_ids, i.line)
             )
             chunks = _chunks(kind_items, _MAX_ITEMS_PER_TASK)
             for n, chunk in enumerate(chunks, 1):
@@ -497,8 +521,8 @@ def _tags(text: str) -> frozenset[str]:
         tags.add("tests")
     if _DOCS_WORDS.search(text):
         tags.add("docs")
-    if _DOCS_REQUEST.search(text):
-        tags.add("docs_request")
+        if _DOCS_REQUEST.search(text):  # needs a docs word too: only then worth the regex
+            tags.add("docs_request")
     if _CRITICAL_WORDS.search(text):
         tags.add("critical")
     return frozenset(tags)

@@ -75,7 +75,8 @@ class Plan(msgspec.Struct):
     def to_json_dict(self) -> dict[str, Any]:
         """The ``plan --json`` shape of the contract."""
         return {
-            "spec": {"title": self.spec_title, "path": self.spec_path},
+            "spec": {"title": self.spec_title, "path": self.spec_path,
+                     "test_command": self.test_command},
             "features": msgspec.to_builtins(self.features),
             "tasks": msgspec.to_builtins(self.tasks),
             "batches": msgspec.to_builtins(self.batches),

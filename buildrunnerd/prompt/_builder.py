@@ -63,7 +63,7 @@ do not implement, stub or rewrite their parts.
 # How your work is verified
 When you stop, BuildRunner checks your worktree:
 1. every file your tasks name exists and is not empty;
-2. changed source files parse (Python files compile, imports resolve);
+2. the Python files you add or change compile (and the project's import check passes, if set);
 {tests}
 4. the diff contains no credentials.
 A failed check comes back to you with its report so you can fix it.
@@ -106,9 +106,11 @@ def _render_tasks(batch: Batch, tasks: Sequence[Task], test_command: str | None)
 class _Item:
     """One piece of optional context: rendered with a header, maybe cut to fit."""
 
-    __slots__ = ("header", "body", "footer", "can_cut")
+    __slots__ = ("kind", "header", "body", "footer", "can_cut")
 
-    def __init__(self, header: str, body: str, *, footer: str = "", can_cut: bool) -> None:
+    def __init__(self, kind: str, header: str, body: str, *, footer: str = "",
+                 can_cut: bool) -> None:
+        self.kind = kind  # "overview" | "built" | "file"
         self.header = header
         self.body = body
         self.footer = footer
@@ -120,8 +122,8 @@ class _Item:
 
 def _file_item(path: str, content: str) -> _Item:
     fence = _fence(content)
-    return _Item(f"## `{path}`\n{fence}\n", content.rstrip("\n"), footer=f"\n{fence}",
-                 can_cut=True)
+    return _Item("file", f"## `{path}`\n{fence}\n", content.rstrip("\n"),
+                 footer=f"\n{fence}", can_cut=True)
 
 
 def _context_items(
@@ -134,7 +136,7 @@ def _context_items(
     """Context items, most valuable first."""
     items: list[_Item] = []
     if overview.strip() or title:
-        items.append(_Item(f"# Project: {title}\n", overview.strip(), can_cut=True))
+        items.append(_Item("overview", f"# Project: {title}\n", overview.strip(), can_cut=True))
     named = list(dict.fromkeys(f for t in tasks for f in t.files))
     for path in named:
         if path in files:
@@ -142,7 +144,7 @@ def _context_items(
     # The newest summaries matter most: later batches usually build on the latest work.
     for summary in reversed(built):
         if summary.strip():
-            items.append(_Item("- ", " ".join(summary.split()), can_cut=False))
+            items.append(_Item("built", "- ", " ".join(summary.split()), can_cut=False))
     named_set = set(named)
     for path, content in files.items():
         if path not in named_set:
@@ -152,9 +154,9 @@ def _context_items(
 
 def _assemble(items: Sequence[tuple[_Item, str]]) -> str:
     """Lay the chosen items out in reading order: overview, built, files."""
-    overview = [text for item, text in items if item.header.startswith("# Project")]
-    built = [text for item, text in items if item.header == "- "]
-    files = [text for item, text in items if item.header.startswith("## `")]
+    overview = [text.rstrip() for item, text in items if item.kind == "overview"]
+    built = [text for item, text in items if item.kind == "built"]
+    files = [text for item, text in items if item.kind == "file"]
     sections = list(overview)
     if built:
         sections.append("# Already built (by earlier batches)\n" + "\n".join(built))

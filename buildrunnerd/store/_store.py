@@ -224,12 +224,16 @@ class Store(AttemptMethods, CostMethods):
         await self._write(f"updating run {run_id}", update)
 
     # --- tasks and batches ---------------------------------------------------------------
-    async def list_tasks(self, run_id: str) -> list[TaskRecord]:
-        """A run's tasks in plan order (an unknown run has none)."""
+    async def list_tasks(self, run_id: str, *, details: bool = True) -> list[TaskRecord]:
+        """A run's tasks in plan order (an unknown run has none). ``details=False`` leaves
+        out each task's prompt and verification report (None): listings that do not show
+        them read far less (added for the daemon's run.get/task.list)."""
+        columns = _TASK_COLUMNS if details else _TASK_COLUMNS.replace(
+            "prompt,", "NULL,").replace(" verification,", " NULL,")
 
         def query(conn: sqlite3.Connection) -> tuple[list[Any], list[Any]]:
             rows = conn.execute(
-                f"SELECT {_TASK_COLUMNS} FROM tasks WHERE run_id = ? ORDER BY position",
+                f"SELECT {columns} FROM tasks WHERE run_id = ? ORDER BY position",
                 (run_id,),
             ).fetchall()
             deps = conn.execute(

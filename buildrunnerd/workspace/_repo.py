@@ -149,6 +149,13 @@ class RunRepo:
         )
         return res.stdout.strip()
 
+    async def worktree_head(self, worktree: Path) -> str:
+        """The commit a worktree is at (before a batch commits: the commit it started from,
+        which :func:`verify` takes as ``base_commit``)."""
+        res = await git(["rev-parse", "HEAD"], cwd=Path(worktree), timeout_s=self.timeout_s,
+                        what=f"reading the commit of worktree {worktree}")
+        return res.stdout.strip()
+
     async def add_worktree(self, root: Path, name: str) -> Path:
         """A fresh worktree at ``root/name`` of the run branch's current head (detached, so
         the branch itself is never checked out anywhere). A leftover at that path is removed."""

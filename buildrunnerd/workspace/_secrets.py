@@ -103,6 +103,9 @@ def scan_line(text: str) -> Iterator[tuple[str, str]]:
     for kind, pattern, group in _PATTERNS:
         for m in pattern.finditer(text):
             secret = m.group(group)
+            # "sk-" starts words too ("sk-learn-compatible-wrapper"); real keys hold digits.
+            if kind == "api_key" and not any(c.isdigit() for c in secret):
+                continue
             if secret not in seen:
                 seen.add(secret)
                 yield kind, secret

@@ -74,6 +74,21 @@ class VerificationReport(msgspec.Struct):
         )
 
 
+# Not for the project's code: the model key must not reach code a model just wrote, the
+# daemon's own settings are not the project's, and systemd's socket is the daemon's alone.
+_PRIVATE_ENV_PREFIXES = ("ANTHROPIC_", "BUILDRUNNER_", "NOTIFY_SOCKET", "GIT_")
+
+
+def check_env(base: dict[str, str] | None = None) -> dict[str, str]:
+    """The environment of the import check and the test command: the daemon's, without the
+    model credentials and daemon settings, and without writing byte-code (no ``.pyc`` files
+    in the batch's commit)."""
+    source = dict(os.environ) if base is None else base
+    env = {k: v for k, v in source.items() if not k.startswith(_PRIVATE_ENV_PREFIXES)}
+    env["PYTHONDONTWRITEBYTECODE"] = "1"
+    return env
+
+
 def _tail(data: bytes, limit: int = OUTPUT_TAIL_BYTES) -> str:
     text = data[-limit:].decode("utf-8", "replace")
     return ("…" + text) if len(data) > limit else text
@@ -280,8 +295,7 @@ async def verify(
     py_files = _changed_python_files(diff)
     checks += await anyio.to_thread.run_sync(_compile_all, worktree, py_files)
 
-    env = dict(os.environ)
-    env["PYTHONDONTWRITEBYTECODE"] = "1"  # no .pyc files in the batch's commit
+    env = check_env()
     if config.import_check:
         checks.append(await _run_shell(config.import_check, cwd=worktree, name="import",
                                        timeout_s=config.test_timeout_s, env=env))

@@ -10,7 +10,7 @@ import pytest
 from buildrunnerd.agent import AnthropicExecutor, CostTable
 from buildrunnerd.agent._conversation import ConversationState
 from buildrunnerd.config import PricingConfig
-from tests.agent.conftest import Recorder, batch_key, make_config, make_job, make_worktree
+from tests.agent.support import Recorder, batch_key, make_config, make_job, make_worktree
 from tests.fakeapi import (
     API_KEY,
     ErrorReply,
@@ -35,14 +35,16 @@ def batch_steps(batch: str) -> list[Reply]:
     ]
 
 
-async def test_multi_batch_run_survives_30_percent_faults(tmp_path: Path) -> None:
+@pytest.mark.parametrize("stream", [True, False])
+async def test_multi_batch_run_survives_30_percent_faults(tmp_path: Path, stream: bool) -> None:
     batches = [f"B00{i}" for i in range(1, 7)]
     # Every kind once up front (so each is surely exercised), then 30% at random.
     faults = Faults(rate=0.3, seed=11, retry_after="0", timeout_s=1.0,
-                    sequence=["429", "529", "500", "drop", "timeout", "stream_overload"])
+                    sequence=["429", "529", "500", "drop", "timeout", "stream_overload",
+                              "stream_drop"])
     responder = agent_script({b: batch_steps(b) for b in batches}, batch_key)
     with FakeAnthropic(responder, faults=faults) as fake:
-        ex = AnthropicExecutor(make_config(request_timeout_s=0.6, max_retries=12),
+        ex = AnthropicExecutor(make_config(request_timeout_s=0.6, max_retries=12, stream=stream),
                                api_key=API_KEY, base_url=fake.base_url)
         ctxs = {b: Recorder() for b in batches}
         outcomes = {}
@@ -60,8 +62,10 @@ async def test_multi_batch_run_survives_30_percent_faults(tmp_path: Path) -> Non
     for b in batches:
         assert (worktrees[b] / f"{b}.py").read_text() == f"NAME = {b!r}\n"
     kinds = {r.outcome for r in fake.requests}
-    assert {"fault:429", "fault:529", "fault:500", "fault:drop", "fault:timeout",
-            "fault:stream_overload"} <= kinds
+    expected = {"fault:429", "fault:529", "fault:500", "fault:drop", "fault:timeout"}
+    if stream:  # mid-stream faults need a stream (without one they are plain 529s)
+        expected |= {"fault:stream_overload", "fault:stream_drop"}
+    assert expected <= kinds
     # Every billed call counted once, exactly: tokens and cost.
     calls = [c for ctx in ctxs.values() for c in ctx.calls]
     assert len(calls) == len(fake.billed) == 3 * len(batches)

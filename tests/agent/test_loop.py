@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from buildrunnerd.agent import AnthropicExecutor
-from tests.agent.conftest import SYSTEM, Recorder, make_config, make_job
+from tests.agent.support import SYSTEM, Recorder, make_config, make_job
 from tests.fakeapi import (
     API_KEY,
     FakeAnthropic,

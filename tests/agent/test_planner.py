@@ -12,7 +12,7 @@ from buildrunnerd.config import Config, PlannerConfig
 from buildrunnerd.executor import ApiCall
 from buildrunnerd.plan import HeuristicPlanner
 from buildrunnerd.spec._model import Feature, Item, Spec
-from tests.agent.conftest import make_config
+from tests.agent.support import make_config
 from tests.fakeapi import API_KEY, FakeAnthropic, FakeRequest, Reply, text, tool_use
 
 

@@ -11,7 +11,7 @@ import pytest
 from buildrunnerd.agent import AnthropicExecutor, ToolError
 from buildrunnerd.agent._bash import BashSession, sandbox_mode
 from buildrunnerd.agent._editor import TextEditor
-from tests.agent.conftest import Recorder, make_config, make_job
+from tests.agent.support import Recorder, make_config, make_job
 from tests.fakeapi import API_KEY, FakeAnthropic, Reply, text, tool_use
 
 EDIT = "str_replace_based_edit_tool"

@@ -25,11 +25,13 @@ def start_daemon(tmp_path: Path) -> Iterator[Callable[..., Daemon]]:
     """Start a real buildrunnerd (simulated backend) on a socket under tmp_path."""
     started: list[Daemon] = []
 
-    def start(*, ms_per_minute: float = 0.0, workers: int = 4) -> Daemon:
+    def start(
+        *, ms_per_minute: float = 0.0, workers: int = 4, socket: Path | None = None
+    ) -> Daemon:
         env = base_env(tmp_path)
         env["BUILDRUNNER_SIM_MS_PER_MINUTE"] = str(ms_per_minute)
         home = tmp_path / "home"
-        sock = tmp_path / "run" / "d.sock"
+        sock = socket or tmp_path / "run" / "d.sock"
         log = tmp_path / f"daemon-{len(started)}.log"
         with log.open("wb") as log_file:
             process = subprocess.Popen(

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import json
+import signal
+import subprocess
 from collections.abc import Callable
 from pathlib import Path
 
-from tests.brctl.brctl_support import Daemon
+from tests.brctl.brctl_support import BRCTL, Daemon
 
 
 def _json(daemon: Daemon, *args: str) -> object:
@@ -68,13 +70,52 @@ def test_retry_after_a_failure_unblocks_and_succeeds(
     assert failed and "blocked" in states.values()
 
     marker.touch()
+    retried_ids = []
     for task_id in failed:
+        task = _json(daemon, "task", task_id)
+        assert isinstance(task, dict)
+        if task["state"] != "failed":
+            continue  # re-queued with a batch mate that was retried first
         retried = daemon.brctl("retry", task_id)
         assert retried.exit_code == 0, retried.output
         assert f"re-queued task {task_id}" in retried.stdout
+        retried_ids.append(task_id)
+    assert retried_ids
     second = daemon.brctl("logs", run_id, "--follow")
     assert second.exit_code == 0, second.output
     assert "run succeeded" in second.stdout.splitlines()[-1]
     final = _json(daemon, "tasks", run_id)
     assert isinstance(final, dict)
     assert {t["state"] for t in final["tasks"]} == {"succeeded"}
+
+
+def test_follow_survives_a_daemon_restart(
+    start_daemon: Callable[..., Daemon], realworld_repo: Path
+) -> None:
+    daemon = start_daemon(ms_per_minute=8)
+    submitted = _json(daemon, "submit", str(realworld_repo / "PROJECT_SPEC.md"))
+    assert isinstance(submitted, dict)
+    run_id = submitted["run_id"]
+    follower = subprocess.Popen(
+        [*BRCTL, "--socket", str(daemon.socket), "--json", "status", run_id, "--follow"],
+        env=daemon.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    try:
+        assert follower.stdout is not None
+        first = json.loads(follower.stdout.readline())  # following, mid-run
+        assert first["run_id"] == run_id
+        status = _json(daemon, "status", run_id)
+        assert isinstance(status, dict) and status["state"] == "running"  # restart mid-run
+        daemon.process.send_signal(signal.SIGTERM)
+        assert daemon.process.wait(timeout=60) == 0
+        start_daemon(ms_per_minute=8)  # same socket and home: it recovers the run
+        rest, errors = follower.communicate(timeout=90)
+    finally:
+        if follower.poll() is None:
+            follower.kill()
+            follower.wait()
+    assert follower.returncode == 0, errors
+    events = [first, *(json.loads(line) for line in rest.splitlines())]
+    ids = [e["id"] for e in events]
+    assert ids == sorted(set(ids))  # resumed after the last event seen: no gap shown twice
+    assert events[-1]["type"] == "run.succeeded"

@@ -59,6 +59,11 @@ def test_submit_follow_to_success_then_inspect(daemon: Daemon, realworld_repo: P
                  if e["type"] == "task.state_changed" and e["data"]["to"] == "succeeded"]
     assert sorted(succeeded) == sorted(t["id"] for t in status["tasks"])  # each exactly once
 
+    # Following a finished run replays its history and ends with its outcome.
+    replayed = daemon.brctl("--json", "status", run_id, "--follow")
+    assert replayed.exit_code == 0
+    assert [json.loads(line) for line in replayed.stdout.splitlines()] == events
+
     exported = daemon.brctl("export", run_id)
     assert [json.loads(line) for line in exported.stdout.splitlines()] == events
 
@@ -139,7 +144,7 @@ def test_daemon_errors_exit_1_with_the_message(daemon: Daemon) -> None:
 def test_status_follow_without_run_follows_every_active_run(
     start_daemon: Callable[..., Daemon], realworld_repo: Path
 ) -> None:
-    daemon = start_daemon(ms_per_minute=5)  # a few seconds per run: both are still active
+    daemon = start_daemon(ms_per_minute=3)  # over a second per run: both are still active
     spec = str(realworld_repo / "PROJECT_SPEC.md")
     first, second = _submit(daemon, realworld_repo), _submit(daemon, realworld_repo)
     active = json.loads(daemon.brctl("status", "--json").stdout)

@@ -7,6 +7,7 @@ import errno
 import fcntl
 import os
 import pty
+import shlex
 import struct
 import subprocess
 import sys
@@ -92,3 +93,26 @@ async def test_follow_on_a_pipe_prints_plain_lines(tmp_path: Path) -> None:
     assert len(lines) == len(events)  # one line per event, each once
     assert lines[0] == "18:00:00 r-0a1b2c3d run submitted"
     assert lines[-1].startswith("18:00:03 r-0a1b2c3d run failed")
+
+
+async def test_a_reader_that_goes_away_is_not_an_error(tmp_path: Path) -> None:
+    snapshot, events = failed_run()
+    # Far more output than a pipe buffers, so brctl is still writing when `head` exits.
+    many = [{**events[4], "id": i + 1, "data": {"path": f"src/module_{i}.py"},
+             "type": "file.created"} for i in range(5000)]
+    sock = tmp_path / "fake.sock"
+    async with anyio.create_task_group() as tg:
+        dispatcher = recorded_dispatcher(tg, snapshot, many, live_after=0, delay_s=0)
+        await tg.start(RpcServer(sock, dispatcher).serve)
+        command = " ".join(shlex.quote(part) for part in
+                           [*BRCTL, "--socket", str(sock), "logs", snapshot["id"]])
+        with anyio.fail_after(PROCESS_TIMEOUT_S):
+            result = await anyio.run_process(
+                ["bash", "-c", f"set -o pipefail; {command} | head -1"],
+                env=base_env(tmp_path), check=False,
+            )
+        tg.cancel_scope.cancel()
+    assert result.stdout.decode().count("\n") == 1
+    assert "created src/module_0.py" in result.stdout.decode()
+    assert result.stderr.decode() == ""
+    assert result.returncode == 0

@@ -17,7 +17,8 @@ import pytest
 
 from buildrunnerd.config import Config
 from buildrunnerd.daemon._events import EventBus
-from buildrunnerd.daemon._runs import RunManager, SubmitRequest
+from buildrunnerd.daemon._intake import SubmitRequest
+from buildrunnerd.daemon._runs import RunManager
 from buildrunnerd.executor import BatchJob, ExecutionContext, ExecutionOutcome, Executor
 from buildrunnerd.plan._model import Batch, CriticalPath, Plan, PlanFeature, Task
 from buildrunnerd.store import Store

@@ -73,11 +73,17 @@ class Recorder:
 
     def __init__(self) -> None:
         self.ids: list[int] = []
+        self.closed_because: str | None = None
+        self.closed = anyio.Event()
 
     def notify(self, method: str, params: Any) -> bool:
         assert method == "event"
         self.ids.append(params["id"])
-        return True
+        return self.closed_because is None
+
+    def close(self, reason: str = "") -> None:
+        self.closed_because = reason
+        self.closed.set()
 
 
 def event(i: int, run_id: str = "r-1") -> protocol.Event:
@@ -146,3 +152,22 @@ async def test_simulated_backend_fails_the_tasks_listed_in_the_fail_file(
         with pytest.raises(ConfigError, match="BUILDRUNNER_SIM_MS_PER_MINUTE"):
             SimulatedExecutor.from_env({"BUILDRUNNER_SIM_MS_PER_MINUTE": bad})
     assert SimulatedExecutor.from_env({"BUILDRUNNER_SIM_MS_PER_MINUTE": "2.5"}).ms_per_minute == 2.5
+
+
+async def test_a_subscriber_that_falls_behind_during_replay_is_closed_not_left_silent() -> None:
+    bus = EventBus(buffer_limit=2)
+    recorder = Recorder()
+
+    async def list_events(run_id: str | None, since: int, limit: int) -> list[protocol.Event]:
+        for i in range(100, 105):  # more live events than the buffer holds, mid-replay
+            bus.publish(event(i))
+        return [event(1)] if since == 0 else []
+
+    async def send_replay(e: protocol.Event) -> bool:
+        return recorder.notify("event", {"id": e.id})
+
+    sub = await bus.subscribe(recorder, run_id=None, since=0, list_events=list_events,
+                              send_replay=send_replay)
+    assert sub.dropped and not sub.live
+    assert recorder.closed_because is not None and "since" in recorder.closed_because
+    assert bus.subscriber_count == 0

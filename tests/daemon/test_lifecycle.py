@@ -100,3 +100,22 @@ async def test_shutdown_interrupts_and_a_restart_resumes_from_the_checkpoint(
     succeeded = Counter(e.task_id for e in events
                         if e.type == "task.state_changed" and e.data["to"] == "succeeded")
     assert succeeded == {f"{run_id}:TA": 1, f"{run_id}:TB": 1, f"{run_id}:TD": 1}
+
+
+async def test_tasks_keep_their_prompt_and_report_and_listings_can_skip_them(
+    harness: Any,
+) -> None:
+    from buildrunnerd.executor import SimulatedExecutor
+
+    plan = make_plan({"A": ([], 30), "B": (["A"], 20)}, files=True)
+    async with harness(workers=2, executor=SimulatedExecutor()) as h:
+        run_id = await h.submit(plan)
+        assert await h.wait_run(run_id) == "succeeded"
+        full = {t.plan_id: t for t in await h.store.list_tasks(run_id)}
+        light = {t.plan_id: t for t in await h.store.list_tasks(run_id, details=False)}
+    assert full["TB"].prompt and "task of B" in full["TB"].prompt
+    # B's prompt carries A's file (a dependency's output) as context.
+    assert "out/A.py" in full["TB"].prompt
+    assert full["TB"].verification is not None and full["TB"].verification["passed"]
+    assert light["TB"].prompt is None and light["TB"].verification is None
+    assert light["TB"].state == full["TB"].state == "succeeded"

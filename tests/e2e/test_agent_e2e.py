@@ -77,7 +77,7 @@ async def test_anthropic_run_builds_merges_and_bills_exactly(
 ) -> None:
     repo, spec = make_repo(tmp_path)
     faults = Faults(rate=0.3, seed=5, retry_after="0", timeout_s=1.0,
-                    sequence=["429", "529", "500", "drop", "stream_overload"])
+                    sequence=["429", "529", "500", "drop", "stream_overload", "stream_drop"])
     with FakeAnthropic(builder, faults=faults) as fake:
         env = daemon_factory.base_env(ANTHROPIC_API_KEY=API_KEY,
                                       ANTHROPIC_BASE_URL=fake.base_url)

@@ -61,14 +61,21 @@ def worktrees(repo: Path) -> list[str]:
             if line.startswith("worktree ")]
 
 
+def path_without_git() -> str:
+    """The current PATH minus every folder that holds git."""
+    return os.pathsep.join(p for p in os.environ["PATH"].split(os.pathsep)
+                           if p and not Path(p, "git").exists())
+
+
 def entries(folder: Path) -> list[str]:
     return sorted(p.name for p in folder.iterdir()) if folder.exists() else []
 
 
 async def start_daemon(factory: DaemonFactory, tmp_path: Path, *, sim_ms_per_minute: int = 0,
-                       **env: str) -> DaemonProcess:
+                       verify_toml: str = "", **env: str) -> DaemonProcess:
     config = tmp_path / "config.toml"
-    config.write_text("[planner]\nmax_batch_minutes = 60\n\n[verify]\nmax_fix_attempts = 2\n")
+    config.write_text("[planner]\nmax_batch_minutes = 60\n\n[verify]\nmax_fix_attempts = 2\n"
+                      + verify_toml)
     return await factory.start(
         "--config", str(config),
         env=factory.base_env(BUILDRUNNER_SIM_MS_PER_MINUTE=str(sim_ms_per_minute), **env),
@@ -130,7 +137,8 @@ async def test_run_branch_holds_every_file_one_commit_per_batch(
     commits = git(repo, "log", "--no-merges", "--format=%an|%s",
                   f"{before['head']}..{branch}").splitlines()
     assert len(commits) == len(batches)
-    assert all(c.startswith("BuildRunner|") and info["id"] in c for c in commits)
+    assert all(c.startswith(f"BuildRunner|buildrunner {info['id']} B") for c in commits)
+    assert sorted(c.rsplit(": ", 1)[1] for c in commits) == ["T001", "T002", "T003", "T004"]
     created = {e["data"]["path"] for e in events if e["type"] == "file.created"}
     assert {"app/db.py", "web/index.py"} <= created
     # The user's checkout: same HEAD, same branch, same status, same bytes in every file.
@@ -144,7 +152,8 @@ async def test_failing_test_command_fails_batch_after_fixups_and_blocks_dependen
     daemon_factory: DaemonFactory, tmp_path: Path
 ) -> None:
     repo = make_repo(tmp_path / "repo", SPEC)
-    daemon = await start_daemon(daemon_factory, tmp_path)
+    daemon = await start_daemon(daemon_factory, tmp_path,
+                                verify_toml="keep_failed_worktrees = true\n")
     # Fails exactly where the reports module exists: in T002's batch, not in T001's or T003's.
     test_cmd = "if [ -f app/reports.py ]; then echo 'FAILED test_reports' >&2; exit 1; fi"
     info, events = await run_to_end(daemon, spec_path=str(repo / "TASKS.md"),
@@ -163,8 +172,13 @@ async def test_failing_test_command_fails_batch_after_fixups_and_blocks_dependen
     [tests_check] = [c for c in task["verification"]["checks"] if c["name"] == "tests"]
     assert tests_check["passed"] is False
     assert "FAILED test_reports" in tests_check["output_tail"]
-    # Nothing of the failed batch reached the branch.
+    # Nothing of the failed batch reached the branch; its worktree is kept for inspection
+    # (keep_failed_worktrees), the others are gone.
     assert "app/reports.py" not in git(repo, "ls-tree", "-r", "--name-only", info["branch"])
+    [kept] = entries(daemon.home / "worktrees" / info["id"])
+    kept_path = daemon.home / "worktrees" / info["id"] / kept
+    assert (kept_path / "app" / "reports.py").is_file()
+    assert str(kept_path) in worktrees(repo)
 
 
 async def test_planted_aws_key_fails_verification_with_file_and_line(
@@ -225,8 +239,10 @@ async def test_daemon_killed_mid_run_leaves_no_orphan_worktree(
     await wait_run_event(daemon.socket, run["id"], ("batch.dispatched",), timeout_s=30.0)
     root = daemon.home / "worktrees" / run["id"]
     with anyio.fail_after(30):
-        while not entries(root):
-            await anyio.sleep(0.05)  # the worktree appears right after the dispatch event
+        # Another process's folder: there is no event to wait on; it appears right after the
+        # dispatch event.
+        while not entries(root):  # noqa: ASYNC110
+            await anyio.sleep(0.05)
     orphans = [root / name for name in entries(root)]
     assert any(str(p) in worktrees(repo) for p in orphans)
     daemon.proc.send_signal(signal.SIGKILL)
@@ -277,9 +293,7 @@ async def test_git_missing_is_a_clear_error(
     daemon_factory: DaemonFactory, tmp_path: Path
 ) -> None:
     repo = make_repo(tmp_path / "repo", SPEC)
-    path = os.pathsep.join(p for p in os.environ["PATH"].split(os.pathsep)
-                           if p and not Path(p, "git").exists())
-    daemon = await start_daemon(daemon_factory, tmp_path, PATH=path)
+    daemon = await start_daemon(daemon_factory, tmp_path, PATH=path_without_git())
     async with daemon.client() as client:
         try:
             await client.call("run.submit", spec_path=str(repo / "TASKS.md"), repo=str(repo))

@@ -139,7 +139,8 @@ class Faults:
 
     rate: float = 0.0
     seed: int = 0
-    kinds: Sequence[str] = ("429", "529", "500", "drop", "timeout", "stream_overload")
+    kinds: Sequence[str] = ("429", "529", "500", "drop", "timeout", "stream_overload",
+                            "stream_drop")
     sequence: list[str] = field(default_factory=list)
     retry_after: str = "0"  # value of the retry-after header on injected 429s
     timeout_s: float = 1.5  # how long a "timeout" fault holds the connection before closing
@@ -509,12 +510,13 @@ def _make_handler(fake: FakeAnthropic) -> type[BaseHTTPRequestHandler]:
                     time.sleep(fake.faults.timeout_s)
                     self._drop()
                     return
-                if fault != "stream_overload" or not req.stream:
+                if fault not in ("stream_overload", "stream_drop") or not req.stream:
                     # a mid-stream overload needs a stream; elsewhere it is a plain 529
                     self._send_error(ErrorReply(529, "overloaded_error", "Overloaded"),
                                      request_id)
                     return
             reply = fake._responder(req)
+            stream_drop = fault == "stream_drop"
             if fault == "stream_overload":
                 reply = Reply(reply.content, reply.stop_reason, reply.usage, reply.model,
                               {"type": "overloaded_error", "message": "Overloaded"})
@@ -550,6 +552,11 @@ def _make_handler(fake: FakeAnthropic) -> type[BaseHTTPRequestHandler]:
             delivered = False
             try:
                 for event, data in _stream_events(message, reply):
+                    if stream_drop and event == "content_block_stop":
+                        # the connection breaks in the middle of the answer
+                        req.outcome = "fault:stream_drop"
+                        self._drop()
+                        return
                     if event == "message_stop":
                         req.outcome = "ok"
                         billed = fake._bill(req, model, usage, request_id)

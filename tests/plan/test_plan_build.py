@@ -66,7 +66,7 @@ def test_plan_carries_spec_warnings_done_tasks_and_the_test_command() -> None:
     )
     plan = build_plan(spec)
     out = plan.to_json_dict()
-    assert out["spec"] == {"title": "P", "path": "p.md"}
+    assert out["spec"] == {"title": "P", "path": "p.md", "test_command": "pytest -q"}
     assert [w["line"] for w in out["warnings"]] == [2, 3]
     assert "1 of 2 tasks are marked done" in out["warnings"][1]["message"]
     assert plan.test_command == "pytest -q"
@@ -128,3 +128,20 @@ def test_random_specs_give_consistent_plans(spec: Spec) -> None:
                 assert any(by_id[s].feature == dep for s in seen)
         named = [f for t in mine for f in t.files if f in feature.files]
         assert sorted(set(named)) == sorted(feature.files), "named files are all used"
+
+
+def test_planning_leaves_the_garbage_collector_as_it_found_it() -> None:
+    import gc
+
+    assert gc.isenabled()
+    build_plan(SPEC, [_task("a")])
+    assert gc.isenabled()
+    with pytest.raises(PlanError):
+        build_plan(SPEC, [_task("a", ["a"])])
+    assert gc.isenabled(), "re-enabled after an error too"
+    gc.disable()
+    try:
+        build_plan(SPEC, [_task("a")])
+        assert not gc.isenabled(), "a caller's choice to disable it is kept"
+    finally:
+        gc.enable()

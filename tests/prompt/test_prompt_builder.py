@@ -165,3 +165,27 @@ def test_fix_prompt_lists_failed_checks_with_where_and_output() -> None:
         {"checks": [{"name": "t", "passed": False, "output_tail": "x" * 50_000}]}
     )
     assert len(long_tail) < 6000
+
+
+def test_every_batch_of_a_plan_shares_the_system_part_and_keeps_its_budget() -> None:
+    from buildrunnerd.prompt import PromptBuilder
+    from buildrunnerd.spec import parse_spec_file
+
+    spec = parse_spec_file(
+        Path(__file__).resolve().parents[3] / "shared" / "specs" / "realworld"
+        / "taskmaster-prd.txt"
+    )
+    plan = build_plan(spec)
+    builder = PromptBuilder(plan.spec_title, test_command="pytest -q", budget_tokens=600)
+    by_id = {t.id: t for t in plan.tasks}
+    prompts = [
+        builder.build(b, [by_id[i] for i in b.task_ids], overview=spec.overview * 3,
+                      built=[f"{b.id}: earlier work" for _ in range(5)])
+        for b in plan.batches
+    ]
+    assert len({p.system for p in prompts}) == 1
+    for prompt, batch in zip(prompts, plan.batches, strict=True):
+        tasks_part = prompt.user[prompt.user.index("# Your tasks"):]
+        assert prompt.context_tokens + COUNTER.count(tasks_part) <= 600
+        assert all(f"## {tid}:" in tasks_part for tid in batch.task_ids)
+        assert prompt.tokens > COUNTER.count(prompt.system) + prompt.context_tokens

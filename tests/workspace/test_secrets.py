@@ -29,6 +29,12 @@ def test_key_inside_a_longer_token_is_not_an_aws_key() -> None:
     assert [k for k, _ in scan_line(f"id={AWS_KEY}")] == ["aws_access_key"]
 
 
+def test_sk_words_are_not_keys() -> None:
+    assert list(scan_line("pip install sk-learn-compatible-estimator-wrapper")) == []
+    key = "sk-proj-" + "4fQ9xT2mK7vL1pZ8nR3wY6bH"
+    assert [k for k, _ in scan_line(f"OPENAI = '{key}'")] == ["api_key"]
+
+
 def test_entropy_rule_tells_random_values_from_words() -> None:
     assert [k for k, _ in scan_line("api_token = 'q7Vd9Lx2Rk4Tn8Wz1Pb6'")] == [
         "high_entropy_assignment"]

@@ -260,3 +260,14 @@ async def test_invalid_allowlist_line_is_an_error_naming_it(wt: Path, tmp_path: 
     allow.write_text("# ok\n([unclosed\n")
     with pytest.raises(WorkspaceError, match=r"allow\.txt:2: invalid regular expression"):
         await verify(wt, [], test_cmd="true", config=VerifyConfig(secret_allowlist=str(allow)))
+
+
+async def test_test_command_gets_no_model_key(wt: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("ANTHROPIC_API_KEY", "sk-ant-not-for-generated-code")
+    monkeypatch.setenv("PROJECT_SETTING", "kept")
+    (wt / "a.py").write_text("A = 1\n")
+    report = await verify(wt, [task("T1", "a.py")], test_cmd="env; test -z \"$ANTHROPIC_API_KEY\"")
+    [check] = by_name(report, "tests")
+    assert check["passed"] is True, check
+    assert "PROJECT_SETTING=kept" in str(check["output_tail"])
+    assert "PYTHONDONTWRITEBYTECODE=1" in str(check["output_tail"])

@@ -1,0 +1,1 @@
+"""Black-box conformance tests of the outside contract (/work/shared/contract.md)."""
