@@ -196,6 +196,7 @@ class _Daemon:
         env = {k: v for k, v in os.environ.items() if not k.startswith(("BUILDRUNNER_",
                                                                         "ANTHROPIC_"))}
         env.update(BUILDRUNNER_SIM_MS_PER_MINUTE="0", BUILDRUNNER_LOG_LEVEL="warning",
+                   BUILDRUNNER_MAX_WORKERS_PER_RUN=str(workers),
                    NOTIFY_SOCKET=str(notify_path))
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "buildrunnerd", "--backend", "simulated", "--workers",
@@ -289,7 +290,7 @@ def main() -> int:
     if not args.no_daemon:
         with tempfile.TemporaryDirectory(prefix="sched-bench-") as tmp:
             result["daemon"] = bench_daemon(Path(tmp), features=100 if args.quick else 250,
-                                            repeats=2 if args.quick else 3, workers=8)
+                                            repeats=2 if args.quick else 3, workers=4)
     if args.json:
         print(json.dumps(result, indent=2))
         return 0

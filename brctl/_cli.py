@@ -10,7 +10,7 @@ import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any, Literal, NoReturn
 
 import click
 import msgspec
@@ -41,7 +41,8 @@ class Settings:
         return socket_path()
 
     def client(self, *, timeout_s: float | None = None) -> RpcClient:
-        return RpcClient(self.socket_path(), timeout_s=timeout_s or self.timeout_s)
+        """A client; ``timeout_s`` raises the wait for slow methods (never lowers --timeout-s)."""
+        return RpcClient(self.socket_path(), timeout_s=max(timeout_s or 0.0, self.timeout_s))
 
 
 def _settings(ctx: click.Context) -> Settings:
@@ -228,23 +229,26 @@ def submit_cmd(
         result = client.call("run.submit", params)
         run_id = str(result.get("run_id") or result.get("id")) if isinstance(result, dict) \
             else str(result)
-        if settings.json:
+        if settings.json and follow:
+            # One JSON document per line: this, then the run's events.
+            click.echo(msgspec.json.encode({"run_id": run_id}).decode())
+        elif settings.json:
             _print_json({"run_id": run_id})
         else:
             click.echo(run_id)
         if follow:
-            _follow_runs(ctx, client, [run_id], mode="status")
+            _follow_runs(ctx, client, [run_id], mode="status", as_json=settings.json)
 
 
-def _follow_runs(ctx: click.Context, client: RpcClient, run_ids: list[str], *, mode: str,
-                 as_json: bool = False) -> NoReturn:
+def _follow_runs(
+    ctx: click.Context, client: RpcClient, run_ids: list[str], *,
+    mode: Literal["status", "logs"], as_json: bool = False,
+) -> NoReturn:
     from brctl._follow import follow, snapshot
 
     views = [snapshot(client, run_id) for run_id in run_ids]
     out = sys.stdout
-    code = follow(client, views, out=out, mode="logs" if mode == "logs" else "status",
-                  tty=out.isatty(), as_json=as_json)
-    ctx.exit(code)
+    ctx.exit(follow(client, views, out=out, mode=mode, tty=out.isatty(), as_json=as_json))
 
 
 def _active_runs(client: RpcClient) -> list[dict[str, Any]]:
@@ -266,8 +270,6 @@ def _run_with_tasks(client: RpcClient, run_id: str) -> dict[str, Any]:
                    "with --json, print its events as JSON lines.")
 def status_cmd(ctx: click.Context, run_id: str | None, follow: bool) -> None:
     """A run's state, tasks by state, cost, elapsed, branch (no RUN: every active run)."""
-    from brctl._output import format_status
-
     settings = _settings(ctx)
     with settings.client() as client:
         if run_id is None:
@@ -284,6 +286,8 @@ def status_cmd(ctx: click.Context, run_id: str | None, follow: bool) -> None:
     if settings.json:
         _print_json(runs[0] if run_id is not None else runs)
     else:
+        from brctl._output import format_status  # not imported for --json: scripts poll this
+
         click.echo("\n\n".join(format_status(run) for run in runs))
 
 

@@ -71,8 +71,10 @@ async def sandbox_mode(setting: str) -> Literal["bwrap", "none"]:
             "agent.sandbox = \"bwrap\" but bubblewrap is missing or cannot create a sandbox "
             "here; install it (apt-get install bubblewrap) or set agent.sandbox = \"auto\"."
         )
-    _log.warning("bubblewrap not available; the model's commands run without a sandbox "
-                 "(install bubblewrap for network isolation)")
+    if not _bwrap_probe.get("warned"):
+        _bwrap_probe["warned"] = True  # once per daemon, not once per batch
+        _log.warning("bubblewrap not available; the model's commands run without a sandbox "
+                     "(install bubblewrap for network isolation)")
     return "none"
 
 

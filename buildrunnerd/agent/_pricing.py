@@ -17,8 +17,9 @@ class CostTable:
     """Prices per million tokens, looked up by model name.
 
     A dated model id (``claude-sonnet-5-5-20261001``) takes the price of the longest table
-    entry it starts with (followed by ``-``). A model not in the table costs 0, with one warning per model: the
-    run goes on, and ``brctl costs`` under-reports until the table is fixed."""
+    entry it starts with (followed by ``-``). A model not in the table costs 0, with one
+    warning per model: the run goes on, and ``brctl costs`` under-reports until the table is
+    fixed."""
 
     def __init__(self, pricing: PricingConfig) -> None:
         self._models = dict(pricing.models)

@@ -133,6 +133,17 @@ def _make_executor(backend: str, config: Config, socket: Path) -> Executor:
     return executor
 
 
+def _first_error(exc: BaseException) -> Exception | None:
+    """The first ordinary exception in ``exc`` (unwrapping task-group exception groups)."""
+    if isinstance(exc, BaseExceptionGroup):
+        for inner in exc.exceptions:
+            found = _first_error(inner)
+            if found is not None:
+                return found
+        return None
+    return exc if isinstance(exc, Exception) else None
+
+
 def _err(message: str) -> None:
     print(f"buildrunnerd: {message}", file=sys.stderr, flush=True)
 
@@ -183,7 +194,14 @@ class _Daemon:
             _err(f"already running ({who}) on {self.socket}; stop it first (brctl shutdown) "
                  "or use another --socket")
             return 1
-        await anyio.Path(self.home).mkdir(parents=True, exist_ok=True, mode=0o700)
+        try:
+            await anyio.Path(self.home).mkdir(parents=True, exist_ok=True, mode=0o700)
+            if not await anyio.Path(self.home).is_dir():
+                raise NotADirectoryError(20, "not a directory")
+        except OSError as exc:
+            _err(f"cannot use the state dir {self.home}: {exc.strerror or exc}; choose another "
+                 "with --home or $BUILDRUNNER_HOME")
+            return 1
         with _home_lock(self.home) as lock:
             if lock is None:
                 owner = (self.home / _LOCK_FILENAME).read_text(encoding="utf-8").strip() or "?"
@@ -192,8 +210,15 @@ class _Daemon:
                 return 1
             try:
                 return await self._serve()
-            except BuildRunnerError as exc:
-                _err(str(exc))
+            except (Exception, BaseExceptionGroup) as exc:
+                error = _first_error(exc)
+                if error is None:
+                    raise
+                if isinstance(error, BuildRunnerError):
+                    _err(str(error))
+                else:  # a bug: keep the traceback in the log, a short line on stderr
+                    _log.error("daemon.crashed", exc_info=error)
+                    _err(f"internal error: {type(error).__name__}: {error}")
                 return 1
 
     async def _serve(self) -> int:

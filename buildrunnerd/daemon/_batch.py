@@ -302,13 +302,16 @@ def _relevant_files(run: ActiveRun, tasks: list[Task], root: Path) -> dict[str, 
     return found
 
 
-def _build_prompt(
-    run: ActiveRun, batch: Batch, config: Config, files: dict[str, str]
+def _prompt_for_attempt(
+    run: ActiveRun, batch: Batch, tasks: list[Task], root: Path, config: Config,
+    built: list[str],
 ) -> BatchPrompt:
+    """Runs in a worker thread: relevant files from the worktree, then the prompt."""
     from buildrunnerd.prompt import build_batch_prompt
 
     prompt: BatchPrompt = build_batch_prompt(
-        run.plan, batch, overview=run.overview, built=list(run.summaries[-50:]), files=files,
+        run.plan, batch, overview=run.overview, built=built,
+        files=_relevant_files(run, tasks, root),
         test_command=run.test_cmd, budget_tokens=config.planner.context_budget_tokens,
     )
     return prompt
@@ -374,8 +377,12 @@ async def run_batch_lifecycle(
         try:
             # Built per attempt, after the worktree: a re-run after a conflict sees the
             # files as they are on the new head.
-            files = await anyio.to_thread.run_sync(_relevant_files, run, tasks, path)
-            prompt = _build_prompt(run, plan_batch, config, files)
+            # One worker thread reads the files and counts the tokens (tiktoken is CPU work
+            # that would otherwise stall every other batch and client on the loop).
+            built = list(run.summaries[-50:])
+            prompt = await anyio.to_thread.run_sync(
+                _prompt_for_attempt, run, plan_batch, tasks, path, config, built
+            )
             await store.set_tasks_details(task_gids, prompt=f"{prompt.system}\n\n{prompt.user}")
             result, report = await _execute_and_verify(
                 store=store, executor=executor, config=config, run=run, ctx=ctx,

@@ -115,10 +115,11 @@ class RunManager:
         await cleanup_orphan_worktrees(Path(record.repo), active.worktree_root, keep=set())
 
     async def _activate(
-        self, record: RunRecord, *, resume: dict[str, int] | None = None, start: bool = True
+        self, record: RunRecord, *, resume: dict[str, int] | None = None, start: bool = True,
+        overview: str | None = None,
     ) -> tuple[ActiveRun, RunSlot]:
         plan = record.plan()
-        overview = await self._overview(record)
+        overview = await self._overview(record) if overview is None else overview
         active = ActiveRun(
             id=record.id, plan=plan, overview=overview, home=self.home,
             repo=Path(record.repo) if record.repo else None, branch=record.branch,
@@ -217,7 +218,7 @@ class RunManager:
             plan = await self._claude_plan(spec)
         return await self.submit_plan(
             plan, spec_text=text, spec_path=spec_path, request=request,
-            spec_test_command=spec.test_command,
+            spec_test_command=spec.test_command, overview=spec.overview,
         )
 
     async def _claude_plan(self, spec: Any) -> Plan:
@@ -244,8 +245,10 @@ class RunManager:
         spec_path: str | None,
         request: SubmitRequest,
         spec_test_command: str | None = None,
+        overview: str | None = None,
     ) -> RunRecord:
-        """Start a run of an already built plan (``submit`` after parsing and planning)."""
+        """Start a run of an already built plan (``submit`` after parsing and planning);
+        ``overview`` is the spec's opening prose for prompts (None: parsed again)."""
         run_id = f"r-{secrets.token_hex(4)}"
         repo_dir = Path(request.repo) if request.repo else None
         if repo_dir is not None and not repo_dir.is_absolute():
@@ -265,9 +268,13 @@ class RunManager:
                 timeout_s=self.config.verify.git_timeout_s,
             )
             repo_dir, branch, base_commit = run_repo.repo, run_repo.branch, run_repo.base_commit
-        default_workers = min(self.config.daemon.max_workers_per_run, self.scheduler.workers)
+        # A run may ask for fewer workers than the daemon's per-run cap, never more (the
+        # cap is what the operator configured; RunInfo.workers shows the effective value).
+        cap = self.config.daemon.max_workers_per_run
+        workers = min(request.workers, cap) if request.workers else min(cap,
+                                                                        self.scheduler.workers)
         options = RunOptions(
-            workers=request.workers or default_workers,
+            workers=workers,
             budget_usd=(request.budget_usd if request.budget_usd is not None
                         else self.config.budget_usd),
             test_cmd=request.test_cmd or spec_test_command or self.config.verify.test_cmd,
@@ -282,7 +289,7 @@ class RunManager:
         _log.info("run.submitted", run_id=run_id, tasks=len(plan.tasks),
                   batches=len(plan.batches), repo=record.repo, workers=options.workers)
         async with self._lock:
-            await self._activate(record)
+            await self._activate(record, overview=overview)
         return await self.store.get_run(run_id)
 
     # --- control --------------------------------------------------------------------------

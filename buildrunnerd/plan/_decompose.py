@@ -79,7 +79,7 @@ _KIND_WORDS: dict[str, _Vocab] = {
     "data": _Vocab(
         "database databases db schema schemas table tables model models migration migrations "
         "store stores stored storage save saves saved saving record records entity entities "
-        "mysql sqlite redis orm crud field fields column columns index indexes",
+        "mysql sqlite redis orm crud column columns index indexes",
         stems="persist sql postgres mongo",
     ),
     "logic": _Vocab(
@@ -112,7 +112,7 @@ _KIND_WORDS: dict[str, _Vocab] = {
 }
 # HTTP verbs only count in capitals ("GET /users"), not as English verbs ("get a list").
 _HTTP_VERB = re.compile(r"\b(?:GET|POST|PUT|PATCH|DELETE)\b|/api/")
-_TESTS_WORDS = _Vocab("test tests testing tested coverage e2e qa")
+_TESTS_WORDS = _Vocab("test tests testing tested coverage e2e qa unittest pytest jest vitest")
 _DOCS_WORDS = _Vocab(
     "documentation document documents documented doc docs readme guide guides tutorial tutorials "
     "manual changelog docstring docstrings"
@@ -177,7 +177,8 @@ _FILE_KINDS: list[tuple[str, re.Pattern[str]]] = [
     )),
     ("data", re.compile(r"(^|/)(models?|schemas?|migrations|db|database|entities)(/|\.|_)|\.sql$",
                         re.IGNORECASE)),
-    ("api", re.compile(r"(^|/)(api|routes?|endpoints|handlers|controllers)(/|\.)|route\.\w+$",
+    ("api", re.compile(r"(^|/)(api|routes?|endpoints|handlers|controllers|server)(/|\.)"
+                       r"|route\.\w+$",
                        re.IGNORECASE)),
 ]
 
@@ -367,10 +368,15 @@ class HeuristicPlanner:
         if st.files:
             kinds = [_file_kind(f) for f in st.files]
             return _KIND_DOMAIN[max(dict.fromkeys(kinds), key=kinds.count)]
-        if _TESTS_WORDS.search(st.title):
+        # The title's opening says what the task is: "Write tests for X" is tests work,
+        # "Create parser.py - 28 tests" is not.
+        if _TEST_OPENING.match(st.title):
             return "tests"
-        if _DOCS_WORDS.search(st.title):
+        if _about(st.title) == "docs" or _DOCS_OPENING.match(st.title):
             return "docs"
+        for kind in ("infra", "ui", "data", "api", "logic"):
+            if _KIND_WORDS[kind].search(st.title):
+                return _KIND_DOMAIN[kind]
         for kind in ("infra", "ui", "data", "api", "logic"):
             if _KIND_WORDS[kind].search(text):
                 return _KIND_DOMAIN[kind]
@@ -382,8 +388,17 @@ class HeuristicPlanner:
     # -- decomposition of one feature ---------------------------------------------------------
     def _feature(self, feature: Feature, language: str, root: str | None) -> _FeatureTasks:
         head = f"{feature.name}\n{feature.description}"
-        items = [*feature.requirements, *feature.acceptance_criteria]
         head_tags = _tags(head)
+        # A requirement that is about tests or docs ("`tests/test_api.py` exercises every
+        # endpoint", "`README.md` explains how to run it") is work for the tests or docs task;
+        # its other words ("endpoint") are no reason for implementation tasks.
+        test_reqs: list[Item] = []
+        doc_reqs: list[Item] = []
+        items: list[Item] = []
+        for req in feature.requirements:
+            about = _about(req.text)
+            (test_reqs if about == "tests" else doc_reqs if about == "docs" else items).append(req)
+        items.extend(feature.acceptance_criteria)
         item_tags = [_tags(i.text) for i in items]
 
         kinds = set(head_tags.union(*item_tags).intersection(_IMPL_KINDS))
@@ -394,17 +409,19 @@ class HeuristicPlanner:
         if feature.domain in _DOMAIN_KIND and _DOMAIN_KIND[feature.domain] in _IMPL_KINDS:
             kinds.add(_DOMAIN_KIND[feature.domain])
         wants_tests = (
-            bool(feature.acceptance_criteria) or "tests" in named or "tests" in head_tags
-            or any("tests" in t for t in item_tags)
+            bool(feature.acceptance_criteria or test_reqs) or "tests" in named
+            or "tests" in head_tags or any("tests" in t for t in item_tags)
         )
         # Docs only when asked for: a named doc file, the feature's own description, or a
         # requirement that says to write them ("documentation" in a list of categories is not).
-        wants_docs = "docs" in named or "docs" in head_tags or any(
+        wants_docs = bool(doc_reqs) or "docs" in named or "docs" in head_tags or any(
             "docs_request" in t for t in item_tags
         )
-        if not kinds and not (wants_docs and not feature.requirements):
+        # Sentences that describe behaviour (not just "the tests pass") need code.
+        behaviour = [i for i, t in zip(items, item_tags, strict=True) if "tests" not in t]
+        if not kinds and (behaviour or not (wants_tests or wants_docs)):
             # Nothing more specific in the text: the feature is its own piece of logic. A
-            # feature that only asks for documentation gets just the docs task.
+            # feature that only asks for tests or documentation gets just those tasks.
             kinds.add("logic")
 
         # Each requirement or criterion goes to every component whose words it uses; the rest
@@ -421,6 +438,7 @@ class HeuristicPlanner:
                 assigned[kind].append(item)
 
         criteria_ids = {id(i) for i in feature.acceptance_criteria}
+        routed = {id(i) for i in (*test_reqs, *doc_reqs)}
         critical_feature = "critical" in head_tags
         critical_items = {id(i) for i, t in zip(items, item_tags, strict=True) if "critical" in t}
         out = _FeatureTasks()
@@ -490,20 +508,54 @@ class HeuristicPlanner:
         out.impl_sinks = [t for t in last.values() if t not in depended]
         sinks = out.impl_sinks
         if wants_tests:
-            checks = feature.acceptance_criteria or feature.requirements
-            criteria = [f"A test checks: {i.text}" for i in checks] or [
+            checks = feature.acceptance_criteria or [
+                r for r in feature.requirements if id(r) not in routed
+            ]
+            criteria = [i.text for i in test_reqs] + [f"A test checks: {i.text}" for i in checks]
+            criteria = criteria or [
                 f"Tests cover {feature.name}: {_first_sentence(feature.description)}"
             ]
             criteria.append("The test command passes")
             add("tests", criteria, "medium" if len(checks) > 3 else "simple", sinks, None)
         if wants_docs:
-            add("docs", [f"The documentation explains how to use {feature.name}"]
-                + [i.text for i in _docs_items(items)], "simple", sinks, None)
+            docs = [i.text for i in doc_reqs] or [
+                f"The documentation explains how to use {feature.name}"
+            ]
+            add("docs", docs + [i.text for i in _docs_items(items)], "simple", sinks, None)
         if not out.impl_sinks:
             # A docs- or tests-only feature: dependents wait for all of it.
             out.impl_sinks = [t.id for t in out.tasks if t.id not in
                               {d for x in out.tasks for d in x.depends_on}]
         return out
+
+
+_DOCS_OPENING = re.compile(
+    r"^\W*(?:(?:fix|update|write|create|add)\s+(?:the\s+)?(?:user\s+)?)?"
+    r"(?:docs?|documentation|readme|guides?|tutorials?|changelog)\b",
+    re.IGNORECASE,
+)
+_TEST_OPENING = re.compile(
+    r"^\W*(?:(?:write|add|create)\s+(?:unit\s+|integration\s+|e2e\s+)?tests?|"
+    r"(?:unit|integration|e2e|end-to-end)\s+tests?|tests?)\b",
+    re.IGNORECASE,
+)
+
+
+def _about(requirement: str) -> str | None:
+    """"tests" or "docs" when a requirement is work for the tests or docs task: it names a
+    test or doc file, or opens by asking for tests or docs."""
+    for span in _CODE_SPAN.findall(requirement):
+        path = span.strip("`").split()[0] if span.strip("`").split() else ""
+        if "." in path or "/" in path:
+            kind = _file_kind(path)
+            if kind in ("tests", "docs"):
+                return kind
+            return None  # names an implementation file first: implementation work
+    if _TEST_OPENING.match(requirement):
+        return "tests"
+    if "docs_request" in _tags(requirement):
+        return "docs"
+    return None
 
 
 def _docs_items(items: Iterable[Item]) -> list[Item]:

@@ -69,6 +69,12 @@ def test_retry_after_a_failure_unblocks_and_succeeds(
     failed = [task_id for task_id, state in states.items() if state == "failed"]
     assert failed and "blocked" in states.values()
 
+    # `brctl task` shows why it failed: the verification report with the failing check.
+    why = _json(daemon, "task", failed[0])
+    assert isinstance(why, dict) and why["verification"]["passed"] is False
+    shown = daemon.brctl("task", failed[0]).stdout
+    assert "verification: failed" in shown and "FAIL" in shown, shown
+
     marker.touch()
     retried_ids = []
     for task_id in failed:

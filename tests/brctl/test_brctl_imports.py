@@ -25,11 +25,17 @@ print("\n" + json.dumps({"code": code, "modules": sorted(sys.modules)}))
 """
 
 
-def _modules_after(tmp_path: Path, *args: str) -> tuple[int, list[str]]:
+def _run_probe(tmp_path: Path, *args: str) -> tuple[int, list[str], str]:
     result = subprocess.run([sys.executable, "-c", _PROBE, *args], env=base_env(tmp_path),
                             capture_output=True, text=True, timeout=60, check=False)
-    report = json.loads(result.stdout.strip().splitlines()[-1])
-    return report["code"], report["modules"]
+    *output, last = result.stdout.strip().splitlines()
+    report = json.loads(last)
+    return report["code"], report["modules"], "\n".join(output)
+
+
+def _modules_after(tmp_path: Path, *args: str) -> tuple[int, list[str]]:
+    code, modules, _ = _run_probe(tmp_path, *args)
+    return code, modules
 
 
 def _heavy(modules: list[str]) -> list[str]:
@@ -37,8 +43,12 @@ def _heavy(modules: list[str]) -> list[str]:
 
 
 def test_help_imports_nothing_heavy(tmp_path: Path) -> None:
-    code, modules = _modules_after(tmp_path, "--help")
+    code, modules, help_text = _run_probe(tmp_path, "--help")
     assert code == 0
+    for command in ("ping", "plan", "submit", "status", "runs", "tasks", "task", "logs", "pause",
+                    "resume", "cancel", "retry", "costs", "shutdown", "export", "service",
+                    "completion"):
+        assert f"\n  {command} " in help_text, command
     assert "brctl._cli" in modules
     assert _heavy(modules) == []
 

@@ -266,3 +266,32 @@ def test_unix_socket_is_the_transport(daemon: Daemon) -> None:
     assert data.count(b"\n") == 1
     reply = json.loads(data)
     assert reply["id"] == 7 and reply["result"]["simulated"] is True
+
+
+ODD_PARAMS: list[tuple[str, dict[str, Any]]] = [
+    ("run.get", {"run_id": ""}), ("run.get", {"run_id": "x" * 10000}),
+    ("run.get", {"run_id": "r-\u00e9\u0000"}), ("task.get", {"task_id": ":"}),
+    ("task.retry", {"task_id": "r-x:"}), ("run.pause", {"run_id": None}),
+    ("events.list", {"since": -1}), ("events.list", {"since": 2**70}),
+    ("events.list", {"limit": -5}), ("events.list", {"limit": 10**9}),
+    ("events.subscribe", {"since": 2**70}), ("events.subscribe", {"since": -1}),
+    ("costs.summary", {"by": "week"}), ("spec.plan", {"spec_text": "\u0000\u0001"}),
+    ("spec.plan", {"spec_path": "/nonexistent/spec.md"}),
+    ("run.submit", {"spec_text": "# T\n\n## Features\n\n### A\n- [ ] `a.py` a.",
+                    "repo": "/nonexistent/repo"}),
+    ("run.list", {"state": "bogus"}),
+]
+
+
+@pytest.mark.parametrize("method,params", ODD_PARAMS,
+                         ids=[f"{m}-{n}" for n, (m, _) in enumerate(ODD_PARAMS)])
+def test_bad_values_are_client_errors_not_internal_errors(daemon: Daemon, method: str,
+                                                          params: dict[str, Any]) -> None:
+    """-32603 is for bugs of the daemon: a value the client got wrong is -32602 (or an
+    application error), answered on a connection that stays open, by a daemon that stays up."""
+    with daemon.connect() as conn:
+        reply = conn.request(method, params)
+        if "error" in reply:  # a lenient answer (e.g. an empty list) is fine too
+            code = reply["error"]["code"]
+            assert code == -32602 or -32099 <= code <= -32000, reply
+        assert "result" in conn.request("daemon.ping")

@@ -165,3 +165,22 @@ async def test_two_concurrent_runs_with_the_simulated_backend(harness: Any) -> N
             assert len(h.of_type(run_id, "file.created")) == 4
             scratch = h.runs.home / "runs" / run_id / "scratch" / "out"
             assert sorted(p.name for p in scratch.iterdir()) == ["A.py", "B.py", "C.py", "D.py"]
+
+
+async def test_a_run_never_gets_more_workers_than_the_per_run_cap(harness: Any) -> None:
+    from buildrunnerd.config import Config, DaemonConfig
+
+    config = Config(daemon=DaemonConfig(max_workers_per_run=2))
+    roots = {f"R{i}": ([], 10) for i in range(4)}
+    async with harness(workers=4, config=config) as h:
+        ex: GatedExecutor = h.executor
+        run_id = await h.submit(make_plan(roots), workers=5)
+        assert (await h.store.get_run(run_id)).options.workers == 2
+        await ex.wait_for(lambda: len(ex.running) == 2)
+        for key in sorted(ex.running):
+            ex.release(key)
+        await ex.wait_for(lambda: len(ex.started) == 4)
+        assert ex.max_running == 2
+        for key in sorted(ex.running):
+            ex.release(key)
+        assert await h.wait_run(run_id) == "succeeded"

@@ -6,12 +6,16 @@ import json
 import re
 import signal
 import subprocess
+import sys
 import threading
 from pathlib import Path
 from typing import Any
 
 import anyio
+import pytest
 
+from buildrunnerd.agent import CostTable
+from buildrunnerd.config import PricingConfig
 from tests.conftest import DaemonFactory, wait_run_event, write_spec
 from tests.fakeapi import API_KEY, FakeAnthropic, FakeRequest, Faults, Reply, text, tool_use
 
@@ -94,14 +98,28 @@ async def test_anthropic_run_builds_merges_and_bills_exactly(
             await wait_run_event(daemon.socket, run["id"], timeout_s=120)
             info = await client.call("run.get", run_id=run["id"])
             costs = await client.call("costs.summary", run_id=run["id"])
+        brctl = await anyio.run_process(
+            [sys.executable, "-m", "brctl", "--socket", str(daemon.socket), "--json", "costs",
+             "--run", run["id"], "--by", "model"], env=env, check=False)
         assert await daemon.stop() == 0
     assert info["state"] == "succeeded", (info, daemon.stderr()[-3000:])
+    assert brctl.returncode == 0, brctl.stderr.decode()
+    cli_costs = json.loads(brctl.stdout)
     files = set(git(repo, "ls-tree", "-r", "--name-only", info["branch"]).splitlines())
     assert {"app/db.py", "app/accounts.py", "app/reports.py"} <= files
     # The totals the store reports are the usage the API billed, exactly.
     billed = fake.billed_totals()
     for key, value in billed.items():
         assert costs[key] == value, (key, costs, billed)
+        assert cli_costs[key] == value, (key, cli_costs, billed)
+    prices = CostTable(PricingConfig())
+    billed_usd = sum(prices.cost_usd(b.model, b.usage) for b in fake.billed)
+    assert cli_costs["total_usd"] == pytest.approx(billed_usd, rel=1e-9)
+    assert cli_costs["calls"] == len(fake.billed)
+    per_model: dict[str, int] = {}
+    for b in fake.billed:
+        per_model[b.model] = per_model.get(b.model, 0) + 1
+    assert {row["key"]: row["calls"] for row in cli_costs["rows"]} == per_model
     # The key reached neither the model's shell, nor the logs, nor the state dir (DB, events).
     for req in fake.requests:
         assert API_KEY not in req.raw.decode()

@@ -237,3 +237,24 @@ async def test_sighup_reloads_the_configuration(
             while (await client.call("daemon.ping"))["workers"] != 5:  # noqa: ASYNC110
                 await anyio.sleep(0.05)
     assert await daemon.stop() == 0
+
+
+async def test_bad_settings_exit_1_with_a_clear_message_not_a_traceback(
+    daemon_factory: DaemonFactory, tmp_path: Path
+) -> None:
+    bad_latency = daemon_factory.spawn(
+        env=daemon_factory.base_env(BUILDRUNNER_SIM_MS_PER_MINUTE="fast"))
+    assert await bad_latency.wait() == 1
+    assert "BUILDRUNNER_SIM_MS_PER_MINUTE" in bad_latency.stderr()
+    home_is_a_file = tmp_path / "home-file"
+    home_is_a_file.write_text("")
+    bad_home = daemon_factory.spawn("--home", str(home_is_a_file))
+    assert await bad_home.wait() == 1
+    assert "cannot use the state dir" in bad_home.stderr()
+    bad_config = tmp_path / "bad.toml"
+    bad_config.write_text("[daemon]\nwrkers = 2\n")
+    config_error = daemon_factory.spawn("--config", str(bad_config))
+    assert await config_error.wait() == 1
+    assert "daemon.wrkers" in config_error.stderr()
+    for daemon in (bad_latency, bad_home, config_error):
+        assert "Traceback" not in daemon.stderr()

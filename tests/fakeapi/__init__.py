@@ -120,7 +120,7 @@ class FakeRequest:
                 c = m.get("content")
                 if isinstance(c, str):
                     return c
-                return "".join(b.get("text", "") for b in c if b.get("type") == "text")
+                return "".join(b.get("text", "") for b in c or [] if b.get("type") == "text")
         return ""
 
 
@@ -285,7 +285,7 @@ class FakeAnthropic:
     def base_url(self) -> str:
         assert self._server is not None, "server not started"
         host, port = self._server.server_address[:2]
-        return f"http://{host}:{port}"
+        return f"http://{host!s}:{port}"
 
     def start(self) -> FakeAnthropic:
         server = ThreadingHTTPServer(("127.0.0.1", 0), _make_handler(self))
@@ -517,7 +517,7 @@ def _make_handler(fake: FakeAnthropic) -> type[BaseHTTPRequestHandler]:
                     return
             reply = fake._responder(req)
             stream_drop = fault == "stream_drop"
-            if fault == "stream_overload":
+            if fault == "stream_overload" and isinstance(reply, Reply):
                 reply = Reply(reply.content, reply.stop_reason, reply.usage, reply.model,
                               {"type": "overloaded_error", "message": "Overloaded"})
             if isinstance(reply, ErrorReply):
@@ -534,12 +534,12 @@ def _make_handler(fake: FakeAnthropic) -> type[BaseHTTPRequestHandler]:
                 headers_out.update(_ratelimit_headers())
             if not req.stream:
                 req.outcome = "ok"
-                billed = fake._bill(req, model, usage, request_id)
+                whole = fake._bill(req, model, usage, request_id)
                 try:
                     self._send_json(200, message, headers_out)
                 except OSError:
                     req.outcome = "client-gone"
-                    fake._unbill(billed)
+                    fake._unbill(whole)
                 return
             self.send_response(200)
             self.send_header("content-type", "text/event-stream")

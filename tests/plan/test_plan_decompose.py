@@ -167,3 +167,38 @@ async def test_decompose_is_deterministic_and_async_matches_sync() -> None:
     assert isinstance(planner, HeuristicPlanner)
     first = planner.decompose_sync(spec)
     assert await planner.decompose(spec) == first == planner.decompose_sync(spec)
+
+
+def test_test_and_doc_requirements_are_tests_and_docs_work() -> None:
+    feature = Feature(
+        id="qa", name="Tests and documentation", line=1, domain="tests",
+        requirements=_items(
+            "`tests/test_api.py` starts the server and exercises every endpoint with "
+            "urllib.request, including the 401 and 404 cases.",
+            "`README.md` explains how to run the server and shows a curl session.",
+        ),
+        acceptance_criteria=_items("python -m unittest discover passes on a fresh checkout."),
+        files=["tests/test_api.py", "README.md"],
+    )
+    tasks = HeuristicPlanner().decompose_sync(_spec(feature))
+    assert [(t.domain, t.files, t.complexity) for t in tasks] == [
+        ("tests", ["tests/test_api.py"], "simple"), ("docs", ["README.md"], "simple"),
+    ], "no API task from the words of a test, nothing critical about a git checkout"
+    assert tasks[0].acceptance_criteria[0].startswith("`tests/test_api.py` starts the server")
+    assert tasks[1].acceptance_criteria[0].startswith("`README.md` explains")
+
+
+def test_paths_in_code_spans_do_not_decide_the_work_and_new_files_join_the_package() -> None:
+    storage = Feature(
+        id="storage", name="Storage", line=1, domain="database",
+        requirements=_items("A `todo_api/db.py` module opens the database and creates tables."),
+        files=["todo_api/db.py"],
+    )
+    search = Feature(id="search", name="Search", line=9,
+                     requirements=_items("Search todos by title", "GET /todos?q=milk filters"))
+    tasks = HeuristicPlanner().decompose_sync(_spec(storage, search))
+    assert [t.title for t in tasks if t.feature == "storage"] == ["Storage: Data model"]
+    assert {t.title: t.files for t in tasks if t.feature == "search"} == {
+        "Search: Business logic": ["todo_api/search.py"],
+        "Search: API endpoints": ["todo_api/search_api.py"],
+    }
