@@ -10,6 +10,7 @@ from __future__ import annotations
 import itertools
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -217,10 +218,7 @@ class DaemonFactory:
     def cleanup(self) -> None:
         for daemon in self.started:
             daemon.kill()
-        if self.socket_dir.exists():
-            for item in self.socket_dir.iterdir():
-                item.unlink()
-            self.socket_dir.rmdir()
+        shutil.rmtree(self.socket_dir, ignore_errors=True)
 
 
 @pytest.fixture

@@ -6,7 +6,7 @@ described in ``docs/models-and-costs.md``.
 
 from buildrunnerd.agent._confine import ToolError, resolve_in_worktree
 from buildrunnerd.agent._executor import AnthropicExecutor
-from buildrunnerd.agent._planner import ClaudePlanner
+from buildrunnerd.agent._planner import ClaudePlanner, choose_planner
 from buildrunnerd.agent._pricing import CostTable
 from buildrunnerd.agent._retry import RateLimiter
 from buildrunnerd.agent._routing import pick_model
@@ -17,6 +17,7 @@ __all__ = [
     "CostTable",
     "RateLimiter",
     "ToolError",
+    "choose_planner",
     "pick_model",
     "resolve_in_worktree",
 ]

@@ -9,7 +9,7 @@ named; if the second answer is no better, the heuristic planner takes over, with
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, Literal
 
 import anthropic
@@ -26,7 +26,7 @@ from buildrunnerd.plan import HeuristicPlanner, Task, find_cycle
 from buildrunnerd.prompt import TokenCounter, default_counter
 from buildrunnerd.spec._model import Feature, Spec
 
-__all__ = ["ClaudePlanner", "SUBMIT_TASKS_TOOL"]
+__all__ = ["ClaudePlanner", "SUBMIT_TASKS_TOOL", "choose_planner"]
 
 _log = structlog.get_logger("buildrunnerd.agent.planner")
 
@@ -252,3 +252,13 @@ def _render(feature: Feature) -> str:
         lines.append("Files: " + ", ".join(feature.files))
     return "\n".join(lines)
 
+
+
+def choose_planner(config: Config, env: Mapping[str, str], *,
+                   record_call: RecordCall | None = None) -> ClaudePlanner | HeuristicPlanner:
+    """The planner ``planner.planner`` asks for: ``claude``, ``heuristic``, or ``auto`` (Claude
+    when ``ANTHROPIC_API_KEY`` is set in ``env``, else the heuristic planner)."""
+    choice = config.planner.planner
+    if choice == "claude" or (choice == "auto" and env.get("ANTHROPIC_API_KEY")):
+        return ClaudePlanner(config, record_call=record_call)
+    return HeuristicPlanner()

@@ -294,8 +294,7 @@ class DaemonMethods:
         p = parse_params("task.retry", params, _TaskParams)
         self._refuse_when_stopping("task.retry")
         task = await self.runs.retry_task(p.task_id)
-        info: protocol.TaskInfo = task.to_info()
-        return info
+        return task.to_info()
 
     # --- events and costs -----------------------------------------------------------------
     async def events_subscribe(self, params: dict[str, Any], conn: Connection) -> dict[str, Any]:

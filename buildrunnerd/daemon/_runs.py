@@ -36,6 +36,7 @@ from buildrunnerd.store._records import (
     RunOptions,
     RunRecord,
     TaskChange,
+    TaskRecord,
 )
 
 if TYPE_CHECKING:
@@ -345,7 +346,7 @@ class RunManager:
                     await self.store.set_batch_state(batch.id, "cancelled")
             return await self.store.get_run(run_id)
 
-    async def retry_task(self, task_id: str) -> Any:
+    async def retry_task(self, task_id: str) -> TaskRecord:
         """Re-queue a failed task's batch and unblock what waited on it."""
         async with self._lock:
             task = await self.store.get_task(task_id)

@@ -1,7 +1,7 @@
 """``buildrunnerd plan SPEC [--json]``: plan a spec offline and print the plan.
 
 Exit codes: 0 the plan was printed; 1 the spec (or the configuration) cannot be planned, with
-every problem as ``path:line: message`` on stderr, or with ``--json`` as
+every problem as ``path:line: message`` on stderr, and with ``--json`` also as
 ``{"errors": [{"line", "message"}]}`` on stdout. Never a traceback.
 """
 
@@ -52,8 +52,8 @@ def plan_command(spec_path: Path, *, as_json: bool, config_file: Path | None) ->
             if "cycle" in err.data:
                 out["cycle"] = err.data["cycle"]
             sys.stdout.write(msgspec.json.encode(out).decode() + "\n")
-        else:
-            sys.stderr.write(err.message + "\n")
+        # The readable lines go to stderr in both modes: a person watching a script sees them.
+        sys.stderr.write(err.message + "\n")
         return 1
     except BuildRunnerError as err:  # e.g. a ConfigError: names the key and the file
         _report(as_json, str(spec_path), err.message)
@@ -74,8 +74,7 @@ def _report(as_json: bool, where: str, message: str) -> None:
     if as_json:
         out = {"errors": [{"line": None, "message": message}], "path": where}
         sys.stdout.write(msgspec.json.encode(out).decode() + "\n")
-    else:
-        sys.stderr.write(f"{where}: {message}\n")
+    sys.stderr.write(f"{where}: {message}\n")
 
 
 # Above this many rows a table is printed as plain aligned text: rich measures every cell,

@@ -320,7 +320,8 @@ class HeuristicPlanner:
         """Return the tasks of ``spec``: its explicit task list if it has one, else the tasks
         each feature's text calls for, with feature dependencies as task dependencies."""
         if spec.tasks:
-            return [self._explicit(st, spec) for st in spec.tasks]
+            domains = {f.id: f.domain for f in spec.features if f.domain}
+            return [self._explicit(st, domains) for st in spec.tasks]
         language = _language(spec)
         root = _python_root(spec) if language == "py" else None
         built: dict[str, _FeatureTasks] = {}
@@ -336,9 +337,9 @@ class HeuristicPlanner:
         return [task for feature in spec.features for task in built[feature.id].tasks]
 
     # -- explicit tasks -----------------------------------------------------------------------
-    def _explicit(self, st: SpecTask, spec: Spec) -> Task:
+    def _explicit(self, st: SpecTask, feature_domains: dict[str, str]) -> Task:
         text = " ".join([st.title, *(d.text for d in st.details)])
-        domain = st.domain or self._explicit_domain(st, text, spec)
+        domain = st.domain or self._explicit_domain(st, text, feature_domains)
         if st.complexity:
             complexity = st.complexity
         elif _CRITICAL_WORDS.search(text):
@@ -364,26 +365,23 @@ class HeuristicPlanner:
         )
 
     @staticmethod
-    def _explicit_domain(st: SpecTask, text: str, spec: Spec) -> str:
-        if st.files:
-            kinds = [_file_kind(f) for f in st.files]
-            return _KIND_DOMAIN[max(dict.fromkeys(kinds), key=kinds.count)]
+    def _explicit_domain(st: SpecTask, text: str, feature_domains: dict[str, str]) -> str:
         # The title's opening says what the task is: "Write tests for X" is tests work,
         # "Create parser.py - 28 tests" is not.
         if _TEST_OPENING.match(st.title):
             return "tests"
         if _about(st.title) == "docs" or _DOCS_OPENING.match(st.title):
             return "docs"
+        if st.files:
+            kinds = [_file_kind(f) for f in st.files]
+            return _KIND_DOMAIN[max(dict.fromkeys(kinds), key=kinds.count)]
         for kind in ("infra", "ui", "data", "api", "logic"):
             if _KIND_WORDS[kind].search(st.title):
                 return _KIND_DOMAIN[kind]
         for kind in ("infra", "ui", "data", "api", "logic"):
             if _KIND_WORDS[kind].search(text):
                 return _KIND_DOMAIN[kind]
-        for feature in spec.features:
-            if feature.id == st.feature and feature.domain:
-                return feature.domain
-        return "backend"
+        return feature_domains.get(st.feature, "backend")
 
     # -- decomposition of one feature ---------------------------------------------------------
     def _feature(self, feature: Feature, language: str, root: str | None) -> _FeatureTasks:

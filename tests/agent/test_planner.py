@@ -135,3 +135,15 @@ async def test_large_spec_is_chunked_by_feature(fake_api: FakeAnthropic) -> None
     assert len(fake_api.requests) > 1  # several chunks
     for req in fake_api.requests:  # each lists every feature id for cross-chunk deps
         assert all(f"- f{i}: Feature {i}" in req.messages[0]["content"] for i in range(1, 7))
+
+
+async def test_choose_planner_follows_the_config_and_the_key() -> None:
+    from buildrunnerd.agent import choose_planner
+
+    auto = make_config()
+    assert isinstance(choose_planner(auto, {}), HeuristicPlanner)
+    claude = choose_planner(auto, {"ANTHROPIC_API_KEY": API_KEY})
+    assert isinstance(claude, ClaudePlanner)
+    await claude.aclose()
+    forced = Config(agent=auto.agent, planner=PlannerConfig(planner="heuristic"))
+    assert isinstance(choose_planner(forced, {"ANTHROPIC_API_KEY": API_KEY}), HeuristicPlanner)

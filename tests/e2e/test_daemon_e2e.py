@@ -258,3 +258,25 @@ async def test_bad_settings_exit_1_with_a_clear_message_not_a_traceback(
     assert "daemon.wrkers" in config_error.stderr()
     for daemon in (bad_latency, bad_home, config_error):
         assert "Traceback" not in daemon.stderr()
+
+
+async def test_a_subscription_opened_mid_run_sees_every_event_once_in_order(
+    daemon_factory: DaemonFactory, tmp_path: Path
+) -> None:
+    env = daemon_factory.base_env(BUILDRUNNER_SIM_MS_PER_MINUTE="2")
+    spec = write_spec(tmp_path / "spec.md", FEATURES)
+    daemon = await daemon_factory.start(env=env)
+    async with daemon.client() as client, daemon.client() as watcher:
+        run = await client.call("run.submit", spec_path=str(spec), workers=2)
+        await wait_run_event(daemon.socket, run["id"], ("batch.succeeded",))
+        # Subscribed while batches are being written: replay and live must join exactly.
+        await watcher.call("events.subscribe", run_id=run["id"], since=0)
+        seen: list[int] = []
+        with anyio.fail_after(60):
+            while True:
+                note = await watcher.next_notification()
+                seen.append(note["params"]["id"])
+                if note["params"]["type"] == "run.succeeded":
+                    break
+        stored = [e["id"] for e in await all_events(client, run["id"])]
+    assert seen == stored

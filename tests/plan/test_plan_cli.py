@@ -159,6 +159,7 @@ def test_a_task_cycle_names_the_tasks_in_order(tmp_path: Path) -> None:
     out = json.loads(result.stdout)
     assert out["cycle"] == ["T002", "T003"]
     assert out["errors"][0]["line"] == 6 and "T002 -> T003 -> T002" in out["errors"][0]["message"]
+    assert f"{spec}:6: task dependency cycle: T002 -> T003 -> T002" in result.stderr
 
 
 def test_unreadable_and_binary_input_fail_without_a_traceback(tmp_path: Path) -> None:
