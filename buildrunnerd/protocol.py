@@ -103,7 +103,7 @@ class Event(msgspec.Struct):
     task_id: str | None = None
 
 
-class TaskInfo(msgspec.Struct, omit_defaults=True):
+class TaskInfo(msgspec.Struct):
     id: str
     run_id: str
     title: str
@@ -126,7 +126,7 @@ class TaskInfo(msgspec.Struct, omit_defaults=True):
     events: list[Event] | None = None
 
 
-class BatchInfo(msgspec.Struct, omit_defaults=True):
+class BatchInfo(msgspec.Struct):
     id: str
     run_id: str
     task_ids: list[str]
@@ -138,7 +138,7 @@ class BatchInfo(msgspec.Struct, omit_defaults=True):
     prompt_tokens: int = 0
 
 
-class RunInfo(msgspec.Struct, omit_defaults=True):
+class RunInfo(msgspec.Struct):
     id: str
     state: str
     title: str

@@ -13,7 +13,7 @@ import re
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, Literal, TypeVar
 
 import msgspec
 
@@ -81,14 +81,18 @@ class _TaskParams(_Params):
     task_id: str
 
 
+# An event id is an SQLite INTEGER: a cursor past 2**63-1 is a client error, not a crash.
+_Cursor = Annotated[int, msgspec.Meta(ge=0, le=2**63 - 1)]
+
+
 class _SubscribeParams(_Params):
     run_id: str | None = None
-    since: int = 0
+    since: _Cursor = 0
 
 
 class _EventsListParams(_Params):
     run_id: str | None = None
-    since: int = 0
+    since: _Cursor = 0
     limit: int = 1000
     task_id: str | None = None
     types: list[str] | None = None
@@ -125,6 +129,32 @@ def _one_spec(method: str, spec_path: str | None, spec_text: str | None) -> None
             "or spec_text",
             data={"method": method, "param": "spec_path", "reason": "need exactly one"},
         )
+
+
+
+# The wire types omit default values (``omit_defaults``), but the contract promises some of
+# them in every listing (a task's ``attempts`` and ``cost_usd`` even when 0, a run's
+# ``cost_usd``): results are sent with every field, and the ``task.get``/``run.get``-only
+# details only when they are set.
+_TASK_DETAILS = frozenset({"prompt", "verification", "events"})
+_RUN_DETAILS = frozenset({"tasks", "batches"})
+
+
+def task_wire(info: protocol.TaskInfo) -> dict[str, Any]:
+    """A TaskInfo as sent: every field, details only when set."""
+    return {name: getattr(info, name) for name in info.__struct_fields__
+            if not (name in _TASK_DETAILS and getattr(info, name) is None)}
+
+
+def run_wire(info: protocol.RunInfo) -> dict[str, Any]:
+    """A RunInfo as sent: every field, its tasks and batches only when set."""
+    out: dict[str, Any] = {}
+    for name in info.__struct_fields__:
+        value = getattr(info, name)
+        if name in _RUN_DETAILS and value is None:
+            continue
+        out[name] = [task_wire(t) for t in value] if name == "tasks" else value
+    return out
 
 
 Handler = Callable[[dict[str, Any], "Connection"], Awaitable[Any]]
@@ -211,7 +241,7 @@ class DaemonMethods:
         _, plan = await plan_spec(text, path, self.runs.config)
         return plan.to_json_dict()
 
-    async def run_submit(self, params: dict[str, Any], conn: Connection) -> protocol.RunInfo:
+    async def run_submit(self, params: dict[str, Any], conn: Connection) -> dict[str, Any]:
         """Plan a spec and start a run on its repository."""
         p = parse_params("run.submit", params, _SubmitParams)
         _one_spec("run.submit", p.spec_path, p.spec_text)
@@ -227,7 +257,7 @@ class DaemonMethods:
             )
         self._refuse_when_stopping("run.submit")
         record = await self.runs.submit(SubmitRequest(**msgspec.structs.asdict(p)))
-        return await self._run_info(record.id)
+        return run_wire(await self._run_info(record.id))
 
     async def _run_info(self, run_id: str, *, full: bool = False) -> protocol.RunInfo:
         record = await self.store.get_run(run_id)
@@ -239,7 +269,7 @@ class DaemonMethods:
             info.batches = [b.to_info() for b in await self.store.list_batches(run_id)]
         return info
 
-    async def run_list(self, params: dict[str, Any], conn: Connection) -> list[protocol.RunInfo]:
+    async def run_list(self, params: dict[str, Any], conn: Connection) -> list[dict[str, Any]]:
         """Every run, newest first (``state`` filters)."""
         p = parse_params("run.list", params, _RunListParams)
         states = [p.state] if isinstance(p.state, str) else p.state
@@ -249,52 +279,53 @@ class DaemonMethods:
         for record in records:
             by_state = dict.fromkeys(protocol.TASK_STATES, 0)
             by_state.update(counts.get(record.id, {}))
-            infos.append(record.to_info(tasks_by_state=by_state))
+            infos.append(run_wire(record.to_info(tasks_by_state=by_state)))
         return infos
 
-    async def run_get(self, params: dict[str, Any], conn: Connection) -> protocol.RunInfo:
+    async def run_get(self, params: dict[str, Any], conn: Connection) -> dict[str, Any]:
         """One run with its tasks and batches."""
         p = parse_params("run.get", params, _RunParams)
-        return await self._run_info(p.run_id, full=True)
+        return run_wire(await self._run_info(p.run_id, full=True))
 
-    async def run_pause(self, params: dict[str, Any], conn: Connection) -> protocol.RunInfo:
+    async def run_pause(self, params: dict[str, Any], conn: Connection) -> dict[str, Any]:
         p = parse_params("run.pause", params, _RunParams)
         await self.runs.pause(p.run_id, reason="paused by the user")
-        return await self._run_info(p.run_id)
+        return run_wire(await self._run_info(p.run_id))
 
-    async def run_resume(self, params: dict[str, Any], conn: Connection) -> protocol.RunInfo:
+    async def run_resume(self, params: dict[str, Any], conn: Connection) -> dict[str, Any]:
         p = parse_params("run.resume", params, _RunParams)
         self._refuse_when_stopping("run.resume")
         await self.runs.resume(p.run_id)
-        return await self._run_info(p.run_id)
+        return run_wire(await self._run_info(p.run_id))
 
-    async def run_cancel(self, params: dict[str, Any], conn: Connection) -> protocol.RunInfo:
+    async def run_cancel(self, params: dict[str, Any], conn: Connection) -> dict[str, Any]:
         p = parse_params("run.cancel", params, _RunParams)
         await self.runs.cancel(p.run_id)
-        return await self._run_info(p.run_id)
+        return run_wire(await self._run_info(p.run_id))
 
     # --- tasks ----------------------------------------------------------------------------
-    async def task_list(self, params: dict[str, Any], conn: Connection) -> list[protocol.TaskInfo]:
+    async def task_list(self, params: dict[str, Any], conn: Connection) -> list[dict[str, Any]]:
         """A run's tasks in plan order."""
         p = parse_params("task.list", params, _RunParams)
         await self.store.get_run(p.run_id)  # NotFoundError for an unknown run
-        return [t.to_info() for t in await self.store.list_tasks(p.run_id, details=False)]
+        tasks = await self.store.list_tasks(p.run_id, details=False)
+        return [task_wire(t.to_info()) for t in tasks]
 
-    async def task_get(self, params: dict[str, Any], conn: Connection) -> protocol.TaskInfo:
+    async def task_get(self, params: dict[str, Any], conn: Connection) -> dict[str, Any]:
         """One task in full: prompt, verification report, files, events."""
         p = parse_params("task.get", params, _TaskParams)
         task = await self.store.get_task(p.task_id)
         info = task.to_info(full=True)
         info.events = await self.store.list_events(run_id=task.run_id, task_id=task.id,
                                                    limit=1000)
-        return info
+        return task_wire(info)
 
-    async def task_retry(self, params: dict[str, Any], conn: Connection) -> protocol.TaskInfo:
+    async def task_retry(self, params: dict[str, Any], conn: Connection) -> dict[str, Any]:
         """Re-queue a failed task (its batch) and unblock its dependents."""
         p = parse_params("task.retry", params, _TaskParams)
         self._refuse_when_stopping("task.retry")
         task = await self.runs.retry_task(p.task_id)
-        return task.to_info()
+        return task_wire(task.to_info())
 
     # --- events and costs -----------------------------------------------------------------
     async def events_subscribe(self, params: dict[str, Any], conn: Connection) -> dict[str, Any]:
@@ -303,9 +334,6 @@ class DaemonMethods:
         p = parse_params("events.subscribe", params, _SubscribeParams)
         if p.run_id is not None:
             await self.store.get_run(p.run_id)
-        if p.since < 0:
-            raise InvalidParamsError("invalid params for events.subscribe: since must be >= 0",
-                                     data={"method": "events.subscribe", "param": "since"})
         from buildrunnerd.rpc._codec import encode
 
         async def list_events(run_id: str | None, since: int, limit: int) -> list[protocol.Event]:
@@ -326,11 +354,6 @@ class DaemonMethods:
     async def events_list(self, params: dict[str, Any], conn: Connection) -> list[protocol.Event]:
         """Stored events after ``since`` (the cursor), oldest first, at most ``limit``."""
         p = parse_params("events.list", params, _EventsListParams)
-        if p.limit < 1 or p.limit > 10000:
-            raise InvalidParamsError(
-                "invalid params for events.list: limit must be between 1 and 10000",
-                data={"method": "events.list", "param": "limit"},
-            )
         if p.run_id is not None:
             await self.store.get_run(p.run_id)
         return await self.store.list_events(run_id=p.run_id, since=p.since, limit=p.limit,

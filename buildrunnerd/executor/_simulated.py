@@ -19,7 +19,12 @@ from pathlib import Path
 import anyio
 
 from buildrunnerd.errors import ConfigError
-from buildrunnerd.executor._protocol import BatchJob, ExecutionContext, ExecutionOutcome
+from buildrunnerd.executor._protocol import (
+    ApiCall,
+    BatchJob,
+    ExecutionContext,
+    ExecutionOutcome,
+)
 from buildrunnerd.plan._model import Task
 
 __all__ = ["SimulatedExecutor", "SIM_MS_PER_MINUTE_ENV", "SIM_FAIL_FILE_ENV"]
@@ -60,13 +65,17 @@ def _failing_task_ids(env: dict[str, str] | os._Environ[str]) -> set[str]:
     return {line.strip() for line in text.splitlines() if line.strip()}
 
 
-def _write_files(root: Path, tasks: list[Task]) -> None:
+def _write_files(root: Path, tasks: list[Task]) -> int:
+    """Write every file the tasks name; return how many characters were written."""
+    written = 0
     for task in tasks:
         for rel in task.files:
             target = root / rel
             target.parent.mkdir(parents=True, exist_ok=True)
             body = _python_body(task, rel) if rel.endswith(".py") else _text_body(task, rel)
             target.write_text(body, encoding="utf-8")
+            written += len(body)
+    return written
 
 
 class SimulatedExecutor:
@@ -117,7 +126,19 @@ class SimulatedExecutor:
                     model="simulated",
                 )
         # One thread hop for every file of the batch: zero-latency runs measure the daemon.
-        await anyio.to_thread.run_sync(_write_files, Path(job.worktree), job.tasks)
+        written_chars = await anyio.to_thread.run_sync(_write_files, Path(job.worktree), job.tasks)
+        # Record the stand-in "call" like a real one (model "simulated", no cost), so the
+        # accounting path -- api.call events, `brctl costs` rows -- is the same as with Claude.
+        await ctx.record_api_call(
+            ApiCall(
+                model="simulated",
+                input_tokens=job.prompt.tokens,
+                output_tokens=max(1, written_chars // 4),
+                cost_usd=0.0,
+                latency_ms=int(delay_s * 1000),
+                stop_reason="end_turn",
+            )
+        )
         titles = "; ".join(f"{t.id} {t.title}" for t in job.tasks)
         return ExecutionOutcome(
             status="completed",
