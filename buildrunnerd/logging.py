@@ -129,7 +129,7 @@ def configure_logging(
 
     # Third-party libraries (httpx, anthropic, aiosqlite) log through the stdlib: route them
     # through the same processors so they are formatted and redacted the same way.
-    handler = logging.StreamHandler(out)
+    handler = _OwnHandler(out)
     handler.setFormatter(
         structlog.stdlib.ProcessorFormatter(
             foreign_pre_chain=[structlog.stdlib.add_logger_name, *shared],
@@ -142,14 +142,18 @@ def configure_logging(
     )
     root = logging.getLogger()
     for old in list(root.handlers):
-        if getattr(old, "_buildrunner", False):
+        if isinstance(old, _OwnHandler):
             root.removeHandler(old)
-    handler._buildrunner = True  # type: ignore[attr-defined]
     root.addHandler(handler)
     root.setLevel(numeric_level)
     # httpx logs every request at INFO; that is noise next to our own api.call events.
     for noisy in ("httpx", "httpcore", "anthropic._base_client"):
         logging.getLogger(noisy).setLevel(max(numeric_level, logging.WARNING))
+
+
+class _OwnHandler(logging.StreamHandler[TextIO]):
+    """The root handler :func:`configure_logging` installs; a reload replaces only this one,
+    never a handler someone else (pytest's capture, an embedding program) added."""
 
 
 def get_logger(name: str | None = None, **initial: Any) -> Any:

@@ -6,13 +6,15 @@ Light on purpose: imported by ``brctl``.
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from pathlib import Path
 
 __all__ = ["state_home", "socket_path", "config_path"]
 
 
-def state_home(env: os._Environ[str] | dict[str, str] | None = None) -> Path:
-    """``$BUILDRUNNER_HOME``, else ``$XDG_STATE_HOME/buildrunner``, else ``~/.local/state/buildrunner``."""
+def state_home(env: Mapping[str, str] | None = None) -> Path:
+    """``$BUILDRUNNER_HOME``, else ``$XDG_STATE_HOME/buildrunner``,
+    else ``~/.local/state/buildrunner``."""
     env = os.environ if env is None else env
     if env.get("BUILDRUNNER_HOME"):
         return Path(env["BUILDRUNNER_HOME"]).expanduser()
@@ -21,7 +23,7 @@ def state_home(env: os._Environ[str] | dict[str, str] | None = None) -> Path:
     return Path.home() / ".local" / "state" / "buildrunner"
 
 
-def socket_path(env: os._Environ[str] | dict[str, str] | None = None) -> Path:
+def socket_path(env: Mapping[str, str] | None = None) -> Path:
     """``$BUILDRUNNER_SOCKET``, else ``$XDG_RUNTIME_DIR/buildrunner/buildrunnerd.sock``,
     else ``<state home>/buildrunnerd.sock``."""
     env = os.environ if env is None else env
@@ -32,7 +34,7 @@ def socket_path(env: os._Environ[str] | dict[str, str] | None = None) -> Path:
     return state_home(env) / "buildrunnerd.sock"
 
 
-def config_path(env: os._Environ[str] | dict[str, str] | None = None) -> Path | None:
+def config_path(env: Mapping[str, str] | None = None) -> Path | None:
     """``$BUILDRUNNER_CONFIG``, else ``$XDG_CONFIG_HOME/buildrunner/config.toml`` (or
     ``~/.config/buildrunner/config.toml``) if it exists, else None (built-in defaults)."""
     env = os.environ if env is None else env

@@ -16,7 +16,7 @@ from buildrunnerd.config import AgentConfig, Config
 from buildrunnerd.errors import BudgetExceededError
 from buildrunnerd.executor import ApiCall, BatchJob
 from buildrunnerd.plan import BatchPrompt, Task
-from tests.fakeapi import API_KEY, FakeAnthropic
+from tests.fakeapi import API_KEY, FakeAnthropic, FakeRequest
 from tests.fakeapi.fixtures import fake_api  # noqa: F401 (a fixture)
 
 SYSTEM = "You are a careful engineer working for BuildRunner. " * 40  # stable, cacheable
@@ -100,7 +100,7 @@ async def executor(fake_api: FakeAnthropic) -> AsyncIterator[AnthropicExecutor]:
     await ex.aclose()
 
 
-def batch_key(req: Any) -> str:
+def batch_key(req: FakeRequest) -> str:
     """Which batch a request belongs to: the ``[batch Bxxx]`` tag of its first user text."""
     first = req.first_user_text()
     return first[first.index("[batch ") + 7: first.index("]")]

@@ -74,8 +74,8 @@ async def test_multi_batch_run_survives_30_percent_faults(tmp_path: Path, stream
             "cache_read_input_tokens")
     assert {k: sum(getattr(c, k) for c in calls) for k in keys} == fake.billed_totals()
     table = CostTable(PricingConfig())
-    expected = sum(table.cost_usd(b.model, b.usage) for b in fake.billed)
-    assert sum(c.cost_usd for c in calls) == pytest.approx(expected, rel=1e-12)
+    expected_usd = sum(table.cost_usd(b.model, b.usage) for b in fake.billed)
+    assert sum(c.cost_usd for c in calls) == pytest.approx(expected_usd, rel=1e-12)
     retried = [e for ctx in ctxs.values() for e in ctx.events if e[0] == "agent.retry"]
     assert len(retried) == sum(1 for r in fake.requests if r.outcome != "ok")
 

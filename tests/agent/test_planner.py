@@ -72,7 +72,8 @@ async def test_valid_answer_becomes_tasks(fake_api: FakeAnthropic,
     assert schema["properties"]["complexity"]["enum"] == [
         "simple", "medium", "complex", "critical"]
     assert not body.get("stream")  # one forced tool call: no streaming needed
-    recorded = planner.record_call.calls  # type: ignore[union-attr]
+    assert isinstance(planner.record_call, CallLog)
+    recorded = planner.record_call.calls
     assert len(recorded) == 1 and recorded[0].purpose == "planner"
     assert recorded[0].output_tokens == fake_api.billed[0].usage["output_tokens"]
 

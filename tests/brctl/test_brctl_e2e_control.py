@@ -35,7 +35,8 @@ def test_pause_resume_cancel(start_daemon: Callable[..., Daemon], realworld_repo
 
     resumed = daemon.brctl("resume", run_id)
     assert resumed.exit_code == 0, resumed.output
-    assert _json(daemon, "status", run_id)["state"] in ("running", "succeeded")  # type: ignore[index]
+    status = _json(daemon, "status", run_id)
+    assert isinstance(status, dict) and status["state"] in ("running", "succeeded")
 
     cancelled = daemon.brctl("cancel", run_id)
     assert cancelled.exit_code == 0, cancelled.output

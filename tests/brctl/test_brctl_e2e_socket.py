@@ -13,6 +13,7 @@ import sys
 import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -47,7 +48,7 @@ def open_dir() -> Iterator[Path]:
         shutil.rmtree(path, ignore_errors=True)
 
 
-def _exchange(path: Path, payload: bytes) -> list[dict[str, object]]:
+def _exchange(path: Path, payload: bytes) -> list[dict[str, Any]]:
     """Send raw bytes, half-close, read every reply line until the daemon closes."""
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as raw:
         raw.settimeout(SOCKET_TIMEOUT_S)
@@ -88,7 +89,7 @@ def test_malformed_and_oversize_frames_do_not_stop_the_daemon(daemon: Daemon) ->
                                        b'{"jsonrpc":"2.0","id":2,"method":"run.explode"}\n'
                                        b'{"jsonrpc":"2.0","id":3,"method":"run.get","params":{}}\n'
                                        b'{"jsonrpc":"2.0","id":4,"method":"daemon.ping"}\n')
-    codes = [r.get("error", {}).get("code") for r in replies]  # type: ignore[union-attr]
+    codes = [r.get("error", {}).get("code") for r in replies]
     assert codes == [protocol.PARSE_ERROR, protocol.INVALID_REQUEST, protocol.METHOD_NOT_FOUND,
                      protocol.INVALID_PARAMS, None]
     assert replies[-1]["id"] == 4
@@ -96,6 +97,6 @@ def test_malformed_and_oversize_frames_do_not_stop_the_daemon(daemon: Daemon) ->
     limit = protocol.DEFAULT_MAX_FRAME_BYTES
     oversize = _exchange(daemon.socket, b'{"jsonrpc":"2.0","id":5,"method":"x","params":"'
                          + b"a" * (limit + 10) + b'"}\n')
-    assert oversize[0]["error"]["code"] == protocol.FRAME_TOO_LARGE  # type: ignore[index]
+    assert oversize[0]["error"]["code"] == protocol.FRAME_TOO_LARGE
     assert daemon.brctl("ping").exit_code == 0
     assert daemon.process.poll() is None

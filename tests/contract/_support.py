@@ -170,11 +170,11 @@ class RawConnection:
             frame["params"] = params
         self.send_json(frame)
         while True:
-            reply = self.read_frame()
+            reply: dict[str, Any] = self.read_frame()
             if isinstance(reply, dict) and "id" not in reply and "method" in reply:
                 continue  # a notification (events of a subscription): not our reply
             assert reply.get("id") == self._next_id, reply
-            return reply  # type: ignore[no-any-return]
+            return reply
 
 
 def rpc(path: Path, method: str, **params: Any) -> Any:
@@ -302,10 +302,10 @@ def wait_event(daemon: Daemon, run_id: str, event_type: str,
     """Poll ``events.list`` until the run has an event of ``event_type``; that event."""
     deadline = time.monotonic() + timeout_s
     while True:
-        events = daemon.rpc("events.list", run_id=run_id, limit=10000)
+        events: list[dict[str, Any]] = daemon.rpc("events.list", run_id=run_id, limit=10000)
         for event in events:
             if event["type"] == event_type:
-                return event  # type: ignore[no-any-return]
+                return event
         if time.monotonic() > deadline:
             raise AssertionError(f"no {event_type} event for {run_id} in {timeout_s}s: "
                                  f"{[e['type'] for e in events]}")

@@ -47,7 +47,9 @@ def test_demo_builds_the_example_and_stops_the_daemon(tmp_path: Path) -> None:
     # The daemon was stopped by the script's exit trap: it logged its stop and its pid is gone.
     log = (demo / "buildrunnerd.log").read_text()
     assert "daemon.stopped" in log
-    pid = int(re.search(r"\bpid=(\d+)", log).group(1))  # type: ignore[union-attr]
+    logged_pid = re.search(r"\bpid=(\d+)", log)
+    assert logged_pid is not None, log
+    pid = int(logged_pid.group(1))
     assert not Path(f"/proc/{pid}").exists() or "zombie" in Path(f"/proc/{pid}/status").read_text()
     assert not (demo / "buildrunnerd.sock").exists()
 

@@ -23,6 +23,7 @@ PLANTED = "sk-ant-api03-" + "Zx9" * 30  # looks like a real Anthropic key
 def stream() -> Iterator[io.StringIO]:
     # configure_logging changes process-wide state; put it all back for the other tests.
     root = logging.getLogger()
+    handlers_before = list(root.handlers)
     levels = {name: logging.getLogger(name).level
               for name in ("", "httpx", "httpcore", "anthropic._base_client")}
     buffer = io.StringIO()
@@ -30,7 +31,7 @@ def stream() -> Iterator[io.StringIO]:
     yield buffer
     structlog.reset_defaults()
     for handler in list(root.handlers):
-        if getattr(handler, "_buildrunner", False):
+        if handler not in handlers_before:
             root.removeHandler(handler)
     for name, level in levels.items():
         logging.getLogger(name).setLevel(level)

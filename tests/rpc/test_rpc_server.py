@@ -11,6 +11,7 @@ import sys
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import anyio
 import anyio.lowlevel
@@ -68,7 +69,8 @@ async def test_oversize_frame_is_refused_and_only_that_connection_closed(tmp_pat
     async with running_server(sock, max_frame_bytes=1024), RawClient.connect(sock) as bystander:
         async with RawClient.connect(sock) as client:
             # Exactly at the limit is fine.
-            request = {"jsonrpc": "2.0", "id": 1, "method": "echo", "params": {"p": ""}}
+            request: dict[str, Any] = {"jsonrpc": "2.0", "id": 1, "method": "echo",
+                                       "params": {"p": ""}}
             request["params"]["p"] = "x" * (1024 - len(json.dumps(request)))
             frame = json.dumps(request).encode()
             assert len(frame) == 1024

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -68,13 +69,13 @@ def make_plan(n_batches: int = 3, tasks_per_batch: int = 2, *, title: str = "Dem
 
 
 async def submit(
-    store: Store, run_id: str = "r-00000001", plan: Plan | None = None, **options: object
+    store: Store, run_id: str = "r-00000001", plan: Plan | None = None, **options: Any
 ) -> RunRecord:
     """Create a run of ``plan`` (default :func:`make_plan`)."""
     return await store.create_run(
         NewRun(
             id=run_id, spec_text="# Demo\n", spec_path="/specs/demo.md", repo="/repo",
-            options=RunOptions(**options),  # type: ignore[arg-type]
+            options=RunOptions(**options),
         ),
         plan or make_plan(),
     )
