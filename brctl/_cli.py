@@ -308,8 +308,8 @@ def tasks_cmd(ctx: click.Context, run_id: str) -> None:
     from brctl._output import format_tasks
 
     with _settings(ctx).client() as client:
-        run = client.call("run.get", {"run_id": run_id})
-        tasks = _as_list(client.call("task.list", {"run_id": run_id}), "tasks")
+        run = _run_with_tasks(client, run_id)  # run.get already carries the tasks
+    tasks = _as_list(run["tasks"], "tasks")
     result = {"id": run.get("id", run_id), "run_id": run.get("id", run_id),
               "state": run.get("state"), "tasks": tasks}
     _emit(ctx, result, format_tasks(tasks))

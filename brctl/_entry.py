@@ -383,43 +383,62 @@ def _float(value: float) -> str:
     return f"{sign}{digits}e{exp10}"
 
 
+_CONSTANTS = {None: "null", True: "true", False: "false"}
+
+
+def _scalar(value: Any) -> str | None:
+    """A leaf's JSON text, or None for a container."""
+    kind = type(value)
+    if kind is str:
+        return _encode_str(value)
+    if kind is int:
+        return int.__repr__(value)
+    if kind is float:
+        return _float(value)
+    if value is None or kind is bool:
+        return _CONSTANTS[value]
+    if kind is dict or kind is list:
+        return None
+    raise _Fallback(f"unexpected {kind.__name__}")
+
+
 def _dump(value: Any, out: list[str], indent: str) -> None:
-    if isinstance(value, str):
-        out.append(_encode_str(value))
-    elif value is None:
-        out.append("null")
-    elif value is True:
-        out.append("true")
-    elif value is False:
-        out.append("false")
-    elif type(value) is int:
-        out.append(int.__repr__(value))
-    elif type(value) is float:
-        out.append(_float(value))
-    elif type(value) is dict:
-        if not value:
-            out.append("{}")
-            return
-        inner = indent + "  "
-        separator = "{\n" + inner
+    # Leaves are written inline (no call per leaf): a 500-task status is mostly leaves.
+    leaf = _scalar(value)
+    if leaf is not None:
+        out.append(leaf)
+        return
+    if not value:
+        out.append("{}" if type(value) is dict else "[]")
+        return
+    inner = indent + "  "
+    separator = ",\n" + inner
+    if type(value) is dict:
+        out.append("{\n" + inner)
+        first = True
         for key, item in value.items():
-            out.append(separator + _encode_str(key) + ": ")
-            _dump(item, out, inner)
-            separator = ",\n" + inner
+            leaf = _scalar(item)
+            head = _encode_str(key) + ": " if first else separator + _encode_str(key) + ": "
+            first = False
+            if leaf is not None:
+                out.append(head + leaf)
+            else:
+                out.append(head)
+                _dump(item, out, inner)
         out.append("\n" + indent + "}")
-    elif type(value) is list:
-        if not value:
-            out.append("[]")
-            return
-        inner = indent + "  "
-        separator = "[\n" + inner
-        for item in value:
-            out.append(separator)
-            _dump(item, out, inner)
-            separator = ",\n" + inner
-        out.append("\n" + indent + "]")
     else:
-        raise _Fallback(f"unexpected {type(value).__name__}")
+        out.append("[\n" + inner)
+        first = True
+        for item in value:
+            leaf = _scalar(item)
+            if not first:
+                out.append(separator)
+            first = False
+            if leaf is not None:
+                out.append(leaf)
+            else:
+                _dump(item, out, inner)
+        out.append("\n" + indent + "]")
 
 
 def format_json(value: Any) -> str:

@@ -53,6 +53,7 @@ class Problem:
         self.message = message
 
     def to_dict(self) -> dict[str, Any]:
+        """The problem as it goes on the wire (an item of a spec error's ``data.errors``)."""
         return {"line": self.line, "message": self.message}
 
     def __repr__(self) -> str:

@@ -62,6 +62,9 @@ TERMINAL_RUN_STATES: frozenset[str] = frozenset({"succeeded", "failed", "cancell
 
 # --- JSON-RPC envelopes ---------------------------------------------------------------------
 class ErrorObject(msgspec.Struct, omit_defaults=True):
+    """The ``error`` member of a failed response: a JSON-RPC ``code``, a readable ``message``
+    and ``data`` with details (e.g. spec problems)."""
+
     code: int
     message: str
     data: Any = None
@@ -77,6 +80,8 @@ class Request(msgspec.Struct, omit_defaults=True):
 
 
 class Response(msgspec.Struct, omit_defaults=False):
+    """The reply to a request: exactly one of ``result`` and ``error`` is meaningful."""
+
     id: int | str | None
     jsonrpc: str = "2.0"
     result: Any = None
@@ -84,6 +89,8 @@ class Response(msgspec.Struct, omit_defaults=False):
 
 
 class Notification(msgspec.Struct):
+    """A message from the daemon that expects no reply (``event`` on a subscribed connection)."""
+
     method: str
     params: Any
     jsonrpc: str = "2.0"
@@ -104,6 +111,9 @@ class Event(msgspec.Struct):
 
 
 class TaskInfo(msgspec.Struct):
+    """A task as ``run.get``, ``task.list`` and ``task.get`` return it (``task.get`` adds the
+    prompt, verification and events)."""
+
     id: str
     run_id: str
     title: str
@@ -127,6 +137,8 @@ class TaskInfo(msgspec.Struct):
 
 
 class BatchInfo(msgspec.Struct):
+    """A batch of tasks that one agent conversation works on, as ``run.get`` returns it."""
+
     id: str
     run_id: str
     task_ids: list[str]
@@ -139,6 +151,8 @@ class BatchInfo(msgspec.Struct):
 
 
 class RunInfo(msgspec.Struct):
+    """A run as ``run.list`` and ``run.get`` return it (``run.get`` adds tasks and batches)."""
+
     id: str
     state: str
     title: str
@@ -161,6 +175,8 @@ class RunInfo(msgspec.Struct):
 
 
 class CostRow(msgspec.Struct):
+    """Spend and tokens of one group of ``costs.summary`` (a model, a day or a run)."""
+
     key: str  # model name, day (YYYY-MM-DD) or run id, per ``by``
     calls: int
     input_tokens: int
@@ -171,6 +187,8 @@ class CostRow(msgspec.Struct):
 
 
 class CostSummary(msgspec.Struct):
+    """The result of ``costs.summary``: totals, and one row per group of ``by``."""
+
     by: str
     total_usd: float
     calls: int
@@ -183,6 +201,8 @@ class CostSummary(msgspec.Struct):
 
 
 class PingResult(msgspec.Struct):
+    """The result of ``daemon.ping``: who is answering, and with which backend and workers."""
+
     version: str
     pid: int
     uptime_s: float

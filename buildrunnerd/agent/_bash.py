@@ -101,12 +101,16 @@ class BashSession:
     makes one at a time)."""
 
     def __init__(self, worktree: Path, *, sandbox: Literal["bwrap", "none"], timeout_s: float,
-                 max_chars: int, socket_dir: Path | None = None) -> None:
+                 max_chars: int, socket_dir: Path | None = None,
+                 hidden_dirs: tuple[Path, ...] = ()) -> None:
         self.worktree = worktree.resolve()
         self.sandbox = sandbox
         self.timeout_s = timeout_s
         self.max_chars = max_chars
         self.socket_dir = socket_dir
+        # More folders the sandbox hides (the daemon's state dir: its database, the other
+        # runs' worktrees); the worktree itself stays visible even when it lies inside one.
+        self.hidden_dirs = hidden_dirs
         self._proc: anyio.abc.Process | None = None
         self._scratch = Path(tempfile.mkdtemp(prefix="buildrunner-bash-"))
         self._buffer = b""
@@ -164,10 +168,14 @@ class BashSession:
         argv = ["bwrap", "--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc",
                 "--tmpfs", "/tmp", "--unshare-net", "--unshare-pid", "--unshare-ipc",
                 "--die-with-parent", "--new-session"]
-        if (self.socket_dir is not None and self.socket_dir.is_dir()
-                and not self.worktree.is_relative_to(self.socket_dir)):
-            # A Unix socket is reachable through a read-only mount: hide the daemon's.
-            argv += ["--tmpfs", str(self.socket_dir)]
+        # A Unix socket is reachable through a read-only mount: hide the daemon's folder (and
+        # the state dir) under empty tmpfs mounts, parents first. The worktree and scratch
+        # binds come after, so bwrap re-creates their paths inside a hidden parent.
+        hide = {d.resolve() for d in (self.socket_dir, *self.hidden_dirs)
+                if d is not None and d.is_dir()}
+        for folder in sorted(hide, key=lambda d: len(d.parts)):
+            if not folder.is_relative_to(self.worktree):  # never the worktree or inside it
+                argv += ["--tmpfs", str(folder)]
         argv += ["--bind", wt, wt, "--ro-bind", str(self._scratch), str(self._scratch)]
         if (self.worktree / ".git").is_dir():
             argv += ["--ro-bind", str(self.worktree / ".git"), str(self.worktree / ".git")]

@@ -69,7 +69,7 @@ class AnthropicExecutor:
 
     def __init__(self, config: Config, *, api_key: str | None = None,
                  base_url: str | None = None, limiter: RateLimiter | None = None,
-                 socket_path: Path | None = None) -> None:
+                 socket_path: Path | None = None, state_dir: Path | None = None) -> None:
         self.config = config
         self.limiter = limiter or RateLimiter()
         self.costs = CostTable(config.pricing)
@@ -80,6 +80,9 @@ class AnthropicExecutor:
         self._settings = CallSettings.from_config(config.agent, config.models.fallback)
         self._counter = default_counter()
         self._socket_dir = (socket_path or paths.socket_path()).parent
+        # The sandbox hides the state dir too (database, other runs' worktrees, and the
+        # default socket, which lives there).
+        self._hidden_dirs = (state_dir,) if state_dir is not None else ()
         # Last checkpoint per (run, batch, attempt) so a fix-up round continues the
         # conversation (and its cache) when the daemon does not hand it back. Bounded.
         self._recent: OrderedDict[tuple[str, str, int], bytes] = OrderedDict()
@@ -98,7 +101,7 @@ class AnthropicExecutor:
             return ExecutionOutcome("failed", reason=str(exc), model=state.model)
         bash = BashSession(worktree, sandbox=sandbox, timeout_s=self.config.agent.bash_timeout_s,
                            max_chars=self.config.agent.tool_output_max_chars,
-                           socket_dir=self._socket_dir)
+                           socket_dir=self._socket_dir, hidden_dirs=self._hidden_dirs)
         editor = TextEditor(worktree, max_characters=self.config.agent.tool_output_max_chars)
         try:
             with anyio.move_on_after(self.config.agent.batch_timeout_s):

@@ -105,6 +105,7 @@ class RetentionConfig(_Section):
     events_days: int = 90
     api_calls_days: int = 365
     vacuum_interval_hours: float = 24.0
+    first_pass_delay_s: float = 60.0  # the first prune/vacuum pass, after the daemon starts
 
 
 class Config(_Section):

@@ -45,7 +45,7 @@ _log = structlog.get_logger("buildrunnerd")
 DB_FILENAME = "buildrunner.db"
 _LOCK_FILENAME = "buildrunnerd.lock"
 _PROBE_TIMEOUT_S = 2.0
-_RETENTION_FIRST_DELAY_S = 60.0
+_RETENTION_MIN_INTERVAL_S = 1.0
 _SHUTDOWN_REPLY_S = 2.0
 
 
@@ -124,12 +124,14 @@ def _choose_backend(options: DaemonOptions, config: Config, env: dict[str, str])
     return choice
 
 
-def _make_executor(backend: str, config: Config, socket: Path) -> Executor:
+def _make_executor(backend: str, config: Config, socket: Path, home: Path) -> Executor:
     if backend == "simulated":
         return SimulatedExecutor.from_env()
     from buildrunnerd.agent import AnthropicExecutor
 
-    executor: Executor = AnthropicExecutor(config, socket_path=socket)
+    # The socket (wherever --socket put it) and the state dir are hidden from the model's
+    # shell; its environment is scrubbed (no BUILDRUNNER_SOCKET, no API key) by the agent.
+    executor: Executor = AnthropicExecutor(config, socket_path=socket, state_dir=home)
     return executor
 
 
@@ -232,7 +234,7 @@ class _Daemon:
         config = self.config
         backend = _choose_backend(self.options, config, self.env)
         workers = self.options.workers or config.daemon.workers
-        executor = _make_executor(backend, config, self.socket)
+        executor = _make_executor(backend, config, self.socket, self.home)
         if backend == "simulated":
             _log.warning("backend.simulated",
                          message="SIMULATED backend: no model is called; batches write "
@@ -336,7 +338,8 @@ class _Daemon:
         _log.info("config.reloaded", applied=applied, needs_restart=needs_restart)
 
     async def _retention(self, store: Any) -> None:
-        await anyio.sleep(_RETENTION_FIRST_DELAY_S)
+        # Read at start-up; later passes re-read the (possibly reloaded) configuration.
+        await anyio.sleep(self.config.retention.first_pass_delay_s)
         while True:
             retention = self.config.retention
             now = datetime.now(UTC)
@@ -349,4 +352,6 @@ class _Daemon:
                 _log.info("retention.done", **removed)
             except BuildRunnerError as exc:
                 _log.error("retention.failed", error=str(exc))
-            await anyio.sleep(max(60.0, retention.vacuum_interval_hours * 3600.0))
+            # Validation keeps the interval positive; the floor only stops a busy loop.
+            await anyio.sleep(max(_RETENTION_MIN_INTERVAL_S,
+                                  retention.vacuum_interval_hours * 3600.0))

@@ -443,10 +443,22 @@ async def _execute_and_verify(
     attempt_no: int,
     resume_state: bytes | None,
 ) -> tuple[BatchResult | None, dict[str, Any] | None]:
-    """Executor + verification + fix-up rounds. ``(None, report)`` means verified, go merge."""
+    """Executor + verification + fix-up rounds. ``(None, report)`` means verified, go merge.
+
+    ``agent.batch_timeout_s`` is ONE deadline for the whole attempt: the first try and every
+    fix-up round (backend and verification alike). Only the backend and verification waits
+    run under it; the store writes between them are never cut in half."""
     report: dict[str, Any] | None = None
     max_fix = max(0, config.verify.max_fix_attempts)
+    timeout_s = config.agent.batch_timeout_s
+    deadline = anyio.current_time() + timeout_s
+    timed_out = BatchResult(
+        "failed", reason=f"batch timed out after {timeout_s:g} s (agent.batch_timeout_s, "
+        "which covers the first try and every fix-up round)")
     for fix_round in range(max_fix + 1):
+        if anyio.current_time() >= deadline:
+            timed_out.model = ctx.model
+            return timed_out, report
         job = BatchJob(
             run_id=run.id, batch_id=batch_id, attempt=attempt_no, tasks=tasks, prompt=prompt,
             worktree=str(path), fix_round=fix_round,
@@ -461,8 +473,14 @@ async def _execute_and_verify(
                        for gid in task_gids],
                 events=[],
             )
-        outcome, file_events, scratch_report = await _run_executor(executor, job, ctx, path,
-                                                                    tasks)
+        with anyio.CancelScope(deadline=deadline) as scope:
+            outcome, file_events, scratch_report = await _run_executor(executor, job, ctx,
+                                                                        path, tasks)
+        if scope.cancelled_caught or anyio.current_time() >= deadline:
+            # The backend's own limit may have fired first at the same instant: either way the
+            # batch ran out of its time.
+            timed_out.model = ctx.model
+            return timed_out, report
         if outcome.model:
             ctx.model = outcome.model
         if outcome.status == "budget_exceeded":
@@ -478,7 +496,14 @@ async def _execute_and_verify(
             tasks=[TaskChange(gid, "verifying", model=outcome.model) for gid in task_gids],
             events=file_events,
         )
-        report = scratch_report or await _ws_verify(run, path, tasks, head, config)
+        checked: dict[str, Any] | None = scratch_report
+        if checked is None:
+            with anyio.CancelScope(deadline=deadline) as scope:
+                checked = await _ws_verify(run, path, tasks, head, config)
+            if checked is None or scope.cancelled_caught:
+                timed_out.model = ctx.model
+                return timed_out, report
+        report = checked
         await store.set_tasks_details(task_gids, verification=report)
         if report.get("passed"):
             await ctx.emit("verify.passed", {"fix_round": fix_round,

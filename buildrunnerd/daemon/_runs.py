@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import anyio
+import msgspec
 import structlog
 
 from buildrunnerd import protocol
@@ -26,7 +27,7 @@ from buildrunnerd.errors import (
     RepoError,
     StoreError,
 )
-from buildrunnerd.executor import Executor
+from buildrunnerd.executor import ApiCall, Executor
 from buildrunnerd.logging import bind_ids
 from buildrunnerd.plan._model import Plan
 from buildrunnerd.store._records import (
@@ -211,32 +212,73 @@ class RunManager:
 
     # --- submit ---------------------------------------------------------------------------
     async def submit(self, request: SubmitRequest) -> RunRecord:
-        """Plan a spec, prepare the run branch, store the run and start it."""
+        """Plan a spec, prepare the run branch, store the run and start it.
+
+        The heuristic plan is always built first (it validates the spec before anything is
+        paid for, and it is the fallback). When the Claude planner is in use (see
+        :meth:`_uses_claude`), its tasks replace the heuristic ones; its billed calls are kept
+        until the run exists, then recorded as the run's costs (purpose ``planner``)."""
         text, spec_path = await read_spec(request.spec_path, request.spec_text)
         spec, plan = await plan_spec(text, spec_path, self.config)
-        if (self.config.planner.planner == "claude" and self.executor.name == "anthropic"
-                and not spec.tasks):
-            plan = await self._claude_plan(spec)
-        return await self.submit_plan(
-            plan, spec_text=text, spec_path=spec_path, request=request,
-            spec_test_command=spec.test_command, overview=spec.overview,
-        )
+        calls: list[ApiCall] = []
+        notes: list[str] = []
+        if self._uses_claude() and spec.features and not spec.tasks:
+            plan, notes = await self._claude_plan(spec, plan, calls)
+        try:
+            return await self.submit_plan(
+                plan, spec_text=text, spec_path=spec_path, request=request,
+                spec_test_command=spec.test_command, overview=spec.overview,
+                planner_calls=calls, planner_notes=notes,
+            )
+        except BaseException:
+            if calls:  # no run to charge them to: at least the log says what was spent
+                _log.warning("planner.calls_unrecorded", calls=len(calls),
+                             cost_usd=sum(c.cost_usd for c in calls),
+                             reason="the run could not be created")
+            raise
 
-    async def _claude_plan(self, spec: Any) -> Plan:
-        """``planner = "claude"``: Claude decomposes the features (it falls back to the
-        heuristic planner itself when it cannot), then the plan is built as usual."""
-        from buildrunnerd.agent import ClaudePlanner
+    def _uses_claude(self) -> bool:
+        """``planner.planner``: ``claude``, ``heuristic``, or ``auto`` (Claude when this daemon
+        runs the anthropic backend)."""
+        choice = self.config.planner.planner
+        return choice == "claude" or (choice == "auto" and self.executor.name == "anthropic")
+
+    async def _claude_plan(
+        self, spec: Any, heuristic: Plan, calls: list[ApiCall]
+    ) -> tuple[Plan, list[str]]:
+        """Claude decomposes the features (falling back to the heuristic planner itself when
+        its answers are unusable), then the plan is built as usual. Returns the plan and the
+        planner's warnings (also added to ``plan.warnings``)."""
+        from buildrunnerd.agent import ClaudePlanner, choose_planner
         from buildrunnerd.plan import build_plan
+        from buildrunnerd.plan._model import PlanWarning
 
-        planner = ClaudePlanner(self.config)
+        async def record(call: ApiCall) -> None:
+            calls.append(call)  # the run does not exist yet: recorded after create_run
+
+        config = msgspec.structs.replace(
+            self.config, planner=msgspec.structs.replace(self.config.planner, planner="claude"))
+        planner = choose_planner(config, {}, record_call=record)
+        assert isinstance(planner, ClaudePlanner)
         try:
             tasks = await planner.decompose(spec)
         finally:
             await planner.aclose()
-        plan: Plan = await anyio.to_thread.run_sync(
-            lambda: build_plan(spec, tasks, config=self.config.planner)
-        )
-        return plan
+        notes = list(planner.warnings)
+        try:
+            plan: Plan = await anyio.to_thread.run_sync(
+                lambda: build_plan(spec, tasks, config=self.config.planner)
+            )
+        except BuildRunnerError as exc:
+            # Valid tasks that still cannot be planned (a batch prompt over the budget, ...):
+            # the run goes ahead on the heuristic plan rather than losing what was paid for.
+            notes.append(f"Claude planner tasks could not be planned ({exc}); using the "
+                         "heuristic planner instead")
+            plan = heuristic
+        plan.warnings = [*plan.warnings, *(PlanWarning(line=None, message=n) for n in notes)]
+        _log.info("planner.claude", tasks=len(plan.tasks), calls=len(calls),
+                  warnings=len(notes))
+        return plan, notes
 
     async def submit_plan(
         self,
@@ -247,9 +289,13 @@ class RunManager:
         request: SubmitRequest,
         spec_test_command: str | None = None,
         overview: str | None = None,
+        planner_calls: list[ApiCall] | None = None,
+        planner_notes: list[str] | None = None,
     ) -> RunRecord:
         """Start a run of an already built plan (``submit`` after parsing and planning);
-        ``overview`` is the spec's opening prose for prompts (None: parsed again)."""
+        ``overview`` is the spec's opening prose for prompts (None: parsed again).
+        ``planner_calls`` are recorded as the run's first costs and ``planner_notes`` become
+        ``plan.warning`` events, before the run starts."""
         run_id = f"r-{secrets.token_hex(4)}"
         repo_dir = Path(request.repo) if request.repo else None
         if repo_dir is not None and not repo_dir.is_absolute():
@@ -287,6 +333,11 @@ class RunManager:
                    base_commit=base_commit, options=options),
             plan,
         )
+        for call in planner_calls or []:
+            await self.store.record_api_call(run_id, None, call)
+        for note in planner_notes or []:
+            await self.store.append_event(run_id, "plan.warning",
+                                          {"message": note, "planner": "claude"})
         _log.info("run.submitted", run_id=run_id, tasks=len(plan.tasks),
                   batches=len(plan.batches), repo=record.repo, workers=options.workers)
         async with self._lock:
@@ -398,13 +449,22 @@ class RunManager:
         active = self._active.get(slot.run_id)
         if active is None:
             return
+        plan_batch = active.batches_by_plan_id.get(ActiveRun.plan_id(batch_id))
+        # Global ids, comma-joined: what `brctl task` takes, and grep-able in the log.
+        task_ids = ",".join(active.gid(t) for t in plan_batch.task_ids) if plan_batch else None
+        # Every log line of this batch (ours, the agent's, git's, the failure paths') carries
+        # its ids.
+        with bind_ids(run_id=slot.run_id, batch_id=batch_id, task_id=task_ids):
+            await self._execute_bound(active, slot, batch_id)
+
+    async def _execute_bound(self, active: ActiveRun, slot: RunSlot, batch_id: str) -> None:
         try:
-            # Every log line of this batch (ours, the agent's, git's) carries its ids.
-            with bind_ids(run_id=slot.run_id, batch_id=batch_id):
-                result = await run_batch_lifecycle(
-                    store=self.store, executor=self.executor, config=self.config, run=active,
-                    batch_id=batch_id, on_budget_exceeded=self.budget_exceeded,
-                )
+            _log.info("batch.started")
+            result = await run_batch_lifecycle(
+                store=self.store, executor=self.executor, config=self.config, run=active,
+                batch_id=batch_id, on_budget_exceeded=self.budget_exceeded,
+            )
+            _log.info("batch.finished", status=result.status, reason=result.reason)
         except anyio.get_cancelled_exc_class():
             if not active.cancelling:
                 slot.graph.requeue(batch_id)  # shutdown: recovery re-queues it in the store

@@ -105,7 +105,7 @@ class Connection:
         except TimeoutError:
             self.close(f"response not written within {self._write_timeout_s} s")
         except (anyio.BrokenResourceError, anyio.ClosedResourceError):
-            pass
+            pass  # the connection is closing: there is nobody left to answer
 
     def finish_sending(self) -> None:
         """No more frames will be queued: the writer drains what is queued, then stops."""

@@ -172,8 +172,7 @@ def test_every_batch_of_a_plan_shares_the_system_part_and_keeps_its_budget() -> 
     from buildrunnerd.spec import parse_spec_file
 
     spec = parse_spec_file(
-        Path(__file__).resolve().parents[3] / "shared" / "specs" / "realworld"
-        / "taskmaster-prd.txt"
+        Path(__file__).resolve().parents[1] / "data" / "realworld" / "taskmaster-prd.txt"
     )
     plan = build_plan(spec)
     builder = PromptBuilder(plan.spec_title, test_command="pytest -q", budget_tokens=600)

@@ -1,0 +1,177 @@
+"""``brctl --json status`` round trip against ``python -c pass`` (issue 3: target < 2x).
+
+Run: ``.venv/bin/python bench/brctl_bench.py [--runs N] [--tasks-features F] [--json]``.
+
+Starts a real ``buildrunnerd`` (simulated backend) in a temporary directory, submits one
+repository-less run of F generated features (2 tasks each; it finishes at once) so
+``status RUN`` has tasks to print, then times fresh processes, interleaved round-robin so that
+load on a shared machine hits every command alike:
+
+- ``python -c pass`` (the same interpreter: the baseline);
+- ``brctl --json status`` (no run active: one ``run.list``), ``brctl --json status RUN`` and
+  ``brctl --json ping`` through the installed console script (the fast path,
+  brctl/_entry.py);
+- the same ``status`` with ``BRCTL_NO_FAST=1``: the click CLI, i.e. the figure before the
+  fast path.
+
+Bytecode caches are allowed (``PYTHONDONTWRITEBYTECODE`` is dropped from the children's
+environment, as on a user's machine) and warmed up first. Reports medians and ratios.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from brctl._client import DaemonUnreachableError, RpcClient  # noqa: E402
+
+READY_TIMEOUT_S = 30.0
+RUN_TIMEOUT_S = 120.0
+
+
+def generated_spec(features: int) -> str:
+    """A chain of ``features`` small features (the planner makes 2 tasks of each)."""
+    lines = ["# brctl bench", "", "Generated for the brctl round-trip benchmark.", "",
+             "## Features", ""]
+    for i in range(features):
+        lines += [f"### Feature {i}", ""]
+        if i % 5:
+            lines += [f"**Depends on:** Feature {i - 1}", ""]
+        lines += ["Domain: backend", "", "#### Requirements", f"- [ ] `pkg/m{i}.py` does {i}.",
+                  "", "#### Acceptance Criteria", f"- [ ] Feature {i} works.", ""]
+    return "\n".join(lines)
+
+
+class Daemon:
+    """A buildrunnerd subprocess on a socket in a temporary directory."""
+
+    def __init__(self, workdir: Path, env: dict[str, str]) -> None:
+        self.socket = workdir / "d.sock"
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "buildrunnerd", "--backend", "simulated",
+             "--home", str(workdir / "home"), "--socket", str(self.socket)],
+            env={**env, "BUILDRUNNER_SIM_MS_PER_MINUTE": "0"},
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )
+        deadline = time.monotonic() + READY_TIMEOUT_S
+        while True:
+            try:
+                with RpcClient(self.socket, timeout_s=5.0) as client:
+                    client.call("daemon.ping")
+                return
+            except DaemonUnreachableError:
+                if time.monotonic() > deadline or self.proc.poll() is not None:
+                    self.stop()
+                    raise RuntimeError("buildrunnerd did not start") from None
+                time.sleep(0.05)
+
+    def submit(self, features: int) -> tuple[str, int]:
+        """Submit a run, wait for it to end; its id and task count."""
+        with RpcClient(self.socket, timeout_s=RUN_TIMEOUT_S) as client:
+            run_id = str(client.call("run.submit", {"spec_text": generated_spec(features)})["id"])
+            deadline = time.monotonic() + RUN_TIMEOUT_S
+            while True:
+                run = client.call("run.get", {"run_id": run_id})
+                if run["state"] in ("succeeded", "failed", "cancelled"):
+                    return run_id, len(run.get("tasks") or [])
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"run {run_id} did not finish")
+                time.sleep(0.1)
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            self.proc.wait(timeout=30)
+
+
+def measure(commands: dict[str, tuple[list[str], dict[str, str]]], runs: int,
+            warmup: int = 3) -> dict[str, list[float]]:
+    """Wall-clock seconds of each command, ``runs`` times, interleaved round-robin."""
+    times: dict[str, list[float]] = {name: [] for name in commands}
+    for round_no in range(warmup + runs):
+        for name, (argv, env) in commands.items():
+            start = time.perf_counter()
+            result = subprocess.run(argv, env=env, stdout=subprocess.DEVNULL,
+                                    stderr=subprocess.PIPE, check=False)
+            elapsed = time.perf_counter() - start
+            if result.returncode != 0:
+                raise RuntimeError(f"{name} exited {result.returncode}: {result.stderr!r}")
+            if round_no >= warmup:
+                times[name].append(elapsed)
+    return times
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--runs", type=int, default=40, help="timed runs of each command")
+    parser.add_argument("--tasks-features", type=int, default=10,
+                        help="features of the run that `status RUN` prints (2 tasks each)")
+    parser.add_argument("--json", action="store_true", help="print the figures as JSON")
+    args = parser.parse_args()
+
+    brctl = shutil.which("brctl", path=str(Path(sys.executable).parent))
+    if brctl is None:
+        parser.error("no brctl console script next to this interpreter: pip install -e .")
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith(("BUILDRUNNER_", "ANTHROPIC_", "BRCTL_"))
+           and k != "PYTHONDONTWRITEBYTECODE"}
+    with tempfile.TemporaryDirectory(prefix="brctl-bench-") as tmp:
+        daemon = Daemon(Path(tmp), env)
+        try:
+            run_id, task_count = daemon.submit(args.tasks_features)
+            sock = ["--socket", str(daemon.socket)]
+            click_env = {**env, "BRCTL_NO_FAST": "1"}
+            commands = {
+                "python -c pass": ([sys.executable, "-c", "pass"], env),
+                "brctl --json status": ([brctl, *sock, "--json", "status"], env),
+                "brctl --json status RUN": ([brctl, *sock, "--json", "status", run_id], env),
+                "brctl --json ping": ([brctl, *sock, "--json", "ping"], env),
+                "brctl --json status (click, BRCTL_NO_FAST=1)":
+                    ([brctl, *sock, "--json", "status"], click_env),
+                "brctl --json status RUN (click, BRCTL_NO_FAST=1)":
+                    ([brctl, *sock, "--json", "status", run_id], click_env),
+            }
+            load_before = os.getloadavg()
+            times = measure(commands, args.runs)
+            load_after = os.getloadavg()
+        finally:
+            daemon.stop()
+
+    baseline = statistics.median(times["python -c pass"])
+    result: dict[str, Any] = {
+        "runs": args.runs, "status_run_tasks": task_count,
+        "cpus": os.cpu_count(), "python": sys.version.split()[0],
+        "load_average_before": [round(x, 2) for x in load_before],
+        "load_average_after": [round(x, 2) for x in load_after],
+        "commands": {name: {"median_ms": round(statistics.median(t) * 1000, 1),
+                            "min_ms": round(min(t) * 1000, 1),
+                            "ratio": round(statistics.median(t) / baseline, 2)}
+                     for name, t in times.items()},
+    }
+    if args.json:
+        print(json.dumps(result, indent=2))
+        return 0
+    print(f"{args.runs} runs each, interleaved; Python {result['python']}, "
+          f"{result['cpus']} CPUs, load average {load_before[0]:.2f} -> {load_after[0]:.2f}; "
+          f"status RUN prints {task_count} tasks")
+    for name, figures in result["commands"].items():
+        print(f"  {name:<50} median {figures['median_ms']:6.1f} ms  "
+              f"(min {figures['min_ms']:6.1f})  {figures['ratio']:.2f}x")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

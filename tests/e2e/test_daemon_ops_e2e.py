@@ -1,0 +1,140 @@
+"""The real daemon's operational behaviour: the whole-batch timeout, the ids on every log line
+of a batch, and the retention pass (prune + vacuum) on its configured schedule."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from pathlib import Path
+from typing import Any
+
+import anyio
+
+from tests.conftest import DaemonFactory, DaemonProcess, wait_run_event
+
+SPEC = """# Ops
+
+A project written by the tests.
+
+## Features
+
+### Storage
+Domain: database
+Keep records in `app/store.py`.
+
+### Reports
+**Depends on:** Storage
+Domain: backend
+Render reports in `app/reports.py`.
+"""
+
+
+def log_lines(daemon: DaemonProcess) -> list[dict[str, Any]]:
+    """The daemon's JSON log lines (stderr), parsed; other lines are skipped."""
+    lines = []
+    for line in daemon.stderr().splitlines():
+        try:
+            entry = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(entry, dict):
+            lines.append(entry)
+    return lines
+
+
+async def wait_log(daemon: DaemonProcess, event: str, count: int = 1,
+                   timeout_s: float = 30.0) -> list[dict[str, Any]]:
+    """Wait until the daemon has logged ``event`` at least ``count`` times (polls its stderr
+    file: the log is the only signal of a background pass)."""
+    with anyio.fail_after(timeout_s):
+        while True:
+            found = [e for e in log_lines(daemon) if e.get("event") == event]
+            if len(found) >= count:
+                return found
+            assert daemon.proc.poll() is None, daemon.stderr()[-3000:]
+            await anyio.sleep(0.05)
+
+
+async def test_batch_timeout_fails_the_batch_with_a_clear_reason(
+    daemon_factory: DaemonFactory, tmp_path: Path
+) -> None:
+    config = tmp_path / "config.toml"
+    config.write_text("[agent]\nbatch_timeout_s = 0.3\n")
+    # Every task would take days: only the timeout can end the batch.
+    env = daemon_factory.base_env(BUILDRUNNER_SIM_MS_PER_MINUTE="1000000")
+    daemon = await daemon_factory.start("--config", str(config), env=env)
+    async with daemon.client() as client:
+        run = await client.call("run.submit", spec_text=SPEC)
+        event = await wait_run_event(daemon.socket, run["id"], timeout_s=60)
+        info = await client.call("run.get", run_id=run["id"])
+        failed = await client.call("events.list", run_id=run["id"], types=["batch.failed"])
+    assert await daemon.stop() == 0
+    assert event["type"] == "run.failed"
+    assert len(failed) == 1
+    assert failed[0]["data"]["reason"].startswith("batch timed out after 0.3 s")
+    states = {t["id"].split(":", 1)[1]: (t["state"], t.get("reason")) for t in info["tasks"]}
+    first = [s for s in states.values() if s[0] == "failed"]
+    assert first and all("batch timed out after 0.3 s" in (r or "") for _, r in first)
+    assert any(s == "blocked" for s, _ in states.values())
+
+
+async def test_every_log_line_of_a_batch_carries_run_batch_and_task_ids(
+    daemon_factory: DaemonFactory,
+) -> None:
+    daemon = await daemon_factory.start("--log-format", "json")
+    async with daemon.client() as client:
+        run = await client.call("run.submit", spec_text=SPEC)
+        await wait_run_event(daemon.socket, run["id"], timeout_s=60)
+        info = await client.call("run.get", run_id=run["id"])
+    assert await daemon.stop() == 0
+    assert info["state"] == "succeeded"
+    tasks_of = {b["id"]: b["task_ids"] for b in info["batches"]}
+    lines = [e for e in log_lines(daemon) if "batch_id" in e]
+    assert {e["batch_id"] for e in lines if e.get("event") == "batch.started"} == set(tasks_of)
+    for entry in lines:
+        assert entry.get("run_id") == run["id"], entry
+        assert entry.get("task_id") == ",".join(tasks_of[entry["batch_id"]]), entry
+    finished = [e for e in lines if e.get("event") == "batch.finished"]
+    assert len(finished) == len(tasks_of) and all(e["status"] == "succeeded" for e in finished)
+
+
+async def test_retention_pass_prunes_old_events_of_finished_runs_only(
+    daemon_factory: DaemonFactory, tmp_path: Path
+) -> None:
+    # Batches never finish by themselves: run A is cancelled (finished), run B stays active.
+    env = daemon_factory.base_env(BUILDRUNNER_SIM_MS_PER_MINUTE="1000000")
+    quiet = tmp_path / "quiet.toml"
+    quiet.write_text("[daemon]\ngrace_period_s = 0.2\n[retention]\nfirst_pass_delay_s = 3600\n")
+    daemon = await daemon_factory.start("--config", str(quiet), env=env)
+    async with daemon.client() as client:
+        finished = (await client.call("run.submit", spec_text=SPEC))["id"]
+        await client.call("run.cancel", run_id=finished)
+        active = (await client.call("run.submit", spec_text=SPEC))["id"]
+        await wait_run_event(daemon.socket, active, ("batch.dispatched",), timeout_s=30)
+    assert await daemon.stop() == 0
+    assert not [e for e in log_lines(daemon) if e.get("event") == "retention.done"]
+
+    # Everything stored so far is a year old (direct SQL: the daemon is stopped).
+    db = daemon.home / "buildrunner.db"
+    with sqlite3.connect(db) as conn:
+        aged = conn.execute("UPDATE events SET ts = '2000-01-01T00:00:00.000Z'").rowcount
+    conn.close()
+    assert aged > 0
+
+    eager = tmp_path / "eager.toml"
+    eager.write_text("[daemon]\ngrace_period_s = 0.2\n[retention]\nevents_days = 30\n"
+                     "first_pass_delay_s = 0.1\nvacuum_interval_hours = 0.0003\n")
+    daemon = await daemon_factory.start("--config", str(eager), env=env)
+    # The first pass, then one more on the interval (about a second later).
+    done = await wait_log(daemon, "retention.done", count=2)
+    async with daemon.client() as client:
+        gone = await client.call("events.list", run_id=finished)
+        kept = await client.call("events.list", run_id=active)
+        state = (await client.call("run.get", run_id=active))["state"]
+    assert await daemon.stop() == 0
+    assert done[0]["events"] > 0
+    assert gone == []
+    assert state == "running"
+    # The active run keeps its whole (old) history, from its submission on.
+    assert kept[0]["type"] == "run.submitted"
+    assert kept[0]["ts"].startswith("2000-01-01")
