@@ -1,3 +1,3 @@
-from brctl._cli import main
+from brctl._entry import main
 
 main()

@@ -222,9 +222,9 @@ class RunManager:
         spec, plan = await plan_spec(text, spec_path, self.config)
         calls: list[ApiCall] = []
         notes: list[str] = []
-        if self._uses_claude() and spec.features and not spec.tasks:
-            plan, notes = await self._claude_plan(spec, plan, calls)
         try:
+            if self._uses_claude() and spec.features and not spec.tasks:
+                plan, notes = await self._claude_plan(spec, plan, calls)
             return await self.submit_plan(
                 plan, spec_text=text, spec_path=spec_path, request=request,
                 spec_test_command=spec.test_command, overview=spec.overview,
@@ -238,10 +238,10 @@ class RunManager:
             raise
 
     def _uses_claude(self) -> bool:
-        """``planner.planner``: ``claude``, ``heuristic``, or ``auto`` (Claude when this daemon
-        runs the anthropic backend)."""
-        choice = self.config.planner.planner
-        return choice == "claude" or (choice == "auto" and self.executor.name == "anthropic")
+        """``planner.planner`` is ``claude`` or ``auto``, and this daemon runs the anthropic
+        backend (the simulated one has no model to ask: it always plans heuristically)."""
+        return (self.config.planner.planner in ("auto", "claude")
+                and self.executor.name == "anthropic")
 
     async def _claude_plan(
         self, spec: Any, heuristic: Plan, calls: list[ApiCall]

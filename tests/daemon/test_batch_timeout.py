@@ -31,18 +31,19 @@ class LazyExecutor:
 
 
 async def test_the_deadline_spans_the_fix_up_rounds(harness: Any) -> None:
-    executor = LazyExecutor(step_s=0.3)
-    config = Config(agent=AgentConfig(batch_timeout_s=0.5),
+    executor = LazyExecutor(step_s=0.25)
+    config = Config(agent=AgentConfig(batch_timeout_s=1.0),
                     verify=VerifyConfig(max_fix_attempts=8))
     async with harness(workers=1, executor=executor, config=config) as h:
         run_id = await h.submit(make_plan({"a": ([], 30)}, files=True))
         assert await h.wait_run(run_id) == "failed"
         failed = h.of_type(run_id, "batch.failed")
         task = (await h.store.list_tasks(run_id))[0]
-    # One call fits in the timeout, two do not: the batch stopped in its first fix-up round
-    # instead of running all nine rounds.
-    assert executor.rounds == [0, 1]
+    # Each call fits in the timeout, nine do not: at most four calls (each >= 0.25 s) start
+    # before the one deadline, where a per-call timeout would have let all nine rounds run.
+    assert 1 <= len(executor.rounds) <= 4
+    assert executor.rounds == list(range(len(executor.rounds)))
     assert len(failed) == 1
-    assert failed[0].data["reason"].startswith("batch timed out after 0.5 s")
+    assert failed[0].data["reason"].startswith("batch timed out after 1 s")
     assert task.state == "failed"
     assert h.of_type(run_id, "verify.failed")  # the first round was verified, then fixed
