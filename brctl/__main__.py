@@ -1,3 +1,5 @@
+import sys
+
 from brctl._entry import main
 
-main()
+sys.exit(main())

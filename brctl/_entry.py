@@ -351,8 +351,8 @@ def _answer(conn: _Connection, command: str, args: list[str]) -> Any:
     if command == "runs":
         return _as_list(conn.call("run.list"), "runs")
     if command == "tasks":
-        run = conn.call("run.get", {"run_id": args[0]})
-        tasks = _as_list(conn.call("task.list", {"run_id": args[0]}), "tasks")
+        run = _run_with_tasks(conn, args[0])  # run.get already carries the tasks
+        tasks = _as_list(run["tasks"], "tasks")
         return {"id": run.get("id", args[0]), "run_id": run.get("id", args[0]),
                 "state": run.get("state"), "tasks": tasks}
     if args:
