@@ -334,16 +334,14 @@ class DaemonMethods:
         p = parse_params("events.subscribe", params, _SubscribeParams)
         if p.run_id is not None:
             await self.store.get_run(p.run_id)
-        from buildrunnerd.rpc._codec import encode
+        # A subscriber watches and need not speak: a quiet run must not trip the idle timeout.
+        conn.mark_subscriber()
 
         async def list_events(run_id: str | None, since: int, limit: int) -> list[protocol.Event]:
             return await self.store.list_events(run_id=run_id, since=since, limit=limit)
 
         async def send_replay(event: protocol.Event) -> bool:
-            frame = encode({"jsonrpc": "2.0", "method": "event",
-                            "params": msgspec.to_builtins(event)})
-            await conn.send_frame(frame)
-            return conn.close_reason is None
+            return await conn.send_notification("event", msgspec.to_builtins(event))
 
         sub = await self.bus.subscribe(
             conn, run_id=p.run_id, since=p.since, list_events=list_events,

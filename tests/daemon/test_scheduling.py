@@ -48,13 +48,17 @@ async def test_highest_priority_first_on_a_single_worker(harness: Any) -> None:
             (key,) = ex.running
             order.append(key.split(":")[1])
             ex.release(key)
-            await ex.wait_for(lambda key=key: key not in ex.running)
+
+            def finished(key: str = key) -> bool:
+                return key not in ex.running
+
+            await ex.wait_for(finished)
         assert order == ["Y", "W", "Z", "X"]  # W (100) becomes ready after Y and goes next
         assert await h.wait_run(run_id) == "succeeded"
 
 
 async def test_per_run_and_daemon_wide_worker_limits(harness: Any) -> None:
-    roots = {f"R{i}": ([], 10) for i in range(5)}
+    roots: dict[str, tuple[list[str], int]] = {f"R{i}": ([], 10) for i in range(5)}
     async with harness(workers=3) as h:
         ex: GatedExecutor = h.executor
         run1 = await h.submit(make_plan(roots), workers=2)
@@ -171,7 +175,7 @@ async def test_a_run_never_gets_more_workers_than_the_per_run_cap(harness: Any) 
     from buildrunnerd.config import Config, DaemonConfig
 
     config = Config(daemon=DaemonConfig(max_workers_per_run=2))
-    roots = {f"R{i}": ([], 10) for i in range(4)}
+    roots: dict[str, tuple[list[str], int]] = {f"R{i}": ([], 10) for i in range(4)}
     async with harness(workers=4, config=config) as h:
         ex: GatedExecutor = h.executor
         run_id = await h.submit(make_plan(roots), workers=5)

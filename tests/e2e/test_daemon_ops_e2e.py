@@ -138,3 +138,28 @@ async def test_retention_pass_prunes_old_events_of_finished_runs_only(
     # The active run keeps its whole (old) history, from its submission on.
     assert kept[0]["type"] == "run.submitted"
     assert kept[0]["ts"].startswith("2000-01-01")
+
+
+async def test_a_quiet_subscriber_outlives_the_idle_timeout(
+    daemon_factory: DaemonFactory, tmp_path: Path
+) -> None:
+    # `brctl logs --follow` on a quiet run says nothing for hours: the idle timeout that closes
+    # silent clients must not close a subscription.
+    config = tmp_path / "config.toml"
+    config.write_text("[daemon]\nclient_idle_timeout_s = 0.5\n")
+    daemon = await daemon_factory.start("--config", str(config))
+    async with daemon.client() as subscriber, daemon.client() as idle:
+        await subscriber.call("events.subscribe")
+        # The silent, non-subscribed connection is closed by the timeout...
+        await idle.send_raw(b"")
+        try:
+            await idle.read_frame(timeout_s=30)
+        except EOFError:
+            pass
+        else:
+            raise AssertionError("an idle connection was not closed by the idle timeout")
+        # ...while the subscriber, silent just as long, still gets the next run's events.
+        async with daemon.client() as submitter:
+            run = await submitter.call("run.submit", spec_text=SPEC)
+        note = await subscriber.next_notification(timeout_s=30)
+        assert note["method"] == "event" and note["params"]["run_id"] == run["id"]
