@@ -144,7 +144,7 @@ async def test_simulated_backend_writes_valid_python_and_text(tmp_path: Path) ->
     job = BatchJob(run_id="r-1", batch_id="r-1:B1", attempt=1, tasks=tasks,
                    prompt=BatchPrompt(system="s", user="u", tokens=2, context_tokens=0),
                    worktree=str(tmp_path))
-    ctx = _RecordingContext()
+    ctx = RecordingContext()
     outcome = await SimulatedExecutor(0.01).run_batch(job, ctx)
     assert outcome.status == "completed" and "simulated" in outcome.summary
     # The stand-in call is accounted like a real one: model "simulated", no cost.
@@ -168,7 +168,7 @@ async def test_simulated_backend_fails_the_tasks_listed_in_the_fail_file(
     job = BatchJob(run_id="r-1", batch_id="r-1:B1", attempt=1, tasks=tasks,
                    prompt=BatchPrompt(system="s", user="u", tokens=2, context_tokens=0),
                    worktree=str(tmp_path / "wt"))
-    ctx = _RecordingContext()
+    ctx = RecordingContext()
     outcome = await SimulatedExecutor().run_batch(job, ctx)
     assert outcome.status == "failed" and "T1" in (outcome.reason or "")
     assert ctx.calls == []  # a failed simulated batch bills nothing
@@ -198,21 +198,3 @@ async def test_a_subscriber_that_falls_behind_during_replay_is_closed_not_left_s
     assert recorder.closed_because is not None and "since" in recorder.closed_because
     assert bus.subscriber_count == 0
 
-
-class _RecordingContext:
-    """The daemon's side of a batch, reduced to what the simulated backend calls."""
-
-    def __init__(self) -> None:
-        self.calls: list[ApiCall] = []
-
-    async def emit(self, type: str, data: dict[str, Any], *, task_id: str | None = None) -> None:
-        pass
-
-    async def record_api_call(self, call: ApiCall) -> None:
-        self.calls.append(call)
-
-    async def checkpoint(self, state: bytes) -> None:
-        pass
-
-    async def check_budget(self, estimate_usd: float) -> None:
-        pass
