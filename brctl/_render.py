@@ -19,8 +19,8 @@ if TYPE_CHECKING:
     from rich.console import RenderableType
 
 __all__ = [
-    "RunView", "LiveState", "plain_line", "rich_view", "format_duration", "format_usd",
-    "parse_ts",
+    "RunView", "LiveState", "plain_line", "rich_view", "format_duration", "format_tokens",
+    "format_usd", "parse_ts",
 ]
 
 _RUN_EVENT_STATES = {
@@ -205,10 +205,9 @@ def describe(event: dict[str, Any]) -> str:
         reason = f" ({data['reason']})" if data.get("reason") else ""
         return f"{batch} {kind.split('.', 1)[1]}{reason}"
     if kind == "api.call":
-        tokens = f"{data.get('input_tokens', data.get('tokens', '?'))} in"
-        if "output_tokens" in data:
-            tokens += f" / {data['output_tokens']} out"
-        return f"api call {data.get('model', '?')}: {tokens}, {format_usd(data.get('cost_usd'))}"
+        return f"api call {data.get('model', '?')}: {format_tokens(data)}, " + format_usd(
+            data.get("cost_usd")
+        )
     if kind.startswith("file."):
         return f"{kind.split('.', 1)[1]} {data.get('path', '?')}" + (f" ({task})" if task else "")
     if kind.startswith("run."):
@@ -225,6 +224,25 @@ def describe(event: dict[str, Any]) -> str:
         return f"verification {kind.split('.', 1)[1]}" + (f": {detail}" if detail else "")
     extra = json.dumps(data, separators=(",", ":"), default=str) if data else ""
     return f"{kind} {extra}".strip()
+
+
+def format_tokens(data: dict[str, Any]) -> str:
+    """The usage of one ``api.call`` event: ``623 in / 129 out (cache 500 read, 0 written)``.
+
+    The daemon records usage as ``data.tokens = {input_tokens, output_tokens,
+    cache_read_input_tokens, cache_creation_input_tokens}``; flat keys on ``data`` itself are
+    read too, so older recordings still render. The cache part is left out when both are zero.
+    """
+    tokens = data.get("tokens")
+    usage: dict[str, Any] = tokens if isinstance(tokens, dict) else data
+    text = f"{usage.get('input_tokens', '?')} in"
+    if "output_tokens" in usage:
+        text += f" / {usage['output_tokens']} out"
+    read = usage.get("cache_read_input_tokens") or 0
+    written = usage.get("cache_creation_input_tokens") or 0
+    if read or written:
+        text += f" (cache {read} read, {written} written)"
+    return text
 
 
 def _local(item_id: Any, run_id: str) -> str | None:

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import anyio
 import pytest
+from structlog.testing import capture_logs
 
 from buildrunnerd.agent import AnthropicExecutor, ToolError
 from buildrunnerd.agent._bash import BashSession, sandbox_mode
@@ -179,7 +180,13 @@ async def test_bwrap_sandbox_confines_writes_and_network(worktree: Path, tmp_pat
 
 
 async def test_sandbox_none_is_an_explicit_opt_out() -> None:
-    assert await sandbox_mode("none") == "none"
+    with capture_logs() as logs:
+        assert await sandbox_mode("none") == "none"
+    # The opt-out is never silent: the daemon logs a warning saying what it means.
+    warnings = [entry for entry in logs if entry["log_level"] == "warning"]
+    assert len(warnings) == 1, logs
+    assert 'agent.sandbox = "none"' in warnings[0]["event"]
+    assert "unconfined" in warnings[0]["event"]
 
 
 def test_socket_dir_hidden_from_sandbox(tmp_path: Path) -> None:

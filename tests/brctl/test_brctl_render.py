@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
 
 from rich.console import Console
 
 from brctl._render import LiveState, RunView, plain_line, rich_view
 from tests.brctl.brctl_recorded import failed_run
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def _fold(count: int | None = None) -> tuple[LiveState, list[str]]:
@@ -77,3 +81,50 @@ def test_rich_view_shows_progress_batches_spend_and_events() -> None:
     assert "api call claude-haiku-5-5" in text  # among the last events
     assert "elapsed 4s" in text
     assert "━" in text  # the progress bar
+
+
+def _api_call_event(model: str, tokens: dict[str, int], cost_usd: float) -> dict[str, Any]:
+    # The shape buildrunnerd.store records: usage nested under data.tokens.
+    return {
+        "id": 100, "ts": "2026-11-24T18:00:04.000Z", "run_id": "r-0a1b2c3d", "type": "api.call",
+        "batch_id": "r-0a1b2c3d:B002",
+        "data": {"model": model, "tokens": tokens, "cost_usd": cost_usd,
+                 "request_id": "req_01", "latency_ms": 900, "purpose": "batch"},
+    }
+
+
+def test_api_call_with_a_tokens_object_renders_readably_in_both_views() -> None:
+    event = _api_call_event("claude-sonnet-5-5", {
+        "input_tokens": 623, "output_tokens": 129,
+        "cache_creation_input_tokens": 0, "cache_read_input_tokens": 500,
+    }, 0.0123)
+    expected = "api call claude-sonnet-5-5: 623 in / 129 out (cache 500 read, 0 written), $0.0123"
+    state, _ = _fold(11)
+    view = state.apply(event)
+    assert plain_line(event, view) == f"18:00:04 r-0a1b2c3d {expected}"
+
+    console = Console(record=True, width=110, force_terminal=True, color_system="truecolor")
+    console.print(rich_view(state, now=datetime(2026, 11, 24, 18, 0, 5, tzinfo=UTC)))
+    text = console.export_text()
+    assert expected in text
+    assert "{" not in text  # no raw dict anywhere in the display
+
+
+def test_api_call_without_cache_use_leaves_the_cache_part_out() -> None:
+    event = _api_call_event("simulated", {
+        "input_tokens": 623, "output_tokens": 129,
+        "cache_creation_input_tokens": 0, "cache_read_input_tokens": 0,
+    }, 0.0)
+    assert plain_line(event, None) == (
+        "18:00:04 r-0a1b2c3d api call simulated: 623 in / 129 out, $0.0000"
+    )
+
+
+def test_user_docs_link_the_capture_of_the_live_view() -> None:
+    capture = ROOT / "docs" / "live-view.txt"
+    assert "tasks succeeded" in capture.read_text()  # a real capture of the rich panel
+    readme = (ROOT / "README.md").read_text()
+    every_day = readme.split("## Use it every day", 1)[1].split("\n## ", 1)[0]
+    assert "[what the live view looks like](docs/live-view.txt)" in every_day
+    quickstart = (ROOT / "docs" / "quickstart.md").read_text()
+    assert "[what the live view looks like](live-view.txt)" in quickstart

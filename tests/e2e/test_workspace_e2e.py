@@ -202,6 +202,13 @@ async def test_planted_aws_key_fails_verification_with_file_and_line(
     # The report names the place, never the key.
     assert AWS_KEY not in str(task["verification"])
     assert AWS_KEY not in str([e["data"] for e in events if e["type"].startswith("verify.")])
+    # keep_failed_worktrees is false by default: the failed batch's worktree (the one that
+    # holds the key) is removed from disk and from git's list; only the user's checkout stays.
+    assert [e["type"] for e in events if e["type"] == "batch.failed"] == ["batch.failed"]
+    assert entries(daemon.home / "worktrees" / info["id"]) == []
+    assert worktrees(repo) == [str(repo.resolve())]
+    assert "app/settings.py" not in git(repo, "ls-tree", "-r", "--name-only", info["branch"])
+    assert await daemon.stop() == 0
 
 
 async def test_parallel_batches_on_the_same_file_conflict_and_rerun(

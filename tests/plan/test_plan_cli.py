@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 
 from buildrunnerd.plan._cli import plan_command
+from tests.spec.test_spec_corpus import NO_FEATURES
 
 ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent / "buildrunnerd"
@@ -113,14 +114,16 @@ def test_every_shared_spec_plans_or_fails_cleanly(
     # In-process (the same function the command runs): 16 interpreters would cost ~15 s.
     code = plan_command(path, as_json=True, config_file=None)
     out = json.loads(capsys.readouterr().out)
-    if code == 0:
+    if path.name not in NO_FEATURES:
+        # Every file that holds features must plan; a refusal here is a regression.
+        assert code == 0, out.get("errors")
         _check_shape(out)
-    else:
-        assert code == 1
-        assert out["errors"] and all(e["message"] for e in out["errors"])
-    if path.name == "taskmaster-example_prd_rpg.txt":
-        # A template with "[Name]" placeholders: refused, with the line of each one.
-        assert code == 1 and all(e["line"] for e in out["errors"])
+        return
+    # The unfilled templates (the same list the spec corpus test uses): refused cleanly, with
+    # the parser's reason and the line of each problem.
+    assert code == 1
+    assert out["errors"] and all(e["message"] and e["line"] for e in out["errors"])
+    assert any(NO_FEATURES[path.name] in e["message"] for e in out["errors"])
 
 
 def test_text_output_shows_every_section() -> None:
