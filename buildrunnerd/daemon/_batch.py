@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import anyio
 import structlog
 
-from buildrunnerd.errors import BudgetExceededError
+from buildrunnerd.errors import BudgetExceededError, BuildRunnerError, StoreError
 from buildrunnerd.executor import ApiCall, BatchJob, ExecutionOutcome, Executor
 from buildrunnerd.plan._model import Batch, BatchPrompt, Plan, Task
 from buildrunnerd.store._records import NewEvent, TaskChange
@@ -61,6 +61,9 @@ class ActiveRun:
     cancelling: bool = False
     attempts: dict[str, int] = field(default_factory=dict)  # batch id -> attempts so far
     scratch_ready: bool = False
+    # batch id -> a result the store could not record (a full/locked database): applied,
+    # not re-run, when the batch is dispatched again after `brctl resume`.
+    unrecorded: dict[str, BatchResult] = field(default_factory=dict)
     tasks_by_plan_id: dict[str, Task] = field(default_factory=dict)
     batches_by_plan_id: dict[str, Batch] = field(default_factory=dict)
 
@@ -418,10 +421,18 @@ async def run_batch_lifecycle(
                 outcome, reason = "cancelled", "run cancelled"
             elif cancelled:
                 outcome, reason = "interrupted", "the daemon stopped during the attempt"
+            elif isinstance(exc, StoreError):  # the run pauses; the batch runs again
+                outcome, reason = "interrupted", f"the database failed: {exc}"
             else:
                 outcome, reason = "failed", f"{type(exc).__name__}: {exc}"
             with anyio.move_on_after(10.0, shield=True):
-                await store.finish_attempt(attempt.id, outcome=outcome, reason=reason)
+                try:
+                    await store.finish_attempt(attempt.id, outcome=outcome, reason=reason)
+                except BuildRunnerError as again:
+                    # Most likely the same failing database: the original error is the one
+                    # to act on (the next start marks the attempt interrupted).
+                    _log.error("attempt.finish_failed", attempt_id=attempt.id,
+                               error=str(again))
             raise
         finally:
             await _ws_remove(run, path, keep=keep_worktree)
@@ -539,8 +550,8 @@ async def _run_executor(
             return await executor.run_batch(job, ctx), [], None
     except BudgetExceededError as exc:
         return ExecutionOutcome(status="budget_exceeded", reason=str(exc)), [], None
-    except anyio.get_cancelled_exc_class():
-        raise
+    except (anyio.get_cancelled_exc_class(), StoreError):
+        raise  # a failing database pauses the run (see _runs), it does not fail the batch
     except Exception as exc:
         _log.warning("executor.failed", batch=job.batch_id, error=repr(exc))
         return ExecutionOutcome(status="failed", reason=f"{type(exc).__name__}: {exc}"), [], None

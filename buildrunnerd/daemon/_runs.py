@@ -49,6 +49,7 @@ __all__ = ["RunManager", "tasks_by_state"]
 _log = structlog.get_logger("buildrunnerd.runs")
 
 _ACTIVE_STATES = ("queued", "running", "paused")
+_STORE_FAILURE_PAUSE_S = 10.0  # writing the pause itself, when the database just failed
 
 
 class RunManager:
@@ -361,11 +362,18 @@ class RunManager:
         """Dispatch a paused run's batches again."""
         async with self._lock:
             record = await self.store.get_run(run_id)
-            _require(record, ("paused",), "resume")
-            await self.store.set_run_state(run_id, "running", event_type="run.resumed")
             slot = self.scheduler.get(run_id)
-            if slot is None:
+            if not (slot is not None and slot.paused and record.state == "running"):
+                # (A run paused in memory whose pause could not be written - the database
+                # failed - is resumed too.)
+                _require(record, ("paused",), "resume")
+                await self.store.set_run_state(run_id, "running", event_type="run.resumed")
+            active = self._active.get(run_id)
+            if slot is None or active is None:
                 await self._activate(await self.store.get_run(run_id))
+            elif slot.graph.finished and not slot.in_flight:
+                # Its last result was stored but the run's end was not (the database failed).
+                await self._finish_run(active, slot.graph)
             else:
                 slot.paused = False
                 self.scheduler.wake()
@@ -459,58 +467,91 @@ class RunManager:
 
     async def _execute_bound(self, active: ActiveRun, slot: RunSlot, batch_id: str) -> None:
         try:
-            _log.info("batch.started")
-            result = await run_batch_lifecycle(
-                store=self.store, executor=self.executor, config=self.config, run=active,
-                batch_id=batch_id, on_budget_exceeded=self.budget_exceeded,
-            )
-            _log.info("batch.finished", status=result.status, reason=result.reason)
+            result = active.unrecorded.pop(batch_id, None)
+            if result is None:
+                _log.info("batch.started")
+                result = await self._run_lifecycle(active, batch_id)
+                _log.info("batch.finished", status=result.status, reason=result.reason)
+            else:  # done before the database failed: record it, do not run it again
+                _log.info("batch.recording_again", status=result.status)
+            if active.cancelling:
+                return
+            try:
+                await self._apply_result(active, slot, batch_id, result)
+            except StoreError:
+                if slot.graph.state(batch_id) == "running":
+                    # Nothing of the result was written (one transaction): keep it for the
+                    # next dispatch rather than paying for the batch again.
+                    active.unrecorded[batch_id] = result
+                raise
         except anyio.get_cancelled_exc_class():
             if not active.cancelling:
                 slot.graph.requeue(batch_id)  # shutdown: recovery re-queues it in the store
             raise
         except StoreError as exc:
-            _log.error("batch.store_failed", batch_id=batch_id, error=str(exc))
-            slot.graph.requeue(batch_id)
-            slot.paused = True
-            with anyio.move_on_after(10.0):
-                try:
-                    await self.store.set_run_state(
-                        slot.run_id, "paused", event_type="run.paused",
-                        reason=f"the database failed: {exc}; fix it and resume the run",
-                    )
-                except BuildRunnerError:
-                    pass
-            return
+            await self._pause_on_store_error(slot, batch_id, exc)
+
+    async def _run_lifecycle(self, active: ActiveRun, batch_id: str) -> BatchResult:
+        """The batch's lifecycle; a bug in it fails the batch (StoreError and cancellation
+        are for the caller: they pause / interrupt the run instead)."""
+        try:
+            return await run_batch_lifecycle(
+                store=self.store, executor=self.executor, config=self.config, run=active,
+                batch_id=batch_id, on_budget_exceeded=self.budget_exceeded,
+            )
+        except StoreError:
+            raise
         except Exception as exc:
             _log.exception("batch.crashed", batch_id=batch_id)
-            result = BatchResult("failed", reason=f"{type(exc).__name__}: {exc}")
-        if active.cancelling:
-            return
-        await self._apply_result(active, slot, batch_id, result)
+            return BatchResult("failed", reason=f"{type(exc).__name__}: {exc}")
+
+    async def _pause_on_store_error(self, slot: RunSlot, batch_id: str, exc: StoreError) -> None:
+        """The database failed while a batch ran or was recorded (full disk, locked file):
+        the batch goes back to the queue and the run pauses with the reason. Only this run
+        stops; the daemon goes on serving. If the pause itself cannot be written, the run is
+        still paused in memory and ``resume`` accepts it (see :meth:`resume`)."""
+        _log.error("batch.store_failed", batch_id=batch_id, error=str(exc))
+        slot.graph.requeue(batch_id)
+        slot.paused = True
+        reason = (f"the database failed: {exc}; free space / check the disk, then "
+                  f"`brctl resume {slot.run_id}`")
+        with anyio.move_on_after(_STORE_FAILURE_PAUSE_S):
+            try:
+                async with self._lock:
+                    record = await self.store.get_run(slot.run_id)
+                    if record.state in ("queued", "running"):
+                        await self.store.set_run_state(
+                            slot.run_id, "paused", event_type="run.paused", reason=reason)
+            except BuildRunnerError as again:
+                _log.error("run.pause_failed", run_id=slot.run_id, error=str(again),
+                           hint=f"the run is paused in memory; `brctl resume {slot.run_id}` "
+                                "once the database works again")
 
     async def _apply_result(
         self, active: ActiveRun, slot: RunSlot, batch_id: str, result: BatchResult
     ) -> None:
+        """Write a batch's result, then (only once it is stored) move the graph: a write that
+        fails leaves the graph where the store is, with the batch still running."""
         graph = slot.graph
         plan_batch = active.batches_by_plan_id[ActiveRun.plan_id(batch_id)]
         task_gids = [active.gid(t) for t in plan_batch.task_ids]
         if result.status == "succeeded":
-            newly_ready = graph.succeed(batch_id)
+            newly_ready = graph.would_ready(batch_id)
             changes = [TaskChange(t, "succeeded", model=result.model) for t in task_gids]
             for ready_id in newly_ready:
                 ready_batch = active.batches_by_plan_id[ActiveRun.plan_id(ready_id)]
                 changes += [TaskChange(active.gid(t), "ready") for t in ready_batch.task_ids]
-            active.summaries.append(result.summary or "; ".join(
-                active.tasks_by_plan_id[t].title for t in plan_batch.task_ids))
             await self.store.transition(
                 run=None,
                 batch=(batch_id, "succeeded", "batch.succeeded",
                        {"commit": result.commit, "model": result.model}, result.model),
                 tasks=changes, events=[],
             )
+            graph.succeed(batch_id)
+            active.summaries.append(result.summary or "; ".join(
+                active.tasks_by_plan_id[t].title for t in plan_batch.task_ids))
         elif result.status == "failed":
-            newly_blocked = graph.fail(batch_id)
+            newly_blocked = graph.would_block(batch_id)
             reason = result.reason or "failed"
             changes = [TaskChange(t, "failed", reason=reason) for t in task_gids]
             why = f"blocked: depends on failed task {', '.join(plan_batch.task_ids)}"
@@ -523,35 +564,47 @@ class RunManager:
                 batch=(batch_id, "failed", "batch.failed", {"reason": reason}),
                 tasks=changes, events=[],
             )
+            graph.fail(batch_id)
         else:  # interrupted (budget, backend cancelled): back to the queue
-            graph.requeue(batch_id)
             await self.store.transition(
                 run=None, batch=(batch_id, "pending", "batch.requeued",
                                  {"reason": result.reason}),
                 tasks=[TaskChange(t, "ready", reason=result.reason) for t in task_gids],
                 events=[],
             )
+            graph.requeue(batch_id)
         if graph.finished:
             async with self._lock:
                 if self._active.get(active.id) is active and graph.finished:
                     await self._finish_run(active, graph)
 
     async def _finish_run(self, active: ActiveRun, graph: RunGraph) -> None:
-        self.scheduler.remove(active.id)
+        # Out of the active set before the final event (the STATUS line counts active runs),
+        # but back in it if the database fails: the run then stays active (paused by the
+        # caller), and `resume` finishes it (see :meth:`resume`).
         self._active.pop(active.id, None)
+        try:
+            await self._write_final_state(active, graph)
+        except BaseException:
+            self._active[active.id] = active
+            raise
+        self.scheduler.remove(active.id)
+
+    async def _write_final_state(self, active: ActiveRun, graph: RunGraph) -> None:
         if graph.all_succeeded:
             await self.store.set_run_state(
                 active.id, "succeeded", event_type="run.succeeded",
                 data={"branch": active.branch, "batches": len(graph.states())},
             )
             _log.info("run.succeeded", run_id=active.id, branch=active.branch)
-            return
-        counts = Counter(graph.states().values())
-        reason = (f"{counts.get('failed', 0)} batch(es) failed, {counts.get('blocked', 0)} "
-                  "blocked; see `brctl tasks` and retry the failed tasks")
-        await self.store.set_run_state(active.id, "failed", event_type="run.failed",
-                                       reason=reason, data=dict(counts))
-        _log.info("run.failed", run_id=active.id, reason=reason)
+        else:
+            counts = Counter(graph.states().values())
+            reason = (f"{counts.get('failed', 0)} batch(es) failed, "
+                      f"{counts.get('blocked', 0)} blocked; see `brctl tasks` and retry the "
+                      "failed tasks")
+            await self.store.set_run_state(active.id, "failed", event_type="run.failed",
+                                           reason=reason, data=dict(counts))
+            _log.info("run.failed", run_id=active.id, reason=reason)
 
     # --- shutdown -------------------------------------------------------------------------
     async def shutdown(self, grace_period_s: float) -> None:

@@ -131,6 +131,17 @@ class RunGraph:
     def all_succeeded(self) -> bool:
         return self._counts["succeeded"] == len(self._nodes)
 
+    def would_ready(self, batch_id: str) -> list[str]:
+        """The batches :meth:`succeed` would make ready, without changing anything (the run
+        manager writes the store first, then moves the graph)."""
+        return [d for d in self._nodes[batch_id].dependents
+                if self._nodes[d].unmet == 1 and self._nodes[d].state == "pending"]
+
+    def would_block(self, batch_id: str) -> list[str]:
+        """The batches :meth:`fail` would newly block, without changing anything."""
+        return [d for d in self._downstream(batch_id)
+                if self._nodes[d].state not in ("succeeded", "cancelled", "blocked")]
+
     # --- transitions ---------------------------------------------------------------------
     def pop_ready(self) -> str | None:
         """Take the best ready batch and mark it running."""

@@ -99,8 +99,20 @@ def test_sigterm_with_work_in_flight_exits_0_and_the_run_continues(tmp_path: Pat
     assert succeeded and len(succeeded) == len(set(succeeded)), succeeded
 
 
+def _notifications(notify: socket.socket, until: str, seen: list[str], start: int = 0) -> int:
+    """Read ``$NOTIFY_SOCKET`` datagrams (one line per assignment) into ``seen`` until a line
+    at index ``start`` or later begins with ``until`` (the socket's timeout bounds the wait);
+    returns that line's index."""
+    while True:
+        for index in range(start, len(seen)):
+            if seen[index].startswith(until):
+                return index
+        seen += notify.recv(4096).decode().splitlines()
+
+
 def test_sigint_exits_0_and_notifies_readiness(tmp_path: Path) -> None:
-    """systemd ``Type=notify``: READY=1 on $NOTIFY_SOCKET; SIGINT stops it with exit 0."""
+    """systemd ``Type=notify``: READY=1 on $NOTIFY_SOCKET; SIGINT sends STOPPING=1 and a
+    STATUS= line, and stops it with exit 0."""
     notify_path = tmp_path / "notify.sock"
     with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as notify:
         notify.bind(str(notify_path))
@@ -109,13 +121,45 @@ def test_sigint_exits_0_and_notifies_readiness(tmp_path: Path) -> None:
         daemon = start_daemon(tmp_path, env=env, socket_path=socket_path, wait=False)
         try:
             messages: list[str] = []
-            while "READY=1" not in messages:
-                messages += notify.recv(4096).decode().splitlines()
+            ready = _notifications(notify, "READY=1", messages)
+            assert f"MAINPID={daemon.proc.pid}" in messages
             assert daemon.rpc("daemon.ping")["pid"] == daemon.proc.pid
             daemon.signal(signal.SIGINT)
+            # the shutdown is announced: STOPPING=1, then a STATUS= line saying so
+            stopping = _notifications(notify, "STOPPING=1", messages, ready)
+            _notifications(notify, "STATUS=stopping", messages, stopping)
             assert daemon.wait(timeout_s=30) == 0, daemon.stderr()
         finally:
             daemon.kill()
+
+
+def test_notify_reports_run_counts_and_stopping(tmp_path: Path) -> None:
+    """systemd sees STATUS= lines that count the active runs as they change, then STOPPING=1
+    (and a stopping STATUS=) when the daemon shuts down."""
+    notify_path = tmp_path / "notify.sock"
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as notify:
+        notify.bind(str(notify_path))
+        notify.settimeout(30)
+        env, socket_path = _env(tmp_path, NOTIFY_SOCKET=str(notify_path),
+                                BUILDRUNNER_SIM_MS_PER_MINUTE="0")
+        daemon = start_daemon(tmp_path, env=env, socket_path=socket_path, wait=False)
+        try:
+            seen: list[str] = []
+            ready = _notifications(notify, "READY=1", seen)
+            assert any(line.startswith("STATUS=serving on") for line in seen), seen
+            repo = tmp_path / "repo"
+            run_id = submit(daemon, make_repo(repo), repo)
+            started = _notifications(notify, "STATUS=1 active run(s)", seen, ready)
+            assert wait_run(daemon, run_id)["state"] == "succeeded"
+            # the run's end is counted too: back to no active run
+            _notifications(notify, "STATUS=0 active run(s)", seen, started)
+            daemon.signal(signal.SIGINT)
+            stopping = _notifications(notify, "STOPPING=1", seen, started)
+            _notifications(notify, "STATUS=stopping", seen, stopping)
+            assert daemon.wait(timeout_s=30) == 0, daemon.stderr()
+        finally:
+            daemon.kill()
+    assert seen.count("STOPPING=1") == 1 and seen.count("READY=1") == 1, seen
 
 
 def test_brctl_shutdown_stops_the_daemon_with_exit_0(tmp_path: Path) -> None:

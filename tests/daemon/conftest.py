@@ -143,9 +143,11 @@ class Harness:
 async def _harness(
     tmp_path: Path, *, workers: int = 4, executor: Executor | None = None,
     config: Config | None = None, db_name: str = "store.sqlite",
+    max_size_bytes: int | None = None,
 ) -> AsyncIterator[Harness]:
     bus = EventBus()
-    store = await Store.open(tmp_path / db_name, on_event=bus.publish)
+    store = await Store.open(tmp_path / db_name, on_event=bus.publish,
+                             max_size_bytes=max_size_bytes)
     runs = RunManager(store=store, executor=executor or GatedExecutor(),
                       config=config or Config(), home=tmp_path / "home", workers=workers)
     h = Harness(runs, store, bus, runs.executor, [], anyio.Event())
