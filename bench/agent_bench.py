@@ -10,6 +10,16 @@ the turn. All batches share the run's stable system prompt, so later calls read 
 conversation's earlier turns, from the prompt cache.
 
     .venv/bin/python bench/agent_bench.py [--batches 32] [--latency-ms 200] [--json]
+
+``--through-daemon``: the same 32 batches as a wide spec (32 independent one-task batches)
+submitted to a real ``buildrunnerd`` subprocess (``--backend anthropic``), one fresh daemon,
+repository and fake API process per worker count. Everything a user's run pays is in the
+figures: planning, worktrees, the agent loop, verification (every named file exists; no test
+command), commits and merges into the run branch, the store. Speedup is measured from
+``run.submit`` to the ``run.succeeded`` event; the cache share comes from ``costs.summary``.
+A per-phase breakdown (from the run's stored events) shows where the time goes.
+
+    .venv/bin/python bench/agent_bench.py --through-daemon [--json]
 """
 
 from __future__ import annotations
@@ -17,9 +27,12 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+import re
+import subprocess
 import sys
 import tempfile
 import time
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +47,7 @@ from buildrunnerd.config import AgentConfig, Config  # noqa: E402
 from buildrunnerd.executor import ApiCall, BatchJob  # noqa: E402
 from buildrunnerd.plan import BatchPrompt, Task  # noqa: E402
 from buildrunnerd.prompt import default_counter  # noqa: E402
+from tests.conftest import DaemonFactory, RpcClient, wait_run_event  # noqa: E402
 from tests.fakeapi import (  # noqa: E402
     API_KEY,
     FakeAnthropic,
@@ -85,9 +99,16 @@ def steps(batch: str) -> list[Reply]:
     ]
 
 
+_DAEMON_BATCH = re.compile(r"# Your tasks: batch (B\d+)")
+
+
 def batch_key(req: FakeRequest) -> str:
     first = req.first_user_text()
-    return first[first.index("[batch ") + 7: first.index("]")]
+    if "[batch " in first:  # the executor-level prompt of this bench
+        return first[first.index("[batch ") + 7: first.index("]")]
+    found = _DAEMON_BATCH.search(first)  # the daemon's prompt builder
+    assert found is not None, f"no batch id in the prompt: {first[:300]!r}"
+    return found.group(1)
 
 
 def job(batch: str, worktree: Path) -> BatchJob:
@@ -157,6 +178,137 @@ async def run(workers: int, batches: list[str], latency_s: float, root: Path) ->
             "mean_call_ms": round(sum(c.latency_ms for c in calls) / max(1, len(calls)))}
 
 
+def wide_spec(batches: list[str]) -> str:
+    """A plan-format spec of independent one-task groups. Each task is estimated at the
+    planner's batch limit (240 min), so each becomes a batch of its own: ids B001, B002, ..."""
+    lines = ["# Wide bench project", "", "Independent modules, one batch each.", ""]
+    for b in batches:
+        module = f"mod_{b.lower()}.py"
+        lines += [f"### Batch {b}: Module {b}", "", f"#### Task {b}.1: Module {b} (240 min)", "",
+                  f"**File:** `{module}`", "", "**Acceptance Criteria:**",
+                  f"- [ ] `{module}` defines answer()", ""]
+    return "\n".join(lines)
+
+
+def _git(repo: Path, *args: str) -> None:
+    subprocess.run(["git", *args], cwd=repo, check=True, capture_output=True)
+
+
+def _ts(event: dict[str, Any]) -> float:
+    return datetime.fromisoformat(str(event["ts"]).replace("Z", "+00:00")).timestamp()
+
+
+def phases(events: list[dict[str, Any]], workers: int, elapsed_s: float) -> dict[str, float]:
+    """Where a batch's time goes, from its stored events: total seconds over all batches per
+    phase, and the share of the workers' time (``workers * elapsed``) that no batch used.
+
+    setup: dispatch -> the first call is sent (worktree, prompt, executor start);
+    model: the calls' own latency (``api.call`` ``latency_ms``: the fake's 200 ms + HTTP);
+    tools: the rest of the agent loop (tools, bash, streaming bookkeeping, store writes);
+    wrap_up: the last turn -> the tasks go ``verifying`` (file monitor, file events);
+    verify: -> ``verify.passed``; merge: -> ``batch.succeeded`` (commit + merge);
+    idle: workers' time outside dispatch -> ``batch.succeeded`` (worktree removal, planning,
+    scheduling, and the tail of the run where fewer batches than workers are left)."""
+    by_batch: dict[str, list[dict[str, Any]]] = {}
+    for e in events:
+        if e.get("batch_id"):
+            by_batch.setdefault(str(e["batch_id"]), []).append(e)
+    out = dict.fromkeys(("setup", "model", "tools", "wrap_up", "verify", "merge"), 0.0)
+    busy = 0.0
+    for evs in by_batch.values():
+        calls = [e for e in evs if e["type"] == "api.call"]
+        turns = [_ts(e) for e in evs if e["type"] == "agent.turn"]
+        marks: dict[str, float] = {}
+        for e in evs:
+            key = e["type"]
+            if key == "task.state_changed":
+                key = f"task.{e['data'].get('to')}"
+            marks.setdefault(key, _ts(e))
+        need = ("batch.dispatched", "task.verifying", "verify.passed", "batch.succeeded")
+        if not calls or not turns or any(k not in marks for k in need):
+            continue
+        model = sum(float(e["data"].get("latency_ms") or 0) for e in calls) / 1000
+        first_sent = _ts(calls[0]) - float(calls[0]["data"].get("latency_ms") or 0) / 1000
+        out["setup"] += first_sent - marks["batch.dispatched"]
+        out["model"] += model
+        out["tools"] += max(turns) - first_sent - model
+        out["wrap_up"] += marks["task.verifying"] - max(turns)
+        out["verify"] += marks["verify.passed"] - marks["task.verifying"]
+        out["merge"] += marks["batch.succeeded"] - marks["verify.passed"]
+        busy += marks["batch.succeeded"] - marks["batch.dispatched"]
+    result = {f"{k}_s": round(v, 2) for k, v in out.items()}
+    result["idle_share"] = round(1 - busy / (workers * elapsed_s), 3)
+    return result
+
+
+async def run_daemon(workers: int, batches: list[str], latency_s: float, root: Path
+                     ) -> dict[str, Any]:
+    """One run of the wide spec through a fresh ``buildrunnerd`` with ``workers`` workers."""
+    base = root / f"d{workers}"
+    repo = base / "repo"
+    repo.mkdir(parents=True)
+    _git(repo, "init", "-q", "-b", "main")
+    _git(repo, "config", "user.email", "bench@example.invalid")
+    _git(repo, "config", "user.name", "Bench")
+    spec = repo / "PROJECT_SPEC.md"
+    spec.write_text(wide_spec(batches), encoding="utf-8")
+    _git(repo, "add", ".")
+    _git(repo, "commit", "-qm", "init")
+    config = base / "config.toml"
+    config.write_text(
+        '[planner]\nplanner = "heuristic"\n'
+        f"[daemon]\nworkers = {workers}\nmax_workers_per_run = {workers}\n"
+        "[agent]\nrequest_timeout_s = 30.0\n", encoding="utf-8")
+    server = await anyio.open_process(
+        [sys.executable, __file__, "--serve-fake", "--batches", str(len(batches)),
+         "--latency-ms", str(latency_s * 1000)])
+    assert server.stdout is not None and server.stdin is not None
+    base_url = (await server.stdout.receive()).decode().strip()
+    factory = DaemonFactory(base)
+    try:
+        env = factory.base_env(ANTHROPIC_API_KEY=API_KEY, ANTHROPIC_BASE_URL=base_url)
+        daemon = await factory.start("--backend", "anthropic", "--config", str(config),
+                                     env=env)
+        async with daemon.client() as client:
+            started = time.perf_counter()
+            run_info = await client.call("run.submit", spec_path=str(spec), repo=str(repo),
+                                         workers=workers)
+            end = await wait_run_event(daemon.socket, run_info["id"], timeout_s=600)
+            elapsed = time.perf_counter() - started
+            info = await client.call("run.get", run_id=run_info["id"])
+            costs = await client.call("costs.summary", run_id=run_info["id"], by="model")
+        events = await _run_events(daemon.socket, run_info["id"], end["id"])
+        await daemon.stop()
+        # Batches whose base had moved on are merged in a private merge worktree (a merge
+        # commit), the others fast-forward the run branch.
+        merges = await anyio.run_process(
+            ["git", "rev-list", "--merges", "--count", info["branch"]], cwd=repo)
+    finally:
+        factory.cleanup()
+        await server.stdin.aclose()
+        await server.wait()
+    total_in = (costs["input_tokens"] + costs["cache_creation_input_tokens"]
+                + costs["cache_read_input_tokens"])
+    return {"workers": workers, "seconds": round(elapsed, 2), "state": info["state"],
+            "calls": costs["calls"], "failures": [] if end["type"] == "run.succeeded"
+            else [f"{end['type']}: {end.get('data')}"],
+            "cache_read_share": round(costs["cache_read_input_tokens"] / max(1, total_in), 3),
+            "cost_usd": round(costs["total_usd"], 4), "merge_commits": int(merges.stdout.decode()),
+            "phases": phases(events, workers, elapsed)}
+
+
+async def _run_events(socket_path: Path, run_id: str, last_id: int) -> list[dict[str, Any]]:
+    """The run's stored events up to ``last_id`` (a replay through ``events.subscribe``)."""
+    events: list[dict[str, Any]] = []
+    async with RpcClient.connect(socket_path) as watcher:
+        await watcher.call("events.subscribe", run_id=run_id, since=0)
+        while True:
+            note = await watcher.next_notification(30.0)
+            events.append(note["params"])
+            if note["params"]["id"] >= last_id:
+                return events
+
+
 async def main_async(args: argparse.Namespace) -> dict[str, Any]:
     batches = [f"B{i:03d}" for i in range(1, args.batches + 1)]
     # Warm the one-time costs (tokenizer load, sandbox probe) so the 1-worker run, which
@@ -166,11 +318,16 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
     results = []
     with tempfile.TemporaryDirectory(prefix="agent-bench-") as tmp:
         for workers in args.workers:
-            results.append(await run(workers, batches, args.latency_ms / 1000, Path(tmp)))
+            if args.through_daemon:
+                results.append(await run_daemon(workers, batches, args.latency_ms / 1000,
+                                                Path(tmp)))
+            else:
+                results.append(await run(workers, batches, args.latency_ms / 1000, Path(tmp)))
     base = results[0]["seconds"]
     for r in results:
         r["speedup"] = round(base / r["seconds"], 2)
     return {"batches": args.batches, "latency_ms": args.latency_ms, "results": results,
+            "level": "daemon" if args.through_daemon else "executor",
             "machine": f"{platform.machine()}, {platform.python_version()}, "
                        f"{__import__('os').cpu_count()} CPUs"}
 
@@ -181,6 +338,9 @@ def main() -> None:
     parser.add_argument("--latency-ms", type=float, default=200.0)
     parser.add_argument("--workers", type=int, nargs="+", default=[1, 4, 8])
     parser.add_argument("--json", action="store_true")
+    parser.add_argument("--through-daemon", action="store_true",
+                        help="run the batches through a real buildrunnerd (worktrees, "
+                             "verification and merges included)")
     parser.add_argument("--serve-fake", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.serve_fake:
@@ -190,13 +350,15 @@ def main() -> None:
     if args.json:
         print(json.dumps(report, indent=2))
         return
-    print(f"{report['batches']} batches, fake API +{report['latency_ms']:g} ms per call, "
-          f"{report['machine']}")
+    print(f"{report['batches']} batches, {report['level']} level, fake API "
+          f"+{report['latency_ms']:g} ms per call, {report['machine']}")
     print(f"{'workers':>7} {'seconds':>8} {'speedup':>8} {'calls':>6} {'cache read':>10}")
     for r in report["results"]:
         print(f"{r['workers']:>7} {r['seconds']:>8.2f} {r['speedup']:>7.2f}x {r['calls']:>6} "
               f"{r['cache_read_share']:>9.0%}" + (f"  FAILED {r['failures']}"
                                                   if r["failures"] else ""))
+        if "phases" in r:
+            print(f"{'':>7} seconds summed over batches: {r['phases']}")
 
 
 if __name__ == "__main__":
