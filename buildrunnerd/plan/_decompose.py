@@ -68,7 +68,10 @@ class _Vocab:
 
     def search(self, text: str) -> bool:
         """Whether ``text`` uses any keyword of this family."""
-        words, joined = _analyse(text)
+        return self.found(*_analyse(text))
+
+    def found(self, words: frozenset[str], joined: str) -> bool:
+        """:meth:`search` on a text already analysed by :func:`_analyse`."""
         if not self.words.isdisjoint(words):
             return True
         return self.others is not None and self.others.search(joined) is not None
@@ -564,15 +567,16 @@ def _docs_items(items: Iterable[Item]) -> list[Item]:
 def _tags(text: str) -> frozenset[str]:
     """Every keyword family ``text`` uses: the components, "tests", "docs", "docs_request"
     (a sentence asking for documentation) and "critical". One pass per distinct sentence."""
-    tags = {kind for kind, vocab in _KIND_WORDS.items() if vocab.search(text)}
+    analysed = _analyse(text)  # once for every family, not once per family
+    tags = {kind for kind, vocab in _KIND_WORDS.items() if vocab.found(*analysed)}
     if _HTTP_VERB.search(text):
         tags.add("api")
-    if _TESTS_WORDS.search(text):
+    if _TESTS_WORDS.found(*analysed):
         tags.add("tests")
-    if _DOCS_WORDS.search(text):
+    if _DOCS_WORDS.found(*analysed):
         tags.add("docs")
         if _DOCS_REQUEST.search(text):  # needs a docs word too: only then worth the regex
             tags.add("docs_request")
-    if _CRITICAL_WORDS.search(text):
+    if _CRITICAL_WORDS.found(*analysed):
         tags.add("critical")
     return frozenset(tags)

@@ -12,6 +12,7 @@ from buildrunnerd.prompt._counter import (
     TiktokenCounter,
     TokenCounter,
     default_counter,
+    piece_segments,
 )
 
 __all__ = [
@@ -23,5 +24,6 @@ __all__ = [
     "build_prompt_for_tasks",
     "default_counter",
     "fix_prompt",
+    "piece_segments",
     "system_prompt",
 ]

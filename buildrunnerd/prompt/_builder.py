@@ -22,7 +22,12 @@ from typing import Any
 
 from buildrunnerd.errors import PlanError, Problem
 from buildrunnerd.plan._model import Batch, BatchPrompt, Plan, Task
-from buildrunnerd.prompt._counter import TokenCounter, default_counter
+from buildrunnerd.prompt._counter import (
+    TiktokenCounter,
+    TokenCounter,
+    default_counter,
+    piece_segments,
+)
 
 __all__ = [
     "PromptBuilder", "build_batch_prompt", "build_prompt_for_tasks", "system_prompt", "fix_prompt",
@@ -223,6 +228,30 @@ class PromptBuilder:
         self.system_tokens = self.counter.count(self.system)
         self._line_tokens: dict[str, int] = {}
         self._overview_context: dict[str, tuple[str, int]] = {}
+        # With our own tiktoken counter a new line is counted in segments (piece_segments: the
+        # exact count, cut around numbers) and each distinct segment is tokenized once: task
+        # lines of a big plan mostly differ only in their numbers. Any other counter counts
+        # whole lines, as its own rules may not cut where cl100k does.
+        self._segment_tokens: dict[str, int] | None = (
+            {} if type(self.counter) is TiktokenCounter else None
+        )
+
+    def _count_line(self, line: str) -> int:
+        segments = self._segment_tokens
+        if segments is None:
+            return self.counter.count(line)
+        parts = piece_segments(line)
+        if len(parts) == 1:
+            return self.counter.count(line)
+        total = 0
+        for part in parts:
+            n = segments.get(part)
+            if n is None:
+                n = self.counter.count(part)
+                if len(segments) < self._MAX_CACHED_LINES:
+                    segments[part] = n
+            total += n
+        return total
 
     def _count_lines(self, text: str) -> int:
         # Line by line, plus one token per line break: an upper bound of counting the text in
@@ -233,7 +262,7 @@ class PromptBuilder:
         for line in lines:
             n = memo.get(line)
             if n is None:
-                n = self.counter.count(line)
+                n = self._count_line(line)
                 if len(memo) < self._MAX_CACHED_LINES:
                     memo[line] = n
             total += n

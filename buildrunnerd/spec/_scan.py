@@ -163,6 +163,9 @@ def _tag(stripped: str) -> tuple[str, bool] | None:
     return name.lower(), closing
 
 
+_ITEM_FIRST = frozenset("-*+0123456789")  # what an item marker can start with (see _item)
+
+
 def scan(text: str) -> list[Line]:
     """Classify every significant line of ``text``.
 
@@ -199,7 +202,10 @@ def scan(text: str) -> list[Line]:
         if stripped.startswith("<!--"):
             in_comment = "-->" not in stripped[4:]
             continue
-        tag = _tag(stripped)
+        # Each line kind has its own first character: test that before calling its parser
+        # (a 1 MB spec has tens of thousands of lines, most of them plain text or items).
+        first = stripped[:1]
+        tag = _tag(stripped) if first == "<" else None
         if tag is not None:
             name, closing = tag
             if name in _SKIPPED_TAGS:
@@ -215,7 +221,7 @@ def scan(text: str) -> list[Line]:
             continue
         if skip_depth:
             continue
-        f = _fence(stripped)
+        f = _fence(stripped) if first == "`" or first == "~" else None
         if f is not None:
             fence = f
             continue
@@ -224,7 +230,7 @@ def scan(text: str) -> list[Line]:
             in_placeholder = False
             out.append(Line(BLANK, number, "", region=region))
             continue
-        head = _heading(stripped)
+        head = _heading(stripped) if first == "#" else None
         if head is not None:
             in_placeholder = False
             out.append(Line(HEADING, number, head[1], level=head[0], region=region))
@@ -236,10 +242,10 @@ def scan(text: str) -> list[Line]:
         if stripped[0] == "[" and "]" not in stripped:
             in_placeholder = True
             continue
-        if _is_rule(stripped):
+        if (first == "-" or first == "*" or first == "_") and _is_rule(stripped):
             out.append(Line(RULE, number, "", region=region))
             continue
-        item = _item(stripped)
+        item = _item(stripped) if first in _ITEM_FIRST else None
         if item is not None:
             cols, _ = _indent_width(raw)
             checked, body = _checkbox(item[1])
