@@ -8,6 +8,7 @@ moves by ``git update-ref`` with the expected old value, so nothing is ever forc
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import weakref
 from collections.abc import Collection, Sequence
@@ -56,6 +57,25 @@ def _worktree_lock(repo: Path) -> anyio.Lock:
     if lock is None:
         lock = _WORKTREE_LOCKS[key] = anyio.Lock()
     return lock
+
+
+# ``git merge-tree --write-tree`` (a merge computed in the object store, no worktree) arrived in
+# git 2.38. With it a merge needs no worktree and so not the repository's worktree lock.
+MERGE_TREE_MIN_VERSION = (2, 38)
+
+# None: probe ``git version`` once per process. Tests set True/False to force a merge path.
+_USE_MERGE_TREE: bool | None = None
+
+
+async def _merge_tree_supported(cwd: Path, timeout_s: float) -> bool:
+    """Whether this git has ``merge-tree --write-tree`` (probed once, then cached)."""
+    global _USE_MERGE_TREE
+    if _USE_MERGE_TREE is None:
+        res = await git(["version"], cwd=cwd, timeout_s=timeout_s, check=False)
+        match = re.search(r"(\d+)\.(\d+)", res.stdout) if res.ok else None
+        version = (int(match[1]), int(match[2])) if match else (0, 0)
+        _USE_MERGE_TREE = version >= MERGE_TREE_MIN_VERSION
+    return _USE_MERGE_TREE
 
 
 # How often a merge is retried when the run branch moved between reading it and updating it.
@@ -175,8 +195,9 @@ class RunRepo:
         """Commit everything in ``worktree`` and merge it into the run branch.
 
         Fast-forward when the branch has not moved since the worktree was made; otherwise a
-        real merge in a private, temporary merge worktree. A conflict is aborted and reported
-        (``merged=False`` with the files); nothing is ever forced.
+        real merge: in the object store with ``git merge-tree --write-tree`` (git >= 2.38, no
+        worktree), else in a private, temporary merge worktree. A conflict is aborted and
+        reported (``merged=False`` with the files); nothing is ever forced.
         """
         worktree = Path(worktree)
         t = self.timeout_s
@@ -202,7 +223,10 @@ class RunRepo:
                     if await self._move_branch(commit, head):
                         return MergeResult(merged=True, commit=commit, fast_forward=True)
                     continue
-                result = await self._merge(worktree, commit, head, message)
+                if await _merge_tree_supported(self.repo, self.timeout_s):
+                    result = await self._merge_in_objects(commit, head, message)
+                else:
+                    result = await self._merge(worktree, commit, head, message)
                 if not result.merged or result.commit is None:
                     return result
                 if await self._move_branch(result.commit, head):
@@ -238,8 +262,42 @@ class RunRepo:
             data={"repo": str(self.repo), "branch": self.branch},
         )
 
+    async def _merge_in_objects(self, commit: str, head: str, message: str) -> MergeResult:
+        """Merge ``commit`` into ``head`` without a worktree (git >= 2.38): ``merge-tree
+        --write-tree`` computes the merged tree, ``commit-tree`` makes the merge commit. The
+        branch is not moved here (the caller's compare-and-swap does that)."""
+        t = self.timeout_s
+        res = await git(
+            ["merge-tree", "--write-tree", "--name-only", "--no-messages", "-z", head, commit],
+            cwd=self.repo, timeout_s=t, check=False,
+        )
+        # -z: the tree id, then (exit 1 only) each conflicted path once, all NUL-terminated.
+        fields = [f for f in res.stdout.split("\0") if f]
+        if res.returncode not in (0, 1) or not fields:
+            raise WorkspaceError(
+                f"`git merge-tree {head[:12]} {commit[:12]}` failed in {self.repo} (exit "
+                f"{res.returncode}): {(res.stderr or res.stdout).strip() or '(no output)'}",
+                data={"repo": str(self.repo), "commit": commit},
+            )
+        tree, files = fields[0], sorted(set(fields[1:]))
+        if res.returncode == 1:
+            if not files:
+                raise WorkspaceError(
+                    f"`git merge-tree` reported a conflict merging {commit[:12]} in "
+                    f"{self.repo} without naming a file; retry the task",
+                    data={"repo": str(self.repo), "commit": commit},
+                )
+            return MergeResult(merged=False, commit=commit, conflict_files=files)
+        merged = await git(
+            [*BOT_IDENTITY, "commit-tree", tree, "-p", head, "-p", commit,
+             "-m", _merge_message(message, commit)],
+            cwd=self.repo, timeout_s=t, what=f"committing the merge of {commit[:12]}",
+        )
+        return MergeResult(merged=True, commit=merged.stdout.strip())
+
     async def _merge(self, worktree: Path, commit: str, head: str, message: str) -> MergeResult:
-        """Merge ``commit`` into ``head`` in a private merge worktree beside ``worktree``."""
+        """Merge ``commit`` into ``head`` in a private merge worktree beside ``worktree``
+        (git < 2.38, which has no ``merge-tree --write-tree``)."""
         t = self.timeout_s
         merge_dir = worktree.parent / f".merge-{worktree.name}"
         if await anyio.Path(merge_dir).exists():
@@ -247,10 +305,9 @@ class RunRepo:
         await _add_worktree(self.repo, merge_dir, head, timeout_s=t,
                             what="creating the merge worktree")
         try:
-            first_line = message.strip().splitlines()[0] if message.strip() else commit[:12]
             res = await git(
                 [*BOT_IDENTITY, "merge", "--no-ff", "--no-edit", "--no-verify",
-                 "-m", f"Merge {first_line}", commit],
+                 "-m", _merge_message(message, commit), commit],
                 cwd=merge_dir, timeout_s=t, check=False,
             )
             if not res.ok:
@@ -271,6 +328,11 @@ class RunRepo:
             # Shielded: a cancelled batch must not leave the merge worktree registered.
             with anyio.CancelScope(shield=True):
                 await _remove_worktree(self.repo, merge_dir, timeout_s=t)
+
+
+def _merge_message(message: str, commit: str) -> str:
+    first_line = message.strip().splitlines()[0] if message.strip() else commit[:12]
+    return f"Merge {first_line}"
 
 
 async def prepare_run_repo(
