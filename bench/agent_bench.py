@@ -42,11 +42,11 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from buildrunnerd.agent import AnthropicExecutor  # noqa: E402
-from buildrunnerd.agent._bash import sandbox_mode  # noqa: E402
 from buildrunnerd.config import AgentConfig, Config  # noqa: E402
 from buildrunnerd.executor import ApiCall, BatchJob  # noqa: E402
 from buildrunnerd.plan import BatchPrompt, Task  # noqa: E402
 from buildrunnerd.prompt import default_counter  # noqa: E402
+from buildrunnerd.sandbox import select_sandbox  # noqa: E402
 from tests.conftest import DaemonFactory, RpcClient, wait_run_event  # noqa: E402
 from tests.fakeapi import (  # noqa: E402
     API_KEY,
@@ -314,7 +314,7 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
     # Warm the one-time costs (tokenizer load, sandbox probe) so the 1-worker run, which
     # would pay them first, is not made slower than it is.
     default_counter().count("warm up")
-    await sandbox_mode("auto")
+    await select_sandbox("auto")
     results = []
     with tempfile.TemporaryDirectory(prefix="agent-bench-") as tmp:
         for workers in args.workers:

@@ -32,10 +32,17 @@ def format_ping(ping: dict[str, Any]) -> str:
     backend = str(ping.get("backend", "?"))
     if ping.get("simulated"):
         backend += " (SIMULATED: no model is called; tasks' files are written by a stand-in)"
+    sandbox = str(ping.get("sandbox", "?"))
+    if sandbox == "off":
+        sandbox += (" (UNCONFINED: agent.sandbox = \"off\"; model-written code runs with "
+                    "your rights)")
+    elif sandbox == "unavailable":
+        sandbox += f" (runs are refused: {ping.get('sandbox_detail') or 'no working sandbox'})"
     return "\n".join([
         f"buildrunnerd {ping.get('version', '?')}  pid {ping.get('pid', '?')}  "
         f"up {format_duration(float(ping.get('uptime_s') or 0))}",
         f"backend:     {backend}",
+        f"sandbox:     {sandbox}",
         f"workers:     {ping.get('workers', '?')}",
         f"active runs: {ping.get('active_runs', 0)}",
         f"socket:      {ping.get('socket', '?')}",

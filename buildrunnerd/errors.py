@@ -23,6 +23,8 @@ __all__ = [
     "WorkspaceError",
     "AgentError",
     "BudgetExceededError",
+    "SandboxError",
+    "SandboxUnavailableError",
 ]
 
 
@@ -133,3 +135,13 @@ class BudgetExceededError(BuildRunnerError):
     """The next API call would take the run over its budget."""
 
     code = protocol.BUDGET_EXCEEDED
+
+
+class SandboxError(BuildRunnerError):
+    """Confining worktree content failed (the sandbox could not start the command)."""
+
+    code = protocol.SANDBOX_UNAVAILABLE
+
+
+class SandboxUnavailableError(SandboxError):
+    """No working sandbox: the daemon refuses model work (the message says how to fix it)."""

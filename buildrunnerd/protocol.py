@@ -14,7 +14,7 @@ __all__ = [
     "PARSE_ERROR", "INVALID_REQUEST", "METHOD_NOT_FOUND", "INVALID_PARAMS", "INTERNAL_ERROR",
     "NOT_FOUND", "INVALID_STATE", "FRAME_TOO_LARGE", "UNAUTHORIZED", "DAEMON_STOPPING",
     "SPEC_INVALID", "REPO_INVALID", "CONFIG_INVALID", "STORE_FAILED", "WORKSPACE_FAILED",
-    "AGENT_FAILED", "BUDGET_EXCEEDED",
+    "AGENT_FAILED", "BUDGET_EXCEEDED", "SANDBOX_UNAVAILABLE",
     "RunState", "TaskState", "BatchState", "Complexity", "Domain",
     "RUN_STATES", "TASK_STATES", "TERMINAL_RUN_STATES",
     "Event", "RunInfo", "TaskInfo", "BatchInfo", "CostRow", "CostSummary", "PingResult",
@@ -42,6 +42,7 @@ STORE_FAILED = -32020
 WORKSPACE_FAILED = -32030
 AGENT_FAILED = -32040
 BUDGET_EXCEEDED = -32050  # data: {"budget_usd", "spent_usd", "estimate_usd"}
+SANDBOX_UNAVAILABLE = -32060  # data: {"sandbox": setting, "reason": ...}
 
 DEFAULT_MAX_FRAME_BYTES = 8 * 1024 * 1024
 
@@ -211,4 +212,8 @@ class PingResult(msgspec.Struct):
     workers: int
     socket: str
     home: str
+    # How worktree content is confined: "bwrap" | "sandbox-exec" | "off" (explicit opt-out) |
+    # "unavailable" (no working sandbox: model work is refused; sandbox_detail says why).
+    sandbox: str = "unavailable"
+    sandbox_detail: str = ""
     active_runs: int = 0

@@ -1,4 +1,4 @@
-"""The bash tool (``bash_20250124``): one persistent shell per batch, optionally sandboxed.
+"""The bash tool (``bash_20250124``): one persistent shell per batch, always confined.
 
 The shell keeps its state (cwd, variables) between commands. Each command is written to a
 file and ``source``d with stdin from ``/dev/null``, followed by a marker carrying its exit
@@ -6,40 +6,29 @@ status: a syntax error or a command reading stdin cannot swallow the marker. A c
 outlives ``timeout_s`` kills the shell (restarted on the next call, state lost, the model is
 told). Output beyond ``max_chars`` keeps its head and tail around a truncation marker.
 
-The environment is an allowlist: nothing of the daemon's (no ``ANTHROPIC_*``, no
-``BUILDRUNNER_SOCKET``, no tokens) reaches the model's commands. With bubblewrap the shell
-also runs without network, with the file system read-only except the worktree and a private
-``/tmp``, and with the daemon's socket folder hidden.
+The shell runs in the daemon's sandbox (:mod:`buildrunnerd.sandbox`): no network, no home, no
+secrets, no other socket, the worktree the only writable folder and its ``.git`` read-only.
+When the shell ends, everything it started is killed.
 """
 
 from __future__ import annotations
 
-import os
 import secrets
 import shutil
-import signal
-import subprocess
 import tempfile
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import anyio
 import anyio.abc
-import structlog
 
 from buildrunnerd.agent._confine import ToolError
-from buildrunnerd.errors import AgentError
+from buildrunnerd.sandbox import Confinement, open_confined, terminate_confined
 
-__all__ = ["BASH_TOOL_NAME", "BASH_TOOL_TYPE", "BashSession", "bash_tool_param",
-           "sandbox_mode", "scrubbed_env"]
+__all__ = ["BASH_TOOL_NAME", "BASH_TOOL_TYPE", "BashSession", "bash_tool_param"]
 
 BASH_TOOL_TYPE = "bash_20250124"
 BASH_TOOL_NAME = "bash"
-_log = structlog.get_logger("buildrunnerd.agent.bash")
-
-# Only these variables pass into the model's shell; everything else is dropped.
-_ENV_ALLOW = ("PATH", "LANG", "LC_ALL", "LC_CTYPE", "TZ", "USER", "LOGNAME", "SHELL")
-_bwrap_probe: dict[str, bool] = {}
 
 
 def bash_tool_param() -> dict[str, Any]:
@@ -47,71 +36,19 @@ def bash_tool_param() -> dict[str, Any]:
     return {"type": BASH_TOOL_TYPE, "name": BASH_TOOL_NAME}
 
 
-def scrubbed_env(home: str) -> dict[str, str]:
-    """The environment of the model's shell: an allowlist of harmless variables."""
-    env = {k: v for k, v in os.environ.items() if k in _ENV_ALLOW}
-    env.setdefault("PATH", "/usr/local/bin:/usr/bin:/bin")
-    env.update({"HOME": home, "TERM": "dumb", "PAGER": "cat", "GIT_PAGER": "cat",
-                "PYTHONDONTWRITEBYTECODE": "1", "CI": "1"})
-    return env
-
-
-async def sandbox_mode(setting: str) -> Literal["bwrap", "none"]:
-    """Decide the sandbox for ``agent.sandbox``: ``auto`` uses bubblewrap when it is installed
-    and works here, ``bwrap`` requires it, ``none`` is the explicit opt-out (logged)."""
-    if setting == "none":
-        _log.warning("sandbox disabled by config (agent.sandbox = \"none\"): the model's "
-                     "commands run unconfined, with network, as the daemon's user")
-        return "none"
-    works = await _bwrap_works()
-    if works:
-        return "bwrap"
-    if setting == "bwrap":
-        raise AgentError(
-            "agent.sandbox = \"bwrap\" but bubblewrap is missing or cannot create a sandbox "
-            "here; install it (apt-get install bubblewrap) or set agent.sandbox = \"auto\"."
-        )
-    if not _bwrap_probe.get("warned"):
-        _bwrap_probe["warned"] = True  # once per daemon, not once per batch
-        _log.warning("bubblewrap not available; the model's commands run without a sandbox "
-                     "(install bubblewrap for network isolation)")
-    return "none"
-
-
-async def _bwrap_works() -> bool:
-    if "ok" in _bwrap_probe:
-        return _bwrap_probe["ok"]
-    exe = shutil.which("bwrap")
-    ok = False
-    if exe is not None:
-        try:
-            with anyio.fail_after(10):
-                result = await anyio.run_process(
-                    [exe, "--ro-bind", "/", "/", "--dev", "/dev", "--unshare-net", "true"],
-                    check=False)
-            ok = result.returncode == 0
-        except (OSError, TimeoutError):
-            ok = False
-    _bwrap_probe["ok"] = ok
-    return ok
-
-
 class BashSession:
-    """A persistent shell confined to ``worktree``. Not safe for concurrent calls (the model
-    makes one at a time)."""
+    """A persistent, confined shell in ``worktree``. Not safe for concurrent calls (the model
+    makes one at a time). Raises :class:`~buildrunnerd.errors.SandboxUnavailableError` on the
+    first command when the daemon has no working sandbox."""
 
-    def __init__(self, worktree: Path, *, sandbox: Literal["bwrap", "none"], timeout_s: float,
-                 max_chars: int, socket_dir: Path | None = None,
-                 hidden_dirs: tuple[Path, ...] = ()) -> None:
+    def __init__(self, worktree: Path, *, confinement: Confinement, timeout_s: float,
+                 max_chars: int) -> None:
         self.worktree = worktree.resolve()
-        self.sandbox = sandbox
+        self.confinement = confinement
         self.timeout_s = timeout_s
         self.max_chars = max_chars
-        self.socket_dir = socket_dir
-        # More folders the sandbox hides (the daemon's state dir: its database, the other
-        # runs' worktrees); the worktree itself stays visible even when it lies inside one.
-        self.hidden_dirs = hidden_dirs
         self._proc: anyio.abc.Process | None = None
+        # Outside the worktree (never committed); bound read-only into the sandbox.
         self._scratch = Path(tempfile.mkdtemp(prefix="buildrunner-bash-"))
         self._buffer = b""
 
@@ -160,49 +97,17 @@ class BashSession:
         shutil.rmtree(self._scratch, ignore_errors=True)
 
     # --- internals ---
-    def _argv(self) -> list[str]:
-        shell = ["bash", "--noprofile", "--norc"]
-        if self.sandbox == "none":
-            return shell
-        wt = str(self.worktree)
-        argv = ["bwrap", "--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc",
-                "--tmpfs", "/tmp", "--unshare-net", "--unshare-pid", "--unshare-ipc",
-                "--die-with-parent", "--new-session"]
-        # A Unix socket is reachable through a read-only mount: hide the daemon's folder (and
-        # the state dir) under empty tmpfs mounts, parents first. The worktree and scratch
-        # binds come after, so bwrap re-creates their paths inside a hidden parent.
-        hide = {d.resolve() for d in (self.socket_dir, *self.hidden_dirs)
-                if d is not None and d.is_dir()}
-        for folder in sorted(hide, key=lambda d: len(d.parts)):
-            if not folder.is_relative_to(self.worktree):  # never the worktree or inside it
-                argv += ["--tmpfs", str(folder)]
-        argv += ["--bind", wt, wt, "--ro-bind", str(self._scratch), str(self._scratch)]
-        if (self.worktree / ".git").is_dir():
-            argv += ["--ro-bind", str(self.worktree / ".git"), str(self.worktree / ".git")]
-        return argv + ["--chdir", wt, "--setenv", "HOME", "/tmp", *shell]
-
     async def _start(self) -> None:
-        home = "/tmp" if self.sandbox == "bwrap" else str(self._scratch)
+        sandbox = self.confinement.require()
+        policy = self.confinement.policy(self.worktree, readonly=(str(self._scratch),))
         self._buffer = b""
-        self._proc = await anyio.open_process(
-            self._argv(), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT, cwd=str(self.worktree), env=scrubbed_env(home),
-            start_new_session=True,
-        )
+        self._proc = await open_confined(sandbox, ["bash", "--noprofile", "--norc"], policy)
 
     async def _stop(self) -> None:
         proc, self._proc = self._proc, None
-        if proc is None:
-            return
-        if proc.returncode is None:
-            try:
-                # The whole process group: background jobs of the model die with the shell.
-                os.killpg(proc.pid, signal.SIGKILL)
-            except (ProcessLookupError, PermissionError):
-                pass
-        with anyio.move_on_after(5, shield=True):
-            await proc.wait()
-        await proc.aclose()
+        if proc is not None:
+            # The whole session: background jobs of the model die with the shell.
+            await terminate_confined(proc)
 
     async def _read_until(self, marker: str) -> tuple[bytes, int]:
         assert self._proc is not None and self._proc.stdout is not None

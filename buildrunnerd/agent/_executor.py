@@ -16,7 +16,7 @@ import anyio
 import structlog
 
 from buildrunnerd import paths
-from buildrunnerd.agent._bash import BASH_TOOL_NAME, BashSession, bash_tool_param, sandbox_mode
+from buildrunnerd.agent._bash import BASH_TOOL_NAME, BashSession, bash_tool_param
 from buildrunnerd.agent._calls import CallSettings, Turn, call_with_retries
 from buildrunnerd.agent._confine import ToolError
 from buildrunnerd.agent._conversation import (
@@ -32,9 +32,10 @@ from buildrunnerd.agent._pricing import CostTable
 from buildrunnerd.agent._retry import RateLimiter
 from buildrunnerd.agent._routing import pick_model
 from buildrunnerd.config import Config
-from buildrunnerd.errors import AgentError, BudgetExceededError
+from buildrunnerd.errors import AgentError, BudgetExceededError, SandboxUnavailableError
 from buildrunnerd.executor import ApiCall, BatchJob, ExecutionContext, ExecutionOutcome
 from buildrunnerd.prompt import default_counter
+from buildrunnerd.sandbox import Confinement
 
 __all__ = ["AnthropicExecutor"]
 
@@ -69,7 +70,8 @@ class AnthropicExecutor:
 
     def __init__(self, config: Config, *, api_key: str | None = None,
                  base_url: str | None = None, limiter: RateLimiter | None = None,
-                 socket_path: Path | None = None, state_dir: Path | None = None) -> None:
+                 socket_path: Path | None = None, state_dir: Path | None = None,
+                 confinement: Confinement | None = None) -> None:
         self.config = config
         self.limiter = limiter or RateLimiter()
         self.costs = CostTable(config.pricing)
@@ -79,10 +81,10 @@ class AnthropicExecutor:
             timeout=config.agent.request_timeout_s)
         self._settings = CallSettings.from_config(config.agent, config.models.fallback)
         self._counter = default_counter()
-        self._socket_dir = (socket_path or paths.socket_path()).parent
-        # The sandbox hides the state dir too (database, other runs' worktrees, and the
-        # default socket, which lives there).
-        self._hidden_dirs = (state_dir,) if state_dir is not None else ()
+        self._socket_path = socket_path or paths.socket_path()
+        self._state_dir = state_dir
+        # The daemon hands its own; made (and probed) on the first batch otherwise.
+        self._confinement = confinement
         # Last checkpoint per (run, batch, attempt) so a fix-up round continues the
         # conversation (and its cache) when the daemon does not hand it back. Bounded.
         self._recent: OrderedDict[tuple[str, str, int], bytes] = OrderedDict()
@@ -95,13 +97,16 @@ class AnthropicExecutor:
         """Work on ``job`` until the model is done; see the module docstring."""
         state = self._initial_state(job)
         worktree = Path(job.worktree)
+        if self._confinement is None:
+            self._confinement = await Confinement.create(
+                self.config, state_dir=self._state_dir, socket_path=self._socket_path)
         try:
-            sandbox = await sandbox_mode(self.config.agent.sandbox)
-        except AgentError as exc:
+            self._confinement.require()
+        except SandboxUnavailableError as exc:
             return ExecutionOutcome("failed", reason=str(exc), model=state.model)
-        bash = BashSession(worktree, sandbox=sandbox, timeout_s=self.config.agent.bash_timeout_s,
-                           max_chars=self.config.agent.tool_output_max_chars,
-                           socket_dir=self._socket_dir, hidden_dirs=self._hidden_dirs)
+        bash = BashSession(worktree, confinement=self._confinement,
+                           timeout_s=self.config.agent.bash_timeout_s,
+                           max_chars=self.config.agent.tool_output_max_chars)
         editor = TextEditor(worktree, max_characters=self.config.agent.tool_output_max_chars)
         try:
             with anyio.move_on_after(self.config.agent.batch_timeout_s):

@@ -17,12 +17,13 @@ from buildrunnerd.config._model import (
     Price,
     PricingConfig,
     RetentionConfig,
+    SandboxConfig,
     VerifyConfig,
 )
 
 __all__ = [
     "AgentConfig", "Config", "DaemonConfig", "ModelsConfig", "PlannerConfig", "Price",
-    "PricingConfig", "RetentionConfig", "VerifyConfig",
+    "PricingConfig", "RetentionConfig", "SandboxConfig", "VerifyConfig",
     "ENV_OVERRIDES", "RESTART_REQUIRED", "check_config_main", "describe_config", "load_config",
     "reloadable_diff",
 ]

@@ -8,7 +8,7 @@ import msgspec
 
 __all__ = [
     "DaemonConfig", "PlannerConfig", "ModelsConfig", "Price", "PricingConfig", "AgentConfig",
-    "VerifyConfig", "RetentionConfig", "Config",
+    "VerifyConfig", "RetentionConfig", "SandboxConfig", "Config",
 ]
 
 
@@ -85,7 +85,10 @@ class AgentConfig(_Section):
     backoff_max_s: float = 60.0
     overloads_before_fallback: int = 3
     stream: bool = True
-    sandbox: Literal["auto", "bwrap", "none"] = "auto"
+    # How worktree content (bash tool, tests, checks, backend CLIs) is confined: "auto" picks
+    # bubblewrap on Linux and sandbox-exec on macOS and refuses model work when neither works;
+    # "off" is the explicit, logged opt-out ("none" is its old spelling).
+    sandbox: Literal["auto", "bwrap", "sandbox-exec", "off", "none"] = "auto"
     bash_timeout_s: float = 120.0
     tool_output_max_chars: int = 30000
 
@@ -99,6 +102,17 @@ class VerifyConfig(_Section):
     max_merge_reruns: int = 3
     keep_failed_worktrees: bool = False
     git_timeout_s: float = 60.0
+
+
+class SandboxConfig(_Section):
+    """Limits and toolchain paths of the sandbox (see docs/security.md)."""
+
+    max_processes: int = 2048  # RLIMIT_NPROC (counts every process of the daemon's uid)
+    max_memory_mb: int = 8192  # RLIMIT_AS per process; 0 = no limit
+    max_file_size_mb: int = 1024  # RLIMIT_FSIZE: the largest file a command may write
+    max_cpu_s: int = 3600  # RLIMIT_CPU per process
+    # Extra read-only paths the project's toolchain needs (interpreters, SDKs under $HOME).
+    readonly_paths: list[str] = msgspec.field(default_factory=list)
 
 
 class RetentionConfig(_Section):
@@ -116,4 +130,5 @@ class Config(_Section):
     agent: AgentConfig = msgspec.field(default_factory=AgentConfig)
     verify: VerifyConfig = msgspec.field(default_factory=VerifyConfig)
     retention: RetentionConfig = msgspec.field(default_factory=RetentionConfig)
+    sandbox: SandboxConfig = msgspec.field(default_factory=SandboxConfig)
     budget_usd: float | None = None  # default per-run budget; None = unlimited

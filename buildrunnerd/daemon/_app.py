@@ -37,6 +37,7 @@ from buildrunnerd import __version__, paths
 from buildrunnerd.config import Config
 from buildrunnerd.errors import BuildRunnerError, ConfigError
 from buildrunnerd.executor import Executor, SimulatedExecutor
+from buildrunnerd.sandbox import Confinement
 
 __all__ = ["DaemonOptions", "run_daemon", "DB_FILENAME"]
 
@@ -124,15 +125,31 @@ def _choose_backend(options: DaemonOptions, config: Config, env: dict[str, str])
     return choice
 
 
-def _make_executor(backend: str, config: Config, socket: Path, home: Path) -> Executor:
+def _make_executor(backend: str, config: Config, socket: Path, home: Path,
+                   confinement: Confinement) -> Executor:
     if backend == "simulated":
         return SimulatedExecutor.from_env()
     from buildrunnerd.agent import AnthropicExecutor
 
     # The socket (wherever --socket put it) and the state dir are hidden from the model's
-    # shell; its environment is scrubbed (no BUILDRUNNER_SOCKET, no API key) by the agent.
-    executor: Executor = AnthropicExecutor(config, socket_path=socket, state_dir=home)
+    # shell by the confinement; its environment is the sandbox's allowlist (no API key).
+    executor: Executor = AnthropicExecutor(config, socket_path=socket, state_dir=home,
+                                           confinement=confinement)
     return executor
+
+
+def _log_confinement(confinement: Confinement) -> None:
+    if confinement.sandbox is None:
+        _log.error("sandbox.unavailable", error=confinement.error,
+                   message="no working sandbox: runs are refused (and recovered runs paused) "
+                           "until one works; see `buildrunnerd --check-sandbox`")
+    elif not confinement.sandbox.confines:
+        _log.warning("sandbox.off",
+                     message="agent.sandbox = \"off\": the model's commands, the tests and "
+                             "the checks run UNCONFINED, with the daemon's rights, network and "
+                             "files")
+    else:
+        _log.info("sandbox.ready", sandbox=confinement.mode)
 
 
 def _first_error(exc: BaseException) -> Exception | None:
@@ -234,7 +251,10 @@ class _Daemon:
         config = self.config
         backend = _choose_backend(self.options, config, self.env)
         workers = self.options.workers or config.daemon.workers
-        executor = _make_executor(backend, config, self.socket, self.home)
+        confinement = await Confinement.create(config, state_dir=self.home,
+                                               socket_path=self.socket)
+        _log_confinement(confinement)
+        executor = _make_executor(backend, config, self.socket, self.home, confinement)
         if backend == "simulated":
             _log.warning("backend.simulated",
                          message="SIMULATED backend: no model is called; batches write "
@@ -249,9 +269,10 @@ class _Daemon:
         store = await Store.open(self.home / DB_FILENAME, on_event=bus.publish)
         try:
             runs = RunManager(store=store, executor=executor, config=config, home=self.home,
-                              workers=workers)
+                              workers=workers, confinement=confinement)
             methods = DaemonMethods(
                 runs=runs, store=store, bus=bus, backend=backend, socket=self.socket,
+                sandbox=confinement.mode, sandbox_detail=confinement.error or "",
                 home=self.home, request_shutdown=self.request_stop,
                 started_monotonic=self.started,
             )
@@ -283,7 +304,7 @@ class _Daemon:
                     _log.info("daemon.ready", version=__version__, pid=os.getpid(),
                               socket=str(self.socket), home=str(self.home), backend=backend,
                               simulated=backend == "simulated", workers=workers,
-                              recovered_runs=recovered)
+                              sandbox=confinement.mode, recovered_runs=recovered)
                     _notify.ready(f"serving on {self.socket}; backend {backend}; "
                                   f"{recovered} run(s) resumed")
                     await self.stop.wait()

@@ -29,6 +29,7 @@ import structlog
 from buildrunnerd.errors import BudgetExceededError, BuildRunnerError, StoreError
 from buildrunnerd.executor import ApiCall, BatchJob, ExecutionOutcome, Executor
 from buildrunnerd.plan._model import Batch, BatchPrompt, Plan, Task
+from buildrunnerd.sandbox import Confinement
 from buildrunnerd.store._records import NewEvent, TaskChange
 
 if TYPE_CHECKING:
@@ -185,7 +186,8 @@ async def _ws_remove(run: ActiveRun, path: Path, *, keep: bool = False) -> None:
 
 
 async def _ws_verify(
-    run: ActiveRun, path: Path, tasks: list[Task], base: str | None, config: Config
+    run: ActiveRun, path: Path, tasks: list[Task], base: str | None, config: Config,
+    confinement: Confinement | None,
 ) -> dict[str, Any]:
     """The verification report as a dict (``passed``, ``checks``)."""
     if run.run_repo is None:
@@ -194,7 +196,7 @@ async def _ws_verify(
 
     report = await verify(
         path, tasks, base_commit=base or run.base_commit, test_cmd=run.test_cmd,
-        config=config.verify,
+        config=config.verify, confinement=confinement,
     )
     result: dict[str, Any] = report.to_dict()
     return result
@@ -349,6 +351,7 @@ async def run_batch_lifecycle(
     run: ActiveRun,
     batch_id: str,
     on_budget_exceeded: Any,
+    confinement: Confinement | None = None,
 ) -> BatchResult:
     """Run one dispatched batch to a result. Cancellation (run cancel, shutdown) records the
     attempt as cancelled/interrupted, removes the worktree, and re-raises."""
@@ -389,6 +392,7 @@ async def run_batch_lifecycle(
             await store.set_tasks_details(task_gids, prompt=f"{prompt.system}\n\n{prompt.user}")
             result, report = await _execute_and_verify(
                 store=store, executor=executor, config=config, run=run, ctx=ctx,
+                confinement=confinement,
                 batch_id=batch_id, tasks=tasks, task_gids=task_gids, prompt=prompt,
                 path=path, head=head, attempt_no=attempt_no, resume_state=resume_state,
             )
@@ -453,6 +457,7 @@ async def _execute_and_verify(
     head: str | None,
     attempt_no: int,
     resume_state: bytes | None,
+    confinement: Confinement | None,
 ) -> tuple[BatchResult | None, dict[str, Any] | None]:
     """Executor + verification + fix-up rounds. ``(None, report)`` means verified, go merge.
 
@@ -510,7 +515,7 @@ async def _execute_and_verify(
         checked: dict[str, Any] | None = scratch_report
         if checked is None:
             with anyio.CancelScope(deadline=deadline) as scope:
-                checked = await _ws_verify(run, path, tasks, head, config)
+                checked = await _ws_verify(run, path, tasks, head, config, confinement)
             if checked is None or scope.cancelled_caught:
                 timed_out.model = ctx.model
                 return timed_out, report

@@ -174,8 +174,12 @@ class DaemonMethods:
         home: Path,
         request_shutdown: Callable[[Connection], None],
         started_monotonic: float | None = None,
+        sandbox: str = "unavailable",
+        sandbox_detail: str = "",
     ) -> None:
         self.runs = runs
+        self.sandbox = sandbox
+        self.sandbox_detail = sandbox_detail
         self.store = store
         self.bus = bus
         self.backend = backend
@@ -216,6 +220,7 @@ class DaemonMethods:
             uptime_s=round(time.monotonic() - self.started, 3),
             backend=self.backend, simulated=self.backend == "simulated",
             workers=self.runs.scheduler.workers, socket=str(self.socket), home=str(self.home),
+            sandbox=self.sandbox, sandbox_detail=self.sandbox_detail,
             active_runs=self.runs.active_runs,
         )
 

@@ -30,6 +30,7 @@ from buildrunnerd.errors import (
 from buildrunnerd.executor import ApiCall, Executor
 from buildrunnerd.logging import bind_ids
 from buildrunnerd.plan._model import Plan
+from buildrunnerd.sandbox import Confinement
 from buildrunnerd.store._records import (
     BatchRecord,
     NewRun,
@@ -63,8 +64,11 @@ class RunManager:
         config: Config,
         home: Path,
         workers: int,
+        confinement: Confinement | None = None,
     ) -> None:
         self.store = store
+        # How worktree content is confined; None: made per verification from the config.
+        self.confinement = confinement
         self.executor = executor
         self.config = config
         self.home = home
@@ -95,6 +99,12 @@ class RunManager:
         for record in runs:
             try:
                 await self._activate(record, resume=resume)
+                if self._sandbox_missing() and record.state != "paused":
+                    # Confinement is required: the run waits (nothing lost) until the daemon
+                    # restarts with a working sandbox, then `brctl resume` continues it.
+                    await self.store.set_run_state(
+                        record.id, "paused", event_type="run.paused",
+                        reason=self._sandbox_reason())
             except BuildRunnerError as exc:
                 _log.error("recover.failed", run_id=record.id, error=str(exc))
                 await self.store.set_run_state(
@@ -152,7 +162,7 @@ class RunManager:
                 )
         await self._sync_store(record.id, batches, graph, tasks)
         slot = RunSlot(record.id, graph, workers=record.options.workers,
-                       paused=record.state == "paused")
+                       paused=record.state == "paused" or self._sandbox_missing())
         self._active[record.id] = active
         if start and record.state == "queued":
             await self.store.set_run_state(record.id, "running", event_type="run.started")
@@ -163,6 +173,18 @@ class RunManager:
             return active, slot
         self.scheduler.add(slot)
         return active, slot
+
+    def _sandbox_missing(self) -> bool:
+        return self.confinement is not None and self.confinement.sandbox is None
+
+    def _sandbox_reason(self) -> str:
+        assert self.confinement is not None
+        return f"paused: {self.confinement.error or 'no sandbox'}"
+
+    def _require_sandbox(self) -> None:
+        """Model work needs a working sandbox (raises SandboxUnavailableError, -32060)."""
+        if self.confinement is not None:
+            self.confinement.require()
 
     async def _overview(self, record: RunRecord) -> str:
         from buildrunnerd.spec import parse_spec
@@ -219,6 +241,7 @@ class RunManager:
         paid for, and it is the fallback). When the Claude planner is in use (see
         :meth:`_uses_claude`), its tasks replace the heuristic ones; its billed calls are kept
         until the run exists, then recorded as the run's costs (purpose ``planner``)."""
+        self._require_sandbox()
         text, spec_path = await read_spec(request.spec_path, request.spec_text)
         spec, plan = await plan_spec(text, spec_path, self.config)
         calls: list[ApiCall] = []
@@ -360,6 +383,7 @@ class RunManager:
 
     async def resume(self, run_id: str) -> RunRecord:
         """Dispatch a paused run's batches again."""
+        self._require_sandbox()
         async with self._lock:
             record = await self.store.get_run(run_id)
             slot = self.scheduler.get(run_id)
@@ -407,6 +431,7 @@ class RunManager:
 
     async def retry_task(self, task_id: str) -> TaskRecord:
         """Re-queue a failed task's batch and unblock what waited on it."""
+        self._require_sandbox()
         async with self._lock:
             task = await self.store.get_task(task_id)
             if task.state != "failed":
@@ -498,6 +523,7 @@ class RunManager:
             return await run_batch_lifecycle(
                 store=self.store, executor=self.executor, config=self.config, run=active,
                 batch_id=batch_id, on_budget_exceeded=self.budget_exceeded,
+                confinement=self.confinement,
             )
         except StoreError:
             raise

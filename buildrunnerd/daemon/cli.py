@@ -2,6 +2,7 @@
 
     buildrunnerd [--socket PATH] [--home DIR] [--config FILE] [--backend B] [--workers N]
     buildrunnerd --check-config
+    buildrunnerd --check-sandbox
     buildrunnerd plan SPEC [--json]
 """
 
@@ -32,6 +33,9 @@ __all__ = ["main"]
 @click.option("--log-format", type=click.Choice(["json", "console"]), default=None)
 @click.option("--check-config", is_flag=True,
               help="Validate the configuration, print the effective values and exit.")
+@click.option("--check-sandbox", is_flag=True,
+              help="Show what the sandbox hides from model-written code; exit 1 when it "
+                   "cannot confine.")
 @click.pass_context
 def main(
     ctx: click.Context,
@@ -42,12 +46,15 @@ def main(
     workers: int | None,
     log_format: str | None,
     check_config: bool,
+    check_sandbox: bool,
 ) -> None:
     """BuildRunner daemon: runs specs as parallel, verified Claude agents."""
     ctx.ensure_object(dict)
     ctx.obj["config_file"] = config_file
     if ctx.invoked_subcommand is not None:
         return
+    if check_sandbox:
+        sys.exit(_check_sandbox(config_file, home, socket_path))
     from buildrunnerd.daemon._app import DaemonOptions, run_daemon
 
     options = DaemonOptions(
@@ -60,6 +67,26 @@ def main(
         check_config=check_config,
     )
     sys.exit(run_daemon(options))
+
+
+def _check_sandbox(config_file: Path | None, home: Path | None, socket: Path | None) -> int:
+    import anyio
+
+    from buildrunnerd import paths
+    from buildrunnerd.config import load_config
+    from buildrunnerd.errors import ConfigError
+    from buildrunnerd.sandbox import check_sandbox, format_check
+
+    try:
+        config = load_config(config_file if config_file is not None else paths.config_path())
+    except ConfigError as exc:
+        click.echo(f"buildrunnerd: {exc}", err=True)
+        return 1
+    state = home or paths.state_home()
+    check = anyio.run(lambda: check_sandbox(config.agent.sandbox, state_dir=state,
+                                            socket_path=socket or paths.socket_path()))
+    click.echo(format_check(check))
+    return 0 if check.ok else 1
 
 
 @main.command("plan")

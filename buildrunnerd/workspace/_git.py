@@ -15,19 +15,26 @@ import anyio
 
 from buildrunnerd.errors import BuildRunnerError, WorkspaceError
 
-__all__ = ["GitResult", "git", "git_env", "BOT_IDENTITY"]
+__all__ = ["BOT_IDENTITY", "GitResult", "driver_overrides", "git", "git_env"]
 
 # Passed with ``-c`` so commits work on machines without a global git identity.
 BOT_IDENTITY = ("-c", "user.name=BuildRunner", "-c", "user.email=buildrunner@localhost")
 
-# Options for every call. Hooks are the user's, written for their own checkout: a post-checkout
-# hook on every worktree or a pre-commit hook on every batch commit would run foreign code in
-# our worktrees and can block a run, so they are pointed at a path that holds no hooks.
-# Signing would ask for a passphrase the daemon cannot give. Automatic gc/maintenance after a
-# commit would prune worktrees and walk them while other batches are adding theirs.
+# Options for every call. The daemon's git must never run a program that the worktree's content
+# (written by the model) can choose, or that a configuration can start on its own:
+# - hooks (the user's, or a core.hooksPath) are pointed at a path that holds none;
+# - core.fsmonitor would run a program on every status/add;
+# - global attributes are not read (the worktree's own .gitattributes is, so every filter,
+#   textconv and merge driver that a configuration defines is neutralised per call, see
+#   driver_overrides);
+# - signing would ask for a passphrase; automatic gc/maintenance would prune worktrees and
+#   walk them while other batches are adding theirs.
 _BASE_OPTIONS = (
-    "-c", "core.hooksPath=/dev/null", "-c", "commit.gpgSign=false",
-    "-c", "gc.auto=0", "-c", "maintenance.auto=false",
+    "-c", "core.hooksPath=/dev/null", "-c", "core.fsmonitor=false",
+    "-c", "core.attributesFile=/dev/null", "-c", "core.untrackedCache=false",
+    "-c", "commit.gpgSign=false", "-c", "tag.gpgSign=false",
+    "-c", "gc.auto=0", "-c", "maintenance.auto=false", "-c", "diff.external=",
+    "-c", "protocol.allow=never",
 )
 
 # Inherited variables that would point git at another repository or index than ``cwd``'s
@@ -55,15 +62,49 @@ class GitResult:
 
 
 def git_env(base: Mapping[str, str] | None = None) -> dict[str, str]:
-    """The environment for git: the daemon's, minus repository overrides, in the C locale
-    (messages we parse stay English) and never prompting on a terminal."""
-    env = dict(os.environ if base is None else base)
-    for name in _REPO_VARIABLES:
-        env.pop(name, None)
+    """The environment for git: the daemon's, minus every ``GIT_*`` variable (repository and
+    configuration overrides), with neither the system nor the global configuration (the
+    repository's own config is the user's and is read), in the C locale (messages we parse
+    stay English) and never prompting on a terminal."""
+    env = {k: v for k, v in (os.environ if base is None else base).items()
+           if not k.startswith("GIT_")}
     env["LC_ALL"] = "C"
     env["LANGUAGE"] = "C"
     env["GIT_TERMINAL_PROMPT"] = "0"
+    env["GIT_CONFIG_NOSYSTEM"] = "1"
+    env["GIT_CONFIG_GLOBAL"] = os.devnull
+    env["GIT_ATTR_NOSYSTEM"] = "1"
+    env["GIT_OPTIONAL_LOCKS"] = "0"
     return env
+
+
+# Per-driver keys that name a program: emptied, so an attribute (filter=, diff=, merge=) in a
+# .gitattributes the model wrote can never start one.
+_DRIVER_KEYS = {
+    "filter": ("clean", "smudge", "process"),
+    "diff": ("textconv", "command"),
+    "merge": ("driver",),
+}
+
+
+async def driver_overrides(repo: Path, *, timeout_s: float) -> tuple[str, ...]:
+    """``-c`` options that empty every filter, diff and merge driver the repository's
+    configuration defines (an empty command runs nothing), and make no filter required."""
+    res = await git(["config", "--name-only", "--get-regexp", r"^(filter|diff|merge)\."],
+                    cwd=repo, timeout_s=timeout_s, check=False, overrides=())
+    names: set[tuple[str, str]] = set()
+    for line in res.stdout.splitlines():
+        section, _, rest = line.strip().partition(".")
+        name, _, _key = rest.rpartition(".")
+        if section in _DRIVER_KEYS and name:
+            names.add((section, name))
+    options: list[str] = []
+    for section, name in sorted(names):
+        for key in _DRIVER_KEYS[section]:
+            options += ["-c", f"{section}.{name}.{key}="]
+        if section == "filter":
+            options += ["-c", f"{section}.{name}.required=false"]
+    return tuple(options)
 
 
 def _command_text(args: Sequence[str]) -> str:
@@ -79,14 +120,16 @@ async def git(
     error: type[BuildRunnerError] = WorkspaceError,
     env: Mapping[str, str] | None = None,
     what: str | None = None,
+    overrides: Sequence[str] = (),
 ) -> GitResult:
     """Run ``git <args>`` in ``cwd`` and return its result.
 
     With ``check`` a non-zero exit raises ``error`` naming the command, the folder and git's
     stderr; ``what`` is prepended to say which step failed. git missing from ``PATH`` or a call
-    running over ``timeout_s`` always raises ``error``.
+    running over ``timeout_s`` always raises ``error``. ``overrides`` are more ``-c`` options
+    (those of :func:`driver_overrides`).
     """
-    argv = ["git", *_BASE_OPTIONS, *args]
+    argv = ["git", *_BASE_OPTIONS, *overrides, *args]
     command = _command_text(args)
     prefix = f"{what}: " if what else ""
     data = {"command": command, "cwd": str(cwd)}

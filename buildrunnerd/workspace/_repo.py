@@ -20,6 +20,7 @@ import msgspec
 from buildrunnerd.errors import RepoError, WorkspaceError
 from buildrunnerd.plan._model import Task
 from buildrunnerd.workspace._git import BOT_IDENTITY, git
+from buildrunnerd.workspace._worktree import forget_worktree, record_worktree, worktree_git
 
 __all__ = [
     "RunRepo", "MergeResult", "prepare_run_repo", "cleanup_orphan_worktrees",
@@ -172,7 +173,9 @@ class RunRepo:
     async def worktree_head(self, worktree: Path) -> str:
         """The commit a worktree is at (before a batch commits: the commit it started from,
         which :func:`verify` takes as ``base_commit``)."""
-        res = await git(["rev-parse", "HEAD"], cwd=Path(worktree), timeout_s=self.timeout_s,
+        opts = await worktree_git(Path(worktree), timeout_s=self.timeout_s)
+        res = await git([*opts, "rev-parse", "HEAD"], cwd=Path(worktree),
+                        timeout_s=self.timeout_s,
                         what=f"reading the commit of worktree {worktree}")
         return res.stdout.strip()
 
@@ -201,9 +204,12 @@ class RunRepo:
         """
         worktree = Path(worktree)
         t = self.timeout_s
-        await git(["add", "-A", "--", ".", *COMMIT_EXCLUDES], cwd=worktree, timeout_s=t,
+        # Checked (and computed) before every call: the model's bash runs until the batch
+        # ends, and its .git must not redirect the daemon's git.
+        opts = await worktree_git(worktree, timeout_s=t)
+        await git([*opts, "add", "-A", "--", ".", *COMMIT_EXCLUDES], cwd=worktree, timeout_s=t,
                   what="staging the batch's changes")
-        staged = await git(["diff", "--cached", "--quiet"], cwd=worktree, timeout_s=t,
+        staged = await git([*opts, "diff", "--cached", "--quiet"], cwd=worktree, timeout_s=t,
                            check=False)
         if staged.returncode == 0:
             return MergeResult(merged=True, commit=None)
@@ -212,9 +218,9 @@ class RunRepo:
                 f"`git diff --cached --quiet` failed in {worktree}: {staged.stderr.strip()}",
                 data={"worktree": str(worktree)},
             )
-        await git([*BOT_IDENTITY, "commit", "--quiet", "--no-verify", "-m", message],
+        await git([*BOT_IDENTITY, *opts, "commit", "--quiet", "--no-verify", "-m", message],
                   cwd=worktree, timeout_s=t, what="committing the batch")
-        res = await git(["rev-parse", "HEAD", "HEAD~1"], cwd=worktree, timeout_s=t)
+        res = await git([*opts, "rev-parse", "HEAD", "HEAD~1"], cwd=worktree, timeout_s=t)
         commit, parent = res.stdout.split()
         async with self._merge_lock:
             for _ in range(_MAX_REF_RACES):
@@ -398,9 +404,14 @@ async def _add_worktree(
     async with _worktree_lock(repo):
         await git(["worktree", "add", "--detach", "--quiet", str(path), commit],
                   cwd=repo, timeout_s=timeout_s, what=what)
+    # Before anything runs in it: where its git directory is, as git itself just made it.
+    res = await git(["rev-parse", "--absolute-git-dir"], cwd=path, timeout_s=timeout_s,
+                    what=f"reading the git directory of worktree {path}")
+    await record_worktree(path, res.stdout.strip(), repo=repo, timeout_s=timeout_s)
 
 
 async def _remove_worktree(repo: Path, path: Path, *, timeout_s: float) -> None:
+    forget_worktree(path)
     async with _worktree_lock(repo):
         # --force twice: a failed batch's worktree has uncommitted changes (the batch's own),
         # and a crashed one may still be locked.

@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import os
 import shlex
-import signal
-import subprocess
 import sys
 from collections.abc import Sequence
 from pathlib import Path, PurePosixPath
@@ -20,12 +18,14 @@ from typing import Any
 import anyio
 import msgspec
 
-from buildrunnerd.config._model import VerifyConfig
-from buildrunnerd.errors import WorkspaceError
+from buildrunnerd.config import Config, VerifyConfig
+from buildrunnerd.errors import SandboxError, WorkspaceError
 from buildrunnerd.plan._model import Task
+from buildrunnerd.sandbox import Confinement, run_confined
 from buildrunnerd.workspace._git import git
 from buildrunnerd.workspace._repo import COMMIT_EXCLUDES
 from buildrunnerd.workspace._secrets import ALLOWLIST_FILENAME, Allowlist, scan_diff
+from buildrunnerd.workspace._worktree import worktree_git
 
 __all__ = ["CheckResult", "VerificationReport", "verify", "detect_test_command",
            "OUTPUT_TAIL_BYTES"]
@@ -72,21 +72,6 @@ class VerificationReport(msgspec.Struct):
             f"{c.message.splitlines()[0] if c.message else ''}"
             for c in self.failures()
         )
-
-
-# Not for the project's code: the model key must not reach code a model just wrote, the
-# daemon's own settings are not the project's, and systemd's socket is the daemon's alone.
-_PRIVATE_ENV_PREFIXES = ("ANTHROPIC_", "BUILDRUNNER_", "NOTIFY_SOCKET", "GIT_")
-
-
-def check_env(base: dict[str, str] | None = None) -> dict[str, str]:
-    """The environment of the import check and the test command: the daemon's, without the
-    model credentials and daemon settings, and without writing byte-code (no ``.pyc`` files
-    in the batch's commit)."""
-    source = dict(os.environ) if base is None else base
-    env = {k: v for k, v in source.items() if not k.startswith(_PRIVATE_ENV_PREFIXES)}
-    env["PYTHONDONTWRITEBYTECODE"] = "1"
-    return env
 
 
 def _tail(data: bytes, limit: int = OUTPUT_TAIL_BYTES) -> str:
@@ -177,11 +162,12 @@ async def _changed_files(worktree: Path, base_commit: str, timeout_s: float) -> 
     Staging makes new, untracked files part of the diff. The index is the batch's private one
     (the worktree's), and commit_and_merge stages the same set anyway.
     """
-    await git(["add", "-A", "--", ".", *COMMIT_EXCLUDES], cwd=worktree, timeout_s=timeout_s,
-              what="staging changes for verification")
+    opts = await worktree_git(worktree, timeout_s=timeout_s)
+    await git([*opts, "add", "-A", "--", ".", *COMMIT_EXCLUDES], cwd=worktree,
+              timeout_s=timeout_s, what="staging changes for verification")
     res = await git(
-        ["-c", "core.quotePath=false", "diff", "--cached", "--no-color", "--no-ext-diff",
-         "--no-renames", "-U0", base_commit, "--"],
+        ["-c", "core.quotePath=false", *opts, "diff", "--cached", "--no-color", "--no-ext-diff",
+         "--no-textconv", "--no-renames", "-U0", base_commit, "--"],
         cwd=worktree, timeout_s=timeout_s, what="diffing the batch's changes",
     )
     return res.stdout
@@ -195,50 +181,35 @@ def _changed_python_files(diff: str) -> list[str]:
     return files
 
 
-async def _run_shell(
+async def _run_confined_check(
     command: str,
     *,
-    cwd: Path,
+    worktree: Path,
     timeout_s: float,
     name: str,
-    env: dict[str, str],
+    confinement: Confinement,
     ok_codes: frozenset[int] = frozenset({0}),
 ) -> CheckResult:
-    """Run ``command`` with ``sh -c`` in its own process group, output merged and tail kept.
-    On timeout (or cancellation) the whole group is killed: test runners start children."""
-    chunks = bytearray()
+    """Run ``command`` with ``sh -c`` in the sandbox, output merged and its tail kept. The
+    command's own interpreter (a virtualenv) is visible read-only; nothing else of the host
+    is. When it ends, or on timeout, every process it started is killed."""
     try:
-        process = await anyio.open_process(
-            ["/bin/sh", "-c", command], cwd=cwd, env=env, stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True,
-        )
-    except OSError as exc:
-        return CheckResult(name, False, f"cannot start `{command}` in {cwd}: {exc}")
-    async with process:
-        assert process.stdout is not None
-        try:
-            with anyio.move_on_after(timeout_s) as scope:
-                async for chunk in process.stdout:
-                    chunks += chunk
-                    # Keep only what the tail needs: a chatty test run must not fill memory.
-                    if len(chunks) > 4 * OUTPUT_TAIL_BYTES:
-                        del chunks[: len(chunks) - 2 * OUTPUT_TAIL_BYTES]
-                await process.wait()
-        finally:
-            if process.returncode is None:
-                try:
-                    os.killpg(process.pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
-                with anyio.CancelScope(shield=True):
-                    await process.wait()
-    tail = _tail(bytes(chunks))
-    if scope.cancelled_caught:
+        sandbox = confinement.require()
+        result = await run_confined(
+            sandbox, ["/bin/sh", "-c", command],
+            confinement.policy(worktree, command=command), timeout_s=timeout_s,
+            max_output_bytes=OUTPUT_TAIL_BYTES)
+    except SandboxError as exc:
+        return CheckResult(name, False, f"cannot run `{command}` confined: {exc}")
+    tail = _tail(result.output, limit=OUTPUT_TAIL_BYTES)
+    if result.output_bytes > len(result.output):
+        tail = "…" + tail.lstrip("…")
+    if result.timed_out:
         return CheckResult(name, False, f"`{command}` did not finish within {timeout_s:g} s "
                            "(killed); make it faster or raise verify.test_timeout_s",
                            output_tail=tail)
-    if process.returncode not in ok_codes:
-        return CheckResult(name, False, f"`{command}` failed (exit {process.returncode}); "
+    if result.returncode not in ok_codes:
+        return CheckResult(name, False, f"`{command}` failed (exit {result.returncode}); "
                            "see the output tail", output_tail=tail)
     return CheckResult(name, True, f"`{command}` passed", output_tail=tail)
 
@@ -259,8 +230,9 @@ async def _load_allowlist(
         allow.extend(Allowlist.parse(text, source=str(path)))
     # The repository's own allowlist is read from the base commit, not the worktree: the
     # agent must not be able to allow its own secrets by writing the file.
-    res = await git(["show", f"{base_commit}:{ALLOWLIST_FILENAME}"], cwd=worktree,
-                    timeout_s=timeout_s, check=False)
+    opts = await worktree_git(worktree, timeout_s=timeout_s)
+    res = await git([*opts, "show", "--no-textconv", f"{base_commit}:{ALLOWLIST_FILENAME}"],
+                    cwd=worktree, timeout_s=timeout_s, check=False)
     if res.ok:
         allow.extend(Allowlist.parse(res.stdout, source=ALLOWLIST_FILENAME))
     return allow
@@ -273,6 +245,7 @@ async def verify(
     base_commit: str | None = None,
     test_cmd: str | None = None,
     config: VerifyConfig | None = None,
+    confinement: Confinement | None = None,
 ) -> VerificationReport:
     """Verify a batch's work in ``worktree`` (see the module docstring for the checks).
 
@@ -286,7 +259,8 @@ async def verify(
     worktree = Path(worktree)
     t = config.git_timeout_s
     if base_commit is None:
-        base_commit = (await git(["rev-parse", "HEAD"], cwd=worktree, timeout_s=t,
+        opts = await worktree_git(worktree, timeout_s=t)
+        base_commit = (await git([*opts, "rev-parse", "HEAD"], cwd=worktree, timeout_s=t,
                                  what="reading the worktree's commit")).stdout.strip()
     checks: list[CheckResult] = []
     checks += await _check_files(worktree, tasks)
@@ -295,10 +269,12 @@ async def verify(
     py_files = _changed_python_files(diff)
     checks += await anyio.to_thread.run_sync(_compile_all, worktree, py_files)
 
-    env = check_env()
+    if confinement is None:
+        confinement = await Confinement.create(Config(verify=config))
     if config.import_check:
-        checks.append(await _run_shell(config.import_check, cwd=worktree, name="import",
-                                       timeout_s=config.test_timeout_s, env=env))
+        checks.append(await _run_confined_check(
+            config.import_check, worktree=worktree, name="import",
+            timeout_s=config.test_timeout_s, confinement=confinement))
 
     command = test_cmd or config.test_cmd
     ok_codes = frozenset({0})
@@ -310,8 +286,9 @@ async def verify(
         checks.append(CheckResult("tests", True, "no test command set and no tests found "
                                   "(no tests/ folder or test_*.py files): nothing to run"))
     else:
-        checks.append(await _run_shell(command, cwd=worktree, name="tests", ok_codes=ok_codes,
-                                       timeout_s=config.test_timeout_s, env=env))
+        checks.append(await _run_confined_check(
+            command, worktree=worktree, name="tests", ok_codes=ok_codes,
+            timeout_s=config.test_timeout_s, confinement=confinement))
 
     allow = await _load_allowlist(worktree, base_commit, config, t)
     findings = scan_diff(diff, allow)

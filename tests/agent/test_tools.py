@@ -2,16 +2,16 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import anyio
 import pytest
-from structlog.testing import capture_logs
 
 from buildrunnerd.agent import AnthropicExecutor, ToolError
-from buildrunnerd.agent._bash import BashSession, sandbox_mode
+from buildrunnerd.agent._bash import BashSession
 from buildrunnerd.agent._editor import TextEditor
+from buildrunnerd.errors import SandboxUnavailableError
+from buildrunnerd.sandbox import Confinement
 from tests.agent.support import Recorder, make_config, make_job
 from tests.fakeapi import API_KEY, FakeAnthropic, Reply, text, tool_use
 
@@ -110,8 +110,14 @@ async def test_escapes_go_back_as_tool_errors(fake_api: FakeAnthropic, worktree:
 
 
 # --- bash ---------------------------------------------------------------------------------
-async def test_bash_is_persistent_and_reports_status(worktree: Path) -> None:
-    sh = BashSession(worktree, sandbox="none", timeout_s=10, max_chars=10_000)
+async def _confinement(setting: str = "auto") -> Confinement:
+    return await Confinement.create(make_config(sandbox=setting))
+
+
+@pytest.mark.parametrize("setting", ["auto", "off"])
+async def test_bash_is_persistent_and_reports_status(worktree: Path, setting: str) -> None:
+    sh = BashSession(worktree, confinement=await _confinement(setting), timeout_s=10,
+                     max_chars=10_000)
     try:
         await sh.run({"command": "mkdir -p sub && cd sub && export GREETING=hi"})
         assert await sh.run({"command": "pwd; echo $GREETING"}) == f"{worktree}/sub\nhi\n"
@@ -126,7 +132,7 @@ async def test_bash_is_persistent_and_reports_status(worktree: Path) -> None:
 
 
 async def test_bash_timeout_restarts_and_output_is_truncated(worktree: Path) -> None:
-    sh = BashSession(worktree, sandbox="none", timeout_s=1, max_chars=1000)
+    sh = BashSession(worktree, confinement=await _confinement(), timeout_s=1, max_chars=1000)
     try:
         await sh.run({"command": "cd /tmp"})
         with pytest.raises(ToolError, match="timed out after 1 s"):
@@ -139,7 +145,7 @@ async def test_bash_timeout_restarts_and_output_is_truncated(worktree: Path) -> 
         await sh.aclose()
 
 
-@pytest.mark.parametrize("sandbox", ["auto", "none"])
+@pytest.mark.parametrize("sandbox", ["auto", "off"])
 async def test_bash_env_has_no_secrets(fake_api: FakeAnthropic, worktree: Path, sandbox: str,
                                        monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.setenv("ANTHROPIC_API_KEY", API_KEY)
@@ -157,16 +163,19 @@ async def test_bash_env_has_no_secrets(fake_api: FakeAnthropic, worktree: Path, 
 
 
 async def test_bwrap_sandbox_confines_writes_and_network(worktree: Path, tmp_path: Path) -> None:
-    assert await sandbox_mode("auto") == "bwrap", "bubblewrap must be installed (CI does)"
+    confinement = await _confinement()
+    assert confinement.mode == "bwrap", "bubblewrap must be installed (CI does)"
     outside = tmp_path / "outside"
     outside.mkdir()
-    sh = BashSession(worktree, sandbox="bwrap", timeout_s=20, max_chars=10_000)
+    (outside / "canary.txt").write_text("outside\n")
+    sh = BashSession(worktree, confinement=confinement, timeout_s=20, max_chars=10_000)
     try:
         assert await sh.run({"command": "echo in > inside.txt && cat inside.txt"}) == "in\n"
-        out = await sh.run({"command": f"echo x > {outside}/f.txt"})
+        out = await sh.run({"command": f"cat {outside}/canary.txt; echo x > {outside}/f.txt"})
+        assert "outside" not in out.replace(str(outside), "")
         assert "Read-only file system" in out or "No such file" in out
         out = await sh.run({"command": "echo x > .git/evil"})
-        assert "Read-only file system" in out
+        assert "Read-only file system" in out or "Not a directory" in out
         # Only the loopback device exists: no route out.
         devices = await sh.run({"command": "tail -n +3 /proc/net/dev | cut -d: -f1"})
         assert devices.split() == ["lo"]
@@ -179,23 +188,13 @@ async def test_bwrap_sandbox_confines_writes_and_network(worktree: Path, tmp_pat
     assert not (outside / "f.txt").exists() and not (worktree / ".git/evil").exists()
 
 
-async def test_sandbox_none_is_an_explicit_opt_out() -> None:
-    with capture_logs() as logs:
-        assert await sandbox_mode("none") == "none"
-    # The opt-out is never silent: the daemon logs a warning saying what it means.
-    warnings = [entry for entry in logs if entry["log_level"] == "warning"]
-    assert len(warnings) == 1, logs
-    assert 'agent.sandbox = "none"' in warnings[0]["event"]
-    assert "unconfined" in warnings[0]["event"]
-
-
-def test_socket_dir_hidden_from_sandbox(tmp_path: Path) -> None:
-    sock_dir = tmp_path / "run"
-    sock_dir.mkdir()
-    wt = tmp_path / "wt"
-    wt.mkdir()
-    argv = BashSession(wt, sandbox="bwrap", timeout_s=5, max_chars=100,
-                       socket_dir=sock_dir)._argv()
-    assert argv[argv.index(str(sock_dir)) - 1] == "--tmpfs"
-    assert "--unshare-net" in argv
-    assert os.path.basename(argv[-3]) == "bash"
+async def test_bash_refuses_without_a_sandbox(worktree: Path) -> None:
+    # No working sandbox and no explicit "off": the shell never starts unconfined.
+    confinement = Confinement(sandbox=None, error="no sandbox: bubblewrap is not installed")
+    sh = BashSession(worktree, confinement=confinement, timeout_s=5, max_chars=100)
+    try:
+        with pytest.raises(SandboxUnavailableError, match="bubblewrap is not installed"):
+            await sh.run({"command": "touch unconfined"})
+    finally:
+        await sh.aclose()
+    assert not (worktree / "unconfined").exists()

@@ -53,9 +53,16 @@ def test_pause_resume_cancel(start_daemon: Callable[..., Daemon], realworld_repo
 
 
 def test_retry_after_a_failure_unblocks_and_succeeds(
-    daemon: Daemon, realworld_repo: Path, tmp_path: Path
+    start_daemon: Callable[..., Daemon], realworld_repo: Path, tmp_path: Path
 ) -> None:
-    marker = tmp_path / "tests-pass"
+    # The test command runs confined: the gate folder is the one host path it may read.
+    gate = tmp_path / "gate"
+    gate.mkdir()
+    config = tmp_path / "xdg-config" / "buildrunner" / "config.toml"
+    config.parent.mkdir(parents=True)
+    config.write_text(f'[sandbox]\nreadonly_paths = ["{gate}"]\n')
+    daemon = start_daemon()
+    marker = gate / "tests-pass"
     submitted = _json(daemon, "submit", str(realworld_repo / "PROJECT_SPEC.md"),
                       "--test-cmd", f"test -e {marker}")
     assert isinstance(submitted, dict)

@@ -269,5 +269,7 @@ async def test_test_command_gets_no_model_key(wt: Path, monkeypatch: pytest.Monk
     report = await verify(wt, [task("T1", "a.py")], test_cmd="env; test -z \"$ANTHROPIC_API_KEY\"")
     [check] = by_name(report, "tests")
     assert check["passed"] is True, check
-    assert "PROJECT_SETTING=kept" in str(check["output_tail"])
+    # An allowlist, not a blocklist: the daemon's other variables stay out too.
+    assert "PATH=" in str(check["output_tail"])
+    assert "PROJECT_SETTING" not in str(check["output_tail"])
     assert "PYTHONDONTWRITEBYTECODE=1" in str(check["output_tail"])

@@ -1,0 +1,44 @@
+"""The one sandbox for everything that executes worktree content.
+
+The bash tool, the test command, the import check and a backend's CLI all run through
+:func:`run_confined` / :func:`open_confined` with a :class:`SandboxPolicy`: no network, no
+secrets, no home, no other sockets, only the worktree writable (see docs/security.md).
+:func:`select_sandbox` picks bubblewrap (Linux) or sandbox-exec (macOS) and proves it works;
+without one, model work is refused unless ``agent.sandbox = "off"``.
+"""
+
+from buildrunnerd.sandbox._bwrap import BwrapSandbox
+from buildrunnerd.sandbox._confinement import Confinement
+from buildrunnerd.sandbox._policy import (
+    SANDBOX_HOME,
+    Sandbox,
+    SandboxLimits,
+    SandboxPolicy,
+    Wrapped,
+    confined_env,
+    toolchain_paths,
+)
+from buildrunnerd.sandbox._run import (
+    ConfinedResult,
+    open_confined,
+    run_confined,
+    terminate_confined,
+)
+from buildrunnerd.sandbox._seatbelt import SandboxExecSandbox, seatbelt_profile
+from buildrunnerd.sandbox._select import (
+    INSTALL_HINT,
+    Probe,
+    SandboxCheck,
+    Unconfined,
+    check_sandbox,
+    format_check,
+    select_sandbox,
+)
+
+__all__ = [
+    "INSTALL_HINT", "SANDBOX_HOME", "BwrapSandbox", "ConfinedResult", "Confinement", "Probe",
+    "Sandbox",
+    "SandboxCheck", "SandboxExecSandbox", "SandboxLimits", "SandboxPolicy", "Unconfined",
+    "Wrapped", "check_sandbox", "confined_env", "format_check", "open_confined", "run_confined",
+    "seatbelt_profile", "select_sandbox", "terminate_confined", "toolchain_paths",
+]
