@@ -17,6 +17,7 @@ says which).
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import fcntl
 import os
 import signal
@@ -37,7 +38,7 @@ from buildrunnerd import __version__, paths
 from buildrunnerd.config import Config
 from buildrunnerd.errors import BuildRunnerError, ConfigError
 from buildrunnerd.executor import Executor, SimulatedExecutor
-from buildrunnerd.sandbox import Confinement
+from buildrunnerd.sandbox import Confinement, Unconfined
 
 __all__ = ["DaemonOptions", "run_daemon", "DB_FILENAME"]
 
@@ -253,7 +254,15 @@ class _Daemon:
         workers = self.options.workers or config.daemon.workers
         confinement = await Confinement.create(config, state_dir=self.home,
                                                socket_path=self.socket)
-        _log_confinement(confinement)
+        if confinement.sandbox is None and backend == "simulated":
+            # No model output to confine: the stand-in writes the files, so a machine without
+            # bubblewrap can still run the demo. Model backends are refused instead.
+            _log.warning("sandbox.unavailable_simulated", error=confinement.error,
+                         message="no working sandbox; the simulated backend runs its checks "
+                                 "unconfined (model backends would be refused)")
+            confinement = dataclasses.replace(confinement, sandbox=Unconfined())
+        else:
+            _log_confinement(confinement)
         executor = _make_executor(backend, config, self.socket, self.home, confinement)
         if backend == "simulated":
             _log.warning("backend.simulated",
