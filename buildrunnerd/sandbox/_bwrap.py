@@ -30,8 +30,12 @@ SYSTEM_READONLY = ("/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32
 # Readable by their owner (root) only; a root daemon's sandbox still has uid 0 outside its
 # user namespace, so they are covered rather than trusted to file modes.
 SENSITIVE_FILES = ("/etc/shadow", "/etc/shadow-", "/etc/gshadow", "/etc/gshadow-",
-                   "/etc/sudoers", "/etc/security/opasswd")
-_SENSITIVE_DIRS = ("/etc/ssh", "/etc/ssl/private", "/etc/sudoers.d", "/etc/buildrunner")
+                   "/etc/sudoers", "/etc/security/opasswd", "/etc/ipsec.secrets",
+                   "/etc/krb5.keytab", "/etc/containers/auth.json")
+_SENSITIVE_DIRS = ("/etc/ssh", "/etc/ssl/private", "/etc/pki/tls/private", "/etc/sudoers.d",
+                   "/etc/buildrunner", "/etc/NetworkManager/system-connections",
+                   "/etc/wpa_supplicant", "/etc/wireguard", "/etc/openvpn", "/etc/ipsec.d",
+                   "/etc/letsencrypt", "/etc/docker")
 
 # The uid/gid a root daemon's commands get inside their user namespace (nobody): tools that
 # refuse to run as root keep working, and no capability is left.

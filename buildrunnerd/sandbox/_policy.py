@@ -131,7 +131,10 @@ def toolchain_paths(command: str | None, path_env: str | None = None) -> tuple[s
     paths: list[str] = []
     for candidate in {os.path.abspath(found), os.path.realpath(found)}:
         bindir = os.path.dirname(candidate)
-        prefix = os.path.dirname(bindir) if os.path.basename(bindir) == "bin" else bindir
+        # bin/ of an installation; shims/ of a version manager (pyenv, rbenv, nodenv), whose
+        # shims run the manager's own code from its root.
+        up = os.path.basename(bindir) in ("bin", "shims")
+        prefix = os.path.dirname(bindir) if up else bindir
         paths.append(prefix)
         cfg = Path(prefix) / "pyvenv.cfg"
         try:

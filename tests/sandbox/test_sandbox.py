@@ -268,3 +268,23 @@ def test_seatbelt_profile_denies_by_default(tmp_path: Path) -> None:
 def test_limits_from_config() -> None:
     limits = SandboxLimits.from_config(SandboxConfig(max_memory_mb=0, max_file_size_mb=2))
     assert limits.max_memory_bytes == 0 and limits.max_file_bytes == 2 * 1024 * 1024
+
+
+def test_toolchain_paths_of_a_venv_and_of_version_manager_shims(tmp_path: Path) -> None:
+    manager = tmp_path / "manager"
+    (manager / "shims").mkdir(parents=True)
+    shim = manager / "shims" / "tool"
+    shim.write_text("#!/bin/sh\nexec true\n")
+    shim.chmod(0o755)
+    assert toolchain_paths(f"{shim} --version") == (str(manager),)
+    assert toolchain_paths("tool -x", path_env=str(manager / "shims")) == (str(manager),)
+    venv = tmp_path / "venv"
+    (venv / "bin").mkdir(parents=True)
+    (venv / "bin" / "python").symlink_to(sys.executable)
+    (venv / "pyvenv.cfg").write_text(f"home = {Path(sys.executable).resolve().parent}\n")
+    paths = toolchain_paths(f"{venv}/bin/python -m pytest")
+    assert str(venv) in paths
+    base = Path(sys.executable).resolve().parent.parent
+    assert str(base) in paths
+    assert toolchain_paths("FOO=1 make test") == () and toolchain_paths("") == ()
+    assert toolchain_paths("no-such-tool-here") == ()
