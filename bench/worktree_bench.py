@@ -8,8 +8,11 @@ batch:
 - **baseline**: a plain ``git worktree add --detach`` + ``git worktree remove`` pair (the least
   any worktree-per-batch design pays);
 - **buildrunner**: ``RunRepo.add_worktree`` + writing one file + ``commit_and_merge``
-  (commit, fast-forward of the run branch) + ``remove_worktree``: everything the workspace adds
-  around a batch, verification excluded (its cost is the project's own tests).
+  (commit, fast-forward of the run branch) + ``remove_worktree``: a fresh worktree per batch;
+- **reused**: what the daemon does now, ``acquire_worktree`` (a pooled worktree reset to the
+  head: ``reset --hard`` + ``clean -ffdx`` + a clean ``status``) + one file +
+  ``commit_and_merge`` + ``release_worktree``; verification excluded (its cost is the
+  project's own tests).
 
 It prints the median per batch of each and their ratio (target: under 3x). Figures are recorded
 in docs/benchmarks.md under "## Workspaces".
@@ -79,6 +82,20 @@ async def buildrunner_batch(run_repo: RunRepo, root: Path, n: int) -> float:
     return elapsed
 
 
+async def reused_batch(run_repo: RunRepo, root: Path, n: int) -> float:
+    """What the daemon does now: acquire (a pooled worktree, reset to the head) + one written
+    file + commit_and_merge + release (back to the pool)."""
+    start = time.perf_counter()
+    wt = await run_repo.acquire_worktree(root)
+    await anyio.Path(wt / f"reused_{n}.py").write_text(f"BATCH = {n}\n")
+    result = await run_repo.commit_and_merge(wt, f"bench reused batch {n}")
+    await run_repo.release_worktree(wt)
+    elapsed = time.perf_counter() - start
+    if not result.merged:
+        raise SystemExit(f"reused batch {n} did not merge: {result}")
+    return elapsed
+
+
 async def main_async(batches: int, files: int) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="br-wt-bench-") as tmp:
         repo = make_repo(Path(tmp) / "repo", files)
@@ -86,17 +103,24 @@ async def main_async(batches: int, files: int) -> dict[str, Any]:
         run_repo = await prepare_run_repo(repo, "bench")
         baseline: list[float] = []
         ours: list[float] = []
+        reused: list[float] = []
         # Interleaved, after one warm-up of each, so caches and background load (other jobs
         # on the machine) weigh on both sides alike.
         for n in range(-1, batches):
             base_s = await baseline_batch(repo, root, n)
             ours_s = await buildrunner_batch(run_repo, root, n)
+            reused_s = await reused_batch(run_repo, root / "pool", n)
             if n >= 0:
                 baseline.append(base_s)
                 ours.append(ours_s)
+                reused.append(reused_s)
+        await run_repo.close()
     base_ms = statistics.median(baseline) * 1000
     ours_ms = statistics.median(ours) * 1000
+    reused_ms = statistics.median(reused) * 1000
     return {
+        "reused_ms_per_batch": round(reused_ms, 1),
+        "reused_ratio": round(reused_ms / base_ms, 2),
         "batches": batches,
         "files": files,
         "baseline_ms_per_batch": round(base_ms, 1),
@@ -125,6 +149,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"  git worktree add + remove         {result['baseline_ms_per_batch']:8.1f} ms")
         print(f"  add + commit + merge + remove     {result['buildrunner_ms_per_batch']:8.1f} ms")
         print(f"  ratio                             {result['ratio']:8.2f}x (target < 3x)")
+        print(f"  reused: reset + commit + merge    {result['reused_ms_per_batch']:8.1f} ms "
+              f"({result['reused_ratio']:.2f}x)")
     return 0 if result["ratio"] < result["target_ratio"] else 1
 
 

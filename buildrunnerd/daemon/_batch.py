@@ -161,26 +161,28 @@ class BatchContext:
 
 
 # --- workspace glue: the only calls into buildrunnerd.workspace ----------------------------
-async def _ws_prepare(run: ActiveRun, name: str) -> tuple[Path, str | None]:
-    """A fresh worktree of the run branch's head (its path and head commit)."""
+async def _ws_prepare(run: ActiveRun) -> tuple[Path, str | None]:
+    """A clean worktree at the run branch's head (its path and head commit): a reused one
+    when the run has one idle, so a batch costs the size of its change."""
     if run.run_repo is None:
         if not run.scratch_ready:
             await anyio.Path(run.scratch_dir).mkdir(parents=True, exist_ok=True)
             run.scratch_ready = True
         return run.scratch_dir, None
-    path: Path = await run.run_repo.add_worktree(run.worktree_root, name)
+    path: Path = await run.run_repo.acquire_worktree(run.worktree_root)
     # The commit the worktree starts from: verification's secret scan looks at lines added
     # since then (read from the worktree, as the branch may move on meanwhile).
     head: str = await run.run_repo.worktree_head(path)
     return path, head
 
 
-async def _ws_remove(run: ActiveRun, path: Path, *, keep: bool = False) -> None:
+async def _ws_remove(run: ActiveRun, path: Path, *, keep: bool = False,
+                     reuse: bool = True) -> None:
     if run.run_repo is None or keep:
         return
     with anyio.move_on_after(60.0, shield=True):
         try:
-            await run.run_repo.remove_worktree(path)
+            await run.run_repo.release_worktree(path, reuse=reuse)
         except Exception as exc:  # a leftover is cleaned at the next start; never fail on it
             _log.warning("worktree.remove_failed", path=str(path), error=str(exc))
 
@@ -372,7 +374,7 @@ async def run_batch_lifecycle(
             tasks=[TaskChange(gid, "running", attempts_inc=1) for gid in task_gids],
             events=[],
         )
-        path, head = await _ws_prepare(run, f"{plan_batch.id}-a{attempt_no}")
+        path, head = await _ws_prepare(run)
         attempt = await store.start_attempt(batch_id, worktree=str(path), model=None)
         ctx = BatchContext(store, run, batch_id, attempt.id, on_budget_exceeded)
         resume_state = None
@@ -380,6 +382,7 @@ async def run_batch_lifecycle(
             resume_state = await store.load_checkpoint(resume_attempt)
             resume_attempt = None
         keep_worktree = False
+        reuse_worktree = True
         try:
             # Built per attempt, after the worktree: a re-run after a conflict sees the
             # files as they are on the new head.
@@ -420,6 +423,7 @@ async def run_batch_lifecycle(
                 return BatchResult("failed", reason=f"{reason}, after {merge_round} re-runs")
             merge_round += 1
         except BaseException as exc:
+            reuse_worktree = False  # cancelled or crashed mid-way: nothing of it is reused
             cancelled = isinstance(exc, anyio.get_cancelled_exc_class())
             if run.cancelling:
                 outcome, reason = "cancelled", "run cancelled"
@@ -439,7 +443,7 @@ async def run_batch_lifecycle(
                                error=str(again))
             raise
         finally:
-            await _ws_remove(run, path, keep=keep_worktree)
+            await _ws_remove(run, path, keep=keep_worktree, reuse=reuse_worktree)
 
 
 async def _execute_and_verify(

@@ -427,6 +427,8 @@ class RunManager:
             for batch in await self.store.list_batches(run_id):
                 if batch.state not in ("succeeded", "cancelled"):
                     await self.store.set_batch_state(batch.id, "cancelled")
+            if active is not None:
+                await _close_workspace(active)
             return await self.store.get_run(run_id)
 
     async def retry_task(self, task_id: str) -> TaskRecord:
@@ -609,6 +611,8 @@ class RunManager:
         # but back in it if the database fails: the run then stays active (paused by the
         # caller), and `resume` finishes it (see :meth:`resume`).
         self._active.pop(active.id, None)
+        # Its worktrees go before the final event: whoever sees it sees them gone.
+        await _close_workspace(active)
         try:
             await self._write_final_state(active, graph)
         except BaseException:
@@ -644,6 +648,17 @@ class RunManager:
             self.scheduler.cancel_in_flight()
             with anyio.move_on_after(15.0, shield=True):
                 await self.scheduler.wait_idle()
+
+
+async def _close_workspace(active: ActiveRun) -> None:
+    """Remove the run's idle (reusable) worktrees; a leftover is cleaned at the next start."""
+    if active.run_repo is None:
+        return
+    with anyio.move_on_after(60.0, shield=True):
+        try:
+            await active.run_repo.close()
+        except BuildRunnerError as exc:
+            _log.warning("worktree.close_failed", run_id=active.id, error=str(exc))
 
 
 def _require(record: RunRecord, allowed: tuple[str, ...], action: str) -> None:

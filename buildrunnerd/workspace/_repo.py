@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import re
+import secrets
 import shutil
 import weakref
 from collections.abc import Collection, Sequence
@@ -16,6 +17,7 @@ from pathlib import Path
 
 import anyio
 import msgspec
+import structlog
 
 from buildrunnerd.errors import RepoError, WorkspaceError
 from buildrunnerd.plan._model import Task
@@ -28,6 +30,7 @@ __all__ = [
 ]
 
 BRANCH_PREFIX = "buildrunner/"
+_log = structlog.get_logger("buildrunnerd.workspace")
 
 # Byte-code and tool caches that verification (py_compile, pytest) may leave in a worktree.
 # They are never part of a batch's work, so ``git add`` skips them even when the project has
@@ -82,6 +85,9 @@ async def _merge_tree_supported(cwd: Path, timeout_s: float) -> bool:
 # How often a merge is retried when the run branch moved between reading it and updating it.
 _MAX_REF_RACES = 3
 
+# Idle worktrees a run keeps for reuse (about its worker count; more are removed).
+_MAX_IDLE_WORKTREES = 16
+
 
 class MergeResult(msgspec.Struct):
     """The outcome of :meth:`RunRepo.commit_and_merge`.
@@ -124,6 +130,11 @@ class RunRepo:
         self.timeout_s = timeout_s
         self._merge_lock = anyio.Lock()
         self._worktree_lock = _worktree_lock(repo)  # held here: the registry is weak
+        # Worktrees of finished batches, kept to be reset for the next one (see
+        # acquire_worktree): a batch then costs the size of its change, not of the tree.
+        self._idle: list[Path] = []
+        self._made = 0
+        self.max_idle = _MAX_IDLE_WORKTREES
 
     def __repr__(self) -> str:
         return f"RunRepo(repo={str(self.repo)!r}, branch={self.branch!r})"
@@ -193,6 +204,54 @@ class RunRepo:
     async def remove_worktree(self, path: Path) -> None:
         """Remove a worktree (with any uncommitted changes) and forget it in git."""
         await _remove_worktree(self.repo, Path(path), timeout_s=self.timeout_s)
+
+    async def acquire_worktree(self, root: Path) -> Path:
+        """A worktree at the run branch's current head, for one batch attempt.
+
+        An idle worktree of this run (see :meth:`release_worktree`) is reset to the head with
+        ``git reset --hard`` and ``git clean -ffdx``, which write only what differs, and then
+        must show no change at all; one whose ``.git`` was rewritten, or that does not come
+        back clean, is removed instead. Otherwise a new worktree is made. Every name is new
+        (``w<n>-<random>``), so a conversation resumed after a restart always sees that its
+        worktree moved."""
+        while self._idle:
+            path = self._idle.pop()
+            try:
+                await self._reset_worktree(path, await self.head())
+            except WorkspaceError as exc:
+                _log.warning("worktree.reuse_refused", path=str(path), error=str(exc))
+                await self.remove_worktree(path)
+                continue
+            return path
+        self._made += 1
+        return await self.add_worktree(Path(root), f"w{self._made}-{secrets.token_hex(3)}")
+
+    async def release_worktree(self, path: Path, *, reuse: bool = True) -> None:
+        """The batch is done with ``path``: keep it for the next batch (``reuse``, and room in
+        the pool), else remove it."""
+        if reuse and len(self._idle) < self.max_idle and await anyio.Path(path).is_dir():
+            self._idle.append(Path(path))
+        else:
+            await self.remove_worktree(path)
+
+    async def close(self) -> None:
+        """Remove the idle worktrees (the run has ended)."""
+        idle, self._idle = self._idle, []
+        for path in idle:
+            await self.remove_worktree(path)
+
+    async def _reset_worktree(self, path: Path, head: str) -> None:
+        t = self.timeout_s
+        opts = await worktree_git(path, timeout_s=t)  # raises when .git was rewritten
+        await git([*opts, "reset", "--quiet", "--hard", head], cwd=path, timeout_s=t,
+                  what=f"resetting worktree {path} for the next batch")
+        await git([*opts, "clean", "-ffdxq"], cwd=path, timeout_s=t, check=False)
+        left = await git([*opts, "status", "--porcelain", "--ignored", "--untracked-files=all"],
+                         cwd=path, timeout_s=t, what=f"checking worktree {path} is clean")
+        if left.stdout.strip():
+            raise WorkspaceError(
+                f"worktree {path} is not clean after reset and clean: "
+                f"{left.stdout.strip().splitlines()[0]}", data={"worktree": str(path)})
 
     async def commit_and_merge(self, worktree: Path, message: str) -> MergeResult:
         """Commit everything in ``worktree`` and merge it into the run branch.
