@@ -4,7 +4,7 @@ Routing, retries, the shared rate limiter, prompt caching, costs and the Claude 
 described in ``docs/models-and-costs.md``.
 """
 
-from buildrunnerd.agent._confine import ToolError, resolve_in_worktree
+from buildrunnerd.agent._confine import ToolError
 from buildrunnerd.agent._executor import AnthropicExecutor
 from buildrunnerd.agent._planner import ClaudePlanner, choose_planner
 from buildrunnerd.agent._pricing import CostTable
@@ -19,5 +19,4 @@ __all__ = [
     "ToolError",
     "choose_planner",
     "pick_model",
-    "resolve_in_worktree",
 ]

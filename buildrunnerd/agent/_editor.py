@@ -2,24 +2,28 @@
 
 Implements the commands of Anthropic's schema tool: ``view`` (files with line numbers and an
 optional ``view_range``; directories two levels deep), ``create``, ``str_replace`` (exactly one
-match) and ``insert`` (``insert_text``, or ``new_str`` as some models send). Every path goes
-through :func:`resolve_in_worktree`. File work is synchronous and small; the agent loop runs
-it in a worker thread so the event loop never blocks.
+match) and ``insert`` (``insert_text``, or ``new_str`` as some models send). Every file access
+goes through :mod:`buildrunnerd.sandbox` (race-free, no symlink followed, regular files and
+folders only, reads and writes bounded by ``agent.editor_max_read_bytes`` and
+``agent.editor_max_write_bytes``). File work is synchronous and small; the agent loop runs it
+in a worker thread so the event loop never blocks.
 """
 
 from __future__ import annotations
 
-import os
+import stat
 from pathlib import Path
 from typing import Any
 
-from buildrunnerd.agent._confine import ToolError, resolve_in_worktree
+from buildrunnerd.agent._confine import ToolError, refusals_as_tool_errors
+from buildrunnerd.sandbox import list_tree, lstat_in, read_bytes_in, write_bytes_in
 
 __all__ = ["EDITOR_TOOL_NAME", "EDITOR_TOOL_TYPE", "TextEditor", "editor_tool_param"]
 
 EDITOR_TOOL_TYPE = "text_editor_20250728"
 EDITOR_TOOL_NAME = "str_replace_based_edit_tool"
 _MAX_LISTING = 400  # entries in a directory view; a huge tree is summarised, not dumped
+_DEFAULT_MAX_BYTES = 1024 * 1024
 
 
 def editor_tool_param(max_characters: int) -> dict[str, Any]:
@@ -30,9 +34,13 @@ def editor_tool_param(max_characters: int) -> dict[str, Any]:
 class TextEditor:
     """The editor bound to one worktree."""
 
-    def __init__(self, root: Path, *, max_characters: int) -> None:
+    def __init__(self, root: Path, *, max_characters: int,
+                 max_read_bytes: int = _DEFAULT_MAX_BYTES,
+                 max_write_bytes: int = _DEFAULT_MAX_BYTES) -> None:
         self.root = root
         self.max_characters = max_characters
+        self.max_read_bytes = max_read_bytes
+        self.max_write_bytes = max_write_bytes
 
     def run(self, params: dict[str, Any]) -> str:
         """Execute one tool call; returns the text for the ``tool_result`` or raises
@@ -41,25 +49,25 @@ class TextEditor:
         path = params.get("path")
         if not isinstance(path, str):
             raise ToolError("Missing required parameter 'path'.")
-        if command == "view":
-            return self._view(path, params.get("view_range"))
-        if command == "create":
-            return self._create(path, params.get("file_text"))
-        if command == "str_replace":
-            return self._str_replace(path, params.get("old_str"), params.get("new_str", ""))
-        if command == "insert":
-            new = params.get("insert_text", params.get("new_str"))
-            return self._insert(path, params.get("insert_line"), new)
+        with refusals_as_tool_errors():
+            if command == "view":
+                return self._view(path, params.get("view_range"))
+            if command == "create":
+                return self._create(path, params.get("file_text"))
+            if command == "str_replace":
+                return self._str_replace(path, params.get("old_str"), params.get("new_str", ""))
+            if command == "insert":
+                new = params.get("insert_text", params.get("new_str"))
+                return self._insert(path, params.get("insert_line"), new)
         raise ToolError(
             f"Unknown command {command!r}; use one of view, create, str_replace, insert."
         )
 
     # --- commands ---
     def _view(self, raw: str, view_range: Any) -> str:
-        path = resolve_in_worktree(self.root, raw, write=False)
-        if path.is_dir():
-            return self._truncate(self._listing(path, raw))
-        text = self._read(path, raw)
+        if stat.S_ISDIR(lstat_in(self.root, raw).st_mode):
+            return self._truncate(self._listing(raw))
+        text = self._read(raw)
         lines = text.split("\n")
         start, end = 1, len(lines)
         if view_range is not None:
@@ -80,13 +88,8 @@ class TextEditor:
     def _create(self, raw: str, file_text: Any) -> str:
         if not isinstance(file_text, str):
             raise ToolError("Missing required parameter 'file_text' for create.")
-        path = resolve_in_worktree(self.root, raw, write=True)
-        if path.is_dir():
-            raise ToolError(f"{raw} is a directory; give a file path.")
-        existed = path.exists()
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(file_text, encoding="utf-8")
-        return f"File {'overwritten' if existed else 'created'}: {raw}"
+        created = self._write(raw, file_text)
+        return f"File {'created' if created else 'overwritten'}: {raw}"
 
     def _str_replace(self, raw: str, old: Any, new: Any) -> str:
         if not isinstance(old, str) or old == "":
@@ -95,8 +98,7 @@ class TextEditor:
             new = ""
         if not isinstance(new, str):
             raise ToolError("'new_str' must be a string.")
-        path = resolve_in_worktree(self.root, raw, write=True)
-        text = self._read(path, raw)
+        text = self._read(raw)
         count = text.count(old)
         if count == 0:
             raise ToolError(
@@ -109,7 +111,7 @@ class TextEditor:
                 f"No replacement was performed: old_str appears {count} times in {raw} (lines "
                 f"{', '.join(map(str, lines))}). Include more surrounding lines to make it unique."
             )
-        path.write_text(text.replace(old, new, 1), encoding="utf-8")
+        self._write(raw, text.replace(old, new, 1))
         return f"The file {raw} has been edited (1 replacement)."
 
     def _insert(self, raw: str, line: Any, new: Any) -> str:
@@ -117,8 +119,7 @@ class TextEditor:
             raise ToolError("Missing required integer parameter 'insert_line' for insert.")
         if not isinstance(new, str):
             raise ToolError("Missing required parameter 'insert_text' for insert.")
-        path = resolve_in_worktree(self.root, raw, write=True)
-        text = self._read(path, raw)
+        text = self._read(raw)
         lines = text.split("\n")
         if not 0 <= line <= len(lines):
             raise ToolError(
@@ -126,41 +127,27 @@ class TextEditor:
                 "at the top)."
             )
         new_lines = new.split("\n")
-        path.write_text("\n".join(lines[:line] + new_lines + lines[line:]), encoding="utf-8")
+        self._write(raw, "\n".join(lines[:line] + new_lines + lines[line:]))
         return f"Inserted {len(new_lines)} line(s) after line {line} of {raw}."
 
     # --- helpers ---
-    def _read(self, path: Path, raw: str) -> str:
-        if not path.exists():
-            raise ToolError(f"The file {raw} does not exist. Use the create command to make it.")
-        if path.is_dir():
-            raise ToolError(f"{raw} is a directory; this command needs a file.")
+    def _read(self, raw: str) -> str:
+        data = read_bytes_in(self.root, raw, max_bytes=self.max_read_bytes)
         try:
-            return path.read_text(encoding="utf-8")
+            return data.decode("utf-8")
         except UnicodeDecodeError as exc:
             raise ToolError(f"{raw} is not a UTF-8 text file; it cannot be edited here.") from exc
 
-    def _listing(self, path: Path, raw: str) -> str:
-        entries: list[str] = []
-        # Walk two levels only: a node_modules or .venv below must not be traversed.
-        for top in sorted(os.scandir(path), key=lambda e: e.name):
-            if top.name.startswith("."):
-                continue
-            if not top.is_dir(follow_symlinks=False):
-                entries.append(top.name)
-                continue
-            entries.append(f"{top.name}/")
-            try:
-                children = sorted(os.scandir(top.path), key=lambda e: e.name)
-            except OSError:
-                continue
-            for child in children:
-                if not child.name.startswith("."):
-                    slash = "/" if child.is_dir(follow_symlinks=False) else ""
-                    entries.append(f"{top.name}/{child.name}{slash}")
-        if len(entries) > _MAX_LISTING:
-            more = len(entries) - _MAX_LISTING
-            entries = [*entries[:_MAX_LISTING], f"[... {more} more entries not shown ...]"]
+    def _write(self, raw: str, text: str) -> bool:
+        return write_bytes_in(self.root, raw, text.encode("utf-8"),
+                              max_bytes=self.max_write_bytes)
+
+    def _listing(self, raw: str) -> str:
+        # Two levels only: a node_modules or .venv below must not be traversed; symlinks are
+        # shown with their target and never followed.
+        entries, omitted = list_tree(self.root, raw, depth=2, max_entries=_MAX_LISTING)
+        if omitted:
+            entries.append(f"[... {omitted} more entries not shown ...]")
         header = (f"Files and directories up to 2 levels deep in {raw}, excluding hidden items:")
         return "\n".join([header, *entries])
 

@@ -107,7 +107,9 @@ class AnthropicExecutor:
         bash = BashSession(worktree, confinement=self._confinement,
                            timeout_s=self.config.agent.bash_timeout_s,
                            max_chars=self.config.agent.tool_output_max_chars)
-        editor = TextEditor(worktree, max_characters=self.config.agent.tool_output_max_chars)
+        editor = TextEditor(worktree, max_characters=self.config.agent.tool_output_max_chars,
+                            max_read_bytes=self.config.agent.editor_max_read_bytes,
+                            max_write_bytes=self.config.agent.editor_max_write_bytes)
         try:
             with anyio.move_on_after(self.config.agent.batch_timeout_s):
                 return await self._loop(job, ctx, state, editor, bash)

@@ -91,6 +91,10 @@ class AgentConfig(_Section):
     sandbox: Literal["auto", "bwrap", "sandbox-exec", "off", "none"] = "auto"
     bash_timeout_s: float = 120.0
     tool_output_max_chars: int = 30000
+    # The editor tool refuses to read or write a file larger than this (the model controls
+    # the worktree: a 1 GiB file must not be read into the daemon's memory).
+    editor_max_read_bytes: int = 1024 * 1024
+    editor_max_write_bytes: int = 1024 * 1024
 
 
 class VerifyConfig(_Section):

@@ -5,10 +5,23 @@ The bash tool, the test command, the import check and a backend's CLI all run th
 secrets, no home, no other sockets, only the worktree writable (see docs/security.md).
 :func:`select_sandbox` picks bubblewrap (Linux) or sandbox-exec (macOS) and proves it works;
 without one, model work is refused unless ``agent.sandbox = "off"``.
+
+The daemon's own Python reads and writes worktree files through :mod:`._fs` (the editor tool,
+prompt context, verification, the file monitor): race-free, no symlink followed, regular files
+and folders only, bounded.
 """
 
 from buildrunnerd.sandbox._bwrap import BwrapSandbox
 from buildrunnerd.sandbox._confinement import Confinement
+from buildrunnerd.sandbox._fs import (
+    PathProblem,
+    WorktreePathError,
+    list_tree,
+    lstat_in,
+    read_bytes_in,
+    worktree_relpath,
+    write_bytes_in,
+)
 from buildrunnerd.sandbox._policy import (
     SANDBOX_HOME,
     Sandbox,
@@ -36,9 +49,10 @@ from buildrunnerd.sandbox._select import (
 )
 
 __all__ = [
-    "INSTALL_HINT", "SANDBOX_HOME", "BwrapSandbox", "ConfinedResult", "Confinement", "Probe",
-    "Sandbox",
-    "SandboxCheck", "SandboxExecSandbox", "SandboxLimits", "SandboxPolicy", "Unconfined",
-    "Wrapped", "check_sandbox", "confined_env", "format_check", "open_confined", "run_confined",
-    "seatbelt_profile", "select_sandbox", "terminate_confined", "toolchain_paths",
+    "INSTALL_HINT", "SANDBOX_HOME", "BwrapSandbox", "ConfinedResult", "Confinement",
+    "PathProblem", "Probe", "Sandbox", "SandboxCheck", "SandboxExecSandbox", "SandboxLimits",
+    "SandboxPolicy", "Unconfined", "WorktreePathError", "Wrapped", "check_sandbox",
+    "confined_env", "format_check", "list_tree", "lstat_in", "open_confined", "read_bytes_in",
+    "run_confined", "seatbelt_profile", "select_sandbox", "terminate_confined",
+    "toolchain_paths", "worktree_relpath", "write_bytes_in",
 ]
