@@ -19,6 +19,7 @@ alone.
 
 from __future__ import annotations
 
+import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
@@ -29,7 +30,7 @@ import structlog
 from buildrunnerd.errors import BudgetExceededError, BuildRunnerError, StoreError
 from buildrunnerd.executor import ApiCall, BatchJob, ExecutionOutcome, Executor
 from buildrunnerd.plan._model import Batch, BatchPrompt, Plan, Task
-from buildrunnerd.sandbox import Confinement
+from buildrunnerd.sandbox import Confinement, WorktreePathError, lstat_in, read_bytes_in
 from buildrunnerd.store._records import NewEvent, TaskChange
 
 if TYPE_CHECKING:
@@ -212,8 +213,13 @@ def _scratch_checks(path: Path, tasks: list[Task]) -> dict[str, Any]:
     checks: list[dict[str, Any]] = []
     for task in tasks:
         for rel in task.files:
-            target = path / rel
-            if not (target.is_file() and target.stat().st_size > 0):
+            # Never through a symlink, and a FIFO or device is not a file (sandbox._fs).
+            try:
+                st = lstat_in(path, rel)
+                present = stat.S_ISREG(st.st_mode) and st.st_size > 0
+            except WorktreePathError:
+                present = False
+            if not present:
                 checks.append({
                     "name": "files", "passed": False, "file": rel, "line": None,
                     "message": f"{rel} (task {task.id}) is missing or empty",
@@ -274,8 +280,8 @@ def _mtimes(path: Path, tasks: list[Task]) -> dict[str, float]:
     for task in tasks:
         for rel in task.files:
             try:
-                found[rel] = (path / rel).stat().st_mtime_ns / 1e9
-            except FileNotFoundError:
+                found[rel] = lstat_in(path, rel).st_mtime_ns / 1e9
+            except WorktreePathError:  # missing, or behind a symlink: not followed
                 continue
     return found
 
@@ -300,12 +306,13 @@ def _relevant_files(run: ActiveRun, tasks: list[Task], root: Path) -> dict[str, 
     for rel in dict.fromkeys(wanted):
         if len(found) >= _MAX_CONTEXT_FILES:
             break
-        target = root / rel
+        # This text goes to the model API: a model-made symlink to ~/.ssh/id_rsa, a FIFO or a
+        # huge file must never be read (sandbox._fs follows no symlink and bounds the read).
         try:
-            if target.is_file() and target.stat().st_size <= _MAX_CONTEXT_FILE_BYTES:
-                found[rel] = target.read_text(encoding="utf-8")
-        except (OSError, UnicodeDecodeError):
-            continue  # unreadable or binary: not useful as prompt context
+            data = read_bytes_in(root, rel, max_bytes=_MAX_CONTEXT_FILE_BYTES)
+            found[rel] = data.decode("utf-8")
+        except (WorktreePathError, UnicodeDecodeError):
+            continue  # missing, refused, too large or binary: not useful as prompt context
     return found
 
 

@@ -26,6 +26,7 @@ from buildrunnerd.executor._protocol import (
     ExecutionOutcome,
 )
 from buildrunnerd.plan._model import Task
+from buildrunnerd.sandbox import WorktreePathError, write_bytes_in
 
 __all__ = ["SimulatedExecutor", "SIM_MS_PER_MINUTE_ENV", "SIM_FAIL_FILE_ENV"]
 
@@ -66,14 +67,18 @@ def _failing_task_ids(env: dict[str, str] | os._Environ[str]) -> set[str]:
 
 
 def _write_files(root: Path, tasks: list[Task]) -> int:
-    """Write every file the tasks name; return how many characters were written."""
+    """Write every file the tasks name; return how many characters were written.
+
+    Through :mod:`buildrunnerd.sandbox` like the editor tool: an earlier batch's symlink in
+    the worktree is never written through, ``..`` and ``.git`` are refused
+    (:class:`~buildrunnerd.sandbox.WorktreePathError`)."""
     written = 0
+    root.mkdir(parents=True, exist_ok=True)  # the daemon's own path, not the model's
     for task in tasks:
         for rel in task.files:
-            target = root / rel
-            target.parent.mkdir(parents=True, exist_ok=True)
             body = _python_body(task, rel) if rel.endswith(".py") else _text_body(task, rel)
-            target.write_text(body, encoding="utf-8")
+            data = body.encode("utf-8")
+            write_bytes_in(root, rel, data, max_bytes=len(data))
             written += len(body)
     return written
 
@@ -126,7 +131,12 @@ class SimulatedExecutor:
                     model="simulated",
                 )
         # One thread hop for every file of the batch: zero-latency runs measure the daemon.
-        written_chars = await anyio.to_thread.run_sync(_write_files, Path(job.worktree), job.tasks)
+        try:
+            written_chars = await anyio.to_thread.run_sync(
+                _write_files, Path(job.worktree), job.tasks)
+        except WorktreePathError as exc:
+            return ExecutionOutcome(status="failed", reason=f"(simulated) {exc.message}",
+                                    model="simulated")
         # Record the stand-in "call" like a real one (model "simulated", no cost), so the
         # accounting path -- api.call events, `brctl costs` rows -- is the same as with Claude.
         await ctx.record_api_call(

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import shlex
+import stat
 import sys
 from collections.abc import Sequence
 from pathlib import Path, PurePosixPath
@@ -21,7 +22,13 @@ import msgspec
 from buildrunnerd.config import Config, VerifyConfig
 from buildrunnerd.errors import SandboxError, WorkspaceError
 from buildrunnerd.plan._model import Task
-from buildrunnerd.sandbox import Confinement, run_confined
+from buildrunnerd.sandbox import (
+    Confinement,
+    WorktreePathError,
+    lstat_in,
+    read_bytes_in,
+    run_confined,
+)
 from buildrunnerd.workspace._git import git
 from buildrunnerd.workspace._repo import COMMIT_EXCLUDES
 from buildrunnerd.workspace._secrets import ALLOWLIST_FILENAME, Allowlist, scan_diff
@@ -31,6 +38,9 @@ __all__ = ["CheckResult", "VerificationReport", "verify", "detect_test_command",
            "OUTPUT_TAIL_BYTES"]
 
 OUTPUT_TAIL_BYTES = 4096
+# A Python file larger than this is not compile-checked (a model-made huge file must not be
+# read into the daemon's memory); the check fails and says so.
+_MAX_COMPILE_BYTES = 16 * 1024 * 1024
 
 # Folders never searched for tests or Python files: not the project's own code.
 _SKIP_DIRS = frozenset({".git", ".venv", "venv", "node_modules", "__pycache__", ".tox",
@@ -119,16 +129,25 @@ async def _check_files(worktree: Path, tasks: Sequence[Task]) -> list[CheckResul
                     "files", False, f"task {task.id} names {name!r}, which is outside the "
                     "repository; name files relative to the repository root", file=name))
                 continue
-            path = anyio.Path(worktree / rel)
-            if not await path.exists():
+            # No symlink is followed, and only a regular file counts (sandbox._fs).
+            try:
+                st = await anyio.to_thread.run_sync(lstat_in, worktree, rel.as_posix())
+            except WorktreePathError as exc:
                 problems.append(CheckResult(
                     "files", False, f"{name} does not exist; task {task.id} ({task.title}) "
-                    "must create it", file=name))
-            elif await path.is_dir():
+                    "must create it" if exc.problem == "missing" else
+                    f"{name} cannot be checked: {exc.message}", file=name))
+                continue
+            if stat.S_ISDIR(st.st_mode):
                 problems.append(CheckResult(
                     "files", False, f"{name} is a folder; task {task.id} names it as a file",
                     file=name))
-            elif (await path.stat()).st_size == 0:
+            elif not stat.S_ISREG(st.st_mode):
+                what = "a symlink" if stat.S_ISLNK(st.st_mode) else "a FIFO, socket or device"
+                problems.append(CheckResult(
+                    "files", False, f"{name} is {what}, not a regular file; task {task.id} "
+                    f"({task.title}) must write the file itself", file=name))
+            elif st.st_size == 0:
                 problems.append(CheckResult(
                     "files", False, f"{name} is empty; task {task.id} ({task.title}) must "
                     "write its content", file=name))
@@ -140,10 +159,15 @@ def _compile_all(worktree: Path, files: list[str]) -> list[CheckResult]:
     # into the worktree (they would land in the batch's commit).
     problems: list[CheckResult] = []
     for name in files:
-        if not (worktree / name).is_file():
+        # Read race-free: a .py symlink (to a file outside, a FIFO, /dev/zero) is not
+        # followed, so it is not compiled (git commits it as a link); nor is a huge file read.
+        try:
+            source = read_bytes_in(worktree, name, max_bytes=_MAX_COMPILE_BYTES)
+        except WorktreePathError as exc:
+            if exc.problem not in ("missing", "symlink", "is_directory"):
+                problems.append(CheckResult("compile", False, exc.message, file=name))
             continue
         try:
-            source = (worktree / name).read_bytes()
             compile(source, name, "exec", dont_inherit=True)
         except SyntaxError as exc:
             where = f"{name}:{exc.lineno}" if exc.lineno else name
