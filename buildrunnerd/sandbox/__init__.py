@@ -18,6 +18,7 @@ from buildrunnerd.sandbox._fs import (
     WorktreePathError,
     list_tree,
     lstat_in,
+    open_directory_in,
     read_bytes_in,
     worktree_relpath,
     write_bytes_in,
@@ -52,7 +53,7 @@ __all__ = [
     "INSTALL_HINT", "SANDBOX_HOME", "BwrapSandbox", "ConfinedResult", "Confinement",
     "PathProblem", "Probe", "Sandbox", "SandboxCheck", "SandboxExecSandbox", "SandboxLimits",
     "SandboxPolicy", "Unconfined", "WorktreePathError", "Wrapped", "check_sandbox",
-    "confined_env", "format_check", "list_tree", "lstat_in", "open_confined", "read_bytes_in",
-    "run_confined", "seatbelt_profile", "select_sandbox", "terminate_confined",
-    "toolchain_paths", "worktree_relpath", "write_bytes_in",
+    "confined_env", "format_check", "list_tree", "lstat_in", "open_confined",
+    "open_directory_in", "read_bytes_in", "run_confined", "seatbelt_profile", "select_sandbox",
+    "terminate_confined", "toolchain_paths", "worktree_relpath", "write_bytes_in",
 ]

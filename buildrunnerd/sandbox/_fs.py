@@ -36,6 +36,7 @@ __all__ = [
     "WorktreePathError",
     "list_tree",
     "lstat_in",
+    "open_directory_in",
     "read_bytes_in",
     "worktree_relpath",
     "write_bytes_in",
@@ -240,6 +241,15 @@ def lstat_in(root: Path, raw: str) -> os.stat_result:
             return _lstat(dfd, rel.parts[-1], rel.as_posix(), raw)
         finally:
             os.close(dfd)
+
+
+def open_directory_in(root: Path, raw: str) -> int:
+    """A new fd (``O_DIRECTORY``, close-on-exec; the caller closes it) of the folder ``raw``
+    in the worktree, no symlink followed on the way or at the end; for ``os.fwalk(dir_fd=)``
+    and ``os.scandir``. Raises :class:`WorktreePathError`."""
+    rel = worktree_relpath(root, raw)
+    with _root_fd(root) as rfd:
+        return _open_dirs(rfd, rel.parts, raw, create=False)
 
 
 def read_bytes_in(root: Path, raw: str, *, max_bytes: int) -> bytes:
