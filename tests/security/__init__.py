@@ -1,0 +1,1 @@
+"""Attacks by a hostile model, each as a real test that asserts it was blocked."""
