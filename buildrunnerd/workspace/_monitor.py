@@ -48,9 +48,9 @@ class FileMonitor:
     ``on_change`` propagates out of the ``async with`` block. A symlink is reported as an
     entry of the tree (it is what git commits), never followed.
 
-    A normal exit stops the watcher and then reports, once, every file that differs from the
-    tree at entry (by size and mtime) but was not reported live: changes still inside the
-    debounce window, or written faster than inotify could watch a new folder, are never lost.
+    A normal exit stops the watcher and then reports, once, every file whose size or mtime
+    differs from what was last reported (or seen at entry): changes still inside the debounce
+    window, or written faster than inotify could watch a new folder, are never lost.
     """
 
     def __init__(
@@ -101,19 +101,13 @@ class FileMonitor:
         tg, self._tg = self._tg, None
         suppress = await tg.__aexit__(exc_type, exc, tb)
         if exc_type is None:
-            await self._report_unseen()
+            await self._catch_up()
         return suppress
 
-    async def _report_unseen(self) -> None:
-        after = await anyio.to_thread.run_sync(self._scan)
-        for rel, st in sorted(after.items()):
-            if rel in self._reported or self._before.get(rel) == st:
-                continue
-            await self._emit("created" if rel not in self._before else "modified", rel, st)
-
     async def _catch_up(self) -> None:
-        """After a new watcher is up: report what changed while none was watching (between
-        the old watcher's last group and the new one's start)."""
+        """Report every file whose state differs from the one last reported (or seen at
+        entry): after a new watcher is up, what changed while none was watching; at exit,
+        what the watcher had not delivered yet."""
         now = await anyio.to_thread.run_sync(self._scan)
         for rel, st in sorted(now.items()):
             if self._known.get(rel) != st:

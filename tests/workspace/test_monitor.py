@@ -97,3 +97,37 @@ async def test_changes_just_before_exit_are_reported_once(tmp_path: Path) -> Non
         (root / "deep" / "er" / "quick.py").write_text("Q = 1\n")
         (root / "old.py").write_text("A = 22\n")
     assert sorted(rec.events) == [("created", "deep/er/quick.py"), ("modified", "old.py")]
+
+
+async def test_new_folders_are_watched_live(tmp_path: Path) -> None:
+    # Folders are watched one by one (symlinks never followed): a folder made during the batch
+    # must join the watch, so a later change inside it is reported live, not only at exit.
+    root = tmp_path / "wt"
+    root.mkdir()
+    rec = Recorder()
+    async with FileMonitor(root, rec, debounce_ms=50):
+        (root / "pkg" / "sub").mkdir(parents=True)
+        (root / "pkg" / "sub" / "a.py").write_text("A = 1\n")
+        await rec.wait_for(("created", "pkg/sub/a.py"))
+        (root / "gone").mkdir()
+        (root / "gone").rmdir()  # removed before the watcher is rebuilt with it
+        (root / "pkg" / "sub" / "a.py").write_text("A = 22\n")
+        await rec.wait_for(("modified", "pkg/sub/a.py"))
+        (root / "pkg" / "sub" / "b.py").write_text("B = 1\n")
+        await rec.wait_for(("created", "pkg/sub/b.py"))
+    assert sorted(set(rec.events)) == [("created", "pkg/sub/a.py"), ("created", "pkg/sub/b.py"),
+                                       ("modified", "pkg/sub/a.py")]
+
+
+async def test_symlinks_are_entries_not_followed(tmp_path: Path) -> None:
+    root = tmp_path / "wt"
+    root.mkdir()
+    target = tmp_path / "target"
+    target.mkdir()
+    rec = Recorder()
+    async with FileMonitor(root, rec, debounce_ms=50):
+        (root / "alias").symlink_to(target)
+        (target / "outside.txt").write_text("x")
+        (root / "mark.txt").write_text("m")
+        await rec.wait_for(("created", "mark.txt"))
+    assert sorted(rec.events) == [("created", "alias"), ("created", "mark.txt")]
