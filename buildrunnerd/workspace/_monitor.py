@@ -72,9 +72,10 @@ class FileMonitor:
         self._before: dict[str, _Stat] = {}
         self._known: dict[str, _Stat] = {}  # the state of each file when last reported
         self._reported: set[str] = set()
+        self._first_folders: list[str] | None = None  # from the scan at entry: one walk
 
     async def __aenter__(self) -> FileMonitor:
-        self._before = await anyio.to_thread.run_sync(self._scan)
+        self._before, self._first_folders = await anyio.to_thread.run_sync(self._scan_tree)
         self._known = dict(self._before)
         self._tg = anyio.create_task_group()
         await self._tg.__aenter__()
@@ -128,7 +129,9 @@ class FileMonitor:
         failures = 0
         async with anyio.create_task_group() as tg:
             while not self._stop.is_set():
-                folders = await anyio.to_thread.run_sync(self._folders)
+                folders, self._first_folders = self._first_folders, None
+                if folders is None:
+                    folders = await anyio.to_thread.run_sync(self._folders)
                 stop = anyio.Event()
                 send, receive = anyio.create_memory_object_stream[_Group | OSError](16)
                 await tg.start(self._one_watcher, folders, stop, send)
@@ -245,8 +248,17 @@ class FileMonitor:
 
     def _folders(self) -> list[str]:
         """Every real folder of the tree the filter keeps, as absolute paths to watch."""
-        return [str(self.path) if folder == "." else str(self.path / folder)
-                for folder, _ in self._walk(".")]
+        return self._scan_tree()[1]
+
+    def _scan_tree(self) -> tuple[dict[str, _Stat], list[str]]:
+        """The scan and the folders to watch, in one walk."""
+        files: dict[str, _Stat] = {}
+        folders: list[str] = []
+        for folder, entries in self._walk("."):
+            folders.append(str(self.path) if folder == "." else str(self.path / folder))
+            files.update((f"{folder}/{name}" if folder != "." else name, st)
+                         for name, st in entries)
+        return files, folders
 
     def _walk(self, rel: str) -> Iterator[tuple[str, list[tuple[str, _Stat]]]]:
         """(folder, [(name, stat)]) for ``rel`` and every real folder below it, relative to
