@@ -26,9 +26,11 @@ import pytest
 
 from buildrunnerd.agent import ToolError
 from buildrunnerd.agent._editor import TextEditor
+from buildrunnerd.executor import BatchJob, SimulatedExecutor
+from buildrunnerd.plan import BatchPrompt
 from buildrunnerd.plan._model import Task
 from buildrunnerd.workspace import ChangeKind, FileMonitor, verify
-from tests.agent.support import make_worktree
+from tests.agent.support import Recorder, make_worktree
 from tests.conftest import DaemonFactory, wait_run_event, write_spec
 from tests.fakeapi import API_KEY, FakeAnthropic, FakeRequest, Reply, text, tool_use
 
@@ -305,6 +307,21 @@ async def test_monitor_does_not_follow_a_committed_link_to_root(tmp_path: Path) 
     rels = {rel for _, rel in events}
     assert rels <= {"pkg/in.py", "pkg/link2", "after.txt"}, events
     assert {"pkg/in.py", "after.txt"} <= rels
+
+
+async def test_simulated_backend_does_not_write_through_a_link(
+        worktree: Path, outside: tuple[Path, str]) -> None:
+    folder, _secret = outside
+    before = snapshot(folder)
+    (worktree / "app").symlink_to(folder)  # committed by an earlier batch
+    job = BatchJob(run_id="r-1", batch_id="r-1:B1", attempt=1,
+                   tasks=[task("app/notes.txt", "app/new.py")],
+                   prompt=BatchPrompt(system="s", user="u", tokens=2, context_tokens=0),
+                   worktree=str(worktree))
+    outcome = await SimulatedExecutor().run_batch(job, Recorder())
+    assert outcome.status == "failed"
+    assert "symlink (app -> " in (outcome.reason or "")
+    assert snapshot(folder) == before
 
 
 # --- through the daemon ------------------------------------------------------------------
