@@ -7,10 +7,14 @@ from pathlib import Path
 
 import pytest
 
-from buildrunnerd.agent import ToolError
+from buildrunnerd.agent import AnthropicExecutor, ToolError
 from buildrunnerd.agent._editor import TextEditor
 from buildrunnerd.config import AgentConfig
 from buildrunnerd.sandbox import WorktreePathError, list_tree, read_bytes_in, write_bytes_in
+from tests.agent.support import Recorder, make_config, make_job
+from tests.fakeapi import API_KEY, FakeAnthropic, Reply, text, tool_use
+
+EDIT = "str_replace_based_edit_tool"
 
 
 def editor(root: Path, **limits: int) -> TextEditor:
@@ -147,3 +151,24 @@ def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
     return mask
+
+
+async def test_the_executor_applies_the_configured_limits(fake_api: FakeAnthropic,
+                                                          worktree: Path) -> None:
+    (worktree / "notes.md").write_text("n" * 50)
+    fake_api.set_responder([
+        Reply([tool_use(EDIT, {"command": "view", "path": "notes.md"}),
+               tool_use(EDIT, {"command": "create", "path": "new.md", "file_text": "w" * 21})],
+              "tool_use"),
+        Reply([text("ok")], "end_turn")])
+    ex = AnthropicExecutor(make_config(editor_max_read_bytes=40, editor_max_write_bytes=20,
+                                       sandbox="off"),
+                           api_key=API_KEY, base_url=fake_api.base_url)
+    try:
+        assert (await ex.run_batch(make_job(worktree), Recorder())).status == "completed"
+    finally:
+        await ex.aclose()
+    view, create = fake_api.requests[1].messages[-1]["content"]
+    assert view["is_error"] and "50 bytes, over the limit of 40 bytes" in view["content"]
+    assert create["is_error"] and "21 bytes, over the limit of 20 bytes" in create["content"]
+    assert not (worktree / "new.md").exists()
