@@ -8,11 +8,12 @@ before they are stored or sent in events. Light (stdlib only), so every layer ma
 from __future__ import annotations
 
 import re
+import string
 from collections.abc import Callable, Iterator
 from typing import NamedTuple
 
 __all__ = ["CredentialMatch", "KINDS", "find_credentials", "is_placeholder_password",
-           "redact_secrets"]
+           "iter_credentials", "redact_secrets"]
 
 
 class CredentialMatch(NamedTuple):
@@ -55,52 +56,79 @@ def _real_password(secret: str) -> bool:
     return not is_placeholder_password(secret)
 
 
-# (kind, pattern, check the secret must pass). Look-arounds keep a
-# key embedded in a longer token (a hash, a base64 blob) from matching by accident; ASCII
-# only, so that a byte of binary content read as a letter ("\xff" is "ÿ") does not hide one.
-_Rule = tuple[str, re.Pattern[str], Callable[[str], bool] | None]
+# Every pattern starts with a literal (``sk-ant-``, ``AKIA``, ``://``): the regex engine then
+# skips ahead to it, 100 times faster on a megabyte than a pattern opening with a
+# look-behind. What a look-behind would say is checked on the match instead: the character
+# before the key (a key embedded in a longer token, a hash, a base64 blob, is no key), and for
+# a database URL the scheme before ``://``. ASCII only, so that a byte of binary content read
+# as a letter ("\xff" is "ÿ") does not hide a key.
+class _Rule(NamedTuple):
+    kind: str
+    pattern: re.Pattern[str]  # group 1 holds the secret
+    not_after: str  # characters that may not stand right before the match
+    check: Callable[[str], bool] | None  # on the secret
+    scheme: re.Pattern[str] | None  # must match right before the match
 
 
-def _rule(kind: str, pattern: str, check: Callable[[str], bool] | None = None) -> _Rule:
-    # Group 1 of every pattern holds the secret.
-    return kind, re.compile(pattern, re.ASCII), check
+def _rule(kind: str, pattern: str, *, not_after: str = "",
+          check: Callable[[str], bool] | None = None, scheme: str | None = None) -> _Rule:
+    return _Rule(kind, re.compile(pattern, re.ASCII), not_after, check,
+                 re.compile(scheme + r"\Z", re.ASCII | re.IGNORECASE) if scheme else None)
 
 
+_WORD = string.ascii_letters + string.digits + "_"
+_UPPER = string.ascii_uppercase + string.digits
 _RULES: tuple[_Rule, ...] = (
-    _rule("aws_access_key", r"(?<![A-Z0-9])((?:AKIA|ASIA|ABIA|ACCA)[A-Z0-9]{16})(?![A-Z0-9])"),
+    _rule("aws_access_key", r"((?:AKIA|ASIA|ABIA|ACCA)[A-Z0-9]{16})(?![A-Z0-9])",
+          not_after=_UPPER),
     _rule("private_key", r"(-----BEGIN (?:[A-Z0-9]+ )*PRIVATE KEY(?: BLOCK)?-----)"),
-    _rule("anthropic_api_key", r"(?<![\w-])(sk-ant-[A-Za-z0-9_\-]{20,})"),
-    _rule("api_key", r"(?<![\w-])(sk-(?!ant-)[A-Za-z0-9_\-]{20,})", _has_digit),
-    _rule("github_token", r"(?<![A-Za-z0-9_])(gh[pousr]_[A-Za-z0-9]{36,})"),
-    _rule("github_token", r"(?<![A-Za-z0-9_])(github_pat_[A-Za-z0-9_]{22,})"),
-    _rule("stripe_key",
-          r"(?<![A-Za-z0-9_])((?:sk|rk)_live_[A-Za-z0-9]{16,}|whsec_[A-Za-z0-9+/=]{24,})"),
-    _rule("slack_webhook", r"((?:https?://)?hooks\.slack\.com/(?:services|workflows|triggers)/"
+    _rule("anthropic_api_key", r"(sk-ant-[A-Za-z0-9_\-]{20,})", not_after=_WORD + "-"),
+    _rule("api_key", r"(sk-(?!ant-)[A-Za-z0-9_\-]{20,})", not_after=_WORD + "-",
+          check=_has_digit),
+    _rule("github_token", r"(gh[pousr]_[A-Za-z0-9]{36,})", not_after=_WORD),
+    _rule("github_token", r"(github_pat_[A-Za-z0-9_]{22,})", not_after=_WORD),
+    _rule("stripe_key", r"([sr]k_live_[A-Za-z0-9]{16,})", not_after=_WORD),
+    _rule("stripe_key", r"(whsec_[A-Za-z0-9+/=]{24,})", not_after=_WORD),
+    _rule("slack_webhook", r"(hooks\.slack\.com/(?:services|workflows|triggers)/"
                            r"[A-Za-z0-9_\-]{6,}/[A-Za-z0-9_\-/]{8,})"),
-    _rule("slack_token", r"(?<![A-Za-z0-9_])(xox[abposr]-[A-Za-z0-9\-]{10,})"),
+    _rule("slack_token", r"(xox[abposr]-[A-Za-z0-9\-]{10,})", not_after=_WORD),
     # scheme://user:password@host; only the password is the secret.
-    _rule("database_url",
-          r"(?i)\b(?:postgres(?:ql)?|mysql|mariadb|mongodb(?:\+srv)?|rediss?|amqps?|mssql"
-          r"|sqlserver|oracle|cockroachdb)(?:\+[a-z0-9]+)?://"
-          r"[^\s:/?#@'\"`]*:([^\s@/?#'\"`]+)@[^\s/?#'\"`]+", _real_password),
-    _rule("jwt", r"(?<![A-Za-z0-9_\-])"
-                 r"(eyJ[A-Za-z0-9_\-]{10,}\.eyJ[A-Za-z0-9_\-]{10,}\.[A-Za-z0-9_\-]{16,})"),
+    _rule("database_url", r"://[^\s:/?#@'\"`]*:([^\s@/?#'\"`]+)@[^\s/?#'\"`]+",
+          check=_real_password,
+          scheme=r"(?<![a-z0-9])(?:postgres(?:ql)?|mysql|mariadb|mongodb(?:\+srv)?|rediss?"
+                 r"|amqps?|mssql|sqlserver|oracle|cockroachdb)(?:\+[a-z0-9]+)?"),
+    _rule("jwt", r"(eyJ[A-Za-z0-9_\-]{10,}\.eyJ[A-Za-z0-9_\-]{10,}\.[A-Za-z0-9_\-]{16,})",
+          not_after=_WORD + "-"),
 )
 
 #: Every kind :func:`find_credentials` reports.
-KINDS: tuple[str, ...] = tuple(dict.fromkeys(kind for kind, _, _ in _RULES))
+KINDS: tuple[str, ...] = tuple(dict.fromkeys(rule.kind for rule in _RULES))
+_SCHEME_CHARS = 32  # the longest scheme above, with room for a "+driver"
+
+
+def iter_credentials(text: str) -> Iterator[CredentialMatch]:
+    """Every occurrence of a known credential in ``text`` (a key printed twice is found
+    twice), in table order."""
+    for rule in _RULES:
+        for m in rule.pattern.finditer(text):
+            start = m.start()
+            if rule.not_after and start > 0 and text[start - 1] in rule.not_after:
+                continue
+            if rule.scheme is not None and not rule.scheme.search(
+                    text, max(0, start - _SCHEME_CHARS), start):
+                continue
+            secret = m.group(1)
+            if rule.check is None or rule.check(secret):
+                yield CredentialMatch(rule.kind, secret, m.start(1), m.end(1))
 
 
 def find_credentials(text: str) -> Iterator[CredentialMatch]:
     """Every known credential in ``text``, each distinct secret once, in table order."""
     seen: set[str] = set()
-    for kind, pattern, check in _RULES:
-        for m in pattern.finditer(text):
-            secret = m.group(1)
-            if secret in seen or (check is not None and not check(secret)):
-                continue
-            seen.add(secret)
-            yield CredentialMatch(kind, secret, m.start(1), m.end(1))
+    for match in iter_credentials(text):
+        if match.secret not in seen:
+            seen.add(match.secret)
+            yield match
 
 
 # A private key is redacted whole: the header, the base64 body and the footer. Without a footer
@@ -117,7 +145,7 @@ def redact_secrets(text: str) -> str:
     URL keeps its scheme, user and host; only the password goes)."""
     text = _PRIVATE_KEY_BLOCK.sub("[REDACTED:private_key]", text)
     spans = sorted(
-        (m.start, m.end, m.kind) for m in _all_matches(text) if m.kind != "private_key")
+        (m.start, m.end, m.kind) for m in iter_credentials(text) if m.kind != "private_key")
     if not spans:
         return text
     out: list[str] = []
@@ -129,12 +157,3 @@ def redact_secrets(text: str) -> str:
         pos = end
     out.append(text[pos:])
     return "".join(out)
-
-
-def _all_matches(text: str) -> Iterator[CredentialMatch]:
-    # Every occurrence, not each distinct secret once: a key printed twice is redacted twice.
-    for kind, pattern, check in _RULES:
-        for m in pattern.finditer(text):
-            secret = m.group(1)
-            if check is None or check(secret):
-                yield CredentialMatch(kind, secret, m.start(1), m.end(1))

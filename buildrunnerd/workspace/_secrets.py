@@ -16,13 +16,13 @@ rule covers a value in every encoding.
 
 from __future__ import annotations
 
-import base64
 import binascii
 import bisect
 import hashlib
 import io
 import math
 import re
+import string
 import urllib.parse
 import zipfile
 import zlib
@@ -31,7 +31,7 @@ from collections.abc import Iterable, Iterator, Sequence
 
 import msgspec
 
-from buildrunnerd.credentials import find_credentials
+from buildrunnerd.credentials import find_credentials, iter_credentials
 from buildrunnerd.workspace._allowlist import ALLOWLIST_FILENAME, Allowlist
 
 __all__ = [
@@ -40,15 +40,33 @@ __all__ = [
 ]
 
 # A quoted value assigned to a name that says it is secret: ``api_key = "..."``,
-# ``"password": "..."``, ``TOKEN: '...'``, ``export SECRET="..."``.
-_ASSIGNMENT = re.compile(
-    r"""(?ix)
-    (?P<name>[a-z0-9_.\-]{0,64}(?:secret|token|passw(?:or)?d|pwd|api[_\-]?key|access[_\-]?key
-        |private[_\-]?key|auth[_\-]?key|credential|client[_\-]?secret|key)[a-z0-9_.\-]{0,64})
-    ["']?\s*(?::=|=>|==|=|:)\s*
-    (?P<q>["'`])(?P<value>[^"'`\s]{16,})(?P=q)
-    """
-)
+# ``"password": "..."``, ``TOKEN: '...'``, ``export SECRET="..."``. Found value first (a quote
+# is a literal the regex engine can skip to), then the name is checked right before it.
+_QUOTED_VALUE = re.compile(r"""(["'`])([^"'`\s]{16,})\1""")
+_SECRET_NAME = re.compile(
+    r"(?i)secret|token|passw(?:or)?d|pwd|api[_\-]?key|access[_\-]?key|private[_\-]?key"
+    r"|auth[_\-]?key|credential|key")
+_NAME_CHARS = frozenset(string.ascii_letters + string.digits + "_.-")
+_OPERATORS = (":=", "=>", "==", "=", ":")
+_NAME_WINDOW = 128
+
+
+def _secret_name_before(text: str, quote: int) -> bool:
+    """Whether ``name = `` / ``"name": `` / ``name:`` stands right before ``text[quote]``,
+    with a name that says it is secret. Parsed backwards by hand: a regex anchored at the
+    end would be tried at every start position of the window."""
+    before = text[max(0, quote - _NAME_WINDOW):quote].rstrip()
+    operator = next((op for op in _OPERATORS if before.endswith(op)), None)
+    if operator is None:
+        return False
+    before = before[: -len(operator)].rstrip()
+    if before.endswith(("'", '"')):
+        before = before[:-1]
+    end = len(before)
+    start = end
+    while start > 0 and before[start - 1] in _NAME_CHARS:
+        start -= 1
+    return start < end and _SECRET_NAME.search(before, start, end) is not None
 _HEX = re.compile(r"^[0-9a-fA-F]+$")
 # Bits per character above which a value looks random rather than written by a person.
 HEX_ENTROPY_THRESHOLD = 3.0
@@ -137,30 +155,37 @@ def _looks_random(value: str) -> bool:
     return has_digit and has_alpha and shannon_entropy(value) >= TEXT_ENTROPY_THRESHOLD
 
 
-def scan_line(text: str) -> Iterator[tuple[str, str]]:
-    """Every (kind, secret) found in one line of text: known patterns, and random-looking
-    values assigned to a name that says it is secret."""
+def scan_text(text: str) -> Iterator[tuple[str, str, int]]:
+    """Every (kind, secret, offset) in ``text``: known patterns, and random-looking values
+    assigned to a name that says it is secret."""
     seen: set[str] = set()
-    for match in find_credentials(text):
+    for match in iter_credentials(text):
         seen.add(match.secret)
-        yield match.kind, match.secret
-    for m in _ASSIGNMENT.finditer(text):
-        value = m.group("value")
+        yield match.kind, match.secret, match.start
+    for m in _QUOTED_VALUE.finditer(text):
+        value = m.group(2)
         if value in seen or any(value in s or s in value for s in seen):
             continue
-        if _looks_random(value):
+        quote = m.start()
+        if _looks_random(value) and _secret_name_before(text, quote):
             seen.add(value)
-            yield "high_entropy_assignment", value
+            yield "high_entropy_assignment", value, m.start(2)
+
+
+def scan_line(text: str) -> Iterator[tuple[str, str]]:
+    """Every (kind, secret) in one line of text (see :func:`scan_text`)."""
+    for kind, secret, _ in scan_text(text):
+        yield kind, secret
 
 
 # --- decoded forms ---------------------------------------------------------------------------
 
 # Long enough for the shortest key of the table (a 15-character Slack token) once encoded.
 _BASE64_RUN = re.compile(r"[A-Za-z0-9+/_\-]{20,}={0,2}")
-_HEX_RUN = re.compile(r"(?:[0-9a-fA-F]{2}){10,}")
+_HEX_RUN = re.compile(r"[0-9a-fA-F]{20,}")
 _ESCAPED_HEX_RUN = re.compile(r"(?:\\x[0-9a-fA-F]{2}){10,}")
-_BYTE = r"(?:0x[0-9a-fA-F]{1,2}|\d{1,3})"
-_BYTE_LIST = re.compile(rf"(?:{_BYTE}\s*,\s*){{9,}}{_BYTE}")
+_DECIMAL_LIST = re.compile(r"\d{1,3}, ?\d{1,3}, ?(?:\d{1,3}, ?){7,}\d{1,3}")
+_HEX_LIST = re.compile(r"(?:0x[0-9a-fA-F]{1,2}, ?){9,}0x[0-9a-fA-F]{1,2}")
 _PERCENT = re.compile(r"%[0-9A-Fa-f]{2}")
 
 
@@ -169,54 +194,90 @@ def _text(data: bytes) -> str:
     return data.decode("latin-1")
 
 
-def _base64_views(run: str) -> Iterator[bytes]:
+_URLSAFE = str.maketrans("-_", "+/")
+
+
+def _base64_views(run: str, *, alignments: int = 4) -> Iterator[bytes]:
     # A key embedded in a longer run may start at any of four alignments.
-    core = run.rstrip("=")
-    altchars = b"-_" if ("-" in core or "_" in core) else None
-    for skip in range(4):
+    core = run.rstrip("=").translate(_URLSAFE)
+    for skip in range(alignments):
         piece = core[skip:]
-        piece = piece[: len(piece) - len(piece) % 4] if skip else piece
         if len(piece) < 16:
             break
+        piece = piece[: len(piece) // 4 * 4] if skip else piece + "=" * (-len(piece) % 4)
         try:
-            yield base64.b64decode(piece + "=" * (-len(piece) % 4), altchars=altchars)
+            yield binascii.a2b_base64(piece)
         except (binascii.Error, ValueError):
             continue
 
 
-def _decoded_views(text: str) -> Iterator[tuple[str, str]]:
-    """(how, decoded text) for every encoded stretch of ``text`` that decodes."""
-    if "%" in text and _PERCENT.search(text):
-        yield "URL-encoded", urllib.parse.unquote(text, encoding="latin-1")
+def _decoded_segments(text: str) -> Iterator[tuple[str, str, int]]:
+    """(how, decoded text, offset of the encoded stretch) for every encoded stretch of
+    ``text`` that decodes."""
+    decoded_lines: set[int] = set()
+    for m in _PERCENT.finditer(text):
+        # URL-encoding mixes plain and %XX characters: decode the whole line around it.
+        start = text.rfind("\n", 0, m.start()) + 1
+        if start in decoded_lines:
+            continue
+        decoded_lines.add(start)
+        end = text.find("\n", m.end())
+        line = text[start:end if end >= 0 else len(text)]
+        yield "URL-encoded", urllib.parse.unquote(line, encoding="latin-1"), start
     for m in _BASE64_RUN.finditer(text):
         run = m.group()
         # Base64 of a key mixes cases; snake_case and kebab-case words do not.
         if run.islower() or run.isupper():
             continue
-        # "/" is base64 and a path separator: "cache/<base64>" is tried piece by piece too.
-        pieces = [run, *(p for p in run.split("/") if len(p) >= 16)] if "/" in run else [run]
-        for piece in pieces:
-            for data in _base64_views(piece):
-                yield "base64-encoded", _text(data)
+        for data in _base64_views(run):
+            yield "base64-encoded", _text(data), m.start()
+        if "/" in run:
+            # "/" is base64 and a path separator: "cache/<base64>" piece by piece too.
+            for piece in run.split("/"):
+                for data in _base64_views(piece, alignments=1):
+                    yield "base64-encoded", _text(data), m.start()
     for m in _HEX_RUN.finditer(text):
-        yield "hex-encoded", _text(bytes.fromhex(m.group()))
-    for m in _ESCAPED_HEX_RUN.finditer(text):
-        yield "hex-escaped", _text(bytes.fromhex(m.group().replace("\\x", "")))
-    for m in _BYTE_LIST.finditer(text):
-        values = [int(v, 0) for v in re.split(r"\s*,\s*", m.group())]
+        run = m.group()
+        for skip in (0, 1):  # a run may start one digit before the encoded bytes
+            digits = run[skip:]
+            yield "hex-encoded", _text(bytes.fromhex(digits[: len(digits) // 2 * 2])), m.start()
+    # The substring tests are cheap; these rarely occur at all.
+    if "\\x" in text:
+        for m in _ESCAPED_HEX_RUN.finditer(text):
+            yield "hex-escaped", _text(bytes.fromhex(m.group().replace("\\x", ""))), m.start()
+    lists = [*_DECIMAL_LIST.finditer(text), *(_HEX_LIST.finditer(text) if "0x" in text else ())]
+    for m in lists:
+        values = [int(v, 0) for v in m.group().replace(" ", "").split(",")]
         if all(v < 256 for v in values):
-            yield "a list of byte values", _text(bytes(values))
+            yield "a list of byte values", _text(bytes(values)), m.start()
 
 
-def _known_in_decoded(text: str, depth: int = 2) -> Iterator[tuple[str, str, str]]:
-    """(kind, secret, how) for known credentials in the decoded forms of ``text``, decoding
-    up to ``depth`` times (base64 of a hex string, a URL-encoded base64 value...)."""
-    for how, decoded in _decoded_views(text):
-        for match in find_credentials(decoded):
-            yield match.kind, match.secret, how
-        if depth > 1 and decoded.isprintable():
-            for kind, secret, inner in _known_in_decoded(decoded, depth - 1):
-                yield kind, secret, f"{inner}, then {how}"
+def _known_in_segments(segments: Sequence[tuple[str, str, int]]
+                       ) -> Iterator[tuple[str, str, str, int]]:
+    # One pattern pass over all segments glued together (no pattern matches across "\n"),
+    # not one per segment: a minified bundle has tens of thousands of them.
+    if not segments:
+        return
+    starts: list[int] = []
+    offset = 0
+    for _, decoded, _ in segments:
+        starts.append(offset)
+        offset += len(decoded) + 1
+    glued = "\n".join(decoded for _, decoded, _ in segments)
+    for match in iter_credentials(glued):
+        how, _, where = segments[bisect.bisect_right(starts, match.start) - 1]
+        yield match.kind, match.secret, how, where
+
+
+def _known_in_decoded(text: str) -> Iterator[tuple[str, str, str, int]]:
+    """(kind, secret, how, offset in ``text``) for known credentials in the decoded forms of
+    ``text``, decoded once or twice (base64 of a hex string, URL-encoded base64...)."""
+    first = list(_decoded_segments(text))
+    yield from _known_in_segments(first)
+    second = [(f"{inner}, then {how}", again, where)
+              for how, decoded, where in first if decoded.isprintable()
+              for inner, again, _ in _decoded_segments(decoded)]
+    yield from _known_in_segments(second)
 
 
 # --- joined lines ----------------------------------------------------------------------------
@@ -308,11 +369,15 @@ def _runs(added: Sequence[tuple[int, str]]) -> Iterator[list[tuple[int, str]]]:
 class _Collector:
     """Findings of one verification: deduplicated per file and secret, allowlist applied."""
 
+    # Distinct secrets remembered per file, allowlisted ones included: past this a file is
+    # not worth looking at further (its findings are capped anyway).
+    _MAX_SECRETS_PER_FILE = 4 * MAX_FINDINGS
+
     def __init__(self, allow: Allowlist | None) -> None:
         self.allow = allow
         self.findings: list[SecretFinding] = []
-        self._seen: set[tuple[str, int, str]] = set()
-        self._seen_in_file: set[tuple[str, str]] = set()
+        self._lines: set[tuple[str, int, str]] = set()
+        self._secrets: dict[str, set[str]] = {}
 
     @property
     def full(self) -> bool:
@@ -320,18 +385,23 @@ class _Collector:
 
     def add(self, kind: str, secret: str, *, file: str, line: int, context: str,
             where: str = "", once_per_file: bool = False) -> None:
-        if self.full or (file, secret) in self._seen_in_file and (
-                once_per_file or (file, line, secret) in self._seen):
+        secrets = self._secrets.setdefault(file, set())
+        if self.full or len(secrets) >= self._MAX_SECRETS_PER_FILE:
             return
+        if secret in secrets and (once_per_file or (file, line, secret) in self._lines):
+            return
+        self._lines.add((file, line, secret))
+        secrets.add(secret)
         finding = SecretFinding(kind=kind, file=file, line=line, redacted=redact(secret),
                                 fingerprint=fingerprint(secret), where=where)
-        self._seen.add((file, line, secret))
-        self._seen_in_file.add((file, secret))
         if self.allow is None or not self.allow.allows(finding, context):
             self.findings.append(finding)
 
     def known(self, file: str, secret: str) -> bool:
-        return (file, secret) in self._seen_in_file
+        """Whether ``secret``, or a secret it contains, was already found in ``file``: a
+        joined form that runs a known key into the next piece names nothing new."""
+        secrets = self._secrets.get(file, set())
+        return secret in secrets or any(s in secret for s in secrets)
 
 
 def _scan_name(change: StagedChange, out: _Collector) -> None:
@@ -339,7 +409,7 @@ def _scan_name(change: StagedChange, out: _Collector) -> None:
     for kind, secret in scan_line(name):
         out.add(kind, secret, file=name, line=0, context=name, where="in the file name",
                 once_per_file=True)
-    for kind, secret, how in _known_in_decoded(name):
+    for kind, secret, how, _ in _known_in_decoded(name):
         out.add(kind, secret, file=name, line=0, context=name,
                 where=f"in the file name, {how}", once_per_file=True)
 
@@ -394,8 +464,9 @@ def _secrets_in_binary(data: bytes) -> Iterator[tuple[str, str, str, str]]:
         for match in find_credentials(text):
             context = text[max(0, match.start - _CONTEXT_BYTES):match.end + _CONTEXT_BYTES]
             yield match.kind, match.secret, f"{how} at byte {match.start}", context
-        for kind, secret, decoded in _known_in_decoded(text):
-            yield kind, secret, f"{how}, {decoded}", secret
+        for kind, secret, decoded, offset in _known_in_decoded(text):
+            context = text[max(0, offset - _CONTEXT_BYTES):offset + _CONTEXT_BYTES]
+            yield kind, secret, f"{how}, {decoded} at byte {offset}", context
 
 
 def _scan_binary(change: StagedChange, new: bytes, out: _Collector) -> None:
@@ -407,13 +478,6 @@ def _scan_binary(change: StagedChange, new: bytes, out: _Collector) -> None:
                     once_per_file=True)
 
 
-def _added_lines(new: str, old: str | None) -> list[tuple[int, str]]:
-    """(line number, text) of the lines of ``new`` that ``old`` does not have: what the batch
-    added (a line that moved is not new; nor is a secret that was already there)."""
-    before = set(_lines(old)) if old is not None else set()
-    return [(n, t) for n, t in enumerate(_lines(new), start=1) if t not in before]
-
-
 def _lines(text: str) -> list[str]:
     # Only "\n" ends a line (as for git and editors): splitlines() would also split at form
     # feeds and U+2028, and the line numbers would no longer match the file.
@@ -421,15 +485,32 @@ def _lines(text: str) -> list[str]:
 
 
 def _scan_text(change: StagedChange, new: str, out: _Collector) -> None:
-    old = change.old.decode("utf-8", "replace") if change.old is not None else None
-    added = _added_lines(new, old)
+    """The lines of ``new`` that the old content does not have are what the batch added (a
+    line that moved is not new; nor is a secret that was already there). Patterns run over
+    the whole text at once, and matches are kept on added lines: one pass of each pattern
+    per file, not one per line."""
     file = change.path
-    for number, text in added:
-        for kind, secret in scan_line(text):
-            out.add(kind, secret, file=file, line=number, context=text)
-        for kind, secret, how in _known_in_decoded(text):
-            if not out.known(file, secret):
-                out.add(kind, secret, file=file, line=number, context=text, where=how)
+    lines = _lines(new)
+    before = set(_lines(change.old.decode("utf-8", "replace"))) if change.old else set()
+    added = [(n, t) for n, t in enumerate(lines, start=1) if t not in before]
+    if not added:
+        return
+    is_added = {n for n, _ in added}
+    starts = [0]
+    for raw in new.split("\n")[:-1]:
+        starts.append(starts[-1] + len(raw) + 1)
+
+    def line_of(position: int) -> int:
+        return bisect.bisect_right(starts, position)
+
+    for kind, secret, position in scan_text(new):
+        number = line_of(position)
+        if number in is_added:
+            out.add(kind, secret, file=file, line=number, context=lines[number - 1])
+    for kind, secret, how, position in _known_in_decoded(new):
+        number = line_of(position)
+        if number in is_added and not out.known(file, secret):
+            out.add(kind, secret, file=file, line=number, context=lines[number - 1], where=how)
     for run in _runs(added):
         for joined in _joined_forms(run):
             for match in find_credentials(joined.text):
@@ -437,9 +518,9 @@ def _scan_text(change: StagedChange, new: str, out: _Collector) -> None:
                     out.add(match.kind, match.secret, file=file,
                             line=joined.line_at(match.start), context=joined.text,
                             where=joined.how)
-            for kind, secret, decoded in _known_in_decoded(joined.text):
+            for kind, secret, decoded, position in _known_in_decoded(joined.text):
                 if not out.known(file, secret):
-                    out.add(kind, secret, file=file, line=joined.first_line,
+                    out.add(kind, secret, file=file, line=joined.line_at(position),
                             context=joined.text, where=f"{joined.how}, {decoded}")
 
 
