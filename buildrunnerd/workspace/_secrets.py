@@ -20,6 +20,7 @@ import binascii
 import bisect
 import hashlib
 import io
+import itertools
 import math
 import re
 import string
@@ -78,6 +79,7 @@ MAX_FINDINGS = 200
 # Inflated bytes per binary blob at most (zip bombs).
 _MAX_INFLATED_BYTES = 8 * 1024 * 1024
 _MAX_ZLIB_STREAMS = 64
+_ZLIB_HEADER = re.compile(rb"\x78[\x01\x5e\x9c\xda]")  # zlib's CMF/FLG byte pairs
 # Bytes of binary content either side of a secret that allowlist regexes are searched in.
 _CONTEXT_BYTES = 100
 
@@ -441,15 +443,17 @@ def _inflated(data: bytes, budget: int) -> Iterator[tuple[str, bytes]]:
         except (zipfile.BadZipFile, OSError, RuntimeError, NotImplementedError, EOFError):
             pass
         return
-    starts = [0] if data.startswith(b"\x1f\x8b") else []
-    starts += [m.start() for m in re.finditer(rb"\x78[\x01\x5e\x9c\xda]", data)]
+    gzip = data.startswith(b"\x1f\x8b")
+    starts = [0] if gzip else []
+    starts += [m.start() for m in itertools.islice(_ZLIB_HEADER.finditer(data), _MAX_ZLIB_STREAMS)]
+    view = memoryview(data)  # no copy of the blob per candidate stream
     for start in starts[:_MAX_ZLIB_STREAMS]:
         if budget <= 0:
             return
-        wbits = 31 if start == 0 and data.startswith(b"\x1f\x8b") else 15
+        wbits = 31 if start == 0 and gzip else 15
         inflater = zlib.decompressobj(wbits)
         try:
-            content = inflater.decompress(data[start:], budget)
+            content = inflater.decompress(view[start:], budget)
         except zlib.error:
             continue
         if content:

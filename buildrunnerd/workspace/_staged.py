@@ -22,12 +22,15 @@ from buildrunnerd.workspace._repo import COMMIT_EXCLUDES
 from buildrunnerd.workspace._secrets import MAX_FINDINGS, SecretFinding, StagedChange, scan_commit
 
 __all__ = ["read_staged_changes", "scan_staged", "git_location_options",
-           "SCAN_MAX_BLOB_BYTES"]
+           "SCAN_MAX_BLOB_BYTES", "SCAN_MAX_TOTAL_BYTES"]
 
 #: A staged file larger than this is not read: it fails the scan as ``unscanned_file``.
 SCAN_MAX_BLOB_BYTES = 16 * 1024 * 1024
-# Blob bytes read by one ``cat-file --batch`` call (and held in memory at once) at most.
-_GROUP_BYTES = 64 * 1024 * 1024
+#: Staged bytes scanned per verification at most; files past it are ``unscanned_file``.
+SCAN_MAX_TOTAL_BYTES = 256 * 1024 * 1024
+# Blob bytes read by one ``cat-file --batch`` call and scanned in one go at most: memory, and
+# how long a cancelled batch waits for the scanning thread (seconds, not minutes).
+_GROUP_BYTES = 16 * 1024 * 1024
 _NULL_SHA = "0" * 40
 _GITLINK = "160000"
 
@@ -107,10 +110,11 @@ async def read_staged_changes(
     timeout_s: float,
     git_dir: Path | None = None,
     max_blob_bytes: int = SCAN_MAX_BLOB_BYTES,
+    max_total_bytes: int = SCAN_MAX_TOTAL_BYTES,
 ) -> AsyncGenerator[list[StagedChange], None]:
     """The files staged in ``worktree`` that differ from ``base_commit``, new content and
-    old, in groups that bound the memory held at once. A blob over ``max_blob_bytes`` is not
-    read (``new=None``, its ``size_bytes`` set)."""
+    old, in groups that bound the memory held at once. A blob over ``max_blob_bytes``, and
+    every blob once ``max_total_bytes`` were read, is not read (``new=None``)."""
     options = git_location_options(worktree, git_dir)
     res = await git(
         [*options, "-c", "core.quotePath=false", "diff", "--cached", "--raw", "-z",
@@ -122,27 +126,33 @@ async def read_staged_changes(
         return
     shas = sorted({e.new_sha for e in entries} | {e.old_sha for e in entries if e.old_sha})
     sizes = await _sizes(worktree, options, shas, timeout_s)
+    unread = {sha for sha, size in sizes.items() if size > max_blob_bytes}
     group: list[_Entry] = []
-    group_bytes = 0
+    group_bytes = total_bytes = 0
     for entry in entries:
         size = sizes.get(entry.new_sha, 0) + sizes.get(entry.old_sha or "", 0)
+        total_bytes += size
+        if total_bytes > max_total_bytes:
+            # Past the total: named, not read (each becomes an unscanned_file finding).
+            unread.add(entry.new_sha)
+            size = 0
         if group and group_bytes + size > _GROUP_BYTES:
-            yield await _read_group(worktree, options, group, sizes, max_blob_bytes, timeout_s)
+            yield await _read_group(worktree, options, group, sizes, unread, timeout_s)
             group, group_bytes = [], 0
         group.append(entry)
         group_bytes += size
     if group:
-        yield await _read_group(worktree, options, group, sizes, max_blob_bytes, timeout_s)
+        yield await _read_group(worktree, options, group, sizes, unread, timeout_s)
 
 
 async def _read_group(worktree: Path, options: Sequence[str], group: Sequence[_Entry],
-                      sizes: dict[str, int], max_blob_bytes: int, timeout_s: float
+                      sizes: dict[str, int], unread: set[str], timeout_s: float
                       ) -> list[StagedChange]:
-    def small(sha: str | None) -> bool:
-        return sha is not None and sizes.get(sha, max_blob_bytes + 1) <= max_blob_bytes
+    def wanted_sha(sha: str | None) -> bool:
+        return sha is not None and sha in sizes and sha not in unread
 
-    wanted = sorted({e.new_sha for e in group if small(e.new_sha)}
-                    | {e.old_sha for e in group if e.old_sha and small(e.old_sha)})
+    wanted = sorted({e.new_sha for e in group if wanted_sha(e.new_sha)}
+                    | {e.old_sha for e in group if e.old_sha and wanted_sha(e.old_sha)})
     blobs = await _blobs(worktree, options, wanted, timeout_s)
     return [
         StagedChange(path=e.path, new=blobs.get(e.new_sha),

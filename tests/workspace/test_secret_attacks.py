@@ -53,7 +53,7 @@ async def test_secret_in_a_binary_file(wt: Path) -> None:
     png = b"\x89PNG\r\n\x1a\n\x00\x00\x00\x0dIHDR" + bytes(17) + b"\x00\x00\x00\x30tEXt"
     (wt / "logo.png").write_bytes(png + b"Comment\x00" + AWS_KEY.encode() + b"\xae\x42\x60\x82")
     report = await verify(wt, [], test_cmd="true")
-    files = sorted(f for f, _ in secret_failures(report))
+    files = sorted(str(f) for f, _ in secret_failures(report))
     assert files == ["logo.png", "model.bin"], report.summary()
 
 
