@@ -21,7 +21,7 @@ import msgspec
 
 from buildrunnerd.config import Config, VerifyConfig
 from buildrunnerd.credentials import redact_secrets
-from buildrunnerd.errors import SandboxError, WorkspaceError
+from buildrunnerd.errors import SandboxError
 from buildrunnerd.plan._model import Task
 from buildrunnerd.sandbox import Confinement, run_confined
 from buildrunnerd.workspace._git import git

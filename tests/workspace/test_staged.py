@@ -17,11 +17,11 @@ from ._helpers import run_git
 AWS_KEY = "AKIA" + "Z7Q4XK2M9PLW3JHV"
 
 
-async def staged(wt: Path, base: str, *, git_dir: Path | None = None,
+async def staged(wt: Path, base: str, *, git_options: list[str] | None = None,
                  max_blob_bytes: int = 1 << 24, max_total_bytes: int = 1 << 28
                  ) -> dict[str, StagedChange]:
     out: dict[str, StagedChange] = {}
-    async for group in read_staged_changes(wt, base, timeout_s=30, git_dir=git_dir,
+    async for group in read_staged_changes(wt, base, timeout_s=30, git_options=git_options or [],
                                            max_blob_bytes=max_blob_bytes,
                                            max_total_bytes=max_total_bytes):
         out.update({c.path: c for c in group})
@@ -80,6 +80,7 @@ async def test_a_rewritten_dot_git_file_does_not_redirect_a_computed_git_dir(
     decoy.mkdir()
     run_git(decoy, "init", "-q")
     (wt / ".git").write_text(f"gitdir: {decoy / '.git'}\n")
-    changes = await staged(wt, run_repo.base_commit, git_dir=git_dir)
+    changes = await staged(wt, run_repo.base_commit,
+                           git_options=["--git-dir", str(git_dir), "--work-tree", str(wt)])
     assert list(changes) == ["k.py"]
     assert [f.kind for f in scan_commit(changes.values())] == ["aws_access_key"]
