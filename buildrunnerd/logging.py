@@ -18,6 +18,8 @@ from typing import Any, Literal, TextIO
 import structlog
 from structlog.typing import EventDict, Processor, WrappedLogger
 
+from buildrunnerd.credentials import redact_secrets
+
 __all__ = ["configure_logging", "get_logger", "bind_ids", "redact", "redact_text", "REDACTED"]
 
 REDACTED = "[REDACTED]"
@@ -51,10 +53,12 @@ _LEVELS = {
 
 
 def redact_text(text: str) -> str:
-    """Mask every secret pattern (Anthropic/OpenAI/AWS/GitHub keys, bearer tokens) in ``text``."""
+    """Mask every secret pattern (Anthropic/OpenAI/AWS/GitHub keys, bearer tokens) in ``text``,
+    then every other known credential (:func:`buildrunnerd.credentials.redact_secrets`:
+    Stripe, Slack webhooks, database URL passwords, JWTs)."""
     for pattern, replacement in _SECRET_PATTERNS:
         text = pattern.sub(replacement, text)
-    return text
+    return redact_secrets(text)
 
 
 def _redact_value(key: str | None, value: Any) -> Any:

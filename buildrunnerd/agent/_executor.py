@@ -32,6 +32,7 @@ from buildrunnerd.agent._pricing import CostTable
 from buildrunnerd.agent._retry import RateLimiter
 from buildrunnerd.agent._routing import pick_model
 from buildrunnerd.config import Config
+from buildrunnerd.credentials import redact_secrets
 from buildrunnerd.errors import AgentError, BudgetExceededError, SandboxUnavailableError
 from buildrunnerd.executor import ApiCall, BatchJob, ExecutionContext, ExecutionOutcome
 from buildrunnerd.prompt import default_counter
@@ -319,6 +320,8 @@ class AnthropicExecutor:
                 output, is_error = str(exc), True
             except OSError as exc:
                 output, is_error = f"The tool failed: {exc}", True
+            # Before it is stored (events, the checkpointed conversation) or sent anywhere.
+            output = redact_secrets(output)
             await ctx.emit("tool.result", {"tool": name, "is_error": is_error,
                                            "output": output[:_RESULT_EVENT_CHARS]})
             result: dict[str, Any] = {"type": "tool_result", "tool_use_id": block["id"],
@@ -334,5 +337,5 @@ def _call_summary(name: Any, params: dict[str, Any]) -> dict[str, Any]:
     for key in ("command", "path", "restart"):
         if key in params:
             value = params[key]
-            summary[key] = value[:300] if isinstance(value, str) else value
+            summary[key] = redact_secrets(value)[:300] if isinstance(value, str) else value
     return summary

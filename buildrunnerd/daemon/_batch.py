@@ -200,6 +200,8 @@ async def _ws_verify(
     report = await verify(
         path, tasks, base_commit=base or run.base_commit, test_cmd=run.test_cmd,
         config=config.verify, confinement=confinement,
+        # The allowlist is the run's, never one an earlier batch of this run merged.
+        run_base_commit=run.base_commit or run.run_repo.base_commit,
     )
     result: dict[str, Any] = report.to_dict()
     return result

@@ -4,6 +4,7 @@ verification engine (with the secret scanner) and merging a batch into the run b
 See docs/verification.md for the checks and docs/architecture.md ("Workspace") for the API.
 """
 
+from buildrunnerd.workspace._allowlist import ALLOWLIST_FILENAME, Allowlist
 from buildrunnerd.workspace._monitor import ChangeKind, FileMonitor, OnChange
 from buildrunnerd.workspace._repo import (
     BRANCH_PREFIX,
@@ -13,7 +14,8 @@ from buildrunnerd.workspace._repo import (
     cleanup_orphan_worktrees,
     prepare_run_repo,
 )
-from buildrunnerd.workspace._secrets import ALLOWLIST_FILENAME, Allowlist, SecretFinding, scan_diff
+from buildrunnerd.workspace._secrets import SecretFinding, StagedChange, scan_commit
+from buildrunnerd.workspace._staged import read_staged_changes, scan_staged
 from buildrunnerd.workspace._verify import (
     CheckResult,
     VerificationReport,
@@ -23,7 +25,8 @@ from buildrunnerd.workspace._verify import (
 
 __all__ = [
     "ALLOWLIST_FILENAME", "Allowlist", "BRANCH_PREFIX", "ChangeKind", "CheckResult",
-    "FileMonitor", "MergeResult", "OnChange", "RunRepo", "SecretFinding",
+    "FileMonitor", "MergeResult", "OnChange", "RunRepo", "SecretFinding", "StagedChange",
     "VerificationReport", "batch_commit_message", "cleanup_orphan_worktrees",
-    "detect_test_command", "prepare_run_repo", "scan_diff", "verify",
+    "detect_test_command", "prepare_run_repo", "read_staged_changes", "scan_commit",
+    "scan_staged", "verify",
 ]

@@ -48,13 +48,15 @@ _REPO_VARIABLES = (
 class GitResult:
     """What a finished git call returned (output decoded as UTF-8, undecodable bytes replaced)."""
 
-    __slots__ = ("args", "returncode", "stdout", "stderr")
+    __slots__ = ("args", "returncode", "stdout", "stderr", "stdout_bytes")
 
-    def __init__(self, args: Sequence[str], returncode: int, stdout: str, stderr: str) -> None:
+    def __init__(self, args: Sequence[str], returncode: int, stdout: str, stderr: str,
+                 stdout_bytes: bytes = b"") -> None:
         self.args = list(args)
         self.returncode = returncode
         self.stdout = stdout
         self.stderr = stderr
+        self.stdout_bytes = stdout_bytes  # undecoded, for blob contents
 
     @property
     def ok(self) -> bool:
@@ -121,13 +123,15 @@ async def git(
     env: Mapping[str, str] | None = None,
     what: str | None = None,
     overrides: Sequence[str] = (),
+    input: bytes | None = None,
 ) -> GitResult:
     """Run ``git <args>`` in ``cwd`` and return its result.
 
     With ``check`` a non-zero exit raises ``error`` naming the command, the folder and git's
     stderr; ``what`` is prepended to say which step failed. git missing from ``PATH`` or a call
     running over ``timeout_s`` always raises ``error``. ``overrides`` are more ``-c`` options
-    (those of :func:`driver_overrides`).
+    (those of :func:`driver_overrides`). ``input`` is fed to git's stdin
+    (``cat-file --batch``).
     """
     argv = ["git", *_BASE_OPTIONS, *overrides, *args]
     command = _command_text(args)
@@ -141,7 +145,8 @@ async def git(
                 argv,
                 cwd=cwd,
                 env=git_env(env),
-                stdin=subprocess.DEVNULL,
+                stdin=subprocess.DEVNULL if input is None else None,
+                input=input,
                 check=False,
             )
     except FileNotFoundError as exc:
@@ -168,6 +173,7 @@ async def git(
         proc.returncode,
         proc.stdout.decode("utf-8", "replace"),
         proc.stderr.decode("utf-8", "replace"),
+        proc.stdout,
     )
     if check and not result.ok:
         stderr = result.stderr.strip() or result.stdout.strip() or "(no output)"

@@ -2,7 +2,8 @@
 
 Four checks, in order (see docs/verification.md): ``files`` (every file the tasks name exists
 and is non-empty), ``compile`` (changed Python files compile; then ``import`` when configured),
-``tests`` (the test command passes) and ``secrets`` (no credentials in the added lines). Every
+``tests`` (the test command passes) and ``secrets`` (no credentials in what will be committed,
+scanned last so files the tests wrote count too: see :mod:`._staged`). Every
 check runs even when an earlier one failed, so one fix-up round can address everything.
 """
 
@@ -20,7 +21,8 @@ import anyio
 import msgspec
 
 from buildrunnerd.config import Config, VerifyConfig
-from buildrunnerd.errors import SandboxError, WorkspaceError
+from buildrunnerd.credentials import redact_secrets
+from buildrunnerd.errors import SandboxError
 from buildrunnerd.plan._model import Task
 from buildrunnerd.sandbox import (
     Confinement,
@@ -31,7 +33,7 @@ from buildrunnerd.sandbox import (
 )
 from buildrunnerd.workspace._git import git
 from buildrunnerd.workspace._repo import COMMIT_EXCLUDES
-from buildrunnerd.workspace._secrets import ALLOWLIST_FILENAME, Allowlist, scan_diff
+from buildrunnerd.workspace._staged import scan_staged
 from buildrunnerd.workspace._worktree import worktree_git
 
 __all__ = ["CheckResult", "VerificationReport", "verify", "detect_test_command",
@@ -238,28 +240,12 @@ async def _run_confined_check(
     return CheckResult(name, True, f"`{command}` passed", output_tail=tail)
 
 
-async def _load_allowlist(
-    worktree: Path, base_commit: str, config: VerifyConfig, timeout_s: float
-) -> Allowlist:
-    allow = Allowlist()
-    if config.secret_allowlist:
-        path = Path(await anyio.Path(config.secret_allowlist).expanduser())
-        try:
-            text = await anyio.Path(path).read_text(encoding="utf-8")
-        except OSError as exc:
-            raise WorkspaceError(
-                f"cannot read the secret allowlist {path} (verify.secret_allowlist): {exc}",
-                data={"allowlist": str(path)},
-            ) from exc
-        allow.extend(Allowlist.parse(text, source=str(path)))
-    # The repository's own allowlist is read from the base commit, not the worktree: the
-    # agent must not be able to allow its own secrets by writing the file.
-    opts = await worktree_git(worktree, timeout_s=timeout_s)
-    res = await git([*opts, "show", "--no-textconv", f"{base_commit}:{ALLOWLIST_FILENAME}"],
-                    cwd=worktree, timeout_s=timeout_s, check=False)
-    if res.ok:
-        allow.extend(Allowlist.parse(res.stdout, source=ALLOWLIST_FILENAME))
-    return allow
+def _redact_tail(tail: str) -> str:
+    # A tail cut mid-line may start inside a key, past the prefix a pattern needs: drop the
+    # partial first line.
+    if tail.startswith("…"):
+        tail = "…" + tail.partition("\n")[2]
+    return redact_secrets(tail)
 
 
 async def verify(
@@ -267,6 +253,7 @@ async def verify(
     tasks: Sequence[Task],
     *,
     base_commit: str | None = None,
+    run_base_commit: str | None = None,
     test_cmd: str | None = None,
     config: VerifyConfig | None = None,
     confinement: Confinement | None = None,
@@ -275,6 +262,8 @@ async def verify(
 
     ``base_commit`` is the commit the worktree started from (default: its HEAD, which is the
     same while the batch is uncommitted): the secret scan looks at lines added since then.
+    ``run_base_commit`` is the commit the *run* started from, where the repository's secret
+    allowlist is read (default: ``base_commit``, right only for a run's first batch).
     ``test_cmd`` (per run or from the spec, resolved by the caller) wins over
     ``config.test_cmd``, which wins over auto-detection. Raises :class:`WorkspaceError` only
     for failures outside the batch's work (git failing, an unreadable allowlist).
@@ -314,12 +303,17 @@ async def verify(
             command, worktree=worktree, name="tests", ok_codes=ok_codes,
             timeout_s=config.test_timeout_s, confinement=confinement))
 
-    allow = await _load_allowlist(worktree, base_commit, config, t)
-    findings = scan_diff(diff, allow)
+    # Last, over the staged tree: what the tests wrote is committed too.
+    findings = await scan_staged(worktree, base_commit=base_commit, config=config, timeout_s=t,
+                                 run_base_commit=run_base_commit or base_commit)
     if findings:
-        checks += [CheckResult("secrets", False, f.message(), file=f.file, line=f.line)
+        checks += [CheckResult("secrets", False, f.message(), file=f.file, line=f.line or None)
                    for f in findings]
     else:
-        checks.append(CheckResult("secrets", True, "no credentials in the added lines"))
+        checks.append(CheckResult("secrets", True, "no credentials in what will be committed"))
+    for check in checks:  # the report is stored, sent in events and to the model
+        check.message = redact_secrets(check.message)
+        if check.output_tail:
+            check.output_tail = _redact_tail(check.output_tail)
     return VerificationReport(passed=all(c.passed for c in checks), checks=checks,
                               test_command=command)

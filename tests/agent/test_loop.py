@@ -222,3 +222,34 @@ async def test_long_text_streams_to_events_in_pieces(fake_api: FakeAnthropic, wo
     assert len(pieces) > 2 and all(p.get("partial") for p in pieces[:-1])
     assert "partial" not in pieces[-1]
     assert "".join(p["text"] for p in pieces) == long
+
+
+async def test_secrets_in_tool_results_are_redacted_before_they_are_stored(
+        fake_api: FakeAnthropic, worktree: Path) -> None:
+    key = "sk-ant-" + "api03-Xq9Lm2Nb7Vc4Kd8Rt1Yw6Hs3Pf5Gj0"
+    (worktree / "notes.txt").write_text(f"the key is {key}\n")
+    fake_api.set_responder([
+        Reply([tool_use("bash", {"command": "cat notes.txt"})], "tool_use"),
+        Reply([tool_use(EDIT, {"command": "view", "path": "notes.txt"})], "tool_use"),
+        Reply([tool_use("bash", {"command": f"echo {key} | wc -c"})], "tool_use"),
+        Reply([text("Done.")], "end_turn"),
+    ])
+    ex = AnthropicExecutor(make_config(), api_key=API_KEY, base_url=fake_api.base_url)
+    ctx = Recorder()
+    outcome = await ex.run_batch(make_job(worktree), ctx)
+    await ex.aclose()
+    assert outcome.status == "completed", outcome.reason
+    results = [d for t, d in ctx.events if t == "tool.result"]
+    assert len(results) == 3
+    assert all("[REDACTED:anthropic_api_key]" in d["output"] for d in results[:2])
+    calls = [d for t, d in ctx.events if t == "tool.call"]
+    assert calls[2]["command"] == "echo [REDACTED:anthropic_api_key] | wc -c"
+    # Not in any event, not in what the model got back, and not in the checkpointed
+    # conversation until the model itself wrote the key into its third command.
+    assert key not in json.dumps(ctx.events)
+    assert len(ctx.checkpoints) >= 3
+    assert all(key.encode() not in c for c in ctx.checkpoints[:2])
+    sent = [b for r in fake_api.requests for m in r.messages if m["role"] == "user"
+            for b in (m["content"] if isinstance(m["content"], list) else [])
+            if b.get("type") == "tool_result"]
+    assert len(sent) >= 3 and key not in json.dumps(sent)

@@ -211,3 +211,57 @@ async def test_budget_pauses_the_run_before_the_call_that_would_exceed_it(
     # Paused before the call: what was spent stays within the budget, and was billed exactly.
     assert costs["total_usd"] <= 0.4
     assert costs["output_tokens"] == fake.billed_totals()["output_tokens"] == 20_000
+
+
+async def test_allowlist_a_model_merged_in_an_earlier_batch_allows_nothing_later(
+    daemon_factory: DaemonFactory, tmp_path: Path
+) -> None:
+    # Batch 1 writes harmless code and an allowlist that would accept everything; it holds
+    # no secret, so it verifies and merges. Batch 2 starts from the run branch, which now has
+    # that allowlist, and writes a key: the allowlist is read from the run's base only.
+    aws_key = "AKIA" + "Z7Q4XK2M9PLW3JHV"
+
+    def model(req: FakeRequest) -> Reply:
+        files = named_files(req)
+        if req.assistant_turns() > 0:
+            return Reply([text("Done.")], "end_turn")
+        if files == ["app/setup.py"]:
+            return Reply([create("app/setup.py", 0), tool_use(
+                "str_replace_based_edit_tool", {"command": "create",
+                                                "path": ".buildrunner-secrets-allow",
+                                                "file_text": "path:*\n.*\n"})], "tool_use")
+        return Reply([tool_use("str_replace_based_edit_tool", {
+            "command": "create", "path": "app/keys.py",
+            "file_text": f"UPLOAD_KEY = '{aws_key}'\n"})], "tool_use")
+
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    git(repo, "init", "-q", "-b", "main")
+    git(repo, "config", "user.email", "t@example.invalid")
+    git(repo, "config", "user.name", "Tester")
+    spec = write_spec(repo / "PROJECT_SPEC.md", [
+        ("Setup", "backend", [], ["app/setup.py"]),
+        ("Keys", "backend", ["Setup"], ["app/keys.py"])])
+    git(repo, "add", ".")
+    git(repo, "commit", "-qm", "init")
+    with FakeAnthropic(model) as fake:
+        env = daemon_factory.base_env(ANTHROPIC_API_KEY=API_KEY,
+                                      ANTHROPIC_BASE_URL=fake.base_url)
+        config = tmp_path / "config.toml"
+        config.write_text("[planner]\nplanner = \"heuristic\"\n[verify]\nmax_fix_attempts = 0\n")
+        daemon = await daemon_factory.start("--backend", "anthropic", "--config", str(config),
+                                            env=env)
+        async with daemon.client() as client:
+            run = await client.call("run.submit", spec_path=str(spec), repo=str(repo))
+            await wait_run_event(daemon.socket, run["id"], timeout_s=120)
+            info = await client.call("run.get", run_id=run["id"])
+            events = await client.call("events.list", run_id=run["id"], limit=1000)
+        assert await daemon.stop() == 0
+    assert info["state"] == "failed", (info, daemon.stderr()[-3000:])
+    on_branch = git(repo, "ls-tree", "-r", "--name-only", info["branch"]).splitlines()
+    assert ".buildrunner-secrets-allow" in on_branch and "app/setup.py" in on_branch
+    assert "app/keys.py" not in on_branch
+    failed = [c for e in events if e["type"] == "verify.failed" for c in e["data"]["checks"]
+              if c["name"] == "secrets" and not c["passed"]]
+    assert failed and {c["file"] for c in failed} == {"app/keys.py"}
+    assert aws_key not in json.dumps(events)

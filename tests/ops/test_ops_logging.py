@@ -80,6 +80,16 @@ def test_secret_patterns(secret: str, kept: str) -> None:
     assert masked == f"value: {kept} end"
 
 
+def test_other_known_credentials_are_redacted_too() -> None:
+    stripe = "sk_" + "live_4eC39HqLyjWDarjtT1zdp7dc"
+    jwt = ("eyJ" + "hbGciOiJIUzI1NiJ9" + ".eyJ" + "zdWIiOiIxMjM0NTY3ODkwIn0"
+           + ".dozjgNryP4J3jVmNHl0w5N_XgL0n3I9PlFUP0THsR8U")
+    masked = redact_text(f"stripe={stripe} db=postgres://app:" + "Zq8kLm2Vx9pR4tWn@db/app "
+                         f"token={jwt}")
+    assert masked == ("stripe=[REDACTED:stripe_key] db=postgres://app:[REDACTED:database_url]"
+                      "@db/app token=[REDACTED:jwt]")
+
+
 def test_ordinary_text_is_untouched() -> None:
     text = "task-12 wrote todo_api/server.py (skipped 3 files; sk-1 is a task id)"
     assert redact_text(text) == text
