@@ -229,6 +229,10 @@ class Lab:
         folder.mkdir(mode=0o700)
         return folder, False
 
+    def chown(self, root: Path) -> None:
+        """Give ``root`` and everything in it to the daemon's user."""
+        self._chown(root)
+
     def _chown(self, root: Path) -> None:
         if self.user.is_self:
             return
@@ -390,19 +394,24 @@ class Lab:
             "hooks": _tree_digest(git_dir / "hooks"),
         }
 
-    def leaks(self, found: str | bytes, where: str) -> list[str]:
+    def leaks(self, found: str | bytes, where: str, secrets: tuple[str, ...] = ()
+              ) -> list[str]:
         data = found.encode() if isinstance(found, str) else found
-        return [where] if self.key.encode() in data else []
+        return [where for secret in (self.key, *secrets) if secret.encode() in data][:1]
 
-    async def assert_contained(self, run_id: str | None, *, tags: tuple[str, ...] = ()) -> None:
-        """Everything a blocked attack leaves as it was (see the module docstring)."""
+    async def assert_contained(self, run_id: str | None, *, tags: tuple[str, ...] = (),
+                               secrets: tuple[str, ...] = ()) -> None:
+        """Everything a blocked attack leaves as it was (see the module docstring).
+        ``secrets``: more canaries (planted in the state dir) that must not reach the model
+        or the logs."""
         assert self.fake is not None
         leaked: list[str] = []
         for req in self.fake.requests:
-            leaked += self.leaks(req.raw, f"API request {req.index} (sent to the model)")
+            leaked += self.leaks(req.raw, f"API request {req.index} (sent to the model)",
+                                 secrets)
         if run_id is not None:
             logs = await self.brctl("--json", "logs", run_id)
-            leaked += self.leaks(logs.stdout, "brctl logs --json")
+            leaked += self.leaks(logs.stdout, "brctl logs --json", secrets)
         leaked += self.leaks(self.stderr(), "the daemon's log")
         leaked += self.leaks(self.git("log", "-p", "--all"), "git log -p --all")
         objects = subprocess.run(

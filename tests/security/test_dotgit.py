@@ -1,0 +1,88 @@
+"""The worktree's ``.git`` names the repository the daemon's own git works on. A model that
+rewrites it to a gitdir with ``core.fsmonitor`` / ``core.hooksPath``, or to the user's
+repository, would get its program run unconfined, or the user's branch moved. Confined, the
+rewrite is refused (``.git`` is bound read-only); with the sandbox off it succeeds, and the
+daemon's check of ``.git`` fails the batch before its git touches anything."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from tests.security._lab import Lab, account, bash, edit, tool_results
+
+TWO_FEATURES = [("Storage", "database", [], ["app/db.py"]),
+                ("Billing", "backend", [], ["app/billing.py"])]
+
+
+def evil_gitdir(lab: Lab, name: str) -> str:
+    """Shell that makes a gitdir (in the worktree, the one writable place) whose config runs
+    a program on every status/add and whose hooks leave a marker."""
+    marker = lab.markers / name
+    hook = f"#!/bin/sh\\ntouch {marker}\\n"
+    return (f"git init -q --bare evil.git && "
+            f"git config -f evil.git/config core.bare false && "
+            f"git config -f evil.git/config core.fsmonitor 'touch {marker}; false' && "
+            f"git config -f evil.git/config core.hooksPath $PWD/evil.git/hooks && "
+            f"for h in pre-commit post-commit post-checkout reference-transaction post-index-change; "
+            f"do printf '{hook}' > evil.git/hooks/$h; chmod +x evil.git/hooks/$h; done && "
+            f"cp .git dotgit.orig 2>/dev/null; echo made-evil")
+
+
+async def test_confined_model_cannot_rewrite_dotgit(lab_factory: Callable[..., Lab]) -> None:
+    lab = lab_factory(account())
+    nested_marker = lab.markers / "nested"
+    turns: list[list[dict[str, Any]]] = [
+        [bash(evil_gitdir(lab, "evil"))],
+        [bash("printf 'gitdir: '$PWD/evil.git'\\n' > .git; echo write=$?; "
+              "rm -f .git; echo rm=$?; mv .git moved.git; echo mv=$?; "
+              f"ln -sfn {lab.repo}/.git .git; echo ln=$?; cat .git")],
+        [edit(".git", f"gitdir: {lab.repo}/.git\n")],
+        # Its own git configuration is not reachable either (the gitdir is not in the sandbox).
+        [bash(f"git config core.fsmonitor 'touch {nested_marker}'; echo cfg=$?; "
+              f"ls {lab.repo}/.git; echo repo=$?")],
+        # A nested repository with an fsmonitor and hooks, for the daemon's `git add -A`.
+        [bash(f"git init -q sub && git -C sub config core.fsmonitor 'touch {nested_marker}; "
+              f"false' && printf '#!/bin/sh\\ntouch {nested_marker}\\n' > sub/.git/hooks/"
+              "pre-commit && chmod +x sub/.git/hooks/pre-commit && echo x > sub/f && "
+              "git -C sub add f && git -C sub -c user.name=m -c user.email=m@x commit -qm m "
+              "--no-verify && echo nested-ok")],
+    ]
+    await lab.start(lab.responder({"app/db.py": turns}))
+    run_id = await lab.submit()
+    info = await lab.finish(run_id)
+    assert lab.fake is not None
+    shown = "\n".join(tool_results(req) for req in lab.fake.requests)
+    assert "made-evil" in shown and "nested-ok" in shown, shown[-3000:]
+    for step in ("write", "rm", "mv", "ln"):
+        assert f"{step}=0" not in shown, shown[-3000:]
+    assert "Read-only file system" in shown or "Device or resource busy" in shown
+    assert "read-only" in shown  # the editor refuses .git
+    assert "cfg=0" not in shown and "repo=0" not in shown
+    # The batch went on as usual: nothing of it was allowed to matter.
+    assert info["state"] == "succeeded", (info, lab.stderr()[-3000:])
+    await lab.assert_contained(run_id)
+    await lab.stop()
+
+
+async def test_rewritten_dotgit_fails_the_batch_and_runs_nothing(
+        lab_factory: Callable[..., Lab]) -> None:
+    """With ``agent.sandbox = "off"`` the model can rewrite ``.git``: the daemon's check is
+    what stands. One batch points it at a gitdir with an fsmonitor and hooks, the other at
+    the user's own repository."""
+    lab = lab_factory(account(), agent='sandbox = "off"\n', features=TWO_FEATURES)
+    to_evil = [[bash(evil_gitdir(lab, "evil-off"))],
+               [bash("printf 'gitdir: '$PWD/evil.git'\\n' > .git && cat .git")]]
+    to_user = [[bash(f"printf 'gitdir: {lab.repo}/.git\\n' > .git && cat .git && "
+                     "echo 'def pwned(): ...' > README.md")]]
+    await lab.start(lab.responder({"app/db.py": to_evil, "app/billing.py": to_user}))
+    run_id = await lab.submit()
+    info = await lab.finish(run_id)
+    assert info["state"] == "failed", info
+    events = await lab.events(run_id)
+    failed = [e for e in events if e["type"] in ("batch.failed", "task.failed")
+              and "rewrote" in str(e.get("data"))]
+    batches = {e.get("data", {}).get("batch_id") or e.get("batch_id") for e in failed}
+    assert len(batches) >= 2 or len(failed) >= 2, [e["type"] for e in events]
+    await lab.assert_contained(run_id)
+    await lab.stop()
