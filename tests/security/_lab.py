@@ -112,21 +112,23 @@ def edit(path: str, file_text: str) -> dict[str, Any]:
                     {"command": "create", "path": path, "file_text": file_text})
 
 
-def tool_results(req: FakeRequest) -> str:
-    """The text of every tool result in the request (what the model was shown)."""
-    out: list[str] = []
-    for message in req.messages:
-        content = message.get("content")
-        if message.get("role") != "user" or not isinstance(content, list):
-            continue
-        for block in content:
-            if block.get("type") == "tool_result":
+def tool_results(fake: FakeAnthropic | None) -> str:
+    """The text of every tool result the model was shown, once each, in order."""
+    assert fake is not None
+    seen: dict[str, str] = {}
+    for req in fake.requests:
+        for message in req.messages:
+            content = message.get("content")
+            if message.get("role") != "user" or not isinstance(content, list):
+                continue
+            for block in content:
+                if block.get("type") != "tool_result" or block.get("tool_use_id") in seen:
+                    continue
                 inner = block.get("content")
-                if isinstance(inner, str):
-                    out.append(inner)
-                elif isinstance(inner, list):
-                    out += [b.get("text", "") for b in inner if isinstance(b, dict)]
-    return "\n".join(out)
+                if isinstance(inner, list):
+                    inner = "\n".join(b.get("text", "") for b in inner if isinstance(b, dict))
+                seen[str(block.get("tool_use_id"))] = str(inner or "")
+    return "\n".join(seen.values())
 
 
 def _named_files(req: FakeRequest) -> list[str]:

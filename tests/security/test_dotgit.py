@@ -51,8 +51,7 @@ async def test_confined_model_cannot_rewrite_dotgit(lab_factory: Callable[..., L
     await lab.start(lab.responder({"app/db.py": turns}))
     run_id = await lab.submit()
     info = await lab.finish(run_id)
-    assert lab.fake is not None
-    shown = "\n".join(tool_results(req) for req in lab.fake.requests)
+    shown = tool_results(lab.fake)
     assert "made-evil" in shown and "nested-ok" in shown, shown[-3000:]
     for step in ("write", "rm", "mv", "ln"):
         assert f"{step}=0" not in shown, shown[-3000:]

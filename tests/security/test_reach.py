@@ -34,14 +34,15 @@ async def test_bash_reaches_nothing_outside_the_worktree(
         f"grep -r -l canary- /tmp /var /run /home /root {lab.base} 2>/dev/null | head; "
         "exec 3<>/dev/tcp/127.0.0.1/%d && echo TCP-CONNECTED" % lab.tcp_port,
     ]
-    await lab.start(lab.responder({"app/db.py": [[bash(r)] for r in reads]}))
+    turns = [[bash(f"{r}; echo probe-done-{i}")] for i, r in enumerate(reads)]
+    await lab.start(lab.responder({"app/db.py": turns}))
     run_id = await lab.submit()
     info = await lab.finish(run_id)
     assert info["state"] == "succeeded", (info, lab.stderr()[-2000:])
 
-    assert lab.fake is not None
-    shown = "\n".join(tool_results(req) for req in lab.fake.requests)
-    assert shown.count("[exit status") >= len(reads) - 1, shown[-3000:]  # all of them ran
+    shown = tool_results(lab.fake)
+    for i in range(len(reads)):  # every probe ran, and the model saw what it found
+        assert f"probe-done-{i}" in shown, shown[-3000:]
     assert shown.count("No such file or directory") >= 8, shown[-3000:]
     assert "HOME-IS=/tmp/home" in shown and "XDG=unset" in shown
     assert "CONNECTED" not in shown, shown[-3000:]

@@ -1,0 +1,74 @@
+"""A daemon run as root: the model's commands get a user namespace in which they are nobody,
+with no capability, so they cannot undo the sandbox's mounts, write the read-only system or
+read root's secrets. And a loop that forks without end is bounded by ``sandbox.max_processes``
+(a daemon run as an unprivileged user)."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+from tests.security._lab import Lab, account, bash, tool_results
+
+
+async def test_root_daemon_commands_have_no_capability_and_keep_the_mounts(
+        lab_factory: Callable[..., Lab]) -> None:
+    lab = lab_factory(account(root=True))
+    usr_marker = f"/usr/brsec-{lab.tag}"
+    etc_marker = f"/etc/brsec-{lab.tag}"
+    commands = [
+        "echo uid=$(id -u) gid=$(id -g); grep -E '^Cap(Eff|Prm|Bnd|Amb)' /proc/self/status",
+        "umount /usr; echo umount=$?; umount -l /etc; echo lazy=$?; "
+        "mount --bind /tmp /usr; echo bind=$?; mount -o remount,rw /usr; echo remount=$?",
+        f"touch {usr_marker}; echo usr=$?; touch {etc_marker}; echo etc=$?; "
+        "cat /etc/shadow | wc -c; ls /root; echo root=$?",
+        # A namespace of its own, as root in it: the sandbox's mounts stay locked read-only.
+        f"unshare -r -m sh -c 'mount -o remount,rw /usr && touch {usr_marker} && echo INNER-RW;"
+        " umount /usr && echo INNER-UMOUNT'; echo unshare=$?",
+        f"kill -0 {os.getpid()} 2>&1; echo signal=$?",
+    ]
+    await lab.start(lab.responder({"app/db.py": [[bash(c)] for c in commands]}))
+    run_id = await lab.submit()
+    info = await lab.finish(run_id)
+    assert info["state"] == "succeeded", (info, lab.stderr()[-2000:])
+    shown = tool_results(lab.fake)
+    lines = shown.splitlines()
+    assert "uid=65534 gid=65534" in lines and "uid=0" not in shown, shown[:500]  # nobody
+    caps = [line for line in lines if line.startswith("Cap")]
+    assert len(caps) == 4 and all(line.split()[1] == "0000000000000000" for line in caps), caps
+    for step in ("umount", "lazy", "bind", "remount", "usr", "etc", "root", "signal"):
+        assert f"{step}=0" not in shown, (step, shown[-3000:])
+    assert "INNER-RW" not in shown and "INNER-UMOUNT" not in shown, shown[-3000:]
+    assert "\n0\n" in shown  # /etc/shadow reads as empty
+    assert not Path(usr_marker).exists() and not Path(etc_marker).exists()
+    await lab.assert_contained(run_id)
+    await lab.stop()
+
+
+async def test_fork_loop_is_bounded_by_max_processes(lab_factory: Callable[..., Lab]) -> None:
+    lab = lab_factory(account(), config="[sandbox]\nmax_processes = 40\n")
+    fork = (
+        "python3 -c 'import os, sys, time\n"
+        "n = 0\n"
+        "while n < 300:\n"
+        "    try:\n"
+        "        pid = os.fork()\n"
+        "    except OSError as exc:\n"
+        "        print(\"stopped\", type(exc).__name__); break\n"
+        "    if pid == 0:\n"
+        "        time.sleep(600); os._exit(0)\n"
+        "    n += 1\n"
+        "print(\"forked\", n)' " + f"fork-{lab.tag}"
+    )
+    turns = [[bash(fork)], [bash("echo still-here")]]
+    await lab.start(lab.responder({"app/db.py": turns}))
+    run_id = await lab.submit()
+    await lab.finish(run_id)
+    shown = tool_results(lab.fake)
+    assert "stopped BlockingIOError" in shown, shown[-2000:]
+    forked = int(shown.split("forked ", 1)[1].split()[0])
+    assert 0 < forked < 40, forked
+    assert "still-here" in shown  # the shell still answers
+    await lab.assert_contained(run_id, tags=(f"fork-{lab.tag}",))
+    await lab.stop()
