@@ -86,7 +86,9 @@ class BwrapSandbox:
                 args += ["--ro-bind", resolv, resolv]
         visible = [os.path.realpath(t) for t in SYSTEM_READONLY if os.path.exists(t)]
         for path in _ordered(policy.readonly_paths):
-            if path != wt and not _under(path, visible) and os.path.exists(path):
+            # Never / itself: bound over the new root it would bring back the host's whole
+            # tree (home, /run, /tmp, its /proc) on top of everything above.
+            if path not in (wt, "/") and not _under(path, visible) and os.path.exists(path):
                 args += ["--ro-bind", path, path]
                 visible.append(path)
         # Folders to hide that a visible parent would show (a state dir under /opt or under

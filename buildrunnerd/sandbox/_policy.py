@@ -135,6 +135,12 @@ def toolchain_paths(command: str | None, path_env: str | None = None) -> tuple[s
         # shims run the manager's own code from its root.
         up = os.path.basename(bindir) in ("bin", "shims")
         prefix = os.path.dirname(bindir) if up else bindir
+        if _too_broad(prefix):
+            # /bin/sh's "installation" would be /, ~/bin/tool's the whole home: only the
+            # folder of the program itself, if even that is not too broad.
+            if _too_broad(bindir):
+                continue
+            prefix = bindir
         paths.append(prefix)
         cfg = Path(prefix) / "pyvenv.cfg"
         try:
@@ -145,5 +151,21 @@ def toolchain_paths(command: str | None, path_env: str | None = None) -> tuple[s
             key, _, value = line.partition("=")
             if key.strip() == "home" and value.strip():
                 home = os.path.realpath(value.strip())
-                paths.append(os.path.dirname(home) if os.path.basename(home) == "bin" else home)
+                base = os.path.dirname(home) if os.path.basename(home) == "bin" else home
+                if _too_broad(base):
+                    base = home
+                if not _too_broad(base):
+                    paths.append(base)
     return tuple(sorted(set(paths)))
+
+
+def _too_broad(path: str) -> bool:
+    """Whether binding ``path`` read-only would undo the sandbox: ``/`` (the host's whole
+    tree, its /proc, /run and /tmp included), or the user's home or a folder holding it."""
+    real = os.path.realpath(path)
+    home = os.path.realpath(os.path.expanduser("~"))
+    return real == "/" or _contains(real, home)
+
+
+def _contains(folder: str, path: str) -> bool:
+    return path == folder or path.startswith(folder.rstrip("/") + "/")

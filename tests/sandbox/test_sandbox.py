@@ -288,3 +288,23 @@ def test_toolchain_paths_of_a_venv_and_of_version_manager_shims(tmp_path: Path) 
     assert str(base) in paths
     assert toolchain_paths("FOO=1 make test") == () and toolchain_paths("") == ()
     assert toolchain_paths("no-such-tool-here") == ()
+
+
+def test_toolchain_never_binds_the_root_or_the_home(tmp_path: Path,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    # /bin/sh's installation would be / (the host's whole tree, /proc and /run included),
+    # ~/bin/tool's the whole home: only the program's own folder is bound, if that.
+    home = tmp_path / "home"
+    (home / "bin").mkdir(parents=True)
+    tool = home / "bin" / "tool"
+    tool.write_text("#!/bin/sh\n")
+    tool.chmod(0o755)
+    monkeypatch.setenv("HOME", str(home))
+    assert "/" not in toolchain_paths("/bin/sh ./check.sh")
+    assert "/" not in toolchain_paths("sh ./check.sh", "/bin:/usr/bin")
+    assert toolchain_paths("tool -q", f"{home / 'bin'}:/usr/bin") == (str(home / "bin"),)
+    wt = tmp_path / "wt"
+    wt.mkdir()
+    argv = BwrapSandbox("bwrap", prlimit="").argv(
+        ["true"], SandboxPolicy(worktree=str(wt), readonly_paths=("/", str(home / "bin"))))
+    assert "--ro-bind / /" not in " ".join(argv)

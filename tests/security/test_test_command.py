@@ -13,6 +13,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from tests.fakeapi import FakeRequest, Reply
 from tests.security._lab import Lab, account, edit
 
@@ -61,20 +63,29 @@ for target in {writes!r}:
         report["wrote"][target] = "wrote"
     except OSError as exc:
         report["wrote"][target] = type(exc).__name__
-quiet = dict(stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-subprocess.Popen(["setsid", "sleep", "31{tag}"], **quiet)
-subprocess.Popen(["nohup", "sleep", "32{tag}"], start_new_session=True, **quiet)
-os.system("(sleep 33{tag} &) &")
-if os.fork() == 0:
-    os.setsid()
+try:
+    quiet = dict(stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                 stderr=subprocess.DEVNULL)
+    subprocess.Popen(["setsid", "sleep", "31{tag}"], **quiet)
+    subprocess.Popen(["nohup", "sleep", "32{tag}"], start_new_session=True, **quiet)
+    os.system("(sleep 33{tag} &) &")
     if os.fork() == 0:
-        os.execvp("sleep", ["sleep", "34{tag}"])
-    os._exit(0)
+        os.setsid()
+        if os.fork() == 0:
+            os.execvp("sleep", ["sleep", "34{tag}"])
+        os._exit(0)
+except OSError as exc:
+    report["background"] = type(exc).__name__
 report["found"] = found
 raise RuntimeError("ATTACK-REPORT " + json.dumps(report, sort_keys=True))
 '''
 
 TEST_CMD = f"{sys.executable} -m pytest -q -p no:cacheprovider"
+# A test command of the user that runs a script of the worktree (which the model rewrites)
+# with /bin/sh: its toolchain is /bin, whose parent is /, which must never be bound.
+SH_TEST_CMD = "/bin/sh ./check.sh"
+ATTACK_FILES = {TEST_CMD: ("conftest.py", None),
+                SH_TEST_CMD: ("attack.py", ("check.sh", "exec python3 attack.py\n"))}
 
 
 def reports(lab: Lab) -> list[dict[str, Any]]:
@@ -98,7 +109,7 @@ def reports(lab: Lab) -> list[dict[str, Any]]:
     return found
 
 
-def attack(lab: Lab) -> Callable[[FakeRequest], Reply]:
+def attack(lab: Lab, test_cmd: str) -> Callable[[FakeRequest], Reply]:
     assert lab.fake is not None
     api_port = int(lab.fake.base_url.rsplit(":", 1)[1])
 
@@ -119,18 +130,23 @@ def attack(lab: Lab) -> Callable[[FakeRequest], Reply]:
         reply = inner(req)
         if req.assistant_turns() == 0 and "app/db.py" in req.first_user_text():
             # The daemon's pid is known by now: the conftest names it.
-            reply.content.append(edit("conftest.py", conftest()))
+            name, runner = ATTACK_FILES[test_cmd]
+            reply.content.append(edit(name, conftest()))
+            if runner is not None:
+                reply.content.append(edit(*runner))
         return reply
 
     return respond
 
 
-async def test_model_written_conftest_is_confined(lab_factory: Callable[..., Lab]) -> None:
+@pytest.mark.parametrize("test_cmd", [TEST_CMD, SH_TEST_CMD], ids=["python", "bin-sh"])
+async def test_model_written_conftest_is_confined(lab_factory: Callable[..., Lab],
+                                                  test_cmd: str) -> None:
     lab = lab_factory(account(), config="[verify]\nmax_fix_attempts = 1\n")
     await lab.start(lambda req: Reply([], "end_turn"))
     assert lab.fake is not None
-    lab.fake.set_responder(attack(lab))
-    run_id = await lab.submit(test_cmd=TEST_CMD)
+    lab.fake.set_responder(attack(lab, test_cmd))
+    run_id = await lab.submit(test_cmd=test_cmd)
     info = await lab.finish(run_id)
     assert info["state"] == "failed", info  # the conftest fails the tests, on purpose
 
