@@ -8,6 +8,7 @@ recorded event lists; the loop that reads the socket lives in :mod:`brctl._follo
 from __future__ import annotations
 
 import json
+import re
 from collections import deque
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -19,8 +20,8 @@ if TYPE_CHECKING:
     from rich.console import RenderableType
 
 __all__ = [
-    "RunView", "LiveState", "plain_line", "rich_view", "format_duration", "format_tokens",
-    "format_usd", "parse_ts",
+    "RunView", "LiveState", "plain_line", "printable", "rich_view", "format_duration",
+    "format_tokens", "format_usd", "parse_ts",
 ]
 
 _RUN_EVENT_STATES = {
@@ -188,8 +189,24 @@ class LiveState:
         return 0 if all(v.state == "succeeded" for v in self.runs.values()) else 1
 
 
+# Control characters (C0, DEL, C1) and the bidirectional overrides: in a name or a reason
+# that the model chose they would be obeyed by the terminal (set its title, write the
+# clipboard with OSC 52, move the cursor over what the user reads, start a fake log line).
+_UNPRINTABLE = re.compile("[\x00-\x1f\x7f-\x9f\u200e\u200f\u202a-\u202e\u2066-\u2069]")
+
+
+def printable(text: str) -> str:
+    """``text`` with every control character shown as an escape (``\\x1b``), never sent."""
+    return _UNPRINTABLE.sub(lambda m: m.group().encode("unicode_escape").decode(), text)
+
+
 def describe(event: dict[str, Any]) -> str:
-    """A short human description of one event (no timestamp, no run id)."""
+    """A short human description of one event (no timestamp, no run id), safe for a
+    terminal: what the model named is shown, its control characters escaped."""
+    return printable(_describe(event))
+
+
+def _describe(event: dict[str, Any]) -> str:
     kind = str(event.get("type", "?"))
     data: dict[str, Any] = event.get("data") or {}
     run_id = str(event.get("run_id", ""))

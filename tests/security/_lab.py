@@ -41,14 +41,15 @@ import pytest
 from tests.conftest import write_spec
 from tests.fakeapi import FakeAnthropic, FakeRequest, Reply, text, tool_use
 
-__all__ = ["TEST_USER", "Account", "Lab", "account", "bash", "edit", "prerequisite",
-           "tool_results"]
+__all__ = ["FEATURES", "TEST_USER", "Account", "Feature", "Lab", "account", "bash", "edit",
+           "lab_factory", "prerequisite", "survivors", "tool_results"]
 
 TEST_USER = "buildrunner-test"  # created by .ci/run
 READY_TIMEOUT_S = 30.0
 RUN_TIMEOUT_S = 90.0
 MAX_DAEMON_RSS_KIB = 400 * 1024  # generous: a daemon at rest is well under 100 MiB
-FEATURES = [("Storage", "database", [], ["app/db.py"])]  # batches B001 (code), B002 (tests)
+Feature = tuple[str, str, list[str], list[str]]  # write_spec's (name, domain, deps, files)
+FEATURES: list[Feature] = [("Storage", "database", [], ["app/db.py"])]  # B001 code, B002 tests
 
 
 def prerequisite(reason: str) -> None:
@@ -160,7 +161,7 @@ class Lab:
     """One daemon, one user repository, the canaries (see the module docstring)."""
 
     def __init__(self, user: Account, *, config: str = "", agent: str = "",
-                 features: list[Any] | None = None, path_env: str | None = None) -> None:
+                 features: list[Feature] | None = None, path_env: str | None = None) -> None:
         self.user = user
         self.tag = f"{uuid.uuid4().int % 90_000 + 10_000}"  # unique in pgrep patterns
         self.key = f"canary-{uuid.uuid4().hex}"  # no sk-ant- shape: no pattern can hide a leak
@@ -262,11 +263,12 @@ class Lab:
         env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(self.home),
                "GIT_CONFIG_NOSYSTEM": "1", "LC_ALL": "C"}
         argv = ["git", *args] if as_user else ["git", "-c", "safe.directory=*", *args]
-        result = subprocess.run(argv, cwd=self.repo, env=env, capture_output=True, check=True,
-                                **(self.user.popen() if as_user else {}))
+        result: subprocess.CompletedProcess[bytes] = subprocess.run(
+            argv, cwd=self.repo, env=env, capture_output=True, check=True,
+            **(self.user.popen() if as_user else {}))
         return result.stdout.decode("utf-8", "replace")
 
-    def _make_repo(self, features: list[Any]) -> Path:
+    def _make_repo(self, features: list[Feature]) -> Path:
         spec = write_spec(self.repo / "PROJECT_SPEC.md", features)
         (self.repo / "README.md").write_text("the user's own checkout\n")
         os.chown(spec, self.user.uid, self.user.gid)
@@ -289,12 +291,7 @@ class Lab:
         os.chown(notify_path, self.user.uid, self.user.gid)
         notify.setblocking(False)
         try:
-            with self.stderr_path.open("wb") as err:
-                self.proc = subprocess.Popen(
-                    [sys.executable, "-m", "buildrunnerd", "--backend", "anthropic",
-                     "--config", str(self.config_path)],
-                    env=self.env(NOTIFY_SOCKET=str(notify_path)), stdin=subprocess.DEVNULL,
-                    stdout=subprocess.DEVNULL, stderr=err, cwd=self.base, **self.user.popen())
+            self.proc = self._spawn(notify_path)
             with anyio.fail_after(READY_TIMEOUT_S):
                 while True:
                     await anyio.wait_readable(notify)
@@ -304,6 +301,14 @@ class Lab:
             raise AssertionError(f"daemon not ready:\n{self.stderr()[-3000:]}") from None
         finally:
             notify.close()
+
+    def _spawn(self, notify_path: Path) -> subprocess.Popen[bytes]:
+        with self.stderr_path.open("wb") as err:
+            return subprocess.Popen(
+                [sys.executable, "-m", "buildrunnerd", "--backend", "anthropic",
+                 "--config", str(self.config_path)],
+                env=self.env(NOTIFY_SOCKET=str(notify_path)), stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL, stderr=err, cwd=self.base, **self.user.popen())
 
     @property
     def pid(self) -> int:
@@ -416,9 +421,9 @@ class Lab:
             leaked += self.leaks(logs.stdout, "brctl logs --json", secrets)
         leaked += self.leaks(self.stderr(), "the daemon's log")
         leaked += self.leaks(self.git("log", "-p", "--all"), "git log -p --all")
-        objects = subprocess.run(
+        objects = (await anyio.run_process(
             ["git", "-c", "safe.directory=*", "cat-file", "--batch-all-objects", "--batch"],
-            cwd=self.repo, capture_output=True, check=True).stdout
+            cwd=self.repo)).stdout
         leaked += self.leaks(objects, "a git object of the repository")
         for path in self.state.rglob("*"):
             if path.is_file() and not path.is_symlink():

@@ -9,9 +9,9 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from tests.security._lab import Lab, account, bash, edit, tool_results
+from tests.security._lab import Feature, Lab, account, bash, edit, tool_results
 
-TWO_FEATURES = [("Storage", "database", [], ["app/db.py"]),
+TWO_FEATURES: list[Feature] = [("Storage", "database", [], ["app/db.py"]),
                 ("Billing", "backend", [], ["app/billing.py"])]
 
 
@@ -24,8 +24,9 @@ def evil_gitdir(lab: Lab, name: str) -> str:
             f"git config -f evil.git/config core.bare false && "
             f"git config -f evil.git/config core.fsmonitor 'touch {marker}; false' && "
             f"git config -f evil.git/config core.hooksPath $PWD/evil.git/hooks && "
-            f"for h in pre-commit post-commit post-checkout reference-transaction post-index-change; "
-            f"do printf '{hook}' > evil.git/hooks/$h; chmod +x evil.git/hooks/$h; done && "
+            "for h in pre-commit post-commit post-checkout reference-transaction "
+            f"post-index-change; do printf '{hook}' > evil.git/hooks/$h; "
+            "chmod +x evil.git/hooks/$h; done && "
             f"cp .git dotgit.orig 2>/dev/null; echo made-evil")
 
 

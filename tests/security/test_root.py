@@ -7,7 +7,8 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
-from pathlib import Path
+
+import anyio
 
 from tests.security._lab import Lab, account, bash, tool_results
 
@@ -41,7 +42,8 @@ async def test_root_daemon_commands_have_no_capability_and_keep_the_mounts(
         assert f"{step}=0" not in shown, (step, shown[-3000:])
     assert "INNER-RW" not in shown and "INNER-UMOUNT" not in shown, shown[-3000:]
     assert "\n0\n" in shown  # /etc/shadow reads as empty
-    assert not Path(usr_marker).exists() and not Path(etc_marker).exists()
+    for marker in (usr_marker, etc_marker):
+        assert not await anyio.Path(marker).exists()
     await lab.assert_contained(run_id)
     await lab.stop()
 

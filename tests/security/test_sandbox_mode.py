@@ -6,9 +6,10 @@ from __future__ import annotations
 
 import json
 import shutil
-import subprocess
 import sys
 from collections.abc import Callable
+
+import anyio
 
 from tests.fakeapi import Reply, text
 from tests.security._lab import Lab, account
@@ -57,7 +58,7 @@ async def test_no_sandbox_refuses_model_work_with_the_fix(
     assert lab.fake is not None and lab.fake.requests == []  # nothing was asked of the model
     assert lab.git("branch", "--list", "buildrunner/*").strip() == ""
     # --check-sandbox says the same, and exits 1.
-    check = subprocess.run([sys.executable, "-m", "buildrunnerd", "--check-sandbox"],
-                           env=lab.env(), capture_output=True, cwd=lab.base, **user.popen())
+    check = await anyio.run_process([sys.executable, "-m", "buildrunnerd", "--check-sandbox"],
+                                    env=lab.env(), cwd=lab.base, check=False, **user.popen())
     assert check.returncode == 1 and b"bubblewrap" in check.stdout, check.stdout
     await lab.stop()

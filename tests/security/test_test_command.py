@@ -13,6 +13,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import anyio
 import pytest
 
 from tests.fakeapi import FakeRequest, Reply
@@ -166,7 +167,7 @@ async def test_model_written_conftest_is_confined(lab_factory: Callable[..., Lab
                    if not k.startswith(("/tmp/", "/var/tmp/"))}
         assert "wrote" not in outside.values(), report
     # /tmp and /var/tmp were private: what the conftest wrote there is gone.
-    for private in (Path(f"/tmp/brsec-pwned-{lab.tag}"), Path(f"/var/tmp/brsec-pwned-{lab.tag}")):
-        assert not private.exists()
+    for private in (f"/tmp/brsec-pwned-{lab.tag}", f"/var/tmp/brsec-pwned-{lab.tag}"):
+        assert not await anyio.Path(private).exists()
     await lab.assert_contained(run_id, tags=(f"3[1-4]{lab.tag}",))
     await lab.stop()
