@@ -195,6 +195,9 @@ class RunRepo:
         the branch itself is never checked out anywhere). A leftover at that path is removed."""
         path = Path(root) / name
         await anyio.Path(root).mkdir(parents=True, exist_ok=True)
+        # Only the daemon's uid may reach a worktree: what the model writes there is its
+        # (a root daemon's sandbox can leave a setuid-root program there; see docs/security.md).
+        await anyio.Path(root).chmod(0o700)
         if await anyio.Path(path).exists():
             await self.remove_worktree(path)
         await _add_worktree(self.repo, path, self.ref, timeout_s=self.timeout_s,

@@ -6,11 +6,15 @@ read root's secrets. And a loop that forks without end is bounded by ``sandbox.m
 from __future__ import annotations
 
 import os
+import pwd
+import re
+import subprocess
 from collections.abc import Callable
 
 import anyio
 
-from tests.security._lab import Lab, account, bash, tool_results
+from tests.fakeapi import FakeRequest, Reply
+from tests.security._lab import TEST_USER, Lab, account, bash, prerequisite, tool_results
 
 
 async def test_root_daemon_commands_have_no_capability_and_keep_the_mounts(
@@ -73,4 +77,43 @@ async def test_fork_loop_is_bounded_by_max_processes(lab_factory: Callable[..., 
     assert 0 < forked < 40, forked
     assert "still-here" in shown  # the shell still answers
     await lab.assert_contained(run_id, tags=(f"fork-{lab.tag}",))
+    await lab.stop()
+
+
+async def test_root_daemon_setuid_file_is_out_of_other_users_reach(
+        lab_factory: Callable[..., Lab]) -> None:
+    """In a root daemon's sandbox the model is root outside its namespace, so it can leave a
+    setuid-root program in the worktree (nosuid holds inside the sandbox, not on the host).
+    No other user can reach it: the run's worktree folder is the daemon's alone."""
+    account(root=True)
+    try:
+        other = pwd.getpwnam(TEST_USER)
+    except KeyError:
+        prerequisite(f"the unprivileged user {TEST_USER} (.ci/run creates it)")
+        return
+    lab = lab_factory(account(root=True))
+    lab.state.mkdir(mode=0o755)  # as systemd's StateDirectory= makes it: others may enter
+    lab.state.chmod(0o755)
+    plant = "cp /usr/bin/id rootid && chmod 4755 rootid && stat -c 'mode=%a' rootid && pwd"
+    tried: list[str] = []
+    inner = lab.responder({"app/db.py": [[bash(plant)], [bash("ls -l rootid")]]})
+
+    def respond(req: FakeRequest) -> Reply:
+        if req.assistant_turns() == 1 and not tried:  # the program is there, mid-batch
+            found = re.search(r"^(/\S+/B001\S*)$", tool_results(lab.fake), re.MULTILINE)
+            assert found is not None, tool_results(lab.fake)
+            try:
+                result = subprocess.run([f"{found.group(1)}/rootid"], capture_output=True,
+                                        user=other.pw_uid, group=other.pw_gid, extra_groups=[])
+                tried.append(f"ran: {result.stdout!r} {result.stderr!r}")
+            except PermissionError as exc:
+                tried.append(f"refused: {exc}")
+        return inner(req)
+
+    await lab.start(respond)
+    run_id = await lab.submit()
+    await lab.finish(run_id)
+    assert "mode=4755" in tool_results(lab.fake)  # the threat is real...
+    assert tried and tried[0].startswith("refused") and "euid=0" not in tried[0], tried
+    await lab.assert_contained(run_id)
     await lab.stop()
