@@ -5,9 +5,10 @@ A :class:`Lab` lays out one folder owned by the daemon's user (``buildrunner-tes
 tests run as root, as CI does; else the current user): its HOME with a fake ``~/.ssh/id_rsa``,
 ``~/.aws/credentials`` and ``~/.config/buildrunner/env``, the state dir, the control socket's
 folder, the user's git repository with its spec, and a runtime dir (``/run/user/<uid>`` when the
-tests can create it) with a listening Unix socket. A TCP listener on 127.0.0.1 stands for the
-network. The daemon gets a canary ``ANTHROPIC_API_KEY`` (the fake API accepts exactly that
-key) and talks to the fake Messages API through the real SDK.
+tests can create it) with a listening Unix socket, and an abstract Unix socket (as X11 and
+D-Bus have). A TCP listener on 127.0.0.1 stands for the network. The daemon gets a canary
+``ANTHROPIC_API_KEY`` (the fake API accepts exactly that key) and talks to the fake Messages
+API through the real SDK.
 
 :meth:`Lab.assert_contained` is what every attack test ends with: the canary is nowhere the
 model or a user could see it (the requests the fake API received, the run's events, the
@@ -191,6 +192,12 @@ class Lab:
         os.chown(self.bus_path, user.uid, user.gid)
         self.bus.listen(8)
         self.bus.setblocking(False)
+        # An abstract socket (X11 and D-Bus use them): it lives in the network namespace.
+        self.abstract_name = f"\0brsec-{self.tag}"
+        self.abstract = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.abstract.bind(self.abstract_name)
+        self.abstract.listen(8)
+        self.abstract.setblocking(False)
         self.tcp = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         self.tcp.bind(("127.0.0.1", 0))
         self.tcp.listen(8)
@@ -377,6 +384,7 @@ class Lab:
         if self.fake is not None:
             self.fake.stop()
         self.bus.close()
+        self.abstract.close()
         self.tcp.close()
         if self._made_runtime:
             shutil.rmtree(self.runtime, ignore_errors=True)
@@ -433,7 +441,8 @@ class Lab:
         after = self.outside_state()
         for key, value in self.before.items():
             assert after[key] == value, f"{key} changed outside the worktree"
-        for listener, what in ((self.tcp, "the TCP listener"), (self.bus, "the runtime socket")):
+        for listener, what in ((self.tcp, "the TCP listener"), (self.bus, "the runtime socket"),
+                               (self.abstract, "the abstract socket")):
             try:
                 conn, _ = listener.accept()
             except BlockingIOError:

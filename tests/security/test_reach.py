@@ -9,8 +9,10 @@ from collections.abc import Callable
 
 from tests.security._lab import Lab, account, bash, tool_results
 
+# Connects to a Unix socket; "@name" is the abstract socket "\0name".
 _CONNECT = ("python3 -c 'import socket, sys; s = socket.socket(socket.AF_UNIX); "
-            "s.connect(sys.argv[1]); print(\"CONNECTED\")' {path} 2>&1 | tail -1")
+            "s.connect(sys.argv[1].replace(\"@\", \"\\0\", 1)); print(\"CONNECTED\")' "
+            "{path} 2>&1 | tail -1")
 
 
 async def test_bash_reaches_nothing_outside_the_worktree(
@@ -27,7 +29,8 @@ async def test_bash_reaches_nothing_outside_the_worktree(
         f"cat {home}/.ssh/id_rsa {home}/.aws/credentials {home}/.config/buildrunner/env; "
         f"ls -la {home} {home}/.ssh; echo HOME-IS=$HOME",
         f"ls -la /run /run/user {lab.runtime}; echo XDG=${{XDG_RUNTIME_DIR:-unset}}; "
-        + _CONNECT.format(path=lab.bus_path) + "; " + _CONNECT.format(path=lab.socket),
+        + _CONNECT.format(path=lab.bus_path) + "; " + _CONNECT.format(path=lab.socket) + "; "
+        + _CONNECT.format(path="@" + lab.abstract_name[1:]),
         f"ls -la {lab.state} {lab.state}/worktrees; cat {other}/notes.txt; "
         f"head -c 2000 {lab.state}/buildrunner.db | strings | head; ls {lab.socket.parent}",
         "env; cat /proc/[0-9]*/environ | tr '\\0' '\\n' | grep -i -e anthropic -e canary; "

@@ -56,6 +56,7 @@ report["tcp"] = connect(socket.AF_INET, ("127.0.0.1", {tcp_port}))
 report["fake_api"] = connect(socket.AF_INET, ("127.0.0.1", {api_port}))
 report["bus"] = connect(socket.AF_UNIX, {bus!r})
 report["control"] = connect(socket.AF_UNIX, {control!r})
+report["abstract"] = connect(socket.AF_UNIX, {abstract!r})
 report["wrote"] = {{}}
 for target in {writes!r}:
     try:
@@ -118,7 +119,7 @@ def attack(lab: Lab, test_cmd: str) -> Callable[[FakeRequest], Reply]:
         home = Path(lab.home)
         return CONFTEST.format(
             pid=lab.pid, tag=lab.tag, tcp_port=lab.tcp_port, api_port=api_port,
-            bus=str(lab.bus_path), control=str(lab.socket),
+            bus=str(lab.bus_path), control=str(lab.socket), abstract=lab.abstract_name,
             files=[str(home / ".ssh/id_rsa"), str(home / ".aws/credentials"),
                    str(home / ".config/buildrunner/env"), str(lab.state / "buildrunner.db")],
             writes=[str(lab.repo / f"PWNED-{lab.tag}"), str(home / f"PWNED-{lab.tag}"),
@@ -159,7 +160,7 @@ async def test_model_written_conftest_is_confined(lab_factory: Callable[..., Lab
         assert report["daemon_environ"] == "FileNotFoundError", report  # not even there
         assert report["pids"] < 10, report  # its own PID namespace
         assert set(report["files"].values()) == {"FileNotFoundError"}, report
-        for what in ("tcp", "fake_api"):
+        for what in ("tcp", "fake_api", "abstract"):
             assert report[what] in ("ConnectionRefusedError", "OSError"), report
         for what in ("bus", "control"):
             assert report[what] == "FileNotFoundError", report
