@@ -27,6 +27,7 @@ BOT_IDENTITY = ("-c", "user.name=BuildRunner", "-c", "user.email=buildrunner@loc
 # - global attributes are not read (the worktree's own .gitattributes is, so every filter,
 #   textconv and merge driver that a configuration defines is neutralised per call, see
 #   driver_overrides);
+# - submodules are never recursed into (their config is the model's);
 # - signing would ask for a passphrase; automatic gc/maintenance would prune worktrees and
 #   walk them while other batches are adding theirs.
 _BASE_OPTIONS = (
@@ -35,6 +36,9 @@ _BASE_OPTIONS = (
     "-c", "commit.gpgSign=false", "-c", "tag.gpgSign=false",
     "-c", "gc.auto=0", "-c", "maintenance.auto=false", "-c", "diff.external=",
     "-c", "protocol.allow=never",
+    # Never into a nested repository (a submodule the model made): a child git there would
+    # read that repository's own config, whose filters and drivers the model chose.
+    "-c", "submodule.recurse=false",
 )
 
 # Inherited variables that would point git at another repository or index than ``cwd``'s
@@ -43,6 +47,10 @@ _REPO_VARIABLES = (
     "GIT_DIR", "GIT_WORK_TREE", "GIT_INDEX_FILE", "GIT_OBJECT_DIRECTORY", "GIT_COMMON_DIR",
     "GIT_NAMESPACE", "GIT_CEILING_DIRECTORIES", "GIT_PREFIX",
 )
+
+
+# The model key and the daemon's own settings: nothing git could start needs them.
+_PRIVATE_PREFIXES = ("ANTHROPIC_", "BUILDRUNNER_", "CLAUDE_CODE_OAUTH", "NOTIFY_SOCKET")
 
 
 class GitResult:
@@ -65,11 +73,12 @@ class GitResult:
 
 def git_env(base: Mapping[str, str] | None = None) -> dict[str, str]:
     """The environment for git: the daemon's, minus every ``GIT_*`` variable (repository and
-    configuration overrides), with neither the system nor the global configuration (the
-    repository's own config is the user's and is read), in the C locale (messages we parse
-    stay English) and never prompting on a terminal."""
+    configuration overrides) and the model key (``ANTHROPIC_*``, ``BUILDRUNNER_*``), with
+    neither the system nor the global configuration (the repository's own config is the
+    user's and is read), in the C locale (messages we parse stay English) and never
+    prompting on a terminal."""
     env = {k: v for k, v in (os.environ if base is None else base).items()
-           if not k.startswith("GIT_")}
+           if not k.startswith(("GIT_", *_PRIVATE_PREFIXES))}
     env["LC_ALL"] = "C"
     env["LANGUAGE"] = "C"
     env["GIT_TERMINAL_PROMPT"] = "0"

@@ -26,7 +26,7 @@ from buildrunnerd.workspace._worktree import forget_worktree, record_worktree, w
 
 __all__ = [
     "RunRepo", "MergeResult", "prepare_run_repo", "cleanup_orphan_worktrees",
-    "batch_commit_message", "BRANCH_PREFIX", "COMMIT_EXCLUDES",
+    "batch_commit_message", "BRANCH_PREFIX", "COMMIT_EXCLUDES", "stage_all",
 ]
 
 BRANCH_PREFIX = "buildrunner/"
@@ -87,6 +87,27 @@ _MAX_REF_RACES = 3
 
 # Idle worktrees a run keeps for reuse (about its worker count; more are removed).
 _MAX_IDLE_WORKTREES = 16
+
+
+async def _gitlinks(worktree: Path, opts: Sequence[str], *, timeout_s: float) -> list[str]:
+    """The paths of the nested repositories (gitlinks, mode 160000) in the worktree's index."""
+    listed = await git([*opts, "ls-files", "--stage", "-z"], cwd=worktree, timeout_s=timeout_s,
+                       what=f"listing worktree {worktree}")
+    return [entry.split("\t", 1)[1] for entry in listed.stdout.split("\0")
+            if entry.startswith("160000 ") and "\t" in entry]
+
+
+async def stage_all(worktree: Path, opts: Sequence[str], *, timeout_s: float,
+                    what: str) -> None:
+    """``git add -A`` of the worktree as a batch's commit takes it: caches excluded, and never
+    a nested repository already in the index. Looking at one, ``git add`` runs ``git status``
+    inside it, and that reads the nested repository's own config, whose filters the model
+    chose: they would run unconfined. (A new nested repository is recorded once, by reading
+    its HEAD, which runs nothing.)"""
+    links = [f":(exclude,literal){path}"
+             for path in await _gitlinks(worktree, opts, timeout_s=timeout_s)]
+    await git([*opts, "add", "-A", "--", ".", *COMMIT_EXCLUDES, *links], cwd=worktree,
+              timeout_s=timeout_s, what=what)
 
 
 class MergeResult(msgspec.Struct):
@@ -249,7 +270,15 @@ class RunRepo:
         await git([*opts, "reset", "--quiet", "--hard", head], cwd=path, timeout_s=t,
                   what=f"resetting worktree {path} for the next batch")
         await git([*opts, "clean", "-ffdxq"], cwd=path, timeout_s=t, check=False)
-        left = await git([*opts, "status", "--porcelain", "--ignored", "--untracked-files=all"],
+        # A nested repository (a gitlink) keeps its own content and config across reset and
+        # clean, and checking it would run `git status` inside it, with its config: filters
+        # and textconv drivers the model chose, unconfined. Such a worktree is never reused,
+        # and the check never looks into one.
+        if await _gitlinks(path, opts, timeout_s=t):
+            raise WorkspaceError(f"worktree {path} holds a nested repository: not reused",
+                                 data={"worktree": str(path)})
+        left = await git([*opts, "status", "--porcelain", "--ignored", "--untracked-files=all",
+                          "--ignore-submodules=all"],
                          cwd=path, timeout_s=t, what=f"checking worktree {path} is clean")
         if left.stdout.strip():
             raise WorkspaceError(
@@ -269,8 +298,7 @@ class RunRepo:
         # Checked (and computed) before every call: the model's bash runs until the batch
         # ends, and its .git must not redirect the daemon's git.
         opts = await worktree_git(worktree, timeout_s=t)
-        await git([*opts, "add", "-A", "--", ".", *COMMIT_EXCLUDES], cwd=worktree, timeout_s=t,
-                  what="staging the batch's changes")
+        await stage_all(worktree, opts, timeout_s=t, what="staging the batch's changes")
         staged = await git([*opts, "diff", "--cached", "--quiet"], cwd=worktree, timeout_s=t,
                            check=False)
         if staged.returncode == 0:

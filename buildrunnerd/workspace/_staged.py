@@ -18,7 +18,7 @@ from buildrunnerd.config._model import VerifyConfig
 from buildrunnerd.errors import WorkspaceError
 from buildrunnerd.workspace._allowlist import load_allowlist
 from buildrunnerd.workspace._git import git
-from buildrunnerd.workspace._repo import COMMIT_EXCLUDES
+from buildrunnerd.workspace._repo import stage_all
 from buildrunnerd.workspace._secrets import MAX_FINDINGS, SecretFinding, StagedChange, scan_commit
 from buildrunnerd.workspace._worktree import worktree_git
 
@@ -173,8 +173,8 @@ async def scan_staged(
     whose ``.git`` was rewritten)."""
     options = (list(git_options) if git_options is not None
                else await worktree_git(worktree, timeout_s=timeout_s))
-    await git([*options, "add", "-A", "--", ".", *COMMIT_EXCLUDES], cwd=worktree,
-              timeout_s=timeout_s, what="staging changes for the secret scan")
+    await stage_all(worktree, options, timeout_s=timeout_s,
+                    what="staging changes for the secret scan")
     allow = await load_allowlist(worktree, run_base_commit, config, timeout_s=timeout_s,
                                  git_options=options)
     findings: list[SecretFinding] = []

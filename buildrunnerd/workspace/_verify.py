@@ -32,7 +32,7 @@ from buildrunnerd.sandbox import (
     run_confined,
 )
 from buildrunnerd.workspace._git import git
-from buildrunnerd.workspace._repo import COMMIT_EXCLUDES
+from buildrunnerd.workspace._repo import stage_all
 from buildrunnerd.workspace._staged import scan_staged
 from buildrunnerd.workspace._worktree import worktree_git
 
@@ -189,8 +189,8 @@ async def _changed_files(worktree: Path, base_commit: str, timeout_s: float) -> 
     (the worktree's), and commit_and_merge stages the same set anyway.
     """
     opts = await worktree_git(worktree, timeout_s=timeout_s)
-    await git([*opts, "add", "-A", "--", ".", *COMMIT_EXCLUDES], cwd=worktree,
-              timeout_s=timeout_s, what="staging changes for verification")
+    await stage_all(worktree, opts, timeout_s=timeout_s,
+                    what="staging changes for verification")
     res = await git(
         ["-c", "core.quotePath=false", *opts, "diff", "--cached", "--no-color", "--no-ext-diff",
          "--no-textconv", "--no-renames", "-U0", base_commit, "--"],

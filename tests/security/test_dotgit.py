@@ -6,6 +6,7 @@ daemon's check of ``.git`` fails the batch before its git touches anything."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from typing import Any
 
@@ -84,5 +85,32 @@ async def test_rewritten_dotgit_fails_the_batch_and_runs_nothing(
               and "rewrote" in str(e.get("data"))]
     batches = {e.get("data", {}).get("batch_id") or e.get("batch_id") for e in failed}
     assert len(batches) >= 2 or len(failed) >= 2, [e["type"] for e in events]
+    await lab.assert_contained(run_id)
+    await lab.stop()
+
+
+async def test_nested_repository_config_never_runs_when_a_worktree_is_reused(
+        lab_factory: Callable[..., Lab]) -> None:
+    """A batch commits a nested repository (a gitlink) whose own config defines a clean
+    filter for its files, and leaves one of them modified. When the run reuses that worktree
+    for the next batch, the daemon's git resets and checks it: it must not run the nested
+    repository's filter (it would run unconfined, with the daemon's rights)."""
+    lab = lab_factory(account())
+    marker = lab.markers / "nested-filter"
+    plant = (
+        "git init -q sub && cd sub && printf '* filter=evil diff=evil\\n' > .gitattributes && "
+        "echo a > f && git add . && git -c user.name=m -c user.email=m@x commit -qm m "
+        f"--no-verify && git config filter.evil.clean 'touch {marker}; cat' && "
+        f"git config filter.evil.smudge 'touch {marker}; cat' && "
+        f"git config diff.evil.textconv 'touch {marker}; cat' && "
+        f"git config core.fsmonitor 'touch {marker}; false' && "
+        "echo b >> f && cd .. && echo planted")
+    await lab.start(lab.responder({"app/db.py": [[bash(plant)]]}))
+    run_id = await lab.submit()
+    info = await lab.finish(run_id)
+    assert "planted" in tool_results(lab.fake)
+    events = await lab.events(run_id)
+    assert info["state"] in ("succeeded", "failed"), info
+    assert not marker.exists(), [e for e in events if "worktree" in json.dumps(e)]
     await lab.assert_contained(run_id)
     await lab.stop()
