@@ -100,7 +100,7 @@ async def test_root_daemon_setuid_file_is_out_of_other_users_reach(
 
     def respond(req: FakeRequest) -> Reply:
         if req.assistant_turns() == 1 and not tried:  # the program is there, mid-batch
-            found = re.search(r"^(/\S+/B001\S*)$", tool_results(lab.fake), re.MULTILINE)
+            found = re.search(r"^(/\S+/worktrees/\S+)$", tool_results(lab.fake), re.MULTILINE)
             assert found is not None, tool_results(lab.fake)
             try:
                 result = subprocess.run([f"{found.group(1)}/rootid"], capture_output=True,
