@@ -52,7 +52,7 @@ async def test_root_daemon_commands_have_no_capability_and_keep_the_mounts(
     await lab.stop()
 
 
-async def test_fork_loop_is_bounded_by_max_processes(lab_factory: Callable[..., Lab]) -> None:
+async def test_fork_loop_and_output_flood_are_bounded(lab_factory: Callable[..., Lab]) -> None:
     lab = lab_factory(account(), config="[sandbox]\nmax_processes = 40\n")
     fork = (
         "python3 -c 'import os, sys, time\n"
@@ -67,7 +67,11 @@ async def test_fork_loop_is_bounded_by_max_processes(lab_factory: Callable[..., 
         "    n += 1\n"
         "print(\"forked\", n)' " + f"fork-{lab.tag}"
     )
-    turns = [[bash(fork)], [bash("echo still-here")]]
+    # First output floods: 100 MB in lines, then 100 MB without a newline; the daemon keeps a
+    # bounded head and tail of each.
+    flood = ("yes 0123456789abcdef0123456789abcdef | head -c 100000000; "
+             "head -c 100000000 /dev/zero | tr '\\0' x; echo flood-done")
+    turns = [[bash(flood)], [bash(fork)], [bash("echo still-here")]]
     await lab.start(lab.responder({"app/db.py": turns}))
     run_id = await lab.submit()
     await lab.finish(run_id)
@@ -76,6 +80,7 @@ async def test_fork_loop_is_bounded_by_max_processes(lab_factory: Callable[..., 
     forked = int(shown.split("forked ", 1)[1].split()[0])
     assert 0 < forked < 40, forked
     assert "still-here" in shown  # the shell still answers
+    assert "flood-done" in shown and len(shown) < 1_000_000, len(shown)
     await lab.assert_contained(run_id, tags=(f"fork-{lab.tag}",))
     await lab.stop()
 
