@@ -449,11 +449,30 @@ class Lab:
                 continue
             conn.close()
             raise AssertionError(f"something connected to {what}")
-        for tag in (self.tag, *tags):
+        for tag in (rf"sleep [0-9]*{self.tag}", *tags):
             assert await survivors(tag) == "", f"a process of the batch survived ({tag})"
+        assert await self.inside_worktrees() == [], "a process is still in a worktree"
         ping = await self.ping()
         assert ping["pid"] == self.pid
         assert self.rss_kib() < MAX_DAEMON_RSS_KIB
+
+    async def inside_worktrees(self) -> list[str]:
+        """Processes whose working directory is in the state dir (a worktree): none once a
+        batch is over (polled briefly, as :func:`survivors`)."""
+        found: list[str] = []
+        for _ in range(40):
+            found = []
+            async for entry in anyio.Path("/proc").iterdir():
+                try:
+                    cwd = await anyio.Path(entry / "cwd").readlink()
+                except OSError:  # not a process, gone, or not ours to see
+                    continue
+                if str(cwd).startswith(str(self.state)):
+                    found.append(f"{entry.name}: {cwd}")
+            if not found:
+                return []
+            await anyio.sleep(0.05)
+        return found
 
     def responder(self, scripts: dict[str, list[list[dict[str, Any]]]]
                   ) -> Callable[[FakeRequest], Reply]:
