@@ -111,7 +111,7 @@ class VerifyConfig(_Section):
 class SandboxConfig(_Section):
     """Limits and toolchain paths of the sandbox (see docs/security.md)."""
 
-    max_processes: int = 2048  # RLIMIT_NPROC (counts every process of the daemon's uid)
+    max_processes: int = 2048  # RLIMIT_NPROC (per sandbox on Linux >= 5.14)
     max_memory_mb: int = 8192  # RLIMIT_AS per process; 0 = no limit
     max_file_size_mb: int = 1024  # RLIMIT_FSIZE: the largest file a command may write
     max_cpu_s: int = 3600  # RLIMIT_CPU per process

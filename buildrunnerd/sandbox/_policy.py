@@ -38,8 +38,8 @@ _DEFAULT_PATH = "/usr/local/bin:/usr/bin:/bin"
 
 
 class SandboxLimits(msgspec.Struct, frozen=True, kw_only=True):
-    """Per-process resource limits (0 = no limit). RLIMIT_NPROC counts every process of the
-    uid the command runs as, not only the sandbox's: keep it well above a desktop's count."""
+    """Per-process resource limits (0 = no limit). RLIMIT_NPROC is counted per user namespace
+    (so per sandbox) since Linux 5.14; older kernels count every process of the uid."""
 
     max_processes: int = 2048
     max_memory_bytes: int = 8192 * 1024 * 1024
