@@ -31,6 +31,7 @@ class SubmitRequest(msgspec.Struct, kw_only=True):
     budget_usd: float | None = None
     test_cmd: str | None = None
     allow_dirty: bool = False
+    scratch: bool = False  # no repository: the results stay in the run's scratch folder
 
 
 async def read_spec(spec_path: str | None, spec_text: str | None) -> tuple[str, str | None]:

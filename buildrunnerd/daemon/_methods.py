@@ -67,6 +67,7 @@ class _SubmitParams(_Params):
     budget_usd: float | None = None
     test_cmd: str | None = None
     allow_dirty: bool = False
+    scratch: bool = False
 
 
 class _RunListParams(_Params):

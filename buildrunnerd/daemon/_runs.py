@@ -131,8 +131,9 @@ class RunManager:
         self, record: RunRecord, *, resume: dict[str, int] | None = None, start: bool = True,
         overview: str | None = None,
     ) -> tuple[ActiveRun, RunSlot]:
-        plan = record.plan()
-        overview = await self._overview(record) if overview is None else overview
+        spec = await self.store.get_run_spec(record.id)
+        plan = spec.plan()
+        overview = await self._overview(spec.spec_text, record) if overview is None else overview
         active = ActiveRun(
             id=record.id, plan=plan, overview=overview, home=self.home,
             repo=Path(record.repo) if record.repo else None, branch=record.branch,
@@ -186,11 +187,11 @@ class RunManager:
         if self.confinement is not None:
             self.confinement.require()
 
-    async def _overview(self, record: RunRecord) -> str:
+    async def _overview(self, spec_text: str, record: RunRecord) -> str:
         from buildrunnerd.spec import parse_spec
 
         try:
-            spec = await anyio.to_thread.run_sync(parse_spec, record.spec_text, record.spec_path)
+            spec = await anyio.to_thread.run_sync(parse_spec, spec_text, record.spec_path)
         except BuildRunnerError:
             return ""
         overview: str = spec.overview

@@ -26,18 +26,17 @@ class AttemptMethods(Database):
         """Open the next attempt of a batch (number = the batch's attempts + 1, which it
         increments). No event: the daemon stores ``batch.dispatched`` itself."""
 
-        def start(txn: Txn) -> AttemptRecord:
-            rows = txn.fetchall(
-                "SELECT run_id, attempts FROM batches WHERE id = ?", (batch_id,)
+        async def start(txn: Txn) -> AttemptRecord:
+            # RETURNING gives the new values: one statement reads and bumps the count.
+            rows = await txn.fetchall(
+                "UPDATE batches SET attempts = attempts + 1, model = coalesce(?, model)"
+                " WHERE id = ? RETURNING run_id, attempts",
+                (model, batch_id),
             )
             if not rows:
                 raise not_found("batch", batch_id)
-            run_id, number = rows[0][0], int(rows[0][1]) + 1
-            txn.execute(
-                "UPDATE batches SET attempts = ?, model = coalesce(?, model) WHERE id = ?",
-                (number, model, batch_id),
-            )
-            attempt_id = txn.insert(
+            run_id, number = rows[0][0], int(rows[0][1])
+            attempt_id = await txn.insert(
                 "INSERT INTO attempts (batch_id, run_id, number, worktree, model, started_at)"
                 " VALUES (?, ?, ?, ?, ?, ?)",
                 (batch_id, run_id, number, worktree, model, txn.ts),
@@ -62,20 +61,21 @@ class AttemptMethods(Database):
                 f"{', '.join(ATTEMPT_OUTCOMES)}",
                 data={"state": outcome, "allowed": list(ATTEMPT_OUTCOMES)},
             )
-        def finish(txn: Txn) -> None:
-            rows = txn.fetchall("SELECT outcome FROM attempts WHERE id = ?", (attempt_id,))
-            if not rows:
-                raise not_found("attempt", attempt_id)
-            if rows[0][0] is not None:
-                raise InvalidStateError(
-                    f"attempt {attempt_id} already finished ({rows[0][0]}); start a new attempt",
-                    data={"state": rows[0][0], "allowed": []},
-                )
-            txn.execute(
+        async def finish(txn: Txn) -> None:
+            changed = await txn.execute(
                 "UPDATE attempts SET outcome = ?, reason = ?, verification = ?, commit_sha = ?,"
-                " finished_at = ? WHERE id = ?",
+                " finished_at = ? WHERE id = ? AND outcome IS NULL",
                 (outcome, reason, None if verification is None else encode_json(verification),
                  commit, txn.ts, attempt_id),
+            )
+            if changed:
+                return
+            rows = await txn.fetchall("SELECT outcome FROM attempts WHERE id = ?", (attempt_id,))
+            if not rows:
+                raise not_found("attempt", attempt_id)
+            raise InvalidStateError(
+                f"attempt {attempt_id} already finished ({rows[0][0]}); start a new attempt",
+                data={"state": rows[0][0], "allowed": []},
             )
 
         await self._write(f"finishing attempt {attempt_id}", finish)
@@ -110,8 +110,8 @@ class AttemptMethods(Database):
     async def save_checkpoint(self, attempt_id: int, state: bytes) -> None:
         """Keep the agent's conversation after a turn (replaces the previous checkpoint)."""
 
-        def save(txn: Txn) -> None:
-            changed = txn.execute(
+        async def save(txn: Txn) -> None:
+            changed = await txn.execute(
                 "UPDATE attempts SET checkpoint = ?, checkpoint_at = ? WHERE id = ?",
                 (bytes(state), txn.ts, attempt_id),
             )
