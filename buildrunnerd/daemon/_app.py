@@ -307,6 +307,7 @@ class _Daemon:
                     self._tg = tg
                     tg.start_soon(self._watch_signals, runs)
                     await tg.start(runs.scheduler.run)
+                    await tg.start(runs.serve)
                     recovered = await runs.recover()
                     await tg.start(server.serve)
                     tg.start_soon(self._retention, store)

@@ -8,38 +8,26 @@ leaves a state that recovery can continue from.
 
 from __future__ import annotations
 
-import secrets
+import functools
 from collections import Counter
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import anyio
-import msgspec
+import anyio.abc
 import structlog
 
 from buildrunnerd import protocol
 from buildrunnerd.daemon._batch import ActiveRun, BatchResult, run_batch_lifecycle
-from buildrunnerd.daemon._intake import SubmitRequest, git_root, plan_spec, read_spec
+from buildrunnerd.daemon._intake import Intake, SubmitRequest, plan_spec
 from buildrunnerd.daemon._scheduler import BatchSpec, RunGraph, RunSlot, Scheduler
-from buildrunnerd.errors import (
-    BuildRunnerError,
-    InvalidStateError,
-    RepoError,
-    StoreError,
-)
-from buildrunnerd.executor import ApiCall, Executor
+from buildrunnerd.errors import BuildRunnerError, InvalidStateError, StoreError
+from buildrunnerd.executor import Executor
 from buildrunnerd.logging import bind_ids
 from buildrunnerd.plan._model import Plan
 from buildrunnerd.sandbox import Confinement
-from buildrunnerd.store._records import (
-    BatchRecord,
-    NewRun,
-    RunChange,
-    RunOptions,
-    RunRecord,
-    TaskChange,
-    TaskRecord,
-)
+from buildrunnerd.store._records import BatchRecord, RunChange, RunRecord, TaskChange, TaskRecord
 
 if TYPE_CHECKING:
     from buildrunnerd.config import Config
@@ -75,6 +63,9 @@ class RunManager:
         self.scheduler = Scheduler(workers, self._execute)
         self._active: dict[str, ActiveRun] = {}
         self._lock = anyio.Lock()  # run-level state changes, one at a time
+        self.intake = Intake(self)
+        self._tg: anyio.abc.TaskGroup | None = None
+        self._background: dict[str, anyio.CancelScope] = {}  # run id -> planning / starting
 
     @property
     def active_runs(self) -> int:
@@ -95,6 +86,9 @@ class RunManager:
             )
             if attempt.has_checkpoint:
                 resume[attempt.batch_id] = attempt.id
+        for record in await self.store.list_runs(states=("planning",)):
+            # Planning is redone from the stored spec (calls already made stay recorded).
+            self.spawn(record.id, functools.partial(self._replan, record.id))
         runs = await self.store.list_runs(states=_ACTIVE_STATES)
         for record in runs:
             try:
@@ -114,6 +108,16 @@ class RunManager:
         if runs:
             _log.info("recover.done", runs=len(runs), interrupted_attempts=len(resume))
         return len(runs)
+
+    async def _replan(self, run_id: str) -> None:
+        record = await self.store.get_run(run_id)
+        spec_text = (await self.store.get_run_spec(run_id)).spec_text
+        try:
+            spec, plan = await plan_spec(spec_text, record.spec_path, self.config)
+        except BuildRunnerError as exc:
+            await self.fail_planning(run_id, f"could not plan again after a restart: {exc}")
+            return
+        await self.intake.plan_in_daemon(run_id, spec, plan, spec.overview)
 
     async def _open_repo(self, record: RunRecord, active: ActiveRun) -> None:
         if record.repo is None or record.branch is None:
@@ -234,140 +238,71 @@ class RunManager:
         )
         return f"blocked: depends on failed task {', '.join(names) or '?'}"
 
-    # --- submit ---------------------------------------------------------------------------
+    # --- submit (see ._intake) and background work ---------------------------------------
     async def submit(self, request: SubmitRequest) -> RunRecord:
-        """Plan a spec, prepare the run branch, store the run and start it.
-
-        The heuristic plan is always built first (it validates the spec before anything is
-        paid for, and it is the fallback). When the Claude planner is in use (see
-        :meth:`_uses_claude`), its tasks replace the heuristic ones; its billed calls are kept
-        until the run exists, then recorded as the run's costs (purpose ``planner``)."""
+        """Store a run of the requested spec (``queued``, or ``planning`` when a model plans
+        it) and return it at once; planning and the start go on in the background."""
         self._require_sandbox()
-        text, spec_path = await read_spec(request.spec_path, request.spec_text)
-        spec, plan = await plan_spec(text, spec_path, self.config)
-        calls: list[ApiCall] = []
-        notes: list[str] = []
-        try:
-            if self._uses_claude() and spec.features and not spec.tasks:
-                plan, notes = await self._claude_plan(spec, plan, calls)
-            return await self.submit_plan(
-                plan, spec_text=text, spec_path=spec_path, request=request,
-                spec_test_command=spec.test_command, overview=spec.overview,
-                planner_calls=calls, planner_notes=notes,
-            )
-        except BaseException:
-            if calls:  # no run to charge them to: at least the log says what was spent
-                _log.warning("planner.calls_unrecorded", calls=len(calls),
-                             cost_usd=sum(c.cost_usd for c in calls),
-                             reason="the run could not be created")
-            raise
-
-    def _uses_claude(self) -> bool:
-        """``planner.planner`` is ``claude`` or ``auto``, and this daemon runs the anthropic
-        backend (the simulated one has no model to ask: it always plans heuristically)."""
-        return (self.config.planner.planner in ("auto", "claude")
-                and self.executor.name == "anthropic")
-
-    async def _claude_plan(
-        self, spec: Any, heuristic: Plan, calls: list[ApiCall]
-    ) -> tuple[Plan, list[str]]:
-        """Claude decomposes the features (falling back to the heuristic planner itself when
-        its answers are unusable), then the plan is built as usual. Returns the plan and the
-        planner's warnings (also added to ``plan.warnings``)."""
-        from buildrunnerd.agent import ClaudePlanner, choose_planner
-        from buildrunnerd.plan import build_plan
-        from buildrunnerd.plan._model import PlanWarning
-
-        async def record(call: ApiCall) -> None:
-            calls.append(call)  # the run does not exist yet: recorded after create_run
-
-        config = msgspec.structs.replace(
-            self.config, planner=msgspec.structs.replace(self.config.planner, planner="claude"))
-        planner = choose_planner(config, {}, record_call=record)
-        assert isinstance(planner, ClaudePlanner)
-        try:
-            tasks = await planner.decompose(spec)
-        finally:
-            await planner.aclose()
-        notes = list(planner.warnings)
-        try:
-            plan: Plan = await anyio.to_thread.run_sync(
-                lambda: build_plan(spec, tasks, config=self.config.planner)
-            )
-        except BuildRunnerError as exc:
-            # Valid tasks that still cannot be planned (a batch prompt over the budget, ...):
-            # the run goes ahead on the heuristic plan rather than losing what was paid for.
-            notes.append(f"Claude planner tasks could not be planned ({exc}); using the "
-                         "heuristic planner instead")
-            plan = heuristic
-        plan.warnings = [*plan.warnings, *(PlanWarning(line=None, message=n) for n in notes)]
-        _log.info("planner.claude", tasks=len(plan.tasks), calls=len(calls),
-                  warnings=len(notes))
-        return plan, notes
+        return await self.intake.submit(request)
 
     async def submit_plan(
-        self,
-        plan: Plan,
-        *,
-        spec_text: str,
-        spec_path: str | None,
-        request: SubmitRequest,
-        spec_test_command: str | None = None,
-        overview: str | None = None,
-        planner_calls: list[ApiCall] | None = None,
-        planner_notes: list[str] | None = None,
+        self, plan: Plan, *, spec_text: str, spec_path: str | None, request: SubmitRequest,
+        spec_test_command: str | None = None, overview: str | None = None,
     ) -> RunRecord:
-        """Start a run of an already built plan (``submit`` after parsing and planning);
-        ``overview`` is the spec's opening prose for prompts (None: parsed again).
-        ``planner_calls`` are recorded as the run's first costs and ``planner_notes`` become
-        ``plan.warning`` events, before the run starts."""
-        run_id = f"r-{secrets.token_hex(4)}"
-        repo_dir = Path(request.repo) if request.repo else None
-        if repo_dir is not None and not repo_dir.is_absolute():
-            raise RepoError(
-                f"repo must be an absolute path (the daemon does not share your working "
-                f"directory): {request.repo}",
-                data={"repo": request.repo, "reason": "relative path"},
-            )
-        if repo_dir is None and spec_path is not None:
-            repo_dir = await anyio.to_thread.run_sync(git_root, Path(spec_path).parent)
-        branch = base_commit = None
-        if repo_dir is not None:
-            from buildrunnerd.workspace import prepare_run_repo
+        """Store and start a run of an already built plan (no model planning)."""
+        return await self.intake.submit_plan(
+            plan, spec_text=spec_text, spec_path=spec_path, request=request,
+            spec_test_command=spec_test_command, overview=overview,
+        )
 
-            run_repo = await prepare_run_repo(
-                repo_dir, run_id, allow_dirty=request.allow_dirty,
-                timeout_s=self.config.verify.git_timeout_s,
-            )
-            repo_dir, branch, base_commit = run_repo.repo, run_repo.branch, run_repo.base_commit
-        # A run may ask for fewer workers than the daemon's per-run cap, never more (the
-        # cap is what the operator configured; RunInfo.workers shows the effective value).
-        cap = self.config.daemon.max_workers_per_run
-        workers = min(request.workers, cap) if request.workers else min(cap,
-                                                                        self.scheduler.workers)
-        options = RunOptions(
-            workers=workers,
-            budget_usd=(request.budget_usd if request.budget_usd is not None
-                        else self.config.budget_usd),
-            test_cmd=request.test_cmd or spec_test_command or self.config.verify.test_cmd,
-            allow_dirty=request.allow_dirty,
-        )
-        record = await self.store.create_run(
-            NewRun(id=run_id, spec_text=spec_text, spec_path=spec_path,
-                   repo=str(repo_dir) if repo_dir else None, branch=branch,
-                   base_commit=base_commit, options=options),
-            plan,
-        )
-        for call in planner_calls or []:
-            await self.store.record_api_call(run_id, None, call)
-        for note in planner_notes or []:
-            await self.store.append_event(run_id, "plan.warning",
-                                          {"message": note, "planner": "claude"})
-        _log.info("run.submitted", run_id=run_id, tasks=len(plan.tasks),
-                  batches=len(plan.batches), repo=record.repo, workers=options.workers)
+    async def serve(
+        self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED
+    ) -> None:
+        """Own the background work of runs (planning, starting) until cancelled."""
+        async with anyio.create_task_group() as tg:
+            self._tg = tg
+            task_status.started()
+            try:
+                await anyio.sleep_forever()
+            finally:
+                self._tg = None
+
+    def spawn(self, run_id: str, work: Callable[[], Awaitable[None]]) -> None:
+        """Run ``work`` for ``run_id`` in the background (cancelled by ``cancel`` and at
+        shutdown); its failures are logged, never raised into the daemon."""
+        if self._tg is None:
+            raise RuntimeError("RunManager.serve() is not running")
+        scope = anyio.CancelScope()
+        self._background[run_id] = scope
+
+        async def guarded() -> None:
+            try:
+                with scope:
+                    await work()
+            except Exception:
+                _log.exception("run.background_failed", run_id=run_id)
+            finally:
+                if self._background.get(run_id) is scope:
+                    del self._background[run_id]
+
+        self._tg.start_soon(guarded)
+
+    async def start_queued(self, run_id: str, *, overview: str | None = None) -> None:
+        """Activate a stored ``queued`` run (nothing if it was cancelled or paused first)."""
         async with self._lock:
-            await self._activate(record, overview=overview)
-        return await self.store.get_run(run_id)
+            record = await self.store.get_run(run_id)
+            if record.state == "queued" and run_id not in self._active:
+                await self._activate(record, overview=overview)
+
+    async def fail_planning(self, run_id: str, reason: str, *,
+                            data: dict[str, Any] | None = None) -> None:
+        """A ``planning`` run cannot go on: it fails with ``reason`` (what, where, the fix)."""
+        async with self._lock:
+            record = await self.store.get_run(run_id)
+            if record.state == "planning":
+                await self.store.set_run_state(run_id, "failed", event_type="run.failed",
+                                               reason=reason,
+                                               data={"phase": "planning", **(data or {})})
 
     # --- control --------------------------------------------------------------------------
     async def pause(self, run_id: str, *, reason: str | None = None) -> RunRecord:
@@ -408,7 +343,10 @@ class RunManager:
         """Cancel in-flight work and mark everything that has not succeeded cancelled."""
         async with self._lock:
             record = await self.store.get_run(run_id)
-            _require(record, _ACTIVE_STATES, "cancel")
+            _require(record, ("planning", *_ACTIVE_STATES), "cancel")
+            background = self._background.pop(run_id, None)
+            if background is not None:
+                background.cancel()  # planning, or its start
             active = self._active.pop(run_id, None)
             slot = self.scheduler.remove(run_id)
             if active is not None:

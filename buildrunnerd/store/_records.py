@@ -48,6 +48,8 @@ class RunOptions(msgspec.Struct, kw_only=True):
     budget_usd: float | None = None
     test_cmd: str | None = None
     allow_dirty: bool = False
+    #: A run without a repository: the folder that keeps its results (None: a git run).
+    scratch_dir: str | None = None
 
 
 class NewRun(msgspec.Struct, kw_only=True):
@@ -116,6 +118,7 @@ class RunRecord(msgspec.Struct, kw_only=True):
             workers=self.options.workers, budget_usd=self.options.budget_usd,
             cost_usd=self.cost_usd, test_cmd=self.options.test_cmd, reason=self.reason,
             tasks_by_state=counts, task_count=sum(counts.values()),
+            scratch_dir=self.options.scratch_dir,
         )
 
 

@@ -94,80 +94,78 @@ class Store(AttemptMethods, CostMethods):
     """
 
     # --- runs ---------------------------------------------------------------------------
-    async def create_run(self, new: NewRun, plan: Plan) -> RunRecord:
-        """Store a submitted run in ONE transaction: the run (``queued``), its features, tasks
-        (``pending``), batches (``pending``) and their dependencies, and the ``run.submitted``
-        event ``{title, tasks, batches}``."""
+    async def create_run(self, new: NewRun, plan: Plan | None) -> RunRecord:
+        """Store a submitted run in ONE transaction: the run, its spec, and the
+        ``run.submitted`` event ``{title, tasks, batches, spec_path, repo, scratch_dir}``.
+
+        With a ``plan``, the run is ``queued`` with its features, tasks (``pending``), batches
+        (``pending``) and their dependencies. Without one it is ``planning`` (the daemon is
+        still planning it: no tasks yet) until :meth:`set_run_plan`; ``new.title`` is then
+        required."""
         run_id = new.id
-        title = new.title if new.title is not None else plan.spec_title
-        batch_of: dict[str, str] = {}
-        for batch in plan.batches:
-            for task_id in batch.task_ids:
-                batch_of[task_id] = batch.id
+        title = new.title if new.title is not None else plan.spec_title if plan else None
+        if title is None:
+            raise TypeError("create_run() without a plan needs NewRun.title")
+        state = "queued" if plan is not None else "planning"
 
         async def create(txn: Txn) -> RunRecord:
             await txn.execute(
                 "INSERT INTO runs (id, title, state, spec_path, repo, branch, base_commit,"
-                " options_json, created_at) VALUES (?, ?, 'queued', ?, ?, ?, ?, ?, ?)",
-                (run_id, title, new.spec_path, new.repo, new.branch, new.base_commit,
+                " options_json, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (run_id, title, state, new.spec_path, new.repo, new.branch, new.base_commit,
                  encode_json(new.options), txn.ts),
             )
             await txn.execute(
                 "INSERT INTO run_specs (run_id, spec_text, plan_json) VALUES (?, ?, ?)",
-                (run_id, new.spec_text, msgspec.json.encode(plan).decode()),
+                (run_id, new.spec_text,
+                 msgspec.json.encode(plan).decode() if plan is not None else None),
             )
-            await txn.executemany(
-                "INSERT INTO features (run_id, plan_id, name, line, depends_on)"
-                " VALUES (?, ?, ?, ?, ?)",
-                [(run_id, f.id, f.name, f.line, encode_json(f.depends_on)) for f in plan.features],
-            )
-            await txn.executemany(
-                "INSERT INTO batches (id, run_id, plan_id, position, task_ids, domain,"
-                " estimate_minutes, priority_minutes, prompt_tokens, state)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 'pending')",
-                [
-                    (global_id(run_id, b.id), run_id, b.id, i,
-                     encode_json([global_id(run_id, t) for t in b.task_ids]), b.domain,
-                     b.estimate_minutes, b.priority_minutes, b.prompt_tokens)
-                    for i, b in enumerate(plan.batches)
-                ],
-            )
-            await txn.executemany(
-                "INSERT INTO batch_deps (batch_id, depends_on) VALUES (?, ?)",
-                [
-                    (global_id(run_id, b.id), global_id(run_id, dep))
-                    for b in plan.batches for dep in dict.fromkeys(b.depends_on)
-                ],
-            )
-            await txn.executemany(
-                "INSERT INTO tasks (id, run_id, plan_id, position, feature, title, domain,"
-                " complexity, estimate_minutes, description, files, acceptance_criteria,"
-                " batch_id, state, updated_at)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'pending', ?)",
-                [
-                    (global_id(run_id, t.id), run_id, t.id, i, t.feature, t.title, t.domain,
-                     t.complexity, t.estimate_minutes, t.description, encode_json(t.files),
-                     encode_json(t.acceptance_criteria),
-                     global_id(run_id, batch_of[t.id]) if t.id in batch_of else None, txn.ts)
-                    for i, t in enumerate(plan.tasks)
-                ],
-            )
-            await txn.executemany(
-                "INSERT INTO task_deps (task_id, depends_on) VALUES (?, ?)",
-                [
-                    (global_id(run_id, t.id), global_id(run_id, dep))
-                    for t in plan.tasks for dep in dict.fromkeys(t.depends_on)
-                ],
-            )
+            if plan is not None:
+                await _insert_plan(txn, run_id, plan)
             txn.add_event(
                 run_id, "run.submitted",
-                {"title": title, "tasks": len(plan.tasks), "batches": len(plan.batches),
-                 "spec_path": new.spec_path, "repo": new.repo},
+                {"title": title, "tasks": len(plan.tasks) if plan else None,
+                 "batches": len(plan.batches) if plan else None, "state": state,
+                 "spec_path": new.spec_path, "repo": new.repo,
+                 "scratch_dir": new.options.scratch_dir},
             )
             rows = await txn.fetchall(f"SELECT {_RUN_COLUMNS} FROM runs WHERE id = ?", (run_id,))
             return _run_from_row(rows[0])
 
         record, _ = await self._write(f"creating run {run_id}", create)
+        return record
+
+    async def set_run_plan(
+        self, run_id: str, plan: Plan, *, data: dict[str, Any] | None = None
+    ) -> RunRecord:
+        """A ``planning`` run gets its plan, in ONE transaction: features, tasks, batches,
+        the plan itself, the state ``queued`` and the ``run.planned`` event
+        ``{from, to, tasks, batches, **data}``. InvalidStateError if it is not planning (it
+        was cancelled meanwhile, say)."""
+
+        async def store_plan(txn: Txn) -> RunRecord:
+            rows = await txn.fetchall("SELECT state FROM runs WHERE id = ?", (run_id,))
+            if not rows:
+                raise not_found("run", run_id)
+            if rows[0][0] != "planning":
+                raise InvalidStateError(
+                    f"run {run_id} is {rows[0][0]}, not planning: its plan cannot be set",
+                    data={"state": rows[0][0], "allowed": ["planning"]},
+                )
+            await txn.execute(
+                "UPDATE run_specs SET plan_json = ? WHERE run_id = ?",
+                (msgspec.json.encode(plan).decode(), run_id),
+            )
+            await _insert_plan(txn, run_id, plan)
+            await txn.execute("UPDATE runs SET state = 'queued' WHERE id = ?", (run_id,))
+            txn.add_event(run_id, "run.planned", {
+                "from": "planning", "to": "queued", "tasks": len(plan.tasks),
+                "batches": len(plan.batches), **(data or {}),
+            })
+            rows = await txn.fetchall(f"SELECT {_RUN_COLUMNS} FROM runs WHERE id = ?", (run_id,))
+            return _run_from_row(rows[0])
+
+        record, _ = await self._write(f"storing the plan of run {run_id}", store_plan)
         return record
 
     async def get_run(self, run_id: str) -> RunRecord:
@@ -484,6 +482,57 @@ class Store(AttemptMethods, CostMethods):
 
 
 # --- transaction steps shared by the single-change methods and transition() ---------------
+async def _insert_plan(txn: Txn, run_id: str, plan: Plan) -> None:
+    """A run's features, batches, tasks and their dependencies (plan ids made global)."""
+    batch_of: dict[str, str] = {}
+    for batch in plan.batches:
+        for task_id in batch.task_ids:
+            batch_of[task_id] = batch.id
+    await txn.executemany(
+        "INSERT INTO features (run_id, plan_id, name, line, depends_on)"
+        " VALUES (?, ?, ?, ?, ?)",
+        [(run_id, f.id, f.name, f.line, encode_json(f.depends_on)) for f in plan.features],
+    )
+    await txn.executemany(
+        "INSERT INTO batches (id, run_id, plan_id, position, task_ids, domain,"
+        " estimate_minutes, priority_minutes, prompt_tokens, state)"
+        " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 'pending')",
+        [
+            (global_id(run_id, b.id), run_id, b.id, i,
+             encode_json([global_id(run_id, t) for t in b.task_ids]), b.domain,
+             b.estimate_minutes, b.priority_minutes, b.prompt_tokens)
+            for i, b in enumerate(plan.batches)
+        ],
+    )
+    await txn.executemany(
+        "INSERT INTO batch_deps (batch_id, depends_on) VALUES (?, ?)",
+        [
+            (global_id(run_id, b.id), global_id(run_id, dep))
+            for b in plan.batches for dep in dict.fromkeys(b.depends_on)
+        ],
+    )
+    await txn.executemany(
+        "INSERT INTO tasks (id, run_id, plan_id, position, feature, title, domain,"
+        " complexity, estimate_minutes, description, files, acceptance_criteria,"
+        " batch_id, state, updated_at)"
+        " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'pending', ?)",
+        [
+            (global_id(run_id, t.id), run_id, t.id, i, t.feature, t.title, t.domain,
+             t.complexity, t.estimate_minutes, t.description, encode_json(t.files),
+             encode_json(t.acceptance_criteria),
+             global_id(run_id, batch_of[t.id]) if t.id in batch_of else None, txn.ts)
+            for i, t in enumerate(plan.tasks)
+        ],
+    )
+    await txn.executemany(
+        "INSERT INTO task_deps (task_id, depends_on) VALUES (?, ?)",
+        [
+            (global_id(run_id, t.id), global_id(run_id, dep))
+            for t in plan.tasks for dep in dict.fromkeys(t.depends_on)
+        ],
+    )
+
+
 async def _apply_run_change(txn: Txn, change: RunChange) -> None:
     run_id, to, event_type, reason, data = change
     if to not in _RUN_STATES:
