@@ -244,6 +244,7 @@ class _Daemon:
     async def _serve(self) -> int:
         from buildrunnerd.daemon import _notify
         from buildrunnerd.daemon._events import EventBus
+        from buildrunnerd.daemon._hooks import RunEndHooks
         from buildrunnerd.daemon._methods import DaemonMethods
         from buildrunnerd.daemon._runs import RunManager
         from buildrunnerd.rpc import Dispatcher, RpcServer, SocketInUseError
@@ -295,6 +296,16 @@ class _Daemon:
                                    f"{runs.scheduler.in_flight} batch(es) in flight")
 
             bus.add_listener(report_status)
+
+            async def finished_run(run_id: str) -> Any:
+                record = await store.get_run(run_id)
+                counts = (await store.task_counts([run_id])).get(run_id, {})
+                return record.to_info(tasks_by_state=counts)
+
+            # The hook is the operator's command, but it needs no API key: not in its env.
+            hook_env = {k: v for k, v in self.env.items() if not k.startswith("ANTHROPIC_")}
+            hooks = RunEndHooks(config=lambda: self.config, run_info=finished_run, env=hook_env)
+            bus.add_listener(hooks.on_event)
             server = RpcServer(
                 self.socket, dispatcher, max_frame_bytes=config.daemon.max_frame_bytes,
                 idle_timeout_s=config.daemon.client_idle_timeout_s,
@@ -308,6 +319,7 @@ class _Daemon:
                     tg.start_soon(self._watch_signals, runs)
                     await tg.start(runs.scheduler.run)
                     await tg.start(runs.serve)
+                    await tg.start(hooks.serve)
                     recovered = await runs.recover()
                     await tg.start(server.serve)
                     tg.start_soon(self._retention, store)
