@@ -21,6 +21,7 @@ import dataclasses
 import fcntl
 import os
 import signal
+import socket
 import sys
 import time
 from collections.abc import Iterator
@@ -182,6 +183,7 @@ class _Daemon:
         self.started = time.monotonic()
         self.config: Config = Config()
         self._tg: anyio.abc.TaskGroup | None = None
+        self.listen_socket: socket.socket | None = None  # from systemd socket activation
 
     def request_stop(self, conn: Any = None) -> None:
         """Stop gracefully. From ``daemon.shutdown``: once the caller has its answer (it closes
@@ -208,7 +210,13 @@ class _Daemon:
             return 1
         configure_logging(self.options.log_format or self.config.daemon.log_format,
                           self.config.daemon.log_level)
-        pid = await probe_daemon(self.socket)
+        try:
+            self._take_activated_socket()
+        except ConfigError as exc:
+            _err(str(exc))
+            return 1
+        # An activated socket is ours already: probing it would wait on ourselves.
+        pid = None if self.listen_socket is not None else await probe_daemon(self.socket)
         if pid is not None:
             who = f"pid {pid}" if pid > 0 else "something else answers there"
             _err(f"already running ({who}) on {self.socket}; stop it first (brctl shutdown) "
@@ -240,6 +248,36 @@ class _Daemon:
                     _log.error("daemon.crashed", exc_info=error)
                     _err(f"internal error: {type(error).__name__}: {error}")
                 return 1
+
+    def _take_activated_socket(self) -> None:
+        """systemd socket activation (``buildrunnerd.socket``): serve the socket it passed
+        (``LISTEN_FDS``), whose path wins over ``--socket``; the variables are not passed on
+        to the agents or hooks."""
+        from buildrunnerd.daemon._notify import listen_fds
+
+        fds = listen_fds()
+        for name in ("LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES"):
+            self.env.pop(name, None)
+        if not fds:
+            return
+        sock = socket.socket(fileno=fds[0])
+        for extra in fds[1:]:
+            os.close(extra)  # one control socket is all we serve
+        if sock.family != socket.AF_UNIX or sock.type != socket.SOCK_STREAM:
+            sock.close()
+            raise ConfigError("the socket passed by systemd is not a Unix stream socket; use "
+                              "ListenStream=%t/buildrunner/buildrunnerd.sock in the .socket unit")
+        path = sock.getsockname()
+        if isinstance(path, str) and path and Path(path) != self.socket:
+            if self.options.socket_path is not None:
+                _log.warning("socket.activation_overrides", socket=path,
+                             ignored=str(self.socket))
+            self.socket = Path(path)
+        # The contract's 0600 also for a socket made by a launcher that did not set it
+        # (SocketMode=0600 in buildrunnerd.socket does); peer uids are checked regardless.
+        with contextlib.suppress(OSError):
+            os.chmod(self.socket, 0o600)
+        self.listen_socket = sock
 
     async def _serve(self) -> int:
         from buildrunnerd.daemon import _notify
@@ -311,6 +349,7 @@ class _Daemon:
                 idle_timeout_s=config.daemon.client_idle_timeout_s,
                 write_timeout_s=config.daemon.write_timeout_s,
                 queue_size=config.daemon.subscriber_queue_size,
+                listen_socket=self.listen_socket,
             )
             exit_code = 0
             try:
