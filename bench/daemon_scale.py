@@ -11,7 +11,7 @@ Reported per run: tasks/s from ``run.submit`` to the ``run.succeeded`` event (pl
 included; a watcher subscribed to the run's events meanwhile, as ``brctl status --follow``
 is), the daemon's peak RSS (``VmHWM``), the database size (file + WAL) at the end, and the
 latency of ``brctl --json status RUN`` and ``brctl --json logs RUN`` (fresh processes, median
-of 3) and of the daemon's ``run.get`` alone (median of 5, on an open connection).
+of ``--repeats``, 3) and of the daemon's ``run.get`` alone (median of 5, on an open connection).
 
 Target (scratch runs): tasks/s at 10,000 >= 0.8 x tasks/s at 1,000. A git run that does not
 finish within ``--timeout-s`` is reported with how far it got.
@@ -171,7 +171,9 @@ def _median_ms(argv: list[str], env: dict[str, str], repeats: int) -> float:
     return round(statistics.median(times) * 1000, 1)
 
 
-def bench_one(kind: str, tasks: int, workers: int, timeout_s: float) -> dict[str, Any]:
+def bench_one(
+    kind: str, tasks: int, workers: int, timeout_s: float, repeats: int = 3
+) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix=f"scale-{kind}-{tasks}-") as tmp:
         workdir = Path(tmp)
         spec = generated_spec(tasks)
@@ -207,7 +209,7 @@ def bench_one(kind: str, tasks: int, workers: int, timeout_s: float) -> dict[str
             info = client.call("run.list")[0]
             done = info["tasks_by_state"].get("succeeded", 0)
             rpc_times = []
-            for _ in range(5):
+            for _ in range(repeats + 2):
                 t0 = time.perf_counter()
                 client.call("run.get", run_id=run_id)
                 rpc_times.append(time.perf_counter() - t0)
@@ -222,8 +224,8 @@ def bench_one(kind: str, tasks: int, workers: int, timeout_s: float) -> dict[str
                 "peak_rss_mb": round(daemon.peak_rss_mb(), 1),
                 "db_mb": round(daemon.db_mb(), 1),
                 "run_get_ms": round(statistics.median(rpc_times) * 1000, 1),
-                "status_ms": _median_ms([brctl, "--json", "status", run_id], env, 3),
-                "logs_ms": _median_ms([brctl, "--json", "logs", run_id], env, 3),
+                "status_ms": _median_ms([brctl, "--json", "status", run_id], env, repeats),
+                "logs_ms": _median_ms([brctl, "--json", "logs", run_id], env, repeats),
             }
         finally:
             daemon.stop()
@@ -237,13 +239,15 @@ def main() -> int:
     parser.add_argument("--workers", type=int, default=4)
     parser.add_argument("--timeout-s", type=float, default=900.0,
                         help="give up on a run after this long (reported as a timeout)")
+    parser.add_argument("--repeats", type=int, default=3,
+                        help="brctl status/logs runs per figure (the median is reported)")
     parser.add_argument("--json", action="store_true", help="print the rows as JSON")
     args = parser.parse_args()
     sizes = [int(s) for s in args.sizes.split(",")]
     rows = []
     for kind in args.kinds.split(","):
         for size in sizes:
-            row = bench_one(kind, size, args.workers, args.timeout_s)
+            row = bench_one(kind, size, args.workers, args.timeout_s, args.repeats)
             rows.append(row)
             if not args.json:
                 print(json.dumps(row), flush=True)

@@ -71,9 +71,14 @@ async def read_spec(spec_path: str | None, spec_text: str | None) -> tuple[str, 
         text = await anyio.Path(path).read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
         why = exc.strerror if isinstance(exc, OSError) else str(exc)
+        hint = "check the path and its permissions"
+        if isinstance(exc, FileNotFoundError) and path.is_relative_to("/tmp"):
+            # A daemon under systemd with PrivateTmp=yes has a /tmp of its own.
+            hint += ("; if the daemon runs as a systemd service with PrivateTmp=yes, it cannot "
+                     "see your /tmp: move the project out of /tmp or drop PrivateTmp "
+                     "(docs/operations.md)")
         raise SpecError(
-            [Problem(None, f"cannot read the spec: {why}; check the path and its permissions")],
-            path=str(path),
+            [Problem(None, f"cannot read the spec: {why}; {hint}")], path=str(path),
         ) from exc
     return text, str(path)
 
