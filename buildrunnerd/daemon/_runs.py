@@ -1,4 +1,6 @@
-"""The run manager: submit, start, recover, pause, resume, cancel, retry, finish.
+"""The run manager: the run state machine (start, recover, pause, resume, cancel, retry) and
+the background work of runs. Submit and intake are in :mod:`._intake`, executing batches and
+applying their results (to the end of a run) in :mod:`._results`.
 
 It owns the in-memory view of every active run (:class:`~._batch.ActiveRun` + the scheduler's
 :class:`~._scheduler.RunSlot`) and keeps it in step with the store: every decision is written
@@ -9,7 +11,6 @@ leaves a state that recovery can continue from.
 from __future__ import annotations
 
 import functools
-from collections import Counter
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -19,12 +20,12 @@ import anyio.abc
 import structlog
 
 from buildrunnerd import protocol
-from buildrunnerd.daemon._batch import ActiveRun, BatchResult, run_batch_lifecycle
+from buildrunnerd.daemon._batch import ActiveRun
 from buildrunnerd.daemon._intake import Intake, SubmitRequest, plan_spec
+from buildrunnerd.daemon._results import BatchResults, close_workspace
 from buildrunnerd.daemon._scheduler import BatchSpec, RunGraph, RunSlot, Scheduler
-from buildrunnerd.errors import BuildRunnerError, InvalidStateError, StoreError
+from buildrunnerd.errors import BuildRunnerError, InvalidStateError
 from buildrunnerd.executor import Executor
-from buildrunnerd.logging import bind_ids
 from buildrunnerd.plan._model import Plan
 from buildrunnerd.sandbox import Confinement
 from buildrunnerd.store._records import BatchRecord, RunChange, RunRecord, TaskChange, TaskRecord
@@ -38,7 +39,6 @@ __all__ = ["RunManager", "tasks_by_state"]
 _log = structlog.get_logger("buildrunnerd.runs")
 
 _ACTIVE_STATES = ("queued", "running", "paused")
-_STORE_FAILURE_PAUSE_S = 10.0  # writing the pause itself, when the database just failed
 
 
 class RunManager:
@@ -60,16 +60,18 @@ class RunManager:
         self.executor = executor
         self.config = config
         self.home = home
-        self.scheduler = Scheduler(workers, self._execute)
-        self._active: dict[str, ActiveRun] = {}
-        self._lock = anyio.Lock()  # run-level state changes, one at a time
+        self.results = BatchResults(self)
+        self.scheduler = Scheduler(workers, self.results.execute)
+        #: The runs being executed (activated), by id.
+        self.active: dict[str, ActiveRun] = {}
+        self.lock = anyio.Lock()  # run-level state changes, one at a time
         self.intake = Intake(self)
         self._tg: anyio.abc.TaskGroup | None = None
         self._background: dict[str, anyio.CancelScope] = {}  # run id -> planning / starting
 
     @property
     def active_runs(self) -> int:
-        return len(self._active)
+        return len(self.active)
 
     # --- start-up -------------------------------------------------------------------------
     async def recover(self) -> int:
@@ -168,13 +170,13 @@ class RunManager:
         await self._sync_store(record.id, batches, graph, tasks)
         slot = RunSlot(record.id, graph, workers=record.options.workers,
                        paused=record.state == "paused" or self._sandbox_missing())
-        self._active[record.id] = active
+        self.active[record.id] = active
         if start and record.state == "queued":
             await self.store.set_run_state(record.id, "running", event_type="run.started")
         if not start:
             return active, slot  # the caller (retry) changes the graph, then adds the slot
         if graph.finished and record.state != "paused":
-            await self._finish_run(active, graph)
+            await self.results.finish_run(active, graph)
             return active, slot
         self.scheduler.add(slot)
         return active, slot
@@ -289,15 +291,15 @@ class RunManager:
 
     async def start_queued(self, run_id: str, *, overview: str | None = None) -> None:
         """Activate a stored ``queued`` run (nothing if it was cancelled or paused first)."""
-        async with self._lock:
+        async with self.lock:
             record = await self.store.get_run(run_id)
-            if record.state == "queued" and run_id not in self._active:
+            if record.state == "queued" and run_id not in self.active:
                 await self._activate(record, overview=overview)
 
     async def fail_planning(self, run_id: str, reason: str, *,
                             data: dict[str, Any] | None = None) -> None:
         """A ``planning`` run cannot go on: it fails with ``reason`` (what, where, the fix)."""
-        async with self._lock:
+        async with self.lock:
             record = await self.store.get_run(run_id)
             if record.state == "planning":
                 await self.store.set_run_state(run_id, "failed", event_type="run.failed",
@@ -307,7 +309,7 @@ class RunManager:
     # --- control --------------------------------------------------------------------------
     async def pause(self, run_id: str, *, reason: str | None = None) -> RunRecord:
         """Stop dispatching new batches of a run; in-flight batches finish."""
-        async with self._lock:
+        async with self.lock:
             record = await self.store.get_run(run_id)
             _require(record, ("queued", "running"), "pause")
             slot = self.scheduler.get(run_id)
@@ -320,7 +322,7 @@ class RunManager:
     async def resume(self, run_id: str) -> RunRecord:
         """Dispatch a paused run's batches again."""
         self._require_sandbox()
-        async with self._lock:
+        async with self.lock:
             record = await self.store.get_run(run_id)
             slot = self.scheduler.get(run_id)
             if not (slot is not None and slot.paused and record.state == "running"):
@@ -328,12 +330,12 @@ class RunManager:
                 # failed - is resumed too.)
                 _require(record, ("paused",), "resume")
                 await self.store.set_run_state(run_id, "running", event_type="run.resumed")
-            active = self._active.get(run_id)
+            active = self.active.get(run_id)
             if slot is None or active is None:
                 await self._activate(await self.store.get_run(run_id))
             elif slot.graph.finished and not slot.in_flight:
                 # Its last result was stored but the run's end was not (the database failed).
-                await self._finish_run(active, slot.graph)
+                await self.results.finish_run(active, slot.graph)
             else:
                 slot.paused = False
                 self.scheduler.wake()
@@ -341,13 +343,13 @@ class RunManager:
 
     async def cancel(self, run_id: str) -> RunRecord:
         """Cancel in-flight work and mark everything that has not succeeded cancelled."""
-        async with self._lock:
+        async with self.lock:
             record = await self.store.get_run(run_id)
             _require(record, ("planning", *_ACTIVE_STATES), "cancel")
             background = self._background.pop(run_id, None)
             if background is not None:
                 background.cancel()  # planning, or its start
-            active = self._active.pop(run_id, None)
+            active = self.active.pop(run_id, None)
             slot = self.scheduler.remove(run_id)
             if active is not None:
                 active.cancelling = True
@@ -367,13 +369,13 @@ class RunManager:
                 if batch.state not in ("succeeded", "cancelled"):
                     await self.store.set_batch_state(batch.id, "cancelled")
             if active is not None:
-                await _close_workspace(active)
+                await close_workspace(active)
             return await self.store.get_run(run_id)
 
     async def retry_task(self, task_id: str) -> TaskRecord:
         """Re-queue a failed task's batch and unblock what waited on it."""
         self._require_sandbox()
-        async with self._lock:
+        async with self.lock:
             task = await self.store.get_task(task_id)
             if task.state != "failed":
                 raise InvalidStateError(
@@ -418,163 +420,6 @@ class RunManager:
                 "the budget and resume",
             )
 
-    # --- executing batches (called by the scheduler) ----------------------------------------
-    async def _execute(self, slot: RunSlot, batch_id: str) -> None:
-        active = self._active.get(slot.run_id)
-        if active is None:
-            return
-        plan_batch = active.batches_by_plan_id.get(ActiveRun.plan_id(batch_id))
-        # Global ids, comma-joined: what `brctl task` takes, and grep-able in the log.
-        task_ids = ",".join(active.gid(t) for t in plan_batch.task_ids) if plan_batch else None
-        # Every log line of this batch (ours, the agent's, git's, the failure paths') carries
-        # its ids.
-        with bind_ids(run_id=slot.run_id, batch_id=batch_id, task_id=task_ids):
-            await self._execute_bound(active, slot, batch_id)
-
-    async def _execute_bound(self, active: ActiveRun, slot: RunSlot, batch_id: str) -> None:
-        try:
-            result = active.unrecorded.pop(batch_id, None)
-            if result is None:
-                _log.info("batch.started")
-                result = await self._run_lifecycle(active, batch_id)
-                _log.info("batch.finished", status=result.status, reason=result.reason)
-            else:  # done before the database failed: record it, do not run it again
-                _log.info("batch.recording_again", status=result.status)
-            if active.cancelling:
-                return
-            try:
-                await self._apply_result(active, slot, batch_id, result)
-            except StoreError:
-                if slot.graph.state(batch_id) == "running":
-                    # Nothing of the result was written (one transaction): keep it for the
-                    # next dispatch rather than paying for the batch again.
-                    active.unrecorded[batch_id] = result
-                raise
-        except anyio.get_cancelled_exc_class():
-            if not active.cancelling:
-                slot.graph.requeue(batch_id)  # shutdown: recovery re-queues it in the store
-            raise
-        except StoreError as exc:
-            await self._pause_on_store_error(slot, batch_id, exc)
-
-    async def _run_lifecycle(self, active: ActiveRun, batch_id: str) -> BatchResult:
-        """The batch's lifecycle; a bug in it fails the batch (StoreError and cancellation
-        are for the caller: they pause / interrupt the run instead)."""
-        try:
-            return await run_batch_lifecycle(
-                store=self.store, executor=self.executor, config=self.config, run=active,
-                batch_id=batch_id, on_budget_exceeded=self.budget_exceeded,
-                confinement=self.confinement,
-            )
-        except StoreError:
-            raise
-        except Exception as exc:
-            _log.exception("batch.crashed", batch_id=batch_id)
-            return BatchResult("failed", reason=f"{type(exc).__name__}: {exc}")
-
-    async def _pause_on_store_error(self, slot: RunSlot, batch_id: str, exc: StoreError) -> None:
-        """The database failed while a batch ran or was recorded (full disk, locked file):
-        the batch goes back to the queue and the run pauses with the reason. Only this run
-        stops; the daemon goes on serving. If the pause itself cannot be written, the run is
-        still paused in memory and ``resume`` accepts it (see :meth:`resume`)."""
-        _log.error("batch.store_failed", batch_id=batch_id, error=str(exc))
-        slot.graph.requeue(batch_id)
-        slot.paused = True
-        reason = (f"the database failed: {exc}; free space / check the disk, then "
-                  f"`brctl resume {slot.run_id}`")
-        with anyio.move_on_after(_STORE_FAILURE_PAUSE_S):
-            try:
-                async with self._lock:
-                    record = await self.store.get_run(slot.run_id)
-                    if record.state in ("queued", "running"):
-                        await self.store.set_run_state(
-                            slot.run_id, "paused", event_type="run.paused", reason=reason)
-            except BuildRunnerError as again:
-                _log.error("run.pause_failed", run_id=slot.run_id, error=str(again),
-                           hint=f"the run is paused in memory; `brctl resume {slot.run_id}` "
-                                "once the database works again")
-
-    async def _apply_result(
-        self, active: ActiveRun, slot: RunSlot, batch_id: str, result: BatchResult
-    ) -> None:
-        """Write a batch's result, then (only once it is stored) move the graph: a write that
-        fails leaves the graph where the store is, with the batch still running."""
-        graph = slot.graph
-        plan_batch = active.batches_by_plan_id[ActiveRun.plan_id(batch_id)]
-        task_gids = [active.gid(t) for t in plan_batch.task_ids]
-        if result.status == "succeeded":
-            newly_ready = graph.would_ready(batch_id)
-            changes = [TaskChange(t, "succeeded", model=result.model) for t in task_gids]
-            for ready_id in newly_ready:
-                ready_batch = active.batches_by_plan_id[ActiveRun.plan_id(ready_id)]
-                changes += [TaskChange(active.gid(t), "ready") for t in ready_batch.task_ids]
-            await self.store.transition(
-                run=None,
-                batch=(batch_id, "succeeded", "batch.succeeded",
-                       {"commit": result.commit, "model": result.model}, result.model),
-                tasks=changes, events=[],
-            )
-            graph.succeed(batch_id)
-            active.summaries.append(result.summary or "; ".join(
-                active.tasks_by_plan_id[t].title for t in plan_batch.task_ids))
-        elif result.status == "failed":
-            newly_blocked = graph.would_block(batch_id)
-            reason = result.reason or "failed"
-            changes = [TaskChange(t, "failed", reason=reason) for t in task_gids]
-            why = f"blocked: depends on failed task {', '.join(plan_batch.task_ids)}"
-            for blocked_id in newly_blocked:
-                blocked = active.batches_by_plan_id[ActiveRun.plan_id(blocked_id)]
-                changes += [TaskChange(active.gid(t), "blocked", reason=why)
-                            for t in blocked.task_ids]
-            await self.store.transition(
-                run=None,
-                batch=(batch_id, "failed", "batch.failed", {"reason": reason}),
-                tasks=changes, events=[],
-            )
-            graph.fail(batch_id)
-        else:  # interrupted (budget, backend cancelled): back to the queue
-            await self.store.transition(
-                run=None, batch=(batch_id, "pending", "batch.requeued",
-                                 {"reason": result.reason}),
-                tasks=[TaskChange(t, "ready", reason=result.reason) for t in task_gids],
-                events=[],
-            )
-            graph.requeue(batch_id)
-        if graph.finished:
-            async with self._lock:
-                if self._active.get(active.id) is active and graph.finished:
-                    await self._finish_run(active, graph)
-
-    async def _finish_run(self, active: ActiveRun, graph: RunGraph) -> None:
-        # Out of the active set before the final event (the STATUS line counts active runs),
-        # but back in it if the database fails: the run then stays active (paused by the
-        # caller), and `resume` finishes it (see :meth:`resume`).
-        self._active.pop(active.id, None)
-        # Its worktrees go before the final event: whoever sees it sees them gone.
-        await _close_workspace(active)
-        try:
-            await self._write_final_state(active, graph)
-        except BaseException:
-            self._active[active.id] = active
-            raise
-        self.scheduler.remove(active.id)
-
-    async def _write_final_state(self, active: ActiveRun, graph: RunGraph) -> None:
-        if graph.all_succeeded:
-            await self.store.set_run_state(
-                active.id, "succeeded", event_type="run.succeeded",
-                data={"branch": active.branch, "batches": len(graph.states())},
-            )
-            _log.info("run.succeeded", run_id=active.id, branch=active.branch)
-        else:
-            counts = Counter(graph.states().values())
-            reason = (f"{counts.get('failed', 0)} batch(es) failed, "
-                      f"{counts.get('blocked', 0)} blocked; see `brctl tasks` and retry the "
-                      "failed tasks")
-            await self.store.set_run_state(active.id, "failed", event_type="run.failed",
-                                           reason=reason, data=dict(counts))
-            _log.info("run.failed", run_id=active.id, reason=reason)
-
     # --- shutdown -------------------------------------------------------------------------
     async def shutdown(self, grace_period_s: float) -> None:
         """Stop dispatching; give in-flight batches ``grace_period_s`` to finish, then cancel
@@ -587,17 +432,6 @@ class RunManager:
             self.scheduler.cancel_in_flight()
             with anyio.move_on_after(15.0, shield=True):
                 await self.scheduler.wait_idle()
-
-
-async def _close_workspace(active: ActiveRun) -> None:
-    """Remove the run's idle (reusable) worktrees; a leftover is cleaned at the next start."""
-    if active.run_repo is None:
-        return
-    with anyio.move_on_after(60.0, shield=True):
-        try:
-            await active.run_repo.close()
-        except BuildRunnerError as exc:
-            _log.warning("worktree.close_failed", run_id=active.id, error=str(exc))
 
 
 def _require(record: RunRecord, allowed: tuple[str, ...], action: str) -> None:
