@@ -263,6 +263,18 @@ class Database:
             self._publish(txn.events)
         return result, txn.events
 
+    async def _write_one(self, what: str, sql: str, params: Sequence[Any] = ()) -> int:
+        """ONE statement with no events, in autocommit mode (a single statement is atomic by
+        itself): two hops fewer than a transaction. Returns the rows it changed."""
+        async with self._lock:
+            self._check_open()
+            try:
+                with anyio.CancelScope(shield=True):
+                    cursor = await self._conn.execute(sql, params)
+            except sqlite3.Error as exc:
+                raise translate_error(exc, self._path, what) from exc
+            return int(cursor.rowcount)
+
     async def _read(self, what: str, body: Callable[[Reader], Awaitable[T]]) -> T:
         """Run ``body`` (queries only) between transactions."""
         async with self._lock:

@@ -9,7 +9,7 @@ from typing import Any, get_args
 import msgspec
 
 from buildrunnerd import protocol
-from buildrunnerd.errors import InvalidStateError
+from buildrunnerd.errors import InvalidStateError, StoreError
 from buildrunnerd.plan._model import Plan
 from buildrunnerd.store._attempts import AttemptMethods
 from buildrunnerd.store._costs import CostMethods, from_nanousd
@@ -446,11 +446,16 @@ class Store(AttemptMethods, CostMethods):
         """Store one event (its own transaction) and return it with its id and ``ts``."""
 
         async def append(txn: Txn) -> None:
-            if not await txn.fetchall("SELECT 1 FROM runs WHERE id = ?", (run_id,)):
-                raise not_found("run", run_id)
             txn.add_event(run_id, type, data, batch_id=batch_id, task_id=task_id)
 
-        _, events = await self._write(f"storing a {type} event of run {run_id}", append)
+        try:
+            _, events = await self._write(f"storing a {type} event of run {run_id}", append)
+        except StoreError as exc:
+            # The run's existence is checked by the foreign key (one statement less on the
+            # hot path): the only constraint an event row can break.
+            if str(exc.data.get("sqlite_error", "")).startswith("SQLITE_CONSTRAINT"):
+                raise not_found("run", run_id) from None
+            raise
         return events[0]
 
     async def list_events(
