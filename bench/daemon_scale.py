@@ -191,10 +191,14 @@ def bench_one(
             submit_s = time.perf_counter() - start
             run_id = run["id"]
             watcher.call("events.subscribe", run_id=run_id)
-            watcher.sock.settimeout(max(1.0, timeout_s - (time.perf_counter() - start)))
+            deadline = start + timeout_s
             state = "timeout"
             try:
                 while True:
+                    # A deadline, not a per-recv timeout: events keep arriving while it runs.
+                    watcher.sock.settimeout(max(0.1, deadline - time.perf_counter()))
+                    if time.perf_counter() >= deadline:
+                        break
                     line = watcher.line()
                     if b'"type":"run.succeeded"' in line:
                         state = "succeeded"
