@@ -34,6 +34,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -171,6 +172,27 @@ def _median_ms(argv: list[str], env: dict[str, str], repeats: int) -> float:
     return round(statistics.median(times) * 1000, 1)
 
 
+def _decile_rates(client: Rpc, run_id: str) -> tuple[float, float]:
+    stamps: list[float] = []
+    since = 0
+    while True:
+        page = client.call("events.list", run_id=run_id, since=since, limit=5000,
+                           types=["batch.succeeded"])
+        if not page:
+            break
+        stamps += [datetime.fromisoformat(e["ts"].replace("Z", "+00:00")).timestamp()
+                   for e in page]
+        since = page[-1]["id"]
+    tenth = len(stamps) // 10
+    if tenth < 2:
+        return 0.0, 0.0
+
+    def rate(part: list[float]) -> float:
+        return round((len(part) - 1) / max(part[-1] - part[0], 1e-3), 1)
+
+    return rate(stamps[:tenth]), rate(stamps[-tenth:])
+
+
 def bench_one(
     kind: str, tasks: int, workers: int, timeout_s: float, repeats: int = 3
 ) -> dict[str, Any]:
@@ -211,6 +233,7 @@ def bench_one(
             elapsed = time.perf_counter() - start
             watcher.close()
             info = client.call("run.list")[0]
+            first_rate, last_rate = _decile_rates(client, run_id)
             done = info["tasks_by_state"].get("succeeded", 0)
             rpc_times = []
             for _ in range(repeats + 2):
@@ -225,6 +248,10 @@ def bench_one(
                 "tasks_done": done, "elapsed_s": round(elapsed, 2),
                 "submit_reply_s": round(submit_s, 3),
                 "tasks_per_s": round(done / elapsed, 1),
+                # Within the run (the same machine load): batches/s in the first and the last
+                # tenth of the run's batches. Equal when a batch costs the same at any size.
+                "first_tenth_batches_per_s": first_rate,
+                "last_tenth_batches_per_s": last_rate,
                 "peak_rss_mb": round(daemon.peak_rss_mb(), 1),
                 "db_mb": round(daemon.db_mb(), 1),
                 "run_get_ms": round(statistics.median(rpc_times) * 1000, 1),
@@ -265,12 +292,13 @@ def main() -> int:
         print(json.dumps({"rows": rows, "ratio_largest_to_smallest": ratios}, indent=2))
         return 0
     print()
-    print("| run | tasks | state | s | tasks/s | peak RSS MB | DB MB | status ms | logs ms |"
-          " run.get ms |")
-    print("|---|---|---|---|---|---|---|---|---|---|")
+    print("| run | tasks | state | s | tasks/s | batches/s first / last tenth | peak RSS MB |"
+          " DB MB | status ms | logs ms | run.get ms |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         state = r["state"] if r["state"] != "timeout" else f"timeout ({r['tasks_done']} done)"
         print(f"| {r['kind']} | {r['tasks']:,} | {state} | {r['elapsed_s']} | {r['tasks_per_s']}"
+              f" | {r['first_tenth_batches_per_s']} / {r['last_tenth_batches_per_s']}"
               f" | {r['peak_rss_mb']} | {r['db_mb']} | {r['status_ms']} | {r['logs_ms']} |"
               f" {r['run_get_ms']} |")
     for kind, ratio in ratios.items():
