@@ -58,6 +58,14 @@ async def check_api(
             " and restart it, then submit again.",
             data={"reason": "unauthorized", "url": url, "status": exc.status_code},
         ) from exc
+    except TypeError as exc:  # the SDK found neither an API key nor an auth token
+        raise AgentError(
+            f"no Anthropic API key for {url} ({exc}). Set ANTHROPIC_API_KEY in the daemon's "
+            "environment (systemd: `systemctl --user edit buildrunnerd`, "
+            "Environment=ANTHROPIC_API_KEY=...) and restart it, or run it with --backend "
+            "simulated.",
+            data={"reason": "no_api_key", "url": url},
+        ) from exc
     except anthropic.APIStatusError:
         # Reachable and not a key problem (429, 529, a proxy without count_tokens, ...): the
         # calls themselves retry what can pass by waiting.

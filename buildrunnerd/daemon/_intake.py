@@ -228,6 +228,10 @@ class Intake:
             _log.error("run.planning_failed", run_id=run_id, error=str(exc))
             await runs.fail_planning(run_id, f"planning failed: {exc}", data=dict(exc.data))
             return
+        except Exception as exc:  # a bug: the run must not stay `planning` forever
+            _log.exception("run.planning_crashed", run_id=run_id)
+            await runs.fail_planning(run_id, f"planning failed: {type(exc).__name__}: {exc}")
+            return
         await runs.start_queued(run_id, overview=overview)
 
     async def _model_plan(

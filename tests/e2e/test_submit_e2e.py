@@ -125,14 +125,16 @@ def _closed_port() -> int:
         return int(probe.getsockname()[1])
 
 
-@pytest.mark.parametrize("problem", ["unreachable", "unauthorised"])
+@pytest.mark.parametrize("problem", ["unreachable", "unauthorised", "no key"])
 async def test_an_unusable_api_fails_the_run_at_once_with_the_url_and_the_fix(
     daemon_factory: DaemonFactory, tmp_path: Path, problem: str
 ) -> None:
     repo, spec = make_repo(tmp_path)
     with FakeAnthropic(claude_tasks, api_key="sk-ant-the-real-one") as fake:
-        url = fake.base_url if problem == "unauthorised" else f"http://127.0.0.1:{_closed_port()}"
-        env = daemon_factory.base_env(ANTHROPIC_API_KEY=API_KEY, ANTHROPIC_BASE_URL=url)
+        url = fake.base_url if problem != "unreachable" else f"http://127.0.0.1:{_closed_port()}"
+        env = daemon_factory.base_env(ANTHROPIC_BASE_URL=url)
+        if problem != "no key":
+            env["ANTHROPIC_API_KEY"] = API_KEY
         daemon = await daemon_factory.start("--backend", "anthropic", env=env)
         async with daemon.client() as client:
             run = await client.call("run.submit", spec_path=str(spec))
@@ -146,9 +148,12 @@ async def test_an_unusable_api_fails_the_run_at_once_with_the_url_and_the_fix(
     assert url in reason and "ANTHROPIC_" in reason, reason
     if problem == "unreachable":
         assert "unreachable" in reason and failed["data"]["reason"] == "unreachable"
-    else:
+    elif problem == "unauthorised":
         assert "refused the key" in reason and failed["data"]["status"] == 401
         assert fake.count_tokens_calls == 1
+    else:
+        assert "no Anthropic API key" in reason and failed["data"]["reason"] == "no_api_key"
+        assert fake.count_tokens_calls == 0
     assert fake.requests == []  # nothing was paid for
 
 
