@@ -5,7 +5,8 @@ generated spec of N tasks (1,000, 5,000 and 10,000 by default), submitted over t
 
 - as a **scratch** run (``spec_text`` with ``scratch: true``: no git, the daemon alone), and
 - in a **git** repository (the spec committed in a fresh repository, submitted by path: a
-  worktree per batch, verification and a merge into the run branch).
+  worktree per batch, verification and a merge into the run branch; test command ``true``, so
+  that a test suite growing with the run is not what is measured).
 
 Reported per run: tasks/s from ``run.submit`` to the ``run.succeeded`` event (planning
 included; a watcher subscribed to the run's events meanwhile, as ``brctl status --follow``
@@ -202,6 +203,9 @@ def bench_one(
         params: dict[str, Any] = {"workers": workers}
         if kind == "git":
             params["spec_path"] = str(_make_repo(workdir / "repo", spec))
+            # A constant test command: the figures are the daemon's git path (worktrees,
+            # checks, merges), not pytest collecting a test suite that grows with the run.
+            params["test_cmd"] = "true"
         else:
             params.update(spec_text=spec, scratch=True)
         daemon = Daemon(workdir, workers)
