@@ -213,6 +213,12 @@ class Intake:
 
         runs = self._runs
         try:
+            if runs.executor.name != "anthropic":  # restarted with another backend
+                plan, data = heuristic, {"planner": "heuristic",
+                                         "reason": f"the backend is {runs.executor.name}"}
+                await runs.store.set_run_plan(run_id, plan, data=data)
+                await runs.start_queued(run_id, overview=overview)
+                return
             await runs.store.append_event(run_id, "run.planning", {"step": "checking the API"})
             try:
                 await check_api(self.config)

@@ -181,3 +181,40 @@ async def test_a_planner_fallback_says_why(
     assert data["planner"] == "heuristic"
     assert data["reason"].startswith("fell back: Claude's answer was rejected twice")
     assert "complexity" in data["reason"]
+
+
+async def test_a_run_killed_while_planning_is_planned_again_at_the_next_start(
+    daemon_factory: DaemonFactory, tmp_path: Path
+) -> None:
+    repo, spec = make_repo(tmp_path)
+    release = threading.Event()
+
+    def responder(req: FakeRequest) -> Reply:
+        release.wait(timeout=60)  # the planner never answers before the daemon is killed
+        return claude_tasks(req)
+
+    with FakeAnthropic(responder) as fake:
+        env = daemon_factory.base_env(ANTHROPIC_API_KEY=API_KEY,
+                                      ANTHROPIC_BASE_URL=fake.base_url)
+        first = await daemon_factory.start("--backend", "anthropic", env=env)
+        try:
+            async with first.client() as client:
+                run = await client.call("run.submit", spec_path=str(spec))
+            async with RpcClient.connect(first.socket) as watcher:
+                await watcher.call("events.subscribe", run_id=run["id"])
+                while True:
+                    event = (await watcher.next_notification())["params"]
+                    if event["data"].get("step") == "Claude is planning the features":
+                        break
+            first.kill()  # kill -9 in the middle of Claude's planning
+        finally:
+            release.set()
+    # Back with the simulated backend: the stored spec is planned again, heuristically.
+    second = await daemon_factory.start()
+    async with second.client() as client:
+        done = await wait_run_event(second.socket, run["id"], timeout_s=120)
+        planned = await client.call("events.list", run_id=run["id"], types=["run.planned"])
+    assert await second.stop() == 0
+    assert done["type"] == "run.succeeded", second.stderr()[-3000:]
+    assert [p["data"]["planner"] for p in planned] == ["heuristic"]
+    assert planned[0]["data"]["reason"] == "the backend is simulated"
