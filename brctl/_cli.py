@@ -207,15 +207,23 @@ def plan_cmd(ctx: click.Context, spec: Path) -> None:
 @click.option("--budget-usd", type=click.FloatRange(min=0), help="Stop spending above this.")
 @click.option("--test-cmd", help="Command that verifies the work (e.g. 'pytest -q').")
 @click.option("--allow-dirty", is_flag=True, help="Accept uncommitted changes in the repo.")
+@click.option("--scratch", is_flag=True,
+              help="No repository: keep the results in a folder under the daemon's state dir "
+                   "(its path is printed). Needed for a SPEC outside any git repository.")
 @click.option("--follow", is_flag=True, help="Then follow the run live until it ends.")
 def submit_cmd(
     ctx: click.Context, spec: Path, repo: Path | None, workers: int | None,
-    budget_usd: float | None, test_cmd: str | None, allow_dirty: bool, follow: bool,
+    budget_usd: float | None, test_cmd: str | None, allow_dirty: bool, scratch: bool,
+    follow: bool,
 ) -> None:
-    """Start a run of SPEC; prints its id."""
+    """Start a run of SPEC; prints its id (planning goes on in the daemon)."""
+    if scratch and repo is not None:
+        raise click.UsageError("--scratch and --repo exclude each other")
     params: dict[str, Any] = {"spec_path": str(spec.resolve())}
     if repo is not None:
         params["repo"] = str(repo.resolve())
+    if scratch:
+        params["scratch"] = True
     if workers is not None:
         params["workers"] = workers
     if budget_usd is not None:
@@ -229,13 +237,19 @@ def submit_cmd(
         result = client.call("run.submit", params)
         run_id = str(result.get("run_id") or result.get("id")) if isinstance(result, dict) \
             else str(result)
+        scratch_dir = result.get("scratch_dir") if isinstance(result, dict) else None
+        reply: dict[str, Any] = {"run_id": run_id}
+        if scratch_dir:
+            reply["scratch_dir"] = scratch_dir
         if settings.json and follow:
             # One JSON document per line: this, then the run's events.
-            click.echo(msgspec.json.encode({"run_id": run_id}).decode())
+            click.echo(msgspec.json.encode(reply).decode())
         elif settings.json:
-            _print_json({"run_id": run_id})
+            _print_json(reply)
         else:
             click.echo(run_id)
+            if scratch_dir:  # stderr: stdout stays just the id, for scripts
+                click.echo(f"scratch run: the results are kept in {scratch_dir}", err=True)
         if follow:
             _follow_runs(ctx, client, [run_id], mode="status", as_json=settings.json)
 

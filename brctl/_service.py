@@ -28,6 +28,7 @@ from buildrunnerd.paths import socket_path
 __all__ = [
     "service",
     "LAUNCHD_LABEL",
+    "render_socket_unit",
     "render_unit",
     "render_plist",
     "unit_path",
@@ -48,6 +49,7 @@ _UNIT_TEMPLATE = """\
 #   systemctl --user daemon-reload && systemctl --user enable --now buildrunnerd
 #   loginctl enable-linger "$USER"   # keep it running when you are logged out
 # Logs: journalctl --user -u buildrunnerd -f   Reload config: systemctl --user reload buildrunnerd
+# Started on demand instead: systemd/buildrunnerd.socket (socket activation).
 # Why each setting is here: docs/operations.md ("The systemd unit").
 
 [Unit]
@@ -64,6 +66,9 @@ ExecReload=/bin/kill -HUP $MAINPID
 # Secrets (ANTHROPIC_API_KEY=...) live outside the unit; the leading "-" makes the file optional.
 EnvironmentFile=-%h/.config/buildrunner/env
 Environment=PYTHONUNBUFFERED=1
+# The user manager's PATH lacks ~/.local/bin, where pip/pipx/uv put the tools that test
+# commands and the claude-code backend run (pytest, ruff, claude, ...).
+Environment=PATH=%h/.local/bin:/usr/local/bin:/usr/bin:/bin
 Restart=on-failure
 RestartSec=5s
 # SIGTERM: the daemon lets in-flight work checkpoint within daemon.grace_period_s (20 s);
@@ -79,16 +84,48 @@ TimeoutStartSec=60s
 #   are left out too.
 # - ProtectSystem=strict makes /usr, /etc, /var ... read-only; the daemon writes only in its
 #   state dir, in worktrees under it, in the runtime dir (socket) and in the .git of the
-#   repositories you submit (which live in your home). Repositories outside your home need a
+#   repositories you submit (in your home or under /tmp). Repositories elsewhere need a
 #   drop-in with ReadWritePaths= (see docs/operations.md).
+# - No PrivateTmp: it would give the daemon an empty /tmp of its own, hiding every spec and
+#   repository you keep under /tmp ("no such file" for a path you can see).
 ProtectSystem=strict
-ReadWritePaths=%h %t
-PrivateTmp=yes
+ReadWritePaths=%h %t /tmp /var/tmp
 UMask=0077
 
 [Install]
 WantedBy=default.target
 """
+
+
+SOCKET_UNIT_NAME = "buildrunnerd.socket"
+
+_SOCKET_TEMPLATE = """\
+# BuildRunner's control socket, for systemd socket activation: systemd listens on the
+# daemon's default socket and starts buildrunnerd.service at the first connection (the daemon
+# takes the socket over through $LISTEN_FDS). By hand, next to buildrunnerd.service:
+#   cp systemd/buildrunnerd.socket ~/.config/systemd/user/
+#   systemctl --user daemon-reload && systemctl --user enable --now buildrunnerd.socket
+# Why each setting is here: docs/operations.md ("Socket activation").
+
+[Unit]
+Description=BuildRunner daemon control socket
+
+[Socket]
+# $XDG_RUNTIME_DIR/buildrunner/buildrunnerd.sock: where brctl looks by default.
+ListenStream=%t/buildrunner/buildrunnerd.sock
+SocketMode=0600
+DirectoryMode=0700
+# The daemon removes nothing here at exit: systemd owns the file and listens again.
+RemoveOnStop=yes
+
+[Install]
+WantedBy=sockets.target
+"""
+
+
+def render_socket_unit() -> str:
+    """The systemd user socket unit that activates ``buildrunnerd.service``."""
+    return _SOCKET_TEMPLATE
 
 
 def render_unit(exec_path: str = DEFAULT_UNIT_EXEC) -> str:

@@ -46,7 +46,7 @@ SANDBOX_UNAVAILABLE = -32060  # data: {"sandbox": setting, "reason": ...}
 
 DEFAULT_MAX_FRAME_BYTES = 8 * 1024 * 1024
 
-RunState = Literal["queued", "running", "paused", "succeeded", "failed", "cancelled"]
+RunState = Literal["queued", "planning", "running", "paused", "succeeded", "failed", "cancelled"]
 TaskState = Literal[
     "pending", "ready", "running", "verifying", "succeeded", "failed", "blocked", "cancelled"
 ]
@@ -54,7 +54,9 @@ BatchState = Literal["pending", "running", "verifying", "succeeded", "failed", "
 Complexity = Literal["simple", "medium", "complex", "critical"]
 Domain = Literal["database", "backend", "frontend", "tests", "docs", "infra"]
 
-RUN_STATES: tuple[str, ...] = ("queued", "running", "paused", "succeeded", "failed", "cancelled")
+RUN_STATES: tuple[str, ...] = (
+    "queued", "planning", "running", "paused", "succeeded", "failed", "cancelled",
+)
 TASK_STATES: tuple[str, ...] = (
     "pending", "ready", "running", "verifying", "succeeded", "failed", "blocked", "cancelled",
 )
@@ -173,6 +175,7 @@ class RunInfo(msgspec.Struct):
     task_count: int = 0
     tasks: list[TaskInfo] | None = None  # in run.get
     batches: list[BatchInfo] | None = None  # in run.get
+    scratch_dir: str | None = None  # a run without a repository: where its results are kept
 
 
 class CostRow(msgspec.Struct):

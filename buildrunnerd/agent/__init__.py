@@ -7,6 +7,7 @@ described in ``docs/models-and-costs.md``.
 from buildrunnerd.agent._confine import ToolError
 from buildrunnerd.agent._executor import AnthropicExecutor
 from buildrunnerd.agent._planner import ClaudePlanner, choose_planner
+from buildrunnerd.agent._preflight import check_api
 from buildrunnerd.agent._pricing import CostTable
 from buildrunnerd.agent._retry import RateLimiter
 from buildrunnerd.agent._routing import pick_model
@@ -17,6 +18,7 @@ __all__ = [
     "CostTable",
     "RateLimiter",
     "ToolError",
+    "check_api",
     "choose_planner",
     "pick_model",
 ]

@@ -109,6 +109,8 @@ class ClaudePlanner:
         self.counter = counter or default_counter()
         self.record_call = record_call
         self.warnings: list[str] = []
+        #: Why the last decomposition fell back to the heuristic planner (None: it did not).
+        self.fallback_reason: str | None = None
         settings = CallSettings.from_config(config.agent, config.models.fallback)
         settings.stream = False  # one forced tool call: nothing to show while it runs
         self._settings = settings
@@ -120,6 +122,7 @@ class ClaudePlanner:
     async def decompose(self, spec: Spec) -> list[Task]:
         """The spec's tasks; see the module docstring for the fallbacks."""
         self.warnings = []
+        self.fallback_reason = None
         heuristic = HeuristicPlanner()
         if spec.tasks or not spec.features:
             return await heuristic.decompose(spec)  # explicit task lists are used as written
@@ -130,11 +133,13 @@ class ClaudePlanner:
                 self._warn(f"Claude planner answer rejected ({first}); asking once more")
                 return await self._plan(spec, note=str(first))
         except _Invalid as second:
+            self.fallback_reason = f"Claude's answer was rejected twice ({second})"
             self._warn(f"Claude planner answer rejected again ({second}); using the heuristic "
                        "planner instead")
         except AgentError as exc:
             if exc.data.get("status") == 401:
                 raise
+            self.fallback_reason = f"the Claude planner failed ({exc})"
             self._warn(f"Claude planner failed ({exc}); using the heuristic planner instead")
         return await heuristic.decompose(spec)
 

@@ -12,6 +12,7 @@ from buildrunnerd.config._model import (
     AgentConfig,
     Config,
     DaemonConfig,
+    HooksConfig,
     ModelsConfig,
     PlannerConfig,
     Price,
@@ -22,8 +23,8 @@ from buildrunnerd.config._model import (
 )
 
 __all__ = [
-    "AgentConfig", "Config", "DaemonConfig", "ModelsConfig", "PlannerConfig", "Price",
-    "PricingConfig", "RetentionConfig", "SandboxConfig", "VerifyConfig",
+    "AgentConfig", "Config", "DaemonConfig", "HooksConfig", "ModelsConfig", "PlannerConfig",
+    "Price", "PricingConfig", "RetentionConfig", "SandboxConfig", "VerifyConfig",
     "ENV_OVERRIDES", "RESTART_REQUIRED", "check_config_main", "describe_config", "load_config",
     "reloadable_diff",
 ]

@@ -126,6 +126,12 @@ class RetentionConfig(_Section):
     first_pass_delay_s: float = 60.0  # the first prune/vacuum pass, after the daemon starts
 
 
+class HooksConfig(_Section):
+    on_run_end: str | None = None  # shell command run when a run ends (BUILDRUNNER_RUN_* env)
+    timeout_s: float = 30.0  # the hook is killed after this
+    notify: Literal["auto", "off"] = "auto"  # desktop notification (notify-send) at a run's end
+
+
 class Config(_Section):
     daemon: DaemonConfig = msgspec.field(default_factory=DaemonConfig)
     planner: PlannerConfig = msgspec.field(default_factory=PlannerConfig)
@@ -135,4 +141,5 @@ class Config(_Section):
     verify: VerifyConfig = msgspec.field(default_factory=VerifyConfig)
     retention: RetentionConfig = msgspec.field(default_factory=RetentionConfig)
     sandbox: SandboxConfig = msgspec.field(default_factory=SandboxConfig)
+    hooks: HooksConfig = msgspec.field(default_factory=HooksConfig)
     budget_usd: float | None = None  # default per-run budget; None = unlimited

@@ -21,6 +21,7 @@ import dataclasses
 import fcntl
 import os
 import signal
+import socket
 import sys
 import time
 from collections.abc import Iterator
@@ -182,6 +183,7 @@ class _Daemon:
         self.started = time.monotonic()
         self.config: Config = Config()
         self._tg: anyio.abc.TaskGroup | None = None
+        self.listen_socket: socket.socket | None = None  # from systemd socket activation
 
     def request_stop(self, conn: Any = None) -> None:
         """Stop gracefully. From ``daemon.shutdown``: once the caller has its answer (it closes
@@ -208,7 +210,13 @@ class _Daemon:
             return 1
         configure_logging(self.options.log_format or self.config.daemon.log_format,
                           self.config.daemon.log_level)
-        pid = await probe_daemon(self.socket)
+        try:
+            self._take_activated_socket()
+        except ConfigError as exc:
+            _err(str(exc))
+            return 1
+        # An activated socket is ours already: probing it would wait on ourselves.
+        pid = None if self.listen_socket is not None else await probe_daemon(self.socket)
         if pid is not None:
             who = f"pid {pid}" if pid > 0 else "something else answers there"
             _err(f"already running ({who}) on {self.socket}; stop it first (brctl shutdown) "
@@ -241,9 +249,40 @@ class _Daemon:
                     _err(f"internal error: {type(error).__name__}: {error}")
                 return 1
 
+    def _take_activated_socket(self) -> None:
+        """systemd socket activation (``buildrunnerd.socket``): serve the socket it passed
+        (``LISTEN_FDS``), whose path wins over ``--socket``; the variables are not passed on
+        to the agents or hooks."""
+        from buildrunnerd.daemon._notify import listen_fds
+
+        fds = listen_fds()
+        for name in ("LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES"):
+            self.env.pop(name, None)
+        if not fds:
+            return
+        sock = socket.socket(fileno=fds[0])
+        for extra in fds[1:]:
+            os.close(extra)  # one control socket is all we serve
+        if sock.family != socket.AF_UNIX or sock.type != socket.SOCK_STREAM:
+            sock.close()
+            raise ConfigError("the socket passed by systemd is not a Unix stream socket; use "
+                              "ListenStream=%t/buildrunner/buildrunnerd.sock in the .socket unit")
+        path = sock.getsockname()
+        if isinstance(path, str) and path and Path(path) != self.socket:
+            if self.options.socket_path is not None:
+                _log.warning("socket.activation_overrides", socket=path,
+                             ignored=str(self.socket))
+            self.socket = Path(path)
+        # The contract's 0600 also for a socket made by a launcher that did not set it
+        # (SocketMode=0600 in buildrunnerd.socket does); peer uids are checked regardless.
+        with contextlib.suppress(OSError):
+            os.chmod(self.socket, 0o600)
+        self.listen_socket = sock
+
     async def _serve(self) -> int:
         from buildrunnerd.daemon import _notify
         from buildrunnerd.daemon._events import EventBus
+        from buildrunnerd.daemon._hooks import RunEndHooks
         from buildrunnerd.daemon._methods import DaemonMethods
         from buildrunnerd.daemon._runs import RunManager
         from buildrunnerd.rpc import Dispatcher, RpcServer, SocketInUseError
@@ -295,11 +334,22 @@ class _Daemon:
                                    f"{runs.scheduler.in_flight} batch(es) in flight")
 
             bus.add_listener(report_status)
+
+            async def finished_run(run_id: str) -> Any:
+                record = await store.get_run(run_id)
+                counts = (await store.task_counts([run_id])).get(run_id, {})
+                return record.to_info(tasks_by_state=counts)
+
+            # The hook is the operator's command, but it needs no API key: not in its env.
+            hook_env = {k: v for k, v in self.env.items() if not k.startswith("ANTHROPIC_")}
+            hooks = RunEndHooks(config=lambda: self.config, run_info=finished_run, env=hook_env)
+            bus.add_listener(hooks.on_event)
             server = RpcServer(
                 self.socket, dispatcher, max_frame_bytes=config.daemon.max_frame_bytes,
                 idle_timeout_s=config.daemon.client_idle_timeout_s,
                 write_timeout_s=config.daemon.write_timeout_s,
                 queue_size=config.daemon.subscriber_queue_size,
+                listen_socket=self.listen_socket,
             )
             exit_code = 0
             try:
@@ -307,6 +357,8 @@ class _Daemon:
                     self._tg = tg
                     tg.start_soon(self._watch_signals, runs)
                     await tg.start(runs.scheduler.run)
+                    await tg.start(runs.serve)
+                    await tg.start(hooks.serve)
                     recovered = await runs.recover()
                     await tg.start(server.serve)
                     tg.start_soon(self._retention, store)

@@ -67,6 +67,7 @@ class _SubmitParams(_Params):
     budget_usd: float | None = None
     test_cmd: str | None = None
     allow_dirty: bool = False
+    scratch: bool = False
 
 
 class _RunListParams(_Params):
@@ -260,9 +261,18 @@ class DaemonMethods:
                 "invalid params for run.submit: budget_usd must be >= 0",
                 data={"method": "run.submit", "param": "budget_usd", "reason": "must be >= 0"},
             )
+        if p.scratch and p.repo:
+            raise InvalidParamsError(
+                "invalid params for run.submit: scratch and repo exclude each other (a scratch "
+                "run has no repository); pass one of them",
+                data={"method": "run.submit", "param": "scratch", "reason": "with repo"},
+            )
         self._refuse_when_stopping("run.submit")
         record = await self.runs.submit(SubmitRequest(**msgspec.structs.asdict(p)))
-        return run_wire(await self._run_info(record.id))
+        # The reply comes at once: counts, not the task list (a big run has thousands).
+        by_state = dict.fromkeys(protocol.TASK_STATES, 0)
+        by_state.update((await self.store.task_counts([record.id])).get(record.id, {}))
+        return run_wire(record.to_info(tasks_by_state=by_state))
 
     async def _run_info(self, run_id: str, *, full: bool = False) -> protocol.RunInfo:
         record = await self.store.get_run(run_id)

@@ -1,4 +1,6 @@
-"""The run manager: submit, start, recover, pause, resume, cancel, retry, finish.
+"""The run manager: the run state machine (start, recover, pause, resume, cancel, retry) and
+the background work of runs. Submit and intake are in :mod:`._intake`, executing batches and
+applying their results (to the end of a run) in :mod:`._results`.
 
 It owns the in-memory view of every active run (:class:`~._batch.ActiveRun` + the scheduler's
 :class:`~._scheduler.RunSlot`) and keeps it in step with the store: every decision is written
@@ -8,38 +10,25 @@ leaves a state that recovery can continue from.
 
 from __future__ import annotations
 
-import secrets
-from collections import Counter
+import functools
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import anyio
-import msgspec
+import anyio.abc
 import structlog
 
 from buildrunnerd import protocol
-from buildrunnerd.daemon._batch import ActiveRun, BatchResult, run_batch_lifecycle
-from buildrunnerd.daemon._intake import SubmitRequest, git_root, plan_spec, read_spec
+from buildrunnerd.daemon._batch import ActiveRun
+from buildrunnerd.daemon._intake import Intake, SubmitRequest, plan_spec
+from buildrunnerd.daemon._results import BatchResults, close_workspace
 from buildrunnerd.daemon._scheduler import BatchSpec, RunGraph, RunSlot, Scheduler
-from buildrunnerd.errors import (
-    BuildRunnerError,
-    InvalidStateError,
-    RepoError,
-    StoreError,
-)
-from buildrunnerd.executor import ApiCall, Executor
-from buildrunnerd.logging import bind_ids
+from buildrunnerd.errors import BuildRunnerError, InvalidStateError
+from buildrunnerd.executor import Executor
 from buildrunnerd.plan._model import Plan
 from buildrunnerd.sandbox import Confinement
-from buildrunnerd.store._records import (
-    BatchRecord,
-    NewRun,
-    RunChange,
-    RunOptions,
-    RunRecord,
-    TaskChange,
-    TaskRecord,
-)
+from buildrunnerd.store._records import BatchRecord, RunChange, RunRecord, TaskChange, TaskRecord
 
 if TYPE_CHECKING:
     from buildrunnerd.config import Config
@@ -50,7 +39,6 @@ __all__ = ["RunManager", "tasks_by_state"]
 _log = structlog.get_logger("buildrunnerd.runs")
 
 _ACTIVE_STATES = ("queued", "running", "paused")
-_STORE_FAILURE_PAUSE_S = 10.0  # writing the pause itself, when the database just failed
 
 
 class RunManager:
@@ -72,13 +60,18 @@ class RunManager:
         self.executor = executor
         self.config = config
         self.home = home
-        self.scheduler = Scheduler(workers, self._execute)
-        self._active: dict[str, ActiveRun] = {}
-        self._lock = anyio.Lock()  # run-level state changes, one at a time
+        self.results = BatchResults(self)
+        self.scheduler = Scheduler(workers, self.results.execute)
+        #: The runs being executed (activated), by id.
+        self.active: dict[str, ActiveRun] = {}
+        self.lock = anyio.Lock()  # run-level state changes, one at a time
+        self.intake = Intake(self)
+        self._tg: anyio.abc.TaskGroup | None = None
+        self._background: dict[str, anyio.CancelScope] = {}  # run id -> planning / starting
 
     @property
     def active_runs(self) -> int:
-        return len(self._active)
+        return len(self.active)
 
     # --- start-up -------------------------------------------------------------------------
     async def recover(self) -> int:
@@ -95,6 +88,9 @@ class RunManager:
             )
             if attempt.has_checkpoint:
                 resume[attempt.batch_id] = attempt.id
+        for record in await self.store.list_runs(states=("planning",)):
+            # Planning is redone from the stored spec (calls already made stay recorded).
+            self.spawn(record.id, functools.partial(self._replan, record.id))
         runs = await self.store.list_runs(states=_ACTIVE_STATES)
         for record in runs:
             try:
@@ -115,6 +111,16 @@ class RunManager:
             _log.info("recover.done", runs=len(runs), interrupted_attempts=len(resume))
         return len(runs)
 
+    async def _replan(self, run_id: str) -> None:
+        record = await self.store.get_run(run_id)
+        spec_text = (await self.store.get_run_spec(run_id)).spec_text
+        try:
+            spec, plan = await plan_spec(spec_text, record.spec_path, self.config)
+        except BuildRunnerError as exc:
+            await self.fail_planning(run_id, f"could not plan again after a restart: {exc}")
+            return
+        await self.intake.plan_in_daemon(run_id, spec, plan, spec.overview)
+
     async def _open_repo(self, record: RunRecord, active: ActiveRun) -> None:
         if record.repo is None or record.branch is None:
             return
@@ -131,8 +137,9 @@ class RunManager:
         self, record: RunRecord, *, resume: dict[str, int] | None = None, start: bool = True,
         overview: str | None = None,
     ) -> tuple[ActiveRun, RunSlot]:
-        plan = record.plan()
-        overview = await self._overview(record) if overview is None else overview
+        spec = await self.store.get_run_spec(record.id)
+        plan = spec.plan()
+        overview = await self._overview(spec.spec_text, record) if overview is None else overview
         active = ActiveRun(
             id=record.id, plan=plan, overview=overview, home=self.home,
             repo=Path(record.repo) if record.repo else None, branch=record.branch,
@@ -163,13 +170,13 @@ class RunManager:
         await self._sync_store(record.id, batches, graph, tasks)
         slot = RunSlot(record.id, graph, workers=record.options.workers,
                        paused=record.state == "paused" or self._sandbox_missing())
-        self._active[record.id] = active
+        self.active[record.id] = active
         if start and record.state == "queued":
             await self.store.set_run_state(record.id, "running", event_type="run.started")
         if not start:
             return active, slot  # the caller (retry) changes the graph, then adds the slot
         if graph.finished and record.state != "paused":
-            await self._finish_run(active, graph)
+            await self.results.finish_run(active, graph)
             return active, slot
         self.scheduler.add(slot)
         return active, slot
@@ -186,11 +193,11 @@ class RunManager:
         if self.confinement is not None:
             self.confinement.require()
 
-    async def _overview(self, record: RunRecord) -> str:
+    async def _overview(self, spec_text: str, record: RunRecord) -> str:
         from buildrunnerd.spec import parse_spec
 
         try:
-            spec = await anyio.to_thread.run_sync(parse_spec, record.spec_text, record.spec_path)
+            spec = await anyio.to_thread.run_sync(parse_spec, spec_text, record.spec_path)
         except BuildRunnerError:
             return ""
         overview: str = spec.overview
@@ -233,145 +240,76 @@ class RunManager:
         )
         return f"blocked: depends on failed task {', '.join(names) or '?'}"
 
-    # --- submit ---------------------------------------------------------------------------
+    # --- submit (see ._intake) and background work ---------------------------------------
     async def submit(self, request: SubmitRequest) -> RunRecord:
-        """Plan a spec, prepare the run branch, store the run and start it.
-
-        The heuristic plan is always built first (it validates the spec before anything is
-        paid for, and it is the fallback). When the Claude planner is in use (see
-        :meth:`_uses_claude`), its tasks replace the heuristic ones; its billed calls are kept
-        until the run exists, then recorded as the run's costs (purpose ``planner``)."""
+        """Store a run of the requested spec (``queued``, or ``planning`` when a model plans
+        it) and return it at once; planning and the start go on in the background."""
         self._require_sandbox()
-        text, spec_path = await read_spec(request.spec_path, request.spec_text)
-        spec, plan = await plan_spec(text, spec_path, self.config)
-        calls: list[ApiCall] = []
-        notes: list[str] = []
-        try:
-            if self._uses_claude() and spec.features and not spec.tasks:
-                plan, notes = await self._claude_plan(spec, plan, calls)
-            return await self.submit_plan(
-                plan, spec_text=text, spec_path=spec_path, request=request,
-                spec_test_command=spec.test_command, overview=spec.overview,
-                planner_calls=calls, planner_notes=notes,
-            )
-        except BaseException:
-            if calls:  # no run to charge them to: at least the log says what was spent
-                _log.warning("planner.calls_unrecorded", calls=len(calls),
-                             cost_usd=sum(c.cost_usd for c in calls),
-                             reason="the run could not be created")
-            raise
-
-    def _uses_claude(self) -> bool:
-        """``planner.planner`` is ``claude`` or ``auto``, and this daemon runs the anthropic
-        backend (the simulated one has no model to ask: it always plans heuristically)."""
-        return (self.config.planner.planner in ("auto", "claude")
-                and self.executor.name == "anthropic")
-
-    async def _claude_plan(
-        self, spec: Any, heuristic: Plan, calls: list[ApiCall]
-    ) -> tuple[Plan, list[str]]:
-        """Claude decomposes the features (falling back to the heuristic planner itself when
-        its answers are unusable), then the plan is built as usual. Returns the plan and the
-        planner's warnings (also added to ``plan.warnings``)."""
-        from buildrunnerd.agent import ClaudePlanner, choose_planner
-        from buildrunnerd.plan import build_plan
-        from buildrunnerd.plan._model import PlanWarning
-
-        async def record(call: ApiCall) -> None:
-            calls.append(call)  # the run does not exist yet: recorded after create_run
-
-        config = msgspec.structs.replace(
-            self.config, planner=msgspec.structs.replace(self.config.planner, planner="claude"))
-        planner = choose_planner(config, {}, record_call=record)
-        assert isinstance(planner, ClaudePlanner)
-        try:
-            tasks = await planner.decompose(spec)
-        finally:
-            await planner.aclose()
-        notes = list(planner.warnings)
-        try:
-            plan: Plan = await anyio.to_thread.run_sync(
-                lambda: build_plan(spec, tasks, config=self.config.planner)
-            )
-        except BuildRunnerError as exc:
-            # Valid tasks that still cannot be planned (a batch prompt over the budget, ...):
-            # the run goes ahead on the heuristic plan rather than losing what was paid for.
-            notes.append(f"Claude planner tasks could not be planned ({exc}); using the "
-                         "heuristic planner instead")
-            plan = heuristic
-        plan.warnings = [*plan.warnings, *(PlanWarning(line=None, message=n) for n in notes)]
-        _log.info("planner.claude", tasks=len(plan.tasks), calls=len(calls),
-                  warnings=len(notes))
-        return plan, notes
+        return await self.intake.submit(request)
 
     async def submit_plan(
-        self,
-        plan: Plan,
-        *,
-        spec_text: str,
-        spec_path: str | None,
-        request: SubmitRequest,
-        spec_test_command: str | None = None,
-        overview: str | None = None,
-        planner_calls: list[ApiCall] | None = None,
-        planner_notes: list[str] | None = None,
+        self, plan: Plan, *, spec_text: str, spec_path: str | None, request: SubmitRequest,
+        spec_test_command: str | None = None, overview: str | None = None,
     ) -> RunRecord:
-        """Start a run of an already built plan (``submit`` after parsing and planning);
-        ``overview`` is the spec's opening prose for prompts (None: parsed again).
-        ``planner_calls`` are recorded as the run's first costs and ``planner_notes`` become
-        ``plan.warning`` events, before the run starts."""
-        run_id = f"r-{secrets.token_hex(4)}"
-        repo_dir = Path(request.repo) if request.repo else None
-        if repo_dir is not None and not repo_dir.is_absolute():
-            raise RepoError(
-                f"repo must be an absolute path (the daemon does not share your working "
-                f"directory): {request.repo}",
-                data={"repo": request.repo, "reason": "relative path"},
-            )
-        if repo_dir is None and spec_path is not None:
-            repo_dir = await anyio.to_thread.run_sync(git_root, Path(spec_path).parent)
-        branch = base_commit = None
-        if repo_dir is not None:
-            from buildrunnerd.workspace import prepare_run_repo
+        """Store and start a run of an already built plan (no model planning)."""
+        return await self.intake.submit_plan(
+            plan, spec_text=spec_text, spec_path=spec_path, request=request,
+            spec_test_command=spec_test_command, overview=overview,
+        )
 
-            run_repo = await prepare_run_repo(
-                repo_dir, run_id, allow_dirty=request.allow_dirty,
-                timeout_s=self.config.verify.git_timeout_s,
-            )
-            repo_dir, branch, base_commit = run_repo.repo, run_repo.branch, run_repo.base_commit
-        # A run may ask for fewer workers than the daemon's per-run cap, never more (the
-        # cap is what the operator configured; RunInfo.workers shows the effective value).
-        cap = self.config.daemon.max_workers_per_run
-        workers = min(request.workers, cap) if request.workers else min(cap,
-                                                                        self.scheduler.workers)
-        options = RunOptions(
-            workers=workers,
-            budget_usd=(request.budget_usd if request.budget_usd is not None
-                        else self.config.budget_usd),
-            test_cmd=request.test_cmd or spec_test_command or self.config.verify.test_cmd,
-            allow_dirty=request.allow_dirty,
-        )
-        record = await self.store.create_run(
-            NewRun(id=run_id, spec_text=spec_text, spec_path=spec_path,
-                   repo=str(repo_dir) if repo_dir else None, branch=branch,
-                   base_commit=base_commit, options=options),
-            plan,
-        )
-        for call in planner_calls or []:
-            await self.store.record_api_call(run_id, None, call)
-        for note in planner_notes or []:
-            await self.store.append_event(run_id, "plan.warning",
-                                          {"message": note, "planner": "claude"})
-        _log.info("run.submitted", run_id=run_id, tasks=len(plan.tasks),
-                  batches=len(plan.batches), repo=record.repo, workers=options.workers)
-        async with self._lock:
-            await self._activate(record, overview=overview)
-        return await self.store.get_run(run_id)
+    async def serve(
+        self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED
+    ) -> None:
+        """Own the background work of runs (planning, starting) until cancelled."""
+        async with anyio.create_task_group() as tg:
+            self._tg = tg
+            task_status.started()
+            try:
+                await anyio.sleep_forever()
+            finally:
+                self._tg = None
+
+    def spawn(self, run_id: str, work: Callable[[], Awaitable[None]]) -> None:
+        """Run ``work`` for ``run_id`` in the background (cancelled by ``cancel`` and at
+        shutdown); its failures are logged, never raised into the daemon."""
+        if self._tg is None:
+            raise RuntimeError("RunManager.serve() is not running")
+        scope = anyio.CancelScope()
+        self._background[run_id] = scope
+
+        async def guarded() -> None:
+            try:
+                with scope:
+                    await work()
+            except Exception:
+                _log.exception("run.background_failed", run_id=run_id)
+            finally:
+                if self._background.get(run_id) is scope:
+                    del self._background[run_id]
+
+        self._tg.start_soon(guarded)
+
+    async def start_queued(self, run_id: str, *, overview: str | None = None) -> None:
+        """Activate a stored ``queued`` run (nothing if it was cancelled or paused first)."""
+        async with self.lock:
+            record = await self.store.get_run(run_id)
+            if record.state == "queued" and run_id not in self.active:
+                await self._activate(record, overview=overview)
+
+    async def fail_planning(self, run_id: str, reason: str, *,
+                            data: dict[str, Any] | None = None) -> None:
+        """A ``planning`` run cannot go on: it fails with ``reason`` (what, where, the fix)."""
+        async with self.lock:
+            record = await self.store.get_run(run_id)
+            if record.state == "planning":
+                await self.store.set_run_state(run_id, "failed", event_type="run.failed",
+                                               reason=reason,
+                                               data={"phase": "planning", **(data or {})})
 
     # --- control --------------------------------------------------------------------------
     async def pause(self, run_id: str, *, reason: str | None = None) -> RunRecord:
         """Stop dispatching new batches of a run; in-flight batches finish."""
-        async with self._lock:
+        async with self.lock:
             record = await self.store.get_run(run_id)
             _require(record, ("queued", "running"), "pause")
             slot = self.scheduler.get(run_id)
@@ -384,7 +322,7 @@ class RunManager:
     async def resume(self, run_id: str) -> RunRecord:
         """Dispatch a paused run's batches again."""
         self._require_sandbox()
-        async with self._lock:
+        async with self.lock:
             record = await self.store.get_run(run_id)
             slot = self.scheduler.get(run_id)
             if not (slot is not None and slot.paused and record.state == "running"):
@@ -392,12 +330,12 @@ class RunManager:
                 # failed - is resumed too.)
                 _require(record, ("paused",), "resume")
                 await self.store.set_run_state(run_id, "running", event_type="run.resumed")
-            active = self._active.get(run_id)
+            active = self.active.get(run_id)
             if slot is None or active is None:
                 await self._activate(await self.store.get_run(run_id))
             elif slot.graph.finished and not slot.in_flight:
                 # Its last result was stored but the run's end was not (the database failed).
-                await self._finish_run(active, slot.graph)
+                await self.results.finish_run(active, slot.graph)
             else:
                 slot.paused = False
                 self.scheduler.wake()
@@ -405,10 +343,13 @@ class RunManager:
 
     async def cancel(self, run_id: str) -> RunRecord:
         """Cancel in-flight work and mark everything that has not succeeded cancelled."""
-        async with self._lock:
+        async with self.lock:
             record = await self.store.get_run(run_id)
-            _require(record, _ACTIVE_STATES, "cancel")
-            active = self._active.pop(run_id, None)
+            _require(record, ("planning", *_ACTIVE_STATES), "cancel")
+            background = self._background.pop(run_id, None)
+            if background is not None:
+                background.cancel()  # planning, or its start
+            active = self.active.pop(run_id, None)
             slot = self.scheduler.remove(run_id)
             if active is not None:
                 active.cancelling = True
@@ -428,13 +369,13 @@ class RunManager:
                 if batch.state not in ("succeeded", "cancelled"):
                     await self.store.set_batch_state(batch.id, "cancelled")
             if active is not None:
-                await _close_workspace(active)
+                await close_workspace(active)
             return await self.store.get_run(run_id)
 
     async def retry_task(self, task_id: str) -> TaskRecord:
         """Re-queue a failed task's batch and unblock what waited on it."""
         self._require_sandbox()
-        async with self._lock:
+        async with self.lock:
             task = await self.store.get_task(task_id)
             if task.state != "failed":
                 raise InvalidStateError(
@@ -479,163 +420,6 @@ class RunManager:
                 "the budget and resume",
             )
 
-    # --- executing batches (called by the scheduler) ----------------------------------------
-    async def _execute(self, slot: RunSlot, batch_id: str) -> None:
-        active = self._active.get(slot.run_id)
-        if active is None:
-            return
-        plan_batch = active.batches_by_plan_id.get(ActiveRun.plan_id(batch_id))
-        # Global ids, comma-joined: what `brctl task` takes, and grep-able in the log.
-        task_ids = ",".join(active.gid(t) for t in plan_batch.task_ids) if plan_batch else None
-        # Every log line of this batch (ours, the agent's, git's, the failure paths') carries
-        # its ids.
-        with bind_ids(run_id=slot.run_id, batch_id=batch_id, task_id=task_ids):
-            await self._execute_bound(active, slot, batch_id)
-
-    async def _execute_bound(self, active: ActiveRun, slot: RunSlot, batch_id: str) -> None:
-        try:
-            result = active.unrecorded.pop(batch_id, None)
-            if result is None:
-                _log.info("batch.started")
-                result = await self._run_lifecycle(active, batch_id)
-                _log.info("batch.finished", status=result.status, reason=result.reason)
-            else:  # done before the database failed: record it, do not run it again
-                _log.info("batch.recording_again", status=result.status)
-            if active.cancelling:
-                return
-            try:
-                await self._apply_result(active, slot, batch_id, result)
-            except StoreError:
-                if slot.graph.state(batch_id) == "running":
-                    # Nothing of the result was written (one transaction): keep it for the
-                    # next dispatch rather than paying for the batch again.
-                    active.unrecorded[batch_id] = result
-                raise
-        except anyio.get_cancelled_exc_class():
-            if not active.cancelling:
-                slot.graph.requeue(batch_id)  # shutdown: recovery re-queues it in the store
-            raise
-        except StoreError as exc:
-            await self._pause_on_store_error(slot, batch_id, exc)
-
-    async def _run_lifecycle(self, active: ActiveRun, batch_id: str) -> BatchResult:
-        """The batch's lifecycle; a bug in it fails the batch (StoreError and cancellation
-        are for the caller: they pause / interrupt the run instead)."""
-        try:
-            return await run_batch_lifecycle(
-                store=self.store, executor=self.executor, config=self.config, run=active,
-                batch_id=batch_id, on_budget_exceeded=self.budget_exceeded,
-                confinement=self.confinement,
-            )
-        except StoreError:
-            raise
-        except Exception as exc:
-            _log.exception("batch.crashed", batch_id=batch_id)
-            return BatchResult("failed", reason=f"{type(exc).__name__}: {exc}")
-
-    async def _pause_on_store_error(self, slot: RunSlot, batch_id: str, exc: StoreError) -> None:
-        """The database failed while a batch ran or was recorded (full disk, locked file):
-        the batch goes back to the queue and the run pauses with the reason. Only this run
-        stops; the daemon goes on serving. If the pause itself cannot be written, the run is
-        still paused in memory and ``resume`` accepts it (see :meth:`resume`)."""
-        _log.error("batch.store_failed", batch_id=batch_id, error=str(exc))
-        slot.graph.requeue(batch_id)
-        slot.paused = True
-        reason = (f"the database failed: {exc}; free space / check the disk, then "
-                  f"`brctl resume {slot.run_id}`")
-        with anyio.move_on_after(_STORE_FAILURE_PAUSE_S):
-            try:
-                async with self._lock:
-                    record = await self.store.get_run(slot.run_id)
-                    if record.state in ("queued", "running"):
-                        await self.store.set_run_state(
-                            slot.run_id, "paused", event_type="run.paused", reason=reason)
-            except BuildRunnerError as again:
-                _log.error("run.pause_failed", run_id=slot.run_id, error=str(again),
-                           hint=f"the run is paused in memory; `brctl resume {slot.run_id}` "
-                                "once the database works again")
-
-    async def _apply_result(
-        self, active: ActiveRun, slot: RunSlot, batch_id: str, result: BatchResult
-    ) -> None:
-        """Write a batch's result, then (only once it is stored) move the graph: a write that
-        fails leaves the graph where the store is, with the batch still running."""
-        graph = slot.graph
-        plan_batch = active.batches_by_plan_id[ActiveRun.plan_id(batch_id)]
-        task_gids = [active.gid(t) for t in plan_batch.task_ids]
-        if result.status == "succeeded":
-            newly_ready = graph.would_ready(batch_id)
-            changes = [TaskChange(t, "succeeded", model=result.model) for t in task_gids]
-            for ready_id in newly_ready:
-                ready_batch = active.batches_by_plan_id[ActiveRun.plan_id(ready_id)]
-                changes += [TaskChange(active.gid(t), "ready") for t in ready_batch.task_ids]
-            await self.store.transition(
-                run=None,
-                batch=(batch_id, "succeeded", "batch.succeeded",
-                       {"commit": result.commit, "model": result.model}, result.model),
-                tasks=changes, events=[],
-            )
-            graph.succeed(batch_id)
-            active.summaries.append(result.summary or "; ".join(
-                active.tasks_by_plan_id[t].title for t in plan_batch.task_ids))
-        elif result.status == "failed":
-            newly_blocked = graph.would_block(batch_id)
-            reason = result.reason or "failed"
-            changes = [TaskChange(t, "failed", reason=reason) for t in task_gids]
-            why = f"blocked: depends on failed task {', '.join(plan_batch.task_ids)}"
-            for blocked_id in newly_blocked:
-                blocked = active.batches_by_plan_id[ActiveRun.plan_id(blocked_id)]
-                changes += [TaskChange(active.gid(t), "blocked", reason=why)
-                            for t in blocked.task_ids]
-            await self.store.transition(
-                run=None,
-                batch=(batch_id, "failed", "batch.failed", {"reason": reason}),
-                tasks=changes, events=[],
-            )
-            graph.fail(batch_id)
-        else:  # interrupted (budget, backend cancelled): back to the queue
-            await self.store.transition(
-                run=None, batch=(batch_id, "pending", "batch.requeued",
-                                 {"reason": result.reason}),
-                tasks=[TaskChange(t, "ready", reason=result.reason) for t in task_gids],
-                events=[],
-            )
-            graph.requeue(batch_id)
-        if graph.finished:
-            async with self._lock:
-                if self._active.get(active.id) is active and graph.finished:
-                    await self._finish_run(active, graph)
-
-    async def _finish_run(self, active: ActiveRun, graph: RunGraph) -> None:
-        # Out of the active set before the final event (the STATUS line counts active runs),
-        # but back in it if the database fails: the run then stays active (paused by the
-        # caller), and `resume` finishes it (see :meth:`resume`).
-        self._active.pop(active.id, None)
-        # Its worktrees go before the final event: whoever sees it sees them gone.
-        await _close_workspace(active)
-        try:
-            await self._write_final_state(active, graph)
-        except BaseException:
-            self._active[active.id] = active
-            raise
-        self.scheduler.remove(active.id)
-
-    async def _write_final_state(self, active: ActiveRun, graph: RunGraph) -> None:
-        if graph.all_succeeded:
-            await self.store.set_run_state(
-                active.id, "succeeded", event_type="run.succeeded",
-                data={"branch": active.branch, "batches": len(graph.states())},
-            )
-            _log.info("run.succeeded", run_id=active.id, branch=active.branch)
-        else:
-            counts = Counter(graph.states().values())
-            reason = (f"{counts.get('failed', 0)} batch(es) failed, "
-                      f"{counts.get('blocked', 0)} blocked; see `brctl tasks` and retry the "
-                      "failed tasks")
-            await self.store.set_run_state(active.id, "failed", event_type="run.failed",
-                                           reason=reason, data=dict(counts))
-            _log.info("run.failed", run_id=active.id, reason=reason)
-
     # --- shutdown -------------------------------------------------------------------------
     async def shutdown(self, grace_period_s: float) -> None:
         """Stop dispatching; give in-flight batches ``grace_period_s`` to finish, then cancel
@@ -648,17 +432,6 @@ class RunManager:
             self.scheduler.cancel_in_flight()
             with anyio.move_on_after(15.0, shield=True):
                 await self.scheduler.wait_idle()
-
-
-async def _close_workspace(active: ActiveRun) -> None:
-    """Remove the run's idle (reusable) worktrees; a leftover is cleaned at the next start."""
-    if active.run_repo is None:
-        return
-    with anyio.move_on_after(60.0, shield=True):
-        try:
-            await active.run_repo.close()
-        except BuildRunnerError as exc:
-            _log.warning("worktree.close_failed", run_id=active.id, error=str(exc))
 
 
 def _require(record: RunRecord, allowed: tuple[str, ...], action: str) -> None:

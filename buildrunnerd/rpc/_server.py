@@ -9,7 +9,7 @@ from pathlib import Path
 
 import anyio
 import structlog
-from anyio.abc import SocketAttribute, SocketStream, TaskStatus
+from anyio.abc import SocketAttribute, SocketListener, SocketStream, TaskStatus
 
 from buildrunnerd import protocol
 from buildrunnerd.errors import BuildRunnerError
@@ -53,8 +53,12 @@ class RpcServer:
         write_timeout_s: float = 10.0,
         queue_size: int = 1000,
         probe_timeout_s: float = 2.0,
+        listen_socket: socket.socket | None = None,
     ) -> None:
         self.socket_path = Path(socket_path)
+        #: A socket bound and listening already (systemd socket activation): served as it is,
+        #: and its file is left in place at exit (the service manager owns it).
+        self.listen_socket = listen_socket
         self.dispatcher = dispatcher
         self.max_frame_bytes = max_frame_bytes
         self.idle_timeout_s = idle_timeout_s
@@ -66,10 +70,16 @@ class RpcServer:
 
     async def serve(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         """Listen until cancelled. Signals readiness through ``task_status`` once listening."""
-        await self._prepare_path()
-        listener = await anyio.create_unix_listener(self.socket_path, mode=0o600)
-        inode = os.stat(self.socket_path).st_ino
-        _log.info("rpc.listening", socket=str(self.socket_path))
+        listener: SocketListener
+        inode: int | None = None
+        if self.listen_socket is not None:
+            listener = await SocketListener.from_socket(self.listen_socket)
+            _log.info("rpc.listening", socket=str(self.socket_path), activated=True)
+        else:
+            await self._prepare_path()
+            listener = await anyio.create_unix_listener(self.socket_path, mode=0o600)
+            inode = os.stat(self.socket_path).st_ino
+            _log.info("rpc.listening", socket=str(self.socket_path))
         try:
             async with listener, anyio.create_task_group() as tg:
                 task_status.started()
@@ -84,7 +94,8 @@ class RpcServer:
                         continue
                     tg.start_soon(self._serve_connection, stream)
         finally:
-            self._remove_socket(inode)
+            if inode is not None:
+                self._remove_socket(inode)
 
     async def _prepare_path(self) -> None:
         folder = self.socket_path.parent

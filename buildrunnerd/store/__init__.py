@@ -16,6 +16,7 @@ from buildrunnerd.store._records import (
     RunChange,
     RunOptions,
     RunRecord,
+    RunSpec,
     TaskChange,
     TaskRecord,
     format_ts,
@@ -26,7 +27,7 @@ from buildrunnerd.store._store import Store
 
 __all__ = [
     "Store",
-    "NewRun", "RunOptions", "RunRecord", "TaskRecord", "BatchRecord", "AttemptRecord",
+    "NewRun", "RunOptions", "RunRecord", "RunSpec", "TaskRecord", "BatchRecord", "AttemptRecord",
     "TaskChange", "RunChange", "BatchChange", "NewEvent",
     "ATTEMPT_OUTCOMES", "COST_GROUPINGS", "MIGRATIONS", "LATEST_VERSION",
     "global_id", "format_ts", "parse_ts",

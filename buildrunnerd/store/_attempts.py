@@ -7,7 +7,7 @@ from typing import Any
 
 from buildrunnerd.errors import InvalidStateError
 from buildrunnerd.store._db import Database, Txn, decode_json, encode_json, not_found
-from buildrunnerd.store._records import ATTEMPT_OUTCOMES, AttemptRecord
+from buildrunnerd.store._records import ATTEMPT_OUTCOMES, AttemptRecord, format_ts
 
 __all__ = ["AttemptMethods"]
 
@@ -26,18 +26,17 @@ class AttemptMethods(Database):
         """Open the next attempt of a batch (number = the batch's attempts + 1, which it
         increments). No event: the daemon stores ``batch.dispatched`` itself."""
 
-        def start(txn: Txn) -> AttemptRecord:
-            rows = txn.fetchall(
-                "SELECT run_id, attempts FROM batches WHERE id = ?", (batch_id,)
+        async def start(txn: Txn) -> AttemptRecord:
+            # RETURNING gives the new values: one statement reads and bumps the count.
+            rows = await txn.fetchall(
+                "UPDATE batches SET attempts = attempts + 1, model = coalesce(?, model)"
+                " WHERE id = ? RETURNING run_id, attempts",
+                (model, batch_id),
             )
             if not rows:
                 raise not_found("batch", batch_id)
-            run_id, number = rows[0][0], int(rows[0][1]) + 1
-            txn.execute(
-                "UPDATE batches SET attempts = ?, model = coalesce(?, model) WHERE id = ?",
-                (number, model, batch_id),
-            )
-            attempt_id = txn.insert(
+            run_id, number = rows[0][0], int(rows[0][1])
+            attempt_id = await txn.insert(
                 "INSERT INTO attempts (batch_id, run_id, number, worktree, model, started_at)"
                 " VALUES (?, ?, ?, ?, ?, ?)",
                 (batch_id, run_id, number, worktree, model, txn.ts),
@@ -62,23 +61,23 @@ class AttemptMethods(Database):
                 f"{', '.join(ATTEMPT_OUTCOMES)}",
                 data={"state": outcome, "allowed": list(ATTEMPT_OUTCOMES)},
             )
-        def finish(txn: Txn) -> None:
-            rows = txn.fetchall("SELECT outcome FROM attempts WHERE id = ?", (attempt_id,))
-            if not rows:
-                raise not_found("attempt", attempt_id)
-            if rows[0][0] is not None:
-                raise InvalidStateError(
-                    f"attempt {attempt_id} already finished ({rows[0][0]}); start a new attempt",
-                    data={"state": rows[0][0], "allowed": []},
-                )
-            txn.execute(
-                "UPDATE attempts SET outcome = ?, reason = ?, verification = ?, commit_sha = ?,"
-                " finished_at = ? WHERE id = ?",
-                (outcome, reason, None if verification is None else encode_json(verification),
-                 commit, txn.ts, attempt_id),
-            )
-
-        await self._write(f"finishing attempt {attempt_id}", finish)
+        changed = await self._write_one(
+            f"finishing attempt {attempt_id}",
+            "UPDATE attempts SET outcome = ?, reason = ?, verification = ?, commit_sha = ?,"
+            " finished_at = ? WHERE id = ? AND outcome IS NULL",
+            (outcome, reason, None if verification is None else encode_json(verification),
+             commit, format_ts(self.now()), attempt_id),
+        )
+        if changed:
+            return
+        rows = await self._fetchall(f"reading attempt {attempt_id}",
+                                    "SELECT outcome FROM attempts WHERE id = ?", (attempt_id,))
+        if not rows:
+            raise not_found("attempt", attempt_id)
+        raise InvalidStateError(
+            f"attempt {attempt_id} already finished ({rows[0][0]}); start a new attempt",
+            data={"state": rows[0][0], "allowed": []},
+        )
 
     async def get_attempt(self, attempt_id: int) -> AttemptRecord:
         """One attempt (NotFoundError if there is none)."""
@@ -110,15 +109,13 @@ class AttemptMethods(Database):
     async def save_checkpoint(self, attempt_id: int, state: bytes) -> None:
         """Keep the agent's conversation after a turn (replaces the previous checkpoint)."""
 
-        def save(txn: Txn) -> None:
-            changed = txn.execute(
-                "UPDATE attempts SET checkpoint = ?, checkpoint_at = ? WHERE id = ?",
-                (bytes(state), txn.ts, attempt_id),
-            )
-            if changed == 0:
-                raise not_found("attempt", attempt_id)
-
-        await self._write(f"checkpointing attempt {attempt_id}", save)
+        changed = await self._write_one(
+            f"checkpointing attempt {attempt_id}",
+            "UPDATE attempts SET checkpoint = ?, checkpoint_at = ? WHERE id = ?",
+            (bytes(state), format_ts(self.now()), attempt_id),
+        )
+        if changed == 0:
+            raise not_found("attempt", attempt_id)
 
     async def load_checkpoint(self, attempt_id: int) -> bytes | None:
         """The attempt's last checkpoint, or None if it has none."""

@@ -8,13 +8,12 @@ the per-run totals on ``runs`` (both kept forever), so summaries stay right afte
 
 from __future__ import annotations
 
-import sqlite3
 from datetime import datetime
 from typing import Any
 
 from buildrunnerd import protocol
 from buildrunnerd.executor._protocol import ApiCall
-from buildrunnerd.store._db import Database, Txn, not_found
+from buildrunnerd.store._db import Database, Reader, Txn, not_found
 from buildrunnerd.store._records import format_ts
 
 __all__ = ["CostMethods", "COST_GROUPINGS", "to_nanousd", "from_nanousd"]
@@ -71,8 +70,8 @@ class CostMethods(Database):
         if call.stop_reason is not None:
             data["stop_reason"] = call.stop_reason
 
-        def record(txn: Txn) -> None:
-            changed = txn.execute(
+        async def record(txn: Txn) -> None:
+            changed = await txn.execute(
                 "UPDATE runs SET cost_nanousd = cost_nanousd + ?, calls = calls + 1,"
                 " input_tokens = input_tokens + ?, output_tokens = output_tokens + ?,"
                 " cache_read_input_tokens = cache_read_input_tokens + ?,"
@@ -83,7 +82,7 @@ class CostMethods(Database):
             )
             if changed == 0:
                 raise not_found("run", run_id)
-            txn.execute(
+            await txn.execute(
                 "INSERT INTO api_calls (ts, run_id, batch_id, model, purpose, input_tokens,"
                 " output_tokens, cache_creation_input_tokens, cache_read_input_tokens,"
                 " cost_nanousd, latency_ms, request_id, stop_reason)"
@@ -93,7 +92,7 @@ class CostMethods(Database):
                  call.cache_read_input_tokens, nanos, call.latency_ms, call.request_id,
                  call.stop_reason),
             )
-            txn.execute(
+            await txn.execute(
                 "INSERT INTO metrics_hourly (hour, model, calls, input_tokens, output_tokens,"
                 " cache_creation_input_tokens, cache_read_input_tokens, cost_nanousd)"
                 " VALUES (?, ?, 1, ?, ?, ?, ?, ?)"
@@ -109,14 +108,14 @@ class CostMethods(Database):
                  call.cache_creation_input_tokens, call.cache_read_input_tokens, nanos),
             )
             if batch_id is not None and nanos:
-                rows = txn.fetchall(
+                rows = await txn.fetchall(
                     "SELECT id FROM tasks WHERE batch_id = ? ORDER BY position", (batch_id,)
                 )
                 if rows:
                     share, rest = divmod(nanos, len(rows))
                     # The remainder goes one nano-dollar at a time to the first tasks, so the
                     # tasks' costs add up to the call's cost exactly.
-                    txn.executemany(
+                    await txn.executemany(
                         "UPDATE tasks SET cost_nanousd = cost_nanousd + ? WHERE id = ?",
                         [(share + (1 if i < rest else 0), row[0]) for i, row in enumerate(rows)],
                     )
@@ -165,12 +164,12 @@ class CostMethods(Database):
             sql = f"SELECT {key} AS k, {_ROLLUP_SUMS} FROM metrics_hourly GROUP BY k ORDER BY k"
             params = ()
 
-        def query(conn: sqlite3.Connection) -> list[Any] | None:
-            if run_id is not None and not conn.execute(
+        async def query(db: Reader) -> list[Any] | None:
+            if run_id is not None and not await db.fetchall(
                 "SELECT 1 FROM runs WHERE id = ?", (run_id,)
-            ).fetchall():
+            ):
                 return None
-            return conn.execute(sql, params).fetchall()
+            return await db.fetchall(sql, params)
 
         rows = await self._read(f"summarizing costs by {by}", query)
         if rows is None:
@@ -206,20 +205,20 @@ class CostMethods(Database):
         calls_cutoff = format_ts(api_calls_older_than or older_than)
         finished = ", ".join(f"'{s}'" for s in sorted(protocol.TERMINAL_RUN_STATES))
 
-        def delete(txn: Txn) -> dict[str, int]:
-            events = txn.execute(
+        async def delete(txn: Txn) -> dict[str, int]:
+            events = await txn.execute(
                 "DELETE FROM events WHERE ts < ? AND run_id IN"
                 f" (SELECT id FROM runs WHERE state IN ({finished}))",
                 (events_cutoff,),
             )
-            calls = txn.execute(
+            calls = await txn.execute(
                 "DELETE FROM api_calls WHERE ts < ? AND run_id IN"
                 f" (SELECT id FROM runs WHERE state IN ({finished}))",
                 (calls_cutoff,),
             )
             # A conversation checkpoint only serves to resume an attempt of a live run; in a
             # finished run it is dead weight (and often the biggest thing in the file).
-            checkpoints = txn.execute(
+            checkpoints = await txn.execute(
                 "UPDATE attempts SET checkpoint = NULL WHERE checkpoint IS NOT NULL"
                 " AND checkpoint_at < ? AND run_id IN"
                 f" (SELECT id FROM runs WHERE state IN ({finished}))",
@@ -234,9 +233,9 @@ class CostMethods(Database):
         """Give the space of deleted rows back to the disk (VACUUM, then truncate the WAL).
         Holds the store for as long as it takes: run it on a schedule, not per request."""
 
-        def vacuum(conn: sqlite3.Connection) -> None:
-            conn.execute("VACUUM")
-            conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
-            conn.execute("PRAGMA optimize")
+        async def vacuum(db: Reader) -> None:
+            await db.fetchall("VACUUM")
+            await db.fetchall("PRAGMA wal_checkpoint(TRUNCATE)")
+            await db.fetchall("PRAGMA optimize")
 
         await self._read("vacuuming the database", vacuum)

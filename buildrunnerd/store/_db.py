@@ -1,11 +1,13 @@
 """The connection: opening, migrations, transactions, events after commit, error translation.
 
-One aiosqlite connection (its own thread) serves the whole daemon. A transaction is a plain
-synchronous function run on that thread in ONE hop (BEGIN, the statements, the events, COMMIT,
-or ROLLBACK on any error): hops between the event loop and the thread are what a write costs,
-so a state change with its events costs one. A lock serializes transactions and reads, so a
-reader never sees half of a transaction. Events written in a transaction are handed to
-``on_event`` only after COMMIT succeeded, in id order, never for one that rolled back.
+One aiosqlite connection (its own thread) serves the whole daemon, through aiosqlite's public
+API only. A transaction is a sequence of awaited statements between ``BEGIN IMMEDIATE`` and
+``COMMIT`` (or ``ROLLBACK`` on any error), under an asyncio lock that also serializes reads, so
+a reader never sees half of a transaction and two transactions never interleave on the one
+connection. Each statement is one hop to the connection's thread, so the hot paths keep their
+statement counts small (multi-row INSERTs and ``executemany``). Events written in a transaction
+are handed to ``on_event`` only after COMMIT succeeded, in id order, never for one that rolled
+back.
 """
 
 from __future__ import annotations
@@ -28,8 +30,8 @@ from buildrunnerd.store._migrations import LATEST_VERSION, migrate
 from buildrunnerd.store._records import format_ts
 
 __all__ = [
-    "Database", "Txn", "EventCallback", "EVENT_COLUMNS", "encode_json", "decode_json",
-    "event_from_row", "translate_error", "not_found",
+    "EVENT_COLUMNS", "Database", "EventCallback", "Reader", "Txn", "decode_json",
+    "encode_json", "event_from_row", "not_found", "translate_error",
 ]
 
 EventCallback = Callable[[protocol.Event], None]
@@ -65,33 +67,47 @@ def event_from_row(row: Sequence[Any]) -> protocol.Event:
     )
 
 
-class Txn:
-    """One open write transaction, used on the connection's thread: statements, plus events
-    buffered until just before COMMIT (inserted together, one multi-row INSERT)."""
+class Reader:
+    """Queries on the connection, inside the store's lock (between transactions, or inside
+    the open one for :class:`Txn`)."""
 
-    def __init__(self, conn: sqlite3.Connection, now: datetime) -> None:
+    def __init__(self, conn: aiosqlite.Connection) -> None:
         self.conn = conn
+
+    async def fetchall(self, sql: str, params: Sequence[Any] = ()) -> list[Any]:
+        """Rows of a query (one hop)."""
+        return list(await self.conn.execute_fetchall(sql, params))
+
+
+class Txn(Reader):
+    """One open write transaction: statements, plus events buffered until just before COMMIT
+    (inserted together, one multi-row INSERT)."""
+
+    def __init__(self, conn: aiosqlite.Connection, now: datetime) -> None:
+        super().__init__(conn)
         self.now = now
         self.ts = format_ts(now)
         self._pending: list[tuple[str, str, str, str | None, str | None]] = []
         #: The stored events, in id order; filled by :meth:`flush_events`.
         self.events: list[protocol.Event] = []
 
-    def execute(self, sql: str, params: Sequence[Any] = ()) -> int:
+    async def execute(self, sql: str, params: Sequence[Any] = ()) -> int:
         """Run one statement; return the number of rows it changed."""
-        return int(self.conn.execute(sql, params).rowcount)
+        cursor = await self.conn.execute(sql, params)
+        return int(cursor.rowcount)
 
-    def insert(self, sql: str, params: Sequence[Any] = ()) -> int:
+    async def insert(self, sql: str, params: Sequence[Any] = ()) -> int:
         """Run one INSERT; return the new row's id."""
-        return int(self.conn.execute(sql, params).lastrowid or 0)
+        cursor = await self.conn.execute(sql, params)
+        return int(cursor.lastrowid or 0)
 
-    def executemany(self, sql: str, rows: Iterable[Sequence[Any]]) -> None:
-        """Run one statement for every row of parameters."""
-        self.conn.executemany(sql, rows)
-
-    def fetchall(self, sql: str, params: Sequence[Any] = ()) -> list[Any]:
-        """Rows of a query, inside this transaction."""
-        return self.conn.execute(sql, params).fetchall()
+    async def executemany(self, sql: str, rows: Iterable[Sequence[Any]]) -> int:
+        """Run one statement for every row of parameters (one hop); return the rows changed."""
+        batch = list(rows)
+        if not batch:
+            return 0
+        cursor = await self.conn.executemany(sql, batch)
+        return int(cursor.rowcount)
 
     def add_event(
         self, run_id: str, type_: str, data: dict[str, Any] | None = None, *,
@@ -101,7 +117,7 @@ class Txn:
         Raises ``TypeError`` at once for data JSON cannot hold."""
         self._pending.append((run_id, type_, encode_json(data or {}), batch_id, task_id))
 
-    def flush_events(self) -> None:
+    async def flush_events(self) -> None:
         """Insert the queued events, in order, and record them in :attr:`events`."""
         pending, self._pending = self._pending, []
         for start in range(0, len(pending), _EVENTS_PER_INSERT):
@@ -109,7 +125,7 @@ class Txn:
             params: list[Any] = []
             for run_id, type_, text, batch_id, task_id in chunk:
                 params.extend((self.ts, run_id, type_, text, batch_id, task_id))
-            last_id = self.insert(
+            last_id = await self.insert(
                 "INSERT INTO events (ts, run_id, type, data, batch_id, task_id) VALUES "
                 + ", ".join(["(?, ?, ?, ?, ?, ?)"] * len(chunk)),
                 params,
@@ -227,51 +243,54 @@ class Database:
         return self._clock()
 
     async def _write(
-        self, what: str, body: Callable[[Txn], T]
+        self, what: str, body: Callable[[Txn], Awaitable[T]]
     ) -> tuple[T, list[protocol.Event]]:
-        """Run ``body`` as ONE transaction on the connection's thread; return its result and
-        the events it stored.
+        """Run ``body`` as ONE transaction; return its result and the events it stored.
 
         Any error rolls everything back (SQLite errors become StoreError saying ``what``
         failed); after the COMMIT the transaction's events go to ``on_event``."""
         async with self._lock:
             self._check_open()
-            txn = Txn(self._raw(), self._clock())
+            txn = Txn(self._conn, self._clock())
             try:
-                # Shielded: the thread finishes the transaction whatever happens here, and the
-                # events of a committed transaction must be published.
+                # Shielded: once begun, the transaction runs to its COMMIT or ROLLBACK whatever
+                # happens to the caller, and the events of a committed one must be published.
                 with anyio.CancelScope(shield=True):
-                    result = await self._in_thread(_run_transaction, txn, body)
+                    result = await _run_transaction(txn, body)
             except sqlite3.Error as exc:
                 raise translate_error(exc, self._path, what) from exc
             # Still under the lock, so subscribers see events in id order across writers.
             self._publish(txn.events)
         return result, txn.events
 
-    async def _read(self, what: str, body: Callable[[sqlite3.Connection], T]) -> T:
-        """Run ``body`` (queries only) on the connection's thread, between transactions."""
+    async def _write_one(self, what: str, sql: str, params: Sequence[Any] = ()) -> int:
+        """ONE statement with no events, in autocommit mode (a single statement is atomic by
+        itself): two hops fewer than a transaction. Returns the rows it changed."""
         async with self._lock:
             self._check_open()
             try:
-                return await self._in_thread(body, self._raw())
+                with anyio.CancelScope(shield=True):
+                    cursor = await self._conn.execute(sql, params)
+            except sqlite3.Error as exc:
+                raise translate_error(exc, self._path, what) from exc
+            return int(cursor.rowcount)
+
+    async def _read(self, what: str, body: Callable[[Reader], Awaitable[T]]) -> T:
+        """Run ``body`` (queries only) between transactions."""
+        async with self._lock:
+            self._check_open()
+            try:
+                return await body(Reader(self._conn))
             except sqlite3.Error as exc:
                 raise translate_error(exc, self._path, what) from exc
 
     async def _fetchall(self, what: str, sql: str, params: Sequence[Any] = ()) -> list[Any]:
-        def query(conn: sqlite3.Connection) -> list[Any]:
-            return conn.execute(sql, params).fetchall()
-
-        return await self._read(what, query)
-
-    def _raw(self) -> sqlite3.Connection:
-        # aiosqlite has no public way to run a function on its thread; `_execute` and `_conn`
-        # have been its stable internals for years (0.17 .. 0.22). Running a whole transaction
-        # in one hop instead of one hop per statement is what makes the store fast enough.
-        return self._conn._conn
-
-    async def _in_thread(self, fn: Callable[..., T], *args: Any) -> T:
-        run_on_thread: Callable[..., Awaitable[T]] = self._conn._execute
-        return await run_on_thread(fn, *args)
+        async with self._lock:
+            self._check_open()
+            try:
+                return list(await self._conn.execute_fetchall(sql, params))
+            except sqlite3.Error as exc:
+                raise translate_error(exc, self._path, what) from exc
 
     def _publish(self, events: Sequence[protocol.Event]) -> None:
         callback = self.on_event
@@ -334,21 +353,21 @@ def translate_error(exc: sqlite3.Error, path: Path, what: str) -> StoreError:
     return StoreError(message, data=data)
 
 
-def _run_transaction(txn: Txn, body: Callable[[Txn], T]) -> T:
-    # On the connection's thread. isolation_level=None: the transaction is exactly this.
+async def _run_transaction(txn: Txn, body: Callable[[Txn], Awaitable[T]]) -> T:
+    # isolation_level=None: the transaction is exactly this, BEGIN to COMMIT.
     conn = txn.conn
-    conn.execute("BEGIN IMMEDIATE")
+    await conn.execute("BEGIN IMMEDIATE")
     try:
-        result = body(txn)
-        txn.flush_events()
-        conn.execute("COMMIT")
+        result = await body(txn)
+        await txn.flush_events()
+        await conn.execute("COMMIT")
     except BaseException:
         txn.events.clear()
         # SQLite rolls back by itself after some errors (SQLITE_FULL can), so only roll back
         # what is still open, and never let a failed rollback hide the original error.
         if conn.in_transaction:
             try:
-                conn.execute("ROLLBACK")
+                await conn.execute("ROLLBACK")
             except sqlite3.Error as exc:
                 _log.warning("rollback failed", error=str(exc))
         raise

@@ -11,7 +11,7 @@ import sqlite3
 
 import aiosqlite
 
-__all__ = ["MIGRATIONS", "LATEST_VERSION", "migrate"]
+__all__ = ["MIGRATIONS", "LATEST_VERSION", "migrate", "split_statements", "user_version"]
 
 _RUN_STATES = "'queued','running','paused','succeeded','failed','cancelled'"
 _TASK_STATES = (
@@ -186,32 +186,133 @@ CREATE INDEX api_calls_ts ON api_calls(ts);
 CREATE INDEX runs_state ON runs(state);
 """
 
+# 3: the big texts leave the hot rows. SQLite rewrites a whole row, overflow pages included,
+# on any UPDATE, and walks the overflow chain to read a column stored after a big one: with the
+# spec and the plan (megabytes at 10,000 tasks) in `runs`, every cost update and every budget
+# check of every batch cost time proportional to the run's size. They move to `run_specs`
+# (written once), and the tasks' prompts and verification reports to `task_texts`, so a task's
+# state change rewrites a small row. The run states gain 'planning' (Claude planning in the
+# daemon, before the run has tasks), which a CHECK constraint can only learn by rebuilding the
+# table (foreign keys are off during migrations, see migrate()).
+_V3 = f"""
+CREATE TABLE runs_v3 (
+    id                           TEXT PRIMARY KEY,
+    title                        TEXT NOT NULL,
+    state                        TEXT NOT NULL CHECK (state IN ('planning',{_RUN_STATES})),
+    spec_path                    TEXT,
+    repo                         TEXT,
+    branch                       TEXT,
+    base_commit                  TEXT,
+    options_json                 TEXT NOT NULL,
+    created_at                   TEXT NOT NULL,
+    started_at                   TEXT,
+    finished_at                  TEXT,
+    reason                       TEXT,
+    cost_nanousd                 INTEGER NOT NULL DEFAULT 0,
+    calls                        INTEGER NOT NULL DEFAULT 0,
+    input_tokens                 INTEGER NOT NULL DEFAULT 0,
+    output_tokens                INTEGER NOT NULL DEFAULT 0,
+    cache_creation_input_tokens  INTEGER NOT NULL DEFAULT 0,
+    cache_read_input_tokens      INTEGER NOT NULL DEFAULT 0
+);
+INSERT INTO runs_v3 (id, title, state, spec_path, repo, branch, base_commit, options_json,
+                     created_at, started_at, finished_at, reason, cost_nanousd, calls,
+                     input_tokens, output_tokens, cache_creation_input_tokens,
+                     cache_read_input_tokens)
+    SELECT id, title, state, spec_path, repo, branch, base_commit, options_json, created_at,
+           started_at, finished_at, reason, cost_nanousd, calls, input_tokens, output_tokens,
+           cache_creation_input_tokens, cache_read_input_tokens
+    FROM runs;
+CREATE TABLE run_specs (
+    run_id     TEXT PRIMARY KEY REFERENCES runs(id) ON DELETE CASCADE,
+    spec_text  TEXT NOT NULL,
+    plan_json  TEXT  -- NULL while the run is planning
+);
+INSERT INTO run_specs (run_id, spec_text, plan_json) SELECT id, spec_text, plan_json FROM runs;
+DROP TABLE runs;
+ALTER TABLE runs_v3 RENAME TO runs;
+CREATE INDEX runs_state ON runs(state);
+CREATE TABLE task_texts (
+    task_id       TEXT PRIMARY KEY REFERENCES tasks(id) ON DELETE CASCADE,
+    prompt        TEXT,
+    verification  TEXT
+);
+INSERT INTO task_texts (task_id, prompt, verification)
+    SELECT id, prompt, verification FROM tasks
+    WHERE prompt IS NOT NULL OR verification IS NOT NULL;
+ALTER TABLE tasks DROP COLUMN prompt;
+ALTER TABLE tasks DROP COLUMN verification;
+"""
+
 #: ``MIGRATIONS[i]`` takes a database from version ``i`` to version ``i + 1``.
-MIGRATIONS: tuple[str, ...] = (_V1, _V2)
+MIGRATIONS: tuple[str, ...] = (_V1, _V2, _V3)
 LATEST_VERSION = len(MIGRATIONS)
 
 
 async def migrate(conn: aiosqlite.Connection, *, target: int = LATEST_VERSION) -> int:
     """Bring the database up to ``target``, one transaction per migration; return the version.
 
-    Raises ``sqlite3.Error`` from the failing script (the caller translates it); a database
+    Raises ``sqlite3.Error`` from the failing statement (the caller translates it); a database
     newer than ``target`` is left alone and its version returned, for the caller to refuse.
+
+    Foreign keys are off while a migration runs (SQLite's documented way to rebuild a table
+    that others reference; the pragma cannot change inside a transaction), and
+    ``PRAGMA foreign_key_check`` must come back empty before the COMMIT.
     """
     version = await user_version(conn)
-    while version < target:
-        script = MIGRATIONS[version]
-        # executescript() commits whatever is pending and then runs the script in autocommit
-        # mode, so the transaction has to be part of the script itself.
-        try:
-            await conn.executescript(
-                f"BEGIN IMMEDIATE;\n{script}\nPRAGMA user_version = {version + 1};\nCOMMIT;"
-            )
-        except sqlite3.Error:
-            if conn.in_transaction:
-                await conn.execute("ROLLBACK")
-            raise
-        version = await user_version(conn)
+    if version >= target:
+        return version
+    rows = list(await conn.execute_fetchall("PRAGMA foreign_keys"))
+    foreign_keys = bool(rows[0][0])
+    await conn.execute("PRAGMA foreign_keys = OFF")
+    try:
+        while version < target:
+            await _run_migration(conn, MIGRATIONS[version], version + 1)
+            version = await user_version(conn)
+    finally:
+        if foreign_keys:
+            await conn.execute("PRAGMA foreign_keys = ON")
     return version
+
+
+async def _run_migration(conn: aiosqlite.Connection, script: str, version: int) -> None:
+    await conn.execute("BEGIN IMMEDIATE")
+    try:
+        for statement in split_statements(script):
+            await conn.execute(statement)
+        problems = list(await conn.execute_fetchall("PRAGMA foreign_key_check"))
+        if problems:
+            raise sqlite3.IntegrityError(
+                f"migration {version} would break {len(problems)} foreign key(s), e.g. "
+                f"{tuple(problems[0])}"
+            )
+        await conn.execute(f"PRAGMA user_version = {version}")
+        await conn.execute("COMMIT")
+    except BaseException:
+        if conn.in_transaction:
+            await conn.execute("ROLLBACK")
+        raise
+
+
+def split_statements(script: str) -> list[str]:
+    """The statements of an SQL script, each complete (``sqlite3.complete_statement``), so
+    that a semicolon inside a string or a comment does not split one."""
+    statements: list[str] = []
+    pending = ""
+    for piece in script.split(";"):
+        pending += piece + ";"
+        if sqlite3.complete_statement(pending):
+            if _has_sql(pending):
+                statements.append(pending.strip())
+            pending = ""
+    if _has_sql(pending.rstrip(";")):
+        raise ValueError(f"incomplete SQL statement at the end of a migration: {pending!r}")
+    return statements
+
+
+def _has_sql(text: str) -> bool:
+    lines = [line.split("--", 1)[0].strip() for line in text.splitlines()]
+    return any(line and line != ";" for line in lines)
 
 
 async def user_version(conn: aiosqlite.Connection) -> int:

@@ -16,7 +16,7 @@ from buildrunnerd import protocol
 from buildrunnerd.plan._model import Plan
 
 __all__ = [
-    "RunOptions", "NewRun", "RunRecord", "TaskRecord", "BatchRecord", "AttemptRecord",
+    "RunOptions", "NewRun", "RunRecord", "RunSpec", "TaskRecord", "BatchRecord", "AttemptRecord",
     "TaskChange", "RunChange", "BatchChange", "NewEvent", "ATTEMPT_OUTCOMES", "global_id",
     "format_ts", "parse_ts",
 ]
@@ -48,6 +48,8 @@ class RunOptions(msgspec.Struct, kw_only=True):
     budget_usd: float | None = None
     test_cmd: str | None = None
     allow_dirty: bool = False
+    #: A run without a repository: the folder that keeps its results (None: a git run).
+    scratch_dir: str | None = None
 
 
 class NewRun(msgspec.Struct, kw_only=True):
@@ -63,18 +65,31 @@ class NewRun(msgspec.Struct, kw_only=True):
     title: str | None = None
 
 
+class RunSpec(msgspec.Struct, kw_only=True):
+    """A run's spec and plan (:meth:`Store.get_run_spec`): its biggest data, kept out of
+    :class:`RunRecord`. ``plan_json`` is the :class:`Plan` as msgspec JSON, None while the run
+    is planning."""
+
+    spec_text: str
+    plan_json: str | None
+
+    def plan(self) -> Plan:
+        """The run's plan, decoded (plan ids, not global ids)."""
+        if self.plan_json is None:
+            raise ValueError("the run has no plan yet (it is planning)")
+        return msgspec.json.decode(self.plan_json, type=Plan)
+
+
 class RunRecord(msgspec.Struct, kw_only=True):
-    """One run as stored. ``plan_json`` is the :class:`Plan` as msgspec JSON (see :meth:`plan`)."""
+    """One run as stored (its spec and plan: :class:`RunSpec`)."""
 
     id: str
     title: str
     state: str  # protocol.RunState
     spec_path: str | None
-    spec_text: str
     repo: str | None
     branch: str | None
     base_commit: str | None
-    plan_json: str
     options: RunOptions
     created_at: str
     started_at: str | None = None
@@ -86,10 +101,6 @@ class RunRecord(msgspec.Struct, kw_only=True):
     output_tokens: int = 0
     cache_read_input_tokens: int = 0
     cache_creation_input_tokens: int = 0
-
-    def plan(self) -> Plan:
-        """The run's plan, decoded (plan ids, not global ids)."""
-        return msgspec.json.decode(self.plan_json, type=Plan)
 
     def to_info(
         self, *, tasks_by_state: dict[str, int] | None = None, now: datetime | None = None
@@ -107,6 +118,7 @@ class RunRecord(msgspec.Struct, kw_only=True):
             workers=self.options.workers, budget_usd=self.options.budget_usd,
             cost_usd=self.cost_usd, test_cmd=self.options.test_cmd, reason=self.reason,
             tasks_by_state=counts, task_count=sum(counts.values()),
+            scratch_dir=self.options.scratch_dir,
         )
 
 

@@ -3,19 +3,19 @@ transaction. Costs and retention live in :mod:`._costs`, the connection in :mod:
 
 from __future__ import annotations
 
-import sqlite3
 from collections.abc import Iterable, Sequence
 from typing import Any, get_args
 
 import msgspec
 
 from buildrunnerd import protocol
-from buildrunnerd.errors import InvalidStateError
+from buildrunnerd.errors import InvalidStateError, StoreError
 from buildrunnerd.plan._model import Plan
 from buildrunnerd.store._attempts import AttemptMethods
 from buildrunnerd.store._costs import CostMethods, from_nanousd
 from buildrunnerd.store._db import (
     EVENT_COLUMNS,
+    Reader,
     Txn,
     decode_json,
     encode_json,
@@ -30,6 +30,7 @@ from buildrunnerd.store._records import (
     RunChange,
     RunOptions,
     RunRecord,
+    RunSpec,
     TaskChange,
     TaskRecord,
     global_id,
@@ -42,16 +43,24 @@ _TASK_STATES = frozenset(protocol.TASK_STATES)
 _RUN_STATES = frozenset(protocol.RUN_STATES)
 _TERMINAL_BATCH_STATES = frozenset({"succeeded", "failed", "cancelled"})
 
+# No big text in these rows (migration 3): the spec and the plan live in `run_specs`, the
+# prompts and verification reports in `task_texts`, so reading or updating a run or a task
+# costs the same whatever the run's size.
 _RUN_COLUMNS = (
-    "id, title, state, spec_path, spec_text, repo, branch, base_commit, plan_json, options_json,"
+    "id, title, state, spec_path, repo, branch, base_commit, options_json,"
     " created_at, started_at, finished_at, reason, cost_nanousd, calls, input_tokens,"
     " output_tokens, cache_read_input_tokens, cache_creation_input_tokens"
 )
-_TASK_COLUMNS = (
-    "id, run_id, plan_id, feature, title, domain, complexity, estimate_minutes, files,"
-    " acceptance_criteria, batch_id, state, attempts, model, cost_nanousd, reason, prompt,"
-    " verification, description, updated_at"
+_TASK_BASE_COLUMNS = (
+    "t.id, t.run_id, t.plan_id, t.feature, t.title, t.domain, t.complexity,"
+    " t.estimate_minutes, t.files, t.acceptance_criteria, t.batch_id, t.state, t.attempts,"
+    " t.model, t.cost_nanousd, t.reason"
 )
+_TASK_COLUMNS = (
+    f"{_TASK_BASE_COLUMNS}, x.prompt, x.verification, t.description, t.updated_at"
+    " FROM tasks t LEFT JOIN task_texts x ON x.task_id = t.id"
+)
+_TASK_LIST_COLUMNS = f"{_TASK_BASE_COLUMNS}, NULL, NULL, t.description, NULL FROM tasks t"
 _BATCH_COLUMNS = (
     "id, run_id, plan_id, task_ids, domain, priority_minutes, prompt_tokens, state, attempts,"
     " model, started_at, finished_at, estimate_minutes"
@@ -85,78 +94,78 @@ class Store(AttemptMethods, CostMethods):
     """
 
     # --- runs ---------------------------------------------------------------------------
-    async def create_run(self, new: NewRun, plan: Plan) -> RunRecord:
-        """Store a submitted run in ONE transaction: the run (``queued``), its features, tasks
-        (``pending``), batches (``pending``) and their dependencies, and the ``run.submitted``
-        event ``{title, tasks, batches}``."""
-        run_id = new.id
-        title = new.title if new.title is not None else plan.spec_title
-        batch_of: dict[str, str] = {}
-        for batch in plan.batches:
-            for task_id in batch.task_ids:
-                batch_of[task_id] = batch.id
+    async def create_run(self, new: NewRun, plan: Plan | None) -> RunRecord:
+        """Store a submitted run in ONE transaction: the run, its spec, and the
+        ``run.submitted`` event ``{title, tasks, batches, spec_path, repo, scratch_dir}``.
 
-        def create(txn: Txn) -> RunRecord:
-            txn.execute(
-                "INSERT INTO runs (id, title, state, spec_path, spec_text, repo, branch,"
-                " base_commit, plan_json, options_json, created_at)"
-                " VALUES (?, ?, 'queued', ?, ?, ?, ?, ?, ?, ?, ?)",
-                (run_id, title, new.spec_path, new.spec_text, new.repo, new.branch,
-                 new.base_commit, msgspec.json.encode(plan).decode(), encode_json(new.options),
-                 txn.ts),
+        With a ``plan``, the run is ``queued`` with its features, tasks (``pending``), batches
+        (``pending``) and their dependencies. Without one it is ``planning`` (the daemon is
+        still planning it: no tasks yet) until :meth:`set_run_plan`; ``new.title`` is then
+        required."""
+        run_id = new.id
+        title = new.title if new.title is not None else plan.spec_title if plan else None
+        if title is None:
+            raise TypeError("create_run() without a plan needs NewRun.title")
+        state = "queued" if plan is not None else "planning"
+
+        async def create(txn: Txn) -> RunRecord:
+            await txn.execute(
+                "INSERT INTO runs (id, title, state, spec_path, repo, branch, base_commit,"
+                " options_json, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (run_id, title, state, new.spec_path, new.repo, new.branch, new.base_commit,
+                 encode_json(new.options), txn.ts),
             )
-            txn.executemany(
-                "INSERT INTO features (run_id, plan_id, name, line, depends_on)"
-                " VALUES (?, ?, ?, ?, ?)",
-                [(run_id, f.id, f.name, f.line, encode_json(f.depends_on)) for f in plan.features],
+            await txn.execute(
+                "INSERT INTO run_specs (run_id, spec_text, plan_json) VALUES (?, ?, ?)",
+                (run_id, new.spec_text,
+                 msgspec.json.encode(plan).decode() if plan is not None else None),
             )
-            txn.executemany(
-                "INSERT INTO batches (id, run_id, plan_id, position, task_ids, domain,"
-                " estimate_minutes, priority_minutes, prompt_tokens, state)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 'pending')",
-                [
-                    (global_id(run_id, b.id), run_id, b.id, i,
-                     encode_json([global_id(run_id, t) for t in b.task_ids]), b.domain,
-                     b.estimate_minutes, b.priority_minutes, b.prompt_tokens)
-                    for i, b in enumerate(plan.batches)
-                ],
-            )
-            txn.executemany(
-                "INSERT INTO batch_deps (batch_id, depends_on) VALUES (?, ?)",
-                [
-                    (global_id(run_id, b.id), global_id(run_id, dep))
-                    for b in plan.batches for dep in dict.fromkeys(b.depends_on)
-                ],
-            )
-            txn.executemany(
-                "INSERT INTO tasks (id, run_id, plan_id, position, feature, title, domain,"
-                " complexity, estimate_minutes, description, files, acceptance_criteria,"
-                " batch_id, state, updated_at)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'pending', ?)",
-                [
-                    (global_id(run_id, t.id), run_id, t.id, i, t.feature, t.title, t.domain,
-                     t.complexity, t.estimate_minutes, t.description, encode_json(t.files),
-                     encode_json(t.acceptance_criteria),
-                     global_id(run_id, batch_of[t.id]) if t.id in batch_of else None, txn.ts)
-                    for i, t in enumerate(plan.tasks)
-                ],
-            )
-            txn.executemany(
-                "INSERT INTO task_deps (task_id, depends_on) VALUES (?, ?)",
-                [
-                    (global_id(run_id, t.id), global_id(run_id, dep))
-                    for t in plan.tasks for dep in dict.fromkeys(t.depends_on)
-                ],
-            )
+            if plan is not None:
+                await _insert_plan(txn, run_id, plan)
             txn.add_event(
                 run_id, "run.submitted",
-                {"title": title, "tasks": len(plan.tasks), "batches": len(plan.batches),
-                 "spec_path": new.spec_path, "repo": new.repo},
+                {"title": title, "tasks": len(plan.tasks) if plan else None,
+                 "batches": len(plan.batches) if plan else None, "state": state,
+                 "spec_path": new.spec_path, "repo": new.repo,
+                 "scratch_dir": new.options.scratch_dir},
             )
-            rows = txn.fetchall(f"SELECT {_RUN_COLUMNS} FROM runs WHERE id = ?", (run_id,))
+            rows = await txn.fetchall(f"SELECT {_RUN_COLUMNS} FROM runs WHERE id = ?", (run_id,))
             return _run_from_row(rows[0])
 
         record, _ = await self._write(f"creating run {run_id}", create)
+        return record
+
+    async def set_run_plan(
+        self, run_id: str, plan: Plan, *, data: dict[str, Any] | None = None
+    ) -> RunRecord:
+        """A ``planning`` run gets its plan, in ONE transaction: features, tasks, batches,
+        the plan itself, the state ``queued`` and the ``run.planned`` event
+        ``{from, to, tasks, batches, **data}``. InvalidStateError if it is not planning (it
+        was cancelled meanwhile, say)."""
+
+        async def store_plan(txn: Txn) -> RunRecord:
+            rows = await txn.fetchall("SELECT state FROM runs WHERE id = ?", (run_id,))
+            if not rows:
+                raise not_found("run", run_id)
+            if rows[0][0] != "planning":
+                raise InvalidStateError(
+                    f"run {run_id} is {rows[0][0]}, not planning: its plan cannot be set",
+                    data={"state": rows[0][0], "allowed": ["planning"]},
+                )
+            await txn.execute(
+                "UPDATE run_specs SET plan_json = ? WHERE run_id = ?",
+                (msgspec.json.encode(plan).decode(), run_id),
+            )
+            await _insert_plan(txn, run_id, plan)
+            await txn.execute("UPDATE runs SET state = 'queued' WHERE id = ?", (run_id,))
+            txn.add_event(run_id, "run.planned", {
+                "from": "planning", "to": "queued", "tasks": len(plan.tasks),
+                "batches": len(plan.batches), **(data or {}),
+            })
+            rows = await txn.fetchall(f"SELECT {_RUN_COLUMNS} FROM runs WHERE id = ?", (run_id,))
+            return _run_from_row(rows[0])
+
+        record, _ = await self._write(f"storing the plan of run {run_id}", store_plan)
         return record
 
     async def get_run(self, run_id: str) -> RunRecord:
@@ -167,6 +176,17 @@ class Store(AttemptMethods, CostMethods):
         if not rows:
             raise not_found("run", run_id)
         return _run_from_row(rows[0])
+
+    async def get_run_spec(self, run_id: str) -> RunSpec:
+        """A run's spec text and plan (NotFoundError for an unknown run). Kept apart from
+        :meth:`get_run`: they are the run's biggest data and only activation needs them."""
+        rows = await self._fetchall(
+            f"reading the spec of run {run_id}",
+            "SELECT spec_text, plan_json FROM run_specs WHERE run_id = ?", (run_id,),
+        )
+        if not rows:
+            raise not_found("run", run_id)
+        return RunSpec(spec_text=rows[0][0], plan_json=rows[0][1])
 
     async def list_runs(self, states: Iterable[str] | None = None) -> list[RunRecord]:
         """Runs, oldest first; only those in ``states`` when given."""
@@ -204,8 +224,8 @@ class Store(AttemptMethods, CostMethods):
         if unknown:
             allowed = ", ".join(sorted(_RUN_FIELDS | _OPTION_FIELDS))
             raise TypeError(f"update_run() cannot set {', '.join(sorted(unknown))}: use {allowed}")
-        def update(txn: Txn) -> None:
-            rows = txn.fetchall("SELECT options_json FROM runs WHERE id = ?", (run_id,))
+        async def update(txn: Txn) -> None:
+            rows = await txn.fetchall("SELECT options_json FROM runs WHERE id = ?", (run_id,))
             if not rows:
                 raise not_found("run", run_id)
             columns = {k: v for k, v in fields.items() if k in _RUN_FIELDS}
@@ -217,7 +237,7 @@ class Store(AttemptMethods, CostMethods):
                 columns["options_json"] = encode_json(merged)
             if columns:
                 assignments = ", ".join(f"{name} = ?" for name in columns)
-                txn.execute(
+                await txn.execute(
                     f"UPDATE runs SET {assignments} WHERE id = ?", (*columns.values(), run_id)
                 )
 
@@ -227,23 +247,18 @@ class Store(AttemptMethods, CostMethods):
     async def list_tasks(self, run_id: str, *, details: bool = True) -> list[TaskRecord]:
         """A run's tasks in plan order (an unknown run has none). ``details=False`` leaves
         out each task's prompt, verification report and ``updated_at`` (None): listings that
-        do not show them read far less (added for the daemon's run.get/task.list; the big
-        prompt sits before ``updated_at`` in the row, so reading that walks its overflow
-        pages: ~10x slower for 500 tasks)."""
-        columns = _TASK_COLUMNS if details else _TASK_COLUMNS.replace(
-            "prompt,", "NULL,").replace(" verification,", " NULL,").replace(
-            "updated_at", "NULL")
+        do not show them read far less (the texts live in another table, not joined)."""
+        columns = _TASK_COLUMNS if details else _TASK_LIST_COLUMNS
 
-        def query(conn: sqlite3.Connection) -> tuple[list[Any], list[Any]]:
-            rows = conn.execute(
-                f"SELECT {columns} FROM tasks WHERE run_id = ? ORDER BY position",
+        async def query(db: Reader) -> tuple[list[Any], list[Any]]:
+            rows = await db.fetchall(
+                f"SELECT {columns} WHERE t.run_id = ? ORDER BY t.position", (run_id,)
+            )
+            deps = await db.fetchall(
+                "SELECT d.task_id, d.depends_on FROM task_deps d JOIN tasks t"
+                " ON t.id = d.task_id WHERE t.run_id = ?",
                 (run_id,),
-            ).fetchall()
-            deps = conn.execute(
-                "SELECT d.task_id, d.depends_on FROM task_deps d JOIN tasks t ON t.id = d.task_id"
-                " WHERE t.run_id = ?",
-                (run_id,),
-            ).fetchall()
+            )
             return rows, deps
 
         rows, deps = await self._read(f"listing the tasks of run {run_id}", query)
@@ -253,14 +268,12 @@ class Store(AttemptMethods, CostMethods):
     async def get_task(self, task_id: str) -> TaskRecord:
         """One task by its global id (NotFoundError if there is none)."""
 
-        def query(conn: sqlite3.Connection) -> tuple[list[Any], list[Any]]:
-            rows = conn.execute(
-                f"SELECT {_TASK_COLUMNS} FROM tasks WHERE id = ?", (task_id,)
-            ).fetchall()
-            deps = conn.execute(
+        async def query(db: Reader) -> tuple[list[Any], list[Any]]:
+            rows = await db.fetchall(f"SELECT {_TASK_COLUMNS} WHERE t.id = ?", (task_id,))
+            deps = await db.fetchall(
                 "SELECT depends_on FROM task_deps WHERE task_id = ? ORDER BY depends_on",
                 (task_id,),
-            ).fetchall()
+            )
             return rows, deps
 
         rows, deps = await self._read(f"reading task {task_id}", query)
@@ -294,16 +307,16 @@ class Store(AttemptMethods, CostMethods):
     async def list_batches(self, run_id: str) -> list[BatchRecord]:
         """A run's batches in plan order (an unknown run has none)."""
 
-        def query(conn: sqlite3.Connection) -> tuple[list[Any], list[Any]]:
-            rows = conn.execute(
+        async def query(db: Reader) -> tuple[list[Any], list[Any]]:
+            rows = await db.fetchall(
                 f"SELECT {_BATCH_COLUMNS} FROM batches WHERE run_id = ? ORDER BY position",
                 (run_id,),
-            ).fetchall()
-            deps = conn.execute(
+            )
+            deps = await db.fetchall(
                 "SELECT d.batch_id, d.depends_on FROM batch_deps d"
                 " JOIN batches b ON b.id = d.batch_id WHERE b.run_id = ?",
                 (run_id,),
-            ).fetchall()
+            )
             return rows, deps
 
         rows, deps = await self._read(f"listing the batches of run {run_id}", query)
@@ -313,14 +326,14 @@ class Store(AttemptMethods, CostMethods):
     async def get_batch(self, batch_id: str) -> BatchRecord:
         """One batch by its global id (NotFoundError if there is none)."""
 
-        def query(conn: sqlite3.Connection) -> tuple[list[Any], list[Any]]:
-            rows = conn.execute(
+        async def query(db: Reader) -> tuple[list[Any], list[Any]]:
+            rows = await db.fetchall(
                 f"SELECT {_BATCH_COLUMNS} FROM batches WHERE id = ?", (batch_id,)
-            ).fetchall()
-            deps = conn.execute(
+            )
+            deps = await db.fetchall(
                 "SELECT depends_on FROM batch_deps WHERE batch_id = ? ORDER BY depends_on",
                 (batch_id,),
-            ).fetchall()
+            )
             return rows, deps
 
         rows, deps = await self._read(f"reading batch {batch_id}", query)
@@ -359,28 +372,28 @@ class Store(AttemptMethods, CostMethods):
         batch_change = BatchChange(*batch) if batch is not None else None
         run_last = run_change is not None and run_change.to in protocol.TERMINAL_RUN_STATES
 
-        def apply(txn: Txn) -> None:
+        async def apply(txn: Txn) -> None:
             if run_change is not None and not run_last:
-                _apply_run_change(txn, run_change)
+                await _apply_run_change(txn, run_change)
             if batch_change is not None:
-                _apply_batch_change(txn, batch_change)
+                await _apply_batch_change(txn, batch_change)
             if tasks:
-                _apply_task_changes(txn, tasks)
+                await _apply_task_changes(txn, tasks)
             for e in events:
                 txn.add_event(e.run_id, e.type, e.data, batch_id=e.batch_id, task_id=e.task_id)
             if run_change is not None and run_last:
-                _apply_run_change(txn, run_change)
+                await _apply_run_change(txn, run_change)
 
         _, stored = await self._write("applying a state transition", apply)
         return stored
 
     async def set_task_prompt(self, task_id: str, prompt: str) -> None:
         """Keep the prompt a task was built with (shown by ``brctl task``)."""
-        await self._set_task_column(task_id, "prompt", prompt)
+        await self.set_tasks_details([task_id], prompt=prompt)
 
     async def set_task_verification(self, task_id: str, report: dict[str, Any]) -> None:
         """Keep a task's latest verification report (JSON)."""
-        await self._set_task_column(task_id, "verification", encode_json(report))
+        await self.set_tasks_details([task_id], verification=report)
 
     async def set_tasks_details(
         self, task_ids: Sequence[str], *, prompt: str | None = None,
@@ -389,38 +402,41 @@ class Store(AttemptMethods, CostMethods):
         """Set the prompt and/or the verification report of several tasks (a batch's tasks
         share both) in ONE transaction. Added for the daemon's hot path (one write per batch
         instead of one per task); NotFoundError if a task is missing."""
-        sets: list[str] = []
+        columns: list[str] = []
         values: list[Any] = []
         if prompt is not None:
-            sets.append("prompt = ?")
+            columns.append("prompt")
             values.append(prompt)
         if verification is not None:
-            sets.append("verification = ?")
+            columns.append("verification")
             values.append(encode_json(verification))
-        if not sets or not task_ids:
+        ids = list(dict.fromkeys(task_ids))
+        if not columns or not ids:
             return
+        marks = ", ".join("?" * len(columns))
+        upsert = (
+            f"INSERT INTO task_texts (task_id, {', '.join(columns)}) VALUES (?, {marks})"
+            " ON CONFLICT (task_id) DO UPDATE SET "
+            + ", ".join(f"{c} = excluded.{c}" for c in columns)
+        )
 
-        def update(txn: Txn) -> None:
-            for task_id in task_ids:
-                changed = txn.execute(
-                    f"UPDATE tasks SET {', '.join(sets)}, updated_at = ? WHERE id = ?",
-                    (*values, txn.ts, task_id),
+        async def update(txn: Txn) -> None:
+            for start in range(0, len(ids), _CHUNK):
+                chunk = ids[start:start + _CHUNK]
+                changed = await txn.execute(
+                    f"UPDATE tasks SET updated_at = ? WHERE id IN ({', '.join('?' * len(chunk))})",
+                    (txn.ts, *chunk),
                 )
-                if changed == 0:
-                    raise not_found("task", task_id)
+                if changed != len(chunk):
+                    rows = await txn.fetchall(
+                        f"SELECT id FROM tasks WHERE id IN ({', '.join('?' * len(chunk))})",
+                        chunk,
+                    )
+                    found = {r[0] for r in rows}
+                    raise not_found("task", next(t for t in chunk if t not in found))
+            await txn.executemany(upsert, [(task_id, *values) for task_id in ids])
 
-        await self._write(f"setting details of {len(task_ids)} task(s)", update)
-
-    async def _set_task_column(self, task_id: str, column: str, value: str) -> None:
-        def update(txn: Txn) -> None:
-            changed = txn.execute(
-                f"UPDATE tasks SET {column} = ?, updated_at = ? WHERE id = ?",
-                (value, txn.ts, task_id),
-            )
-            if changed == 0:
-                raise not_found("task", task_id)
-
-        await self._write(f"setting the {column} of task {task_id}", update)
+        await self._write(f"setting details of {len(ids)} task(s)", update)
 
     # --- events --------------------------------------------------------------------------
     async def append_event(
@@ -429,12 +445,17 @@ class Store(AttemptMethods, CostMethods):
     ) -> protocol.Event:
         """Store one event (its own transaction) and return it with its id and ``ts``."""
 
-        def append(txn: Txn) -> None:
-            if not txn.fetchall("SELECT 1 FROM runs WHERE id = ?", (run_id,)):
-                raise not_found("run", run_id)
+        async def append(txn: Txn) -> None:
             txn.add_event(run_id, type, data, batch_id=batch_id, task_id=task_id)
 
-        _, events = await self._write(f"storing a {type} event of run {run_id}", append)
+        try:
+            _, events = await self._write(f"storing a {type} event of run {run_id}", append)
+        except StoreError as exc:
+            # The run's existence is checked by the foreign key (one statement less on the
+            # hot path): the only constraint an event row can break.
+            if str(exc.data.get("sqlite_error", "")).startswith("SQLITE_CONSTRAINT"):
+                raise not_found("run", run_id) from None
+            raise
         return events[0]
 
     async def list_events(
@@ -466,16 +487,67 @@ class Store(AttemptMethods, CostMethods):
 
 
 # --- transaction steps shared by the single-change methods and transition() ---------------
-def _apply_run_change(txn: Txn, change: RunChange) -> None:
+async def _insert_plan(txn: Txn, run_id: str, plan: Plan) -> None:
+    """A run's features, batches, tasks and their dependencies (plan ids made global)."""
+    batch_of: dict[str, str] = {}
+    for batch in plan.batches:
+        for task_id in batch.task_ids:
+            batch_of[task_id] = batch.id
+    await txn.executemany(
+        "INSERT INTO features (run_id, plan_id, name, line, depends_on)"
+        " VALUES (?, ?, ?, ?, ?)",
+        [(run_id, f.id, f.name, f.line, encode_json(f.depends_on)) for f in plan.features],
+    )
+    await txn.executemany(
+        "INSERT INTO batches (id, run_id, plan_id, position, task_ids, domain,"
+        " estimate_minutes, priority_minutes, prompt_tokens, state)"
+        " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 'pending')",
+        [
+            (global_id(run_id, b.id), run_id, b.id, i,
+             encode_json([global_id(run_id, t) for t in b.task_ids]), b.domain,
+             b.estimate_minutes, b.priority_minutes, b.prompt_tokens)
+            for i, b in enumerate(plan.batches)
+        ],
+    )
+    await txn.executemany(
+        "INSERT INTO batch_deps (batch_id, depends_on) VALUES (?, ?)",
+        [
+            (global_id(run_id, b.id), global_id(run_id, dep))
+            for b in plan.batches for dep in dict.fromkeys(b.depends_on)
+        ],
+    )
+    await txn.executemany(
+        "INSERT INTO tasks (id, run_id, plan_id, position, feature, title, domain,"
+        " complexity, estimate_minutes, description, files, acceptance_criteria,"
+        " batch_id, state, updated_at)"
+        " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'pending', ?)",
+        [
+            (global_id(run_id, t.id), run_id, t.id, i, t.feature, t.title, t.domain,
+             t.complexity, t.estimate_minutes, t.description, encode_json(t.files),
+             encode_json(t.acceptance_criteria),
+             global_id(run_id, batch_of[t.id]) if t.id in batch_of else None, txn.ts)
+            for i, t in enumerate(plan.tasks)
+        ],
+    )
+    await txn.executemany(
+        "INSERT INTO task_deps (task_id, depends_on) VALUES (?, ?)",
+        [
+            (global_id(run_id, t.id), global_id(run_id, dep))
+            for t in plan.tasks for dep in dict.fromkeys(t.depends_on)
+        ],
+    )
+
+
+async def _apply_run_change(txn: Txn, change: RunChange) -> None:
     run_id, to, event_type, reason, data = change
     if to not in _RUN_STATES:
         raise _bad_state("run", run_id, to, protocol.RUN_STATES)
-    rows = txn.fetchall("SELECT state FROM runs WHERE id = ?", (run_id,))
+    rows = await txn.fetchall("SELECT state FROM runs WHERE id = ?", (run_id,))
     if not rows:
         raise not_found("run", run_id)
     previous = rows[0][0]
     terminal = to in protocol.TERMINAL_RUN_STATES
-    txn.execute(
+    await txn.execute(
         "UPDATE runs SET state = ?, reason = ?,"
         " started_at = CASE WHEN ? = 'running' THEN coalesce(started_at, ?) ELSE started_at END,"
         " finished_at = CASE WHEN ? THEN ? ELSE NULL END WHERE id = ?",
@@ -488,15 +560,15 @@ def _apply_run_change(txn: Txn, change: RunChange) -> None:
     txn.add_event(run_id, event_type, payload)
 
 
-def _apply_batch_change(txn: Txn, change: BatchChange) -> None:
+async def _apply_batch_change(txn: Txn, change: BatchChange) -> None:
     batch_id, to, event_type, data, model = change
     if to not in _BATCH_STATES:
         raise _bad_state("batch", batch_id, to, sorted(_BATCH_STATES))
-    rows = txn.fetchall("SELECT state, run_id FROM batches WHERE id = ?", (batch_id,))
+    rows = await txn.fetchall("SELECT state, run_id FROM batches WHERE id = ?", (batch_id,))
     if not rows:
         raise not_found("batch", batch_id)
     previous, run_id = rows[0]
-    txn.execute(
+    await txn.execute(
         "UPDATE batches SET state = ?, model = coalesce(?, model),"
         " started_at = CASE WHEN ? = 'running' THEN ? ELSE started_at END,"
         " finished_at = CASE WHEN ? THEN ? ELSE NULL END WHERE id = ?",
@@ -511,7 +583,7 @@ def _apply_batch_change(txn: Txn, change: BatchChange) -> None:
     txn.add_event(run_id, event_type, payload, batch_id=batch_id)
 
 
-def _apply_task_changes(txn: Txn, changes: Sequence[TaskChange]) -> None:
+async def _apply_task_changes(txn: Txn, changes: Sequence[TaskChange]) -> None:
     for change in changes:
         if change.to not in _TASK_STATES:
             raise _bad_state("task", change.task_id, change.to, protocol.TASK_STATES)
@@ -519,7 +591,7 @@ def _apply_task_changes(txn: Txn, changes: Sequence[TaskChange]) -> None:
     current: dict[str, tuple[str, str, str | None]] = {}
     for start in range(0, len(ids), _CHUNK):
         chunk = ids[start:start + _CHUNK]
-        rows = txn.fetchall(
+        rows = await txn.fetchall(
             f"SELECT id, state, run_id, batch_id FROM tasks WHERE id IN"
             f" ({', '.join('?' * len(chunk))})",
             chunk,
@@ -542,7 +614,7 @@ def _apply_task_changes(txn: Txn, changes: Sequence[TaskChange]) -> None:
             {"from": previous, "to": change.to, "reason": change.reason},
             batch_id=batch_id, task_id=change.task_id,
         )
-    txn.executemany(
+    await txn.executemany(
         "UPDATE tasks SET state = ?, reason = ?, attempts = attempts + ?,"
         " model = coalesce(?, model), updated_at = ? WHERE id = ?",
         updates,
@@ -552,12 +624,12 @@ def _apply_task_changes(txn: Txn, changes: Sequence[TaskChange]) -> None:
 # --- rows -> records ---------------------------------------------------------------------
 def _run_from_row(r: Sequence[Any]) -> RunRecord:
     return RunRecord(
-        id=r[0], title=r[1], state=r[2], spec_path=r[3], spec_text=r[4], repo=r[5], branch=r[6],
-        base_commit=r[7], plan_json=r[8], options=msgspec.json.decode(r[9], type=RunOptions),
-        created_at=r[10], started_at=r[11], finished_at=r[12], reason=r[13],
-        cost_usd=from_nanousd(int(r[14])), calls=int(r[15]), input_tokens=int(r[16]),
-        output_tokens=int(r[17]), cache_read_input_tokens=int(r[18]),
-        cache_creation_input_tokens=int(r[19]),
+        id=r[0], title=r[1], state=r[2], spec_path=r[3], repo=r[4], branch=r[5],
+        base_commit=r[6], options=msgspec.json.decode(r[7], type=RunOptions),
+        created_at=r[8], started_at=r[9], finished_at=r[10], reason=r[11],
+        cost_usd=from_nanousd(int(r[12])), calls=int(r[13]), input_tokens=int(r[14]),
+        output_tokens=int(r[15]), cache_read_input_tokens=int(r[16]),
+        cache_creation_input_tokens=int(r[17]),
     )
 
 

@@ -30,7 +30,7 @@ CALL_TIMEOUT_S = 30.0
 RUN_TIMEOUT_S = 45.0
 CLI_TIMEOUT_S = 60.0
 
-RUN_STATES = {"queued", "running", "paused", "succeeded", "failed", "cancelled"}
+RUN_STATES = {"queued", "planning", "running", "paused", "succeeded", "failed", "cancelled"}
 FINISHED_RUN_STATES = {"succeeded", "failed", "cancelled"}
 TASK_STATES = {"pending", "ready", "running", "verifying", "succeeded", "failed", "blocked",
                "cancelled"}

@@ -13,6 +13,7 @@ import pytest
 from tests.contract._support import (
     RUN_STATES,
     TASK_STATES,
+    TINY_SPEC,
     Daemon,
     brctl,
     check_event_shape,
@@ -92,6 +93,28 @@ def test_submit_follow_ends_with_the_run(daemon: Daemon, repo: Path) -> None:
     result = daemon.brctl("submit", str(repo / "PROJECT_SPEC.md"), "--repo", str(repo),
                           "--follow")
     assert result.returncode == 0, (result.stdout, result.stderr)
+
+
+def test_submit_outside_git_needs_scratch_and_prints_where(
+    daemon: Daemon, tmp_path: Path
+) -> None:
+    spec = tmp_path / "PROJECT_SPEC.md"
+    spec.write_text(TINY_SPEC, encoding="utf-8")
+    refused = daemon.brctl("submit", str(spec))
+    assert refused.returncode == 1, refused
+    assert "--scratch" in refused.stderr and "--repo" in refused.stderr, refused.stderr
+    usage = daemon.brctl("submit", str(spec), "--scratch", "--repo", str(tmp_path))
+    assert usage.returncode == 2, usage
+    text = daemon.brctl("submit", str(spec), "--scratch")
+    assert text.returncode == 0, text.stderr
+    run_id = text.stdout.strip()  # stdout is just the id
+    assert wait_run(daemon, run_id)["state"] == "succeeded"
+    where = daemon.rpc("run.get", run_id=run_id)["scratch_dir"]
+    assert where and f"kept in {where}" in text.stderr, text.stderr
+    assert any(Path(where).rglob("*.py"))  # the results are there
+    as_json = json_out(daemon.brctl("--json", "submit", str(spec), "--scratch"))
+    assert set(as_json) == {"run_id", "scratch_dir"}
+    wait_run(daemon, as_json["run_id"])
 
 
 def test_submit_test_cmd_is_used(failed_run: str, daemon: Daemon) -> None:

@@ -155,6 +155,7 @@ async def _harness(
     try:
         async with anyio.create_task_group() as tg:
             await tg.start(runs.scheduler.run)
+            await tg.start(runs.serve)
             yield h
             tg.cancel_scope.cancel()
     finally:

@@ -53,8 +53,10 @@ async def test_submit_runs_to_success_and_says_simulated(
     async with daemon.client() as client:
         ping = await client.call("daemon.ping")
         assert ping["backend"] == "simulated" and ping["simulated"] is True
-        run = await client.call("run.submit", spec_path=str(spec), workers=2)
-        assert run["state"] in ("running", "succeeded")
+        run = await client.call("run.submit", spec_path=str(spec), scratch=True, workers=2)
+        # The reply comes at once; the run starts in the background.
+        assert run["state"] in ("queued", "running", "succeeded")
+        assert run["scratch_dir"] == str(daemon.home / "runs" / run["id"] / "scratch")
         await wait_run_event(daemon.socket, run["id"])
         info = await client.call("run.get", run_id=run["id"])
         assert info["state"] == "succeeded", info
@@ -180,7 +182,7 @@ async def test_failed_task_blocks_dependents_then_retry_finishes_the_run(
     spec = write_spec(tmp_path / "spec.md", FEATURES)
     daemon = await daemon_factory.start(env=env)
     async with daemon.client() as client:
-        run = await client.call("run.submit", spec_path=str(spec))
+        run = await client.call("run.submit", spec_path=str(spec), scratch=True)
         failed = await wait_run_event(daemon.socket, run["id"])
         assert failed["type"] == "run.failed"
         tasks = {t["id"].split(":")[1]: t for t in await client.call("task.list",
@@ -209,8 +211,8 @@ async def test_pause_resume_and_cancel_over_the_socket_with_two_runs(
     spec = write_spec(tmp_path / "spec.md", FEATURES)
     daemon = await daemon_factory.start("--workers", "2", env=env)
     async with daemon.client() as client:
-        keep = await client.call("run.submit", spec_path=str(spec), workers=1)
-        drop = await client.call("run.submit", spec_path=str(spec), workers=1)
+        keep = await client.call("run.submit", spec_path=str(spec), scratch=True, workers=1)
+        drop = await client.call("run.submit", spec_path=str(spec), scratch=True, workers=1)
         paused = await client.call("run.pause", run_id=keep["id"])
         assert paused["state"] == "paused"
         with pytest.raises(RpcError) as again:
@@ -299,7 +301,7 @@ async def test_a_subscription_opened_mid_run_sees_every_event_once_in_order(
     spec = write_spec(tmp_path / "spec.md", FEATURES)
     daemon = await daemon_factory.start(env=env)
     async with daemon.client() as client, daemon.client() as watcher:
-        run = await client.call("run.submit", spec_path=str(spec), workers=2)
+        run = await client.call("run.submit", spec_path=str(spec), scratch=True, workers=2)
         await wait_run_event(daemon.socket, run["id"], ("batch.succeeded",))
         # Subscribed while batches are being written: replay and live must join exactly.
         await watcher.call("events.subscribe", run_id=run["id"], since=0)

@@ -35,7 +35,7 @@ async def test_kill_9_at_random_points_then_every_task_succeeds_exactly_once(
     env = daemon_factory.base_env(BUILDRUNNER_SIM_MS_PER_MINUTE="4")
     daemon = await daemon_factory.start("--workers", "3", env=env)
     async with daemon.client() as client:
-        run = await client.call("run.submit", spec_path=str(spec), workers=3)
+        run = await client.call("run.submit", spec_path=str(spec), scratch=True, workers=3)
     run_id = run["id"]
     kills = 0
     for _ in range(4):
@@ -87,7 +87,7 @@ async def test_sigterm_mid_run_interrupts_within_the_grace_and_a_restart_finishe
                                   BUILDRUNNER_GRACE_PERIOD_S="0.2")
     daemon = await daemon_factory.start(env=env)
     async with daemon.client() as client:
-        run = await client.call("run.submit", spec_path=str(spec))
+        run = await client.call("run.submit", spec_path=str(spec), scratch=True)
     await wait_run_event(daemon.socket, run["id"], ("batch.dispatched",))
     assert await daemon.stop(signal.SIGTERM, timeout_s=20) == 0
     assert not daemon.socket.exists()

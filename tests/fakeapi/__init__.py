@@ -9,7 +9,9 @@ It speaks the real wire format so the real ``anthropic`` SDK talks to it unchang
   ``error`` events), chunked transfer encoding, keep-alive;
 * error bodies ``{"type": "error", "error": {"type", "message"}, "request_id"}`` with the
   ``request-id``, ``retry-after`` and ``anthropic-ratelimit-*`` headers;
-* ``x-api-key`` or ``authorization: Bearer`` (SDK 2.x sends the latter).
+* ``x-api-key`` or ``authorization: Bearer`` (SDK 2.x sends the latter);
+* ``POST /v1/messages/count_tokens`` (free: not billed, not in ``requests``, counted in
+  ``count_tokens_calls``), which the daemon's pre-flight check calls.
 
 A test scripts it with a *responder*: a list of replies, or a function of the request. Faults
 (429 with ``retry-after``, 529, 500, a dropped connection, a timeout, an overload in the middle
@@ -253,6 +255,7 @@ class FakeAnthropic:
         self.faults = faults or Faults()
         self.ratelimit_headers = ratelimit_headers
         self.requests: list[FakeRequest] = []
+        self.count_tokens_calls = 0  # POST /v1/messages/count_tokens (free, not in requests)
         self.billed: list[Billed] = []
         self._lock = threading.Lock()
         self._rng = random.Random(self.faults.seed)
@@ -465,12 +468,30 @@ def _make_handler(fake: FakeAnthropic) -> type[BaseHTTPRequestHandler]:
             except OSError:
                 pass
 
+        def _count_tokens(self, headers: dict[str, str], raw: bytes, request_id: str) -> None:
+            # Free and unbilled, as on the real API; kept apart from `requests` (those are the
+            # billed conversation), counted in `count_tokens_calls`.
+            with fake._lock:
+                fake.count_tokens_calls += 1
+            key = headers.get("x-api-key") or headers.get("authorization", "").removeprefix(
+                "Bearer ")
+            if key != fake.api_key:
+                self._send_error(ErrorReply(401, "authentication_error", "invalid x-api-key"),
+                                 request_id)
+                return
+            body = json.loads(raw or b"{}")
+            self._send_json(200, {"input_tokens": count_tokens(body.get("messages"))},
+                            {"request-id": request_id})
+
         def do_POST(self) -> None:  # noqa: N802 (http.server's naming)
             length = int(self.headers.get("content-length") or 0)
             raw = self.rfile.read(length)
             headers = {k.lower(): v for k, v in self.headers.items()}
-            req = fake._record(headers, raw)
             request_id = f"req_{uuid.uuid4().hex[:24]}"
+            if self.path.split("?")[0] == "/v1/messages/count_tokens":
+                self._count_tokens(headers, raw, request_id)
+                return
+            req = fake._record(headers, raw)
             if self.path.split("?")[0] != "/v1/messages":
                 req.outcome = "error:404"
                 self._send_error(ErrorReply(404, "not_found_error", f"no route {self.path}"),

@@ -22,8 +22,10 @@ def _tables(path: Path) -> set[str]:
     return {r[0] for r in rows}
 
 
-def _v1_rows(path: Path) -> None:
-    """What a version-1 buildrunnerd wrote: a finished run and two API calls of it."""
+def _old_rows(path: Path, version: int) -> None:
+    """What a buildrunnerd at schema ``version`` (1 or 2) wrote: a finished run (its spec and
+    plan in the run's row), a task with its prompt and verification report, two API calls,
+    and, from version 2 on, the totals and roll-ups that version kept itself."""
     with sqlite3.connect(path) as conn:
         conn.execute("PRAGMA foreign_keys = ON")
         conn.execute(
@@ -31,6 +33,18 @@ def _v1_rows(path: Path) -> None:
             " cost_nanousd) VALUES ('r-v1', 'Old', 'succeeded', '# Old', ?, '{}',"
             " '2026-01-01T10:00:00.000Z', 3000000000)",
             (_plan_json(),),
+        )
+        conn.execute(
+            "INSERT INTO batches (id, run_id, plan_id, position, task_ids, domain,"
+            " estimate_minutes, priority_minutes, prompt_tokens, state) VALUES"
+            " ('r-v1:B001', 'r-v1', 'B001', 0, '[\"r-v1:T001\"]', 'backend', 30, 30, 10,"
+            " 'succeeded')"
+        )
+        conn.execute(
+            "INSERT INTO tasks (id, run_id, plan_id, position, feature, title, domain,"
+            " complexity, estimate_minutes, batch_id, state, prompt, verification) VALUES"
+            " ('r-v1:T001', 'r-v1', 'T001', 0, 'core', 'old task', 'backend', 'simple', 30,"
+            " 'r-v1:B001', 'succeeded', 'the old prompt', '{\"passed\": true}')"
         )
         for ts, model, tokens, nanos in (
             ("2026-01-01T10:05:00.000Z", "claude-haiku-5-5", 100, 1_000_000_000),
@@ -40,6 +54,16 @@ def _v1_rows(path: Path) -> None:
                 "INSERT INTO api_calls (ts, run_id, model, input_tokens, output_tokens,"
                 " cost_nanousd) VALUES (?, 'r-v1', ?, ?, 7, ?)",
                 (ts, model, tokens, nanos),
+            )
+        if version >= 2:
+            conn.execute(
+                "UPDATE runs SET calls = 2, input_tokens = 150, output_tokens = 14"
+                " WHERE id = 'r-v1'"
+            )
+            conn.execute(
+                "INSERT INTO metrics_hourly (hour, model, calls, input_tokens, output_tokens,"
+                " cost_nanousd) VALUES ('2026-01-01T10', 'claude-haiku-5-5', 2, 150, 14,"
+                " 3000000000)"
             )
         conn.execute(
             "INSERT INTO events (ts, run_id, type, data) VALUES"
@@ -76,7 +100,7 @@ async def test_upgrade_from_every_earlier_version(
     path = tmp_path / f"v{start}.db"
     await _make_db_at(path, start)
     if start >= 1:
-        _v1_rows(path)
+        _old_rows(path, start)
     store = await Store.open(path, clock=clock)
     try:
         assert store.schema_version == LATEST_VERSION
@@ -95,6 +119,16 @@ async def test_upgrade_from_every_earlier_version(
             assert by_model.total_usd == pytest.approx(3.0)
             assert (await store.cost_summary(by="day")).rows[0].key == "2026-01-01"
             assert [e.type for e in await store.list_events(run_id="r-v1")] == ["run.submitted"]
+            # ... the spec, the plan and the task's texts too, out of the hot rows
+            spec = await store.get_run_spec("r-v1")
+            assert spec.spec_text == "# Old"
+            assert spec.plan() == make_plan(n_batches=1)
+            task = await store.get_task("r-v1:T001")
+            assert (task.prompt, task.verification) == ("the old prompt", {"passed": True})
+            assert (await store.list_tasks("r-v1", details=False))[0].prompt is None
+            # ... and the old run takes new writes (its row was rebuilt, not just copied)
+            await store.set_task_prompt("r-v1:T001", "a new prompt")
+            assert (await store.get_task("r-v1:T001")).prompt == "a new prompt"
     finally:
         await store.close()
 
@@ -102,7 +136,7 @@ async def test_upgrade_from_every_earlier_version(
 async def test_a_failing_migration_leaves_the_previous_version(tmp_path: Path) -> None:
     path = tmp_path / "broken.db"
     await _make_db_at(path, 1)
-    _v1_rows(path)
+    _old_rows(path, 1)
     with sqlite3.connect(path) as conn:
         # something in the way of migration 2, halfway through its script
         conn.execute("CREATE INDEX events_run ON events(type)")

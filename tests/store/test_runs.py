@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from buildrunnerd.errors import InvalidStateError, NotFoundError, StoreError
-from buildrunnerd.store import LATEST_VERSION, NewRun, Store
+from buildrunnerd.store import LATEST_VERSION, NewRun, Store, TaskChange
 
 from .conftest import Clock, Recorder, make_plan, submit
 
@@ -21,12 +21,13 @@ async def test_create_run_stores_everything_in_one_go(store: Store, recorder: Re
     assert run.id == "r-3f9a1c2e"
     assert run.state == "queued"
     assert run.title == "Demo"
-    assert run.spec_text == "# Demo\n"
     assert run.created_at == "2026-11-24T18:00:00.123Z"
     assert run.started_at is None and run.finished_at is None
     assert run.options.workers == 3 and run.options.budget_usd == 2.5
     assert run.options.test_cmd == "pytest" and run.options.allow_dirty is False
-    assert run.plan() == plan
+    spec = await store.get_run_spec(run.id)
+    assert spec.spec_text == "# Demo\n"
+    assert spec.plan() == plan
 
     tasks = await store.list_tasks(run.id)
     assert [t.id for t in tasks] == [f"r-3f9a1c2e:T00{i}" for i in range(1, 7)]
@@ -162,3 +163,35 @@ async def test_new_run_title_overrides_the_plan(store: Store) -> None:
         NewRun(id="r-9", spec_text="x", title="Custom"), make_plan(n_batches=1)
     )
     assert run.title == "Custom" and run.repo is None and run.options.workers == 1
+
+
+async def test_per_batch_writes_do_not_grow_with_the_run(store: Store) -> None:
+    """The hot rows hold no big text: a cost update of a run with a huge spec and plan writes
+    as few database pages as one of a tiny run (SQLite rewrites a whole row, overflow pages
+    included, on any UPDATE)."""
+    from buildrunnerd.executor import ApiCall
+
+    small = await submit(store, "r-small", make_plan(n_batches=1))
+    big_plan = make_plan(n_batches=400, tasks_per_batch=5)
+    big = await store.create_run(
+        NewRun(id="r-big", spec_text="# Big\n" + "x" * 2_000_000), big_plan
+    )
+    await store.set_tasks_details([f"r-big:T{i:03d}" for i in range(1, 6)],
+                                  prompt="p" * 200_000)
+
+    wal = store.path.with_name(store.path.name + "-wal")
+
+    async def bytes_written(run_id: str, task_id: str) -> int:
+        # An empty WAL first: what the two writes append is what they cost.
+        await store._fetchall("test", "PRAGMA wal_checkpoint(TRUNCATE)")
+        assert wal.stat().st_size == 0
+        await store.record_api_call(run_id, f"{run_id}:B001", ApiCall(
+            model="m", input_tokens=1, output_tokens=1, cost_usd=0.01))
+        await store.set_task_states([TaskChange(task_id, "ready")])
+        return wal.stat().st_size
+
+    small_bytes = await bytes_written(small.id, "r-small:T001")
+    big_bytes = await bytes_written(big.id, "r-big:T001")
+    # With the spec and plan in the run's row and the prompt in the task's, the big run's
+    # writes were megabytes; now both are a handful of pages.
+    assert big_bytes <= small_bytes + 8 * 4200

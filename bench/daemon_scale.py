@@ -1,0 +1,315 @@
+"""The daemon at scale (issue 13). Run: ``.venv/bin/python bench/daemon_scale.py``.
+
+One fresh ``buildrunnerd`` subprocess per run (simulated backend, zero latency, 4 workers), one
+generated spec of N tasks (1,000, 5,000 and 10,000 by default), submitted over the socket:
+
+- as a **scratch** run (``spec_text`` with ``scratch: true``: no git, the daemon alone), and
+- in a **git** repository (the spec committed in a fresh repository, submitted by path: a
+  worktree per batch, verification and a merge into the run branch; test command ``true``, so
+  that a test suite growing with the run is not what is measured).
+
+Reported per run: tasks/s from ``run.submit`` to the ``run.succeeded`` event (planning
+included; a watcher subscribed to the run's events meanwhile, as ``brctl status --follow``
+is), the daemon's peak RSS (``VmHWM``), the database size (file + WAL) at the end, and the
+latency of ``brctl --json status RUN`` and ``brctl --json logs RUN`` (fresh processes, median
+of ``--repeats``, 3) and of the daemon's ``run.get`` alone (median of 5, on an open connection).
+
+Target (scratch runs): tasks/s at 10,000 >= 0.8 x tasks/s at 1,000. A git run that does not
+finish within ``--timeout-s`` is reported with how far it got.
+
+    .venv/bin/python bench/daemon_scale.py                       # everything (~10 min)
+    .venv/bin/python bench/daemon_scale.py --kinds scratch --sizes 1000,10000
+    .venv/bin/python bench/daemon_scale.py --sizes 50 --json     # the smoke test's run
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def generated_spec(tasks: int) -> str:
+    """A spec the heuristic planner turns into ``tasks`` tasks (two per feature: the feature's
+    code and its tests), in chains of five features; batches of two tasks."""
+    features = max(1, tasks // 2)
+    lines = ["# Scale", "", "Generated for the daemon scale benchmark.", "", "## Features", ""]
+    for i in range(features):
+        lines += [f"### Feature {i}", ""]
+        if i % 5:
+            lines += [f"**Depends on:** Feature {i - 1}", ""]
+        lines += ["Domain: backend", "", "#### Requirements", f"- [ ] `pkg/m{i}.py` does {i}.",
+                  "", "#### Acceptance Criteria", f"- [ ] Feature {i} works.", ""]
+    return "\n".join(lines)
+
+
+class Rpc:
+    """A minimal JSON-RPC client on the Unix socket (the bench measures the daemon, so the
+    client stays out of the way: no brctl import)."""
+
+    def __init__(self, path: Path) -> None:
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.sock.connect(str(path))
+        self.buffer = b""
+        self.next_id = 0
+
+    def line(self) -> bytes:
+        while b"\n" not in self.buffer:
+            chunk = self.sock.recv(1 << 20)
+            if not chunk:
+                raise EOFError("the daemon closed the connection")
+            self.buffer += chunk
+        line, self.buffer = self.buffer.split(b"\n", 1)
+        return line
+
+    def call(self, method: str, **params: Any) -> Any:
+        self.next_id += 1
+        self.sock.sendall(json.dumps({"jsonrpc": "2.0", "id": self.next_id, "method": method,
+                                      "params": params}).encode() + b"\n")
+        while True:
+            line = self.line()
+            if line.startswith(b'{"jsonrpc":"2.0","method":"event"'):
+                continue
+            reply = json.loads(line)
+            if reply.get("id") == self.next_id:
+                if reply.get("error"):
+                    raise RuntimeError(f"{method}: {reply['error']}")
+                return reply["result"]
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+class Daemon:
+    """A ``buildrunnerd`` subprocess, ready once it sent sd_notify ``READY=1``."""
+
+    def __init__(self, workdir: Path, workers: int) -> None:
+        self.home = workdir / "home"
+        self.socket = Path(tempfile.mkdtemp(prefix="brs-")) / "d.sock"
+        notify_path = workdir / "notify.sock"
+        notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        notify.bind(str(notify_path))
+        env = {k: v for k, v in os.environ.items()
+               if not k.startswith(("BUILDRUNNER_", "ANTHROPIC_"))}
+        env.pop("XDG_CONFIG_HOME", None)  # the built-in defaults, not the user's config
+        env["HOME"] = str(workdir)
+        env.update(BUILDRUNNER_SIM_MS_PER_MINUTE="0", BUILDRUNNER_LOG_LEVEL="warning",
+                   BUILDRUNNER_MAX_WORKERS_PER_RUN=str(workers),
+                   NOTIFY_SOCKET=str(notify_path))
+        self.env = env
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "buildrunnerd", "--backend", "simulated", "--workers",
+             str(workers), "--home", str(self.home), "--socket", str(self.socket)],
+            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )
+        notify.settimeout(60)
+        try:
+            while b"READY=1" not in notify.recv(4096):
+                pass
+        finally:
+            notify.close()
+
+    def peak_rss_mb(self) -> float:
+        status = Path(f"/proc/{self.proc.pid}/status").read_text()
+        for line in status.splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+        return float("nan")
+
+    def db_mb(self) -> float:
+        total = 0
+        for suffix in ("", "-wal", "-shm"):
+            path = self.home / f"buildrunner.db{suffix}"
+            if path.exists():
+                total += path.stat().st_size
+        return total / 1e6
+
+    def stop(self) -> None:
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            self.proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+        shutil.rmtree(self.socket.parent, ignore_errors=True)
+
+
+def _git(repo: Path, *args: str) -> None:
+    subprocess.run(["git", "-C", str(repo), *args], check=True, stdout=subprocess.DEVNULL,
+                   stderr=subprocess.DEVNULL)
+
+
+def _make_repo(path: Path, spec: str) -> Path:
+    path.mkdir(parents=True)
+    _git(path, "init", "-q", "-b", "main")
+    _git(path, "config", "user.email", "bench@example.invalid")
+    _git(path, "config", "user.name", "bench")
+    (path / "README.md").write_text("# bench\n")
+    (path / "SPEC.md").write_text(spec)
+    _git(path, "add", "-A")
+    _git(path, "commit", "-q", "-m", "spec")
+    return path / "SPEC.md"
+
+
+def _median_ms(argv: list[str], env: dict[str, str], repeats: int) -> float:
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        subprocess.run(argv, check=True, stdout=subprocess.DEVNULL, env=env)
+        times.append(time.perf_counter() - start)
+    return round(statistics.median(times) * 1000, 1)
+
+
+def _decile_rates(client: Rpc, run_id: str) -> tuple[float, float]:
+    stamps: list[float] = []
+    since = 0
+    while True:
+        page = client.call("events.list", run_id=run_id, since=since, limit=5000,
+                           types=["batch.succeeded"])
+        if not page:
+            break
+        stamps += [datetime.fromisoformat(e["ts"].replace("Z", "+00:00")).timestamp()
+                   for e in page]
+        since = page[-1]["id"]
+    tenth = len(stamps) // 10
+    if tenth < 2:
+        return 0.0, 0.0
+
+    def rate(part: list[float]) -> float:
+        return round((len(part) - 1) / max(part[-1] - part[0], 1e-3), 1)
+
+    return rate(stamps[:tenth]), rate(stamps[-tenth:])
+
+
+def bench_one(
+    kind: str, tasks: int, workers: int, timeout_s: float, repeats: int = 3
+) -> dict[str, Any]:
+    with tempfile.TemporaryDirectory(prefix=f"scale-{kind}-{tasks}-") as tmp:
+        workdir = Path(tmp)
+        spec = generated_spec(tasks)
+        params: dict[str, Any] = {"workers": workers}
+        if kind == "git":
+            params["spec_path"] = str(_make_repo(workdir / "repo", spec))
+            # A constant test command: the figures are the daemon's git path (worktrees,
+            # checks, merges), not pytest collecting a test suite that grows with the run.
+            params["test_cmd"] = "true"
+        else:
+            params.update(spec_text=spec, scratch=True)
+        daemon = Daemon(workdir, workers)
+        try:
+            client = Rpc(daemon.socket)
+            watcher = Rpc(daemon.socket)
+            start = time.perf_counter()
+            run = client.call("run.submit", **params)
+            submit_s = time.perf_counter() - start
+            run_id = run["id"]
+            watcher.call("events.subscribe", run_id=run_id)
+            deadline = start + timeout_s
+            state = "timeout"
+            try:
+                while True:
+                    # A deadline, not a per-recv timeout: events keep arriving while it runs.
+                    watcher.sock.settimeout(max(0.1, deadline - time.perf_counter()))
+                    if time.perf_counter() >= deadline:
+                        break
+                    line = watcher.line()
+                    if b'"type":"run.succeeded"' in line:
+                        state = "succeeded"
+                        break
+                    if b'"type":"run.failed"' in line or b'"type":"run.cancelled"' in line:
+                        state = "failed"
+                        break
+            except TimeoutError:
+                pass
+            elapsed = time.perf_counter() - start
+            watcher.close()
+            info = client.call("run.list")[0]
+            first_rate, last_rate = _decile_rates(client, run_id)
+            done = info["tasks_by_state"].get("succeeded", 0)
+            rpc_times = []
+            for _ in range(repeats + 2):
+                t0 = time.perf_counter()
+                client.call("run.get", run_id=run_id)
+                rpc_times.append(time.perf_counter() - t0)
+            client.close()
+            brctl = str(Path(sys.executable).parent / "brctl")
+            env = {**daemon.env, "BUILDRUNNER_SOCKET": str(daemon.socket)}
+            row = {
+                "kind": kind, "tasks": info["task_count"], "state": state,
+                "tasks_done": done, "elapsed_s": round(elapsed, 2),
+                "submit_reply_s": round(submit_s, 3),
+                "tasks_per_s": round(done / elapsed, 1),
+                # Within the run (the same machine load): batches/s in the first and the last
+                # tenth of the run's batches. Equal when a batch costs the same at any size.
+                "first_tenth_batches_per_s": first_rate,
+                "last_tenth_batches_per_s": last_rate,
+                "peak_rss_mb": round(daemon.peak_rss_mb(), 1),
+                "db_mb": round(daemon.db_mb(), 1),
+                "run_get_ms": round(statistics.median(rpc_times) * 1000, 1),
+                "status_ms": _median_ms([brctl, "--json", "status", run_id], env, repeats),
+                "logs_ms": _median_ms([brctl, "--json", "logs", run_id], env, repeats),
+            }
+        finally:
+            daemon.stop()
+    return row
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sizes", default="1000,5000,10000")
+    parser.add_argument("--kinds", default="scratch,git")
+    parser.add_argument("--workers", type=int, default=4)
+    parser.add_argument("--timeout-s", type=float, default=900.0,
+                        help="give up on a run after this long (reported as a timeout)")
+    parser.add_argument("--repeats", type=int, default=3,
+                        help="brctl status/logs runs per figure (the median is reported)")
+    parser.add_argument("--json", action="store_true", help="print the rows as JSON")
+    args = parser.parse_args()
+    sizes = [int(s) for s in args.sizes.split(",")]
+    rows = []
+    for kind in args.kinds.split(","):
+        for size in sizes:
+            row = bench_one(kind, size, args.workers, args.timeout_s, args.repeats)
+            rows.append(row)
+            if not args.json:
+                print(json.dumps(row), flush=True)
+    ratios: dict[str, float] = {}
+    for kind in args.kinds.split(","):
+        mine = {r["tasks"]: r for r in rows if r["kind"] == kind and r["state"] == "succeeded"}
+        if len(mine) >= 2:
+            small, big = mine[min(mine)], mine[max(mine)]
+            ratios[kind] = round(big["tasks_per_s"] / small["tasks_per_s"], 2)
+    if args.json:
+        print(json.dumps({"rows": rows, "ratio_largest_to_smallest": ratios}, indent=2))
+        return 0
+    print()
+    print("| run | tasks | state | s | tasks/s | batches/s first / last tenth | peak RSS MB |"
+          " DB MB | status ms | logs ms | run.get ms |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        state = r["state"] if r["state"] != "timeout" else f"timeout ({r['tasks_done']} done)"
+        print(f"| {r['kind']} | {r['tasks']:,} | {state} | {r['elapsed_s']} | {r['tasks_per_s']}"
+              f" | {r['first_tenth_batches_per_s']} / {r['last_tenth_batches_per_s']}"
+              f" | {r['peak_rss_mb']} | {r['db_mb']} | {r['status_ms']} | {r['logs_ms']} |"
+              f" {r['run_get_ms']} |")
+    for kind, ratio in ratios.items():
+        print(f"{kind}: tasks/s at the largest size / at the smallest = {ratio}"
+              + (" (target >= 0.8)" if kind == "scratch" else ""))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
