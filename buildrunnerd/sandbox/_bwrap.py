@@ -98,6 +98,9 @@ class BwrapSandbox:
             if _under(path, visible) and os.path.isdir(path) and not _within(path, wt):
                 args += ["--tmpfs", path]
         args += ["--bind", wt, wt]
+        for path in _ordered(policy.writable_paths):
+            if os.path.isdir(path) and not _within(path, wt):
+                args += ["--bind", path, path]
         dotgit = os.path.join(wt, ".git")
         if os.path.lexists(dotgit) and not os.path.islink(dotgit):
             args += ["--ro-bind", dotgit, dotgit]

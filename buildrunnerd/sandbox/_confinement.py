@@ -65,14 +65,17 @@ class Confinement:
 
     def policy(self, worktree: Path | str, *, command: str | None = None,
                readonly: Sequence[str] = (), network: bool = False,
-               env: Mapping[str, str] | None = None) -> SandboxPolicy:
+               env: Mapping[str, str] | None = None,
+               writable: Sequence[str] = ()) -> SandboxPolicy:
         """The policy for one command in ``worktree``. ``command`` (a shell command line)
-        adds its interpreter's installation (a virtualenv, say) to the read-only paths."""
+        adds its interpreter's installation (a virtualenv, say) to the read-only paths;
+        ``writable`` are daemon-made folders it may write besides the worktree."""
         ro = (*self.readonly_paths, *toolchain_paths(command, os.environ.get("PATH")),
               *readonly)
         return SandboxPolicy(worktree=str(worktree), readonly_paths=tuple(ro),
                              hidden_paths=self.hidden_paths, network=network,
-                             env=dict(env or {}), limits=self.limits)
+                             env=dict(env or {}), limits=self.limits,
+                             writable_paths=tuple(os.path.realpath(p) for p in writable))
 
 
 def _expand(paths: Sequence[str]) -> tuple[str, ...]:

@@ -62,7 +62,8 @@ class SandboxPolicy(msgspec.Struct, frozen=True, kw_only=True):
     ``$HOME``); ``hidden_paths`` are folders hidden even when they lie under a visible one
     (the daemon's state dir and socket folder). ``network`` is for a backend's CLI only.
     ``env`` adds variables on top of the allowlist (never ``BUILDRUNNER_*``; ``ANTHROPIC_*``
-    only with ``network``, for a CLI that calls the API itself)."""
+    only with ``network``, for a CLI that calls the API itself). ``writable_paths`` are
+    daemon-made folders the command may write besides the worktree (the JUnit report's)."""
 
     worktree: str
     readonly_paths: tuple[str, ...] = ()
@@ -70,6 +71,9 @@ class SandboxPolicy(msgspec.Struct, frozen=True, kw_only=True):
     network: bool = False
     env: dict[str, str] = {}
     limits: SandboxLimits = SandboxLimits()
+    # Folders outside the worktree the command may write: only ones the daemon made for it
+    # (the test report's folder), never a user's.
+    writable_paths: tuple[str, ...] = ()
 
 
 class Wrapped(msgspec.Struct, frozen=True):

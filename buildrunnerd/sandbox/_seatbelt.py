@@ -53,7 +53,9 @@ def seatbelt_profile(policy: SandboxPolicy, *, private_tmp: str) -> str:
         "(allow mach-lookup (global-name \"com.apple.system.opendirectoryd.libinfo\"))",
         "(allow file-read* " + " ".join(f"(subpath {_quote(p)})" for p in reads) + ")",
         f"(allow file-read* file-write* (subpath {_quote(wt)}) "
-        f"(subpath {_quote(private_tmp)}))",
+        f"(subpath {_quote(private_tmp)})"
+        + "".join(f" (subpath {_quote(os.path.realpath(p))})" for p in policy.writable_paths)
+        + ")",
         "(allow file-write-data (literal \"/dev/null\") (literal \"/dev/tty\"))",
         # Later rules win in SBPL: these take back what the broad allows above gave.
         "(deny file-read* " + " ".join(f"(subpath {_quote(p)})" for p in _DENY_READ) + ")",

@@ -103,6 +103,23 @@ async def test_only_the_worktree_is_writable_and_dotgit_is_read_only(worktree: P
     assert "gone" in out and not await anyio.Path("/tmp/scratch").exists()  # a private /tmp
 
 
+async def test_a_daemon_made_folder_can_be_made_writable(worktree: Path, tmp_path: Path
+                                                         ) -> None:
+    # The test report's folder: outside the worktree, writable for this command only.
+    report = tmp_path / "report"
+    report.mkdir()
+    other = tmp_path / "other"
+    other.mkdir()
+    code, out = await _run(
+        f"echo xml > {report}/junit.xml && echo written; touch {other}/x 2>&1; echo end",
+        SandboxPolicy(worktree=str(worktree), writable_paths=(str(report),)))
+    assert "written" in out and (report / "junit.xml").read_text() == "xml\n"
+    assert not (other / "x").exists()
+    code, out = await _run(f"touch {report}/y 2>&1; echo end",
+                           SandboxPolicy(worktree=str(worktree)))
+    assert not (report / "y").exists()
+
+
 async def test_environment_is_an_allowlist(worktree: Path, monkeypatch: pytest.MonkeyPatch
                                            ) -> None:
     monkeypatch.setenv("ANTHROPIC_API_KEY", "sk-ant-api03-canary")
