@@ -247,3 +247,9 @@ def write_spec(path: Path, features: list[tuple[str, str, list[str], list[str]]]
         lines += ["", "#### Acceptance Criteria", f"- [ ] {name} works.", ""]
     path.write_text("\n".join(lines), encoding="utf-8")
     return path
+
+
+@pytest.fixture(scope="session")
+def project_env_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Where the shared project venv of :mod:`tests.projectenv` lives."""
+    return tmp_path_factory.mktemp("projectenv")

@@ -106,6 +106,14 @@ class VerifyConfig(_Section):
     max_merge_reruns: int = 3
     keep_failed_worktrees: bool = False
     git_timeout_s: float = 60.0
+    # Changes outside a batch's own files: "strict" fails the forbidden ones (the spec, CI
+    # configuration, protected tests, other batches' files), "warn" only lists them.
+    scope: Literal["strict", "warn"] = "strict"
+    scope_globs: list[str] = []  # extra paths every batch may change, e.g. "docs/**"
+    stubs: Literal["fail", "warn", "off"] = "fail"  # placeholder code (pass, TODO, ...)
+    # Verify the run branch's head with the full test command after every merge (a merge
+    # that breaks it is rolled back and its batch runs again), and once at the end.
+    branch_check: bool = True
 
 
 class SandboxConfig(_Section):

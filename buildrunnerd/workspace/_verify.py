@@ -1,19 +1,22 @@
 """The verification engine: what a batch must pass before it is merged.
 
-Four checks, in order (see docs/verification.md): ``files`` (every file the tasks name exists
-and is non-empty), ``compile`` (changed Python files compile; then ``import`` when configured),
-``tests`` (the test command passes) and ``secrets`` (no credentials in what will be committed,
-scanned last so files the tests wrote count too: see :mod:`._staged`). Every
-check runs even when an earlier one failed, so one fix-up round can address everything.
+The checks, in order (see docs/verification.md): ``files`` (every file the tasks name is a
+regular, non-blank file in the tree that will be committed, and the batch changed something),
+``compile`` (changed Python files compile), ``protected`` (accepted tests and test
+configuration not deleted, weakened or skipped), ``stubs`` (no placeholder code), ``scope``
+(no changes to the spec, CI, protected tests or other batches' files), ``import`` when
+configured, ``tests`` (the test command passes and its report holds up) and ``secrets`` (no
+credentials in the added lines). Every check runs even when an earlier one failed, so one
+fix-up round can address everything.
 """
 
 from __future__ import annotations
 
 import os
-import shlex
+import shutil
 import stat
-import sys
-from collections.abc import Sequence
+import tempfile
+from collections.abc import Callable, Collection, Sequence
 from pathlib import Path, PurePosixPath
 from typing import Any
 
@@ -32,8 +35,34 @@ from buildrunnerd.sandbox import (
     run_confined,
 )
 from buildrunnerd.workspace._git import git
+from buildrunnerd.workspace._protect import (
+    Finding,
+    ProtectedTest,
+    check_protected,
+    protected_tests,
+    wanted_paths,
+)
 from buildrunnerd.workspace._repo import stage_all
+from buildrunnerd.workspace._report import (
+    REPORT_FILENAME,
+    TestCommand,
+    interpreter_paths,
+    judge_report,
+    mentions_pytest,
+    pytest_env,
+    read_report,
+)
+from buildrunnerd.workspace._report import detect_test_command as _detect_command
+from buildrunnerd.workspace._scope import changed_paths, check_scope
 from buildrunnerd.workspace._staged import scan_staged
+from buildrunnerd.workspace._stubs import added_lines, changed_sources, check_stubs, import_targets
+from buildrunnerd.workspace._tree import (
+    Blobs,
+    Tree,
+    commit_tree,
+    read_blobs,
+    staged_tree,
+)
 from buildrunnerd.workspace._worktree import worktree_git
 
 __all__ = ["CheckResult", "VerificationReport", "verify", "detect_test_command",
@@ -52,12 +81,13 @@ _SKIP_DIRS = frozenset({".git", ".venv", "venv", "node_modules", "__pycache__", 
 class CheckResult(msgspec.Struct, omit_defaults=True):
     """One check's outcome (or one problem it found)."""
 
-    name: str  # files | compile | import | tests | secrets
+    name: str  # files | compile | protected | stubs | scope | import | tests | secrets
     passed: bool
     message: str
     file: str | None = None
     line: int | None = None
     output_tail: str | None = None
+    exit_code: int | None = None  # of a command (import, tests)
 
 
 class VerificationReport(msgspec.Struct):
@@ -66,6 +96,14 @@ class VerificationReport(msgspec.Struct):
     passed: bool
     checks: list[CheckResult]
     test_command: str | None = None
+    # From the test report: total, passed, failed, errors, skipped, protected,
+    # protected_passed (None: no report was read).
+    test_counts: dict[str, int] | None = None
+    # ``classname::name`` of the protected tests that passed (the next baseline).
+    passed_tests: list[str] = []
+    # The tree the tests ran on, when the disk held exactly the staged files (nothing ignored,
+    # no cache): a merge that commits this very tree needs no second test run.
+    tree: str | None = None
 
     def failures(self) -> list[CheckResult]:
         return [c for c in self.checks if not c.passed]
@@ -106,54 +144,35 @@ def _walk(root: Path) -> list[Path]:
     return found
 
 
-def detect_test_command(worktree: Path) -> str | None:
-    """pytest (with the daemon's Python) when the tree has tests: a ``tests/`` folder or
-    ``test_*.py`` / ``*_test.py`` files. None when there is nothing to run."""
-    has_tests = (worktree / "tests").is_dir() or any(
-        p.suffix == ".py" and (p.name.startswith("test_") or p.stem.endswith("_test"))
-        for p in _walk(worktree)
-    )
-    if not has_tests:
+async def detect_test_command(
+    worktree: Path, *, project_root: Path | None = None, timeout_s: float = 60.0,
+) -> str | None:
+    """The test command auto-detection would run for ``worktree`` (None: none found), from
+    the project's own environment in ``project_root`` (default: the repository the worktree
+    belongs to). See :func:`buildrunnerd.workspace._report.detect_test_command`."""
+    worktree = Path(worktree)
+    if project_root is None:
+        project_root = await _project_root(worktree, timeout_s)
+    opts = await worktree_git(worktree, timeout_s=timeout_s)
+    await stage_all(worktree, opts, timeout_s=timeout_s, what="staging changes for verification")
+    tree = await staged_tree(worktree, opts, timeout_s=timeout_s)
+    package = tree.get("package.json")
+    blobs = await read_blobs(worktree, [package] if package else [], opts, timeout_s=timeout_s)
+    found, _ = await _detect_command(project_root, tree, Path(tempfile.gettempdir())
+                                     / REPORT_FILENAME, package_json=blobs.text(package))
+    return found.display if found is not None else None
+
+
+async def _project_root(worktree: Path, timeout_s: float) -> Path | None:
+    """The user's checkout of the repository ``worktree`` belongs to (where its untracked
+    ``.venv`` lives), or None."""
+    opts = await worktree_git(worktree, timeout_s=timeout_s)
+    res = await git([*opts, "rev-parse", "--path-format=absolute", "--git-common-dir"],
+                    cwd=worktree, timeout_s=timeout_s, check=False)
+    common = Path(res.stdout.strip()) if res.ok else None
+    if common is None or common.name != ".git":
         return None
-    # No cache folder: it would end up in the batch's commit.
-    return f"{shlex.quote(sys.executable)} -m pytest -q -p no:cacheprovider"
-
-
-async def _check_files(worktree: Path, tasks: Sequence[Task]) -> list[CheckResult]:
-    problems: list[CheckResult] = []
-    named = 0
-    for task in tasks:
-        for name in task.files:
-            named += 1
-            rel = _safe_relpath(name)
-            if rel is None:
-                problems.append(CheckResult(
-                    "files", False, f"task {task.id} names {name!r}, which is outside the "
-                    "repository; name files relative to the repository root", file=name))
-                continue
-            # No symlink is followed, and only a regular file counts (sandbox._fs).
-            try:
-                st = await anyio.to_thread.run_sync(lstat_in, worktree, rel.as_posix())
-            except WorktreePathError as exc:
-                problems.append(CheckResult(
-                    "files", False, f"{name} does not exist; task {task.id} ({task.title}) "
-                    "must create it" if exc.problem == "missing" else
-                    f"{name} cannot be checked: {exc.message}", file=name))
-                continue
-            if stat.S_ISDIR(st.st_mode):
-                problems.append(CheckResult(
-                    "files", False, f"{name} is a folder; task {task.id} names it as a file",
-                    file=name))
-            elif not stat.S_ISREG(st.st_mode):
-                what = "a symlink" if stat.S_ISLNK(st.st_mode) else "a FIFO, socket or device"
-                problems.append(CheckResult(
-                    "files", False, f"{name} is {what}, not a regular file; task {task.id} "
-                    f"({task.title}) must write the file itself", file=name))
-            elif st.st_size == 0:
-                problems.append(CheckResult(
-                    "files", False, f"{name} is empty; task {task.id} ({task.title}) must "
-                    "write its content", file=name))
-    return problems or [CheckResult("files", True, f"{named} named file(s) present")]
+    return common.parent
 
 
 def _compile_all(worktree: Path, files: list[str]) -> list[CheckResult]:
@@ -179,6 +198,9 @@ def _compile_all(worktree: Path, files: list[str]) -> list[CheckResult]:
                 file=name, line=exc.lineno))
         except (ValueError, OSError) as exc:  # null bytes, unreadable file
             problems.append(CheckResult("compile", False, f"{name}: {exc}", file=name))
+        except (RecursionError, MemoryError):
+            problems.append(CheckResult("compile", False, f"{name}: nested too deeply to "
+                                        "compile; flatten it", file=name))
     return problems or [CheckResult("compile", True, f"{len(files)} Python file(s) compile")]
 
 
@@ -215,6 +237,9 @@ async def _run_confined_check(
     name: str,
     confinement: Confinement,
     ok_codes: frozenset[int] = frozenset({0}),
+    env: dict[str, str] | None = None,
+    writable: Sequence[str] = (),
+    readonly: Sequence[str] = (),
 ) -> CheckResult:
     """Run ``command`` with ``sh -c`` in the sandbox, output merged and its tail kept. The
     command's own interpreter (a virtualenv) is visible read-only; nothing else of the host
@@ -223,7 +248,9 @@ async def _run_confined_check(
         sandbox = confinement.require()
         result = await run_confined(
             sandbox, ["/bin/sh", "-c", command],
-            confinement.policy(worktree, command=command), timeout_s=timeout_s,
+            confinement.policy(worktree, command=command, env=env, writable=writable,
+                               readonly=readonly),
+            timeout_s=timeout_s,
             max_output_bytes=OUTPUT_TAIL_BYTES)
     except SandboxError as exc:
         return CheckResult(name, False, f"cannot run `{command}` confined: {exc}")
@@ -236,8 +263,10 @@ async def _run_confined_check(
                            output_tail=tail)
     if result.returncode not in ok_codes:
         return CheckResult(name, False, f"`{command}` failed (exit {result.returncode}); "
-                           "see the output tail", output_tail=tail)
-    return CheckResult(name, True, f"`{command}` passed", output_tail=tail)
+                           "see the output tail", output_tail=tail,
+                           exit_code=result.returncode)
+    return CheckResult(name, True, f"`{command}` passed", output_tail=tail,
+                       exit_code=result.returncode)
 
 
 def _redact_tail(tail: str) -> str:
@@ -246,6 +275,184 @@ def _redact_tail(tail: str) -> str:
     if tail.startswith("…"):
         tail = "…" + tail.partition("\n")[2]
     return redact_secrets(tail)
+
+
+async def _write_tree(worktree: Path, opts: Sequence[str], timeout_s: float) -> str:
+    res = await git([*opts, "write-tree"], cwd=worktree, timeout_s=timeout_s,
+                    what="recording the staged tree")
+    return res.stdout.strip()
+
+
+async def _written_by_tests(worktree: Path, before: str, opts: Sequence[str],
+                            timeout_s: float) -> list[CheckResult]:
+    """The index was staged again after the tests (for the secret scan, as the commit will):
+    files the test run wrote or changed would be committed without the checks above having
+    seen them. Fail naming them."""
+    after = await _write_tree(worktree, opts, timeout_s)
+    if after == before:
+        return []
+    res = await git([*opts, "diff-tree", "-r", "--name-only", "-z", before, after],
+                    cwd=worktree, timeout_s=timeout_s, check=False)
+    paths = sorted(p for p in res.stdout.split("\0") if p)
+    shown = ", ".join(paths[:10]) + (" ..." if len(paths) > 10 else "")
+    return [CheckResult("tests", False, f"the test run changed files that would be committed "
+                        f"({shown}); tests must not write into the repository: write to a "
+                        "temporary folder, or ignore generated files in .gitignore")]
+
+
+async def _exact_tree(worktree: Path, opts: Sequence[str], timeout_s: float) -> str | None:
+    """The staged tree's id when the worktree holds nothing else (no ignored file, no
+    byte-code or tool cache that a test could read instead of the committed source); None
+    otherwise."""
+    # Right before the test command (the import check ran model code): nothing untracked,
+    # nothing changed or deleted since staging.
+    others = await git([*opts, "ls-files", "--others", "-z"], cwd=worktree,
+                       timeout_s=timeout_s, check=False)
+    if not others.ok or others.stdout.strip("\0"):
+        return None
+    changed = await git([*opts, "diff", "--quiet", "--no-ext-diff", "--no-textconv"],
+                        cwd=worktree, timeout_s=timeout_s, check=False)
+    if changed.returncode != 0:
+        return None
+    return await _write_tree(worktree, opts, timeout_s)
+
+
+def _guarded(name: str, check: Callable[[], list[Finding]]) -> list[Finding]:
+    """Run an AST check; code nested too deeply to walk fails it rather than the daemon."""
+    try:
+        return check()
+    except (RecursionError, MemoryError):
+        return [Finding("", f"the batch's code is nested too deeply for the {name} check; "
+                        "flatten it")]
+
+
+def _checks(name: str, findings: Sequence[Finding], *, passed: bool = False
+            ) -> list[CheckResult]:
+    return [CheckResult(name, passed, f.message, file=f.file or None, line=f.line)
+            for f in findings]
+
+
+async def _check_files_in_tree(
+    worktree: Path, tasks: Sequence[Task], before: Tree, after: Tree, blobs: Blobs,
+    opts: Sequence[str], timeout_s: float,
+) -> list[CheckResult]:
+    """Every file the tasks name, as the commit will hold it: staged (not ignored away), a
+    regular file (not a symlink, not a submodule), with non-whitespace content. And a batch
+    whose tasks name files must change something."""
+    problems: list[CheckResult] = []
+    named = 0
+    for task in tasks:
+        for name in task.files:
+            named += 1
+            rel = _safe_relpath(name)
+            if rel is None:
+                problems.append(CheckResult(
+                    "files", False, f"task {task.id} names {name!r}, which is outside the "
+                    "repository; name files relative to the repository root", file=name))
+                continue
+            path = rel.as_posix()
+            entry = after.get(path)
+            what = f"task {task.id} ({task.title})"
+            if entry is None:
+                if any(p.startswith(path + "/") for p in after):
+                    message = f"{path} is a folder; task {task.id} names it as a file"
+                elif (await git([*opts, "check-ignore", "-q", "--", path], cwd=worktree,
+                                timeout_s=timeout_s, check=False)).ok:
+                    message = (f"{path} is ignored by git (.gitignore or info/exclude), so it "
+                               f"would never be committed; {what} must create it as a "
+                               "committed file: do not ignore it")
+                else:
+                    message = f"{path} does not exist; {what} must create it"
+                    try:  # on disk but not staged: something git cannot commit
+                        st = await anyio.to_thread.run_sync(lstat_in, worktree, path)
+                        if not (stat.S_ISREG(st.st_mode) or stat.S_ISDIR(st.st_mode)):
+                            message = (f"{path} is a FIFO, socket or device, not a regular "
+                                       f"file; {what} must write the file itself")
+                    except WorktreePathError:
+                        pass
+                problems.append(CheckResult("files", False, message, file=path))
+            elif entry.mode == "120000":
+                problems.append(CheckResult(
+                    "files", False, f"{path} is a symbolic link; {what} must write it as a "
+                    "regular file", file=path))
+            elif not entry.regular:
+                problems.append(CheckResult(
+                    "files", False, f"{path} is not a regular file (git mode {entry.mode}); "
+                    f"{what} must write it as a file", file=path))
+            else:
+                content = blobs.raw(entry)
+                if content is not None and not content.strip():
+                    state = "is empty" if not content else "holds only whitespace"
+                    problems.append(CheckResult(
+                        "files", False, f"{path} {state}; {what} must write its content",
+                        file=path))
+    if named and not problems and not changed_paths(before, after):
+        ids = ", ".join(t.id for t in tasks if t.files)
+        problems.append(CheckResult(
+            "files", False, f"no change made: the batch's tasks ({ids}) name files but the "
+            "batch changed nothing; do the work the tasks describe"))
+    return problems or [CheckResult("files", True, f"{named} named file(s) committed")]
+
+
+async def _read_trees(
+    worktree: Path, base_commit: str, tasks: Sequence[Task], diff: str, opts: Sequence[str],
+    timeout_s: float,
+) -> tuple[Tree, Tree, Blobs]:
+    """The accepted tree, the staged tree and the blobs the checks read."""
+    before = await commit_tree(worktree, base_commit, opts, timeout_s=timeout_s)
+    after = await staged_tree(worktree, opts, timeout_s=timeout_s)
+    added = added_lines(diff)
+    named = {n for t in tasks for n in t.files}
+    sources = changed_sources(after, added)
+    entries = [before[p] for p in wanted_paths(before) | (sources & set(before))]
+    entries += [after[p] for p in wanted_paths(after) | (named & set(after)) | sources]
+    blobs = await read_blobs(worktree, entries, opts, timeout_s=timeout_s)
+    targets = import_targets(after, blobs, added) - sources
+    if targets:
+        blobs.update(await read_blobs(worktree, [after[p] for p in targets], opts,
+                                      timeout_s=timeout_s))
+    return before, after, blobs
+
+
+async def _run_tests(
+    worktree: Path, command: TestCommand, *, config: VerifyConfig, confinement: Confinement,
+    report_path: Path, protected: list[ProtectedTest], baseline_passed: Collection[str] | None,
+) -> tuple[list[CheckResult], dict[str, int] | None, list[str]]:
+    """Run the test command confined (the report's folder its one writable place outside the
+    worktree), then judge its JUnit report (when pytest ran)."""
+    env = {} if command.junit else pytest_env(report_path)
+    readonly = command.readonly or await interpreter_paths(command.command)
+    result = await _run_confined_check(
+        command.command, worktree=worktree, name="tests", timeout_s=config.test_timeout_s,
+        confinement=confinement, env=env, writable=[str(report_path.parent)],
+        readonly=readonly)
+    # The messages name the command as the user knows it (and stay the same from one round
+    # to the next: the report's folder is new every time).
+    result = msgspec.structs.replace(
+        result, message=result.message.replace(command.command, command.display))
+    expect_report = command.junit or mentions_pytest(command.command)
+    report, why = await read_report(report_path)
+    if report is None and not expect_report:
+        if result.passed:
+            result = msgspec.structs.replace(
+                result, message=f"{result.message} (judged by its exit code only: it is not a "
+                "pytest run, so there is no report to read)")
+        return [result], None, []
+    verdicts, counts = judge_report(report, why_missing=why, returncode=result.exit_code,
+                                    protected=protected, baseline_passed=baseline_passed,
+                                    command=command.display)
+    checks = [result] if not (result.passed and verdicts) else []
+    checks += [CheckResult("tests", v.passed, v.message, output_tail=result.output_tail)
+               for v in verdicts]
+    if result.passed and not verdicts:
+        checks = [msgspec.structs.replace(
+            result, message=f"`{command.display}` passed: {counts.passed} passed, "
+            f"{counts.skipped} skipped, {counts.protected_passed} protected test case(s) "
+            "passed")]
+    passed_ids = sorted({f"{c.classname}::{c.function}" for c in (report.cases if report
+                                                                  else [])
+                         if c.outcome == "passed"})
+    return checks, msgspec.to_builtins(counts), passed_ids
 
 
 async def verify(
@@ -257,63 +464,126 @@ async def verify(
     test_cmd: str | None = None,
     config: VerifyConfig | None = None,
     confinement: Confinement | None = None,
+    project_root: Path | None = None,
+    other_files: Collection[str] = (),
+    spec_path: str | None = None,
+    baseline_passed: Collection[str] | None = None,
+    batch_checks: bool = True,
 ) -> VerificationReport:
     """Verify a batch's work in ``worktree`` (see the module docstring for the checks).
 
     ``base_commit`` is the commit the worktree started from (default: its HEAD, which is the
-    same while the batch is uncommitted): the secret scan looks at lines added since then.
+    same while the batch is uncommitted): the accepted state the batch is compared with.
     ``run_base_commit`` is the commit the *run* started from, where the repository's secret
     allowlist is read (default: ``base_commit``, right only for a run's first batch).
     ``test_cmd`` (per run or from the spec, resolved by the caller) wins over
-    ``config.test_cmd``, which wins over auto-detection. Raises :class:`WorkspaceError` only
-    for failures outside the batch's work (git failing, an unreadable allowlist).
+    ``config.test_cmd``, which wins over auto-detection from the project's environment in
+    ``project_root`` (default: the repository the worktree belongs to). ``other_files`` are
+    the files other batches' tasks name and ``spec_path`` the run's spec (repository-relative),
+    for the scope check. ``baseline_passed``: the protected tests that passed at the last
+    verified commit. ``confinement``: the daemon's sandbox (default: the one ``config``
+    selects), in which the import check and the test command run. ``batch_checks=False``
+    runs only the tests (the run branch's check).
+    Raises :class:`WorkspaceError` only for failures outside the batch's work (git failing,
+    an unreadable allowlist).
     """
     config = config or VerifyConfig()
     worktree = Path(worktree)
     t = config.git_timeout_s
+    opts = await worktree_git(worktree, timeout_s=t)
     if base_commit is None:
-        opts = await worktree_git(worktree, timeout_s=t)
         base_commit = (await git([*opts, "rev-parse", "HEAD"], cwd=worktree, timeout_s=t,
                                  what="reading the worktree's commit")).stdout.strip()
+    if project_root is None:
+        project_root = await _project_root(worktree, t)
     checks: list[CheckResult] = []
-    checks += await _check_files(worktree, tasks)
-
     diff = await _changed_files(worktree, base_commit, t)
-    py_files = _changed_python_files(diff)
-    checks += await anyio.to_thread.run_sync(_compile_all, worktree, py_files)
+    opts = await worktree_git(worktree, timeout_s=t)  # again: staging ran git on it
+    before, after, blobs = await _read_trees(worktree, base_commit, tasks, diff, opts, t)
+    named = {n for task in tasks for n in task.files}
+
+    if batch_checks:
+        checks += await _check_files_in_tree(worktree, tasks, before, after, blobs, opts, t)
+        py_files = _changed_python_files(diff)
+        checks += await anyio.to_thread.run_sync(_compile_all, worktree, py_files)
+        protected_findings = await anyio.to_thread.run_sync(
+            lambda: _guarded("protected", lambda: check_protected(before, blobs, after, blobs,
+                                                                  named=named)))
+        checks += _checks("protected", protected_findings) or [CheckResult(
+            "protected", True, "no protected test or test setting deleted, weakened or "
+            "skipped")]
+        if config.stubs != "off":
+            stubs = await anyio.to_thread.run_sync(
+                lambda: _guarded("stubs", lambda: check_stubs(before, blobs, after, blobs,
+                                                              added_lines(diff))))
+            checks += _checks("stubs", stubs, passed=config.stubs == "warn") or [
+                CheckResult("stubs", True, "no placeholder code")]
+        scope = check_scope(before, after, own_files=named, other_files=set(other_files),
+                            spec_path=spec_path, globs=config.scope_globs,
+                            strict=config.scope == "strict",
+                            already_reported={f.file for f in protected_findings})
+        checks += _checks("scope", scope.failures)
+        checks += _checks("scope", scope.warnings, passed=True)
+        if scope.outside:
+            shown = ", ".join(scope.outside[:20]) + (" ..." if len(scope.outside) > 20 else "")
+            checks.append(CheckResult("scope", True, f"changed outside the batch's files: "
+                                      f"{shown}"))
+        elif not scope.failures and not scope.warnings:
+            checks.append(CheckResult("scope", True, "every change is within the batch's "
+                                      "files and tests"))
 
     if confinement is None:
         confinement = await Confinement.create(Config(verify=config))
-    if config.import_check:
+    if config.import_check and batch_checks:
         checks.append(await _run_confined_check(
             config.import_check, worktree=worktree, name="import",
-            timeout_s=config.test_timeout_s, confinement=confinement))
+            timeout_s=config.test_timeout_s, confinement=confinement,
+            readonly=await interpreter_paths(config.import_check)))
 
-    command = test_cmd or config.test_cmd
-    ok_codes = frozenset({0})
-    if command is None:
-        command = await anyio.to_thread.run_sync(detect_test_command, worktree)
-        # pytest's "no tests collected": an empty tests/ folder is not a failure of the batch.
-        ok_codes = frozenset({0, 5})
-    if command is None:
-        checks.append(CheckResult("tests", True, "no test command set and no tests found "
-                                  "(no tests/ folder or test_*.py files): nothing to run"))
-    else:
-        checks.append(await _run_confined_check(
-            command, worktree=worktree, name="tests", ok_codes=ok_codes,
-            timeout_s=config.test_timeout_s, confinement=confinement))
+    staged_tree_id = await _write_tree(worktree, opts, t)
+    tested_tree = await _exact_tree(worktree, opts, t)
+    report_dir = Path(await anyio.to_thread.run_sync(
+        lambda: tempfile.mkdtemp(prefix="buildrunner-report-")))
+    report_path = report_dir / REPORT_FILENAME
+    counts: dict[str, int] | None = None
+    passed_ids: list[str] = []
+    try:
+        configured = test_cmd or config.test_cmd
+        command: TestCommand | None
+        if configured:
+            command, why = TestCommand(configured, display=configured), ""
+        else:
+            command, why = await _detect_command(
+                project_root, {**before, **after}, report_path,
+                package_json=blobs.text(after.get("package.json")))
+        if command is None:
+            checks.append(CheckResult("tests", True, f"tests not run: {why}"))
+        else:
+            protected = [p for p in protected_tests(before, blobs) if p.file not in named]
+            found, counts, passed_ids = await _run_tests(
+                worktree, command, config=config, confinement=confinement,
+                report_path=report_path,
+                protected=protected, baseline_passed=baseline_passed)
+            checks += found
+    finally:
+        await anyio.to_thread.run_sync(lambda: shutil.rmtree(report_dir, ignore_errors=True))
 
-    # Last, over the staged tree: what the tests wrote is committed too.
-    findings = await scan_staged(worktree, base_commit=base_commit, config=config, timeout_s=t,
-                                 run_base_commit=run_base_commit or base_commit)
-    if findings:
-        checks += [CheckResult("secrets", False, f.message(), file=f.file, line=f.line or None)
-                   for f in findings]
-    else:
-        checks.append(CheckResult("secrets", True, "no credentials in what will be committed"))
+    if batch_checks:
+        # Last, over the staged tree: what the tests wrote is committed too.
+        findings = await scan_staged(worktree, base_commit=base_commit, config=config,
+                                     timeout_s=t, run_base_commit=run_base_commit or base_commit)
+        if findings:
+            checks += [CheckResult("secrets", False, f.message(), file=f.file,
+                                   line=f.line or None) for f in findings]
+        else:
+            checks.append(CheckResult("secrets", True, "no credentials in what will be "
+                                      "committed"))
+        checks += await _written_by_tests(worktree, staged_tree_id, opts, t)
     for check in checks:  # the report is stored, sent in events and to the model
         check.message = redact_secrets(check.message)
         if check.output_tail:
             check.output_tail = _redact_tail(check.output_tail)
     return VerificationReport(passed=all(c.passed for c in checks), checks=checks,
-                              test_command=command)
+                              test_command=command.display if command else None,
+                              test_counts=counts, passed_tests=passed_ids,
+                              tree=tested_tree)

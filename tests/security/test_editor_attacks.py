@@ -274,7 +274,7 @@ async def test_compile_and_files_checks_do_not_follow_links(worktree: Path,
     compile_checks = [c for c in report.checks if c.name == "compile"]
     assert [c.passed for c in compile_checks] == [True], compile_checks
     files = {c.file: c.message for c in report.checks if c.name == "files"}
-    assert "notes.txt is a symlink, not a regular file" in files["notes.txt"]
+    assert "notes.txt is a symbolic link" in files["notes.txt"]
     assert "pipe.txt is a FIFO, socket or device, not a regular file" in files["pipe.txt"]
     assert "ok.py" not in files
 
@@ -326,7 +326,8 @@ async def test_simulated_backend_does_not_write_through_a_link(
 
 # --- through the daemon ------------------------------------------------------------------
 _FILES = re.compile(r"^Files: (.*)$", re.MULTILINE)  # the named files, in the prompt
-_BODIES = {"app/db.py": "DB = 1\n", "tests/test_storage.py": "def test_ok() -> None:\n    pass\n"}
+_BODIES = {"app/db.py": "DB = 1\n",
+           "tests/test_storage.py": "def test_ok() -> None:\n    assert 1 + 1 == 2\n"}
 
 
 def _hostile(secret_path: Path) -> Any:

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from buildrunnerd.config import VerifyConfig
 from buildrunnerd.workspace import RunRepo, prepare_run_repo, verify
 from buildrunnerd.workspace._worktree import TamperedWorktreeError
 
@@ -81,7 +82,9 @@ async def test_filter_and_textconv_drivers_never_run(
     wt = await run_repo.add_worktree(wt_root, "b1")
     (wt / ".gitattributes").write_text("* filter=lfsish diff=evil merge=evil\n")
     (wt / "mod.py").write_text("X = 1\n")
-    report = await verify(wt, [task("T1", "mod.py")], base_commit=run_repo.base_commit)
+    # scope "warn": the changed .gitattributes is what this test is about, not a failure.
+    report = await verify(wt, [task("T1", "mod.py")], base_commit=run_repo.base_commit,
+                          config=VerifyConfig(scope="warn"))
     assert report.passed, report.summary()
     result = await run_repo.commit_and_merge(wt, "msg")
     assert result.merged

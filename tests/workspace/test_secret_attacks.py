@@ -20,7 +20,7 @@ from buildrunnerd.workspace import (
     verify,
 )
 
-from ._helpers import run_git
+from ._helpers import run_git, task
 
 ANTHROPIC_KEY = "sk-ant-" + "api03-Xq9Lm2Nb7Vc4Kd8Rt1Yw6Hs3Pf5Gj0"
 AWS_KEY = "AKIA" + "Z7Q4XK2M9PLW3JHV"
@@ -126,10 +126,12 @@ async def test_test_output_is_redacted_in_the_report(wt: Path) -> None:
 
 async def test_allowlist_planted_by_an_earlier_batch_of_the_run_is_ignored(
         run_repo: RunRepo, wt_root: Path) -> None:
-    # Batch 1 only writes an allowlist (no secret in it): it verifies and merges.
+    # Batch 1 only writes an allowlist (no secret in it; its task names the file, so the scope
+    # check lets it): it verifies and merges.
     first = await run_repo.add_worktree(wt_root, "b1")
     (first / ALLOWLIST_FILENAME).write_text("AKIA.*\npath:*\n")
-    report = await verify(first, [], test_cmd="true", run_base_commit=run_repo.base_commit)
+    report = await verify(first, [task("T1", ALLOWLIST_FILENAME)], test_cmd="true",
+                          run_base_commit=run_repo.base_commit)
     assert report.passed, report.summary()
     assert (await run_repo.commit_and_merge(first, "batch 1")).merged
     # Batch 2 starts from the run branch, which now holds that allowlist.

@@ -18,6 +18,7 @@ from buildrunnerd.workspace import (
     prepare_run_repo,
     verify,
 )
+from tests.projectenv import give_project_env
 
 from ._helpers import run_git, task
 
@@ -45,7 +46,8 @@ async def test_all_checks_pass(wt: Path) -> None:
     (wt / "calc.py").write_text("def add(a: int, b: int) -> int:\n    return a + b\n")
     report = await verify(wt, [task("T1", "calc.py")], test_cmd="true")
     assert report.passed, report.summary()
-    assert {c.name for c in report.checks} == {"files", "compile", "tests", "secrets"}
+    assert {c.name for c in report.checks} == {"files", "compile", "protected", "stubs",
+                                               "scope", "tests", "secrets"}
     data = report.to_dict()
     assert data["passed"] is True
     json.dumps(data)  # plain data, ready for the store and a fix-up prompt
@@ -139,8 +141,9 @@ async def test_test_cmd_precedence(wt: Path) -> None:
     assert report.passed and report.test_command == "true"
 
 
-async def test_auto_detected_pytest(wt: Path) -> None:
-    assert detect_test_command(wt) is None
+async def test_auto_detected_pytest_uses_the_project_env(
+        wt: Path, repo: Path, project_env_root: Path) -> None:
+    assert await detect_test_command(wt) is None
     report = await verify(wt, [], test_cmd=None)
     [check] = by_name(report, "tests")
     assert check["passed"] is True and "nothing to run" in str(check["message"])
@@ -149,9 +152,17 @@ async def test_auto_detected_pytest(wt: Path) -> None:
     (wt / "calc.py").write_text("def add(a, b):\n    return a - b\n")
     (wt / "tests" / "test_calc.py").write_text(
         "from calc import add\n\ndef test_add():\n    assert add(1, 2) == 3\n")
-    (wt / "conftest.py").write_text("")  # puts the worktree on sys.path for pytest
-    cmd = detect_test_command(wt)
-    assert cmd is not None and "-m pytest" in cmd
+    # No environment of the project's own: never the daemon's Python, and it says so.
+    assert await detect_test_command(wt) is None
+    report = await verify(wt, [task("T1", "calc.py")])
+    [check] = by_name(report, "tests")
+    assert check["passed"] is True
+    assert "tests not run" in str(check["message"]) and ".venv" in str(check["message"])
+    assert sys.executable not in str(check["message"])
+
+    python = give_project_env(repo, project_env_root)
+    cmd = await detect_test_command(wt)
+    assert cmd == f"{python} -m pytest"
     report = await verify(wt, [task("T1", "calc.py")])
     [check] = by_name(report, "tests")
     assert check["passed"] is False
@@ -159,7 +170,9 @@ async def test_auto_detected_pytest(wt: Path) -> None:
     (wt / "calc.py").write_text("def add(a, b):\n    return a + b\n")
     report = await verify(wt, [task("T1", "calc.py")])
     assert report.passed, report.summary()
+    assert report.test_counts is not None and report.test_counts["passed"] == 1
     assert not (wt / ".pytest_cache").exists()
+    assert "__pycache__" not in run_git(wt, "status", "--porcelain", "--ignored")
 
 
 async def test_planted_aws_key_fails_with_file_and_line(wt: Path) -> None:
