@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import anyio
 import structlog
 
-from buildrunnerd.errors import BudgetExceededError, BuildRunnerError, StoreError
+from buildrunnerd.errors import BudgetExceededError, BuildRunnerError, StoreError, WorkspaceError
 from buildrunnerd.executor import ApiCall, BatchJob, ExecutionOutcome, Executor
 from buildrunnerd.plan._model import Batch, BatchPrompt, Plan, Task
 from buildrunnerd.sandbox import Confinement, WorktreePathError, lstat_in, read_bytes_in
@@ -68,6 +68,11 @@ class ActiveRun:
     unrecorded: dict[str, BatchResult] = field(default_factory=dict)
     tasks_by_plan_id: dict[str, Task] = field(default_factory=dict)
     batches_by_plan_id: dict[str, Batch] = field(default_factory=dict)
+    # Merges and the run branch's verification after each one, one batch at a time.
+    branch_lock: anyio.Lock = field(default_factory=anyio.Lock)
+    verified: dict[str, Any] | None = None  # the last passing branch check (run.verified data)
+    baseline_passed: list[str] | None = None  # tests that passed at verified["commit"]
+    rolled_back: bool = False  # a merge of this run was rolled back (its head failed tests)
 
     def __post_init__(self) -> None:
         self.tasks_by_plan_id = {t.id: t for t in self.plan.tasks}
@@ -197,14 +202,75 @@ async def _ws_verify(
         return await _scratch_verify(path, tasks)
     from buildrunnerd.workspace import verify
 
+    own = {f for t in tasks for f in t.files}
+    other_files = {f for t in run.plan.tasks for f in t.files} - own
     report = await verify(
         path, tasks, base_commit=base or run.base_commit, test_cmd=run.test_cmd,
         config=config.verify, confinement=confinement,
         # The allowlist is the run's, never one an earlier batch of this run merged.
         run_base_commit=run.base_commit or run.run_repo.base_commit,
+        project_root=run.repo, other_files=other_files, spec_path=_spec_relpath(run),
+        baseline_passed=run.baseline_passed,
     )
     result: dict[str, Any] = report.to_dict()
     return result
+
+
+def _spec_relpath(run: ActiveRun) -> str | None:
+    """The run's spec as a path in the repository (for the scope check), or None."""
+    spec = run.plan.spec_path
+    if not spec or run.repo is None:
+        return None
+    path = Path(spec)
+    if not path.is_absolute():
+        return path.as_posix()
+    try:
+        return path.resolve().relative_to(run.repo.resolve()).as_posix()
+    except (ValueError, OSError):
+        return None
+
+
+async def ws_verify_branch(run: ActiveRun, commit: str, config: Config,
+                           confinement: Confinement | None) -> dict[str, Any] | None:
+    """Run the full test command on ``commit`` of the run branch, in a detached worktree of
+    its own (the caller holds ``run.branch_lock``). None: nothing to check (a scratch run, or
+    ``verify.branch_check = false``). A passing check becomes the run's baseline."""
+    if run.run_repo is None or not config.verify.branch_check:
+        return None
+    from buildrunnerd.workspace import verify
+    from buildrunnerd.workspace._report import has_python_tests
+    from buildrunnerd.workspace._tree import commit_tree
+
+    if not (run.test_cmd or config.verify.test_cmd):
+        # Nothing to detect a test command from: no checkout needed to know it.
+        tree = await commit_tree(run.run_repo.repo, commit, timeout_s=config.verify.git_timeout_s)
+        if not has_python_tests(tree) and "package.json" not in tree:
+            run.verified = {"commit": commit, "test_command": None, "counts": None,
+                            "tests": "no tests found: nothing to run"}
+            return {"passed": True, "checks": [], "test_command": None}
+    # A clean worktree of the run's pool (the caller holds branch_lock, so the head is
+    # ``commit``); a fresh one at ``commit`` if the branch was moved from outside.
+    path: Path = await run.run_repo.acquire_worktree(run.worktree_root)
+    if await run.run_repo.worktree_head(path) != commit:
+        await run.run_repo.remove_worktree(path)
+        path = await run.run_repo.add_worktree(run.worktree_root, f"branch-{commit[:12]}",
+                                               commit)
+    try:
+        report = await verify(path, [], base_commit=commit, test_cmd=run.test_cmd,
+                              config=config.verify, confinement=confinement,
+                              project_root=run.repo,
+                              baseline_passed=run.baseline_passed, batch_checks=False)
+    finally:
+        await _ws_remove(run, path)
+    data: dict[str, Any] = report.to_dict()
+    if report.passed:
+        tests = next((c for c in report.checks if c.name == "tests"), None)
+        run.verified = {"commit": commit, "test_command": report.test_command,
+                        "counts": report.test_counts,
+                        "tests": tests.message if tests is not None else None}
+        if report.test_counts is not None:
+            run.baseline_passed = list(report.passed_tests)
+    return data
 
 
 async def _scratch_verify(path: Path, tasks: list[Task]) -> dict[str, Any]:
@@ -219,12 +285,13 @@ def _scratch_checks(path: Path, tasks: list[Task]) -> dict[str, Any]:
             try:
                 st = lstat_in(path, rel)
                 present = stat.S_ISREG(st.st_mode) and st.st_size > 0
+                state = "is empty" if stat.S_ISREG(st.st_mode) else "is not a regular file"
             except WorktreePathError:
-                present = False
+                present, state = False, "is missing"
             if not present:
                 checks.append({
                     "name": "files", "passed": False, "file": rel, "line": None,
-                    "message": f"{rel} (task {task.id}) is missing or empty",
+                    "message": f"{rel} (task {task.id}) {state}",
                     "output_tail": "",
                 })
     if not checks:
@@ -235,12 +302,46 @@ def _scratch_checks(path: Path, tasks: list[Task]) -> dict[str, Any]:
 
 async def _ws_merge(
     run: ActiveRun, path: Path, message: str
-) -> tuple[bool, str | None, list[str]]:
-    """Commit the worktree and merge it into the run branch: (merged, commit, conflict files)."""
+) -> tuple[bool, str | None, list[str], str | None]:
+    """Commit the worktree and merge it into the run branch: (merged, commit, conflict files,
+    the branch's head before the merge)."""
     if run.run_repo is None:
-        return True, None, []
+        return True, None, [], None
     result = await run.run_repo.commit_and_merge(path, message)
-    return bool(result.merged), result.commit, list(result.conflict_files or [])
+    return (bool(result.merged), result.commit, list(result.conflict_files or []),
+            result.previous)
+
+
+async def _ws_tested_tree(run: ActiveRun, commit: str, report: dict[str, Any] | None,
+                          config: Config) -> bool:
+    """Whether the merge committed exactly the tree the batch's verification tested (a
+    fast-forward of a worktree that held nothing but its staged files): then the batch's own
+    test run is the branch check, and it becomes the run's baseline."""
+    if (run.run_repo is None or not config.verify.branch_check or report is None
+            or not report.get("passed") or not report.get("tree")):
+        return False
+    from buildrunnerd.workspace._git import git
+
+    res = await git(["rev-parse", f"{commit}^{{tree}}"], cwd=run.run_repo.repo,
+                    timeout_s=config.verify.git_timeout_s, check=False)
+    if not res.ok or res.stdout.strip() != report["tree"]:
+        return False
+    tests = next((c for c in report.get("checks", []) if c.get("name") == "tests"), None)
+    run.verified = {"commit": commit, "test_command": report.get("test_command"),
+                    "counts": report.get("test_counts"),
+                    "tests": tests.get("message") if tests else None}
+    if report.get("test_counts") is not None:
+        run.baseline_passed = list(report.get("passed_tests") or [])
+    return True
+
+
+async def _ws_started_on_branch(run: ActiveRun, head: str | None) -> bool:
+    """Whether the commit a worktree started from is still on the run branch (a rolled-back
+    merge is not: work built on it must run again)."""
+    if run.run_repo is None or head is None or not run.rolled_back:
+        return True
+    branch_head = await run.run_repo.head()
+    return bool(await run.run_repo.is_ancestor(head, branch_head))
 
 
 class _FileEvents:
@@ -345,6 +446,13 @@ def _first_failure(report: dict[str, Any]) -> str:
     return "verification failed"
 
 
+def _failure_signature(report: dict[str, Any]) -> list[tuple[Any, ...]]:
+    """What identifies a report's failures (not the output tails, which hold timings)."""
+    return sorted((str(c.get("name")), str(c.get("file")), str(c.get("line")),
+                   str(c.get("message")))
+                  for c in report.get("checks", []) if not c.get("passed", True))
+
+
 def _fix_report(report: dict[str, Any]) -> dict[str, Any]:
     checks = []
     for check in report.get("checks", []):
@@ -373,6 +481,7 @@ async def run_batch_lifecycle(
     max_merge_reruns = config.verify.max_merge_reruns
     resume_attempt = run.resume_attempts.pop(batch_id, None)
     merge_round = 0
+    carry_report: dict[str, Any] | None = None  # the branch check a re-run must fix
     while True:
         attempt_no = run.attempts.get(batch_id, 0) + 1
         run.attempts[batch_id] = attempt_no
@@ -407,6 +516,7 @@ async def run_batch_lifecycle(
                 confinement=confinement,
                 batch_id=batch_id, tasks=tasks, task_gids=task_gids, prompt=prompt,
                 path=path, head=head, attempt_no=attempt_no, resume_state=resume_state,
+                carry_report=carry_report,
             )
             if result is not None:  # failed / budget: no merge
                 outcome = "failed" if result.status == "failed" else "interrupted"
@@ -417,17 +527,46 @@ async def run_batch_lifecycle(
             from buildrunnerd.workspace import batch_commit_message
 
             message = batch_commit_message(run.id, plan_batch.id, tasks)
-            merged, commit, conflicts = await _ws_merge(run, path, message)
+            async with run.branch_lock:
+                conflicts: list[str] = []
+                if not await _ws_started_on_branch(run, head):
+                    merged, commit, previous = False, None, None
+                    reason = ("the commit this batch started from was rolled back (it broke "
+                              "the run branch's tests)")
+                else:
+                    merged, commit, conflicts, previous = await _ws_merge(run, path, message)
+                    reason = f"merge conflict in {', '.join(conflicts) or 'the run branch'}"
+                branch_report = None
+                if merged and commit is not None and previous is not None and not (
+                        await _ws_tested_tree(run, commit, report, config)):
+                    branch_report = await ws_verify_branch(run, commit, config, confinement)
+                if branch_report is not None and not branch_report.get("passed"):
+                    if not await run.run_repo.rollback(commit, previous):
+                        raise WorkspaceError(
+                            f"run {run.id}: branch {run.branch} moved while its merge of "
+                            f"{plan_batch.id} was being verified; is another process writing "
+                            "to it? Stop it and retry the task",
+                            data={"branch": run.branch, "commit": commit})
+                    run.rolled_back = True
+                    merged = False
+                    reason = (f"the run branch failed its tests after merging this batch "
+                              f"({_first_failure(branch_report)}); the merge was rolled back")
+                    carry_report = branch_report
             if merged:
                 await store.finish_attempt(attempt.id, outcome="succeeded",
                                            verification=report, commit=commit)
                 return BatchResult("succeeded", model=ctx.model, commit=commit,
                                    summary=ctx.summary)
-            reason = f"merge conflict in {', '.join(conflicts) or 'the run branch'}"
             await store.finish_attempt(attempt.id, outcome="conflict", reason=reason,
-                                       verification=report)
-            await ctx.emit("batch.conflict", {"files": conflicts, "attempt": attempt_no,
-                                              "rerun": merge_round < max_merge_reruns})
+                                       verification=branch_report or report)
+            if branch_report is not None:
+                await ctx.emit("batch.rolled_back", {
+                    "commit": commit, "attempt": attempt_no,
+                    "rerun": merge_round < max_merge_reruns,
+                    "reason": _first_failure(branch_report)})
+            else:
+                await ctx.emit("batch.conflict", {"files": conflicts, "attempt": attempt_no,
+                                                  "rerun": merge_round < max_merge_reruns})
             if merge_round >= max_merge_reruns:
                 return BatchResult("failed", reason=f"{reason}, after {merge_round} re-runs")
             merge_round += 1
@@ -471,13 +610,16 @@ async def _execute_and_verify(
     attempt_no: int,
     resume_state: bytes | None,
     confinement: Confinement | None,
+    carry_report: dict[str, Any] | None = None,
 ) -> tuple[BatchResult | None, dict[str, Any] | None]:
     """Executor + verification + fix-up rounds. ``(None, report)`` means verified, go merge.
 
     ``agent.batch_timeout_s`` is ONE deadline for the whole attempt: the first try and every
     fix-up round (backend and verification alike). Only the backend and verification waits
     run under it; the store writes between them are never cut in half."""
-    report: dict[str, Any] | None = None
+    # A re-run after a rolled-back merge starts with the branch check's report.
+    report: dict[str, Any] | None = carry_report
+    previous_signature: list[tuple[Any, ...]] | None = None
     max_fix = max(0, config.verify.max_fix_attempts)
     timeout_s = config.agent.batch_timeout_s
     deadline = anyio.current_time() + timeout_s
@@ -543,6 +685,14 @@ async def _execute_and_verify(
             "checks": [{k: c.get(k) for k in ("name", "passed", "message", "file", "line")}
                        for c in report.get("checks", [])],
         })
+        signature = _failure_signature(report)
+        if fix_round < max_fix and signature == previous_signature:
+            # The fix-up round changed nothing the checks can see: more rounds of the same
+            # would only spend money.
+            return BatchResult(
+                "failed", reason=f"{_first_failure(report)} (the same failures after fix-up "
+                f"round {fix_round} as before it: stopped early)", model=ctx.model), report
+        previous_signature = signature
     assert report is not None
     return BatchResult(
         "failed", reason=f"{_first_failure(report)} (after {max_fix} fix-up rounds)"

@@ -10,12 +10,17 @@ recorded, not paid for again); the last result of a run writes the run's end.
 from __future__ import annotations
 
 from collections import Counter
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import anyio
 import structlog
 
-from buildrunnerd.daemon._batch import ActiveRun, BatchResult, run_batch_lifecycle
+from buildrunnerd.daemon._batch import (
+    ActiveRun,
+    BatchResult,
+    run_batch_lifecycle,
+    ws_verify_branch,
+)
 from buildrunnerd.daemon._scheduler import RunGraph, RunSlot
 from buildrunnerd.errors import BuildRunnerError, StoreError
 from buildrunnerd.logging import bind_ids
@@ -161,12 +166,44 @@ class BatchResults:
             )
             graph.requeue(batch_id)
         if graph.finished:
+            # The final check runs the test suite: outside the run manager's lock, which every
+            # run's pause/cancel/resume takes.
+            final = await self._final_verification(active, graph)
             async with self._runs.lock:
                 if self._runs.active.get(active.id) is active and graph.finished:
-                    await self.finish_run(active, graph)
+                    await self.finish_run(active, graph, final=final, checked=True)
 
-    async def finish_run(self, active: ActiveRun, graph: RunGraph) -> None:
-        """Write a run's end (succeeded, or failed with the counts) and stop dispatching it."""
+    async def _final_verification(
+        self, active: ActiveRun, graph: RunGraph
+    ) -> dict[str, Any] | None:
+        """Verify the run branch's head before the run succeeds: ``run.verified`` data when it
+        passed, ``{"failed": reason}`` when it did not, None when there is nothing to verify
+        (a scratch run, a run that failed anyway, ``verify.branch_check = false``)."""
+        config = self._runs.config
+        if not graph.all_succeeded or active.run_repo is None or not config.verify.branch_check:
+            return None
+        async with active.branch_lock:
+            head = await active.run_repo.head()
+            if active.verified is not None and active.verified.get("commit") == head:
+                return active.verified  # checked right after the merge that made it
+            report = await ws_verify_branch(active, head, config, self._runs.confinement)
+        if report is None:
+            return None
+        if report.get("passed") and active.verified is not None:
+            return active.verified
+        reasons = [c.get("message", "") for c in report.get("checks", [])
+                   if not c.get("passed", True)]
+        return {"failed": f"the run branch's head {head[:12]} fails the final verification: "
+                + "; ".join(r.splitlines()[0] for r in reasons if r)[:2000]}
+
+    async def finish_run(self, active: ActiveRun, graph: RunGraph, *,
+                         final: dict[str, Any] | None = None, checked: bool = False) -> None:
+        """Write a run's end (succeeded after ``run.verified``, or failed with the counts or
+        the final verification's reason) and stop dispatching it. ``checked``: ``final`` is the
+        final verification already made (otherwise it is made here: a run finished at
+        recovery or resume)."""
+        if not checked:
+            final = await self._final_verification(active, graph)
         # Out of the active set before the final event (the STATUS line counts active runs),
         # but back in it if the database fails: the run then stays active (paused by the
         # caller), and `resume` finishes it (see :meth:`resume`).
@@ -174,13 +211,21 @@ class BatchResults:
         # Its worktrees go before the final event: whoever sees it sees them gone.
         await close_workspace(active)
         try:
-            await self._write_final_state(active, graph)
+            await self._write_final_state(active, graph, final)
         except BaseException:
             self._runs.active[active.id] = active
             raise
         self._runs.scheduler.remove(active.id)
 
-    async def _write_final_state(self, active: ActiveRun, graph: RunGraph) -> None:
+    async def _write_final_state(self, active: ActiveRun, graph: RunGraph,
+                                 final: dict[str, Any] | None = None) -> None:
+        if final is not None and "failed" in final:
+            await self._runs.store.set_run_state(active.id, "failed", event_type="run.failed",
+                                                 reason=final["failed"], data={"verified": False})
+            _log.info("run.failed", run_id=active.id, reason=final["failed"])
+            return
+        if final is not None:
+            await self._runs.store.append_event(active.id, "run.verified", final)
         if graph.all_succeeded:
             await self._runs.store.set_run_state(
                 active.id, "succeeded", event_type="run.succeeded",

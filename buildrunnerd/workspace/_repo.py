@@ -122,6 +122,7 @@ class MergeResult(msgspec.Struct):
     commit: str | None = None
     conflict_files: list[str] = []
     fast_forward: bool = False
+    previous: str | None = None  # the branch's head before the merge (for a rollback)
 
 
 def batch_commit_message(run_id: str, batch_id: str, tasks: Sequence[Task]) -> str:
@@ -211,9 +212,10 @@ class RunRepo:
                         what=f"reading the commit of worktree {worktree}")
         return res.stdout.strip()
 
-    async def add_worktree(self, root: Path, name: str) -> Path:
-        """A fresh worktree at ``root/name`` of the run branch's current head (detached, so
-        the branch itself is never checked out anywhere). A leftover at that path is removed."""
+    async def add_worktree(self, root: Path, name: str, commit: str | None = None) -> Path:
+        """A fresh worktree at ``root/name`` of ``commit`` (default: the run branch's current
+        head), detached, so the branch itself is never checked out anywhere. A leftover at
+        that path is removed."""
         path = Path(root) / name
         await anyio.Path(root).mkdir(parents=True, exist_ok=True)
         # Only the daemon's uid may reach a worktree: what the model writes there is its
@@ -221,9 +223,21 @@ class RunRepo:
         await anyio.Path(root).chmod(0o700)
         if await anyio.Path(path).exists():
             await self.remove_worktree(path)
-        await _add_worktree(self.repo, path, self.ref, timeout_s=self.timeout_s,
+        await _add_worktree(self.repo, path, commit or self.ref, timeout_s=self.timeout_s,
                             what=f"creating worktree {path}")
         return path
+
+    async def rollback(self, commit: str, previous: str) -> bool:
+        """Move the branch back from ``commit`` to ``previous`` (a merge whose head failed
+        verification), with the same compare-and-swap as a merge: False when the branch is no
+        longer at ``commit``, and then nothing is changed."""
+        async with self._merge_lock:
+            res = await git(
+                ["update-ref", "-m", "buildrunner: roll back a merge that broke the branch",
+                 self.ref, previous, commit],
+                cwd=self.repo, timeout_s=self.timeout_s, check=False,
+            )
+            return res.ok
 
     async def remove_worktree(self, path: Path) -> None:
         """Remove a worktree (with any uncommitted changes) and forget it in git."""
@@ -317,7 +331,8 @@ class RunRepo:
                 head = await self.head()
                 if head == parent or await self._is_ancestor(head, commit):
                     if await self._move_branch(commit, head):
-                        return MergeResult(merged=True, commit=commit, fast_forward=True)
+                        return MergeResult(merged=True, commit=commit, fast_forward=True,
+                                           previous=head)
                     continue
                 if await _merge_tree_supported(self.repo, self.timeout_s):
                     result = await self._merge_in_objects(commit, head, message)
@@ -326,12 +341,16 @@ class RunRepo:
                 if not result.merged or result.commit is None:
                     return result
                 if await self._move_branch(result.commit, head):
-                    return result
+                    return msgspec.structs.replace(result, previous=head)
         raise WorkspaceError(
             f"{self.repo}: branch {self.branch} kept moving while merging {commit[:12]}; is "
             "another process writing to it? Stop it and retry the task",
             data={"repo": str(self.repo), "branch": self.branch, "commit": commit},
         )
+
+    async def is_ancestor(self, ancestor: str, descendant: str) -> bool:
+        """Whether ``ancestor`` is ``descendant`` or one of its ancestors."""
+        return await self._is_ancestor(ancestor, descendant)
 
     async def _is_ancestor(self, ancestor: str, descendant: str) -> bool:
         res = await git(["merge-base", "--is-ancestor", ancestor, descendant],

@@ -12,8 +12,10 @@ from tests.daemon.conftest import make_plan
 
 
 class LazyExecutor:
-    """A model stand-in that never writes the files (verification fails, a fix-up round
-    follows) and takes ``step_s`` per call: each call alone stays well inside the timeout."""
+    """A model stand-in that never writes the files' content (verification fails, a fix-up
+    round follows) and takes ``step_s`` per call: each call alone stays well inside the
+    timeout. It leaves the file missing, then empty, in turn: each round's report differs, so
+    the loop does not stop early for lack of progress."""
 
     name = "lazy"
 
@@ -24,6 +26,14 @@ class LazyExecutor:
     async def run_batch(self, job: BatchJob, ctx: ExecutionContext) -> ExecutionOutcome:
         self.rounds.append(job.fix_round)
         await anyio.sleep(self.step_s)
+        for task in job.tasks:
+            for name in task.files:
+                target = anyio.Path(job.worktree) / name
+                if job.fix_round % 2:
+                    await target.parent.mkdir(parents=True, exist_ok=True)
+                    await target.write_text("")
+                else:
+                    await target.unlink(missing_ok=True)
         return ExecutionOutcome(status="completed", model="lazy", summary="did nothing")
 
     async def aclose(self) -> None:
