@@ -38,6 +38,9 @@ class ConversationState(msgspec.Struct, kw_only=True):
     last_request_tokens: int = 0  # the token counter's count of the last request
     worktree: str = ""  # where the conversation's edits were made
     pending_note: str = ""  # a user note to add before the next call (after tool results)
+    escalations: int = 0  # steps up the model ladder within this conversation (limits hit)
+    extra_turns: int = 0  # turns granted beyond agent.max_turns by an escalation
+    cutoffs: int = 0  # answers in a row cut off by max_tokens
 
     def encode(self) -> bytes:
         return msgspec.json.encode(self)

@@ -44,6 +44,7 @@ _log = structlog.get_logger("buildrunnerd.agent")
 _EPHEMERAL = {"type": "ephemeral"}
 _TEXT_EVENT_CHARS = 2000  # events carry a preview; the conversation holds the full text
 _RESULT_EVENT_CHARS = 500
+_MAX_CUTOFFS = 3  # answers in a row cut off by max_tokens before the model is escalated
 _CONTINUE = ("Your previous answer was cut off by the output token limit. Continue exactly "
              "where you stopped; keep tool calls short.")
 _MOVED_NOTE = (
@@ -188,9 +189,19 @@ class AnthropicExecutor:
                 state.done = False
             if state.done:
                 return ExecutionOutcome("completed", model=state.model, summary=state.summary)
-            if state.turns >= agent.max_turns:
-                return self._failed(state, f"turn limit reached ({agent.max_turns} turns, "
-                                    "agent.max_turns) before the model finished")
+            if state.turns >= agent.max_turns + state.extra_turns:
+                if not await self._escalate(job, ctx, state, "turn limit"):
+                    return self._failed(state, f"turn limit reached ({state.turns} turns, "
+                                        "agent.max_turns, after escalating the model) before "
+                                        "the model finished")
+                state.extra_turns += max(1, agent.max_turns // 2)
+            if state.cutoffs >= _MAX_CUTOFFS:
+                if not await self._escalate(job, ctx, state, "answers cut off by max_tokens"):
+                    return self._failed(state, f"{state.cutoffs} answers in a row were cut off "
+                                        "by the output token limit (models.max_tokens), after "
+                                        "escalating the model; split the batch's tasks or "
+                                        "raise models.max_tokens")
+                state.cutoffs = 0
             if agent.max_batch_tokens and state.tokens >= agent.max_batch_tokens:
                 return self._failed(state, f"token limit reached ({state.tokens} tokens, "
                                     "agent.max_batch_tokens) before the model finished")
@@ -213,12 +224,35 @@ class AnthropicExecutor:
             if outcome is not None:
                 return outcome
 
+    async def _escalate(self, job: BatchJob, ctx: ExecutionContext, state: ConversationState,
+                        why: str) -> bool:
+        """One step up the model ladder when a limit is hit (once per conversation); False
+        when it already happened or the model is at the top."""
+        if state.escalations >= 1:
+            return False
+        stronger = pick_model(self.config.models, [t.complexity for t in job.tasks],
+                              job.escalation + state.escalations + 1)
+        if stronger == state.model:
+            return False
+        await ctx.emit("agent.escalated", {"from": state.model, "to": stronger, "reason": why,
+                                           "turns": state.turns})
+        _log.info("escalating the model", batch=job.batch_id, reason=why, to=stronger)
+        state.escalations += 1
+        state.model = stronger
+        return True
+
     def _apply(self, state: ConversationState, turn: Turn) -> ExecutionOutcome | None:
         """Add the model's answer to the history and decide what comes next."""
         content = turn.content
         truncated = bool(content) and content[-1].pop("_truncated", False)
+        if turn.stop_reason == "max_tokens" and content and content[-1].get("type") == "tool_use":
+            # The limit cut the answer inside this tool call: even when its JSON happens to
+            # parse (a non-streamed answer), the file it writes may be cut short. Never run it;
+            # the model is asked to continue instead.
+            truncated = True
         if truncated:
             content = content[:-1]  # a half-written tool call cannot be run or sent back
+        state.cutoffs = state.cutoffs + 1 if turn.stop_reason == "max_tokens" else 0
         if content:
             state.messages.append({"role": "assistant", "content": content})
         text = last_text(content)

@@ -181,11 +181,36 @@ async def test_terminal_stop_reasons_fail_clearly(fake_api: FakeAnthropic, workt
 async def test_turn_limit(fake_api: FakeAnthropic, worktree: Path) -> None:
     loop = Reply([tool_use("bash", {"command": "true"})], "tool_use")
     fake_api.set_responder(lambda req: loop)
-    ex = AnthropicExecutor(make_config(max_turns=3), api_key=API_KEY, base_url=fake_api.base_url)
-    outcome = await ex.run_batch(make_job(worktree), Recorder())
+    ex = AnthropicExecutor(make_config(max_turns=4), api_key=API_KEY, base_url=fake_api.base_url)
+    ctx = Recorder()
+    outcome = await ex.run_batch(make_job(worktree), ctx)
     await ex.aclose()
     assert outcome.status == "failed" and "turn limit" in (outcome.reason or "")
-    assert len(fake_api.requests) == 3
+    assert "after escalating the model" in (outcome.reason or "")
+    # The limit escalates the model once (half the turns again), then gives up.
+    [escalated] = [d for t, d in ctx.events if t == "agent.escalated"]
+    assert escalated["reason"] == "turn limit" and escalated["turns"] == 4
+    models = [r.body["model"] for r in fake_api.requests]
+    assert len(models) == 6 and len(set(models[:4])) == 1
+    assert models[4:] == [escalated["to"]] * 2 and escalated["to"] != models[0]
+
+
+async def test_a_loop_of_cut_off_answers_escalates_then_stops(fake_api: FakeAnthropic,
+                                                              worktree: Path) -> None:
+    # Non-streamed: the cut-off tool call's JSON parses, yet it must never be applied.
+    cut = Reply([tool_use("str_replace_based_edit_tool",
+                          {"command": "create", "path": "half.py", "file_text": "def f(:"})],
+                "max_tokens")
+    fake_api.set_responder(lambda req: cut)
+    config = make_config(max_turns=80, stream=False)
+    ex = AnthropicExecutor(config, api_key=API_KEY, base_url=fake_api.base_url)
+    ctx = Recorder()
+    outcome = await ex.run_batch(make_job(worktree), ctx)
+    await ex.aclose()
+    assert outcome.status == "failed" and "cut off" in (outcome.reason or "")
+    assert len(fake_api.requests) == 6  # three cut-offs, escalation, three more: not 80
+    assert [t for t, _ in ctx.events].count("agent.escalated") == 1
+    assert not (worktree / "half.py").exists()
 
 
 async def test_batch_timeout(fake_api: FakeAnthropic, worktree: Path) -> None:
