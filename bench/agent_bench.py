@@ -20,6 +20,13 @@ command), commits and merges into the run branch, the store. Speedup is measured
 A per-phase breakdown (from the run's stored events) shows where the time goes.
 
     .venv/bin/python bench/agent_bench.py --through-daemon [--json]
+
+``--branch-check on|off|both`` (daemon level): verify the run branch's head after every merge
+(``verify.branch_check``, on by default) or not; ``both`` runs each worker count with it off,
+then on, side by side. ``--seed-tests``: the repository gets a seeded pytest suite and a
+project ``.venv``, so every verification and every branch check runs real tests.
+
+    .venv/bin/python bench/agent_bench.py --through-daemon --branch-check both --seed-tests
 """
 
 from __future__ import annotations
@@ -241,10 +248,14 @@ def phases(events: list[dict[str, Any]], workers: int, elapsed_s: float) -> dict
     return result
 
 
-async def run_daemon(workers: int, batches: list[str], latency_s: float, root: Path
-                     ) -> dict[str, Any]:
+SEEDED_TESTS = "".join(f"def test_seed_{i}():\n    assert {i} + 1 == {i + 1}\n\n\n"
+                       for i in range(20))
+
+
+async def run_daemon(workers: int, batches: list[str], latency_s: float, root: Path, *,
+                     branch_check: bool = True, seed_tests: bool = False) -> dict[str, Any]:
     """One run of the wide spec through a fresh ``buildrunnerd`` with ``workers`` workers."""
-    base = root / f"d{workers}"
+    base = root / f"d{workers}-{'check' if branch_check else 'nocheck'}"
     repo = base / "repo"
     repo.mkdir(parents=True)
     _git(repo, "init", "-q", "-b", "main")
@@ -252,13 +263,21 @@ async def run_daemon(workers: int, batches: list[str], latency_s: float, root: P
     _git(repo, "config", "user.name", "Bench")
     spec = repo / "PROJECT_SPEC.md"
     spec.write_text(wide_spec(batches), encoding="utf-8")
-    _git(repo, "add", ".")
+    if seed_tests:
+        from tests.projectenv import give_project_env
+
+        (repo / "tests").mkdir()
+        (repo / "tests" / "test_seed.py").write_text(SEEDED_TESTS, encoding="utf-8")
+        (repo / "conftest.py").write_text("# the project root on sys.path\n")
+        give_project_env(repo, root)
+    _git(repo, "add", "--", ".", ":(exclude).venv")
     _git(repo, "commit", "-qm", "init")
     config = base / "config.toml"
     config.write_text(
         '[planner]\nplanner = "heuristic"\n'
         f"[daemon]\nworkers = {workers}\nmax_workers_per_run = {workers}\n"
-        "[agent]\nrequest_timeout_s = 30.0\n", encoding="utf-8")
+        "[agent]\nrequest_timeout_s = 30.0\n"
+        f"[verify]\nbranch_check = {'true' if branch_check else 'false'}\n", encoding="utf-8")
     server = await anyio.open_process(
         [sys.executable, __file__, "--serve-fake", "--batches", str(len(batches)),
          "--latency-ms", str(latency_s * 1000)])
@@ -289,7 +308,10 @@ async def run_daemon(workers: int, batches: list[str], latency_s: float, root: P
         await server.wait()
     total_in = (costs["input_tokens"] + costs["cache_creation_input_tokens"]
                 + costs["cache_read_input_tokens"])
-    return {"workers": workers, "seconds": round(elapsed, 2), "state": info["state"],
+    verified = [e["data"] for e in events if e["type"] == "run.verified"]
+    return {"workers": workers, "branch_check": branch_check, "seed_tests": seed_tests,
+            "verified_counts": verified[0].get("counts") if verified else None,
+            "seconds": round(elapsed, 2), "state": info["state"],
             "calls": costs["calls"], "failures": [] if end["type"] == "run.succeeded"
             else [f"{end['type']}: {end.get('data')}"],
             "cache_read_share": round(costs["cache_read_input_tokens"] / max(1, total_in), 3),
@@ -317,15 +339,23 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
     await select_sandbox("auto")
     results = []
     with tempfile.TemporaryDirectory(prefix="agent-bench-") as tmp:
+        checks = {"on": [True], "off": [False], "both": [False, True]}[args.branch_check]
         for workers in args.workers:
             if args.through_daemon:
-                results.append(await run_daemon(workers, batches, args.latency_ms / 1000,
-                                                Path(tmp)))
+                for check in checks:
+                    results.append(await run_daemon(
+                        workers, batches, args.latency_ms / 1000, Path(tmp),
+                        branch_check=check, seed_tests=args.seed_tests))
             else:
                 results.append(await run(workers, batches, args.latency_ms / 1000, Path(tmp)))
     base = results[0]["seconds"]
     for r in results:
         r["speedup"] = round(base / r["seconds"], 2)
+    for r in results:  # what the branch check adds, against the same worker count without it
+        twin = next((o for o in results if o["workers"] == r["workers"]
+                     and o.get("branch_check") is False), None)
+        if r.get("branch_check") and twin is not None:
+            r["branch_check_overhead"] = round(r["seconds"] / twin["seconds"] - 1, 3)
     return {"batches": args.batches, "latency_ms": args.latency_ms, "results": results,
             "level": "daemon" if args.through_daemon else "executor",
             "machine": f"{platform.machine()}, {platform.python_version()}, "
@@ -341,6 +371,11 @@ def main() -> None:
     parser.add_argument("--through-daemon", action="store_true",
                         help="run the batches through a real buildrunnerd (worktrees, "
                              "verification and merges included)")
+    parser.add_argument("--branch-check", choices=("on", "off", "both"), default="on",
+                        help="daemon level: verify the run branch after each merge (both: "
+                             "each worker count without, then with it)")
+    parser.add_argument("--seed-tests", action="store_true",
+                        help="daemon level: a seeded pytest suite and a project .venv")
     parser.add_argument("--serve-fake", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.serve_fake:
@@ -352,11 +387,15 @@ def main() -> None:
         return
     print(f"{report['batches']} batches, {report['level']} level, fake API "
           f"+{report['latency_ms']:g} ms per call, {report['machine']}")
-    print(f"{'workers':>7} {'seconds':>8} {'speedup':>8} {'calls':>6} {'cache read':>10}")
+    print(f"{'workers':>7} {'branch':>6} {'seconds':>8} {'speedup':>8} {'calls':>6} "
+          f"{'cache read':>10}")
     for r in report["results"]:
-        print(f"{r['workers']:>7} {r['seconds']:>8.2f} {r['speedup']:>7.2f}x {r['calls']:>6} "
-              f"{r['cache_read_share']:>9.0%}" + (f"  FAILED {r['failures']}"
-                                                  if r["failures"] else ""))
+        check = {True: "on", False: "off", None: "-"}[r.get("branch_check")]
+        extra = (f"  +{r['branch_check_overhead']:.0%} for the branch check"
+                 if "branch_check_overhead" in r else "")
+        print(f"{r['workers']:>7} {check:>6} {r['seconds']:>8.2f} {r['speedup']:>7.2f}x "
+              f"{r['calls']:>6} {r['cache_read_share']:>9.0%}" + extra
+              + (f"  FAILED {r['failures']}" if r["failures"] else ""))
         if "phases" in r:
             print(f"{'':>7} seconds summed over batches: {r['phases']}")
 
