@@ -251,7 +251,18 @@ def npm_test_command(package_json: str | None) -> tuple[TestCommand | None, str]
 
 
 def mentions_pytest(command: str) -> bool:
-    return "pytest" in command or "py.test" in command
+    """Whether a shell command line runs pytest: a word that is ``pytest``/``py.test`` (a
+    path to one included) or ``-m pytest``; not a path that merely contains the word."""
+    try:
+        words = shlex.split(command)
+    except ValueError:
+        words = command.split()
+    for i, word in enumerate(words):
+        if os.path.basename(word.rstrip(";&|)")) in ("pytest", "py.test"):
+            return True
+        if word == "-m" and i + 1 < len(words) and words[i + 1] in ("pytest", "py.test"):
+            return True
+    return False
 
 
 def pytest_env(report_path: Path) -> dict[str, str]:

@@ -10,7 +10,12 @@ import pytest
 
 from buildrunnerd.config import VerifyConfig
 from buildrunnerd.workspace import RunRepo, VerificationReport, prepare_run_repo, verify
-from buildrunnerd.workspace._report import ReportError, parse_junit, read_report
+from buildrunnerd.workspace._report import (
+    ReportError,
+    mentions_pytest,
+    parse_junit,
+    read_report,
+)
 from tests.projectenv import give_project_env
 
 from ._helpers import run_git, task
@@ -365,3 +370,11 @@ async def test_files_the_test_run_writes_are_not_committed_unchecked(wt: Path) -
                          test_cmd="echo 'def test_add():\n    assert True' > tests/test_calc.py")
     assert any("the test run changed files that would be committed (tests/test_calc.py)" in p
                for p in failures(report, "tests")), report.summary()
+
+
+def test_which_configured_commands_run_pytest() -> None:
+    assert mentions_pytest("pytest -q") and mentions_pytest("uv run pytest tests/")
+    assert mentions_pytest("/venv/bin/python -m pytest -x") and mentions_pytest("cd a && py.test")
+    assert mentions_pytest("/opt/env/bin/pytest")
+    assert not mentions_pytest("test -e /tmp/pytest-of-root/gate/ok")
+    assert not mentions_pytest("make test") and not mentions_pytest("npm test")
