@@ -72,7 +72,8 @@ async def test_home_state_dir_and_outside_files_are_not_there(
         worktree: Path, tmp_path: Path) -> None:
     canary = tmp_path / "outside-canary.txt"
     canary.write_text("CANARY-OUTSIDE\n")
-    home_canary = Path.home() / f".buildrunner-test-{uuid.uuid4().hex}"
+    # Digits only: a hex name could hold "b1", which the last assertion looks for.
+    home_canary = Path.home() / f".buildrunner-test-{uuid.uuid4().int}"
     home_canary.write_text("CANARY-HOME\n")
     try:
         policy = SandboxPolicy(worktree=str(worktree),
