@@ -310,7 +310,9 @@ async def _exact_tree(worktree: Path, opts: Sequence[str], timeout_s: float) -> 
                        timeout_s=timeout_s, check=False)
     if not others.ok or others.stdout.strip("\0"):
         return None
-    changed = await git([*opts, "diff", "--quiet", "--no-ext-diff", "--no-textconv"],
+    # --ignore-submodules: never look inside a nested repository (its config is the model's).
+    changed = await git([*opts, "diff", "--quiet", "--no-ext-diff", "--no-textconv",
+                         "--ignore-submodules=all"],
                         cwd=worktree, timeout_s=timeout_s, check=False)
     if changed.returncode != 0:
         return None
