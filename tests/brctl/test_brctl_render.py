@@ -28,13 +28,17 @@ def test_plain_lines_one_per_event_with_progress() -> None:
     state, lines = _fold()
     _, events = failed_run()
     assert len(lines) == len(events)
-    assert lines[0] == "18:00:00 r-0a1b2c3d run submitted"
+    # The time, the run, the batch when the event has one, then what happened.
+    assert lines[0] == ("18:00:00 r-0a1b2c3d run submitted: Todo API, 4 tasks in 3 batches, "
+                        "in /tmp/repo")
     assert "18:00:00 r-0a1b2c3d B001 dispatched on claude-haiku-5-5 [db.1]" in lines
-    assert "18:00:02 r-0a1b2c3d db.1: verifying -> succeeded [1/4 succeeded]" in lines
-    assert ("18:00:03 r-0a1b2c3d api.2: pending -> blocked (blocked: depends on failed task "
-            "api.1) [1/4 succeeded]") in lines
-    assert "api call claude-sonnet-5-5: 3000 in / 1500 out, $0.0315" in lines[14]
-    assert "verification failed: tests FAILED" in lines[16]
+    assert "18:00:02 r-0a1b2c3d B001 task db.1: verifying -> succeeded [1/4 succeeded]" in lines
+    assert ("18:00:03 r-0a1b2c3d B003 task api.2: pending -> blocked (blocked: depends on "
+            "failed task api.1) [1/4 succeeded]") in lines
+    assert lines[14] == ("18:00:03 r-0a1b2c3d B002 api call claude-sonnet-5-5: 3000 in / 1500 "
+                         "out, $0.0315")
+    assert lines[16] == "18:00:03 r-0a1b2c3d B002 verification failed: tests FAILED (1 failed)"
+    assert lines[12] == "18:00:02 r-0a1b2c3d B001 succeeded by claude-haiku-5-5"
     assert lines[-1] == ("18:00:03 r-0a1b2c3d run failed: 1 batch(es) failed, 2 blocked "
                          "(1/4 tasks succeeded, $0.0367)")
     assert state.ended and state.exit_code() == 1
@@ -101,7 +105,7 @@ def test_api_call_with_a_tokens_object_renders_readably_in_both_views() -> None:
     expected = "api call claude-sonnet-5-5: 623 in / 129 out (cache 500 read, 0 written), $0.0123"
     state, _ = _fold(11)
     view = state.apply(event)
-    assert plain_line(event, view) == f"18:00:04 r-0a1b2c3d {expected}"
+    assert plain_line(event, view) == f"18:00:04 r-0a1b2c3d B002 {expected}"
 
     console = Console(record=True, width=110, force_terminal=True, color_system="truecolor")
     console.print(rich_view(state, now=datetime(2026, 11, 24, 18, 0, 5, tzinfo=UTC)))
@@ -116,7 +120,7 @@ def test_api_call_without_cache_use_leaves_the_cache_part_out() -> None:
         "cache_creation_input_tokens": 0, "cache_read_input_tokens": 0,
     }, 0.0)
     assert plain_line(event, None) == (
-        "18:00:04 r-0a1b2c3d api call simulated: 623 in / 129 out, $0.0000"
+        "18:00:04 r-0a1b2c3d B002 api call simulated: 623 in / 129 out, $0.0000"
     )
 
 
