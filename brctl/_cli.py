@@ -420,20 +420,10 @@ def task_cmd(ctx: click.Context, task_id: str) -> None:
     _emit(ctx, task, human)
 
 
-def _all_events(client: RpcClient, run_id: str, *, page: int = 1000) -> list[dict[str, Any]]:
-    events: list[dict[str, Any]] = []
-    since = 0
-    while True:
-        batch = _as_list(
-            client.call("events.list", {"run_id": run_id, "since": since, "limit": page}),
-            "events",
-        )
-        if not batch:
-            return events
-        events.extend(batch)
-        since = max(int(e.get("id") or 0) for e in batch)
-        if len(batch) < page:
-            return events
+def _all_events(client: RpcClient, run_id: str) -> list[dict[str, Any]]:
+    from brctl._client import all_events
+
+    return all_events(client, run_id)
 
 
 @_command("logs")

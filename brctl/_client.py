@@ -20,7 +20,9 @@ from buildrunnerd.errors import BuildRunnerError
 if TYPE_CHECKING:
     from types import TracebackType
 
-__all__ = ["DaemonTimeoutError", "DaemonUnreachableError", "RemoteError", "RpcClient"]
+__all__ = [
+    "DaemonTimeoutError", "DaemonUnreachableError", "RemoteError", "RpcClient", "all_events",
+]
 
 _RECEIVE_BYTES = 256 * 1024
 SocketPath = str | os.PathLike[str]
@@ -231,3 +233,19 @@ class RpcClient:
             self.connect()
         assert self._sock is not None
         return self._sock
+
+
+def all_events(client: RpcClient, run_id: str, *, page: int = 1000) -> list[dict[str, Any]]:
+    """Every stored event of ``run_id``, oldest first (``events.list``, page by page)."""
+    events: list[dict[str, Any]] = []
+    since = 0
+    while True:
+        batch = client.call("events.list", {"run_id": run_id, "since": since, "limit": page})
+        if isinstance(batch, dict):
+            batch = batch.get("events", [])
+        if not batch:
+            return events
+        events.extend(batch)
+        since = max(int(e.get("id") or 0) for e in batch)
+        if len(batch) < page:
+            return events

@@ -22,11 +22,12 @@ from __future__ import annotations
 import signal
 import sys
 import time
+from collections import deque
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any, Literal, TextIO
 
-from brctl._client import DaemonUnreachableError, RemoteError, RpcClient
+from brctl._client import DaemonUnreachableError, RemoteError, RpcClient, all_events
 from brctl._render import LiveState, RunView, plain_line, rich_view, summary_lines
 from buildrunnerd.codes import TERMINAL_RUN_STATES
 
@@ -116,6 +117,7 @@ class _EventStream:
         self.run_id = run_id
         self.discover = discover
         self.ignored: set[str] = set()  # runs whose snapshot failed (removed meanwhile)
+        self.history: deque[dict[str, Any]] = deque()  # the active runs' stored events
 
     def subscribe(self) -> None:
         params: dict[str, Any] = {"since": self.state.last_event_id}
@@ -126,10 +128,14 @@ class _EventStream:
             params["replay"] = False  # history is in the snapshots taken next
         self.client.call("events.subscribe", params)
         if fresh:
-            runs = self.client.call("run.list") or []
-            for run in runs:
-                if run.get("state") not in TERMINAL_RUN_STATES:
-                    self._add(str(run["id"]))
+            # The runs active now, each with its history (merged in id order, so that the
+            # live events buffered meanwhile follow on without a gap; LiveState skips the
+            # overlap): every run shows its whole history, however early it was submitted.
+            history = []
+            for run in self.client.call("run.list") or []:
+                if run.get("state") not in TERMINAL_RUN_STATES and self._add(str(run["id"])):
+                    history += all_events(self.client, str(run["id"]))
+            self.history = deque(sorted(history, key=lambda e: int(e.get("id") or 0)))
 
     def _add(self, run_id: str) -> RunView | None:
         try:
@@ -142,9 +148,11 @@ class _EventStream:
 
     @property
     def buffered(self) -> int:
-        return self.client.pending_notifications
+        return len(self.history) + self.client.pending_notifications
 
     def next_event(self, timeout_s: float) -> dict[str, Any] | None:
+        if self.history:
+            return self.history.popleft()
         try:
             message = self.client.next_notification(timeout_s)
         except DaemonUnreachableError:

@@ -69,6 +69,7 @@ class RunView:
     estimates: dict[str, int] = field(default_factory=dict)  # task id -> estimated minutes
     running: dict[str, RunningBatch] = field(default_factory=dict)
     last_events: deque[str] = field(default_factory=lambda: deque(maxlen=LAST_EVENTS))
+    last_event_id: int = 0  # the newest event applied (a replay overlapping it is skipped)
 
     @classmethod
     def from_snapshot(cls, run: dict[str, Any], tasks: list[dict[str, Any]]) -> RunView:
@@ -198,14 +199,18 @@ class LiveState:
         self.runs.setdefault(view.run_id, view)
 
     def apply(self, event: dict[str, Any]) -> RunView | None:
-        """Apply one event; returns its run's view, or None when it is old or not followed."""
+        """Apply one event; returns its run's view, or None when it is old or not followed.
+
+        Old means at or below the last event applied to the same run (a replay or history
+        overlapping live events); each run keeps its own mark, as the histories of several
+        runs and the live events of a new one arrive in separate id-ordered streams."""
         event_id = int(event.get("id") or 0)
-        if event_id and event_id <= self.last_event_id:
-            return None  # already seen (replay overlapping live events)
         self.last_event_id = max(self.last_event_id, event_id)
         view = self.runs.get(str(event.get("run_id")))
-        if view is not None:
-            view.apply(event)
+        if view is None or (event_id and event_id <= view.last_event_id):
+            return None
+        view.last_event_id = max(view.last_event_id, event_id)
+        view.apply(event)
         return view
 
     @property

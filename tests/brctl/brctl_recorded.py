@@ -74,8 +74,8 @@ def recorded_dispatcher(
         return {"run_ids": [run_id] if run_id.startswith(str(params.get("run_id"))) else []}
 
     for name, handler in {
-        "run.resolve": run_resolve, "run.get": run_get, "run.list": run_list, "task.list": task_list,
-        "events.subscribe": subscribe, "events.list": events_list,
+        "run.resolve": run_resolve, "run.get": run_get, "run.list": run_list,
+        "task.list": task_list, "events.subscribe": subscribe, "events.list": events_list,
     }.items():
         dispatcher.register(name, handler)
     return dispatcher

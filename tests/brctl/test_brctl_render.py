@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -132,3 +133,104 @@ def test_user_docs_link_the_capture_of_the_live_view() -> None:
     assert "[what the live view looks like](docs/live-view.txt)" in every_day
     quickstart = (ROOT / "docs" / "quickstart.md").read_text()
     assert "[what the live view looks like](live-view.txt)" in quickstart
+
+
+def _view_with(states: list[str], *, minutes: int = 30) -> RunView:
+    tasks = [{"id": f"r-1:t{i}", "state": s, "estimate_minutes": minutes}
+             for i, s in enumerate(states)]
+    run = {"id": "r-1", "state": "running", "title": "ETA",
+           "started_at": "2026-11-24T18:00:00.000Z", "created_at": "2026-11-24T17:59:00.000Z"}
+    return RunView.from_snapshot(run, tasks)
+
+
+def test_eta_from_the_estimates_at_the_observed_rate() -> None:
+    now = datetime(2026, 11, 24, 18, 0, 20, tzinfo=UTC)
+    # 1 of 4 equal tasks done in 20 s: the 3 open ones take 60 s more.
+    view = _view_with(["succeeded", "running", "ready", "pending"])
+    assert view.eta_s(now) == 60.0 and view.eta_text(now) == "ETA 1m 00s"
+    # The estimates weigh the tasks: a big open task counts for more.
+    view.estimates["r-1:t3"] = 120
+    assert view.eta_s(now) == 20 * (30 + 30 + 120) / 30
+    # Failed and blocked tasks are not waited for.
+    assert _view_with(["succeeded", "failed", "blocked", "running"]).eta_s(now) == 20.0
+    # No rate yet, paused, ended: no figure, and the text says why.
+    assert _view_with(["running", "pending"]).eta_text(now) == \
+        "ETA - (after the first task succeeds)"
+    paused = _view_with(["succeeded", "pending"])
+    paused.state = "paused"
+    assert paused.eta_s(now) is None and paused.eta_text(now) == "ETA - (paused)"
+    paused.state = "succeeded"
+    assert paused.eta_text(now) == ""
+
+
+def test_rich_view_shows_the_eta_and_the_model_of_each_running_batch() -> None:
+    state, _ = _fold(14)  # db.1 succeeded, api.1 still running on claude-sonnet-5-5
+    console = Console(record=True, width=120, force_terminal=True, color_system="truecolor")
+    console.print(rich_view(state, now=datetime(2026, 11, 24, 18, 0, 5, tzinfo=UTC)))
+    text = console.export_text()
+    assert re.search(r"ETA \d+s", text), text
+    assert re.search(r"B002 +claude-sonnet-5-5 +api\.1", text), text
+    # The last events with their time and batch.
+    assert "18:00:02 B001 task db.1: verifying -> succeeded" in text
+
+
+def _emitted_event_types() -> set[str]:
+    """Every event type a string literal in buildrunnerd/ stores (read from the source, so a
+    new type without words of its own fails the next test)."""
+    found: set[str] = set()
+    literal = re.compile(r'"((?:run|batch|task|file|verify|api|budget|agent|tool|plan)'
+                         r'\.[a-z_]+)"')
+    store_call = re.compile(r"(emit|event_type=|add_event|append_event|batch=\(|"
+                            r"transition|set_batch_state)")
+    for path in (ROOT / "buildrunnerd").rglob("*.py"):
+        text = path.read_text()
+        for match in literal.finditer(text):
+            before = text[max(0, match.start() - 120):match.start()]
+            if store_call.search(before) and "_log." not in before.splitlines()[-1]:
+                found.add(match.group(1))
+    found |= {"file.created", "file.modified"}  # emitted as f"file.{kind}"
+    return found
+
+
+def test_every_event_type_the_daemon_stores_has_words_of_its_own() -> None:
+    from brctl._describe import EVENT_TYPES
+
+    emitted = _emitted_event_types()
+    assert {"run.submitted", "batch.dispatched", "task.state_changed", "api.call",
+            "tool.call", "agent.text", "budget.exceeded", "plan.warning"} <= emitted
+    assert emitted - EVENT_TYPES == set()
+
+
+_SAMPLES: dict[str, dict[str, Any]] = {
+    "agent.turn": {"turn": 3, "model": "claude-opus-4-5", "stop_reason": "tool_use"},
+    "agent.text": {"text": "I will add\nthe module.\x1b[2J", "chars": 24, "partial": True},
+    "tool.call": {"tool": "bash", "command": "pytest -q tests/test_x.py"},
+    "tool.result": {"tool": "bash", "is_error": True, "output": "1 failed\nE assert 1 == 2"},
+    "agent.fallback": {"from": "claude-opus-4-5", "to": "claude-sonnet-4-5", "overloads": 3},
+    "agent.retry": {"attempt": 2, "status": 529, "error": "overloaded_error", "delay_s": 1.5},
+    "budget.exceeded": {"budget_usd": 1.0, "spent_usd": 0.98, "estimate_usd": 0.05},
+    "batch.conflict": {"files": ["app/db.py"], "attempt": 1, "rerun": True},
+    "batch.requeued": {"reason": "interrupted: the daemon stopped during the attempt"},
+    "batch.retried": {"task_id": "r-0a1b2c3d:api.1"},
+    "plan.warning": {"message": "feature X has no acceptance criteria", "planner": "claude"},
+    "run.verified": {"tests_passed": 12, "tests_failed": 0},
+    "some.future_type": {"phase": "planning", "detail": {"calls": 2, "models": ["a", "b"]}},
+}
+
+
+def test_every_event_renders_as_one_readable_line() -> None:
+    from brctl._describe import EVENT_TYPES
+
+    for kind in sorted(EVENT_TYPES | set(_SAMPLES)):
+        event = {"id": 1, "ts": "2026-11-24T18:00:04.000Z", "run_id": "r-0a1b2c3d",
+                 "batch_id": "r-0a1b2c3d:B002", "task_id": "r-0a1b2c3d:api.1", "type": kind,
+                 "data": _SAMPLES.get(kind, {})}
+        line = plain_line(event, None)
+        assert line.startswith("18:00:04 r-0a1b2c3d B002 "), line
+        assert "\n" not in line and "\x1b" not in line, line
+        assert not re.search(r"[{}]|\[\{|': ", line), line  # no raw JSON or dict repr
+    assert plain_line({"ts": None, "run_id": "r", "type": "some.future_type",
+                       "data": _SAMPLES["some.future_type"]}, None) == (
+        "--:--:-- r some.future_type phase=planning, detail.calls=2, detail.models=a, b")
+    assert "agent says: I will add the module.?[2J …" in plain_line(
+        {"run_id": "r", "type": "agent.text", "data": _SAMPLES["agent.text"]}, None)
