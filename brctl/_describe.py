@@ -16,7 +16,7 @@ from typing import Any
 
 __all__ = [
     "EVENT_TYPES", "describe", "format_duration", "format_tokens", "format_usd", "local_id",
-    "parse_ts",
+    "one_line", "parse_ts",
 ]
 
 _TEXT_CHARS = 160  # one line of model text or tool output in an event line

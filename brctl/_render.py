@@ -19,6 +19,7 @@ from brctl._describe import (
     format_tokens,
     format_usd,
     local_id,
+    one_line,
     parse_ts,
 )
 from buildrunnerd.codes import TASK_STATES, TERMINAL_RUN_STATES
@@ -236,7 +237,9 @@ def event_line(event: dict[str, Any], *, clock: bool = True, run: bool = True) -
     if batch:
         parts.append(batch)
     parts.append(describe(event))
-    return " ".join(parts)
+    # Ids and paths come from the planner's and the agent's output: one printable line, so
+    # an event cannot move the cursor or fake another line.
+    return one_line(" ".join(parts), limit=4000)
 
 
 def plain_line(event: dict[str, Any], view: RunView | None) -> str:
@@ -274,7 +277,7 @@ def _panel(view: RunView, now: datetime) -> RenderableType:
     total = len(view.tasks)
     style = _STATE_STYLES.get(view.state, "")
     header = Text.assemble(
-        (view.title or view.run_id, "bold"), "  ", (view.state, f"bold {style}"),
+        (one_line(view.title or view.run_id, 120), "bold"), "  ", (view.state, f"bold {style}"),
         f"  elapsed {format_duration(view.elapsed_s(now))}",
     )
     eta = view.eta_text(now)
@@ -297,8 +300,11 @@ def _panel(view: RunView, now: datetime) -> RenderableType:
         for batch in view.running.values():
             elapsed = (now - batch.started).total_seconds() if batch.started else 0.0
             tasks = ", ".join(local_id(t, view.run_id) or "" for t in batch.task_ids)
-            batches.add_row(local_id(batch.batch_id, view.run_id), batch.model or "-",
-                            tasks or "-", format_duration(elapsed))
+            # Text, not str: rich would read "[...]" in a str as markup, and task ids and
+            # model names come from the planner's and the API's answers.
+            batches.add_row(*(Text(one_line(cell)) for cell in (
+                local_id(batch.batch_id, view.run_id), batch.model or "-", tasks or "-",
+                format_duration(elapsed))))
         parts.append(batches)
     if view.last_events:
         parts.append(Text("\n".join(view.last_events), style="dim", overflow="ellipsis",

@@ -234,3 +234,26 @@ def test_every_event_renders_as_one_readable_line() -> None:
         "--:--:-- r some.future_type phase=planning, detail.calls=2, detail.models=a, b")
     assert "agent says: I will add the module.?[2J …" in plain_line(
         {"run_id": "r", "type": "agent.text", "data": _SAMPLES["agent.text"]}, None)
+
+
+def test_hostile_ids_and_text_cannot_drive_the_terminal() -> None:
+    # Task ids come from the (Claude) planner, text and paths from the agent: untrusted.
+    bad = "x\x1b[2J\x1b[H[bold red]FAKE[/bold red]\nnext"
+    run = {"id": "r-1", "state": "running", "title": bad}
+    view = RunView.from_snapshot(run, [{"id": f"r-1:{bad}", "state": "running"}])
+    state = LiveState([view])
+    for i, event in enumerate([
+        {"type": "batch.dispatched", "batch_id": "r-1:B1", "data": {"task_ids": [f"r-1:{bad}"]}},
+        {"type": "api.call", "batch_id": "r-1:B1", "data": {"model": bad, "cost_usd": 0}},
+        {"type": "agent.text", "batch_id": "r-1:B1", "task_id": f"r-1:{bad}",
+         "data": {"text": bad}},
+        {"type": "file.created", "batch_id": "r-1:B1", "data": {"path": bad}},
+    ]):
+        event = {**event, "id": i + 1, "ts": "2026-11-24T18:00:04.000Z", "run_id": "r-1"}
+        line = plain_line(event, state.apply(event))
+        assert "\x1b" not in line and "\n" not in line, line
+    console = Console(record=True, width=200, force_terminal=True, color_system="truecolor")
+    console.print(rich_view(state, now=datetime(2026, 11, 24, 18, 0, 5, tzinfo=UTC)))
+    text = console.export_text()
+    assert "\x1b[2J" not in console.export_text(styles=True)
+    assert "[bold red]FAKE[/bold red]" in text  # shown as text, not read as markup
