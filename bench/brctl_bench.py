@@ -153,6 +153,7 @@ def main() -> int:
             daemon.stop()
 
     baseline = statistics.median(times["python -c pass"])
+    baseline_min = min(times["python -c pass"])
     result: dict[str, Any] = {
         "runs": args.runs, "status_run_tasks": task_count,
         "cpus": os.cpu_count(), "python": sys.version.split()[0],
@@ -160,7 +161,10 @@ def main() -> int:
         "load_average_after": [round(x, 2) for x in load_after],
         "commands": {name: {"median_ms": round(statistics.median(t) * 1000, 1),
                             "min_ms": round(min(t) * 1000, 1),
-                            "ratio": round(statistics.median(t) / baseline, 2)}
+                            "ratio": round(statistics.median(t) / baseline, 2),
+                            # On a loaded machine the medians carry the load; the fastest runs
+                            # show what the program itself costs.
+                            "min_ratio": round(min(t) / baseline_min, 2)}
                      for name, t in times.items()},
     }
     if args.json:
@@ -171,7 +175,8 @@ def main() -> int:
           f"status RUN prints {task_count} tasks")
     for name, figures in result["commands"].items():
         print(f"  {name:<42} median {figures['median_ms']:6.1f} ms  "
-              f"(min {figures['min_ms']:6.1f})  {figures['ratio']:.2f}x")
+              f"{figures['ratio']:.2f}x  (min {figures['min_ms']:6.1f} ms  "
+              f"{figures['min_ratio']:.2f}x)")
     return 0
 
 
