@@ -242,13 +242,14 @@ def test_hostile_ids_and_text_cannot_drive_the_terminal() -> None:
     run = {"id": "r-1", "state": "running", "title": bad}
     view = RunView.from_snapshot(run, [{"id": f"r-1:{bad}", "state": "running"}])
     state = LiveState([view])
-    for i, event in enumerate([
+    hostile: list[dict[str, Any]] = [
         {"type": "batch.dispatched", "batch_id": "r-1:B1", "data": {"task_ids": [f"r-1:{bad}"]}},
         {"type": "api.call", "batch_id": "r-1:B1", "data": {"model": bad, "cost_usd": 0}},
         {"type": "agent.text", "batch_id": "r-1:B1", "task_id": f"r-1:{bad}",
          "data": {"text": bad}},
         {"type": "file.created", "batch_id": "r-1:B1", "data": {"path": bad}},
-    ]):
+    ]
+    for i, event in enumerate(hostile):
         event = {**event, "id": i + 1, "ts": "2026-11-24T18:00:04.000Z", "run_id": "r-1"}
         line = plain_line(event, state.apply(event))
         assert "\x1b" not in line and "\n" not in line, line
