@@ -166,7 +166,11 @@ class _EventStream:
         run_id = str(params.get("run_id"))
         if self.discover and run_id not in self.state.runs and run_id not in self.ignored:
             # A run submitted since, or an ended one that a retry re-opened.
-            self._add(run_id)
+            try:
+                self._add(run_id)
+            except DaemonUnreachableError:
+                self._resubscribe()  # replays from the last event applied: this one again
+                return None
         return params
 
     def apply(self, event: dict[str, Any]) -> RunView | None:
