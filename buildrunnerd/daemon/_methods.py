@@ -313,9 +313,13 @@ class DaemonMethods:
 
     async def _matching_runs(self, text: str) -> list[str]:
         # Newest first. Run ids are "r-<hex>": "0a1b" matches "r-0a1b..." as "r-0a1b" does.
-        ids = [r.id for r in reversed(await self.store.list_runs())]
-        if text in ids:
+        try:
+            await self.store.run_cost_usd(text)  # one column of one row: an exact id
+        except NotFoundError:
+            pass
+        else:
             return [text]
+        ids = [r.id for r in reversed(await self.store.list_runs())]
         return [i for i in ids if i.startswith(text) or i.partition("-")[2].startswith(text)]
 
     async def run_resolve(self, params: dict[str, Any], conn: Connection) -> dict[str, Any]:

@@ -14,11 +14,13 @@ import pytest
 from buildrunnerd import protocol
 from tests.brctl.brctl_support import Daemon, base_env, make_repo
 
-_SMALL_SPEC = "\n".join([
-    "# Greeter", "", "A one-feature spec for the everyday-command tests.", "", "## Features", "",
-    "### Greeting", "", "Domain: backend", "", "#### Requirements",
-    "- [ ] `greet/hello.py` says hello.", "", "#### Acceptance Criteria", "- [ ] It greets.", "",
-])
+
+def _spec(feature: str, path: str) -> str:
+    return "\n".join([
+        f"# {feature}", "", "A one-feature spec for the everyday-command tests.", "",
+        "## Features", "", f"### {feature}", "", "Domain: backend", "", "#### Requirements",
+        f"- [ ] `{path}` does it.", "", "#### Acceptance Criteria", "- [ ] It works.", "",
+    ])
 
 
 def _json(daemon: Daemon, *args: str) -> Any:
@@ -35,12 +37,13 @@ def _submit_and_finish(daemon: Daemon, spec: Path) -> str:
 
 
 @pytest.fixture
-def three_runs(daemon: Daemon, realworld_repo: Path, tmp_path: Path) -> tuple[Daemon, list[str]]:
-    """Two runs of the real-world spec, then one of a small spec (in that order)."""
-    small = make_repo(tmp_path / "small", {"SPEC.md": _SMALL_SPEC})
-    ids = [_submit_and_finish(daemon, realworld_repo / "PROJECT_SPEC.md"),
-           _submit_and_finish(daemon, realworld_repo / "PROJECT_SPEC.md"),
-           _submit_and_finish(daemon, small / "SPEC.md")]
+def three_runs(daemon: Daemon, tmp_path: Path) -> tuple[Daemon, list[str]]:
+    """Two runs of one small spec, then one of another (in that order)."""
+    shared = make_repo(tmp_path / "shared", {"SPEC.md": _spec("Greeting", "greet/hello.py")})
+    other = make_repo(tmp_path / "other", {"SPEC.md": _spec("Farewell", "bye/bye.py")})
+    ids = [_submit_and_finish(daemon, shared / "SPEC.md"),
+           _submit_and_finish(daemon, shared / "SPEC.md"),
+           _submit_and_finish(daemon, other / "SPEC.md")]
     return daemon, ids
 
 
@@ -80,7 +83,7 @@ def test_task_ids_without_the_run_prefix(three_runs: tuple[Daemon, list[str]]) -
     assert task["id"] == f"{third}:{local}" and task["run_id"] == third
     assert local in daemon.brctl("task", local).stdout
 
-    # Both real-world runs have this one: exit 1 naming both, and how to choose.
+    # Both runs of the shared spec have this one: exit 1 naming both, and how to choose.
     shared = _json(daemon, "tasks", first)["tasks"][0]["id"].partition(":")[2]
     ambiguous = daemon.brctl("task", shared)
     assert ambiguous.exit_code == 1
