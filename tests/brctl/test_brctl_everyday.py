@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 
+from brctl._client import RemoteError
 from buildrunnerd import protocol
 from tests.brctl.brctl_support import Daemon, base_env, make_repo
 
@@ -105,6 +106,13 @@ def test_tasks_without_any_run_says_how_to_start(daemon: Daemon) -> None:
     result = daemon.brctl("tasks")
     assert result.exit_code == 1
     assert "no runs yet (start one with: brctl submit SPEC)" in result.stderr
+    with daemon.client() as client:
+        assert client.call("run.resolve", {"run_id": "r-"}) == {"run_ids": []}
+        assert client.call("task.resolve", {"task_id": "a.1"}) == {"task_ids": []}
+        for method, param in (("run.resolve", "run_id"), ("task.resolve", "task_id")):
+            with pytest.raises(RemoteError) as empty:
+                client.call(method, {param: ""})
+            assert empty.value.code == protocol.INVALID_PARAMS
 
 
 def _complete(env: dict[str, str], *words: str) -> subprocess.CompletedProcess[str]:
