@@ -28,7 +28,7 @@ from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any, Literal, TextIO
 
 from brctl._client import DaemonUnreachableError, RemoteError, RpcClient, all_events
-from brctl._render import LiveState, RunView, plain_line, rich_view, summary_lines
+from brctl._render import LiveState, RunView, fit_view, plain_line, rich_view, summary_lines
 from buildrunnerd.codes import TERMINAL_RUN_STATES
 
 if TYPE_CHECKING:
@@ -75,7 +75,7 @@ def follow(
     stream.subscribe()
     if mode == "status" and tty and not as_json:
         _follow_live(stream, state, out, done=lambda: state.ended,
-                     render=lambda: rich_view(state))
+                     render=lambda compact: rich_view(state, compact=compact))
     else:
         _follow_lines(stream, state, out, as_json=as_json, done=lambda: state.ended)
     return state.exit_code()
@@ -94,8 +94,8 @@ def follow_all(
         return exit_when_idle and state.ended
 
     if tty and not as_json:
-        _follow_live(stream, state, out, done=done,
-                     render=lambda: rich_view(state, waiting=not exit_when_idle))
+        _follow_live(stream, state, out, done=done, render=lambda compact: rich_view(
+            state, waiting=not exit_when_idle, compact=compact))
     else:
         if not state.runs and exit_when_idle and not as_json:
             out.write("no active runs\n")
@@ -255,14 +255,18 @@ def _resize_flag() -> Iterator[list[bool]]:
 
 
 def _follow_live(stream: _EventStream, state: LiveState, out: TextIO, *,
-                 done: Callable[[], bool], render: Callable[[], RenderableType]) -> None:
+                 done: Callable[[], bool], render: Callable[[bool], RenderableType]) -> None:
     from rich.console import Console
     from rich.live import Live
 
     console = Console(file=out)
+
+    def view() -> RenderableType:
+        return fit_view(console, render)
+
     last_event_at = time.monotonic()
     with _resize_flag() as resized, \
-            Live(render(), console=console, auto_refresh=False, transient=False) as live:
+            Live(view(), console=console, auto_refresh=False, transient=False) as live:
         last_draw = 0.0
         while not done() or stream.buffered:
             event = stream.next_event(_TICK_S)
@@ -278,12 +282,12 @@ def _follow_live(stream: _EventStream, state: LiveState, out: TextIO, *,
                 # height would land in the wrong place: start from a clear screen instead.
                 resized[0] = False
                 console.clear()
-                live.update(render(), refresh=True)
+                live.update(view(), refresh=True)
                 last_draw = now
             elif now - last_draw >= _MIN_REDRAW_S or event is None:
-                live.update(render(), refresh=True)
+                live.update(view(), refresh=True)
                 last_draw = now
-        live.update(render(), refresh=True)
+        live.update(view(), refresh=True)
     for line in summary_lines(state):
         console.print(line, highlight=False, markup=False)
     sys.stdout.flush()

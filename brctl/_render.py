@@ -25,11 +25,13 @@ from brctl._describe import (
 from buildrunnerd.codes import TASK_STATES, TERMINAL_RUN_STATES
 
 if TYPE_CHECKING:
-    from rich.console import RenderableType
+    from collections.abc import Callable
+
+    from rich.console import Console, RenderableType
 
 __all__ = [
     "LiveState", "RunView", "describe", "event_line", "format_duration", "format_tokens",
-    "format_usd", "parse_ts", "plain_line", "rich_view", "summary_lines",
+    "fit_view", "format_usd", "parse_ts", "plain_line", "rich_view", "summary_lines",
 ]
 
 _RUN_EVENT_STATES = {
@@ -267,7 +269,7 @@ def _summary(view: RunView, now: datetime) -> str:
             + (f" ({view.reason})" if view.reason else ""))
 
 
-def _panel(view: RunView, now: datetime) -> RenderableType:
+def _panel(view: RunView, now: datetime, *, compact: bool = False) -> RenderableType:
     from rich.console import Group
     from rich.panel import Panel
     from rich.progress_bar import ProgressBar
@@ -295,6 +297,8 @@ def _panel(view: RunView, now: datetime) -> RenderableType:
     budget = f" of {format_usd(view.budget_usd)} budget" if view.budget_usd else ""
     spend = Text(f"spend {format_usd(view.cost_usd)}{budget}")
     parts: list[RenderableType] = [header, progress, counts, spend]
+    if compact:  # several runs on a small terminal: the essentials of each
+        return Panel(Group(*parts), title=f"run {view.run_id}", title_align="left")
     if view.running:
         batches = Table("batch", "model", "tasks", "elapsed", box=None, padding=(0, 2, 0, 0))
         for batch in view.running.values():
@@ -315,11 +319,12 @@ def _panel(view: RunView, now: datetime) -> RenderableType:
 
 
 def rich_view(state: LiveState, now: datetime | None = None, *,
-              waiting: bool = False) -> RenderableType:
+              waiting: bool = False, compact: bool = False) -> RenderableType:
     """The terminal display: one panel per active run (progress, states, ETA, batches with
     their models, spend, the last events with time and batch). Ended runs are panels while
     they are all there is, else one line each (the last few). ``waiting``: the view stays
-    open for runs to come, and says so."""
+    open for runs to come, and says so. ``compact``: each panel without its batches and
+    events (see :func:`fit_view`)."""
     from rich.console import Group
     from rich.text import Text
 
@@ -329,7 +334,7 @@ def rich_view(state: LiveState, now: datetime | None = None, *,
     ended = [v for v in views if v.ended]
     parts: list[RenderableType] = []
     if active or not waiting:
-        parts += [_panel(v, now) for v in (active if waiting else views)]
+        parts += [_panel(v, now, compact=compact) for v in (active if waiting else views)]
     if waiting:
         for view in ended[-_ENDED_SHOWN:]:
             parts.append(Text(_summary(view, now), style=_STATE_STYLES.get(view.state, "")))
@@ -339,6 +344,14 @@ def rich_view(state: LiveState, now: datetime | None = None, *,
     if not parts:
         return Text("no active runs")
     return Group(*parts)
+
+
+def fit_view(console: Console, render: Callable[[bool], RenderableType]) -> RenderableType:
+    """``render(compact=False)`` if it fits the terminal's height, else the compact view (the
+    live display crops what does not fit: with several runs, the last ones would vanish)."""
+    full = render(False)
+    height = len(console.render_lines(full, console.options, pad=False))
+    return full if height <= console.size.height else render(True)
 
 
 def summary_lines(state: LiveState, now: datetime | None = None) -> list[str]:

@@ -258,3 +258,37 @@ def test_hostile_ids_and_text_cannot_drive_the_terminal() -> None:
     text = console.export_text()
     assert "\x1b[2J" not in console.export_text(styles=True)
     assert "[bold red]FAKE[/bold red]" in text  # shown as text, not read as markup
+
+
+def test_several_runs_on_a_small_terminal_keep_every_run_in_view() -> None:
+    from brctl._render import fit_view
+
+    snapshot, events = failed_run()
+    views = []
+    for n in range(4):
+        run_id = f"r-{n}"
+        run = {**snapshot, "id": run_id, "title": f"Run {n}"}
+        view = RunView.from_snapshot(run, [{**t, "id": t["id"].replace("r-0a1b2c3d", run_id)}
+                                           for t in snapshot["tasks"]])
+        views.append(view)
+    state = LiveState(views)
+    for n in range(4):
+        for event in events[:11]:  # mid-run: batches running, events to show
+            state.apply({**event, "id": event["id"] + 100 * n, "run_id": f"r-{n}",
+                         "batch_id": (event.get("batch_id") or "").replace("r-0a1b2c3d",
+                                                                           f"r-{n}") or None,
+                         "task_id": (event.get("task_id") or "").replace("r-0a1b2c3d",
+                                                                         f"r-{n}") or None})
+    now = datetime(2026, 11, 24, 18, 0, 5, tzinfo=UTC)
+
+    def render(compact: bool) -> Any:
+        return rich_view(state, now=now, waiting=True, compact=compact)
+
+    small = Console(record=True, width=100, height=30, force_terminal=True)
+    small.print(fit_view(small, render))
+    text = small.export_text()
+    assert all(f"run r-{n}" in text for n in range(4))  # all four runs
+    assert "B001" not in text and len(text.splitlines()) <= 30  # compact: no batches, events
+    tall = Console(record=True, width=100, height=200, force_terminal=True)
+    tall.print(fit_view(tall, render))
+    assert "B001" in tall.export_text()  # room enough: everything
