@@ -116,6 +116,18 @@ def _run_submitted(d: dict[str, Any], e: dict[str, Any]) -> str:
     return "run submitted" + (f": {', '.join(parts)}" if parts else "")
 
 
+def _run_planning(d: dict[str, Any], e: dict[str, Any]) -> str:
+    features = f" ({d['features']} features)" if d.get("features") else ""
+    return "run planning" + (f": {one_line(d['step'])}{features}" if d.get("step") else "")
+
+
+def _run_planned(d: dict[str, Any], e: dict[str, Any]) -> str:
+    by = f" by the {d['planner']} planner" if d.get("planner") else ""
+    size = f": {d['tasks']} tasks in {d.get('batches', '?')} batches" \
+        if d.get("tasks") is not None else ""
+    return f"run planned{by}{size}{_because(d)}"
+
+
 def _run_state(what: str) -> Callable[[dict[str, Any], dict[str, Any]], str]:
     def text(d: dict[str, Any], e: dict[str, Any]) -> str:
         return f"run {what}" + (f": {one_line(d['reason'])}" if d.get("reason") else "")
@@ -244,6 +256,8 @@ def _plan_warning(d: dict[str, Any], e: dict[str, Any]) -> str:
 
 _FORMATTERS: dict[str, Callable[[dict[str, Any], dict[str, Any]], str]] = {
     "run.submitted": _run_submitted,
+    "run.planning": _run_planning,
+    "run.planned": _run_planned,
     "run.started": _run_state("started"),
     "run.paused": _run_state("paused"),
     "run.resumed": _run_state("resumed"),

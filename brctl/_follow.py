@@ -174,7 +174,17 @@ class _EventStream:
         return params
 
     def apply(self, event: dict[str, Any]) -> RunView | None:
-        return self.state.apply(event)
+        view = self.state.apply(event)
+        if view is not None and event.get("type") == "run.planned":
+            # The plan's tasks exist from now on (a run is submitted before Claude plans it).
+            try:
+                fresh = snapshot(self.client, view.run_id)
+            except RemoteError:
+                return view
+            for task_id, task_state in fresh.tasks.items():
+                view.tasks.setdefault(task_id, task_state)
+            view.estimates.update(fresh.estimates)
+        return view
 
     def poll_ended(self) -> None:
         try:

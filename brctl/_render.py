@@ -35,7 +35,8 @@ __all__ = [
 ]
 
 _RUN_EVENT_STATES = {
-    "run.submitted": "queued", "run.started": "running", "run.paused": "paused",
+    "run.submitted": "queued", "run.planning": "planning", "run.planned": "queued",
+    "run.started": "running", "run.paused": "paused",
     "run.resumed": "running", "run.succeeded": "succeeded", "run.failed": "failed",
     "run.cancelled": "cancelled",
 }
@@ -163,7 +164,8 @@ class RunView:
         ts = parse_ts(event.get("ts"))
         batch_id = str(event.get("batch_id")) if event.get("batch_id") else None
         if kind in _RUN_EVENT_STATES:
-            self.state = _RUN_EVENT_STATES[kind]
+            self.state = str(data.get("state") or data.get("to") or _RUN_EVENT_STATES[kind]) \
+                if kind in ("run.submitted", "run.planned") else _RUN_EVENT_STATES[kind]
             if kind == "run.started" and self.started is None:
                 self.started = ts
             if self.state in TERMINAL_RUN_STATES:

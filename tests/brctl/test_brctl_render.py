@@ -214,6 +214,9 @@ _SAMPLES: dict[str, dict[str, Any]] = {
     "batch.retried": {"task_id": "r-0a1b2c3d:api.1"},
     "plan.warning": {"message": "feature X has no acceptance criteria", "planner": "claude"},
     "run.verified": {"tests_passed": 12, "tests_failed": 0},
+    "run.planning": {"step": "Claude is planning the features", "features": 4},
+    "run.planned": {"from": "planning", "to": "queued", "tasks": 9, "batches": 6,
+                    "planner": "heuristic", "reason": "fell back: the API refused the key"},
     "some.future_type": {"phase": "planning", "detail": {"calls": 2, "models": ["a", "b"]}},
 }
 
@@ -232,7 +235,7 @@ def test_every_event_renders_as_one_readable_line() -> None:
     assert plain_line({"ts": None, "run_id": "r", "type": "some.future_type",
                        "data": _SAMPLES["some.future_type"]}, None) == (
         "--:--:-- r some.future_type phase=planning, detail.calls=2, detail.models=a, b")
-    assert "agent says: I will add the module.?[2J …" in plain_line(
+    assert "agent says: I will add the module.\\x1b[2J …" in plain_line(
         {"run_id": "r", "type": "agent.text", "data": _SAMPLES["agent.text"]}, None)
 
 
