@@ -1,5 +1,5 @@
-import sys
+"""``python -m brctl``: the same click client as the ``brctl`` console script."""
 
-from brctl._entry import main
+from brctl._cli import main
 
-sys.exit(main())
+main(prog_name="brctl")

@@ -2,6 +2,11 @@
 
 Exit codes: 0 success; 1 the daemon answered with an error, or a followed run failed or was
 cancelled; 2 usage error; 3 the daemon is not reachable.
+
+Start-up time matters (scripts poll ``brctl --json status``), so this module imports click and
+nothing else of weight: the socket client (``json``, ``socket``) is imported when a command
+talks to the daemon, the text formatting when it prints text, rich only for a live display.
+bench/brctl_bench.py measures it; tests/brctl/test_brctl_imports.py keeps it so.
 """
 
 from __future__ import annotations
@@ -9,15 +14,16 @@ from __future__ import annotations
 import os
 import sys
 from collections.abc import Callable
-from pathlib import Path
-from typing import Any, Literal, NoReturn
+from typing import TYPE_CHECKING, Any, Literal, NoReturn
 
 import click
-import msgspec
 
-from brctl._client import DaemonUnreachableError, RemoteError, RpcClient
-from buildrunnerd import __version__, protocol
+from brctl._resolve import complete_run_ids, complete_task_ids, resolve_run, resolve_task
+from buildrunnerd import __version__, codes
 from buildrunnerd.errors import BuildRunnerError
+
+if TYPE_CHECKING:
+    from brctl._client import RpcClient
 
 __all__ = ["main"]
 
@@ -29,42 +35,46 @@ class Settings:
     """Global options, settable before or after the command name."""
 
     def __init__(self) -> None:
-        self.socket: Path | None = None
+        self.socket: str | None = None
         self.json = False
         self.timeout_s = 30.0
 
-    def socket_path(self) -> Path:
+    def socket_path(self) -> str:
         if self.socket is not None:
             return self.socket
-        from buildrunnerd.paths import socket_path
+        from buildrunnerd.paths import socket_path  # pathlib: only when no --socket is given
 
-        return socket_path()
+        return str(socket_path())
 
     def client(self, *, timeout_s: float | None = None) -> RpcClient:
         """A client; ``timeout_s`` raises the wait for slow methods (never lowers --timeout-s)."""
+        from brctl._client import RpcClient
+
         return RpcClient(self.socket_path(), timeout_s=max(timeout_s or 0.0, self.timeout_s))
 
 
-def _settings(ctx: click.Context) -> Settings:
+def settings_of(ctx: click.Context) -> Settings:
+    """The root context's :class:`Settings` (created on first use)."""
     obj = ctx.find_root().obj
     if not isinstance(obj, Settings):
         obj = ctx.find_root().obj = Settings()
     return obj
 
 
-def _set_socket(ctx: click.Context, _param: click.Parameter, value: Path | None) -> None:
+def _set_socket(ctx: click.Context, _param: click.Parameter, value: str | None) -> None:
     if value is not None:
-        _settings(ctx).socket = value
+        settings_of(ctx).socket = value
 
 
 def _set_json(ctx: click.Context, _param: click.Parameter, value: bool) -> None:
     if value:
-        _settings(ctx).json = True
+        settings_of(ctx).json = True
 
 
 _socket_option = click.option(
-    "--socket", type=click.Path(path_type=Path), expose_value=False, callback=_set_socket,
-    is_eager=True, help="Daemon socket (default: $BUILDRUNNER_SOCKET or the XDG runtime dir).",
+    "--socket", type=click.Path(dir_okay=False), metavar="PATH", expose_value=False,
+    callback=_set_socket, is_eager=True,
+    help="Daemon socket (default: $BUILDRUNNER_SOCKET or the XDG runtime dir).",
 )
 _json_option = click.option(
     "--json", "as_json", is_flag=True, expose_value=False, callback=_set_json, is_eager=True,
@@ -104,10 +114,11 @@ class _BrctlGroup(click.Group):
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
-        except DaemonUnreachableError as exc:
-            _fail(ctx, exc, EXIT_UNREACHABLE)
         except BuildRunnerError as exc:
-            _fail(ctx, exc, EXIT_DAEMON_ERROR)
+            from brctl._client import DaemonUnreachableError  # imported by whoever raised it
+
+            unreachable = isinstance(exc, DaemonUnreachableError)
+            _fail(ctx, exc, EXIT_UNREACHABLE if unreachable else EXIT_DAEMON_ERROR)
         except KeyboardInterrupt:
             click.echo("interrupted", err=True)
             ctx.exit(130)
@@ -120,32 +131,45 @@ class _BrctlGroup(click.Group):
 
 
 def _fail(ctx: click.Context, exc: BuildRunnerError, code: int) -> NoReturn:
-    settings = _settings(ctx)
-    if isinstance(exc, RemoteError) and exc.code == protocol.SPEC_INVALID and exc.data:
+    from brctl._client import RemoteError
+
+    settings = settings_of(ctx)
+    if isinstance(exc, RemoteError) and exc.code == codes.SPEC_INVALID and exc.data:
         from brctl._output import format_spec_errors
 
         click.echo(format_spec_errors(exc.data, "<spec>") or exc.message, err=True)
         if settings.json:
-            _print_json({"errors": exc.data.get("errors", [])})
+            print_json({"errors": exc.data.get("errors", [])})
     else:
         prefix = "" if code == EXIT_UNREACHABLE else "error: "
         click.echo(f"{prefix}{exc.message}", err=True)
         if settings.json:
             wire_code = exc.code if isinstance(exc, RemoteError) else None
-            _print_json({"error": {"code": wire_code, "message": exc.message,
-                                   "data": exc.data or None, "exit_code": code}})
+            print_json({"error": {"code": wire_code, "message": exc.message,
+                                  "data": exc.data or None, "exit_code": code}})
     ctx.exit(code)
 
 
-def _print_json(value: Any) -> None:
-    click.echo(msgspec.json.format(msgspec.json.encode(value), indent=2).decode())
+def print_json(value: Any) -> None:
+    """``value`` as indented JSON on stdout (UTF-8 as it is, not \\u-escaped)."""
+    import json
+
+    click.echo(json.dumps(value, indent=2, ensure_ascii=False))
 
 
-def _emit(ctx: click.Context, result: Any, human: str) -> None:
-    if _settings(ctx).json:
-        _print_json(result)
+def json_line(value: Any) -> str:
+    """``value`` as one compact JSON line (``logs --json``, ``export``)."""
+    import json
+
+    return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+
+
+def _emit(ctx: click.Context, result: Any, human: Callable[[], str]) -> None:
+    # `human` is called only for text output: its formatting module is then imported.
+    if settings_of(ctx).json:
+        print_json(result)
     else:
-        click.echo(human)
+        click.echo(human())
 
 
 def _as_list(result: Any, key: str) -> list[dict[str, Any]]:
@@ -165,10 +189,13 @@ def _as_list(result: Any, key: str) -> list[dict[str, Any]]:
 def main(ctx: click.Context, timeout_s: float) -> None:
     """Control buildrunnerd: submit specs, watch runs, pause, resume, cancel, see costs.
 
+    RUN is a run id or any unique prefix of it (with or without the "r-"); TASK is a task id,
+    with its run prefix or, when only one run has it, without.
+
     Exit codes: 0 ok; 1 the daemon reported an error (or a followed run failed or was
     cancelled); 2 usage error; 3 the daemon is not reachable.
     """
-    _settings(ctx).timeout_s = timeout_s
+    settings_of(ctx).timeout_s = timeout_s
 
 
 def _command(name: str) -> Callable[[Callable[..., None]], click.Command]:
@@ -178,30 +205,47 @@ def _command(name: str) -> Callable[[Callable[..., None]], click.Command]:
     return decorate
 
 
+def _run_argument(*, required: bool = True) -> Callable[[Callable[..., None]], Any]:
+    return click.argument("run_id", metavar="RUN" if required else "[RUN]", required=required,
+                          shell_complete=complete_run_ids)
+
+
+_task_argument = click.argument("task_id", metavar="TASK", shell_complete=complete_task_ids)
+_spec_argument = click.argument("spec", type=click.Path(exists=True, dir_okay=False))
+
+
 @_command("ping")
 def ping_cmd(ctx: click.Context) -> None:
     """Daemon version, uptime, backend and workers."""
-    from brctl._output import format_ping
-
-    with _settings(ctx).client() as client:
+    with settings_of(ctx).client() as client:
         result = client.call("daemon.ping")
-    _emit(ctx, result, format_ping(result))
+
+    def human() -> str:
+        from brctl._output import format_ping
+
+        return format_ping(result)
+
+    _emit(ctx, result, human)
 
 
 @_command("plan")
-@click.argument("spec", type=click.Path(exists=True, dir_okay=False, path_type=Path))
-def plan_cmd(ctx: click.Context, spec: Path) -> None:
+@_spec_argument
+def plan_cmd(ctx: click.Context, spec: str) -> None:
     """Plan SPEC (features, tasks, batches, critical path); runs nothing."""
-    from brctl._output import format_plan
+    with settings_of(ctx).client(timeout_s=_LONG_CALL_S) as client:
+        result = client.call("spec.plan", {"spec_path": os.path.realpath(spec)})
 
-    with _settings(ctx).client(timeout_s=_LONG_CALL_S) as client:
-        result = client.call("spec.plan", {"spec_path": str(spec.resolve())})
-    _emit(ctx, result, format_plan(result))
+    def human() -> str:
+        from brctl._output import format_plan
+
+        return format_plan(result)
+
+    _emit(ctx, result, human)
 
 
 @_command("submit")
-@click.argument("spec", type=click.Path(exists=True, dir_okay=False, path_type=Path))
-@click.option("--repo", type=click.Path(exists=True, file_okay=False, path_type=Path),
+@_spec_argument
+@click.option("--repo", type=click.Path(exists=True, file_okay=False),
               help="Git repository to build in (default: the one holding SPEC).")
 @click.option("--workers", type=click.IntRange(1, 256), help="Parallel batches for this run.")
 @click.option("--budget-usd", type=click.FloatRange(min=0), help="Stop spending above this.")
@@ -212,16 +256,16 @@ def plan_cmd(ctx: click.Context, spec: Path) -> None:
                    "(its path is printed). Needed for a SPEC outside any git repository.")
 @click.option("--follow", is_flag=True, help="Then follow the run live until it ends.")
 def submit_cmd(
-    ctx: click.Context, spec: Path, repo: Path | None, workers: int | None,
+    ctx: click.Context, spec: str, repo: str | None, workers: int | None,
     budget_usd: float | None, test_cmd: str | None, allow_dirty: bool, scratch: bool,
     follow: bool,
 ) -> None:
     """Start a run of SPEC; prints its id (planning goes on in the daemon)."""
     if scratch and repo is not None:
         raise click.UsageError("--scratch and --repo exclude each other")
-    params: dict[str, Any] = {"spec_path": str(spec.resolve())}
+    params: dict[str, Any] = {"spec_path": os.path.realpath(spec)}
     if repo is not None:
-        params["repo"] = str(repo.resolve())
+        params["repo"] = os.path.realpath(repo)
     if scratch:
         params["scratch"] = True
     if workers is not None:
@@ -232,7 +276,7 @@ def submit_cmd(
         params["test_cmd"] = test_cmd
     if allow_dirty:
         params["allow_dirty"] = True
-    settings = _settings(ctx)
+    settings = settings_of(ctx)
     with settings.client(timeout_s=_LONG_CALL_S) as client:
         result = client.call("run.submit", params)
         run_id = str(result.get("run_id") or result.get("id")) if isinstance(result, dict) \
@@ -243,9 +287,9 @@ def submit_cmd(
             reply["scratch_dir"] = scratch_dir
         if settings.json and follow:
             # One JSON document per line: this, then the run's events.
-            click.echo(msgspec.json.encode(reply).decode())
+            click.echo(json_line(reply))
         elif settings.json:
-            _print_json(reply)
+            print_json(reply)
         else:
             click.echo(run_id)
             if scratch_dir:  # stderr: stdout stays just the id, for scripts
@@ -267,7 +311,7 @@ def _follow_runs(
 
 def _active_runs(client: RpcClient) -> list[dict[str, Any]]:
     runs = _as_list(client.call("run.list"), "runs")
-    return [r for r in runs if r.get("state") not in protocol.TERMINAL_RUN_STATES]
+    return [r for r in runs if r.get("state") not in codes.TERMINAL_RUN_STATES]
 
 
 def _run_with_tasks(client: RpcClient, run_id: str) -> dict[str, Any]:
@@ -278,27 +322,41 @@ def _run_with_tasks(client: RpcClient, run_id: str) -> dict[str, Any]:
 
 
 @_command("status")
-@click.argument("run_id", metavar="[RUN]", required=False)
+@_run_argument(required=False)
 @click.option("--follow", is_flag=True,
-              help="Redraw live until the run ends (exit 0 if it succeeded, 1 otherwise); "
-                   "with --json, print its events as JSON lines.")
-def status_cmd(ctx: click.Context, run_id: str | None, follow: bool) -> None:
+              help="Redraw live (with --json: print the events as JSON lines). With RUN: until "
+                   "the run ends (exit 0 if it succeeded, 1 otherwise). Without RUN: every "
+                   "run, including runs submitted later, until interrupted.")
+@click.option("--exit-when-idle", is_flag=True,
+              help="With --follow and no RUN: exit once no run is active (0 if every run "
+                   "followed succeeded, 1 otherwise).")
+def status_cmd(
+    ctx: click.Context, run_id: str | None, follow: bool, exit_when_idle: bool
+) -> None:
     """A run's state, tasks by state, cost, elapsed, branch (no RUN: every active run)."""
-    settings = _settings(ctx)
+    if exit_when_idle and (not follow or run_id is not None):
+        raise click.UsageError("--exit-when-idle goes with --follow and no RUN", ctx=ctx)
+    settings = settings_of(ctx)
     with settings.client() as client:
+        if run_id is None and follow:
+            from brctl._follow import follow_all
+
+            out = sys.stdout
+            ctx.exit(follow_all(client, out=out, tty=out.isatty(), as_json=settings.json,
+                                exit_when_idle=exit_when_idle))
         if run_id is None:
             run_ids = [str(r["id"]) for r in _active_runs(client)]
             if not run_ids:
-                _emit(ctx, [], "no active runs")
+                _emit(ctx, [], lambda: "no active runs")
                 return
         else:
-            run_ids = [run_id]
+            run_ids = [resolve_run(client, run_id)]
         if follow:
             # --json --follow: the events as JSON lines, as `logs --follow --json` prints them.
             _follow_runs(ctx, client, run_ids, mode="status", as_json=settings.json)
         runs = [_run_with_tasks(client, rid) for rid in run_ids]
     if settings.json:
-        _print_json(runs[0] if run_id is not None else runs)
+        print_json(runs[0] if run_id is not None else runs)
     else:
         from brctl._output import format_status  # not imported for --json: scripts poll this
 
@@ -308,139 +366,158 @@ def status_cmd(ctx: click.Context, run_id: str | None, follow: bool) -> None:
 @_command("runs")
 def runs_cmd(ctx: click.Context) -> None:
     """List runs, newest first."""
-    from brctl._output import format_runs
-
-    with _settings(ctx).client() as client:
+    with settings_of(ctx).client() as client:
         runs = _as_list(client.call("run.list"), "runs")
-    _emit(ctx, runs, format_runs(runs))
+
+    def human() -> str:
+        from brctl._output import format_runs
+
+        return format_runs(runs)
+
+    _emit(ctx, runs, human)
 
 
 @_command("tasks")
-@click.argument("run_id", metavar="RUN")
-def tasks_cmd(ctx: click.Context, run_id: str) -> None:
-    """A run's tasks: id, state, batch, attempts, model, cost, title."""
-    from brctl._output import format_tasks
+@_run_argument(required=False)
+def tasks_cmd(ctx: click.Context, run_id: str | None) -> None:
+    """A run's tasks: id, state, batch, attempts, model, cost, title (no RUN: the latest run)."""
+    with settings_of(ctx).client() as client:
+        if run_id is None:
+            runs = _as_list(client.call("run.list"), "runs")  # newest first
+            if not runs:
+                from brctl._resolve import NoMatchError
 
-    with _settings(ctx).client() as client:
+                raise NoMatchError("no runs yet (start one with: brctl submit SPEC)",
+                                   data={"kind": "run", "id": None})
+            run_id = str(runs[0]["id"])
+        else:
+            run_id = resolve_run(client, run_id)
         run = _run_with_tasks(client, run_id)  # run.get already carries the tasks
     tasks = _as_list(run["tasks"], "tasks")
     result = {"id": run.get("id", run_id), "run_id": run.get("id", run_id),
               "state": run.get("state"), "tasks": tasks}
-    _emit(ctx, result, format_tasks(tasks))
+
+    def human() -> str:
+        from brctl._output import format_tasks
+
+        return f"run {result['id']}  {result['state']}\n" + format_tasks(tasks)
+
+    _emit(ctx, result, human)
 
 
 @_command("task")
-@click.argument("task_id", metavar="TASK")
+@_task_argument
 def task_cmd(ctx: click.Context, task_id: str) -> None:
     """One task in full: prompt, verification output, files, events."""
-    from brctl._output import format_task
+    with settings_of(ctx).client() as client:
+        task = client.call("task.get", {"task_id": resolve_task(client, task_id)})
 
-    with _settings(ctx).client() as client:
-        task = client.call("task.get", {"task_id": task_id})
-    _emit(ctx, task, format_task(task))
+    def human() -> str:
+        from brctl._output import format_task
+
+        return format_task(task)
+
+    _emit(ctx, task, human)
 
 
-def _all_events(client: RpcClient, run_id: str, *, page: int = 1000) -> list[dict[str, Any]]:
-    events: list[dict[str, Any]] = []
-    since = 0
-    while True:
-        batch = _as_list(
-            client.call("events.list", {"run_id": run_id, "since": since, "limit": page}),
-            "events",
-        )
-        if not batch:
-            return events
-        events.extend(batch)
-        since = max(int(e.get("id") or 0) for e in batch)
-        if len(batch) < page:
-            return events
+def _all_events(client: RpcClient, run_id: str) -> list[dict[str, Any]]:
+    from brctl._client import all_events
+
+    return all_events(client, run_id)
 
 
 @_command("logs")
-@click.argument("run_id", metavar="RUN")
+@_run_argument()
 @click.option("--follow", is_flag=True, help="Keep printing events until the run ends.")
 def logs_cmd(ctx: click.Context, run_id: str, follow: bool) -> None:
-    """A run's events, one per line (--json: JSON lines)."""
-    from brctl._render import plain_line
-
-    settings = _settings(ctx)
+    """A run's events, one readable line each (--json: JSON lines, as stored)."""
+    settings = settings_of(ctx)
     with settings.client() as client:
+        run_id = resolve_run(client, run_id)
         if follow:
             _follow_runs(ctx, client, [run_id], mode="logs", as_json=settings.json)
-        client.call("run.get", {"run_id": run_id})  # an unknown run is an error, not silence
         events = _all_events(client, run_id)
+    if settings.json:
+        for event in events:
+            click.echo(json_line(event))
+        return
+    from brctl._render import plain_line
+
     for event in events:
-        click.echo(msgspec.json.encode(event).decode() if settings.json
-                   else plain_line(event, None))
+        click.echo(plain_line(event, None))
 
 
 @_command("export")
-@click.argument("run_id", metavar="RUN")
+@_run_argument()
 def export_cmd(ctx: click.Context, run_id: str) -> None:
     """Every stored event of RUN as JSON lines (e.g. before retention prunes them)."""
-    with _settings(ctx).client() as client:
-        client.call("run.get", {"run_id": run_id})
-        events = _all_events(client, run_id)
+    with settings_of(ctx).client() as client:
+        events = _all_events(client, resolve_run(client, run_id))
     for event in events:
-        click.echo(msgspec.json.encode(event).decode())
+        click.echo(json_line(event))
 
 
 def _control(ctx: click.Context, method: str, key: str, value: str, done: str) -> None:
-    with _settings(ctx).client() as client:
+    with settings_of(ctx).client() as client:
+        value = resolve_task(client, value) if key == "task_id" else resolve_run(client, value)
         result = client.call(method, {key: value})
     state = f" (now {result['state']})" if isinstance(result, dict) and result.get("state") else ""
-    _emit(ctx, result, f"{done} {value}{state}")
+    _emit(ctx, result, lambda: f"{done} {value}{state}")
 
 
 @_command("pause")
-@click.argument("run_id", metavar="RUN")
+@_run_argument()
 def pause_cmd(ctx: click.Context, run_id: str) -> None:
     """Stop dispatching new batches of RUN (running ones finish)."""
     _control(ctx, "run.pause", "run_id", run_id, "paused run")
 
 
 @_command("resume")
-@click.argument("run_id", metavar="RUN")
+@_run_argument()
 def resume_cmd(ctx: click.Context, run_id: str) -> None:
     """Resume a paused RUN."""
     _control(ctx, "run.resume", "run_id", run_id, "resumed run")
 
 
 @_command("cancel")
-@click.argument("run_id", metavar="RUN")
+@_run_argument()
 def cancel_cmd(ctx: click.Context, run_id: str) -> None:
     """Cancel RUN: stop its in-flight work, mark the rest cancelled."""
     _control(ctx, "run.cancel", "run_id", run_id, "cancelled run")
 
 
 @_command("retry")
-@click.argument("task_id", metavar="TASK")
+@_task_argument
 def retry_cmd(ctx: click.Context, task_id: str) -> None:
     """Re-queue a failed TASK and unblock what waited on it."""
     _control(ctx, "task.retry", "task_id", task_id, "re-queued task")
 
 
 @_command("costs")
-@click.option("--run", "run_id", metavar="RUN", help="Only this run.")
+@click.option("--run", "run_id", metavar="RUN", help="Only this run.",
+              shell_complete=complete_run_ids)
 @click.option("--by", type=click.Choice(["model", "day", "run"]), default="model",
               show_default=True, help="Group rows by.")
 def costs_cmd(ctx: click.Context, run_id: str | None, by: str) -> None:
     """Spend from the database: tokens and USD, total and per model, day or run."""
-    from brctl._output import format_costs
-
     params: dict[str, Any] = {"by": by}
-    if run_id:
-        params["run_id"] = run_id
-    with _settings(ctx).client() as client:
+    with settings_of(ctx).client() as client:
+        if run_id:
+            params["run_id"] = resolve_run(client, run_id)
         summary = client.call("costs.summary", params)
-    _emit(ctx, summary, format_costs(summary))
+
+    def human() -> str:
+        from brctl._output import format_costs
+
+        return format_costs(summary)
+
+    _emit(ctx, summary, human)
 
 
 @_command("shutdown")
 def shutdown_cmd(ctx: click.Context) -> None:
     """Stop the daemon gracefully (in-flight work checkpoints; runs continue on next start)."""
-    with _settings(ctx).client() as client:
+    with settings_of(ctx).client() as client:
         result = client.call("daemon.shutdown")
-    _emit(ctx, result if result is not None else {"ok": True}, "buildrunnerd is shutting down")
-
-
+    _emit(ctx, result if result is not None else {"ok": True},
+          lambda: "buildrunnerd is shutting down")

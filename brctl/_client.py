@@ -1,33 +1,42 @@
-"""A small synchronous JSON-RPC 2.0 client for the daemon's Unix socket (stdlib + msgspec).
+"""A small synchronous JSON-RPC 2.0 client for the daemon's Unix socket (standard library only).
 
-Synchronous on purpose: ``brctl`` makes a handful of calls and exits, and must start fast.
+Synchronous on purpose: ``brctl`` makes a handful of calls and exits, and must start fast, so
+this module imports ``json`` and ``socket`` and nothing else of weight (no msgspec, no pathlib:
+the socket path may be a ``str`` or any path-like).
 """
 
 from __future__ import annotations
 
 import itertools
+import json
+import os
 import socket
 import time
 from collections import deque
-from pathlib import Path
-from types import TracebackType
-from typing import Any
-
-import msgspec
+from typing import TYPE_CHECKING, Any
 
 from buildrunnerd.errors import BuildRunnerError
 
-__all__ = ["RpcClient", "RemoteError", "DaemonUnreachableError", "DaemonTimeoutError"]
+if TYPE_CHECKING:
+    from types import TracebackType
+
+__all__ = [
+    "DaemonTimeoutError", "DaemonUnreachableError", "RemoteError", "RpcClient", "all_events",
+]
 
 _RECEIVE_BYTES = 256 * 1024
-_decoder = msgspec.json.Decoder()
-_encoder = msgspec.json.Encoder()
+SocketPath = str | os.PathLike[str]
+
+
+def encode_frame(message: dict[str, Any]) -> bytes:
+    """One compact JSON frame, ``\n``-terminated (UTF-8, as the daemon reads it)."""
+    return json.dumps(message, ensure_ascii=False, separators=(",", ":")).encode() + b"\n"
 
 
 class DaemonUnreachableError(BuildRunnerError):
     """Nothing answers on the socket (or the daemon went away mid-conversation)."""
 
-    def __init__(self, socket_path: Path, reason: str) -> None:
+    def __init__(self, socket_path: SocketPath, reason: str) -> None:
         super().__init__(
             f"buildrunnerd is not reachable on {socket_path} ({reason}).\n"
             "Start it with `buildrunnerd &` (or `systemctl --user start buildrunnerd` if the "
@@ -62,7 +71,8 @@ class RpcClient:
     """
 
     def __init__(
-        self, socket_path: Path, *, timeout_s: float = 30.0, connect_timeout_s: float = 5.0
+        self, socket_path: SocketPath, *, timeout_s: float = 30.0,
+        connect_timeout_s: float = 5.0,
     ) -> None:
         self.socket_path = socket_path
         self.timeout_s = timeout_s
@@ -89,7 +99,7 @@ class RpcClient:
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         sock.settimeout(self.connect_timeout_s)
         try:
-            sock.connect(str(self.socket_path))
+            sock.connect(os.fspath(self.socket_path))
         except FileNotFoundError:
             sock.close()
             raise DaemonUnreachableError(self.socket_path, "no socket file") from None
@@ -128,7 +138,7 @@ class RpcClient:
         request: dict[str, Any] = {"jsonrpc": "2.0", "id": request_id, "method": method}
         if params:
             request["params"] = params
-        self._send(_encoder.encode(request) + b"\n")
+        self._send(encode_frame(request))
         deadline = time.monotonic() + (self.timeout_s if timeout_s is None else timeout_s)
         while True:
             message = self._read_message(deadline)
@@ -195,8 +205,8 @@ class RpcClient:
                 if not line.strip():
                     continue
                 try:
-                    message = _decoder.decode(line)
-                except msgspec.DecodeError as exc:
+                    message = json.loads(line)
+                except ValueError as exc:  # not JSON, or not UTF-8
                     raise BuildRunnerError(
                         f"buildrunnerd sent a frame that is not JSON ({exc}); is {self.socket_path}"
                         " really a buildrunnerd socket?"
@@ -223,3 +233,19 @@ class RpcClient:
             self.connect()
         assert self._sock is not None
         return self._sock
+
+
+def all_events(client: RpcClient, run_id: str, *, page: int = 1000) -> list[dict[str, Any]]:
+    """Every stored event of ``run_id``, oldest first (``events.list``, page by page)."""
+    events: list[dict[str, Any]] = []
+    since = 0
+    while True:
+        batch = client.call("events.list", {"run_id": run_id, "since": since, "limit": page})
+        if isinstance(batch, dict):
+            batch = batch.get("events", [])
+        if not batch:
+            return events
+        events.extend(batch)
+        since = max(int(e.get("id") or 0) for e in batch)
+        if len(batch) < page:
+            return events

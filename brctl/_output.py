@@ -8,8 +8,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from brctl._render import format_duration, format_usd
-from buildrunnerd.protocol import TASK_STATES
+from brctl._describe import format_duration, format_usd
+from buildrunnerd.codes import TASK_STATES
 
 __all__ = [
     "table", "format_ping", "format_runs", "format_status", "format_tasks", "format_task",
@@ -66,6 +66,7 @@ def _counts(run: dict[str, Any]) -> dict[str, int]:
 
 
 def format_runs(runs: list[dict[str, Any]]) -> str:
+    """The runs as ``run.list`` gives them: newest first."""
     if not runs:
         return "no runs yet (start one with: brctl submit SPEC)"
     rows = []

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from buildrunnerd import protocol
+from buildrunnerd import codes  # not protocol: brctl imports this module, without msgspec
 
 __all__ = [
     "BuildRunnerError",
@@ -31,7 +31,7 @@ __all__ = [
 class BuildRunnerError(Exception):
     """Root of every BuildRunner error. ``str(err)`` is the readable message."""
 
-    code: int = protocol.INTERNAL_ERROR
+    code: int = codes.INTERNAL_ERROR
 
     def __init__(self, message: str, *, data: dict[str, Any] | None = None) -> None:
         super().__init__(message)
@@ -42,7 +42,7 @@ class BuildRunnerError(Exception):
 class ConfigError(BuildRunnerError):
     """The configuration file or an override is invalid (names the key and the file)."""
 
-    code = protocol.CONFIG_INVALID
+    code = codes.CONFIG_INVALID
 
 
 class Problem:
@@ -75,7 +75,7 @@ class Problem:
 class SpecError(BuildRunnerError):
     """A spec cannot be planned. Carries every problem found, each with its line."""
 
-    code = protocol.SPEC_INVALID
+    code = codes.SPEC_INVALID
 
     def __init__(self, problems: list[Problem], *, path: str | None = None) -> None:
         where = path or "<spec>"
@@ -98,49 +98,49 @@ class PlanError(SpecError):
 class NotFoundError(BuildRunnerError):
     """A run, task or batch id that does not exist."""
 
-    code = protocol.NOT_FOUND
+    code = codes.NOT_FOUND
 
 
 class InvalidStateError(BuildRunnerError):
     """An operation that the thing's current state does not allow (resume a finished run...)."""
 
-    code = protocol.INVALID_STATE
+    code = codes.INVALID_STATE
 
 
 class RepoError(BuildRunnerError):
     """The target repository cannot be used (not a repo, dirty, detached HEAD, git failed)."""
 
-    code = protocol.REPO_INVALID
+    code = codes.REPO_INVALID
 
 
 class StoreError(BuildRunnerError):
     """The database failed (disk full, locked); state is left as it was before the write."""
 
-    code = protocol.STORE_FAILED
+    code = codes.STORE_FAILED
 
 
 class WorkspaceError(BuildRunnerError):
     """A worktree, verification or merge step failed for reasons outside the model's work."""
 
-    code = protocol.WORKSPACE_FAILED
+    code = codes.WORKSPACE_FAILED
 
 
 class AgentError(BuildRunnerError):
     """The model backend failed in a way retries cannot fix (bad key, refusal, ...)."""
 
-    code = protocol.AGENT_FAILED
+    code = codes.AGENT_FAILED
 
 
 class BudgetExceededError(BuildRunnerError):
     """The next API call would take the run over its budget."""
 
-    code = protocol.BUDGET_EXCEEDED
+    code = codes.BUDGET_EXCEEDED
 
 
 class SandboxError(BuildRunnerError):
     """Confining worktree content failed (the sandbox could not start the command)."""
 
-    code = protocol.SANDBOX_UNAVAILABLE
+    code = codes.SANDBOX_UNAVAILABLE
 
 
 class SandboxUnavailableError(SandboxError):

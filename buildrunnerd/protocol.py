@@ -1,7 +1,8 @@
 """Wire types shared by the daemon and ``brctl``: JSON-RPC codes, states, events, results.
 
 One definition of every message (msgspec Structs), validated at the boundary. Light on purpose:
-``brctl`` imports this module, so it must only depend on msgspec and the standard library.
+it must only depend on msgspec and the standard library. The codes and states are defined in
+:mod:`buildrunnerd.codes` (no msgspec: ``brctl`` imports them at start-up) and re-exported here.
 """
 
 from __future__ import annotations
@@ -9,6 +10,31 @@ from __future__ import annotations
 from typing import Any, Literal
 
 import msgspec
+
+from buildrunnerd.codes import (
+    AGENT_FAILED,
+    BUDGET_EXCEEDED,
+    CONFIG_INVALID,
+    DAEMON_STOPPING,
+    DEFAULT_MAX_FRAME_BYTES,
+    FRAME_TOO_LARGE,
+    INTERNAL_ERROR,
+    INVALID_PARAMS,
+    INVALID_REQUEST,
+    INVALID_STATE,
+    METHOD_NOT_FOUND,
+    NOT_FOUND,
+    PARSE_ERROR,
+    REPO_INVALID,
+    RUN_STATES,
+    SANDBOX_UNAVAILABLE,
+    SPEC_INVALID,
+    STORE_FAILED,
+    TASK_STATES,
+    TERMINAL_RUN_STATES,
+    UNAUTHORIZED,
+    WORKSPACE_FAILED,
+)
 
 __all__ = [
     "PARSE_ERROR", "INVALID_REQUEST", "METHOD_NOT_FOUND", "INVALID_PARAMS", "INTERNAL_ERROR",
@@ -22,29 +48,6 @@ __all__ = [
     "DEFAULT_MAX_FRAME_BYTES",
 ]
 
-# --- JSON-RPC 2.0 standard codes -----------------------------------------------------------
-PARSE_ERROR = -32700
-INVALID_REQUEST = -32600
-METHOD_NOT_FOUND = -32601
-INVALID_PARAMS = -32602
-INTERNAL_ERROR = -32603
-
-# --- Application codes (-32000..-32099); ``data`` says what a program needs --------------------
-NOT_FOUND = -32001  # data: {"kind": "run"|"task"|"batch", "id": ...}
-INVALID_STATE = -32002  # data: {"state": current state, "allowed": [...]}
-FRAME_TOO_LARGE = -32003  # data: {"limit_bytes": int}
-UNAUTHORIZED = -32004  # data: {"uid": int}
-DAEMON_STOPPING = -32005
-SPEC_INVALID = -32010  # data: {"errors": [{"line", "message"}], "path"}
-REPO_INVALID = -32011  # data: {"repo": path, "reason": ...}
-CONFIG_INVALID = -32012  # data: {"key", "file"}
-STORE_FAILED = -32020
-WORKSPACE_FAILED = -32030
-AGENT_FAILED = -32040
-BUDGET_EXCEEDED = -32050  # data: {"budget_usd", "spent_usd", "estimate_usd"}
-SANDBOX_UNAVAILABLE = -32060  # data: {"sandbox": setting, "reason": ...}
-
-DEFAULT_MAX_FRAME_BYTES = 8 * 1024 * 1024
 
 RunState = Literal["queued", "planning", "running", "paused", "succeeded", "failed", "cancelled"]
 TaskState = Literal[
@@ -54,13 +57,6 @@ BatchState = Literal["pending", "running", "verifying", "succeeded", "failed", "
 Complexity = Literal["simple", "medium", "complex", "critical"]
 Domain = Literal["database", "backend", "frontend", "tests", "docs", "infra"]
 
-RUN_STATES: tuple[str, ...] = (
-    "queued", "planning", "running", "paused", "succeeded", "failed", "cancelled",
-)
-TASK_STATES: tuple[str, ...] = (
-    "pending", "ready", "running", "verifying", "succeeded", "failed", "blocked", "cancelled",
-)
-TERMINAL_RUN_STATES: frozenset[str] = frozenset({"succeeded", "failed", "cancelled"})
 
 
 # --- JSON-RPC envelopes ---------------------------------------------------------------------

@@ -22,7 +22,7 @@ from buildrunnerd.daemon._events import EventBus
 from buildrunnerd.daemon._intake import SubmitRequest, plan_spec, read_spec
 from buildrunnerd.daemon._runs import RunManager
 from buildrunnerd.daemon._runs import tasks_by_state as count_tasks
-from buildrunnerd.errors import BuildRunnerError
+from buildrunnerd.errors import BuildRunnerError, NotFoundError
 
 if TYPE_CHECKING:
     from buildrunnerd.rpc import Connection, Dispatcher
@@ -82,6 +82,17 @@ class _TaskParams(_Params):
     task_id: str
 
 
+_IdText = Annotated[str, msgspec.Meta(min_length=1, max_length=512)]
+
+
+class _RunResolveParams(_Params):
+    run_id: _IdText
+
+
+class _TaskResolveParams(_Params):
+    task_id: _IdText
+
+
 # An event id is an SQLite INTEGER: a cursor past 2**63-1 is a client error, not a crash.
 _Cursor = Annotated[int, msgspec.Meta(ge=0, le=2**63 - 1)]
 
@@ -89,6 +100,7 @@ _Cursor = Annotated[int, msgspec.Meta(ge=0, le=2**63 - 1)]
 class _SubscribeParams(_Params):
     run_id: str | None = None
     since: _Cursor = 0
+    replay: bool = True  # False: only events stored from now on (`brctl status --follow`)
 
 
 class _EventsListParams(_Params):
@@ -198,12 +210,14 @@ class DaemonMethods:
             "spec.plan": self.spec_plan,
             "run.submit": self.run_submit,
             "run.list": self.run_list,
+            "run.resolve": self.run_resolve,
             "run.get": self.run_get,
             "run.pause": self.run_pause,
             "run.resume": self.run_resume,
             "run.cancel": self.run_cancel,
             "task.list": self.task_list,
             "task.get": self.task_get,
+            "task.resolve": self.task_resolve,
             "task.retry": self.task_retry,
             "events.subscribe": self.events_subscribe,
             "events.list": self.events_list,
@@ -288,7 +302,7 @@ class DaemonMethods:
         """Every run, newest first (``state`` filters)."""
         p = parse_params("run.list", params, _RunListParams)
         states = [p.state] if isinstance(p.state, str) else p.state
-        records = await self.store.list_runs(states=states)
+        records = (await self.store.list_runs(states=states))[::-1]  # the store: oldest first
         counts = await self.store.task_counts([r.id for r in records])
         infos = []
         for record in records:
@@ -296,6 +310,23 @@ class DaemonMethods:
             by_state.update(counts.get(record.id, {}))
             infos.append(run_wire(record.to_info(tasks_by_state=by_state)))
         return infos
+
+    async def _matching_runs(self, text: str) -> list[str]:
+        # Newest first. Run ids are "r-<hex>": "0a1b" matches "r-0a1b..." as "r-0a1b" does.
+        try:
+            await self.store.run_cost_usd(text)  # one column of one row: an exact id
+        except NotFoundError:
+            pass
+        else:
+            return [text]
+        ids = [r.id for r in reversed(await self.store.list_runs())]
+        return [i for i in ids if i.startswith(text) or i.partition("-")[2].startswith(text)]
+
+    async def run_resolve(self, params: dict[str, Any], conn: Connection) -> dict[str, Any]:
+        """The run ids that ``run_id`` names: itself if it exists, else every id it is a
+        prefix of (newest first). brctl resolves what users type with it."""
+        p = parse_params("run.resolve", params, _RunResolveParams)
+        return {"run_ids": await self._matching_runs(p.run_id)}
 
     async def run_get(self, params: dict[str, Any], conn: Connection) -> dict[str, Any]:
         """One run with its tasks and batches."""
@@ -335,6 +366,29 @@ class DaemonMethods:
                                                    limit=1000)
         return task_wire(info)
 
+    async def task_resolve(self, params: dict[str, Any], conn: Connection) -> dict[str, Any]:
+        """The task ids that ``task_id`` names: itself if it exists; else, for ``RUN:LOCAL``,
+        LOCAL in every run RUN is a prefix of; else (no ``:``) that id in every run, newest
+        first. One indexed lookup per candidate run."""
+        p = parse_params("task.resolve", params, _TaskResolveParams)
+        if await self._task_exists(p.task_id):
+            return {"task_ids": [p.task_id]}
+        run_part, colon, local = p.task_id.partition(":")
+        if colon:
+            runs = await self._matching_runs(run_part) if run_part else []
+        else:
+            runs, local = [r.id for r in reversed(await self.store.list_runs())], p.task_id
+        found = [f"{run_id}:{local}" for run_id in runs
+                 if local and await self._task_exists(f"{run_id}:{local}")]
+        return {"task_ids": found}
+
+    async def _task_exists(self, task_id: str) -> bool:
+        try:
+            await self.store.get_task(task_id)
+        except NotFoundError:
+            return False
+        return True
+
     async def task_retry(self, params: dict[str, Any], conn: Connection) -> dict[str, Any]:
         """Re-queue a failed task (its batch) and unblock its dependents."""
         p = parse_params("task.retry", params, _TaskParams)
@@ -353,6 +407,8 @@ class DaemonMethods:
         conn.mark_subscriber()
 
         async def list_events(run_id: str | None, since: int, limit: int) -> list[protocol.Event]:
+            if not p.replay:
+                return []  # live events only: the client takes a snapshot after subscribing
             return await self.store.list_events(run_id=run_id, since=since, limit=limit)
 
         async def send_replay(event: protocol.Event) -> bool:

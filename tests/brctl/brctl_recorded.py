@@ -70,9 +70,12 @@ def recorded_dispatcher(
         since, limit = int(params.get("since") or 0), int(params.get("limit") or 1000)
         return [e for e in events if e["id"] > since][:limit]
 
+    async def run_resolve(params: dict[str, Any], conn: Connection) -> Any:
+        return {"run_ids": [run_id] if run_id.startswith(str(params.get("run_id"))) else []}
+
     for name, handler in {
-        "run.get": run_get, "run.list": run_list, "task.list": task_list,
-        "events.subscribe": subscribe, "events.list": events_list,
+        "run.resolve": run_resolve, "run.get": run_get, "run.list": run_list,
+        "task.list": task_list, "events.subscribe": subscribe, "events.list": events_list,
     }.items():
         dispatcher.register(name, handler)
     return dispatcher

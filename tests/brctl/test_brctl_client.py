@@ -46,8 +46,12 @@ def _dispatcher() -> Dispatcher:
         conn.close("test hangs up")
         await anyio.sleep(1)
 
+    async def resolve(params: dict[str, Any], conn: Connection) -> Any:
+        return {"run_ids": [params["run_id"]]}
+
     for name, handler in {"daemon.ping": ping, "slow": slow, "chatty": chatty,
-                          "run.pause": pause, "hang_up": hang_up}.items():
+                          "run.pause": pause, "hang_up": hang_up,
+                          "run.resolve": resolve}.items():
         dispatcher.register(name, handler)
     return dispatcher
 
@@ -126,7 +130,9 @@ def test_stale_socket_file_exits_3(tmp_path: Path) -> None:
 
 
 def test_usage_errors_exit_2(tmp_path: Path) -> None:
-    assert _brctl(tmp_path, "tasks").returncode == 2
+    assert _brctl(tmp_path, "task").returncode == 2
+    assert _brctl(tmp_path, "status", "--exit-when-idle").returncode == 2  # needs --follow
+    assert _brctl(tmp_path, "status", "r-1", "--follow", "--exit-when-idle").returncode == 2
     assert _brctl(tmp_path, "costs", "--by", "week").returncode == 2
     assert _brctl(tmp_path, "submit", str(tmp_path / "missing.md")).returncode == 2
     assert _brctl(tmp_path, "no-such-command").returncode == 2

@@ -133,6 +133,11 @@ def test_daemon_errors_exit_1_with_the_message(daemon: Daemon) -> None:
     missing = daemon.brctl("status", "r-doesnotexist")
     assert missing.exit_code == 1
     assert "r-doesnotexist" in missing.stderr
+    polled = daemon.brctl_process("--json", "status", "r-doesnotexist")
+    assert polled.returncode == 1 and polled.stderr.startswith("error: no run matches")
+    assert json.loads(polled.stdout)["error"] == {
+        "code": protocol.NOT_FOUND, "message": polled.stderr.removeprefix("error: ").strip(),
+        "data": {"kind": "run", "id": "r-doesnotexist"}, "exit_code": 1}
     as_json = daemon.brctl("--json", "pause", "r-doesnotexist")
     assert as_json.exit_code == 1
     assert json.loads(as_json.stdout)["error"]["code"] == protocol.NOT_FOUND
@@ -149,7 +154,7 @@ def test_status_follow_without_run_follows_every_active_run(
     first, second = _submit(daemon, realworld_repo), _submit(daemon, realworld_repo)
     active = json.loads(daemon.brctl("status", "--json").stdout)
     assert {r["id"] for r in active} == {first, second}
-    follow = daemon.brctl_process("status", "--follow")
+    follow = daemon.brctl_process("status", "--follow", "--exit-when-idle")
     assert follow.returncode == 0, follow.stderr
     ended = [line for line in follow.stdout.splitlines() if " run succeeded" in line]
     assert sorted(line.split()[1] for line in ended) == sorted([first, second])

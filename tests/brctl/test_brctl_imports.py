@@ -58,3 +58,22 @@ def test_ping_against_a_real_daemon_imports_nothing_heavy(daemon: Daemon, tmp_pa
     assert code == 0
     assert "brctl._client" in modules
     assert _heavy(modules) == []
+
+
+def test_json_status_imports_only_the_client(daemon: Daemon, tmp_path: Path) -> None:
+    # What scripts poll: the click client and the socket client, nothing for text or display.
+    for args in (["--json", "status"], ["--json", "runs"], ["--json", "ping"]):
+        code, modules = _modules_after(tmp_path, "--socket", str(daemon.socket), *args)
+        assert code == 0, args
+        assert {"brctl._cli", "brctl._client", "click"} <= set(modules)
+        unwanted = [m for m in modules if m.split(".")[0] == "msgspec"
+                    or m in ("brctl._output", "brctl._render", "brctl._follow",
+                             "buildrunnerd.protocol")]
+        assert _heavy(modules) == [] and unwanted == [], (args, unwanted)
+
+
+def test_the_console_script_is_the_click_client() -> None:
+    import tomllib
+
+    pyproject = tomllib.loads((Path(__file__).parents[2] / "pyproject.toml").read_text())
+    assert pyproject["project"]["scripts"]["brctl"] == "brctl._cli:main"

@@ -91,7 +91,7 @@ async def test_follow_on_a_pipe_prints_plain_lines(tmp_path: Path) -> None:
     assert "\x1b[" not in output
     lines = output.splitlines()
     assert len(lines) == len(events)  # one line per event, each once
-    assert lines[0] == "18:00:00 r-0a1b2c3d run submitted"
+    assert lines[0].startswith("18:00:00 r-0a1b2c3d run submitted: Todo API")
     assert lines[-1].startswith("18:00:03 r-0a1b2c3d run failed")
 
 

@@ -260,10 +260,11 @@ def test_pause_resume_cancel(slow_daemon: Daemon, tmp_path: Path) -> None:
 
 # --- exit codes -------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("args", [("frobnicate",), ("tasks",), ("task",), ("costs", "--by",
-                                                                          "week"),
-                                  ("submit",), ("--no-such-flag", "ping")],
-                         ids=["unknown-command", "tasks-no-run", "task-no-id", "bad-choice",
+# `brctl tasks` without RUN is not a usage error: it shows the latest run (issue 13, part 5).
+@pytest.mark.parametrize("args", [("frobnicate",), ("tasks", "a", "b"), ("task",),
+                                  ("costs", "--by", "week"), ("submit",),
+                                  ("--no-such-flag", "ping")],
+                         ids=["unknown-command", "tasks-two-runs", "task-no-id", "bad-choice",
                               "submit-no-spec", "unknown-flag"])
 def test_usage_error_exits_2(daemon: Daemon, args: tuple[str, ...]) -> None:
     result = daemon.brctl(*args)
