@@ -26,6 +26,7 @@ __all__ = [
     "draft_from_section",
     "drafts_from_items",
     "collect_features",
+    "repeated_titles",
     "find_containers",
     "generic_features",
     "prose_dependencies",
@@ -53,19 +54,33 @@ _GROUP = re.compile(
     r"area|category|module group)\b",
     re.I,
 )
-# Sections that describe the project rather than a feature (generic fallback skips them).
+# Sections that describe the project rather than a feature: prompt context, never features.
+# A qualifier in front does not change that ("Project Overview", "Key Technical References").
 NON_FEATURE = re.compile(
-    r"^(?:overview|introduction|intro|summary|executive summary|background|context|goals?|"
-    r"non-goals?|glossary|references?|appendix|risks?|risks and mitigations|metrics|"
+    r"^(?:(?:project|product|system|technical|tech|key|general|high[- ]level|implementation|"
+    r"important|additional|design|document|architecture|final|quick|brief|executive|"
+    r"development|testing|security|performance|related|other|open|known|current|"
+    r"non-functional)\s+){0,3}"
+    r"(?:overview|introduction|intro|summary|executive summary|background|context|goals?|"
+    r"non-goals?|objectives?|glossary|terminology|definitions|references?|"
+    r"appendix|appendices|risks?|risks and mitigations|metrics|"
     r"success metrics|success criteria|notes?|license|licen[cs]e & attribution|contact|"
     r"table of contents|contents|tech(?:nology)? stack|status|progress|next steps|faq|"
-    r"assumptions|edge cases|key entities|open questions|items requiring clarification|"
-    r"changelog|support|acknowledgements|problem statement|target users|"
-    r"out of scope|future enhancements|known limitations|design philosophy|testing strategy|"
-    r"test strategy|benefits|migration|timeline|current state|architecture|project structure|"
+    r"assumptions|edge cases|key entities|open questions|questions|items requiring "
+    r"clarification|changelog|support|acknowledgements|problem statement|target users|"
+    r"target audience|personas?|out of scope|future enhancements|future work|"
+    r"known limitations|limitations|design philosophy|principles|testing strategy|"
+    r"test strategy|testing notes|test plan|benefits|migration|timeline|current state|"
+    r"architecture|project structure|file structure|directory structure|folder structure|"
     r"(?:the )?vision|examples?|next immediate steps|implementation timeline|"
     r"critical success factors|(?:the )?paradigm|dependencies|installation|usage|"
-    r"contributing|deployment|maintenance|development workflow|getting started)\b",
+    r"contributing|deployment|maintenance|development workflow|getting started|constraints|"
+    r"requirements? traceability|considerations|decisions|rationale|conventions|"
+    r"path conventions|execution order|dependencies (?:&|and) execution order|"
+    r"parallel (?:example|opportunities)|implementation strategy|mvp scope|"
+    r"review checklist|verification checklist|clarifications|revision history|"
+    r"document history|version history|approvals?|sign[- ]off|stakeholders|"
+    r"compliance notes)\b",
     re.I,
 )
 
@@ -102,6 +117,8 @@ class Draft:
     files: list[str] = field(default_factory=list)
     id_hint: str | None = None  # a preferred id, e.g. "US1"-style refs resolve through it
     aliases: list[str] = field(default_factory=list)  # "Feature 2", "2": see title_aliases
+    group: str | None = None  # the phase/tier/milestone heading it was written under
+    done_items: int = 0  # requirement or criterion items ticked done ([x]) and left out
 
     def add_files(self, text: str, *, bare: bool = False) -> None:
         for path in find_files(text, bare=bare):
@@ -114,7 +131,7 @@ def _bucket_for(label: str) -> str | None:
         return "deps"
     if label in _REQ_LABELS:
         return "req"
-    if label in _CRIT_LABELS or label.startswith("acceptance"):
+    if label in _CRIT_LABELS or label.startswith(("acceptance", "verification", "success crit")):
         return "crit"
     if label.startswith("file") or label.startswith("tests to") or label == "tests":
         return "files"
@@ -173,6 +190,9 @@ def read_lines(draft: Draft, lines: list[Line], bucket: str = "auto") -> None:
             continue
         # A list item.
         if not text:
+            continue
+        if line.checked and bucket != "deps" and bucket != "files":
+            draft.done_items += 1  # "- [x] ..." is already built: nothing to plan
             continue
         if bucket == "deps":
             draft.dep_refs.extend((ref, line.number) for ref in split_refs(text))
@@ -248,20 +268,44 @@ def _group_key(title: str) -> list[str]:
     return keys
 
 
-def collect_features(sec: Section) -> list[Draft]:
+def repeated_titles(sections: list[Section]) -> frozenset[str]:
+    """Sub-heading titles that recur under two or more of ``sections`` ("Files to Create" under
+    every phase): document structure, not features."""
+    seen: dict[str, int] = {}
+    for sec in sections:
+        for key in {norm_name(clean_title(c.title)) for c in sec.children}:
+            seen[key] = seen.get(key, 0) + 1
+    return frozenset(k for k, n in seen.items() if n > 1 and k)
+
+
+def _feature_children(sec: Section, structural: frozenset[str]) -> list[Section]:
+    return [c for c in sec.children if not NON_FEATURE.match(clean_title(c.title))
+            and norm_name(clean_title(c.title)) not in structural]
+
+
+def collect_features(sec: Section, structural: frozenset[str] = frozenset()) -> list[Draft]:
     """Features inside a container section: sub-headings, grouped sub-headings, or list items.
 
     A group ("Phase 1", "Tier 2", "Capability: X") that holds features contributes those; a
     group line such as "Depends on Tier 1" makes every feature of the group depend on every
-    feature of the named group.
+    feature of the named group. A group whose sub-headings are only structure (the same
+    titles under every group) is one feature itself.
     """
     drafts: list[Draft] = []
     groups: dict[str, list[Draft]] = {}
     group_deps: list[tuple[list[Draft], str, int]] = []
-    kids = [c for c in sec.children if not NON_FEATURE.match(clean_title(c.title))]
+    kids = _feature_children(sec, structural)
+    inner_structural = repeated_titles(kids)
     for child in kids:
         if _GROUP.match(strip_markup(child.title)):
-            inner = collect_features(child)
+            if child.children and not _feature_children(child, inner_structural):
+                whole = draft_from_section(child)
+                whole.group = child.title
+                drafts.append(whole)
+                continue
+            inner = collect_features(child, inner_structural)
+            for draft in inner:
+                draft.group = draft.group or child.title
             if inner:
                 drafts.extend(inner)
                 for key in _group_key(child.title):
@@ -322,13 +366,19 @@ def generic_features(root: Section) -> list[Draft]:
         top = top[0].children
     elif all(s.level == 1 for s in top) and len(top) > 0:
         # Several "#" sections (PRD style): features live one level down if there is one.
-        nested = [c for s in top for c in s.children]
+        structural = repeated_titles(top)
+        nested: list[Section] = []
+        for sec in top:
+            inner = _feature_children(sec, structural)
+            # A section whose sub-headings are all structure is one feature itself.
+            nested.extend(inner or ([sec] if sec.children else []))
         top = nested or top
     drafts: list[Draft] = []
+    structural = repeated_titles(top)
     for sec in top:
         if NON_FEATURE.match(clean_title(sec.title)):
             continue
-        numbered = [c for c in sec.children if c.title[:1].isdigit()]
+        numbered = [c for c in _feature_children(sec, structural) if c.title[:1].isdigit()]
         if len(numbered) >= 2 and len(numbered) == len(sec.children):
             drafts.extend(draft_from_section(c) for c in numbered)
         else:
@@ -369,7 +419,9 @@ def prose_dependencies(root: Section, drafts: list[Draft]) -> None:
                 continue
             text = strip_markup(line.text)
             low = text.lower()
-            if not (low.startswith(("depends on", "built on")) or "requires" in low):
+            if not (low.startswith(("depends on", "built on", "built after")) or any(
+                w in low for w in ("requires", "needs", "depends on", "after ", "on top of")
+            )):
                 continue
             for dep in _find_name_mentions(text, names):
                 if dep is not current and (dep.name, line.number) not in current.dep_refs:

@@ -53,6 +53,7 @@ class SpecTask(msgspec.Struct):
     parallel: bool = False  # spec-kit ``[P]``
     done: bool = False  # ``- [x]``
     requirements: list[str] = []  # traced requirement refs as written: Kiro "7.4", spec-kit "US1"
+    optional: bool = False  # Kiro ``- [ ]* 1.4``: worth doing, not needed for the feature
 
 
 class Spec(msgspec.Struct):
@@ -68,3 +69,9 @@ class Spec(msgspec.Struct):
     warnings: list[SpecWarning] = []
     # Requirements that belong to the whole spec rather than one feature (spec-kit ``FR-001``).
     requirements: list[Item] = []
+    # Explicit tasks marked done (``- [x]``): not planned, and nothing waits for them.
+    done_tasks: list[SpecTask] = []
+    # File paths shown in the spec's fenced trees and path lists (hints, see spec/_layout.py).
+    layout: list[str] = []
+    # Info strings of the spec's fenced code blocks ("swift", "bash"), once each, in order.
+    code_languages: list[str] = []

@@ -19,9 +19,21 @@ from buildrunnerd.spec._features import (
     prose_dependencies,
     read_lines,
 )
-from buildrunnerd.spec._model import Item, Spec, SpecWarning
+from buildrunnerd.spec._layout import layout_paths
+from buildrunnerd.spec._model import Item, Spec, SpecTask, SpecWarning
+from buildrunnerd.spec._order import ordered_lists, sequential_phases
 from buildrunnerd.spec._resolve import resolve
-from buildrunnerd.spec._scan import HEADING, ITEM, TAG, TEXT, Line, Section, build_sections, scan
+from buildrunnerd.spec._scan import (
+    HEADING,
+    ITEM,
+    TAG,
+    TEXT,
+    CodeLine,
+    Line,
+    Section,
+    build_sections,
+    scan,
+)
 from buildrunnerd.spec._tasks import (
     KIRO_TASK,
     PLAN_TASK,
@@ -217,6 +229,8 @@ def _detect(
         drafts = [d for sec in containers for d in collect_features(sec)]
         if is_prd:
             prose_dependencies(root, drafts)
+        sequential_phases(lines, drafts)
+        ordered_lists(lines, drafts)
         warnings = graph_dependencies(lines, drafts)
         why = None
         if not drafts:
@@ -230,6 +244,7 @@ def _detect(
     drafts = generic_features(root)
     if is_prd:
         warnings = graph_dependencies(lines, drafts)
+    ordered_lists(lines, drafts)
     why = None
     if not drafts:
         headings = root.walk()[1:]
@@ -248,15 +263,24 @@ def _parse(text: str | bytes, path: str | None) -> Spec:
     decoded, problems = _decode(text)
     if decoded is None:
         raise SpecError(problems, path=path)
-    lines = scan(decoded)
+    code: list[CodeLine] = []
+    lines = scan(decoded, code)
     root = build_sections(lines)
     title = _title(lines, path)
     fmt, drafts, pairs, raw_warnings, reqs, why = _detect(lines, root, title)
-    features, tasks, problems, warnings = resolve(drafts, pairs)
+    done_items = [(d.line, d.done_items) for d in drafts if d.done_items]
+    features, all_tasks, problems, warnings = resolve(drafts, pairs)
     if not features:
         problems.insert(0, why or Problem(None, f"no features found; {_NO_FEATURES_HINT}"))
     if problems:
         raise SpecError(problems, path=path)
+    tasks, done_tasks = _split_done(all_tasks, warnings)
+    if done_items:
+        warnings.append(SpecWarning(
+            done_items[0][0],
+            f"{sum(n for _, n in done_items)} requirement or criterion items are ticked done "
+            "([x]) and are not planned; untick an item to have it built again",
+        ))
     return Spec(
         title=title,
         path=path,
@@ -267,7 +291,30 @@ def _parse(text: str | bytes, path: str | None) -> Spec:
         test_command=_test_command(lines),
         warnings=[SpecWarning(n, m) for n, m in raw_warnings] + warnings,
         requirements=reqs,
+        done_tasks=done_tasks,
+        layout=layout_paths(code),
+        code_languages=list(dict.fromkeys(c.info for c in code if c.info)),
     )
+
+
+def _split_done(
+    tasks: list[SpecTask], warnings: list[SpecWarning]
+) -> tuple[list[SpecTask], list[SpecTask]]:
+    """Tasks still to do, and the ones ticked done (``- [x]``): a done task is not planned and
+    nothing waits for it any more."""
+    done = [t for t in tasks if t.done]
+    if not done:
+        return tasks, []
+    done_ids = {t.id for t in done}
+    todo = [t for t in tasks if not t.done]
+    for task in todo:
+        task.depends_on = [d for d in task.depends_on if d not in done_ids]
+    warnings.append(SpecWarning(
+        done[0].line,
+        f"{len(done)} of {len(tasks)} tasks are marked done ([x]) and are not planned: "
+        + ", ".join(t.id for t in done[:10]) + (", ..." if len(done) > 10 else ""),
+    ))
+    return todo, done
 
 
 def parse_spec(text: str | bytes, path: str | None = None) -> Spec:

@@ -15,7 +15,9 @@ __all__ = [
     "split_label",
     "parse_minutes",
     "strip_duration",
+    "CODE_EXTENSIONS",
     "find_files",
+    "looks_like_path",
     "split_refs",
     "is_placeholder",
     "strip_markup",
@@ -131,33 +133,74 @@ def strip_duration(text: str) -> str:
     return _DURATION.sub("", text).strip(" -–—:")
 
 
-def _looks_like_path(token: str) -> bool:
+# Extensions of real source, config and doc files. A dotted token without a slash is a file
+# only with one of these: `hashlib.scrypt`, `os.path` and `http.server` are Python names.
+CODE_EXTENSIONS = frozenset(
+    "py pyi ipynb ts tsx js jsx mjs cjs vue svelte astro go rs swift kt kts java scala rb php "
+    "c h cc cpp cxx hpp hh cs fs m mm dart ex exs erl hs lua pl r jl zig nim sol "
+    "sh bash zsh ps1 bat sql graphql gql proto html htm css scss sass less "
+    "md mdx rst adoc txt json jsonc yaml yml toml ini cfg conf env xml csv lock plist "
+    "gradle tf hcl dockerfile mk cmake".split()
+)
+# Framework names that look like files ("Node.js" is a runtime, not a file to create).
+_NOT_FILES = frozenset(
+    "node.js next.js vue.js nuxt.js express.js react.js angular.js three.js chart.js d3.js "
+    "ember.js socket.io nest.js deno.js bun.js alpine.js backbone.js p5.js tailwind.css "
+    "asp.net ado.net vb.net".split()
+)
+_EXTENSIONLESS = frozenset({"Makefile", "Dockerfile", "Procfile", "Gemfile", "Rakefile",
+                            "Justfile", "Brewfile", "Vagrantfile", "Jenkinsfile"})
+
+
+def looks_like_path(token: str) -> bool:
+    """A relative file path: a slash or a known extension; never a URL, an absolute or home
+    path, a glob, a placeholder or a dotted code name."""
     if not token or len(token) > _MAX_TOKEN or " " in token or "://" in token:
         return False
-    if token[0] in "-$<{(" or token.endswith("/") or "*" in token:
+    if token[0] in "-$<{(~/\\" or token.endswith("/") or "*" in token or ":" in token:
         return False
-    if _FILE_TOKEN.fullmatch(token) is not None:
-        return True
-    parts = token.split("/")
-    return len(parts) > 1 and all(parts[1:]) and "." in parts[-1]
+    if token.lower() in _NOT_FILES or ".." in token.replace("../", "").replace("./", ""):
+        return False
+    name = token.rsplit("/", 1)[-1]
+    if name in _EXTENSIONLESS:
+        return "/" in token or name == token
+    if "." not in name.strip("."):
+        return False
+    if _FILE_TOKEN.fullmatch(token) is None:
+        return False
+    ext = name.rsplit(".", 1)[-1]
+    if "/" in token:
+        return ext.isalnum() and not ext.isdigit()
+    # Without a directory only a real extension counts (`config.json`, not `hashlib.scrypt`),
+    # and a capitalised dotted name is a type or a product (`Vue.js`), unless it is a file name
+    # people write capitalised (`README.md`, `App.tsx`).
+    return ext.lower() in CODE_EXTENSIONS and not name.startswith(".")
 
 
 def find_files(text: str, *, bare: bool = False) -> list[str]:
     """Paths named in backticks (``src/app.py``); with ``bare``, also unquoted path tokens.
 
-    A "path" has an extension or a directory part and no spaces; ``POST /api/x`` is not one.
+    A "path" has a directory part or a known extension and no spaces; ``POST /api/x``,
+    ``hashlib.scrypt``, ``~/.config/x`` and URLs are not. A leading ``./`` is dropped.
     """
     out: list[str] = []
-    parts = text.split("`")
-    for i in range(1, len(parts) - 1, 2):
-        token = parts[i].strip()
-        if _looks_like_path(token) and ("/" in token or "." in token):
-            out.append(token.lstrip("./") if token.startswith("./") else token)
+    if "`" in text:
+        parts = text.split("`")
+        for i in range(1, len(parts) - 1, 2):
+            token = parts[i].strip()
+            if token.startswith("./"):
+                token = token[2:]
+            if looks_like_path(token) and token not in out:
+                out.append(token)
+    else:
+        parts = [text]
     if bare:
         for i in range(0, len(parts), 2):
             for raw in parts[i].split():
-                token = raw.strip("\"'()[],;:")
-                if "/" in token and _looks_like_path(token) and token not in out:
+                token = raw.strip("\"'()[],;:").rstrip(".")
+                if token.startswith("./"):
+                    token = token[2:]
+                if "/" in token and token not in out and looks_like_path(token):
                     out.append(token)
     return out
 
