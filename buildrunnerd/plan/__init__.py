@@ -1,7 +1,12 @@
-"""Planning: a parsed spec becomes tasks, a dependency graph, batches and prompt sizes."""
+"""Planning: a parsed spec becomes tasks, a dependency graph and batches.
+
+The planner knows nothing of prompts: ``build_plan`` takes a :data:`BatchSizer` callback to
+size each batch's prompt (``buildrunnerd.prompt.plan_with_prompts`` passes the prompt
+builder's), so this package never imports the prompt layer above it.
+"""
 
 from buildrunnerd.plan._batch import make_batches
-from buildrunnerd.plan._build import build_plan, validate_tasks
+from buildrunnerd.plan._build import BatchSizer, build_plan, validate_tasks
 from buildrunnerd.plan._dag import (
     critical_path,
     find_cycle,
@@ -13,7 +18,6 @@ from buildrunnerd.plan._dag import (
 from buildrunnerd.plan._decompose import ESTIMATE_MINUTES, HeuristicPlanner, Planner
 from buildrunnerd.plan._model import (
     Batch,
-    BatchPrompt,
     CriticalPath,
     Plan,
     PlanFeature,
@@ -24,7 +28,7 @@ from buildrunnerd.plan._model import (
 __all__ = [
     "ESTIMATE_MINUTES",
     "Batch",
-    "BatchPrompt",
+    "BatchSizer",
     "CriticalPath",
     "HeuristicPlanner",
     "Plan",

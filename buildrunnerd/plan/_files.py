@@ -1,0 +1,168 @@
+"""Which files a task touches: the ones the spec names (required) and the planner's guesses
+(suggested, never required), in the project's language and layout."""
+
+from __future__ import annotations
+
+import re
+from functools import lru_cache
+
+from buildrunnerd.plan._language import Stack
+
+__all__ = ["LayoutIndex", "default_file", "file_kind", "module_name"]
+
+# Where a named file belongs, judged by its path; first match wins.
+_FILE_KINDS: list[tuple[str, re.Pattern[str]]] = [
+    ("tests", re.compile(r"(^|/)(tests?|__tests__|spec|Tests)/|(^|/)test_|_test\.|\.(test|spec)\."
+                         r"|Tests?\.(swift|kt|java|cs)$")),
+    ("docs", re.compile(r"(^|/)docs?/|\.(md|rst|adoc)$|(^|/)readme", re.IGNORECASE)),
+    ("infra", re.compile(
+        r"(^|/)(dockerfile|docker-compose|\.github|deploy|infra|terraform|k8s|helm|systemd)"
+        r"|\.(ya?ml|tf|service|ini|cfg)$|(^|/)(package\.json|pyproject\.toml|Makefile|"
+        r"Cargo\.toml|Package\.swift|go\.mod|tsconfig\.json)$",
+        re.IGNORECASE,
+    )),
+    ("ui", re.compile(
+        r"\.(tsx|jsx|vue|svelte|css|scss|html|htm)$|(^|/)(components|pages|ui|views|templates|"
+        r"static|public|app/\(.*\))/|View\.swift$",
+        re.IGNORECASE,
+    )),
+    ("data", re.compile(r"(^|/)(models?|schemas?|migrations|db|database|entities)(/|\.|_)|\.sql$",
+                        re.IGNORECASE)),
+    ("api", re.compile(r"(^|/)(api|routes?|endpoints|handlers|controllers|server)(/|\.)"
+                       r"|route\.\w+$",
+                       re.IGNORECASE)),
+]
+
+
+def file_kind(path: str) -> str:
+    """The component a path belongs to: tests, docs, infra, ui, data, api, else logic."""
+    for kind, pattern in _FILE_KINDS:
+        if pattern.search(path):
+            return kind
+    return "logic"
+
+
+@lru_cache(maxsize=4096)
+def module_name(feature_id: str) -> str:
+    """A feature id as a module name: "user-accounts" -> "user_accounts"."""
+    name = re.sub(r"\W+", "_", feature_id.lower()).strip("_") or "feature"
+    return name if name[0].isalpha() else f"feature_{name}"
+
+
+def _pascal(mod: str) -> str:
+    return "".join(part.capitalize() for part in mod.split("_"))
+
+
+def default_file(kind: str, feature_id: str, stack: Stack) -> str:
+    """A sensible path for a component of a feature, in the stack's conventions (a guess: it
+    goes into ``suggested_files``)."""
+    mod = module_name(feature_id)
+    slug = mod.replace("_", "-")
+    pascal = _pascal(mod)
+    if kind == "docs":
+        return f"docs/{slug}.md"
+    if kind == "infra":
+        return f"deploy/{slug}.yml"
+    lang = stack.language
+    if lang in ("typescript", "javascript"):
+        ext = "ts" if lang == "typescript" else "js"
+        return {
+            "data": f"src/models/{slug}.{ext}",
+            "logic": f"src/lib/{slug}.{ext}",
+            "api": f"src/api/{slug}.{ext}",
+            "ui": f"src/components/{pascal}.{ext}x",
+            "tests": f"tests/{slug}.test.{ext}",
+        }[kind]
+    if lang == "go":
+        return {
+            "data": f"internal/{mod}/model.go",
+            "logic": f"internal/{mod}/{mod}.go",
+            "api": f"internal/{mod}/handler.go",
+            "ui": f"web/{slug}.html",
+            "tests": f"internal/{mod}/{mod}_test.go",
+        }[kind]
+    if lang == "rust":
+        return {
+            "data": f"src/models/{mod}.rs",
+            "logic": f"src/{mod}.rs",
+            "api": f"src/api/{mod}.rs",
+            "ui": f"src/ui/{mod}.rs",
+            "tests": f"tests/{mod}.rs",
+        }[kind]
+    if lang == "swift":
+        target = stack.swift_target or "App"
+        return {
+            "data": f"Sources/{target}/Models/{pascal}.swift",
+            "logic": f"Sources/{target}/{pascal}.swift",
+            "api": f"Sources/{target}/API/{pascal}API.swift",
+            "ui": f"Sources/{target}/Views/{pascal}View.swift",
+            "tests": f"Tests/{target}Tests/{pascal}Tests.swift",
+        }[kind]
+    if lang in ("kotlin", "java"):
+        ext = "kt" if lang == "kotlin" else "java"
+        return {
+            "data": f"src/main/{lang}/model/{pascal}.{ext}",
+            "logic": f"src/main/{lang}/{pascal}.{ext}",
+            "api": f"src/main/{lang}/api/{pascal}Controller.{ext}",
+            "ui": f"src/main/{lang}/ui/{pascal}Screen.{ext}",
+            "tests": f"src/test/{lang}/{pascal}Test.{ext}",
+        }[kind]
+    if lang == "ruby":
+        return {
+            "data": f"app/models/{mod}.rb", "logic": f"lib/{mod}.rb",
+            "api": f"app/controllers/{mod}_controller.rb", "ui": f"app/views/{mod}/index.html.erb",
+            "tests": f"test/{mod}_test.rb",
+        }[kind]
+    if lang == "csharp":
+        return {
+            "data": f"src/Models/{pascal}.cs", "logic": f"src/{pascal}.cs",
+            "api": f"src/Controllers/{pascal}Controller.cs", "ui": f"src/Views/{pascal}.cshtml",
+            "tests": f"tests/{pascal}Tests.cs",
+        }[kind]
+    root = stack.python_root
+    if root:
+        suffix = {"data": "_model", "logic": "", "api": "_api", "ui": "_ui"}.get(kind)
+        if suffix is not None:
+            return f"{root}/{mod}{suffix}.py"
+    return {
+        "data": f"src/models/{mod}.py",
+        "logic": f"src/{mod}.py",
+        "api": f"src/api/{mod}.py",
+        "ui": f"src/ui/{mod}.py",
+        "tests": f"tests/test_{mod}.py",
+    }[kind]
+
+
+_STEM_SPLIT = re.compile(r"[^a-z0-9]+")
+
+
+class LayoutIndex:
+    """The spec's layout paths, by file name and by stem, for resolving and suggesting."""
+
+    __slots__ = ("by_name", "by_stem")
+
+    def __init__(self, layout: list[str]) -> None:
+        self.by_name: dict[str, list[str]] = {}
+        self.by_stem: dict[str, list[str]] = {}
+        for path in layout:
+            name = path.rsplit("/", 1)[-1]
+            self.by_name.setdefault(name, []).append(path)
+            stem = _STEM_SPLIT.sub("", name.rsplit(".", 1)[0].lower())
+            if stem:
+                self.by_stem.setdefault(stem, []).append(path)
+
+    def resolve(self, path: str) -> str:
+        """A bare file name the text mentions (``auth.ts``) as the one place the layout puts
+        it (``src/services/auth.ts``); anything else unchanged."""
+        if "/" in path:
+            return path
+        found = self.by_name.get(path)
+        return found[0] if found is not None and len(found) == 1 else path
+
+    def suggest(self, kind: str, words: list[str]) -> str | None:
+        """A layout file of this kind whose name is one of the feature's words."""
+        for word in words:
+            for path in self.by_stem.get(word, ()):
+                if file_kind(path) == kind:
+                    return path
+        return None

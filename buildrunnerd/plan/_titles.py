@@ -1,0 +1,97 @@
+"""Task titles that say what to do: "Issue and hash API tokens in `todo_api/auth.py`"."""
+
+from __future__ import annotations
+
+import re
+
+__all__ = ["task_title"]
+
+_MAX_TITLE_CHARS = 90
+_MAX_WORDS = 9
+_SPAN = re.compile(r"`([^`\n]*)`")
+_FILE_SUBJECT = re.compile(
+    r"^(?:(?:a|an|the|new)\s+)?`([^`\n]+)`\s*(?:(?:module|file|class|script|component|"
+    r"service|package|library|helper|page|screen|view|struct|handler|test file)\s+)?",
+    re.I,
+)
+_LABEL = re.compile(r"^([A-Z][\w/-]{0,20}(?: [\w/-]{1,20}){0,2}):\s+(\S.*)$")
+_PARENS = re.compile(r"\s*\([^()]*\)")
+# Where the first instruction of a sentence ends: a connector, or (later) a list comma.
+_CONNECTOR = re.compile(r"[;:]\s|\s[-–—]\s|\.\s|\.$|\s(?:so that|so|with|which|that|where|"
+                        r"including|e\.g\.|because|when|using|via|and (?:then|also|creates?|"
+                        r"stores?|returns?|writes?))\s", re.I)
+_COMMA = re.compile(r",\s")
+_NOT_VERBS = frozenset(
+    "a an the it this that these those each every all any users user people someone when if "
+    "given there no only both either errors error its their our your my".split()
+)
+_KEEP_S = ("ss", "us", "is", "ous")
+
+
+def _imperative(word: str) -> str:
+    """"issues" -> "Issue", "applies" -> "Apply", "checks" -> "Check"."""
+    low = word.lower()
+    if low.endswith("ies") and len(low) > 4:
+        return word[:-3].capitalize() + "y"
+    if low.endswith(("sses", "shes", "ches", "xes", "zes")):
+        return word[:-2].capitalize()
+    if low.endswith("s") and not low.endswith(_KEEP_S) and len(low) > 3:
+        return word[:-1].capitalize()
+    return word[:1].upper() + word[1:]
+
+
+def _clause(text: str) -> str:
+    text = _PARENS.sub("", text).split(" (", 1)[0]
+    ends = [m.start() for m in (_CONNECTOR.search(text, 16), _COMMA.search(text, 24)) if m]
+    clause = text[: min(ends)] if ends else text
+    words = clause.split()
+    return " ".join(words[:_MAX_WORDS]).rstrip(".,;:")
+
+
+def task_title(text: str, files: list[str], feature: str, fallback: str) -> str:
+    """A title from the first thing a task must do (its first requirement or criterion).
+
+    The file the sentence names becomes the place ("... in `todo_api/auth.py`"); a sentence
+    about a file ("`auth.py` issues tokens") becomes an instruction ("Issue tokens"). Text
+    that does not start with a verb keeps the feature's name in front.
+    """
+    named = set(files)
+    stripped = text.strip()
+    # "`x.py` issues ...", "A `x.py` module opens ...": the sentence is about the file.
+    m = _FILE_SUBJECT.match(stripped)
+    starts_with_file = m is not None and m.group(1) in named
+    if m is not None and starts_with_file:
+        stripped = stripped[m.end():]
+    body = _SPAN.sub(lambda s: "" if s.group(1) in named else s.group(0), stripped)
+    body = " ".join(body.split())
+    body = re.sub(r"^(?:is |are |must |should |shall |will |can )+", "", body.strip(), flags=re.I)
+    labelled = _LABEL.match(body)
+    if labelled is not None and not starts_with_file:
+        # "Endpoint: `POST /api/x`", "Input: a URL": the label says what the value is.
+        body = f"{labelled.group(1).lower()} {labelled.group(2)}"
+        starts_with_file = False
+        clause = _clause(body)
+        title = f"{feature}: {clause}" if len(clause) >= 4 else fallback
+        return _with_place(title, files)
+    clause = _clause(body) if body else ""
+    words = clause.split()
+    if not words or len(clause) < 4:
+        title = fallback
+    elif starts_with_file and words[0].lower() not in _NOT_VERBS:
+        title = " ".join([_imperative(words[0]), *words[1:]])
+    elif words[0][:1].isupper() and words[0].lower() not in _NOT_VERBS and not (
+        words[0].lower().endswith("s") and not words[0].lower().endswith(_KEEP_S)
+    ) and not words[0].lower().endswith(("ing", "ed")):
+        title = clause  # already an instruction: "Persist users ...", "Add retry ..."
+    else:
+        title = f"{feature}: {clause}"
+    return _with_place(title, files)
+
+
+def _with_place(title: str, files: list[str]) -> str:
+    if files:
+        where = f"`{files[0]}`" + (f" (+{len(files) - 1})" if len(files) > 1 else "")
+        title = f"{title} in {where}"
+    if len(title) > _MAX_TITLE_CHARS:
+        title = title[: _MAX_TITLE_CHARS - 1].rstrip() + "…"
+    return title
