@@ -184,10 +184,11 @@ _UPSTREAM: dict[str, tuple[str, ...]] = {
 _WORD_SPLIT = re.compile(r"[^a-z0-9]+")
 
 
-def _words(feature_id: str) -> list[str]:
+@lru_cache(maxsize=4096)
+def _words(feature_id: str) -> tuple[str, ...]:
     """The words of a feature id worth matching a layout file name against."""
     words = [w for w in _WORD_SPLIT.split(feature_id.lower()) if len(w) >= 3]
-    return ["".join(words), *words] if len(words) > 1 else words
+    return ("".join(words), *words) if len(words) > 1 else tuple(words)
 
 
 def _group_kind(files: list[str]) -> str:

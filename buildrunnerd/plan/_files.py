@@ -53,17 +53,18 @@ def _pascal(mod: str) -> str:
     return "".join(part.capitalize() for part in mod.split("_"))
 
 
+@lru_cache(maxsize=8192)
 def default_file(kind: str, feature_id: str, stack: Stack) -> str:
     """A sensible path for a component of a feature, in the stack's conventions (a guess: it
     goes into ``suggested_files``)."""
     mod = module_name(feature_id)
     slug = mod.replace("_", "-")
-    pascal = _pascal(mod)
+    lang = stack.language
+    pascal = _pascal(mod) if lang not in ("python", "go", "rust") else ""
     if kind == "docs":
         return f"docs/{slug}.md"
     if kind == "infra":
         return f"deploy/{slug}.yml"
-    lang = stack.language
     if lang in ("typescript", "javascript"):
         ext = "ts" if lang == "typescript" else "js"
         return {
@@ -159,8 +160,10 @@ class LayoutIndex:
         found = self.by_name.get(path)
         return found[0] if found is not None and len(found) == 1 else path
 
-    def suggest(self, kind: str, words: list[str]) -> str | None:
+    def suggest(self, kind: str, words: tuple[str, ...]) -> str | None:
         """A layout file of this kind whose name is one of the feature's words."""
+        if not self.by_stem:
+            return None
         for word in words:
             for path in self.by_stem.get(word, ()):
                 if file_kind(path) == kind:

@@ -79,7 +79,8 @@ _TEST_COMMAND = {
     "ruby": "bundle exec rake test",
     "csharp": "dotnet test",
 }
-_MAX_PROSE_CHARS = 200_000
+# The stack is stated early (title, overview, the first features): reading further only costs.
+_MAX_PROSE_CHARS = 40_000
 _SWIFT_TARGET = re.compile(r"^Sources/([^/]+)/")
 
 
@@ -120,8 +121,19 @@ def _pascal(text: str) -> str:
     return "".join(w[:1].upper() + w[1:] for w in words[:3]) or "App"
 
 
+_last: list[tuple[Spec, Stack]] = []  # the decomposer and the plan ask about the same spec
+
+
 def detect_stack(spec: Spec) -> Stack:
     """The spec's language and conventions (Python when nothing points elsewhere)."""
+    if _last and _last[0][0] is spec:
+        return _last[0][1]
+    stack = _detect(spec)
+    _last[:] = [(spec, stack)]
+    return stack
+
+
+def _detect(spec: Spec) -> Stack:
     scores: dict[str, float] = {}
     files = _spec_files(spec)
     for path in files:

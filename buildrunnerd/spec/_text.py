@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import re
 import unicodedata
+from functools import lru_cache
 
 __all__ = [
     "slugify",
@@ -60,6 +61,7 @@ def strip_markup(text: str) -> str:
     return " ".join(out.split())
 
 
+@lru_cache(maxsize=16384)
 def clean_title(title: str) -> str:
     """A heading or item turned into a feature name: no numbering, emphasis or "Feature:"."""
     out = strip_markup(title)
