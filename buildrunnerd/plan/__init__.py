@@ -16,6 +16,8 @@ from buildrunnerd.plan._dag import (
     topo_order,
 )
 from buildrunnerd.plan._decompose import ESTIMATE_MINUTES, HeuristicPlanner, Planner
+from buildrunnerd.plan._files import hold_files_to_spec
+from buildrunnerd.plan._language import Stack, detect_stack
 from buildrunnerd.plan._model import (
     Batch,
     CriticalPath,
@@ -35,10 +37,13 @@ __all__ = [
     "PlanFeature",
     "PlanWarning",
     "Planner",
+    "Stack",
     "Task",
     "build_plan",
     "critical_path",
+    "detect_stack",
     "find_cycle",
+    "hold_files_to_spec",
     "levels",
     "longest_tails",
     "make_batches",

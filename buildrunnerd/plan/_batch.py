@@ -110,7 +110,6 @@ def make_batches(
         deps = {t.id: t.depends_on for t in tasks}
     if order is None:
         order = topo_order(deps)
-    by_id = {t.id: t for t in tasks}
     index = {t.id: i for i, t in enumerate(tasks)}
     tails = longest_tails(deps, {t.id: t.estimate_minutes for t in tasks}, order=order)
 

@@ -7,8 +7,11 @@ import re
 from functools import lru_cache
 
 from buildrunnerd.plan._language import Stack
+from buildrunnerd.plan._model import Task
+from buildrunnerd.spec._model import Spec
+from buildrunnerd.spec._text import looks_like_path
 
-__all__ = ["LayoutIndex", "default_file", "file_kind", "module_name"]
+__all__ = ["LayoutIndex", "default_file", "file_kind", "hold_files_to_spec", "module_name"]
 
 # Where a named file belongs, judged by its path; first match wins.
 _FILE_KINDS: list[tuple[str, re.Pattern[str]]] = [
@@ -169,3 +172,42 @@ class LayoutIndex:
                 if file_kind(path) == kind:
                     return path
         return None
+
+
+def spec_files(spec: Spec) -> set[str]:
+    """Every path the spec names: in its features, its task lists, its fenced layouts."""
+    named = {p for f in spec.features for p in f.files}
+    named.update(p for t in spec.tasks for p in t.files)
+    named.update(spec.layout)
+    return named
+
+
+def hold_files_to_spec(tasks: list[Task], spec: Spec) -> int:
+    """Hold another planner's tasks to the rule: ``files`` (which verification requires) keep
+    only paths the spec names or its layout places; every other path becomes a suggestion.
+    A path that is not a plain relative path (absolute, ``..``, a URL: a hostile or confused
+    answer) is dropped altogether. Returns how many paths were moved or dropped."""
+    named = spec_files(spec)
+    index = LayoutIndex(spec.layout)
+    changed = 0
+    for task in tasks:
+        required: list[str] = []
+        suggested: list[str] = []
+        for raw in [*task.files, *task.suggested_files]:
+            path = raw[2:] if raw.startswith("./") else raw
+            if not looks_like_path(path) or "\\" in path or any(
+                part in ("..", ".", "") for part in path.split("/")
+            ):
+                changed += 1
+                continue
+            resolved = index.resolve(path)
+            if resolved in named and raw in task.files:
+                if resolved not in required:
+                    required.append(resolved)
+            else:
+                changed += raw in task.files
+                if resolved not in suggested and resolved not in required:
+                    suggested.append(resolved)
+        task.files = required
+        task.suggested_files = [p for p in suggested if p not in required]
+    return changed

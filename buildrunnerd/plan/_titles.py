@@ -24,6 +24,8 @@ _PARENS = re.compile(r"\s*\([^()]*\)")
 _CONNECTORS = frozenset("so with which that where including e.g. because when using via".split())
 _AND_THEN = frozenset("then also create creates store stores return returns write writes".split())
 _DASHES = frozenset("- – —".split())
+_DANGLING = frozenset("and or the a an of to in on for with by".split())
+_QUERY = re.compile(r"\?\S*")
 _NOT_VERBS = frozenset(
     "a an the it this that these those each every all any users user people someone when if "
     "given there no only both either errors error its their our your my".split()
@@ -43,16 +45,24 @@ def _imperative(word: str) -> str:
     return word[:1].upper() + word[1:]
 
 
-def _clause(text: str) -> str:
+def _clause(text: str, *, third_person: bool = False) -> str:
+    """The first instruction of ``text``; with ``third_person`` ("issues tokens and stores
+    their hash"), a second verb after "and" starts the next instruction."""
     if "(" in text:
         text = _PARENS.sub("", text).split(" (", 1)[0]
+    if "?" in text:
+        text = _QUERY.sub("", text)  # "GET /todos?done=false&q=milk" -> "GET /todos"
     words = text.split()
     out: list[str] = []
     chars = 0
     for n, word in enumerate(words):
         low = word.lower()
-        if chars >= 16 and (low in _CONNECTORS or (low == "and" and n + 1 < len(words)
-                                                   and words[n + 1].lower() in _AND_THEN)):
+        following = words[n + 1].lower() if n + 1 < len(words) else ""
+        if chars >= 16 and (low in _CONNECTORS or (low == "and" and (
+            following in _AND_THEN or (third_person and following.endswith("s")
+                                       and not following.endswith(_KEEP_S)
+                                       and following not in _NOT_VERBS)
+        ))):
             break
         if low in _DASHES:
             break
@@ -60,6 +70,8 @@ def _clause(text: str) -> str:
         chars += len(word) + 1
         if word[-1] in ";:." or (word[-1] == "," and chars >= 24) or len(out) >= _MAX_WORDS:
             break
+    while len(out) > 2 and out[-1].lower() in _DANGLING:
+        out.pop()
     return " ".join(out).rstrip(".,;:")
 
 
@@ -91,7 +103,7 @@ def task_title(text: str, files: list[str], feature: str, fallback: str) -> str:
         clause = _clause(body)
         title = f"{feature}: {clause}" if len(clause) >= 4 else fallback
         return _with_place(title, files)
-    clause = _clause(body) if body else ""
+    clause = _clause(body, third_person=starts_with_file) if body else ""
     words = clause.split()
     if not words or len(clause) < 4:
         title = fallback

@@ -238,5 +238,23 @@ def test_paths_in_code_spans_do_not_decide_the_work_and_new_files_join_the_packa
     # Guessed paths follow the spec's package, and they are only suggestions.
     assert {t.title: (t.files, t.suggested_files) for t in tasks if t.feature == "search"} == {
         "Search todos by title": ([], ["todo_api/search.py"]),
-        "GET /todos?q=milk filters": ([], ["todo_api/search_api.py"]),
+        "GET /todos filters": ([], ["todo_api/search_api.py"]),
     }
+
+
+def test_another_planners_files_are_held_to_the_spec() -> None:
+    from buildrunnerd.plan import hold_files_to_spec
+
+    spec = Spec(title="T", path=None, format="native", layout=["src/services/auth.ts"],
+                features=[Feature(id="a", name="A", line=1, files=["src/app.ts"])])
+    task = Task(id="a.1", feature="a", title="t", domain="backend", complexity="simple",
+                estimate_minutes=60,
+                files=["./src/app.ts", "auth.ts", "src/invented.ts", "/etc/passwd",
+                       "../outside.ts", "https://x.test/a.ts", "hashlib.scrypt"],
+                suggested_files=["src/helpers.ts"])
+    moved = hold_files_to_spec([task], spec)
+    # Named by the spec (or placed by its layout) stays required; guesses become suggestions;
+    # paths outside the project, URLs and dotted names are dropped.
+    assert task.files == ["src/app.ts", "src/services/auth.ts"]
+    assert task.suggested_files == ["src/invented.ts", "src/helpers.ts"]
+    assert moved == 5
