@@ -80,7 +80,12 @@ NON_FEATURE = re.compile(
     r"parallel (?:example|opportunities)|implementation strategy|mvp scope|"
     r"review checklist|verification checklist|clarifications|revision history|"
     r"document history|version history|approvals?|sign[- ]off|stakeholders|"
-    r"compliance notes)\b",
+    r"compliance notes)"
+    # The phrase is the whole title, or is followed by a separator, "and ...", or a letter or
+    # number ("Appendix A"): "Notes" is a section, "Note taking" a feature.
+    r"(?=\s*$|\s*[:\-–—(&,/.]|\s+(?:and|or|for|of)\b|\s+[a-z0-9]{1,2}\b"
+    r"|\s+(?:change|changes|analysis|strategy|plan|overview|details|notes|summary|guide|"
+    r"process|history|considerations|breakdown|matrix|list|factors|section)\b)",
     re.I,
 )
 

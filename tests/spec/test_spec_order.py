@@ -21,7 +21,9 @@ def test_task_level_depends_on_replaces_the_listed_order() -> None:
 
 
 def test_plans_without_stated_dependencies_keep_their_order() -> None:
-    deps = _deps("# Plan\n\n## Build A\n\n### Task A.1: One (60 min)\n\n### Task A.2: Two (60 min)\n")
+    deps = _deps(
+        "# Plan\n\n## Build A\n\n### Task A.1: One (60 min)\n\n### Task A.2: Two (60 min)\n"
+    )
     assert deps == {"A.1": [], "A.2": ["A.1"]}
 
 
