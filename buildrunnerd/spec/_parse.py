@@ -194,12 +194,12 @@ def _enrich(drafts: list[Draft], root: Section) -> None:
 
 
 def _detect(
-    lines: list[Line], root: Section, title: str
+    lines: list[Line], root: Section, title: str, code: list[CodeLine]
 ) -> tuple[str, list[Draft], TaskPairs, list[tuple[int, str]], list[Item], Problem | None]:
     """(format, drafts, tasks, warnings, spec-wide requirements, why-no-features)."""
     warnings: list[tuple[int, str]] = []
     if _count(lines, (ITEM,), SPECKIT_TASK, checkbox=True) >= 1:
-        drafts, pairs, warnings = speckit_tasks(lines)
+        drafts, pairs, warnings = speckit_tasks(lines, code)
         return "speckit", drafts, pairs, warnings, [], None
     if _count(lines, (HEADING,), PLAN_TASK) >= 1:
         drafts, pairs, warnings = plan_tasks(lines, title)
@@ -267,7 +267,7 @@ def _parse(text: str | bytes, path: str | None) -> Spec:
     lines = scan(decoded, code)
     root = build_sections(lines)
     title = _title(lines, path)
-    fmt, drafts, pairs, raw_warnings, reqs, why = _detect(lines, root, title)
+    fmt, drafts, pairs, raw_warnings, reqs, why = _detect(lines, root, title, code)
     done_items = [(d.line, d.done_items) for d in drafts if d.done_items]
     features, all_tasks, problems, warnings = resolve(drafts, pairs)
     if not features:

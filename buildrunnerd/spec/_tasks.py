@@ -8,10 +8,11 @@ Dependencies come from how each format orders its work (see docs/spec-format.md)
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 
 from buildrunnerd.spec._features import Draft, read_lines
 from buildrunnerd.spec._model import Item, SpecTask
-from buildrunnerd.spec._scan import HEADING, ITEM, TEXT, Line
+from buildrunnerd.spec._scan import HEADING, ITEM, TEXT, CodeLine, Line
 from buildrunnerd.spec._text import (
     clean_title,
     find_files,
@@ -83,7 +84,9 @@ def _unique_names(drafts: list[Draft]) -> list[Draft]:
     return drafts
 
 
-def speckit_tasks(lines: list[Line]) -> tuple[list[Draft], TaskPairs, list[tuple[int, str]]]:
+def speckit_tasks(
+    lines: list[Line], code: Sequence[CodeLine] = ()
+) -> tuple[list[Draft], TaskPairs, list[tuple[int, str]]]:
     """A spec-kit ``tasks.md``: every ``## Phase N`` is a feature, ``- [ ] T001 ...`` tasks.
 
     Order as spec-kit means it: user-story phases wait for the last shared phase before them
@@ -99,6 +102,7 @@ def speckit_tasks(lines: list[Line]) -> tuple[list[Draft], TaskPairs, list[tuple
     phase_tasks: dict[int, list[SpecTask]] = {}
     prev_in_phase: SpecTask | None = None
     current_task: SpecTask | None = None
+    phase_notes: list[tuple[Draft, str]] = []  # a phase's own "Dependencies: ..." line
     for line in lines:
         if line.kind == HEADING and line.level <= 2:
             current_task = None
@@ -156,9 +160,13 @@ def speckit_tasks(lines: list[Line]) -> tuple[list[Draft], TaskPairs, list[tuple
             current_task.details.append(Item(strip_markup(line.text), line.number))
         elif phase is not None and line.kind == TEXT:
             read_lines(phase, [line])  # "**Goal**: ...", "**Purpose**: ..." describe the phase
+            m = _PHASE_DEPS.search(strip_markup(line.text))
+            if m is not None:
+                # "**Duration**: 2-3 days | **Dependencies**: Phase 3 + Phase 4 complete"
+                phase_notes.append((phase, m.group(1)))
     # Sections without tasks ("## Notes" between phases) are not phases of the work.
     drafts = _unique_names([d for d in drafts if phase_tasks[id(d)]])
-    stated = _stated_phase_order(lines, drafts, phase_is_story)
+    stated = _stated_phase_order(lines, drafts, phase_is_story, phase_notes, code)
     # Phase barriers: the first tasks of a phase wait for the phases it depends on: as the
     # spec's "Dependencies & Execution Order" says, else as spec-kit means it.
     barrier: list[Draft] = []  # phases the next shared phase must wait for
@@ -188,6 +196,7 @@ _PHASE_REF = re.compile(
 )
 _AFTER = re.compile(r"\b(?:depends?\s+on|after|requires|blocked\s+by|waits?\s+for|needs)\b",
                     re.I)
+_PHASE_DEPS = re.compile(r"\bdependencies\s*:\s*(.{1,200})$", re.I)
 _NO_DEPS = re.compile(r"^(?:no\s+dependenc|none\b|can\s+start\s+immediately)", re.I)
 
 
@@ -213,16 +222,38 @@ def _phase_mentions(text: str, phases: list[Draft], numbers: dict[int, int],
     return list({id(p): p for p in found}.values())
 
 
-def _stated_phase_order(lines: list[Line], phases: list[Draft],
-                        stories: dict[int, bool]) -> dict[int, list[Draft]]:
-    """spec-kit's "Dependencies & Execution Order": ``- **User Story 2 (P2)**: Can start after
-    Foundational (Phase 2)`` -> phase -> the phases it waits for, as written."""
+def _stated_phase_order(
+    lines: list[Line], phases: list[Draft], stories: dict[int, bool],
+    notes: Sequence[tuple[Draft, str]] = (), code: Sequence[CodeLine] = (),
+) -> dict[int, list[Draft]]:
+    """The phase order a spec-kit ``tasks.md`` writes down: its "Dependencies & Execution
+    Order" items (``- **User Story 2 (P2)**: Can start after Foundational (Phase 2)``), a
+    phase's own ``**Dependencies**: Phase 3 + Phase 4 complete`` line and a Mermaid graph
+    (``B[Phase 2] --> C[Phase 3: US1]``) -> phase -> the phases it waits for."""
     numbers: dict[int, int] = {}
     for p in phases:
         m = _PHASE.match(p.name)
         if m is not None and m.group(1).isdigit():
             numbers[id(p)] = int(m.group(1))
+    position = {id(p): n for n, p in enumerate(phases)}
     stated: dict[int, list[Draft]] = {}
+
+    def add(subject: Draft, targets: list[Draft]) -> None:
+        before = [t for t in targets if position.get(id(t), 1 << 30) < position[id(subject)]]
+        if before:
+            have = stated.setdefault(id(subject), [])
+            have += [t for t in before if all(t is not h for h in have)]
+
+    live = {id(p) for p in phases}
+    for phase, value in notes:
+        if id(phase) in live:
+            if _NO_DEPS.match(value.strip()):
+                stated.setdefault(id(phase), [])
+            add(phase, _phase_mentions(value, phases, numbers, stories))
+    for source, target in _mermaid_edges(code):
+        subjects = _phase_mentions(target, phases, numbers, stories)
+        for subject in subjects[:1]:
+            add(subject, _phase_mentions(source, phases, numbers, stories)[:1])
     active = False
     for line in lines:
         if line.kind == HEADING:
@@ -238,23 +269,50 @@ def _stated_phase_order(lines: list[Line], phases: list[Draft],
         value = labelled[1]
         if not subjects:
             continue
-        clause = _AFTER.search(value)
-        if clause is None:
+        clauses = list(_AFTER.finditer(value))
+        if not clauses:
             if _NO_DEPS.match(value):
                 for subject in subjects:
                     stated.setdefault(id(subject), [])
             continue
-        # The clause ends at a dash or a full stop: "- May integrate with US1 but ..." is not
-        # a dependency.
-        tail = re.split(r"\s[-–—]\s|[.;]\s", value[clause.end():], maxsplit=1)[0]
-        targets = _phase_mentions(tail, phases, numbers, stories)
-        position = {id(p): n for n, p in enumerate(phases)}
+        targets: list[Draft] = []
+        for clause in clauses:
+            # A clause ends at a dash or a full stop: "- May integrate with US1 but ..." is
+            # not a dependency; "; depends on ... from US1" is another one.
+            tail = re.split(r"\s[-–—]\s|[.;]\s", value[clause.end():], maxsplit=1)[0]
+            targets += _phase_mentions(tail, phases, numbers, stories)
         for subject in subjects:
-            before = [t for t in targets if position[id(t)] < position[id(subject)]]
-            if before:
-                have = stated.setdefault(id(subject), [])
-                have += [t for t in before if all(t is not h for h in have)]
+            add(subject, targets)
     return stated
+
+
+_MERMAID_NODE = re.compile(r"([A-Za-z_][\w-]{0,40})\s*(?:\[([^\]]{1,200})\]|\(([^)]{1,200})\))?")
+_MERMAID_EDGE = re.compile(r"\s*(?:-->|==>|---)\s*(?:\|[^|]{0,80}\|\s*)?")
+
+
+def _mermaid_edges(code: Sequence[CodeLine]) -> list[tuple[str, str]]:
+    """(source label, target label) of each solid edge of a ```mermaid graph: the target
+    comes after the source. Dotted edges (``-.->``) are notes, not order."""
+    labels: dict[str, str] = {}
+    edges: list[tuple[str, str]] = []
+    for line in code:
+        if line.info != "mermaid" or "-.-" in line.text:
+            continue
+        parts = _MERMAID_EDGE.split(line.text.strip())
+        if len(parts) < 2:
+            continue
+        names: list[str] = []
+        for part in parts:
+            m = _MERMAID_NODE.match(part.strip())
+            if m is None:
+                names = []
+                break
+            node, label = m.group(1), m.group(2) or m.group(3)
+            if label:
+                labels[node] = label
+            names.append(node)
+        edges += list(zip(names, names[1:], strict=False))
+    return [(labels.get(a, a), labels.get(b, b)) for a, b in edges]
 
 
 def _sinks(tasks: list[SpecTask]) -> list[SpecTask]:
@@ -288,8 +346,9 @@ def _kiro_order(tasks: list[SpecTask], stated: set[int]) -> None:
 
     - A task with its own ``Depends on:`` keeps exactly those.
     - When most tasks trace requirements (``_Requirements: 1.2_``), a task waits for the
-      latest earlier task that traces one of the same requirements, so work on unrelated
-      requirements runs side by side; a task without traces waits for the one before it.
+      latest earlier tasks that trace one of the same requirements (not for unrelated work
+      listed in between); a task whose requirements nothing before traced waits for the task
+      before it, as the list is an order.
     - Otherwise the numbering is the order: each task waits for the one before it.
     - A checkpoint waits for all the work before it; an optional task (``- [ ]*``) waits for
       the task before it, and nothing waits for it.
@@ -309,11 +368,7 @@ def _kiro_order(tasks: list[SpecTask], stated: set[int]) -> None:
         else:
             refs = [r for r in _expand_refs(task.requirements) if r.lower() != "all"]
             found = [latest[r].id for r in refs if r in latest]
-            if refs and not found and previous is not None and not any(
-                r.split(".")[0] == p.split(".")[0] for r in refs for p in latest
-            ):
-                deps = []  # a requirement nothing before touched: free to start
-            elif not refs or not found:
+            if not found:
                 deps = [previous.id] if previous is not None else []
             else:
                 deps = list(dict.fromkeys(found))

@@ -71,8 +71,9 @@ def test_kiro_requirement_traces_order_the_work() -> None:
         "- [ ] 2. Checkpoint - Ensure all tests pass\n"
     )
     assert deps["1.1"] == []
-    assert deps["1.2"] == [], "requirement 2 is untouched so far: it starts at once"
-    assert deps["1.3"] == ["1.1"], "it builds on the task that traced requirement 1.2"
+    assert deps["1.2"] == ["1.1"], "nothing traced requirement 2 before: the list's order"
+    # 1.3 builds on the task that traced requirement 1.2, not on the cache listed between.
+    assert deps["1.3"] == ["1.1"]
     assert sorted(deps["2"]) == ["1.2", "1.3"], "a checkpoint waits for all work before it"
 
 
@@ -107,3 +108,21 @@ def test_a_logical_dependency_chain_reads_needs_and_after() -> None:
     deps = {f.name: f.depends_on for f in spec.features}
     assert deps == {"Task Store": [], "Claude Client": ["task-store"],
                     "PRD Parser": ["claude-client"]}
+
+
+def test_speckit_phase_notes_and_mermaid_graphs_are_stated_order() -> None:
+    spec = parse_spec(
+        "# Tasks\n\n```mermaid\ngraph TD\n    A[Phase 1: Setup] --> B[Phase 2: Core]\n"
+        "    B --> C[Phase 3: US1 - Make]\n    B --> D[Phase 4: US2 - Sell]\n"
+        "    C -.-> G[MVP]\n```\n\n"
+        "## Phase 1: Setup\n- [ ] T001 Init in src/lib.rs\n\n"
+        "## Phase 2: Core\n- [ ] T002 Core in src/core.rs\n\n"
+        "## Phase 3: User Story 1 - Make (Priority: P1)\n- [ ] T003 [US1] Make in src/make.rs\n\n"
+        "## Phase 4: User Story 2 - Sell (Priority: P2)\n- [ ] T004 [US2] Sell in src/sell.rs\n\n"
+        "## Phase 5: User Story 3 - Ship (Priority: P3)\n\n"
+        "**Duration**: 2 days | **Dependencies**: Phase 3 + Phase 4 complete\n\n"
+        "- [ ] T005 [US3] Ship in src/ship.rs\n"
+    )
+    deps = {t.id: sorted(t.depends_on) for t in spec.tasks}
+    assert deps == {"T001": [], "T002": ["T001"], "T003": ["T002"], "T004": ["T002"],
+                    "T005": ["T003", "T004"]}
