@@ -248,7 +248,11 @@ class HeuristicPlanner:
         layout = LayoutIndex(spec.layout)
         built: dict[str, _FeatureTasks] = {}
         for feature in spec.features:
-            built[feature.id] = self._feature(feature, stack, layout)
+            # A feature its heading marks done ("✅ COMPLETED") is built already: no tasks,
+            # and nothing waits for it.
+            built[feature.id] = _FeatureTasks() if feature.done else self._feature(
+                feature, stack, layout
+            )
         for feature in spec.features:
             waits_for: list[str] = []
             for dep in feature.depends_on:

@@ -94,13 +94,15 @@ def default_file(kind: str, feature_id: str, stack: Stack) -> str:
             "tests": f"tests/{mod}.rs",
         }[kind]
     if lang == "swift":
-        target = stack.swift_target or "App"
+        target = "App" if stack.swift_target is None else stack.swift_target
+        src = f"Sources/{target}/" if target else "Sources/"
         return {
-            "data": f"Sources/{target}/Models/{pascal}.swift",
-            "logic": f"Sources/{target}/{pascal}.swift",
-            "api": f"Sources/{target}/API/{pascal}API.swift",
-            "ui": f"Sources/{target}/Views/{pascal}View.swift",
-            "tests": f"Tests/{target}Tests/{pascal}Tests.swift",
+            "data": f"{src}Models/{pascal}.swift",
+            "logic": f"{src}{pascal}.swift",
+            "api": f"{src}API/{pascal}API.swift",
+            "ui": f"{src}Views/{pascal}View.swift",
+            "tests": f"Tests/{target}Tests/{pascal}Tests.swift" if target
+            else f"Tests/{pascal}Tests.swift",
         }[kind]
     if lang in ("kotlin", "java"):
         ext = "kt" if lang == "kotlin" else "java"

@@ -187,5 +187,10 @@ def _detect(spec: Spec) -> Stack:
     elif language == "swift":
         found = (_SWIFT_TARGET.match(p) for p in files)
         targets = [t.group(1) for t in found if t is not None]
-        target = max(set(targets), key=targets.count) if targets else _pascal(spec.title)
+        # One or two folders under Sources/ are SwiftPM targets (Sources/HabitTracker/);
+        # more are the app's own groups (Sources/Models/, Sources/Views/, ...): no target.
+        if len(set(targets)) > 2:
+            target = ""
+        else:
+            target = max(set(targets), key=targets.count) if targets else _pascal(spec.title)
     return Stack(language, _TEST_COMMAND[language], python_root=root, swift_target=target)

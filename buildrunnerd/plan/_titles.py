@@ -83,6 +83,8 @@ def task_title(text: str, files: list[str], feature: str, fallback: str) -> str:
     that does not start with a verb keeps the feature's name in front.
     """
     named = set(files)
+    if "(" in feature:
+        feature = _PARENS.sub("", feature).strip() or feature  # "Rules (Functional Spec)"
     stripped = text.strip()
     # "`x.py` issues ...", "A `x.py` module opens ...": the sentence is about the file.
     starts_with_file = False

@@ -14,6 +14,7 @@ from buildrunnerd.spec._scan import BLANK, HEADING, ITEM, TEXT, Line, Section
 from buildrunnerd.spec._text import (
     clean_title,
     find_files,
+    marked_done,
     norm_name,
     split_label,
     split_refs,
@@ -80,12 +81,16 @@ NON_FEATURE = re.compile(
     r"parallel (?:example|opportunities)|implementation strategy|mvp scope|"
     r"review checklist|verification checklist|clarifications|revision history|"
     r"document history|version history|approvals?|sign[- ]off|stakeholders|"
-    r"compliance notes)"
+    r"compliance notes|testing|acceptance criteria|(?:[\w/]+\s+){0,3}recommendations|"
+    r"file (?:&|and) repo(?:sitory)? structure|repo(?:sitory)? structure|ux notes|"
+    r"non-functional(?: requirements)?(?: / ux notes)?)"
     # The phrase is the whole title, or is followed by a separator, "and ...", or a letter or
     # number ("Appendix A"): "Notes" is a section, "Note taking" a feature.
     r"(?=\s*$|\s*[:\-–—(&,/.]|\s+(?:and|or|for|of)\b|\s+[a-z0-9]{1,2}\b"
     r"|\s+(?:change|changes|analysis|strategy|plan|overview|details|notes|summary|guide|"
-    r"process|history|considerations|breakdown|matrix|list|factors|section)\b)",
+    r"process|history|considerations|breakdown|matrix|list|factors|section)\b)"
+    # Examples, appendices and glossaries are context whatever follows the word.
+    r"|^(?:examples?|sample|appendix|appendices|glossary)\b",
     re.I,
 )
 
@@ -124,6 +129,7 @@ class Draft:
     aliases: list[str] = field(default_factory=list)  # "Feature 2", "2": see title_aliases
     group: str | None = None  # the phase/tier/milestone heading it was written under
     done_items: int = 0  # requirement or criterion items ticked done ([x]) and left out
+    done: bool = False  # the heading marks the whole feature finished ("✅ COMPLETED")
 
     def add_files(self, text: str, *, bare: bool = False) -> None:
         for path in find_files(text, bare=bare):
@@ -213,6 +219,7 @@ def draft_from_section(sec: Section, name: str | None = None) -> Draft:
     """A feature from a heading and everything under it."""
     draft = Draft(name if name is not None else clean_title(sec.title), sec.number)
     draft.aliases = title_aliases(sec.title)
+    draft.done = marked_done(sec.title)
     read_lines(draft, sec.body)
     for child in sec.children:
         read_lines(draft, child.all_lines())

@@ -34,6 +34,7 @@ class Feature(msgspec.Struct):
     priority: str | None = None  # as written: "high", "P1", ...
     domain: str | None = None  # as written in a ``Domain:`` line, normalised to protocol.Domain
     files: list[str] = []  # paths named in backticks
+    done: bool = False  # its heading marks it finished ("✅ COMPLETED"): nothing to plan
 
 
 class SpecTask(msgspec.Struct):

@@ -275,6 +275,15 @@ def _parse(text: str | bytes, path: str | None) -> Spec:
     if problems:
         raise SpecError(problems, path=path)
     tasks, done_tasks = _split_done(all_tasks, warnings)
+    done_features = [f for f in features if f.done]
+    if done_features and not tasks and not done_tasks:
+        warnings.append(SpecWarning(
+            done_features[0].line,
+            f"{len(done_features)} of {len(features)} features are marked done in their "
+            "headings and are not planned: "
+            + ", ".join(f.name for f in done_features[:5])
+            + (", ..." if len(done_features) > 5 else ""),
+        ))
     if done_items:
         warnings.append(SpecWarning(
             done_items[0][0],

@@ -190,6 +190,7 @@ def resolve(
             requirements=draft.requirements, acceptance_criteria=draft.criteria,
             depends_on=deps, priority=draft.priority,
             domain=_domain(draft.domain, draft.line, warnings), files=draft.files,
+            done=draft.done,
         ))
 
     for cycle in find_cycles(graph):

@@ -21,6 +21,7 @@ __all__ = [
     "looks_like_path",
     "split_refs",
     "is_placeholder",
+    "marked_done",
     "strip_markup",
     "norm_name",
     "title_aliases",
@@ -30,7 +31,7 @@ __all__ = [
 _MAX_SLUG = 60
 _MAX_TOKEN = 300
 
-_NUMBER_PREFIX = re.compile(r"^(?:\d{1,4}[.)]|[A-Za-z]\))\s+")
+_NUMBER_PREFIX = re.compile(r"^(?:\d{1,4}[.)]|[A-Za-z]\)|\d{1,4}\s{1,3}[—–-])\s+")
 _FEATURE_PREFIX = re.compile(
     r"^(?:feature|capability|epic|module)(?:\s{0,3}\d{1,4})?\s{0,3}(?::|\.|\s[-–—])\s*", re.I
 )
@@ -42,10 +43,13 @@ _DURATION = re.compile(
 )
 _FILE_TOKEN = re.compile(r"[\w.\-\[\]/@+]{1,300}\.[A-Za-z0-9]{1,8}")
 _STATUS_SUFFIX = re.compile(
-    r"\s[-–—]\s{1,3}(?:complete[d]?|done|in progress|todo|wip|pending)$", re.I
+    r"\s[-–—]\s{1,3}(?:complete[d]?|done|in progress|todo|wip|pending)$"
+    r"|(?-i:\s+(?:COMPLETED?|DONE|IN PROGRESS|NEXT PHASE|PLANNED|WIP|TODO|PENDING))$",
+    re.I,
 )
+_DONE_MARK = re.compile(r"✅|✔|☑|\[x\]|(?:\s[-–—]\s{1,3}|\s)(?:complete[d]?|done)\s*$", re.I)
 # Status marks people put in titles ("✅ Done"); "⚠️" is two code points, both dropped.
-_EMOJI_MARKS = dict.fromkeys(map(ord, "✅❌⚠\ufe0f🎯✓✔☐☑⏳🚧"))
+_EMOJI_MARKS = dict.fromkeys(map(ord, "✅❌⚠\ufe0f🎯✓✔☐☑⏳🚧🔄📋🚀"))
 _NON_WORD = re.compile(r"[\W_]+")
 _SLUG_WORD = re.compile(r"[a-z0-9]+")
 _LABEL_CHARS = re.compile(r"[\w \-/&'()]{1,60}")
@@ -71,6 +75,11 @@ def clean_title(title: str) -> str:
     if out.startswith("`") and out.endswith("`") and out.count("`") == 2:
         out = out[1:-1]
     return out.strip(" :*_-") or out.strip()
+
+
+def marked_done(title: str) -> bool:
+    """A heading that says its work is finished: "Storage ✅", "Login - Done", "API COMPLETED"."""
+    return _DONE_MARK.search(title) is not None and "❌" not in title
 
 
 def norm_name(name: str) -> str:
