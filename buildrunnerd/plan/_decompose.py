@@ -329,9 +329,13 @@ class HeuristicPlanner:
         # group, and groups with disjoint files do not wait for each other.
         groups: list[tuple[list[str], list[Item]]] = []
         loose: list[tuple[Item, frozenset[str]]] = []
+        hinted: list[str] = []  # named, but not placed by the spec's layout: suggestions
         for item, tags in zip(items, item_tags, strict=True):
-            files = [p for p in dict.fromkeys(layout.resolve(f) for f in find_files(item.text))
-                     if file_kind(p) in _IMPL_KINDS]
+            files = []
+            for path in dict.fromkeys(layout.resolve(f) for f in find_files(item.text)):
+                if file_kind(path) not in _IMPL_KINDS:
+                    continue
+                (files if layout.required(path) else hinted).append(path)
             if not files:
                 loose.append((item, tags))
                 continue
@@ -349,7 +353,7 @@ class HeuristicPlanner:
         grouped = {f for g in groups for f in g[0]}
         named: dict[str, list[str]] = {}
         for path in dict.fromkeys(layout.resolve(f) for f in feature.files):
-            if path not in grouped:
+            if path not in grouped and path not in hinted and layout.required(path):
                 named.setdefault(file_kind(path), []).append(path)
         for item in (*test_reqs, *doc_reqs):
             for path in find_files(item.text):
@@ -394,6 +398,8 @@ class HeuristicPlanner:
             suggested = [] if files else [
                 layout.suggest(kind, _words(feature.id)) or default_file(kind, feature.id, stack)
             ]
+            if kind in _IMPL_KINDS and hinted and not files:
+                suggested = list(dict.fromkeys([*hinted[:3], *suggested]))
             task = Task(
                 id=f"{feature.id}.{counter}",
                 feature=feature.id,

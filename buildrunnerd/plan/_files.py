@@ -145,11 +145,12 @@ _STEM_SPLIT = re.compile(r"[^a-z0-9]+")
 class LayoutIndex:
     """The spec's layout paths, by file name and by stem, for resolving and suggesting."""
 
-    __slots__ = ("by_name", "by_stem")
+    __slots__ = ("by_name", "by_stem", "paths")
 
     def __init__(self, layout: list[str]) -> None:
         self.by_name: dict[str, list[str]] = {}
         self.by_stem: dict[str, list[str]] = {}
+        self.paths = frozenset(layout)
         for path in layout:
             name = path.rsplit("/", 1)[-1]
             self.by_name.setdefault(name, []).append(path)
@@ -158,12 +159,19 @@ class LayoutIndex:
                 self.by_stem.setdefault(stem, []).append(path)
 
     def resolve(self, path: str) -> str:
-        """A bare file name the text mentions (``auth.ts``) as the one place the layout puts
-        it (``src/services/auth.ts``); anything else unchanged."""
-        if "/" in path:
+        """A file name the text mentions (``auth.ts``, ``radiacode_ble/client.py``) as the one
+        place the layout puts it (``src/services/auth.ts``); anything else unchanged."""
+        if path in self.paths:
             return path
-        found = self.by_name.get(path)
-        return found[0] if found is not None and len(found) == 1 else path
+        name = path.rsplit("/", 1)[-1]
+        found = [p for p in self.by_name.get(name, ()) if p == path or p.endswith("/" + path)]
+        return found[0] if len(found) == 1 else path
+
+    def required(self, path: str) -> bool:
+        """Whether verification may require ``path``: with a layout tree, only what the tree
+        places (a path the text only mentions, like an upstream file to study, is a hint);
+        without one, every path the spec names."""
+        return not self.paths or path in self.paths
 
     def suggest(self, kind: str, words: tuple[str, ...]) -> str | None:
         """A layout file of this kind whose name is one of the feature's words."""

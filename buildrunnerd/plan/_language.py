@@ -102,7 +102,7 @@ def _spec_files(spec: Spec) -> list[str]:
 
 
 def _prose(spec: Spec) -> str:
-    parts = [spec.title, spec.overview]
+    parts = [spec.title, spec.overview, spec.context]
     size = sum(len(p) for p in parts)
     for feature in spec.features:
         if size > _MAX_PROSE_CHARS:

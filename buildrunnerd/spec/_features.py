@@ -94,6 +94,7 @@ NON_FEATURE = re.compile(
     re.I,
 )
 
+_SUBSECTION = re.compile(r"^\d{1,4}\.\d{1,4}")
 _DEP_LABELS = frozenset(
     {"depends on", "dependencies", "depends", "requires", "dependency", "prerequisites",
      "blocked by"}
@@ -155,6 +156,8 @@ def read_lines(draft: Draft, lines: list[Line], bucket: str = "auto") -> None:
         if line.kind == HEADING:
             label = norm_name(clean_title(line.text))
             bucket = _bucket_for(label) or "auto"
+            if "`" in line.text:
+                draft.add_files(line.text)  # "### Config Flow (`config_flow.py`)"
             continue
         if line.kind not in (TEXT, ITEM):
             continue
@@ -239,6 +242,36 @@ def _item_name(text: str) -> tuple[str, str]:
     return clean_title(text), ""
 
 
+def _bold_heading(line: Line) -> str | None:
+    """``**1. Customizable Trackables**`` alone on a line: a heading written in bold."""
+    text = line.text
+    if line.kind != TEXT or len(text) < 5 or not text.startswith("**") or not text.endswith("**"):
+        return None
+    inner = text[2:-2].strip()
+    if not inner or "**" in inner or len(inner) > 100 or inner.endswith((":", ".")):
+        return None
+    return inner
+
+
+def drafts_from_bold(lines: list[Line]) -> list[Draft]:
+    """Features under bold one-line headings (``**1. Trackables**`` then its bullets), when a
+    section has at least two of them; else none."""
+    marks = [n for n, ln in enumerate(lines) if _bold_heading(ln) is not None]
+    if len(marks) < 2:
+        return []
+    drafts: list[Draft] = []
+    for k, start in enumerate(marks):
+        end = marks[k + 1] if k + 1 < len(marks) else len(lines)
+        head = lines[start]
+        name = clean_title(_bold_heading(head) or head.text)
+        draft = Draft(name, head.number)
+        draft.aliases = title_aliases(_bold_heading(head) or "")
+        draft.done = marked_done(head.text)
+        read_lines(draft, lines[start + 1 : end])
+        drafts.append(draft)
+    return drafts
+
+
 def drafts_from_items(lines: list[Line]) -> list[Draft]:
     """Features written as a list: each outermost item is one, nested items are its details."""
     items = [ln for ln in lines if ln.kind == ITEM and ln.text]
@@ -280,6 +313,25 @@ def _group_key(title: str) -> list[str]:
     return keys
 
 
+_BDD = re.compile(r"^\W*(?:given|when|then|and|but)\b", re.I)
+
+
+def _one_feature(lines: list[Line]) -> bool:
+    """Lines that describe one feature (a user story, its labelled criteria, Given/When/Then
+    steps) rather than list several."""
+    for line in lines:
+        if line.kind == TEXT:
+            labelled = split_label(strip_markup(line.text))
+            if labelled is not None and (
+                _bucket_for(labelled[0]) in ("req", "crit") or labelled[0] in _DESC_LABELS
+                or labelled[0].startswith("user story")
+            ):
+                return True
+        elif line.kind == ITEM and _BDD.match(strip_markup(line.text)):
+            return True
+    return False
+
+
 def repeated_titles(sections: list[Section]) -> frozenset[str]:
     """Sub-heading titles that recur under two or more of ``sections`` ("Files to Create" under
     every phase): document structure, not features."""
@@ -315,6 +367,13 @@ def collect_features(sec: Section, structural: frozenset[str] = frozenset()) -> 
                 whole.group = child.title
                 drafts.append(whole)
                 continue
+            if not child.children and _one_feature(child.body):
+                # "### Epic 1: Seed Generation" with a user story and its acceptance
+                # criteria: one feature, not one per bullet.
+                whole = draft_from_section(child)
+                whole.group = child.title
+                drafts.append(whole)
+                continue
             inner = collect_features(child, inner_structural)
             for draft in inner:
                 draft.group = draft.group or child.title
@@ -330,7 +389,7 @@ def collect_features(sec: Section, structural: frozenset[str] = frozenset()) -> 
                 continue
         drafts.append(draft_from_section(child))
     if not drafts:
-        drafts = drafts_from_items(sec.body)
+        drafts = drafts_from_bold(sec.body) or drafts_from_items(sec.body)
     for members, ref, number in group_deps:
         target = groups.get(norm_name(ref))
         if target is None:
@@ -390,7 +449,10 @@ def generic_features(root: Section) -> list[Draft]:
     for sec in top:
         if NON_FEATURE.match(clean_title(sec.title)):
             continue
-        numbered = [c for c in _feature_children(sec, structural) if c.title[:1].isdigit()]
+        # "### 1. Parser" under a section lists features; "### 4.1. Goal" is a subsection
+        # of the numbered feature "4. ...", which stays one feature.
+        numbered = [c for c in _feature_children(sec, structural)
+                    if c.title[:1].isdigit() and not _SUBSECTION.match(c.title)]
         if len(numbered) >= 2 and len(numbered) == len(sec.children):
             drafts.extend(draft_from_section(c) for c in numbered)
         else:

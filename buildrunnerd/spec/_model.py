@@ -76,3 +76,6 @@ class Spec(msgspec.Struct):
     layout: list[str] = []
     # Info strings of the spec's fenced code blocks ("swift", "bash"), once each, in order.
     code_languages: list[str] = []
+    # The text of the project sections (tech stack, architecture, constraints, notes...):
+    # context for prompts and for reading the stack, never features.
+    context: str = ""

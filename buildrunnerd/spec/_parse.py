@@ -54,6 +54,7 @@ from buildrunnerd.spec._text import (
 __all__ = ["parse_spec", "parse_spec_file"]
 
 _MAX_OVERVIEW = 4000
+_MAX_CONTEXT = 20000
 _MAX_TITLE = 200
 _BINARY_SAMPLE = 8192
 _MAX_FILE_BYTES = 64 * 1024 * 1024  # a spec is prose; anything larger is not one
@@ -137,6 +138,22 @@ def _overview(root: Section, lines: list[Line]) -> str:
             if label is None or len(label[1]) > 40:
                 out.append(line.text)
     return strip_markup(" ".join(out))[:_MAX_OVERVIEW]
+
+
+def _context(root: Section) -> str:
+    """The project sections' own words (not features), for prompts and the stack."""
+    out: list[str] = []
+    size = 0
+    for sec in root.walk()[1:]:
+        if not NON_FEATURE.match(clean_title(sec.title)):
+            continue
+        for line in sec.body:
+            if line.kind in (TEXT, ITEM) and line.text:
+                out.append(line.text)
+                size += len(line.text) + 1
+        if size > _MAX_CONTEXT:
+            break
+    return strip_markup("\n".join(out))[:_MAX_CONTEXT] if out else ""
 
 
 def _test_command(lines: list[Line]) -> str | None:
@@ -303,6 +320,7 @@ def _parse(text: str | bytes, path: str | None) -> Spec:
         done_tasks=done_tasks,
         layout=layout_paths(code),
         code_languages=list(dict.fromkeys(c.info for c in code if c.info)),
+        context=_context(root),
     )
 
 

@@ -134,14 +134,15 @@ def _item(stripped: str) -> tuple[bool, str] | None:
 
 def _checkbox(text: str) -> tuple[bool | None, str, bool]:
     """(checked, text after the box, optional)."""
-    if len(text) >= 3 and text[0] == "[" and text[2] == "]" and text[1] in " xX":
+    if len(text) >= 3 and text[0] == "[" and text[2] == "]" and text[1] in " xX-~":
         rest = text[3:]
         if not rest or rest[0] in " \t*":
             # Kiro marks optional tasks "- [ ]* 2.3"; the star is not part of the title.
             optional = rest.startswith("*") and not rest.startswith("**")
             if optional:
                 rest = rest[1:]
-            return text[1] != " ", rest.strip(), optional
+            # "[-]" / "[~]": started, not done.
+            return text[1] in "xX", rest.strip(), optional
     return None, text, False
 
 

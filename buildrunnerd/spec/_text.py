@@ -31,7 +31,10 @@ __all__ = [
 _MAX_SLUG = 60
 _MAX_TOKEN = 300
 
-_NUMBER_PREFIX = re.compile(r"^(?:\d{1,4}[.)]|[A-Za-z]\)|\d{1,4}\s{1,3}[—–-])\s+")
+_NUMBER_PREFIX = re.compile(
+    r"^(?:\d{1,4}(?:\.\d{1,4}){0,3}[.)]|\d{1,4}(?:\.\d{1,4}){1,3}|[A-Za-z]\)"
+    r"|\d{1,4}\s{1,3}[—–-])\s+"
+)
 _FEATURE_PREFIX = re.compile(
     r"^(?:feature|capability|epic|module)(?:\s{0,3}\d{1,4})?\s{0,3}(?::|\.|\s[-–—])\s*", re.I
 )
