@@ -331,7 +331,7 @@ class HeuristicPlanner:
         loose: list[tuple[Item, frozenset[str]]] = []
         hinted: list[str] = []  # named, but not placed by the spec's layout: suggestions
         for item, tags in zip(items, item_tags, strict=True):
-            files = []
+            files: list[str] = []
             for path in dict.fromkeys(layout.resolve(f) for f in find_files(item.text)):
                 if file_kind(path) not in _IMPL_KINDS:
                     continue
