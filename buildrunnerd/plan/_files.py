@@ -145,13 +145,19 @@ _STEM_SPLIT = re.compile(r"[^a-z0-9]+")
 class LayoutIndex:
     """The spec's layout paths, by file name and by stem, for resolving and suggesting."""
 
-    __slots__ = ("by_name", "by_stem", "paths")
+    __slots__ = ("by_name", "by_stem", "dirs", "paths")
 
     def __init__(self, layout: list[str]) -> None:
         self.by_name: dict[str, list[str]] = {}
         self.by_stem: dict[str, list[str]] = {}
-        self.paths = frozenset(layout)
-        for path in layout:
+        files = [p for p in layout if not p.endswith("/")]
+        self.paths = frozenset(files)
+        dirs = {p.rstrip("/") for p in layout if p.endswith("/")}
+        for path in files:
+            parts = path.split("/")[:-1]
+            dirs.update("/".join(parts[: n + 1]) for n in range(len(parts)))
+        self.dirs = frozenset(dirs)
+        for path in files:
             name = path.rsplit("/", 1)[-1]
             self.by_name.setdefault(name, []).append(path)
             stem = _STEM_SPLIT.sub("", name.rsplit(".", 1)[0].lower())
@@ -169,9 +175,14 @@ class LayoutIndex:
 
     def required(self, path: str) -> bool:
         """Whether verification may require ``path``: with a layout tree, only what the tree
-        places (a path the text only mentions, like an upstream file to study, is a hint);
-        without one, every path the spec names."""
-        return not self.paths or path in self.paths
+        places, in it or in one of its folders (a path elsewhere, like an upstream file to
+        study, is a hint); without one, every path the spec names."""
+        if not self.paths and not self.dirs:
+            return True
+        if path in self.paths:
+            return True
+        parent = path.rsplit("/", 1)[0] if "/" in path else ""
+        return bool(parent) and parent in self.dirs
 
     def suggest(self, kind: str, words: tuple[str, ...]) -> str | None:
         """A layout file of this kind whose name is one of the feature's words."""

@@ -47,6 +47,8 @@ _CONTAINERS: tuple[re.Pattern[str], ...] = (
     re.compile(r"^capabilit(?:y tree|ies)\b", re.I),
     re.compile(r"^user (?:stories|scenarios)\b", re.I),
     re.compile(r"^(?:development |product |implementation )?roadmap\b", re.I),
+    re.compile(r"^(?:development|implementation|project|delivery|build)\s+(?:phases|milestones)\b"
+               r"|^(?:phases|milestones)$", re.I),
     re.compile(r"^functional requirements\b", re.I),
 )
 # A child of a container that groups features rather than being one.
@@ -69,7 +71,7 @@ NON_FEATURE = re.compile(
     r"table of contents|contents|tech(?:nology)? stack|status|progress|next steps|faq|"
     r"assumptions|edge cases|key entities|open questions|questions|items requiring "
     r"clarification|changelog|support|acknowledgements|problem statement|target users|"
-    r"target audience|personas?|out of scope|future enhancements|future work|"
+    r"target audience|personas?|user personas?|out of scope|future enhancements|future work|"
     r"known limitations|limitations|design philosophy|principles|testing strategy|"
     r"test strategy|testing notes|test plan|benefits|migration|timeline|current state|"
     r"architecture|project structure|file structure|directory structure|folder structure|"
@@ -81,7 +83,8 @@ NON_FEATURE = re.compile(
     r"parallel (?:example|opportunities)|implementation strategy|mvp scope|"
     r"review checklist|verification checklist|clarifications|revision history|"
     r"document history|version history|approvals?|sign[- ]off|stakeholders|"
-    r"compliance notes|testing|acceptance criteria|(?:[\w/]+\s+){0,3}recommendations|"
+    r"compliance notes|testing|acceptance criteria|risk register|related documents|"
+    r"technical approach|(?:[\w-]+\s+)?integration structure|(?:[\w/]+\s+){0,3}recommendations|"
     r"file (?:&|and) repo(?:sitory)? structure|repo(?:sitory)? structure|ux notes|"
     r"non-functional(?: requirements)?(?: / ux notes)?)"
     # The phrase is the whole title, or is followed by a separator, "and ...", or a letter or
@@ -95,6 +98,12 @@ NON_FEATURE = re.compile(
 )
 
 _SUBSECTION = re.compile(r"^\d{1,4}\.\d{1,4}")
+# A section whose title says it lists things ("Strategy Specifications", "Core Components").
+_LIST_PARENT = re.compile(
+    r"\b(?:specifications|features|strategies|components|modules|capabilities|services|"
+    r"tools|commands|epics|stories|functions|endpoints|screens|pages|integrations)\b",
+    re.I,
+)
 _DEP_LABELS = frozenset(
     {"depends on", "dependencies", "depends", "requires", "dependency", "prerequisites",
      "blocked by"}
@@ -318,7 +327,10 @@ _BDD = re.compile(r"^\W*(?:given|when|then|and|but)\b", re.I)
 
 def _one_feature(lines: list[Line]) -> bool:
     """Lines that describe one feature (a user story, its labelled criteria, Given/When/Then
-    steps) rather than list several."""
+    steps, a checklist of its work) rather than list several."""
+    items = [ln for ln in lines if ln.kind == ITEM and ln.text]
+    if items and sum(1 for ln in items if ln.checked is not None) * 2 >= len(items):
+        return True  # "- [ ] Implement crypto.py": the phase's work items, not features
     for line in lines:
         if line.kind == TEXT:
             labelled = split_label(strip_markup(line.text))
@@ -451,8 +463,10 @@ def generic_features(root: Section) -> list[Draft]:
             continue
         # "### 1. Parser" under a section lists features; "### 4.1. Goal" is a subsection
         # of the numbered feature "4. ...", which stays one feature.
+        lists_features = _LIST_PARENT.search(clean_title(sec.title)) is not None
         numbered = [c for c in _feature_children(sec, structural)
-                    if c.title[:1].isdigit() and not _SUBSECTION.match(c.title)]
+                    if c.title[:1].isdigit()
+                    and (lists_features or not _SUBSECTION.match(c.title))]
         if len(numbered) >= 2 and len(numbered) == len(sec.children):
             drafts.extend(draft_from_section(c) for c in numbered)
         else:

@@ -61,6 +61,8 @@ def _block_paths(lines: list[CodeLine]) -> list[str]:
         path = "/".join([*parts, name.rstrip("/")])
         if name.endswith("/") or "." not in name.rsplit("/", 1)[-1]:
             stack.append((col, name.rstrip("/")))
+            if name.endswith("/") and path:
+                out.append(path + "/")  # a directory of the layout (files may go in it)
             if not name.endswith("/") and looks_like_path(path):
                 out.append(path)  # "Makefile", "Dockerfile"
             continue
@@ -70,7 +72,8 @@ def _block_paths(lines: list[CodeLine]) -> list[str]:
 
 
 def layout_paths(code: list[CodeLine]) -> list[str]:
-    """Every file path the spec's fenced trees and path lists show, in order, once each."""
+    """Every file path (and, ending in "/", directory) the spec's fenced trees and path lists
+    show, in order, once each."""
     blocks: dict[int, list[CodeLine]] = {}
     for line in code:
         if line.info in _LAYOUT_INFOS and line.text.strip():

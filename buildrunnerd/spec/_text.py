@@ -50,7 +50,10 @@ _STATUS_SUFFIX = re.compile(
     r"|(?-i:\s+(?:COMPLETED?|DONE|IN PROGRESS|NEXT PHASE|PLANNED|WIP|TODO|PENDING))$",
     re.I,
 )
-_DONE_MARK = re.compile(r"✅|✔|☑|\[x\]|(?:\s[-–—]\s{1,3}|\s)(?:complete[d]?|done)\s*$", re.I)
+_DONE_MARK = re.compile(
+    r"✅|✔|☑|\[x\]|(?:\s[-–—]\s{1,3}|\s)(?:complete[d]?|done)\s*$|\((?:complete[d]?|done)\)\s*$",
+    re.I,
+)
 # Status marks people put in titles ("✅ Done"); "⚠️" is two code points, both dropped.
 _EMOJI_MARKS = dict.fromkeys(map(ord, "✅❌⚠\ufe0f🎯✓✔☐☑⏳🚧🔄📋🚀"))
 _NON_WORD = re.compile(r"[\W_]+")

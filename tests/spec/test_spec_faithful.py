@@ -50,10 +50,12 @@ def test_file_trees_in_fences_are_layout_hints() -> None:
         "        └── HabitStoreTests.swift\n```\n\n```bash\nswift build\nmkdir -p x/y.py\n```\n\n"
         "## Features\n\n### Habit list\n- Show every habit\n"
     )
-    assert spec.layout == [
+    # Files, and the folders the tree shows (ending in "/"); the tree's root is dropped.
+    assert [p for p in spec.layout if not p.endswith("/")] == [
         "Package.swift", "Sources/Habits/HabitStore.swift", "Sources/Habits/Views/HabitList.swift",
         "Tests/HabitsTests/HabitStoreTests.swift",
     ]
+    assert "Sources/Habits/Views/" in spec.layout and "x/" not in spec.layout
     assert "bash" in spec.code_languages
     assert [f.name for f in spec.features] == ["Habit list"]
 
