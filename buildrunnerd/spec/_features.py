@@ -322,6 +322,9 @@ def _group_key(title: str) -> list[str]:
     return keys
 
 
+# "**Status:** pending", "**Actions:**": a phase written as one piece of work.
+_WORK_LABELS = frozenset({"status", "actions", "steps", "deliverables", "output", "outputs",
+                          "findings", "goals", "objective", "objectives", "key insights"})
 _BDD = re.compile(r"^\W*(?:given|when|then|and|but)\b", re.I)
 
 
@@ -336,7 +339,7 @@ def _one_feature(lines: list[Line]) -> bool:
             labelled = split_label(strip_markup(line.text))
             if labelled is not None and (
                 _bucket_for(labelled[0]) in ("req", "crit") or labelled[0] in _DESC_LABELS
-                or labelled[0].startswith("user story")
+                or labelled[0] in _WORK_LABELS or labelled[0].startswith("user story")
             ):
                 return True
         elif line.kind == ITEM and _BDD.match(strip_markup(line.text)):
