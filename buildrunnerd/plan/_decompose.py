@@ -389,15 +389,21 @@ class HeuristicPlanner:
         routed = {id(i) for i in (*test_reqs, *doc_reqs)}
         out = _FeatureTasks()
         counter = 0
+        guesses: dict[str, str] = {}  # kind -> the guessed path, once per feature
 
         def add(kind: str, chunk: list[Item] | list[str], complexity: str, deps: list[str],
                 files: list[str], title_text: str) -> Task:
             nonlocal counter
             counter += 1
             criteria = [c.text if isinstance(c, Item) else c for c in chunk]
-            suggested = [] if files else [
-                layout.suggest(kind, _words(feature.id)) or default_file(kind, feature.id, stack)
-            ]
+            if files:
+                suggested = []
+            else:
+                guess = guesses.get(kind)
+                if guess is None:
+                    guess = guesses[kind] = (layout.suggest(kind, _words(feature.id))
+                                             or default_file(kind, feature.id, stack))
+                suggested = [guess]
             if kind in _IMPL_KINDS and hinted and not files:
                 suggested = list(dict.fromkeys([*hinted[:3], *suggested]))
             task = Task(

@@ -56,7 +56,6 @@ def _pascal(mod: str) -> str:
     return "".join(part.capitalize() for part in mod.split("_"))
 
 
-@lru_cache(maxsize=8192)
 def default_file(kind: str, feature_id: str, stack: Stack) -> str:
     """A sensible path for a component of a feature, in the stack's conventions (a guess: it
     goes into ``suggested_files``)."""

@@ -52,23 +52,24 @@ def _clause(text: str, *, third_person: bool = False) -> str:
         text = _PARENS.sub("", text).split(" (", 1)[0]
     if "?" in text:
         text = _QUERY.sub("", text)  # "GET /todos?done=false&q=milk" -> "GET /todos"
-    words = text.split()
+    words = text.split()[: _MAX_WORDS + 1]
+    lows = [w.lower() for w in words]
     out: list[str] = []
     chars = 0
     for n, word in enumerate(words):
-        low = word.lower()
-        following = words[n + 1].lower() if n + 1 < len(words) else ""
-        if chars >= 16 and (low in _CONNECTORS or (low == "and" and (
-            following in _AND_THEN or (third_person and following.endswith("s")
-                                       and not following.endswith(_KEEP_S)
-                                       and following not in _NOT_VERBS)
+        low = lows[n]
+        if chars >= 16 and (low in _CONNECTORS or (low == "and" and n + 1 < len(words) and (
+            lows[n + 1] in _AND_THEN or (third_person and lows[n + 1].endswith("s")
+                                         and not lows[n + 1].endswith(_KEEP_S)
+                                         and lows[n + 1] not in _NOT_VERBS)
         ))):
             break
         if low in _DASHES:
             break
         out.append(word)
         chars += len(word) + 1
-        if word[-1] in ";:." or (word[-1] == "," and chars >= 24) or len(out) >= _MAX_WORDS:
+        last = word[-1]
+        if last in ";:." or (last == "," and chars >= 24) or len(out) >= _MAX_WORDS:
             break
     while len(out) > 2 and out[-1].lower() in _DANGLING:
         out.pop()

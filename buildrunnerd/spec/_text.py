@@ -88,6 +88,7 @@ def marked_done(title: str) -> bool:
     return _DONE_MARK.search(title) is not None and "❌" not in title
 
 
+@lru_cache(maxsize=16384)
 def norm_name(name: str) -> str:
     """The key two names are compared by: case, punctuation and spacing do not matter."""
     return _NON_WORD.sub(" ", name.casefold()).strip()
