@@ -27,7 +27,7 @@ import pytest
 from buildrunnerd.agent import ToolError
 from buildrunnerd.agent._editor import TextEditor
 from buildrunnerd.executor import BatchJob, SimulatedExecutor
-from buildrunnerd.plan import BatchPrompt
+from buildrunnerd.prompt import BatchPrompt
 from buildrunnerd.plan._model import Task
 from buildrunnerd.workspace import ChangeKind, FileMonitor, verify
 from tests.agent.support import Recorder, make_worktree
