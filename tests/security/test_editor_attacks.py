@@ -27,8 +27,8 @@ import pytest
 from buildrunnerd.agent import ToolError
 from buildrunnerd.agent._editor import TextEditor
 from buildrunnerd.executor import BatchJob, SimulatedExecutor
-from buildrunnerd.prompt import BatchPrompt
 from buildrunnerd.plan._model import Task
+from buildrunnerd.prompt import BatchPrompt
 from buildrunnerd.workspace import ChangeKind, FileMonitor, verify
 from tests.agent.support import Recorder, make_worktree
 from tests.conftest import DaemonFactory, wait_run_event, write_spec
