@@ -29,15 +29,14 @@ from buildrunnerd.plan import Task, build_plan
 from buildrunnerd.prompt import TiktokenCounter
 from buildrunnerd.spec import Spec, parse_spec
 
-try:  # the planner sizes prompts through a callback since issue 11; before, build_plan did
-    from buildrunnerd.prompt import plan_with_prompts as _plan
-except ImportError:  # an older checkout (--compare)
-    _plan = build_plan
-
-
 def build_plan_sized(spec: Spec, tasks: list[Task] | None = None) -> Any:
-    """Plan ``spec`` with every batch prompt sized, in whichever version is imported."""
-    return _plan(spec, tasks)
+    """Plan ``spec`` with every batch prompt sized, in whichever version is imported: since
+    issue 11 the planner sizes prompts through a callback; before, build_plan did."""
+    try:
+        from buildrunnerd.prompt import plan_with_prompts
+    except ImportError:  # an older checkout (--compare)
+        return build_plan(spec, tasks)
+    return plan_with_prompts(spec, tasks)
 
 _VERBS = ["Store", "Validate", "Display", "Export", "Search", "Calculate", "Sync", "Render"]
 _NOUNS = ["orders", "invoices", "users", "reports", "comments", "tags", "files", "events"]

@@ -47,17 +47,21 @@ def dump(corpus: Path) -> dict[str, Any]:
     from buildrunnerd.errors import BuildRunnerError
     from buildrunnerd.spec import parse_spec_file
 
-    try:
-        from buildrunnerd.prompt import plan_with_prompts as plan
-    except ImportError:  # before issue 11, build_plan sized the prompts itself
-        from buildrunnerd.plan import build_plan as plan
+    def plan(path: Path) -> Any:
+        try:
+            from buildrunnerd.prompt import plan_with_prompts
+        except ImportError:  # before issue 11, build_plan sized the prompts itself
+            from buildrunnerd.plan import build_plan
+
+            return build_plan(parse_spec_file(path))
+        return plan_with_prompts(parse_spec_file(path))
 
     out: dict[str, Any] = {}
     for path in sorted(corpus.iterdir()):
         if path.name == "labels.json":
             continue
         try:
-            out[path.name] = plan(parse_spec_file(path)).to_json_dict()
+            out[path.name] = plan(path).to_json_dict()
         except BuildRunnerError as exc:
             out[path.name] = {"error": str(exc)[:300]}
     return out

@@ -50,9 +50,9 @@ def _check_rules(tasks: list[Task], batches: list[Batch], max_minutes: int = 240
             # An ordered chain: each task waits only for the one before it, and nothing else
             # waits for the inner tasks.
             assert len(members) <= 3
-            for before, after in zip(members, members[1:], strict=False):
-                assert after.depends_on == [before.id]
-                assert [t.id for t in tasks if before.id in t.depends_on] == [after.id]
+            for first, then in zip(members, members[1:], strict=False):
+                assert then.depends_on == [first.id]
+                assert [t.id for t in tasks if first.id in t.depends_on] == [then.id]
         expected = {batch_of[d] for t in members for d in t.depends_on} - {b.id}
         assert set(b.depends_on) == expected
         assert all(d in seen for d in b.depends_on), "listed in dependency order (acyclic)"
