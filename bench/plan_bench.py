@@ -29,6 +29,7 @@ from buildrunnerd.plan import Task, build_plan
 from buildrunnerd.prompt import TiktokenCounter
 from buildrunnerd.spec import Spec, parse_spec
 
+
 def build_plan_sized(spec: Spec, tasks: list[Task] | None = None) -> Any:
     """Plan ``spec`` with every batch prompt sized, in whichever version is imported: since
     issue 11 the planner sizes prompts through a callback; before, build_plan did."""
