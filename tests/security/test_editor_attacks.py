@@ -325,7 +325,8 @@ async def test_simulated_backend_does_not_write_through_a_link(
 
 
 # --- through the daemon ------------------------------------------------------------------
-_FILES = re.compile(r"^Files: (.*)$", re.MULTILINE)  # the named files, in the prompt
+# Required files and the planner's suggestions: a diligent fake agent writes both.
+_FILES = re.compile(r"^(?:Files|Suggested files \([^)]*\)): (.*)$", re.MULTILINE)
 _BODIES = {"app/db.py": "DB = 1\n", "tests/test_storage.py": "def test_ok() -> None:\n    pass\n"}
 
 
