@@ -51,8 +51,8 @@ sys.path.insert(0, str(ROOT))
 from buildrunnerd.agent import AnthropicExecutor  # noqa: E402
 from buildrunnerd.config import AgentConfig, Config  # noqa: E402
 from buildrunnerd.executor import ApiCall, BatchJob  # noqa: E402
-from buildrunnerd.plan import BatchPrompt, Task  # noqa: E402
-from buildrunnerd.prompt import default_counter  # noqa: E402
+from buildrunnerd.plan import Task  # noqa: E402
+from buildrunnerd.prompt import BatchPrompt, default_counter  # noqa: E402
 from buildrunnerd.sandbox import select_sandbox  # noqa: E402
 from tests.conftest import DaemonFactory, RpcClient, wait_run_event  # noqa: E402
 from tests.fakeapi import (  # noqa: E402

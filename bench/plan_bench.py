@@ -1,10 +1,15 @@
 """Planning benchmark: parse + plan a generated 1 MB spec, and plan 5,000-task graphs.
 
     .venv/bin/python bench/plan_bench.py [--repeat 5] [--json]
+    .venv/bin/python bench/plan_bench.py --compare b524723   # side by side with that commit
 
 Prints the best and median wall-clock time of each case over ``--repeat`` runs (after one
 warm-up, so the one-off tokenizer load is reported separately). Target: parse + plan of the
 1 MB spec under 1 second on a 2-core machine. Figures are recorded in docs/benchmarks.md.
+
+``--compare REF`` exports ``buildrunnerd/`` of the git commit REF into a temporary directory
+and runs this same script against it and against the working tree, each in a fresh process,
+alternating ``--rounds`` times, then prints both medians side by side.
 """
 
 from __future__ import annotations
@@ -23,6 +28,16 @@ from typing import Any
 from buildrunnerd.plan import Task, build_plan
 from buildrunnerd.prompt import TiktokenCounter
 from buildrunnerd.spec import Spec, parse_spec
+
+
+def build_plan_sized(spec: Spec, tasks: list[Task] | None = None) -> Any:
+    """Plan ``spec`` with every batch prompt sized, in whichever version is imported: since
+    issue 11 the planner sizes prompts through a callback; before, build_plan did."""
+    try:
+        from buildrunnerd.prompt import plan_with_prompts
+    except ImportError:  # an older checkout (--compare)
+        return build_plan(spec, tasks)
+    return plan_with_prompts(spec, tasks)
 
 _VERBS = ["Store", "Validate", "Display", "Export", "Search", "Calculate", "Sync", "Render"]
 _NOUNS = ["orders", "invoices", "users", "reports", "comments", "tags", "files", "events"]
@@ -96,9 +111,17 @@ def _cold_caches() -> None:
     from buildrunnerd.plan import _decompose
     from buildrunnerd.prompt import _counter
 
-    for cached in (_decompose._analyse, _decompose._tags, _decompose._module_name,
-                   _counter._cached_count):
-        cached.cache_clear()
+    cached = [getattr(_decompose, name, None) for name in ("_analyse", "_tags", "_module_name")]
+    try:
+        from buildrunnerd.plan import _files
+
+        cached.append(_files.module_name)
+    except ImportError:
+        pass
+    cached.append(getattr(_counter, "_cached_count", None))
+    for fn in cached:
+        if fn is not None and hasattr(fn, "cache_clear"):
+            fn.cache_clear()
 
 
 def _time(fn: Callable[[], Any], repeat: int) -> dict[str, float]:
@@ -116,11 +139,56 @@ def _time(fn: Callable[[], Any], repeat: int) -> dict[str, float]:
             "best_cpu_s": min(cpu), "median_cpu_s": statistics.median(cpu)}
 
 
+_CASES = ("parse_1mb", "parse_and_plan_1mb", "parse_and_plan_1mb_typical", "plan_5000_tasks")
+
+
+def _compare(ref: str, repeat: int, rounds: int) -> int:
+    """This script against commit ``ref`` and against the working tree, side by side."""
+    import subprocess
+    import tempfile
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    with tempfile.TemporaryDirectory(prefix="plan-bench-old-") as old:
+        archive = subprocess.run(["git", "-C", str(root), "archive", ref, "buildrunnerd"],
+                                 check=True, capture_output=True).stdout
+        subprocess.run(["tar", "-x", "-C", old], input=archive, check=True)
+        runs: dict[str, list[dict[str, Any]]] = {"old": [], "new": []}
+        for _ in range(rounds):
+            for name, path in (("old", old), ("new", str(root))):
+                env = {**os.environ, "PYTHONPATH": path}
+                out = subprocess.run(
+                    [sys.executable, str(Path(__file__).resolve()), "--json",
+                     "--repeat", str(repeat)],
+                    check=True, capture_output=True, text=True, env=env, cwd=path,
+                ).stdout
+                runs[name].append(json.loads(out))
+    print(f"machine: {runs['new'][0]['machine']}; {rounds} alternating rounds of {repeat} "
+          f"runs each; old = {ref}, new = working tree")
+    print(f"{'case':>26}  {'old median':>11}  {'new median':>11}  {'old CPU':>9}  {'new CPU':>9}")
+    for case in _CASES:
+        row = []
+        for name in ("old", "new"):
+            row.append(statistics.median(r[case]["median_s"] for r in runs[name]))
+        cpu = [statistics.median(r[case]["median_cpu_s"] for r in runs[n]) for n in ("old", "new")]
+        print(f"{case:>26}  {row[0] * 1000:8.0f} ms  {row[1] * 1000:8.0f} ms  "
+              f"{cpu[0] * 1000:6.0f} ms  {cpu[1] * 1000:6.0f} ms")
+    for name in ("old", "new"):
+        r = runs[name][0]
+        print(f"{name}: dense spec {r['spec_tasks']} tasks / {r['spec_batches']} batches; "
+              f"5,000 tasks -> {r['plan_5000_batches']} batches")
+    return 0
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--repeat", type=int, default=5)
     parser.add_argument("--json", action="store_true", help="print the figures as JSON")
+    parser.add_argument("--compare", metavar="REF", help="also run git commit REF, side by side")
+    parser.add_argument("--rounds", type=int, default=2, help="alternations with --compare")
     args = parser.parse_args()
+    if args.compare:
+        return _compare(args.compare, args.repeat, args.rounds)
 
     start = time.perf_counter()
     TiktokenCounter().count("warm up")
@@ -129,10 +197,10 @@ def main() -> int:
     text = generate_spec()
     typical = generate_spec(prose_sentences=3)
     spec: Spec = parse_spec(text, path="generated.md")
-    plan = build_plan(spec)
-    typical_plan = build_plan(parse_spec(typical, path="typical.md"))
+    plan = build_plan_sized(spec)
+    typical_plan = build_plan_sized(parse_spec(typical, path="typical.md"))
     tasks = random_tasks()
-    big = build_plan(Spec(title="5k", path=None, format="native", features=[]), list(tasks))
+    big = build_plan_sized(Spec(title="5k", path=None, format="native", features=[]), list(tasks))
     results: dict[str, Any] = {
         "machine": f"{platform.machine()}, {os.cpu_count()} cores, Python "
                    f"{platform.python_version()}, {platform.system()}",
@@ -143,18 +211,18 @@ def main() -> int:
         "spec_batches": len(plan.batches),
         "parse_1mb": _time(lambda: parse_spec(text, path="generated.md"), args.repeat),
         "parse_and_plan_1mb": _time(
-            lambda: build_plan(parse_spec(text, path="generated.md")), args.repeat
+            lambda: build_plan_sized(parse_spec(text, path="generated.md")), args.repeat
         ),
         "typical_spec_bytes": len(typical.encode()),
         "typical_features": len(typical_plan.features),
         "typical_tasks": len(typical_plan.tasks),
         "typical_batches": len(typical_plan.batches),
         "parse_and_plan_1mb_typical": _time(
-            lambda: build_plan(parse_spec(typical, path="typical.md")), args.repeat
+            lambda: build_plan_sized(parse_spec(typical, path="typical.md")), args.repeat
         ),
         "plan_5000_tasks": _time(
-            lambda: build_plan(Spec(title="5k", path=None, format="native", features=[]),
-                               list(tasks)),
+            lambda: build_plan_sized(Spec(title="5k", path=None, format="native", features=[]),
+                                     list(tasks)),
             args.repeat,
         ),
         "plan_5000_batches": len(big.batches),
@@ -169,8 +237,7 @@ def main() -> int:
         print(f"typical 1 MB spec: {results['typical_spec_bytes']} bytes, "
               f"{results['typical_features']} features, {results['typical_tasks']} tasks, "
               f"{results['typical_batches']} batches")
-        for key in ("parse_1mb", "parse_and_plan_1mb", "parse_and_plan_1mb_typical",
-                    "plan_5000_tasks"):
+        for key in _CASES:
             r = results[key]
             print(f"{key:>26}: wall best {r['best_s'] * 1000:5.0f} ms, median "
                   f"{r['median_s'] * 1000:5.0f} ms; CPU best {r['best_cpu_s'] * 1000:5.0f} ms, "

@@ -22,7 +22,7 @@ from buildrunnerd.agent._retry import RateLimiter
 from buildrunnerd.config import Config
 from buildrunnerd.errors import AgentError
 from buildrunnerd.executor import ApiCall
-from buildrunnerd.plan import HeuristicPlanner, Task, find_cycle
+from buildrunnerd.plan import HeuristicPlanner, Task, find_cycle, hold_files_to_spec
 from buildrunnerd.prompt import TokenCounter, default_counter
 from buildrunnerd.spec._model import Feature, Spec
 
@@ -49,7 +49,11 @@ SUBMIT_TASKS_TOOL: dict[str, Any] = {
                 "estimate_minutes": {"type": "integer", "minimum": 5, "maximum": 240},
                 "depends_on": {"type": "array", "items": {"type": "string"},
                                "description": "ids of tasks that must be done first"},
-                "files": {"type": "array", "items": {"type": "string"}},
+                "files": {"type": "array", "items": {"type": "string"},
+                          "description": "files the spec names that this task creates or "
+                                         "changes (verification requires them)"},
+                "suggested_files": {"type": "array", "items": {"type": "string"},
+                                    "description": "other files you expect it to touch"},
                 "acceptance_criteria": {"type": "array", "items": {"type": "string"}},
                 "description": {"type": "string"},
             },
@@ -78,6 +82,7 @@ class _TaskIn(msgspec.Struct, forbid_unknown_fields=False):
     estimate_minutes: int
     depends_on: list[str] = []
     files: list[str] = []
+    suggested_files: list[str] = []
     acceptance_criteria: list[str] = []
     description: str = ""
 
@@ -168,6 +173,12 @@ class ClaudePlanner:
         if cycle:
             raise _Invalid("the dependencies form a cycle: " + " -> ".join([*cycle, cycle[0]])
                            + "; remove one of these dependencies")
+        # The same rule as the heuristic planner: verification requires only files the spec
+        # names; the model's other paths are suggestions (and unsafe paths are dropped).
+        moved = hold_files_to_spec(tasks, spec)
+        if moved:
+            self._warn(f"{moved} file path(s) of the Claude planner's tasks are not named by the "
+                       "spec: kept as suggested files, not required")
         return tasks
 
     def _chunks(self, spec: Spec) -> list[list[Feature]]:
@@ -231,6 +242,7 @@ class ClaudePlanner:
                 id=t.id, feature=t.feature, title=t.title, domain=t.domain,
                 complexity=t.complexity, estimate_minutes=max(5, min(t.estimate_minutes, 240)),
                 depends_on=list(t.depends_on), files=list(t.files),
+                suggested_files=list(t.suggested_files),
                 acceptance_criteria=list(t.acceptance_criteria), description=t.description,
                 line=features[t.feature].line))
         missing = chunk_ids - {t.feature for t in tasks}

@@ -29,7 +29,8 @@ import structlog
 
 from buildrunnerd.errors import BudgetExceededError, BuildRunnerError, StoreError, WorkspaceError
 from buildrunnerd.executor import ApiCall, BatchJob, ExecutionOutcome, Executor
-from buildrunnerd.plan._model import Batch, BatchPrompt, Plan, Task
+from buildrunnerd.plan._model import Batch, Plan, Task
+from buildrunnerd.prompt._model import BatchPrompt
 from buildrunnerd.sandbox import Confinement, WorktreePathError, lstat_in, read_bytes_in
 from buildrunnerd.store._records import NewEvent, TaskChange
 

@@ -86,12 +86,12 @@ async def read_spec(spec_path: str | None, spec_text: str | None) -> tuple[str, 
 async def plan_spec(text: str, path: str | None, config: Config) -> tuple[Any, Plan]:
     """Parse and plan a spec exactly as ``buildrunnerd plan`` does (in a worker thread: a big
     spec takes a while and the loop must keep serving)."""
-    from buildrunnerd.plan import build_plan
+    from buildrunnerd.prompt import plan_with_prompts
     from buildrunnerd.spec import parse_spec
 
     def work() -> tuple[Any, Plan]:
         spec = parse_spec(text, path)
-        return spec, build_plan(spec, config=config.planner)
+        return spec, plan_with_prompts(spec, config=config.planner)
 
     return await anyio.to_thread.run_sync(work)
 
@@ -270,7 +270,7 @@ class Intake:
         the run's costs as they happen. Returns the plan, the planner's warnings (also in
         ``plan.warnings``) and why it fell back (None: it did not)."""
         from buildrunnerd.agent import ClaudePlanner, choose_planner
-        from buildrunnerd.plan import build_plan
+        from buildrunnerd.prompt import plan_with_prompts
 
         store = self._runs.store
 
@@ -289,7 +289,7 @@ class Intake:
         fallback = planner.fallback_reason
         try:
             plan: Plan = await anyio.to_thread.run_sync(
-                lambda: build_plan(spec, tasks, config=self.config.planner)
+                lambda: plan_with_prompts(spec, tasks, config=self.config.planner)
             )
         except BuildRunnerError as exc:
             # Valid tasks that still cannot be planned (a batch prompt over the budget, ...):

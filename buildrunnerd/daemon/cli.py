@@ -95,6 +95,6 @@ def _check_sandbox(config_file: Path | None, home: Path | None, socket: Path | N
 @click.pass_context
 def plan_cmd(ctx: click.Context, spec: Path, as_json: bool) -> None:
     """Plan SPEC offline (no daemon, no API key) and print it."""
-    from buildrunnerd.plan._cli import plan_command
+    from buildrunnerd.daemon._plan_cli import plan_command
 
     sys.exit(plan_command(spec, as_json=as_json, config_file=ctx.obj.get("config_file")))

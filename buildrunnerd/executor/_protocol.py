@@ -11,7 +11,8 @@ from typing import Any, Literal, Protocol
 
 import msgspec
 
-from buildrunnerd.plan._model import BatchPrompt, Task
+from buildrunnerd.plan._model import Task
+from buildrunnerd.prompt._model import BatchPrompt
 
 __all__ = ["BatchJob", "ApiCall", "ExecutionOutcome", "ExecutionContext", "Executor"]
 

@@ -67,7 +67,8 @@ def _failing_task_ids(env: dict[str, str] | os._Environ[str]) -> set[str]:
 
 
 def _write_files(root: Path, tasks: list[Task]) -> int:
-    """Write every file the tasks name; return how many characters were written.
+    """Write every file the tasks name, required or suggested (a diligent agent creates the
+    files it is pointed to); return how many characters were written.
 
     Through :mod:`buildrunnerd.sandbox` like the editor tool: an earlier batch's symlink in
     the worktree is never written through, ``..`` and ``.git`` are refused
@@ -75,7 +76,7 @@ def _write_files(root: Path, tasks: list[Task]) -> int:
     written = 0
     root.mkdir(parents=True, exist_ok=True)  # the daemon's own path, not the model's
     for task in tasks:
-        for rel in task.files:
+        for rel in dict.fromkeys([*task.files, *task.suggested_files]):
             body = _python_body(task, rel) if rel.endswith(".py") else _text_body(task, rel)
             data = body.encode("utf-8")
             write_bytes_in(root, rel, data, max_bytes=len(data))

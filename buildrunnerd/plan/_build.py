@@ -4,21 +4,23 @@ from __future__ import annotations
 
 import contextlib
 import gc
-from collections.abc import Iterator, Sequence
-from typing import TYPE_CHECKING, NoReturn
+from collections.abc import Callable, Iterator, Sequence
+from typing import NoReturn
 
 from buildrunnerd.config._model import PlannerConfig
 from buildrunnerd.errors import PlanError, Problem
 from buildrunnerd.plan._batch import make_batches
 from buildrunnerd.plan._dag import critical_path, find_cycle, levels, topo_order
 from buildrunnerd.plan._decompose import HeuristicPlanner
-from buildrunnerd.plan._model import Plan, PlanFeature, PlanWarning, Task
+from buildrunnerd.plan._language import detect_stack
+from buildrunnerd.plan._model import Batch, Plan, PlanFeature, PlanWarning, Task
 from buildrunnerd.spec._model import Spec
 
-if TYPE_CHECKING:
-    from buildrunnerd.prompt import TokenCounter
+__all__ = ["BatchSizer", "build_plan", "validate_tasks"]
 
-__all__ = ["build_plan", "validate_tasks"]
+# Sizes a batch's prompt in tokens (and raises PlanError when its tasks do not fit): the
+# prompt layer's job, handed in so that planning never imports it.
+BatchSizer = Callable[[Batch, Sequence[Task]], int]
 
 
 def validate_tasks(tasks: Sequence[Task], *, path: str | None = None) -> None:
@@ -104,26 +106,23 @@ def build_plan(
     tasks: list[Task] | None = None,
     *,
     config: PlannerConfig | None = None,
-    counter: TokenCounter | None = None,
+    sizer: BatchSizer | None = None,
 ) -> Plan:
     """Plan ``spec``: decompose it (unless ``tasks`` are given), validate the task graph, and
-    compute levels, the critical path, batches and each batch's prompt size in tokens.
+    compute levels, the critical path and batches; with ``sizer``, each batch's prompt size
+    in tokens (``buildrunnerd.prompt.plan_with_prompts`` is this with the prompt builder's).
 
     Raises :class:`PlanError` for duplicate task ids, unknown dependencies, a dependency cycle
-    (``data["cycle"]`` lists its ids in order) or a batch whose tasks do not fit the context
-    budget.
+    (``data["cycle"]`` lists its ids in order) or (from ``sizer``) a batch whose tasks do not
+    fit the context budget.
     """
     with _gc_paused():
-        return _build_plan(spec, tasks, config or PlannerConfig(), counter)
+        return _build_plan(spec, tasks, config or PlannerConfig(), sizer)
 
 
 def _build_plan(
-    spec: Spec, tasks: list[Task] | None, config: PlannerConfig, counter: TokenCounter | None
+    spec: Spec, tasks: list[Task] | None, config: PlannerConfig, sizer: BatchSizer | None
 ) -> Plan:
-    # Imported here, not at the top: the prompt package imports the plan model, and the plan
-    # package must stay importable on its own (the executor protocol imports it too).
-    from buildrunnerd.prompt import PromptBuilder
-
     if tasks is None:
         tasks = HeuristicPlanner().decompose_sync(spec)
     deps, order = _ordered(tasks, spec.path)
@@ -134,21 +133,11 @@ def _build_plan(
     )
 
     warnings = [PlanWarning(line=w.line, message=w.message) for w in spec.warnings]
-    done = [st for st in spec.tasks if st.done]
-    if done:
-        warnings.append(PlanWarning(
-            line=done[0].line,
-            message=f"{len(done)} of {len(spec.tasks)} tasks are marked done ([x]) in the spec; "
-                    "they are planned anyway (remove them from the list to skip them)",
-        ))
-
-    by_id = {t.id: t for t in tasks}
-    builder = PromptBuilder(spec.title, test_command=spec.test_command,
-                            budget_tokens=config.context_budget_tokens, counter=counter)
-    for batch in batches:
-        prompt = builder.build(batch, [by_id[tid] for tid in batch.task_ids],
-                               overview=spec.overview)
-        batch.prompt_tokens = prompt.tokens
+    if sizer is not None:
+        by_id = {t.id: t for t in tasks}
+        for batch in batches:
+            batch.prompt_tokens = sizer(batch, [by_id[tid] for tid in batch.task_ids])
+    stack = detect_stack(spec)
 
     return Plan(
         spec_title=spec.title,
@@ -163,4 +152,6 @@ def _build_plan(
         critical_path=path,
         warnings=warnings,
         test_command=spec.test_command,
+        language=stack.language,
+        suggested_test_command=None if spec.test_command else stack.test_command,
     )

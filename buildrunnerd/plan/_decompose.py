@@ -16,8 +16,12 @@ from typing import Protocol
 
 import anyio.to_thread
 
+from buildrunnerd.plan._files import LayoutIndex, default_file, file_kind
+from buildrunnerd.plan._language import Stack, detect_stack
 from buildrunnerd.plan._model import Task
+from buildrunnerd.plan._titles import task_title
 from buildrunnerd.spec._model import Feature, Item, Spec, SpecTask
+from buildrunnerd.spec._text import find_files
 
 __all__ = ["Planner", "HeuristicPlanner", "ESTIMATE_MINUTES"]
 
@@ -164,35 +168,6 @@ _DOMAIN_KIND = {
     "docs": "docs",
 }
 
-# Where a named file belongs, judged by its path; first match wins.
-_FILE_KINDS: list[tuple[str, re.Pattern[str]]] = [
-    ("tests", re.compile(r"(^|/)(tests?|__tests__|spec)/|(^|/)test_|_test\.|\.(test|spec)\.")),
-    ("docs", re.compile(r"(^|/)docs?/|\.(md|rst|adoc)$|(^|/)readme", re.IGNORECASE)),
-    ("infra", re.compile(
-        r"(^|/)(dockerfile|docker-compose|\.github|deploy|infra|terraform|k8s|helm|systemd)"
-        r"|\.(ya?ml|tf|service|ini|cfg)$|(^|/)(package\.json|pyproject\.toml|Makefile)$",
-        re.IGNORECASE,
-    )),
-    ("ui", re.compile(
-        r"\.(tsx|jsx|vue|svelte|css|scss|html|htm)$|(^|/)(components|pages|ui|views|templates|"
-        r"static|public|app/\(.*\))/",
-        re.IGNORECASE,
-    )),
-    ("data", re.compile(r"(^|/)(models?|schemas?|migrations|db|database|entities)(/|\.|_)|\.sql$",
-                        re.IGNORECASE)),
-    ("api", re.compile(r"(^|/)(api|routes?|endpoints|handlers|controllers|server)(/|\.)"
-                       r"|route\.\w+$",
-                       re.IGNORECASE)),
-]
-
-
-def _file_kind(path: str) -> str:
-    for kind, pattern in _FILE_KINDS:
-        if pattern.search(path):
-            return kind
-    return "logic"
-
-
 def _complexity(n_items: int, *, critical: bool, floor: str = "simple") -> str:
     if critical:
         return "critical"
@@ -201,81 +176,24 @@ def _complexity(n_items: int, *, critical: bool, floor: str = "simple") -> str:
     return order[max(order.index(size), order.index(floor))]
 
 
-def _language(spec: Spec) -> str:
-    """Guess the project's language for generated paths: named files first, then the prose."""
-    counts = {"ts": 0, "py": 0, "go": 0}
-    for feature in spec.features:
-        for path in feature.files:
-            ext = path.rsplit(".", 1)[-1].lower() if "." in path else ""
-            if ext in ("ts", "tsx", "js", "jsx", "mjs"):
-                counts["ts"] += 1
-            elif ext == "py":
-                counts["py"] += 1
-            elif ext == "go":
-                counts["go"] += 1
-    if any(counts.values()):
-        return max(counts, key=lambda k: counts[k])
-    prose = f"{spec.title}\n{spec.overview[:20000]}".lower()
-    if re.search(r"\b(typescript|javascript|react|next\.js|node\.js|vue|angular|svelte)\b", prose):
-        return "ts"
-    if re.search(r"\b(golang|go module|go 1\.\d+)\b", prose):
-        return "go"
-    return "py"
+# What each component builds on when the spec names no files.
+_UPSTREAM: dict[str, tuple[str, ...]] = {
+    "data": (), "logic": ("data",), "api": ("logic", "data"), "ui": ("api", "logic", "data"),
+    "infra": (),
+}
+_WORD_SPLIT = re.compile(r"[^a-z0-9]+")
 
 
 @lru_cache(maxsize=4096)
-def _module_name(feature_id: str) -> str:
-    name = re.sub(r"\W+", "_", feature_id.lower()).strip("_") or "feature"
-    return name if name[0].isalpha() else f"feature_{name}"
+def _words(feature_id: str) -> tuple[str, ...]:
+    """The words of a feature id worth matching a layout file name against."""
+    words = [w for w in _WORD_SPLIT.split(feature_id.lower()) if len(w) >= 3]
+    return ("".join(words), *words) if len(words) > 1 else tuple(words)
 
 
-def _python_root(spec: Spec) -> str | None:
-    """The folder the spec's own Python modules live in (``todo_api``), if it names any:
-    generated modules go next to them instead of into a made-up ``src/`` layout."""
-    counts: dict[str, int] = {}
-    for feature in spec.features:
-        for path in feature.files:
-            if path.endswith(".py") and "/" in path and _file_kind(path) in _IMPL_KINDS:
-                folder = path.rsplit("/", 1)[0]
-                counts[folder] = counts.get(folder, 0) + 1
-    return max(counts, key=lambda k: (counts[k], -len(k))) if counts else None
-
-
-def _default_file(kind: str, feature_id: str, language: str, root: str | None = None) -> str:
-    mod = _module_name(feature_id)
-    slug = mod.replace("_", "-")
-    if kind == "docs":
-        return f"docs/{slug}.md"
-    if kind == "infra":
-        return f"deploy/{slug}.yml"
-    if language == "ts":
-        pascal = "".join(part.capitalize() for part in mod.split("_"))
-        return {
-            "data": f"src/models/{slug}.ts",
-            "logic": f"src/lib/{slug}.ts",
-            "api": f"src/api/{slug}.ts",
-            "ui": f"src/components/{pascal}.tsx",
-            "tests": f"tests/{slug}.test.ts",
-        }[kind]
-    if language == "go":
-        return {
-            "data": f"internal/{mod}/model.go",
-            "logic": f"internal/{mod}/{mod}.go",
-            "api": f"internal/{mod}/handler.go",
-            "ui": f"web/{slug}.html",
-            "tests": f"internal/{mod}/{mod}_test.go",
-        }[kind]
-    if root:
-        suffix = {"data": "_model", "logic": "", "api": "_api", "ui": "_ui"}.get(kind)
-        if suffix is not None:
-            return f"{root}/{mod}{suffix}.py"
-    return {
-        "data": f"src/models/{mod}.py",
-        "logic": f"src/{mod}.py",
-        "api": f"src/api/{mod}.py",
-        "ui": f"src/ui/{mod}.py",
-        "tests": f"tests/test_{mod}.py",
-    }[kind]
+def _group_kind(files: list[str]) -> str:
+    kinds = [file_kind(f) for f in files]
+    return max(dict.fromkeys(kinds), key=kinds.count)
 
 
 def _chunks(items: list[Item], size: int) -> list[list[Item]]:
@@ -322,14 +240,19 @@ class HeuristicPlanner:
     def decompose_sync(self, spec: Spec) -> list[Task]:
         """Return the tasks of ``spec``: its explicit task list if it has one, else the tasks
         each feature's text calls for, with feature dependencies as task dependencies."""
-        if spec.tasks:
+        if spec.tasks or spec.done_tasks:
+            # A task list is the plan, even when every task on it is done already.
             domains = {f.id: f.domain for f in spec.features if f.domain}
             return [self._explicit(st, domains) for st in spec.tasks]
-        language = _language(spec)
-        root = _python_root(spec) if language == "py" else None
+        stack = detect_stack(spec)
+        layout = LayoutIndex(spec.layout)
         built: dict[str, _FeatureTasks] = {}
         for feature in spec.features:
-            built[feature.id] = self._feature(feature, language, root)
+            # A feature its heading marks done ("✅ COMPLETED") is built already: no tasks,
+            # and nothing waits for it.
+            built[feature.id] = _FeatureTasks() if feature.done else self._feature(
+                feature, stack, layout
+            )
         for feature in spec.features:
             waits_for: list[str] = []
             for dep in feature.depends_on:
@@ -365,6 +288,7 @@ class HeuristicPlanner:
             acceptance_criteria=criteria or [st.title],
             description="\n".join(d.text for d in st.details)[:_MAX_DESCRIPTION_CHARS],
             line=st.line,
+            optional=st.optional,
         )
 
     @staticmethod
@@ -376,7 +300,7 @@ class HeuristicPlanner:
         if _about(st.title) == "docs" or _DOCS_OPENING.match(st.title):
             return "docs"
         if st.files:
-            kinds = [_file_kind(f) for f in st.files]
+            kinds = [file_kind(f) for f in st.files]
             return _KIND_DOMAIN[max(dict.fromkeys(kinds), key=kinds.count)]
         for kind in ("infra", "ui", "data", "api", "logic"):
             if _KIND_WORDS[kind].search(st.title):
@@ -387,9 +311,8 @@ class HeuristicPlanner:
         return feature_domains.get(st.feature, "backend")
 
     # -- decomposition of one feature ---------------------------------------------------------
-    def _feature(self, feature: Feature, language: str, root: str | None) -> _FeatureTasks:
-        head = f"{feature.name}\n{feature.description}"
-        head_tags = _tags(head)
+    def _feature(self, feature: Feature, stack: Stack, layout: LayoutIndex) -> _FeatureTasks:
+        head_tags = _tags(f"{feature.name}\n{feature.description}")
         # A requirement that is about tests or docs ("`tests/test_api.py` exercises every
         # endpoint", "`README.md` explains how to run it") is work for the tests or docs task;
         # its other words ("endpoint") are no reason for implementation tasks.
@@ -402,13 +325,42 @@ class HeuristicPlanner:
         items.extend(feature.acceptance_criteria)
         item_tags = [_tags(i.text) for i in items]
 
-        kinds = set(head_tags.union(*item_tags).intersection(_IMPL_KINDS))
+        # Items that name implementation files, grouped by the files they touch: one task per
+        # group, and groups with disjoint files do not wait for each other.
+        groups: list[tuple[list[str], list[Item]]] = []
+        loose: list[tuple[Item, frozenset[str]]] = []
+        hinted: list[str] = []  # named, but not placed by the spec's layout: suggestions
+        for item, tags in zip(items, item_tags, strict=True):
+            files: list[str] = []
+            for path in dict.fromkeys(layout.resolve(f) for f in find_files(item.text)):
+                if file_kind(path) not in _IMPL_KINDS:
+                    continue
+                (files if layout.required(path) else hinted).append(path)
+            if not files:
+                loose.append((item, tags))
+                continue
+            hits = [g for g in groups if not set(g[0]).isdisjoint(files)]
+            if not hits:
+                groups.append(([], []))
+                hits = [groups[-1]]
+            target = hits[0]
+            for other in hits[1:]:  # this item joins two groups: they are one piece of work
+                target[0].extend(f for f in other[0] if f not in target[0])
+                target[1].extend(other[1])
+                groups.remove(other)
+            target[0].extend(f for f in files if f not in target[0])
+            target[1].append(item)
+        grouped = {f for g in groups for f in g[0]}
         named: dict[str, list[str]] = {}
-        for path in feature.files:
-            named.setdefault(_file_kind(path), []).append(path)
-        kinds.update(k for k in named if k in _IMPL_KINDS)
-        if feature.domain in _DOMAIN_KIND and _DOMAIN_KIND[feature.domain] in _IMPL_KINDS:
-            kinds.add(_DOMAIN_KIND[feature.domain])
+        for path in dict.fromkeys(layout.resolve(f) for f in feature.files):
+            if path not in grouped and path not in hinted and layout.required(path):
+                named.setdefault(file_kind(path), []).append(path)
+        for item in (*test_reqs, *doc_reqs):
+            for path in find_files(item.text):
+                kind = file_kind(layout.resolve(path))
+                if kind in ("tests", "docs") and path not in named.get(kind, []):
+                    named.setdefault(kind, []).append(layout.resolve(path))
+
         wants_tests = (
             bool(feature.acceptance_criteria or test_reqs) or "tests" in named
             or "tests" in head_tags or any("tests" in t for t in item_tags)
@@ -418,52 +370,54 @@ class HeuristicPlanner:
         wants_docs = bool(doc_reqs) or "docs" in named or "docs" in head_tags or any(
             "docs_request" in t for t in item_tags
         )
-        # Sentences that describe behaviour (not just "the tests pass") need code.
-        behaviour = [i for i, t in zip(items, item_tags, strict=True) if "tests" not in t]
-        if not kinds and (behaviour or not (wants_tests or wants_docs)):
-            # Nothing more specific in the text: the feature is its own piece of logic. A
-            # feature that only asks for tests or documentation gets just those tasks.
-            kinds.add("logic")
 
-        # Each requirement or criterion goes to every component whose words it uses; the rest
-        # to the core component, so every sentence of the spec lands in some task's criteria.
-        # Behaviour without a more specific word belongs to the logic, else the API, else the
-        # UI; a data model alone is the last resort.
-        core = next((k for k in ("logic", "api", "ui", "data", "infra") if k in kinds), None)
-        assigned: dict[str, list[Item]] = {k: [] for k in kinds}
-        for item, tags in zip(items, item_tags, strict=True):
-            hits = [k for k in _IMPL_KINDS if k in kinds and k in tags]
-            if not hits and core is not None:
-                hits = [core]
-            for kind in hits:
-                assigned[kind].append(item)
+        units: list[tuple[str, list[Item], list[str]]] = []  # (kind, items, required files)
+        if groups:
+            # The spec says which files the work goes into: follow it, and give every other
+            # sentence to the group of its kind (else the first), inventing no file.
+            kinds = [_group_kind(g[0]) for g in groups]
+            for item, tags in loose:
+                at = next((n for n, k in enumerate(kinds) if k in tags), 0)
+                groups[at][1].append(item)
+            for kind, (files, group_items) in zip(kinds, groups, strict=True):
+                units.append((kind, sorted(group_items, key=lambda i: i.line), files))
+        else:
+            units = self._kind_units(feature, loose, head_tags, named, wants_tests or wants_docs)
 
+        critical_feature = "critical" in head_tags
         criteria_ids = {id(i) for i in feature.acceptance_criteria}
         routed = {id(i) for i in (*test_reqs, *doc_reqs)}
-        critical_feature = "critical" in head_tags
-        critical_items = {id(i) for i, t in zip(items, item_tags, strict=True) if "critical" in t}
         out = _FeatureTasks()
-        last: dict[str, str] = {}  # kind -> id of its last task
         counter = 0
+        guesses: dict[str, str] = {}  # kind -> the guessed path, once per feature
 
-        def add(kind: str, chunk_items: list[str], complexity: str, deps: list[str],
-                part: tuple[int, int] | None) -> Task:
+        def add(kind: str, chunk: list[Item] | list[str], complexity: str, deps: list[str],
+                files: list[str], title_text: str) -> Task:
             nonlocal counter
             counter += 1
-            title = f"{feature.name}: {_KIND_TITLE[kind]}"
-            if part is not None:
-                title += f" (part {part[0]}/{part[1]})"
-            files = named.get(kind) or [_default_file(kind, feature.id, language, root)]
+            criteria = [c.text if isinstance(c, Item) else c for c in chunk]
+            if files:
+                suggested = []
+            else:
+                guess = guesses.get(kind)
+                if guess is None:
+                    guess = guesses[kind] = (layout.suggest(kind, _words(feature.id))
+                                             or default_file(kind, feature.id, stack))
+                suggested = [guess]
+            if kind in _IMPL_KINDS and hinted and not files:
+                suggested = list(dict.fromkeys([*hinted[:3], *suggested]))
             task = Task(
                 id=f"{feature.id}.{counter}",
                 feature=feature.id,
-                title=title,
+                title=task_title(title_text, files, feature.name,
+                                 f"{_KIND_TITLE[kind]} for {feature.name}"),
                 domain=_KIND_DOMAIN[kind],
                 complexity=complexity,
                 estimate_minutes=ESTIMATE_MINUTES[complexity],
                 depends_on=list(deps),
                 files=list(files),
-                acceptance_criteria=chunk_items,
+                suggested_files=suggested,
+                acceptance_criteria=criteria,
                 description=feature.description[:_MAX_DESCRIPTION_CHARS],
                 line=feature.line,
             )
@@ -472,62 +426,87 @@ class HeuristicPlanner:
                 out.entries.append(task)
             return task
 
-        for kind in _IMPL_KINDS:
-            if kind not in kinds:
-                continue
-            upstream = {
-                "data": [],
-                "logic": ["data"],
-                "api": ["logic"] if "logic" in kinds else ["data"],
-                "ui": ["api"] if "api" in kinds else ["logic"] if "logic" in kinds else ["data"],
-                "infra": [],
-            }[kind]
-            deps = [last[k] for k in upstream if k in last]
-            # Criteria first: they say what "done" means; requirements say what to build.
-            kind_items = sorted(
-                assigned[kind], key=lambda i: (id(i) not in criteria_ids, i.line)
-            )
-            chunks = _chunks(kind_items, _MAX_ITEMS_PER_TASK)
-            for n, chunk in enumerate(chunks, 1):
-                critical = critical_feature or any(id(i) in critical_items for i in chunk)
+        last_of_kind: dict[str, str] = {}
+        impl: list[Task] = []
+        for kind, unit_items, files in units:
+            # Without named files the components build on each other (model -> logic -> API
+            # -> UI); with named files, work on disjoint files runs side by side.
+            deps = [] if groups else [
+                last_of_kind[k] for k in _UPSTREAM[kind] if k in last_of_kind
+            ][:1]
+            chunks = _chunks(unit_items, _MAX_ITEMS_PER_TASK)
+            for chunk in chunks:
+                critical = critical_feature or any("critical" in _tags(i.text) for i in chunk)
                 floor = "medium" if kind == "logic" and len(chunks) == 1 else "simple"
                 if not chunk and feature.description:
                     floor = "medium"
-                criteria = [i.text for i in chunk] or [
+                ordered = sorted(chunk, key=lambda i: (id(i) in criteria_ids, i.line))
+                criteria: list[Item] | list[str] = ordered or [
                     _first_sentence(feature.description)
                     or f"{feature.name} works as the spec describes"
                 ]
-                task = add(
-                    kind, criteria, _complexity(len(chunk), critical=critical, floor=floor),
-                    deps, (n, len(chunks)) if len(chunks) > 1 else None,
-                )
+                first = ordered[0].text if ordered else feature.description or feature.name
+                task = add(kind, criteria, _complexity(len(chunk), critical=critical, floor=floor),
+                           deps, files, first)
                 deps = [task.id]  # parts of one component touch the same files: in sequence
-                last[kind] = task.id
+                last_of_kind[kind] = task.id
+                impl.append(task)
 
         # Only dependencies inside the feature exist yet: feature dependencies come later.
-        depended = {d for t in out.tasks for d in t.depends_on}
-        out.impl_sinks = [t for t in last.values() if t not in depended]
+        depended = {d for t in impl for d in t.depends_on}
+        out.impl_sinks = [t.id for t in impl if t.id not in depended]
         sinks = out.impl_sinks
         if wants_tests:
             checks = feature.acceptance_criteria or [
                 r for r in feature.requirements if id(r) not in routed
             ]
-            criteria = [i.text for i in test_reqs] + [f"A test checks: {i.text}" for i in checks]
-            criteria = criteria or [
+            tests = [i.text for i in test_reqs] + [f"A test checks: {i.text}" for i in checks]
+            tests = tests or [
                 f"Tests cover {feature.name}: {_first_sentence(feature.description)}"
             ]
-            criteria.append("The test command passes")
-            add("tests", criteria, "medium" if len(checks) > 3 else "simple", sinks, None)
+            tests.append("The test command passes")
+            first = test_reqs[0].text if test_reqs else f"Write tests for {feature.name}"
+            add("tests", tests, "medium" if len(checks) > 3 else "simple", sinks,
+                named.get("tests", []), first)
         if wants_docs:
             docs = [i.text for i in doc_reqs] or [
                 f"The documentation explains how to use {feature.name}"
             ]
-            add("docs", docs + [i.text for i in _docs_items(items)], "simple", sinks, None)
+            first = doc_reqs[0].text if doc_reqs else f"Document {feature.name}"
+            add("docs", docs + [i.text for i in _docs_items(items)], "simple", sinks,
+                named.get("docs", []), first)
         if not out.impl_sinks:
             # A docs- or tests-only feature: dependents wait for all of it.
             out.impl_sinks = [t.id for t in out.tasks if t.id not in
                               {d for x in out.tasks for d in x.depends_on}]
         return out
+
+    @staticmethod
+    def _kind_units(
+        feature: Feature, loose: list[tuple[Item, frozenset[str]]], head_tags: frozenset[str],
+        named: dict[str, list[str]], wants_checks: bool,
+    ) -> list[tuple[str, list[Item], list[str]]]:
+        """No sentence names a file: the components the feature's words call for, each with
+        the sentences that use its words (the rest go to the core component)."""
+        kinds = set(head_tags.union(*(t for _, t in loose)).intersection(_IMPL_KINDS))
+        kinds.update(k for k in named if k in _IMPL_KINDS)
+        if feature.domain in _DOMAIN_KIND and _DOMAIN_KIND[feature.domain] in _IMPL_KINDS:
+            kinds.add(_DOMAIN_KIND[feature.domain])
+        # Sentences that describe behaviour (not just "the tests pass") need code.
+        behaviour = [i for i, t in loose if "tests" not in t]
+        if not kinds and (behaviour or not wants_checks):
+            # Nothing more specific in the text: the feature is its own piece of logic. A
+            # feature that only asks for tests or documentation gets just those tasks.
+            kinds.add("logic")
+        core = next((k for k in ("logic", "api", "ui", "data", "infra") if k in kinds), None)
+        assigned: dict[str, list[Item]] = {k: [] for k in kinds}
+        for item, tags in loose:
+            hits = [k for k in _IMPL_KINDS if k in kinds and k in tags]
+            if not hits and core is not None:
+                hits = [core]
+            for kind in hits:
+                assigned[kind].append(item)
+        return [(k, assigned[k], named.get(k, [])) for k in _IMPL_KINDS if k in kinds]
 
 
 _DOCS_OPENING = re.compile(
@@ -548,7 +527,7 @@ def _about(requirement: str) -> str | None:
     for span in _CODE_SPAN.findall(requirement):
         path = span.strip("`").split()[0] if span.strip("`").split() else ""
         if "." in path or "/" in path:
-            kind = _file_kind(path)
+            kind = file_kind(path)
             if kind in ("tests", "docs"):
                 return kind
             return None  # names an implementation file first: implementation work

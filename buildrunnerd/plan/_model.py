@@ -6,10 +6,14 @@ from typing import Any
 
 import msgspec
 
-__all__ = ["Task", "Batch", "CriticalPath", "PlanFeature", "PlanWarning", "BatchPrompt", "Plan"]
+__all__ = ["Batch", "CriticalPath", "Plan", "PlanFeature", "PlanWarning", "Task"]
 
 
 class Task(msgspec.Struct):
+    """One piece of work. ``files`` are what verification requires: only paths the spec names
+    (or its layout clearly implies). ``suggested_files`` are the planner's guesses: shown to the
+    agent, never required (see the contract)."""
+
     # Unique in the plan; explicit ids are kept ("T001"), generated ones are "<feature>.<n>".
     id: str
     feature: str  # feature id
@@ -22,16 +26,8 @@ class Task(msgspec.Struct):
     acceptance_criteria: list[str] = []
     description: str = ""
     line: int | None = None
-
-
-class BatchPrompt(msgspec.Struct):
-    """A batch's prompt. ``system`` is the stable part: identical for every batch of a run,
-    so the API can cache it. ``user`` holds the context and the tasks of this batch."""
-
-    system: str
-    user: str
-    tokens: int  # system + user, counted with the token counter
-    context_tokens: int  # the trimmed context part alone (never above the budget)
+    suggested_files: list[str] = []
+    optional: bool = False  # Kiro "- [ ]* 1.4": worth doing, nothing else waits for it
 
 
 class Batch(msgspec.Struct):
@@ -71,12 +67,15 @@ class Plan(msgspec.Struct):
     critical_path: CriticalPath
     warnings: list[PlanWarning] = []
     test_command: str | None = None
+    language: str | None = None  # the project's stack as the planner read it: "python", ...
+    suggested_test_command: str | None = None  # that stack's usual test command (a hint)
 
     def to_json_dict(self) -> dict[str, Any]:
         """The ``plan --json`` shape of the contract."""
         return {
             "spec": {"title": self.spec_title, "path": self.spec_path,
-                     "test_command": self.test_command},
+                     "test_command": self.test_command, "language": self.language,
+                     "suggested_test_command": self.suggested_test_command},
             "features": msgspec.to_builtins(self.features),
             "tasks": msgspec.to_builtins(self.tasks),
             "batches": msgspec.to_builtins(self.batches),

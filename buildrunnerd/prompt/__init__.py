@@ -1,10 +1,11 @@
-"""Prompts: token counting and batch prompts within a context budget."""
+"""Prompts: token counting, batch prompts within a context budget, and plans sized by them."""
 
 from buildrunnerd.prompt._builder import (
     PromptBuilder,
     build_batch_prompt,
     build_prompt_for_tasks,
     fix_prompt,
+    plan_with_prompts,
     system_prompt,
 )
 from buildrunnerd.prompt._counter import (
@@ -14,9 +15,11 @@ from buildrunnerd.prompt._counter import (
     default_counter,
     piece_segments,
 )
+from buildrunnerd.prompt._model import BatchPrompt
 
 __all__ = [
     "ENCODING_NAME",
+    "BatchPrompt",
     "PromptBuilder",
     "TiktokenCounter",
     "TokenCounter",
@@ -25,5 +28,6 @@ __all__ = [
     "default_counter",
     "fix_prompt",
     "piece_segments",
+    "plan_with_prompts",
     "system_prompt",
 ]

@@ -20,17 +20,22 @@ import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from buildrunnerd.config._model import PlannerConfig
 from buildrunnerd.errors import PlanError, Problem
-from buildrunnerd.plan._model import Batch, BatchPrompt, Plan, Task
+from buildrunnerd.plan._build import build_plan
+from buildrunnerd.plan._model import Batch, Plan, Task
 from buildrunnerd.prompt._counter import (
     TiktokenCounter,
     TokenCounter,
     default_counter,
     piece_segments,
 )
+from buildrunnerd.prompt._model import BatchPrompt
+from buildrunnerd.spec._model import Spec
 
 __all__ = [
-    "PromptBuilder", "build_batch_prompt", "build_prompt_for_tasks", "system_prompt", "fix_prompt",
+    "PromptBuilder", "build_batch_prompt", "build_prompt_for_tasks", "fix_prompt",
+    "plan_with_prompts", "system_prompt",
 ]
 
 # A context item cut to fewer tokens than this says too little to be worth its header.
@@ -81,9 +86,13 @@ batches will know about your work. Do not start anything else.
 
 
 def _render_task(task: Task) -> str:
-    lines = [f"## {task.id}: {task.title}"]
+    lines = [f"## {task.id}: {task.title}" + (" (optional)" if task.optional else "")]
     if task.files:
         lines.append("Files: " + ", ".join(f"`{f}`" for f in task.files))
+    if task.suggested_files:
+        # Guesses, not requirements: the agent follows the project's layout when it differs.
+        lines.append("Suggested files (not required; follow the project's layout): "
+                     + ", ".join(f"`{f}`" for f in task.suggested_files))
     if task.description:
         lines.append(f"Details: {task.description}")
     lines.append("Acceptance criteria:")
@@ -105,6 +114,9 @@ def _render_tasks(batch: Batch, tasks: Sequence[Task], test_command: str | None)
         + " Then reply with your summary and nothing else."
     )
     header = f"# Your tasks: batch {batch.id} ({batch.domain}, {n} task{'s' if n != 1 else ''})"
+    ids = {t.id for t in tasks}
+    if any(d in ids for t in tasks for d in t.depends_on):
+        header += "\nDo them in the order written: later tasks build on earlier ones."
     return [header, *(_render_task(t) for t in tasks), footer]
 
 
@@ -405,3 +417,26 @@ def fix_prompt(report: dict[str, Any]) -> str:
         ))
     parts.append("# Stop point\nStop when every failed check above would pass.")
     return "\n\n".join(parts)
+
+
+def plan_with_prompts(
+    spec: Spec,
+    tasks: list[Task] | None = None,
+    *,
+    config: PlannerConfig | None = None,
+    counter: TokenCounter | None = None,
+) -> Plan:
+    """:func:`~buildrunnerd.plan.build_plan` with every batch's prompt sized in tokens (the
+    spec's overview as context) and checked against ``planner.context_budget_tokens``.
+
+    Raises :class:`PlanError` as ``build_plan`` does, and for a batch whose tasks alone do not
+    fit the budget.
+    """
+    config = config or PlannerConfig()
+    builder = PromptBuilder(spec.title, test_command=spec.test_command,
+                            budget_tokens=config.context_budget_tokens, counter=counter)
+
+    def size(batch: Batch, batch_tasks: Sequence[Task]) -> int:
+        return builder.build(batch, batch_tasks, overview=spec.overview).tokens
+
+    return build_plan(spec, tasks, config=config, sizer=size)

@@ -14,6 +14,7 @@ from buildrunnerd.spec._scan import BLANK, HEADING, ITEM, TEXT, Line, Section
 from buildrunnerd.spec._text import (
     clean_title,
     find_files,
+    marked_done,
     norm_name,
     split_label,
     split_refs,
@@ -26,6 +27,7 @@ __all__ = [
     "draft_from_section",
     "drafts_from_items",
     "collect_features",
+    "repeated_titles",
     "find_containers",
     "generic_features",
     "prose_dependencies",
@@ -45,6 +47,8 @@ _CONTAINERS: tuple[re.Pattern[str], ...] = (
     re.compile(r"^capabilit(?:y tree|ies)\b", re.I),
     re.compile(r"^user (?:stories|scenarios)\b", re.I),
     re.compile(r"^(?:development |product |implementation )?roadmap\b", re.I),
+    re.compile(r"^(?:development|implementation|project|delivery|build)\s+(?:phases|milestones)\b"
+               r"|^(?:phases|milestones)$", re.I),
     re.compile(r"^functional requirements\b", re.I),
 )
 # A child of a container that groups features rather than being one.
@@ -53,22 +57,78 @@ _GROUP = re.compile(
     r"area|category|module group)\b",
     re.I,
 )
-# Sections that describe the project rather than a feature (generic fallback skips them).
-NON_FEATURE = re.compile(
-    r"^(?:overview|introduction|intro|summary|executive summary|background|context|goals?|"
-    r"non-goals?|glossary|references?|appendix|risks?|risks and mitigations|metrics|"
+# Sections that describe the project rather than a feature: prompt context, never features.
+# A qualifier in front does not change that ("Project Overview", "Key Technical References").
+_NON_FEATURE_RE = re.compile(
+    r"^(?:(?:project|product|system|technical|tech|key|general|high[- ]level|implementation|"
+    r"important|additional|design|document|architecture|final|quick|brief|executive|"
+    r"development|testing|security|performance|related|other|open|known|current|"
+    r"non-functional)\s+){0,3}"
+    r"(?:overview|introduction|intro|summary|executive summary|background|context|goals?|"
+    r"non-goals?|objectives?|glossary|terminology|definitions|references?|"
+    r"appendix|appendices|risks?|risks and mitigations|metrics|"
     r"success metrics|success criteria|notes?|license|licen[cs]e & attribution|contact|"
     r"table of contents|contents|tech(?:nology)? stack|status|progress|next steps|faq|"
-    r"assumptions|edge cases|key entities|open questions|items requiring clarification|"
-    r"changelog|support|acknowledgements|problem statement|target users|"
-    r"out of scope|future enhancements|known limitations|design philosophy|testing strategy|"
-    r"test strategy|benefits|migration|timeline|current state|architecture|project structure|"
+    r"assumptions|edge cases|key entities|open questions|questions|items requiring "
+    r"clarification|changelog|support|acknowledgements|problem statement|target users|"
+    r"target audience|personas?|user personas?|out of scope|future enhancements|future work|"
+    r"known limitations|limitations|design philosophy|principles|testing strategy|"
+    r"test strategy|testing notes|test plan|benefits|migration|timeline|current state|"
+    r"architecture|project structure|file structure|directory structure|folder structure|"
     r"(?:the )?vision|examples?|next immediate steps|implementation timeline|"
     r"critical success factors|(?:the )?paradigm|dependencies|installation|usage|"
-    r"contributing|deployment|maintenance|development workflow|getting started)\b",
+    r"contributing|deployment|maintenance|development workflow|getting started|constraints|"
+    r"requirements? traceability|considerations|decisions|rationale|conventions|"
+    r"path conventions|execution order|dependencies (?:&|and) execution order|"
+    r"parallel (?:example|opportunities)|implementation strategy|mvp scope|"
+    r"review checklist|verification checklist|clarifications|revision history|"
+    r"document history|version history|approvals?|sign[- ]off|stakeholders|"
+    r"compliance notes|testing|acceptance criteria|risk register|related documents|"
+    r"technical approach|(?:[\w-]+\s+)?integration structure|(?:[\w/]+\s+){0,3}recommendations|"
+    r"file (?:&|and) repo(?:sitory)? structure|repo(?:sitory)? structure|ux notes|"
+    r"non-functional(?: requirements)?(?: / ux notes)?)"
+    # The phrase is the whole title, or is followed by a separator, "and ...", or a letter or
+    # number ("Appendix A"): "Notes" is a section, "Note taking" a feature.
+    r"(?=\s*$|\s*[:\-–—(&,/.]|\s+(?:and|or|for|of)\b|\s+[a-z0-9]{1,2}\b"
+    r"|\s+(?:change|changes|analysis|strategy|plan|overview|details|notes|summary|guide|"
+    r"process|history|considerations|breakdown|matrix|list|factors|section)\b)"
+    # Examples, appendices and glossaries are context whatever follows the word.
+    r"|^(?:examples?|sample|appendix|appendices|glossary)\b",
     re.I,
 )
 
+
+class _NonFeature:
+    """``NON_FEATURE.match(title)``: the regex above behind a cheap first test. A title can
+    only match when its first three letters start some word of the pattern; most feature
+    titles ("Store orders", "Search") fail that set lookup and never run the long
+    alternation (a 1 MB spec has thousands of headings)."""
+
+    __slots__ = ("_prefixes",)
+
+    def __init__(self) -> None:
+        words = re.findall(r"[a-z]{3,}", _NON_FEATURE_RE.pattern.lower())
+        self._prefixes = frozenset(w[:3] for w in words)
+
+    def match(self, title: str) -> re.Match[str] | None:
+        if title[:3].lower() not in self._prefixes:
+            low = title.lower()
+            # The alternatives that allow any words in front ("Swift / Architecture
+            # Recommendations", "HA Integration Structure").
+            if "recommendations" not in low and "integration structure" not in low:
+                return None
+        return _NON_FEATURE_RE.match(title)
+
+
+NON_FEATURE = _NonFeature()
+
+_SUBSECTION = re.compile(r"^\d{1,4}\.\d{1,4}")
+# A section whose title says it lists things ("Strategy Specifications", "Core Components").
+_LIST_PARENT = re.compile(
+    r"\b(?:specifications|features|strategies|components|modules|capabilities|services|"
+    r"tools|commands|epics|stories|functions|endpoints|screens|pages|integrations)\b",
+    re.I,
+)
 _DEP_LABELS = frozenset(
     {"depends on", "dependencies", "depends", "requires", "dependency", "prerequisites",
      "blocked by"}
@@ -102,6 +162,9 @@ class Draft:
     files: list[str] = field(default_factory=list)
     id_hint: str | None = None  # a preferred id, e.g. "US1"-style refs resolve through it
     aliases: list[str] = field(default_factory=list)  # "Feature 2", "2": see title_aliases
+    group: str | None = None  # the phase/tier/milestone heading it was written under
+    done_items: int = 0  # requirement or criterion items ticked done ([x]) and left out
+    done: bool = False  # the heading marks the whole feature finished ("✅ COMPLETED")
 
     def add_files(self, text: str, *, bare: bool = False) -> None:
         for path in find_files(text, bare=bare):
@@ -114,7 +177,7 @@ def _bucket_for(label: str) -> str | None:
         return "deps"
     if label in _REQ_LABELS:
         return "req"
-    if label in _CRIT_LABELS or label.startswith("acceptance"):
+    if label in _CRIT_LABELS or label.startswith(("acceptance", "verification", "success crit")):
         return "crit"
     if label.startswith("file") or label.startswith("tests to") or label == "tests":
         return "files"
@@ -127,6 +190,8 @@ def read_lines(draft: Draft, lines: list[Line], bucket: str = "auto") -> None:
         if line.kind == HEADING:
             label = norm_name(clean_title(line.text))
             bucket = _bucket_for(label) or "auto"
+            if "`" in line.text:
+                draft.add_files(line.text)  # "### Config Flow (`config_flow.py`)"
             continue
         if line.kind not in (TEXT, ITEM):
             continue
@@ -174,6 +239,9 @@ def read_lines(draft: Draft, lines: list[Line], bucket: str = "auto") -> None:
         # A list item.
         if not text:
             continue
+        if line.checked and bucket != "deps" and bucket != "files":
+            draft.done_items += 1  # "- [x] ..." is already built: nothing to plan
+            continue
         if bucket == "deps":
             draft.dep_refs.extend((ref, line.number) for ref in split_refs(text))
         elif bucket == "files":
@@ -188,6 +256,7 @@ def draft_from_section(sec: Section, name: str | None = None) -> Draft:
     """A feature from a heading and everything under it."""
     draft = Draft(name if name is not None else clean_title(sec.title), sec.number)
     draft.aliases = title_aliases(sec.title)
+    draft.done = marked_done(sec.title)
     read_lines(draft, sec.body)
     for child in sec.children:
         read_lines(draft, child.all_lines())
@@ -205,6 +274,36 @@ def _item_name(text: str) -> tuple[str, str]:
     if sep and len(head) <= 60 and head.count(" ") <= 6:
         return clean_title(head), rest
     return clean_title(text), ""
+
+
+def _bold_heading(line: Line) -> str | None:
+    """``**1. Customizable Trackables**`` alone on a line: a heading written in bold."""
+    text = line.text
+    if line.kind != TEXT or len(text) < 5 or not text.startswith("**") or not text.endswith("**"):
+        return None
+    inner = text[2:-2].strip()
+    if not inner or "**" in inner or len(inner) > 100 or inner.endswith((":", ".")):
+        return None
+    return inner
+
+
+def drafts_from_bold(lines: list[Line]) -> list[Draft]:
+    """Features under bold one-line headings (``**1. Trackables**`` then its bullets), when a
+    section has at least two of them; else none."""
+    marks = [n for n, ln in enumerate(lines) if _bold_heading(ln) is not None]
+    if len(marks) < 2:
+        return []
+    drafts: list[Draft] = []
+    for k, start in enumerate(marks):
+        end = marks[k + 1] if k + 1 < len(marks) else len(lines)
+        head = lines[start]
+        name = clean_title(_bold_heading(head) or head.text)
+        draft = Draft(name, head.number)
+        draft.aliases = title_aliases(_bold_heading(head) or "")
+        draft.done = marked_done(head.text)
+        read_lines(draft, lines[start + 1 : end])
+        drafts.append(draft)
+    return drafts
 
 
 def drafts_from_items(lines: list[Line]) -> list[Draft]:
@@ -248,20 +347,76 @@ def _group_key(title: str) -> list[str]:
     return keys
 
 
-def collect_features(sec: Section) -> list[Draft]:
+# "**Status:** pending", "**Actions:**": a phase written as one piece of work.
+_WORK_LABELS = frozenset({"status", "actions", "steps", "deliverables", "output", "outputs",
+                          "findings", "goals", "objective", "objectives", "key insights"})
+_BDD = re.compile(r"^\W*(?:given|when|then|and|but)\b", re.I)
+
+
+def _one_feature(lines: list[Line]) -> bool:
+    """Lines that describe one feature (a user story, its labelled criteria, Given/When/Then
+    steps, a checklist of its work) rather than list several."""
+    items = [ln for ln in lines if ln.kind == ITEM and ln.text]
+    if items and sum(1 for ln in items if ln.checked is not None) * 2 >= len(items):
+        return True  # "- [ ] Implement crypto.py": the phase's work items, not features
+    for line in lines:
+        if line.kind == TEXT:
+            labelled = split_label(strip_markup(line.text))
+            if labelled is not None and (
+                _bucket_for(labelled[0]) in ("req", "crit") or labelled[0] in _DESC_LABELS
+                or labelled[0] in _WORK_LABELS or labelled[0].startswith("user story")
+            ):
+                return True
+        elif line.kind == ITEM and _BDD.match(strip_markup(line.text)):
+            return True
+    return False
+
+
+def repeated_titles(sections: list[Section]) -> frozenset[str]:
+    """Sub-heading titles that recur under two or more of ``sections`` ("Files to Create" under
+    every phase): document structure, not features."""
+    seen: dict[str, int] = {}
+    for sec in sections:
+        for key in {norm_name(clean_title(c.title)) for c in sec.children}:
+            seen[key] = seen.get(key, 0) + 1
+    return frozenset(k for k, n in seen.items() if n > 1 and k)
+
+
+def _feature_children(sec: Section, structural: frozenset[str]) -> list[Section]:
+    return [c for c in sec.children if not NON_FEATURE.match(clean_title(c.title))
+            and norm_name(clean_title(c.title)) not in structural]
+
+
+def collect_features(sec: Section, structural: frozenset[str] = frozenset()) -> list[Draft]:
     """Features inside a container section: sub-headings, grouped sub-headings, or list items.
 
     A group ("Phase 1", "Tier 2", "Capability: X") that holds features contributes those; a
     group line such as "Depends on Tier 1" makes every feature of the group depend on every
-    feature of the named group.
+    feature of the named group. A group whose sub-headings are only structure (the same
+    titles under every group) is one feature itself.
     """
     drafts: list[Draft] = []
     groups: dict[str, list[Draft]] = {}
     group_deps: list[tuple[list[Draft], str, int]] = []
-    kids = [c for c in sec.children if not NON_FEATURE.match(clean_title(c.title))]
+    kids = _feature_children(sec, structural)
+    inner_structural = repeated_titles(kids)
     for child in kids:
         if _GROUP.match(strip_markup(child.title)):
-            inner = collect_features(child)
+            if child.children and not _feature_children(child, inner_structural):
+                whole = draft_from_section(child)
+                whole.group = child.title
+                drafts.append(whole)
+                continue
+            if not child.children and _one_feature(child.body):
+                # "### Epic 1: Seed Generation" with a user story and its acceptance
+                # criteria: one feature, not one per bullet.
+                whole = draft_from_section(child)
+                whole.group = child.title
+                drafts.append(whole)
+                continue
+            inner = collect_features(child, inner_structural)
+            for draft in inner:
+                draft.group = draft.group or child.title
             if inner:
                 drafts.extend(inner)
                 for key in _group_key(child.title):
@@ -274,7 +429,7 @@ def collect_features(sec: Section) -> list[Draft]:
                 continue
         drafts.append(draft_from_section(child))
     if not drafts:
-        drafts = drafts_from_items(sec.body)
+        drafts = drafts_from_bold(sec.body) or drafts_from_items(sec.body)
     for members, ref, number in group_deps:
         target = groups.get(norm_name(ref))
         if target is None:
@@ -322,13 +477,24 @@ def generic_features(root: Section) -> list[Draft]:
         top = top[0].children
     elif all(s.level == 1 for s in top) and len(top) > 0:
         # Several "#" sections (PRD style): features live one level down if there is one.
-        nested = [c for s in top for c in s.children]
+        structural = repeated_titles(top)
+        nested: list[Section] = []
+        for sec in top:
+            inner = _feature_children(sec, structural)
+            # A section whose sub-headings are all structure is one feature itself.
+            nested.extend(inner or ([sec] if sec.children else []))
         top = nested or top
     drafts: list[Draft] = []
+    structural = repeated_titles(top)
     for sec in top:
         if NON_FEATURE.match(clean_title(sec.title)):
             continue
-        numbered = [c for c in sec.children if c.title[:1].isdigit()]
+        # "### 1. Parser" under a section lists features; "### 4.1. Goal" is a subsection
+        # of the numbered feature "4. ...", which stays one feature.
+        lists_features = _LIST_PARENT.search(clean_title(sec.title)) is not None
+        numbered = [c for c in _feature_children(sec, structural)
+                    if c.title[:1].isdigit()
+                    and (lists_features or not _SUBSECTION.match(c.title))]
         if len(numbered) >= 2 and len(numbered) == len(sec.children):
             drafts.extend(draft_from_section(c) for c in numbered)
         else:
@@ -369,7 +535,9 @@ def prose_dependencies(root: Section, drafts: list[Draft]) -> None:
                 continue
             text = strip_markup(line.text)
             low = text.lower()
-            if not (low.startswith(("depends on", "built on")) or "requires" in low):
+            if not (low.startswith(("depends on", "built on", "built after")) or any(
+                w in low for w in ("requires", "needs", "depends on", "after ", "on top of")
+            )):
                 continue
             for dep in _find_name_mentions(text, names):
                 if dep is not current and (dep.name, line.number) not in current.dep_refs:

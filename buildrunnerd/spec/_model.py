@@ -34,6 +34,7 @@ class Feature(msgspec.Struct):
     priority: str | None = None  # as written: "high", "P1", ...
     domain: str | None = None  # as written in a ``Domain:`` line, normalised to protocol.Domain
     files: list[str] = []  # paths named in backticks
+    done: bool = False  # its heading marks it finished ("✅ COMPLETED"): nothing to plan
 
 
 class SpecTask(msgspec.Struct):
@@ -53,6 +54,7 @@ class SpecTask(msgspec.Struct):
     parallel: bool = False  # spec-kit ``[P]``
     done: bool = False  # ``- [x]``
     requirements: list[str] = []  # traced requirement refs as written: Kiro "7.4", spec-kit "US1"
+    optional: bool = False  # Kiro ``- [ ]* 1.4``: worth doing, not needed for the feature
 
 
 class Spec(msgspec.Struct):
@@ -68,3 +70,12 @@ class Spec(msgspec.Struct):
     warnings: list[SpecWarning] = []
     # Requirements that belong to the whole spec rather than one feature (spec-kit ``FR-001``).
     requirements: list[Item] = []
+    # Explicit tasks marked done (``- [x]``): not planned, and nothing waits for them.
+    done_tasks: list[SpecTask] = []
+    # File paths shown in the spec's fenced trees and path lists (hints, see spec/_layout.py).
+    layout: list[str] = []
+    # Info strings of the spec's fenced code blocks ("swift", "bash"), once each, in order.
+    code_languages: list[str] = []
+    # The text of the project sections (tech stack, architecture, constraints, notes...):
+    # context for prompts and for reading the stack, never features.
+    context: str = ""

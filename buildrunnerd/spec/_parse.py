@@ -19,9 +19,21 @@ from buildrunnerd.spec._features import (
     prose_dependencies,
     read_lines,
 )
-from buildrunnerd.spec._model import Item, Spec, SpecWarning
+from buildrunnerd.spec._layout import layout_paths
+from buildrunnerd.spec._model import Item, Spec, SpecTask, SpecWarning
+from buildrunnerd.spec._order import ordered_lists, sequential_phases
 from buildrunnerd.spec._resolve import resolve
-from buildrunnerd.spec._scan import HEADING, ITEM, TAG, TEXT, Line, Section, build_sections, scan
+from buildrunnerd.spec._scan import (
+    HEADING,
+    ITEM,
+    TAG,
+    TEXT,
+    CodeLine,
+    Line,
+    Section,
+    build_sections,
+    scan,
+)
 from buildrunnerd.spec._tasks import (
     KIRO_TASK,
     PLAN_TASK,
@@ -42,6 +54,7 @@ from buildrunnerd.spec._text import (
 __all__ = ["parse_spec", "parse_spec_file"]
 
 _MAX_OVERVIEW = 4000
+_MAX_CONTEXT = 20000
 _MAX_TITLE = 200
 _BINARY_SAMPLE = 8192
 _MAX_FILE_BYTES = 64 * 1024 * 1024  # a spec is prose; anything larger is not one
@@ -127,6 +140,22 @@ def _overview(root: Section, lines: list[Line]) -> str:
     return strip_markup(" ".join(out))[:_MAX_OVERVIEW]
 
 
+def _context(root: Section) -> str:
+    """The project sections' own words (not features), for prompts and the stack."""
+    out: list[str] = []
+    size = 0
+    for sec in root.walk()[1:]:
+        if not NON_FEATURE.match(clean_title(sec.title)):
+            continue
+        for line in sec.body:
+            if line.kind in (TEXT, ITEM) and line.text:
+                out.append(line.text)
+                size += len(line.text) + 1
+        if size > _MAX_CONTEXT:
+            break
+    return strip_markup("\n".join(out))[:_MAX_CONTEXT] if out else ""
+
+
 def _test_command(lines: list[Line]) -> str | None:
     for line in lines:
         if line.kind in (TEXT, ITEM):
@@ -182,12 +211,12 @@ def _enrich(drafts: list[Draft], root: Section) -> None:
 
 
 def _detect(
-    lines: list[Line], root: Section, title: str
+    lines: list[Line], root: Section, title: str, code: list[CodeLine]
 ) -> tuple[str, list[Draft], TaskPairs, list[tuple[int, str]], list[Item], Problem | None]:
     """(format, drafts, tasks, warnings, spec-wide requirements, why-no-features)."""
     warnings: list[tuple[int, str]] = []
     if _count(lines, (ITEM,), SPECKIT_TASK, checkbox=True) >= 1:
-        drafts, pairs, warnings = speckit_tasks(lines)
+        drafts, pairs, warnings = speckit_tasks(lines, code)
         return "speckit", drafts, pairs, warnings, [], None
     if _count(lines, (HEADING,), PLAN_TASK) >= 1:
         drafts, pairs, warnings = plan_tasks(lines, title)
@@ -217,6 +246,8 @@ def _detect(
         drafts = [d for sec in containers for d in collect_features(sec)]
         if is_prd:
             prose_dependencies(root, drafts)
+        sequential_phases(lines, drafts)
+        ordered_lists(lines, drafts)
         warnings = graph_dependencies(lines, drafts)
         why = None
         if not drafts:
@@ -230,6 +261,7 @@ def _detect(
     drafts = generic_features(root)
     if is_prd:
         warnings = graph_dependencies(lines, drafts)
+    ordered_lists(lines, drafts)
     why = None
     if not drafts:
         headings = root.walk()[1:]
@@ -248,15 +280,33 @@ def _parse(text: str | bytes, path: str | None) -> Spec:
     decoded, problems = _decode(text)
     if decoded is None:
         raise SpecError(problems, path=path)
-    lines = scan(decoded)
+    code: list[CodeLine] = []
+    lines = scan(decoded, code)
     root = build_sections(lines)
     title = _title(lines, path)
-    fmt, drafts, pairs, raw_warnings, reqs, why = _detect(lines, root, title)
-    features, tasks, problems, warnings = resolve(drafts, pairs)
+    fmt, drafts, pairs, raw_warnings, reqs, why = _detect(lines, root, title, code)
+    done_items = [(d.line, d.done_items) for d in drafts if d.done_items]
+    features, all_tasks, problems, warnings = resolve(drafts, pairs)
     if not features:
         problems.insert(0, why or Problem(None, f"no features found; {_NO_FEATURES_HINT}"))
     if problems:
         raise SpecError(problems, path=path)
+    tasks, done_tasks = _split_done(all_tasks, warnings)
+    done_features = [f for f in features if f.done]
+    if done_features and not tasks and not done_tasks:
+        warnings.append(SpecWarning(
+            done_features[0].line,
+            f"{len(done_features)} of {len(features)} features are marked done in their "
+            "headings and are not planned: "
+            + ", ".join(f.name for f in done_features[:5])
+            + (", ..." if len(done_features) > 5 else ""),
+        ))
+    if done_items:
+        warnings.append(SpecWarning(
+            done_items[0][0],
+            f"{sum(n for _, n in done_items)} requirement or criterion items are ticked done "
+            "([x]) and are not planned; untick an item to have it built again",
+        ))
     return Spec(
         title=title,
         path=path,
@@ -267,7 +317,31 @@ def _parse(text: str | bytes, path: str | None) -> Spec:
         test_command=_test_command(lines),
         warnings=[SpecWarning(n, m) for n, m in raw_warnings] + warnings,
         requirements=reqs,
+        done_tasks=done_tasks,
+        layout=layout_paths(code),
+        code_languages=list(dict.fromkeys(c.info for c in code if c.info)),
+        context=_context(root),
     )
+
+
+def _split_done(
+    tasks: list[SpecTask], warnings: list[SpecWarning]
+) -> tuple[list[SpecTask], list[SpecTask]]:
+    """Tasks still to do, and the ones ticked done (``- [x]``): a done task is not planned and
+    nothing waits for it any more."""
+    done = [t for t in tasks if t.done]
+    if not done:
+        return tasks, []
+    done_ids = {t.id for t in done}
+    todo = [t for t in tasks if not t.done]
+    for task in todo:
+        task.depends_on = [d for d in task.depends_on if d not in done_ids]
+    warnings.append(SpecWarning(
+        done[0].line,
+        f"{len(done)} of {len(tasks)} tasks are marked done ([x]) and are not planned: "
+        + ", ".join(t.id for t in done[:10]) + (", ..." if len(done) > 10 else ""),
+    ))
+    return todo, done
 
 
 def parse_spec(text: str | bytes, path: str | None = None) -> Spec:

@@ -5,12 +5,14 @@ Every problem is collected (never raised one at a time) so a user fixes a spec i
 
 from __future__ import annotations
 
+import re
+
 from buildrunnerd.errors import Problem
 from buildrunnerd.spec._features import Draft
 from buildrunnerd.spec._model import Feature, SpecTask, SpecWarning
 from buildrunnerd.spec._text import is_placeholder, norm_name, slugify, strip_markup
 
-__all__ = ["resolve", "find_cycles"]
+__all__ = ["find_cycles", "is_free_text", "resolve"]
 
 _MAX_KNOWN_SHOWN = 8
 _MAX_DESCRIPTION = 2000
@@ -36,6 +38,29 @@ def _domain(value: str | None, line: int, warnings: list[SpecWarning]) -> str | 
             "tests, docs, infra",
         ))
     return domain
+
+
+# "Phase 1 completion", "Setup complete": the thing named, not its state.
+_STATE_SUFFIX = re.compile(r"\s+(?:phase\s+)?(?:completion|complete|completed|done|finished)$",
+                           re.I)
+_TASK_PREFIX = re.compile(r"^(?:tasks?|subtasks?)\s+", re.I)
+_FREE_TEXT_WORDS = frozenset(
+    "no none existing infrastructure blocking needed required immediately start starts can "
+    "may should all any other previous prior nothing independent independently tbd".split()
+)
+_MAX_NAME_WORDS = 6
+
+
+def is_free_text(ref: str) -> bool:
+    """A dependency value that is a remark ("Existing infrastructure - no blocking setup
+    needed") rather than the name of a feature or task."""
+    words = norm_name(ref).split()
+    return (
+        len(words) > _MAX_NAME_WORDS
+        or " - " in ref
+        or ref.rstrip().endswith((".", "!"))
+        or bool(_FREE_TEXT_WORDS.intersection(words))
+    )
 
 
 def _known(ids: list[str]) -> str:
@@ -133,7 +158,20 @@ def resolve(
     for draft, fid in zip(drafts, ids, strict=True):
         deps: list[str] = []
         for ref, number in draft.dep_refs:
-            target = lookup.get(ref) or lookup.get(norm_name(ref)) or lookup.get(slugify(ref, ""))
+            target = None
+            for name in dict.fromkeys((ref, _STATE_SUFFIX.sub("", ref.strip()))):
+                target = (lookup.get(name) or lookup.get(norm_name(name))
+                          or lookup.get(slugify(name, "")))
+                if target is not None:
+                    break
+            if target is None and is_free_text(ref):
+                warnings.append(SpecWarning(
+                    number,
+                    f"feature '{draft.name}': the dependency text '{strip_markup(ref)[:120]}' "
+                    "names no feature of this spec and was ignored; write feature names "
+                    "(or ids) to make it a dependency",
+                ))
+                continue
             if target is None:
                 problems.append(Problem(
                     number,
@@ -152,6 +190,7 @@ def resolve(
             requirements=draft.requirements, acceptance_criteria=draft.criteria,
             depends_on=deps, priority=draft.priority,
             domain=_domain(draft.domain, draft.line, warnings), files=draft.files,
+            done=draft.done,
         ))
 
     for cycle in find_cycles(graph):
@@ -164,10 +203,13 @@ def resolve(
     id_of = {id(d): fid for d, fid in zip(drafts, ids, strict=True)}
     tasks: list[SpecTask] = []
     task_ids = {task.id for task, _ in pairs}
+    folded = {tid.casefold(): tid for tid in task_ids}
     for task, draft in pairs:
         task.feature = id_of[id(draft)]
         kept: list[str] = []
-        for dep in task.depends_on:
+        for written in task.depends_on:
+            # "Task 1.2" and "t001" name the tasks "1.2" and "T001".
+            dep = folded.get(_TASK_PREFIX.sub("", written.strip()).casefold(), written)
             if dep in task_ids and dep != task.id:
                 if dep not in kept:
                     kept.append(dep)

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-__all__ = ["Line", "Section", "scan", "build_sections"]
+from buildrunnerd.spec._text import split_label
+
+__all__ = ["Line", "Section", "CodeLine", "scan", "build_sections"]
 
 # Kinds of line the dialect parsers care about. Code, comments and instructions are dropped.
 HEADING = "heading"
@@ -35,6 +37,7 @@ class Line:
     indent: int = 0  # item indentation in columns (a tab counts 4)
     ordered: bool = False  # item marker "1." rather than "-"
     checked: bool | None = None  # "- [ ]" -> False, "- [x]" -> True, no checkbox -> None
+    optional: bool = False  # Kiro's optional task "- [ ]* 2.3"
     region: str = ""  # innermost open XML-ish tag (taskmaster PRDs), "" outside any
 
 
@@ -129,13 +132,18 @@ def _item(stripped: str) -> tuple[bool, str] | None:
     return None
 
 
-def _checkbox(text: str) -> tuple[bool | None, str]:
-    if len(text) >= 3 and text[0] == "[" and text[2] == "]" and text[1] in " xX":
+def _checkbox(text: str) -> tuple[bool | None, str, bool]:
+    """(checked, text after the box, optional)."""
+    if len(text) >= 3 and text[0] == "[" and text[2] == "]" and text[1] in " xX-~":
         rest = text[3:]
         if not rest or rest[0] in " \t*":
             # Kiro marks optional tasks "- [ ]* 2.3"; the star is not part of the title.
-            return text[1] != " ", rest.lstrip(" \t*").strip()
-    return None, text
+            optional = rest.startswith("*") and not rest.startswith("**")
+            if optional:
+                rest = rest[1:]
+            # "[-]" / "[~]": started, not done.
+            return text[1] in "xX", rest.strip(), optional
+    return None, text, False
 
 
 def _is_rule(stripped: str) -> bool:
@@ -166,15 +174,37 @@ def _tag(stripped: str) -> tuple[str, bool] | None:
 _ITEM_FIRST = frozenset("-*+0123456789")  # what an item marker can start with (see _item)
 
 
-def scan(text: str) -> list[Line]:
+@dataclass(slots=True)
+class CodeLine:
+    """A line inside a fenced code block, kept for layout hints (file trees, path lists)."""
+
+    number: int
+    info: str  # the fence's info string, lowercased: "swift", "bash", "" ...
+    block: int  # which fenced block of the document (0, 1, ...)
+    text: str  # the raw line, trailing whitespace removed
+
+
+def _continues(stripped: str) -> bool:
+    """Whether a text line right after a list item continues it (a wrapped sentence), rather
+    than being a labelled line of its own (``Priority: high``, ``_Requirements: 1.2_``)."""
+    labelled = split_label(stripped)
+    return labelled is None or len(labelled[0].split()) > 3
+
+
+def scan(text: str, code: list[CodeLine] | None = None) -> list[Line]:
     """Classify every significant line of ``text``.
 
     Dropped: fenced code blocks (so ``# comment`` in a shell snippet is not a heading), HTML
     comments, template instructions (``<instruction>``/``<example>`` blocks) and bracketed
     placeholder paragraphs (``[Describe the feature here ...]``) that span several lines.
+    Fenced lines go to ``code`` when it is given. A list item wrapped over several lines is
+    one item: the wrapped lines are joined to its text.
     """
     out: list[Line] = []
     fence: tuple[str, int] | None = None
+    fence_info = ""
+    blocks = 0
+    last_item: Line | None = None  # the item the next text line may continue
     in_comment = False
     in_placeholder = False
     skip_depth = 0
@@ -194,6 +224,9 @@ def scan(text: str) -> list[Line]:
                 f[0]
             ).strip():
                 fence = None
+                blocks += 1
+            elif code is not None:
+                code.append(CodeLine(number, fence_info, blocks, raw.rstrip()))
             continue
         if in_comment:
             if "-->" in stripped:
@@ -224,15 +257,19 @@ def scan(text: str) -> list[Line]:
         f = _fence(stripped) if first == "`" or first == "~" else None
         if f is not None:
             fence = f
+            fence_info = stripped.lstrip(f[0]).strip().split(" ", 1)[0].lower()
+            last_item = None
             continue
         region = regions[-1] if regions else ""
         if not stripped:
             in_placeholder = False
+            last_item = None
             out.append(Line(BLANK, number, "", region=region))
             continue
         head = _heading(stripped) if first == "#" else None
         if head is not None:
             in_placeholder = False
+            last_item = None
             out.append(Line(HEADING, number, head[1], level=head[0], region=region))
             continue
         if in_placeholder:
@@ -243,17 +280,21 @@ def scan(text: str) -> list[Line]:
             in_placeholder = True
             continue
         if (first == "-" or first == "*" or first == "_") and _is_rule(stripped):
+            last_item = None
             out.append(Line(RULE, number, "", region=region))
             continue
         item = _item(stripped) if first in _ITEM_FIRST else None
         if item is not None:
             cols, _ = _indent_width(raw)
-            checked, body = _checkbox(item[1])
-            out.append(
-                Line(ITEM, number, body, indent=cols, ordered=item[0], checked=checked,
-                     region=region)
-            )
+            checked, body, optional = _checkbox(item[1])
+            last_item = Line(ITEM, number, body, indent=cols, ordered=item[0], checked=checked,
+                             optional=optional, region=region)
+            out.append(last_item)
             continue
+        if last_item is not None and last_item.text and _continues(stripped):
+            last_item.text = f"{last_item.text} {stripped}"
+            continue
+        last_item = None
         out.append(Line(TEXT, number, stripped, region=region))
     return out
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import re
 import unicodedata
+from functools import lru_cache
 
 __all__ = [
     "slugify",
@@ -15,9 +16,12 @@ __all__ = [
     "split_label",
     "parse_minutes",
     "strip_duration",
+    "CODE_EXTENSIONS",
     "find_files",
+    "looks_like_path",
     "split_refs",
     "is_placeholder",
+    "marked_done",
     "strip_markup",
     "norm_name",
     "title_aliases",
@@ -27,7 +31,10 @@ __all__ = [
 _MAX_SLUG = 60
 _MAX_TOKEN = 300
 
-_NUMBER_PREFIX = re.compile(r"^(?:\d{1,4}[.)]|[A-Za-z]\))\s+")
+_NUMBER_PREFIX = re.compile(
+    r"^(?:\d{1,4}(?:\.\d{1,4}){0,3}[.)]|\d{1,4}(?:\.\d{1,4}){1,3}|[A-Za-z]\)"
+    r"|\d{1,4}\s{1,3}[—–-])\s+"
+)
 _FEATURE_PREFIX = re.compile(
     r"^(?:feature|capability|epic|module)(?:\s{0,3}\d{1,4})?\s{0,3}(?::|\.|\s[-–—])\s*", re.I
 )
@@ -39,10 +46,16 @@ _DURATION = re.compile(
 )
 _FILE_TOKEN = re.compile(r"[\w.\-\[\]/@+]{1,300}\.[A-Za-z0-9]{1,8}")
 _STATUS_SUFFIX = re.compile(
-    r"\s[-–—]\s{1,3}(?:complete[d]?|done|in progress|todo|wip|pending)$", re.I
+    r"\s[-–—]\s{1,3}(?:complete[d]?|done|in progress|todo|wip|pending)$"
+    r"|(?-i:\s+(?:COMPLETED?|DONE|IN PROGRESS|NEXT PHASE|PLANNED|WIP|TODO|PENDING))$",
+    re.I,
+)
+_DONE_MARK = re.compile(
+    r"✅|✔|☑|\[x\]|(?:\s[-–—]\s{1,3}|\s)(?:complete[d]?|done)\s*$|\((?:complete[d]?|done)\)\s*$",
+    re.I,
 )
 # Status marks people put in titles ("✅ Done"); "⚠️" is two code points, both dropped.
-_EMOJI_MARKS = dict.fromkeys(map(ord, "✅❌⚠\ufe0f🎯✓✔☐☑⏳🚧"))
+_EMOJI_MARKS = dict.fromkeys(map(ord, "✅❌⚠\ufe0f🎯✓✔☐☑⏳🚧🔄📋🚀"))
 _NON_WORD = re.compile(r"[\W_]+")
 _SLUG_WORD = re.compile(r"[a-z0-9]+")
 _LABEL_CHARS = re.compile(r"[\w \-/&'()]{1,60}")
@@ -58,6 +71,7 @@ def strip_markup(text: str) -> str:
     return " ".join(out.split())
 
 
+@lru_cache(maxsize=16384)
 def clean_title(title: str) -> str:
     """A heading or item turned into a feature name: no numbering, emphasis or "Feature:"."""
     out = strip_markup(title)
@@ -69,6 +83,12 @@ def clean_title(title: str) -> str:
     return out.strip(" :*_-") or out.strip()
 
 
+def marked_done(title: str) -> bool:
+    """A heading that says its work is finished: "Storage ✅", "Login - Done", "API COMPLETED"."""
+    return _DONE_MARK.search(title) is not None and "❌" not in title
+
+
+@lru_cache(maxsize=16384)
 def norm_name(name: str) -> str:
     """The key two names are compared by: case, punctuation and spacing do not matter."""
     return _NON_WORD.sub(" ", name.casefold()).strip()
@@ -131,33 +151,74 @@ def strip_duration(text: str) -> str:
     return _DURATION.sub("", text).strip(" -–—:")
 
 
-def _looks_like_path(token: str) -> bool:
+# Extensions of real source, config and doc files. A dotted token without a slash is a file
+# only with one of these: `hashlib.scrypt`, `os.path` and `http.server` are Python names.
+CODE_EXTENSIONS = frozenset(
+    "py pyi ipynb ts tsx js jsx mjs cjs vue svelte astro go rs swift kt kts java scala rb php "
+    "c h cc cpp cxx hpp hh cs fs m mm dart ex exs erl hs lua pl r jl zig nim sol "
+    "sh bash zsh ps1 bat sql graphql gql proto html htm css scss sass less "
+    "md mdx rst adoc txt json jsonc yaml yml toml ini cfg conf env xml csv lock plist "
+    "gradle tf hcl dockerfile mk cmake".split()
+)
+# Framework names that look like files ("Node.js" is a runtime, not a file to create).
+_NOT_FILES = frozenset(
+    "node.js next.js vue.js nuxt.js express.js react.js angular.js three.js chart.js d3.js "
+    "ember.js socket.io nest.js deno.js bun.js alpine.js backbone.js p5.js tailwind.css "
+    "asp.net ado.net vb.net".split()
+)
+_EXTENSIONLESS = frozenset({"Makefile", "Dockerfile", "Procfile", "Gemfile", "Rakefile",
+                            "Justfile", "Brewfile", "Vagrantfile", "Jenkinsfile"})
+
+
+def looks_like_path(token: str) -> bool:
+    """A relative file path: a slash or a known extension; never a URL, an absolute or home
+    path, a glob, a placeholder or a dotted code name."""
     if not token or len(token) > _MAX_TOKEN or " " in token or "://" in token:
         return False
-    if token[0] in "-$<{(" or token.endswith("/") or "*" in token:
+    if token[0] in "-$<{(~/\\" or token.endswith("/") or "*" in token or ":" in token:
         return False
-    if _FILE_TOKEN.fullmatch(token) is not None:
-        return True
-    parts = token.split("/")
-    return len(parts) > 1 and all(parts[1:]) and "." in parts[-1]
+    if token.lower() in _NOT_FILES or ".." in token.replace("../", "").replace("./", ""):
+        return False
+    name = token.rsplit("/", 1)[-1]
+    if name in _EXTENSIONLESS:
+        return "/" in token or name == token
+    if "." not in name.strip("."):
+        return False
+    if _FILE_TOKEN.fullmatch(token) is None:
+        return False
+    ext = name.rsplit(".", 1)[-1]
+    if "/" in token:
+        return ext.isalnum() and not ext.isdigit()
+    # Without a directory only a real extension counts (`config.json`, not `hashlib.scrypt`),
+    # and a capitalised dotted name is a type or a product (`Vue.js`), unless it is a file name
+    # people write capitalised (`README.md`, `App.tsx`).
+    return ext.lower() in CODE_EXTENSIONS and not name.startswith(".")
 
 
 def find_files(text: str, *, bare: bool = False) -> list[str]:
     """Paths named in backticks (``src/app.py``); with ``bare``, also unquoted path tokens.
 
-    A "path" has an extension or a directory part and no spaces; ``POST /api/x`` is not one.
+    A "path" has a directory part or a known extension and no spaces; ``POST /api/x``,
+    ``hashlib.scrypt``, ``~/.config/x`` and URLs are not. A leading ``./`` is dropped.
     """
     out: list[str] = []
-    parts = text.split("`")
-    for i in range(1, len(parts) - 1, 2):
-        token = parts[i].strip()
-        if _looks_like_path(token) and ("/" in token or "." in token):
-            out.append(token.lstrip("./") if token.startswith("./") else token)
+    if "`" in text:
+        parts = text.split("`")
+        for i in range(1, len(parts) - 1, 2):
+            token = parts[i].strip()
+            if token.startswith("./"):
+                token = token[2:]
+            if looks_like_path(token) and token not in out:
+                out.append(token)
+    else:
+        parts = [text]
     if bare:
         for i in range(0, len(parts), 2):
             for raw in parts[i].split():
-                token = raw.strip("\"'()[],;:")
-                if "/" in token and _looks_like_path(token) and token not in out:
+                token = raw.strip("\"'()[],;:").rstrip(".")
+                if token.startswith("./"):
+                    token = token[2:]
+                if "/" in token and token not in out and looks_like_path(token):
                     out.append(token)
     return out
 

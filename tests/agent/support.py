@@ -15,7 +15,8 @@ from buildrunnerd.agent import AnthropicExecutor
 from buildrunnerd.config import AgentConfig, Config
 from buildrunnerd.errors import BudgetExceededError
 from buildrunnerd.executor import ApiCall, BatchJob
-from buildrunnerd.plan import BatchPrompt, Task
+from buildrunnerd.plan import Task
+from buildrunnerd.prompt import BatchPrompt
 from tests.fakeapi import API_KEY, FakeAnthropic, FakeRequest
 from tests.fakeapi.fixtures import fake_api  # noqa: F401 (a fixture)
 

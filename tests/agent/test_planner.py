@@ -64,7 +64,10 @@ async def test_valid_answer_becomes_tasks(fake_api: FakeAnthropic,
     tasks = await planner.decompose(spec())
     assert [(t.id, t.feature, t.depends_on) for t in tasks] == [
         ("f1.1", "f1", []), ("f1.2", "f1", ["f1.1"]), ("f2.1", "f2", ["f1.2"])]
-    assert tasks[0].files == ["src/f1.1.py"] and tasks[0].line == 10
+    # The spec names no file: the model's paths are suggestions, never required.
+    assert tasks[0].files == [] and tasks[0].suggested_files == ["src/f1.1.py"]
+    assert tasks[0].line == 10
+    assert any("not named by the spec" in w for w in planner.warnings)
     assert any("ghost.9" in w and "dropped" in w for w in planner.warnings)
     body = fake_api.requests[0].body
     assert body["tool_choice"] == {"type": "tool", "name": "submit_tasks"}

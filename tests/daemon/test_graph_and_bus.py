@@ -16,7 +16,8 @@ from buildrunnerd.daemon._events import EventBus
 from buildrunnerd.daemon._scheduler import BatchSpec, RunGraph
 from buildrunnerd.errors import ConfigError
 from buildrunnerd.executor import ApiCall, BatchJob, SimulatedExecutor
-from buildrunnerd.plan._model import BatchPrompt, Task
+from buildrunnerd.plan._model import Task
+from buildrunnerd.prompt import BatchPrompt
 
 
 def graph(edges: dict[str, list[str]], states: dict[str, str] | None = None) -> RunGraph:

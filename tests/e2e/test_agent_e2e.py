@@ -24,7 +24,8 @@ FEATURES = [
     ("Accounts", "backend", ["Storage"], ["app/accounts.py"]),
     ("Reports", "backend", ["Storage"], ["app/reports.py"]),
 ]
-_FILES = re.compile(r"^Files: (.*)$", re.MULTILINE)
+# Required files and the planner's suggestions: a diligent fake agent writes both.
+_FILES = re.compile(r"^(?:Files|Suggested files \([^)]*\)): (.*)$", re.MULTILINE)
 
 
 def named_files(req: FakeRequest) -> list[str]:

@@ -104,21 +104,31 @@ async def test_failed_verification_escalates_to_next_model_then_merges(
     assert failed["data"]["fix_round"] == 0
     assert "does not exist" in failed["data"]["reason"], failed
 
-    # Per batch (the planner makes a code batch and a tests batch, both lazy at first): the
-    # first try ran on the routed model, the fix-up round (every request carrying the
-    # verifier's report) on the next model up the ladder, and nothing else ran.
+    # Per batch with required files (the code batch; the tests batch only has suggested
+    # files): the first try ran on the routed model, the fix-up round (every request carrying
+    # the verifier's report) on the next model up the ladder, and nothing else ran.
     by_batch: dict[str, list[tuple[bool, str]]] = {}
     for req in fake.ok_requests():
         found = _BATCH.search(req.first_user_text())
         assert found is not None, req.first_user_text()[:500]
         by_batch.setdefault(found.group(1), []).append((in_fix_round(req), req.body["model"]))
     assert by_batch
+    escalated = 0
     for batch, calls in by_batch.items():
+        first = next(r for r in fake.ok_requests()
+                     if (m := _BATCH.search(r.first_user_text())) and m.group(1) == batch)
+        if not named_files(first):
+            # Nothing required (the planner only suggests files for the tests task): the
+            # lazy first try passes verification and nothing is escalated.
+            assert calls == [(False, ROUTED)], (batch, calls)
+            continue
+        escalated += 1
         first_try = [model for fixing, model in calls if not fixing]
         fix_up = [model for fixing, model in calls if fixing]
         assert first_try == [ROUTED], (batch, calls)
         assert fix_up and set(fix_up) == {ESCALATED}, (batch, calls)
         assert calls == [(False, ROUTED)] + [(True, ESCALATED)] * len(fix_up), (batch, calls)
+    assert escalated, by_batch
 
     # Both models billed, each with exactly the usage the API returned for it.
     assert brctl.returncode == 0, brctl.stderr.decode()

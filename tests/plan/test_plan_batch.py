@@ -46,8 +46,14 @@ def _check_rules(tasks: list[Task], batches: list[Batch], max_minutes: int = 240
         assert b.estimate_minutes == sum(t.estimate_minutes for t in members)
         assert b.estimate_minutes <= max_minutes or len(members) == 1
         ids = set(b.task_ids)
-        assert not any(d in ids for t in members for d in t.depends_on), "no inner dependency"
-        expected = {batch_of[d] for t in members for d in t.depends_on}
+        if any(d in ids for t in members for d in t.depends_on):
+            # An ordered chain: each task waits only for the one before it, and nothing else
+            # waits for the inner tasks.
+            assert len(members) <= 3
+            for first, then in zip(members, members[1:], strict=False):
+                assert then.depends_on == [first.id]
+                assert [t.id for t in tasks if first.id in t.depends_on] == [then.id]
+        expected = {batch_of[d] for t in members for d in t.depends_on} - {b.id}
         assert set(b.depends_on) == expected
         assert all(d in seen for d in b.depends_on), "listed in dependency order (acyclic)"
         seen.add(b.id)
@@ -96,3 +102,30 @@ def test_minutes_cap_and_long_explicit_tasks() -> None:
     _check_rules(tasks, batches)
     assert sorted(b.task_ids for b in batches) == [["a"], ["b"], ["long"]]
     assert len(make_batches(tasks, max_batch_minutes=1000)) == 1
+
+
+def test_a_short_chain_of_same_domain_tasks_is_one_batch_done_in_order() -> None:
+    tasks = [
+        _task("model", "database"),
+        _task("hashing", "database", deps=["model"]),
+        _task("api", "backend", deps=["hashing"]),
+        _task("ui", "frontend", deps=["api"]),
+        _task("other", "database"),
+    ]
+    batches = make_batches(tasks)
+    _check_rules(tasks, batches)
+    by_tasks = {tuple(b.task_ids): b for b in batches}
+    # "User model" then "Password hashing": one agent, in order; the chain's one batch waits
+    # for nothing and the API batch waits for it.
+    chain = by_tasks[("model", "hashing")]
+    assert chain.depends_on == [] and chain.estimate_minutes == 120
+    assert by_tasks[("api",)].depends_on == [chain.id]
+    assert ("other",) in by_tasks, "a parallel task is not pulled into the chain"
+
+
+def test_a_task_two_others_wait_for_ends_a_chain() -> None:
+    tasks = [_task("a"), _task("b", deps=["a"]), _task("c", deps=["a"])]
+    batches = make_batches(tasks)
+    _check_rules(tasks, batches)
+    assert [b.task_ids for b in batches][0] == ["a"]
+    assert sorted(tid for b in batches[1:] for tid in b.task_ids) == ["b", "c"]

@@ -8,7 +8,8 @@ from hypothesis import strategies as st
 
 from buildrunnerd.errors import PlanError, SpecError
 from buildrunnerd.plan import Plan, Task, build_plan
-from buildrunnerd.spec._model import Feature, Item, Spec, SpecTask, SpecWarning
+from buildrunnerd.spec import parse_spec
+from buildrunnerd.spec._model import Feature, Item, Spec
 
 WORDS = ["store", "users", "in", "the", "database", "GET", "/api/items", "display", "a", "page",
          "calculate", "totals", "deploy", "with", "docker", "password", "login", "tests",
@@ -56,21 +57,21 @@ def test_given_tasks_are_planned_as_they_are() -> None:
     assert plan.batches[1].depends_on == [plan.batches[0].id]
 
 
-def test_plan_carries_spec_warnings_done_tasks_and_the_test_command() -> None:
-    spec = Spec(
-        title="P", path="p.md", format="tasklist", test_command="pytest -q",
-        features=[Feature(id="f", name="F", line=1)],
-        tasks=[SpecTask(id="T1", title="Write the parser", line=3, feature="f", done=True),
-               SpecTask(id="T2", title="Write the CLI", line=4, feature="f", depends_on=["T1"])],
-        warnings=[SpecWarning(line=2, message="something odd")],
+def test_plan_carries_spec_warnings_and_the_test_command_and_skips_done_tasks() -> None:
+    spec = parse_spec(
+        "# P\n\nTest command: `pytest -q`\n\n## Tasks\n\n"
+        "- [x] Task T1: Write the parser\n- [ ] Task T2: Write the CLI\n  - Depends on: T1\n"
+        "- [ ] Task T3: Write the docs\n  - Depends on: T2\n",
+        path="p.md",
     )
     plan = build_plan(spec)
     out = plan.to_json_dict()
-    assert out["spec"] == {"title": "P", "path": "p.md", "test_command": "pytest -q"}
-    assert [w["line"] for w in out["warnings"]] == [2, 3]
-    assert "1 of 2 tasks are marked done" in out["warnings"][1]["message"]
+    assert out["spec"] == {"title": "P", "path": "p.md", "test_command": "pytest -q",
+                           "language": "python", "suggested_test_command": None}
+    assert any("1 of 3 tasks are marked done" in w["message"] for w in out["warnings"])
     assert plan.test_command == "pytest -q"
-    assert [t["id"] for t in out["tasks"]] == ["T1", "T2"]
+    # The done task is not planned, and the task that waited for it is free to start.
+    assert [(t["id"], t["depends_on"]) for t in out["tasks"]] == [("T2", []), ("T3", ["T2"])]
 
 
 @st.composite

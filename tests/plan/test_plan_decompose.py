@@ -15,8 +15,9 @@ def _items(*texts: str, start: int = 10) -> list[Item]:
     return [Item(text, start + n) for n, text in enumerate(texts)]
 
 
-def _by_title(tasks: list[Task]) -> dict[str, Task]:
-    return {t.title.split(": ", 1)[1]: t for t in tasks}
+def _by_file(tasks: list[Task]) -> dict[str, Task]:
+    """Each task by its first file, required or suggested."""
+    return {(t.files or t.suggested_files)[0]: t for t in tasks}
 
 
 TODOS = Feature(
@@ -31,23 +32,29 @@ TODOS = Feature(
 
 def test_a_feature_becomes_the_tasks_its_text_calls_for() -> None:
     tasks = HeuristicPlanner().decompose_sync(_spec(TODOS))
-    parts = _by_title(tasks)
-    assert list(parts) == ["Data model", "API endpoints", "User interface", "Tests"]
+    parts = _by_file(tasks)
+    assert list(parts) == ["src/models/todo_lists.py", "src/api/todo_lists.py",
+                           "src/ui/todo_lists.py", "tests/test_todo_lists.py"]
+    data, api, ui, tests = (parts[p] for p in parts)
     assert [t.domain for t in tasks] == ["database", "backend", "frontend", "tests"]
     assert all(t.estimate_minutes in (60, 90, 120) for t in tasks)
     assert all(t.estimate_minutes == ESTIMATE_MINUTES[t.complexity] for t in tasks)
+    # The spec names no file: every path is a guess, suggested and never required.
+    assert all(t.files == [] and len(t.suggested_files) == 1 for t in tasks)
+    # Titles say what to do, in the spec's words.
+    assert data.title == "Store todo items in a SQLite table"
+    assert api.title == "GET /api/todos returns every item as JSON"
     # Criteria are the spec's own sentences, each where it belongs.
-    assert parts["Data model"].acceptance_criteria == [
+    assert data.acceptance_criteria == [
         "Store todo items in a SQLite table with a title and a done flag"
     ]
-    assert "GET /api/todos returns every item as JSON" in parts["API endpoints"].acceptance_criteria
-    assert "Ticking a checkbox marks the item done" in parts["User interface"].acceptance_criteria
-    tests = parts["Tests"].acceptance_criteria
-    assert "A test checks: Ticking a checkbox marks the item done" in tests
+    assert "GET /api/todos returns every item as JSON" in api.acceptance_criteria
+    assert "Ticking a checkbox marks the item done" in ui.acceptance_criteria
+    assert "A test checks: Ticking a checkbox marks the item done" in tests.acceptance_criteria
     # Inside the feature: data -> API -> UI -> tests.
-    assert parts["API endpoints"].depends_on == [parts["Data model"].id]
-    assert parts["User interface"].depends_on == [parts["API endpoints"].id]
-    assert parts["Tests"].depends_on == [parts["User interface"].id]
+    assert api.depends_on == [data.id]
+    assert ui.depends_on == [api.id]
+    assert tests.depends_on == [ui.id]
     assert [t.id for t in tasks] == ["todo-lists.1", "todo-lists.2", "todo-lists.3", "todo-lists.4"]
     assert all(t.feature == "todo-lists" and t.line == 5 for t in tasks)
 
@@ -60,9 +67,9 @@ def test_pure_logic_gets_no_database_api_or_ui_task() -> None:
                             "Calculate the sum per category"),
     )
     tasks = HeuristicPlanner().decompose_sync(_spec(feature))
-    assert [t.title for t in tasks] == ["CSV totals: Business logic"]
+    assert [t.title for t in tasks] == ["Parse rows with a category and an amount"]
     assert tasks[0].domain == "backend"
-    assert tasks[0].files == ["src/csv_totals.py"]
+    assert (tasks[0].files, tasks[0].suggested_files) == ([], ["src/csv_totals.py"])
 
 
 def test_auth_and_payments_are_critical_and_docs_are_simple() -> None:
@@ -85,10 +92,35 @@ def test_named_files_go_to_the_task_that_touches_them() -> None:
         acceptance_criteria=_items("Searching 'dune' finds Dune"),
         files=["src/search/index.py", "web/components/SearchBox.tsx", "tests/test_search.py"],
     )
-    parts = _by_title(HeuristicPlanner().decompose_sync(_spec(feature)))
-    assert parts["Business logic"].files == ["src/search/index.py"]
-    assert parts["User interface"].files == ["web/components/SearchBox.tsx"]
-    assert parts["Tests"].files == ["tests/test_search.py"]
+    parts = _by_file(HeuristicPlanner().decompose_sync(_spec(feature)))
+    assert list(parts) == ["src/search/index.py", "web/components/SearchBox.tsx",
+                           "tests/test_search.py"]
+    # Named files are required; nothing is guessed next to them.
+    assert all(t.files and not t.suggested_files for t in parts.values())
+
+
+def test_requirements_naming_disjoint_files_are_parallel_tasks() -> None:
+    feature = Feature(
+        id="storage", name="Storage", line=1, domain="database",
+        requirements=_items(
+            "A `todo_api/db.py` module opens the database and creates the tables.",
+            "A `todo_api/models.py` module defines the Todo dataclass and its queries.",
+            "Deleting a list deletes its todos.",
+        ),
+        acceptance_criteria=_items("Opening the database twice keeps the data.", start=20),
+        files=["todo_api/db.py", "todo_api/models.py"],
+    )
+    tasks = HeuristicPlanner().decompose_sync(_spec(feature))
+    impl = [t for t in tasks if t.domain != "tests"]
+    assert [(t.title, t.files, t.depends_on) for t in impl] == [
+        ("Open the database in `todo_api/db.py`", ["todo_api/db.py"], []),
+        ("Define the Todo dataclass and its queries in `todo_api/models.py`",
+         ["todo_api/models.py"], []),
+    ]
+    # Sentences naming no file join a task of the files the spec names: none is invented.
+    assert "Deleting a list deletes its todos." in impl[0].acceptance_criteria
+    assert all(not t.suggested_files for t in impl)
+    assert tasks[-1].domain == "tests" and tasks[-1].depends_on == [t.id for t in impl]
 
 
 def test_feature_dependencies_become_task_dependencies() -> None:
@@ -102,7 +134,7 @@ def test_feature_dependencies_become_task_dependencies() -> None:
     by_id = {t.id: t for t in tasks}
     first_of_child = next(t for t in tasks if t.feature == "reports")
     assert first_of_child.depends_on == ["accounts.2"]  # the base's last implementation task
-    assert by_id["accounts.2"].title == "Accounts: Business logic"
+    assert by_id["accounts.2"].title == "Validate emails"
     assert all(t.depends_on for t in tasks if t.feature == "reports")
 
 
@@ -111,8 +143,9 @@ def test_a_big_feature_is_split_into_tasks_of_at_most_two_hours() -> None:
     feature = Feature(id="tax", name="Tax rules", line=1, description="Apply tax rules.",
                       requirements=_items(*reqs))
     tasks = HeuristicPlanner().decompose_sync(_spec(feature))
+    # Each part is titled by its own first requirement, never "(part 1/3)".
     assert [t.title for t in tasks] == [
-        f"Tax rules: Business logic (part {n}/3)" for n in (1, 2, 3)
+        f"Validate rule number {n} of the tax code" for n in (1, 5, 8)
     ]
     assert [len(t.acceptance_criteria) for t in tasks] == [4, 3, 3], "balanced parts"
     assert all(t.estimate_minutes <= 120 for t in tasks)
@@ -124,7 +157,9 @@ def test_a_docs_only_feature_gets_only_a_docs_task() -> None:
     feature = Feature(id="user-guide", name="User guide", line=1,
                       description="Write the user guide documentation.")
     tasks = HeuristicPlanner().decompose_sync(_spec(feature))
-    assert [(t.domain, t.files) for t in tasks] == [("docs", ["docs/user-guide.md"])]
+    assert [(t.domain, t.files, t.suggested_files) for t in tasks] == [
+        ("docs", [], ["docs/user-guide.md"])
+    ]
 
 
 def test_typescript_projects_get_typescript_paths() -> None:
@@ -133,7 +168,7 @@ def test_typescript_projects_get_typescript_paths() -> None:
     tasks = HeuristicPlanner().decompose_sync(
         _spec(feature, overview="A Next.js app written in TypeScript.")
     )
-    assert tasks[0].files == ["src/components/Cart.tsx"]
+    assert tasks[0].suggested_files == ["src/components/Cart.tsx"]
 
 
 def test_explicit_tasks_are_used_as_written() -> None:
@@ -197,8 +232,29 @@ def test_paths_in_code_spans_do_not_decide_the_work_and_new_files_join_the_packa
     search = Feature(id="search", name="Search", line=9,
                      requirements=_items("Search todos by title", "GET /todos?q=milk filters"))
     tasks = HeuristicPlanner().decompose_sync(_spec(storage, search))
-    assert [t.title for t in tasks if t.feature == "storage"] == ["Storage: Data model"]
-    assert {t.title: t.files for t in tasks if t.feature == "search"} == {
-        "Search: Business logic": ["todo_api/search.py"],
-        "Search: API endpoints": ["todo_api/search_api.py"],
+    assert [(t.title, t.files) for t in tasks if t.feature == "storage"] == [
+        ("Open the database in `todo_api/db.py`", ["todo_api/db.py"])
+    ]
+    # Guessed paths follow the spec's package, and they are only suggestions.
+    assert {t.title: (t.files, t.suggested_files) for t in tasks if t.feature == "search"} == {
+        "Search todos by title": ([], ["todo_api/search.py"]),
+        "GET /todos filters": ([], ["todo_api/search_api.py"]),
     }
+
+
+def test_another_planners_files_are_held_to_the_spec() -> None:
+    from buildrunnerd.plan import hold_files_to_spec
+
+    spec = Spec(title="T", path=None, format="native", layout=["src/services/auth.ts"],
+                features=[Feature(id="a", name="A", line=1, files=["src/app.ts"])])
+    task = Task(id="a.1", feature="a", title="t", domain="backend", complexity="simple",
+                estimate_minutes=60,
+                files=["./src/app.ts", "auth.ts", "src/invented.ts", "/etc/passwd",
+                       "../outside.ts", "https://x.test/a.ts", "hashlib.scrypt"],
+                suggested_files=["src/helpers.ts"])
+    moved = hold_files_to_spec([task], spec)
+    # Named by the spec (or placed by its layout) stays required; guesses become suggestions;
+    # paths outside the project, URLs and dotted names are dropped.
+    assert task.files == ["src/app.ts", "src/services/auth.ts"]
+    assert task.suggested_files == ["src/invented.ts", "src/helpers.ts"]
+    assert moved == 5

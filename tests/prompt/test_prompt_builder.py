@@ -12,7 +12,7 @@ import pytest
 from buildrunnerd.errors import PlanError
 from buildrunnerd.plan import Batch, Plan, Task, build_plan
 from buildrunnerd.plan._model import CriticalPath
-from buildrunnerd.prompt import TiktokenCounter, build_batch_prompt, fix_prompt
+from buildrunnerd.prompt import TiktokenCounter, build_batch_prompt, fix_prompt, plan_with_prompts
 from buildrunnerd.spec._model import Feature, Item, Spec
 
 COUNTER = TiktokenCounter()
@@ -124,19 +124,19 @@ def test_a_batch_whose_tasks_alone_do_not_fit_is_an_error_naming_it() -> None:
                            test_command=None, budget_tokens=50)
 
 
-def test_build_plan_fills_prompt_tokens_and_rejects_a_too_small_budget() -> None:
+def test_plan_with_prompts_fills_prompt_tokens_and_rejects_a_too_small_budget() -> None:
     spec = Spec(title="T", path="t.md", format="native", overview="Overview " * 50, features=[
         Feature(id="f", name="F", line=1, description="Parse a file.",
                 requirements=[Item("Parse the header", 2)]),
     ])
-    plan = build_plan(spec)
+    plan = plan_with_prompts(spec)
     assert all(b.prompt_tokens > COUNTER.count(
         build_batch_prompt(plan, b, overview="", built=[], files={}, test_command=None).system
     ) for b in plan.batches)
     from buildrunnerd.config import PlannerConfig
 
     with pytest.raises(PlanError, match="batch B001"):
-        build_plan(spec, config=PlannerConfig(context_budget_tokens=20))
+        plan_with_prompts(spec, config=PlannerConfig(context_budget_tokens=20))
 
 
 def test_fix_prompt_lists_failed_checks_with_where_and_output() -> None:

@@ -5,8 +5,7 @@ from __future__ import annotations
 import random
 from pathlib import Path
 
-from buildrunnerd.plan import build_plan
-from buildrunnerd.prompt import PromptBuilder, TiktokenCounter, piece_segments
+from buildrunnerd.prompt import PromptBuilder, TiktokenCounter, piece_segments, plan_with_prompts
 from buildrunnerd.spec import parse_spec
 
 COUNTER = TiktokenCounter()
@@ -69,7 +68,7 @@ def test_plan_prompt_tokens_equal_whole_line_counting() -> None:
     # not know counts whole lines. Both must give every batch the same number.
     spec = parse_spec((DATA / "realworld" / "taskmaster-prd.txt").read_bytes(),
                       path="taskmaster-prd.txt")
-    plan = build_plan(spec)
+    plan = plan_with_prompts(spec)
     by_id = {t.id: t for t in plan.tasks}
     segmented = PromptBuilder(spec.title, test_command=spec.test_command, counter=COUNTER)
     whole = PromptBuilder(spec.title, test_command=spec.test_command,

@@ -27,8 +27,8 @@ import pytest
 from buildrunnerd.agent import ToolError
 from buildrunnerd.agent._editor import TextEditor
 from buildrunnerd.executor import BatchJob, SimulatedExecutor
-from buildrunnerd.plan import BatchPrompt
 from buildrunnerd.plan._model import Task
+from buildrunnerd.prompt import BatchPrompt
 from buildrunnerd.workspace import ChangeKind, FileMonitor, verify
 from tests.agent.support import Recorder, make_worktree
 from tests.conftest import DaemonFactory, wait_run_event, write_spec
@@ -325,7 +325,8 @@ async def test_simulated_backend_does_not_write_through_a_link(
 
 
 # --- through the daemon ------------------------------------------------------------------
-_FILES = re.compile(r"^Files: (.*)$", re.MULTILINE)  # the named files, in the prompt
+# Required files and the planner's suggestions: a diligent fake agent writes both.
+_FILES = re.compile(r"^(?:Files|Suggested files \([^)]*\)): (.*)$", re.MULTILINE)
 _BODIES = {"app/db.py": "DB = 1\n",
            "tests/test_storage.py": "def test_ok() -> None:\n    assert 1 + 1 == 2\n"}
 

@@ -105,20 +105,21 @@ def test_kiro_requirements_keep_ears_criteria_with_lines() -> None:
     assert "SHALL" in first.acceptance_criteria[0].text
 
 
-def test_kiro_task_list_is_kept_as_written() -> None:
+def test_kiro_task_list_is_kept_as_written_and_done_tasks_are_not_planned() -> None:
     spec = parse_spec_file(REALWORLD / "kiro-warband-tasks.md")
-    assert [t.id for t in spec.tasks][:4] == ["1.1", "1.2", "2.1", "3.1"]
-    first, second = spec.tasks[0], spec.tasks[1]
+    # Every task of this list is ticked done: nothing is left to plan, and the parser says so.
+    assert spec.tasks == []
+    assert [t.id for t in spec.done_tasks][:4] == ["1.1", "1.2", "2.1", "3.1"]
+    assert any("14 of 14 tasks are marked done" in w.message for w in spec.warnings)
+    first, second = spec.done_tasks[0], spec.done_tasks[1]
     assert first.title == "Create apiClient service"
     assert first.line == 6
     assert first.done is True
     assert first.requirements == ["7.1", "7.2", "7.3", "7.4", "7.5", "7.6", "7.7"]
     assert [d.text for d in first.details][:1] == ["Implement HTTP client wrapper (axios or fetch)"]
     assert first.feature == "set-up-api-client-for-backend-communication"
-    # Kiro numbering is an order: each task waits for the one before it.
+    # 1.2 traces requirements 7.5 and 7.7, which 1.1 also covers: it builds on 1.1.
     assert second.depends_on == ["1.1"]
-    assert spec.tasks[2].depends_on == ["1.2"]
-    assert spec.features[1].depends_on == [spec.features[0].id]
     assert len(spec.features) == 11
 
 
@@ -235,7 +236,9 @@ def test_seed_tier_groups_give_feature_dependencies() -> None:
 def test_seed_completion_report_list_tasks() -> None:
     spec = parse_spec_file(SEEDS / "001_f9a81c8227f50e3d.txt")
     assert _names(spec)[:2] == ["Batch A1: Core Parser", "Batch A2: Task Queue System"]
-    first = spec.tasks[0]
+    # A completion report: every task is ticked off, so none is left to plan.
+    assert spec.tasks == []
+    first = spec.done_tasks[0]
     assert (first.id, first.estimate_minutes, first.done, first.line) == ("A.1", 90, True, 24)
 
 

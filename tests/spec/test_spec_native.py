@@ -139,9 +139,13 @@ def test_kiro_repeated_checkpoint_groups_are_not_duplicates() -> None:
         "Checkpoint - Ensure all tests pass (line 9)",
     ]
     tasks = {t.id: t for t in spec.tasks}
-    assert list(tasks) == ["1", "2", "3.1", "4"]
+    # "3. Build the view" has only an optional sub-task, so the group line is a task too.
+    assert list(tasks) == ["1", "2", "3", "3.1", "4"]
     assert tasks["1"].files == ["src/model.ts"] and tasks["1"].requirements == ["1.1"]
-    assert tasks["3.1"].depends_on == ["2"] and tasks["4"].depends_on == ["3.1"]
+    assert tasks["3.1"].optional and not tasks["3"].optional
+    assert tasks["3"].depends_on == ["2"] and tasks["3.1"].depends_on == ["3"]
+    # The checkpoint waits for the required work, not for the optional tests.
+    assert tasks["4"].depends_on == ["3"]
 
 
 def test_numbered_features_can_be_named_by_number() -> None:

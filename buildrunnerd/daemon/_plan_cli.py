@@ -1,5 +1,8 @@
 """``buildrunnerd plan SPEC [--json]``: plan a spec offline and print the plan.
 
+Rendering lives here, in the daemon layer that wires the parts together, not in the planner:
+planning knows nothing of terminals.
+
 Exit codes: 0 the plan was printed; 1 the spec (or the configuration) cannot be planned, with
 every problem as ``path:line: message`` on stderr, and with ``--json`` also as
 ``{"errors": [{"line", "message"}]}`` on stdout. Never a traceback.
@@ -17,7 +20,7 @@ from rich.console import Console
 from rich.markup import escape
 
 from buildrunnerd.errors import BuildRunnerError, Problem, SpecError
-from buildrunnerd.plan._model import Plan
+from buildrunnerd.plan import Plan
 
 __all__ = ["plan_command", "render_plan"]
 
@@ -25,7 +28,7 @@ __all__ = ["plan_command", "render_plan"]
 def _load_spec_and_plan(spec_path: Path, config_file: Path | None) -> Plan:
     from buildrunnerd.config import load_config
     from buildrunnerd.paths import config_path
-    from buildrunnerd.plan._build import build_plan
+    from buildrunnerd.prompt import plan_with_prompts
     from buildrunnerd.spec import parse_spec
 
     config = load_config(config_file if config_file is not None else config_path())
@@ -38,7 +41,7 @@ def _load_spec_and_plan(spec_path: Path, config_file: Path | None) -> Plan:
             path=str(spec_path),
         ) from exc
     spec = parse_spec(data, path=str(spec_path))
-    return build_plan(spec, config=config.planner)
+    return plan_with_prompts(spec, config=config.planner)
 
 
 def plan_command(spec_path: Path, *, as_json: bool, config_file: Path | None) -> int:
@@ -117,14 +120,19 @@ def render_plan(plan: Plan, file: TextIO) -> None:
         f"({total_minutes} min of work), {len(plan.batches)} batches, "
         f"{len(plan.levels)} levels; critical path {plan.critical_path.minutes} min"
     )
+    if plan.language:
+        hint = (f"; suggested test command: {plan.suggested_test_command}"
+                if plan.suggested_test_command else "")
+        console.print(f"Stack: {escape(plan.language)}{escape(hint)}")
     _table(console, file, "Features", ("id", "name", "line", "depends on", "tasks"), [
         (f.id, f.name, str(f.line), ", ".join(f.depends_on) or "-", str(by_feature.get(f.id, 0)))
         for f in plan.features
     ])
-    _table(console, file, "Tasks",
+    _table(console, file, "Tasks (files: required; ~ suggested, never required)",
            ("id", "title", "domain", "complexity", "min", "depends on", "files", "criteria"), [
-               (t.id, t.title, t.domain, t.complexity, str(t.estimate_minutes),
-                ", ".join(t.depends_on) or "-", "\n".join(t.files) or "-",
+               (t.id, t.title + (" (optional)" if t.optional else ""), t.domain, t.complexity,
+                str(t.estimate_minutes), ", ".join(t.depends_on) or "-",
+                "\n".join([*t.files, *(f"~ {f}" for f in t.suggested_files)]) or "-",
                 str(len(t.acceptance_criteria)))
                for t in plan.tasks
            ])
