@@ -254,6 +254,18 @@ def _plan_warning(d: dict[str, Any], e: dict[str, Any]) -> str:
     return f"plan warning{planner}: {line}{one_line(d.get('message', '?'))}"
 
 
+def _batch_rolled_back(d: dict[str, Any], e: dict[str, Any]) -> str:
+    commit = f" {str(d['commit'])[:12]}" if d.get("commit") else ""
+    again = "; the batch runs again" if d.get("rerun") else ""
+    return f"merge{commit} rolled back: the run branch failed its check{_because(d)}{again}"
+
+
+def _agent_escalated(d: dict[str, Any], e: dict[str, Any]) -> str:
+    turns = f" after {d['turns']} turns" if d.get("turns") is not None else ""
+    return (f"escalating from {d.get('from', '?')} to {d.get('to', '?')}{turns}"
+            + _because(d))
+
+
 _FORMATTERS: dict[str, Callable[[dict[str, Any], dict[str, Any]], str]] = {
     "run.submitted": _run_submitted,
     "run.planning": _run_planning,
@@ -272,6 +284,7 @@ _FORMATTERS: dict[str, Callable[[dict[str, Any], dict[str, Any]], str]] = {
     "batch.requeued": lambda d, e: f"re-queued{_because(d)}",
     "batch.retried": _batch_retried,
     "batch.conflict": _batch_conflict,
+    "batch.rolled_back": _batch_rolled_back,
     "batch.cancelled": lambda d, e: f"cancelled{_because(d)}",
     "task.state_changed": _task_state,
     "file.created": _file("created"),
@@ -284,6 +297,7 @@ _FORMATTERS: dict[str, Callable[[dict[str, Any], dict[str, Any]], str]] = {
     "agent.turn": _agent_turn,
     "agent.text": _agent_text,
     "agent.fallback": _agent_fallback,
+    "agent.escalated": _agent_escalated,
     "agent.retry": _agent_retry,
     "tool.call": _tool_call,
     "tool.result": _tool_result,

@@ -139,7 +139,11 @@ def format_task(task: dict[str, Any]) -> str:
         from brctl._render import plain_line
 
         lines += ["", "events:"] + [f"  {plain_line(e, None)}" for e in task["events"]]
-    return "\n".join(lines)
+    # The prompt, titles, files and test output hold text the model or its code chose: no
+    # control character of it reaches the terminal (each shown as an escape).
+    from brctl._describe import printable
+
+    return "\n".join(printable(line) for line in "\n".join(lines).split("\n"))
 
 
 def _indent(text: str, width: int = 2) -> str:
