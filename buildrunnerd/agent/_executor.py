@@ -322,7 +322,8 @@ class AnthropicExecutor:
             cache_creation_input_tokens=u.get("cache_creation_input_tokens", 0),
             cache_read_input_tokens=u.get("cache_read_input_tokens", 0),
             cost_usd=self.costs.cost_usd(turn.model, u), latency_ms=turn.latency_ms,
-            request_id=turn.request_id, stop_reason=turn.stop_reason, purpose="batch"))
+            request_id=turn.request_id, stop_reason=turn.stop_reason, purpose="batch",
+            backend="anthropic"))
 
     async def _emit_text(self, ctx: ExecutionContext, text: str, final: bool) -> None:
         if text.strip():
