@@ -80,7 +80,8 @@ def builder(req: FakeRequest, skipped_turns: int = 0) -> Reply:
     files = named_files(req)
     wt = worktree_of(req)
     turn = req.assistant_turns() - skipped_turns
-    last = json.dumps(req.messages[-1]["content"])
+    users = [m for m in req.messages if m.get("role") == "user"]
+    last = json.dumps(users[-1]["content"]) if users else ""
     if "fresh worktree" in last:
         return Reply([text("Redoing my files."), *[write(wt, f, turn) for f in files]],
                      "tool_use")
@@ -271,6 +272,7 @@ async def test_sigkill_mid_session_resumes_the_same_session_without_repeating_ba
             info = await client.call("run.get", run_id=run["id"])
         events = await events_of(daemon, run["id"])
         assert await daemon.stop() == 0
+    (tmp_path / "requests.json").write_text(json.dumps([r.body for r in fake.requests]))
     assert info["state"] == "succeeded", failures(events)
     # The batches that had succeeded before the kill were not run again.
     done_before = {e["batch_id"] for e in before if e["type"] == "batch.succeeded"}
