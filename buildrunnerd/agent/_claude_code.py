@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import time
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -28,15 +28,18 @@ import anyio
 import msgspec
 import structlog
 
-from buildrunnerd.agent._claude_cli import ClaudeCli, cli_environment
+from buildrunnerd.agent._bash import BashSession
+from buildrunnerd.agent._claude_cli import ClaudeCli, claude_config_dir, cli_environment
+from buildrunnerd.agent._claude_launch import write_launcher
 from buildrunnerd.agent._claude_tally import TOKEN_KEYS, CallTracker, SessionTally
 from buildrunnerd.agent._confine import ToolError, resolve_in_worktree
 from buildrunnerd.agent._conversation import format_fix_report
 from buildrunnerd.agent._pricing import CostTable
 from buildrunnerd.agent._routing import pick_model
 from buildrunnerd.config import Config
-from buildrunnerd.errors import BudgetExceededError
+from buildrunnerd.errors import BudgetExceededError, SandboxUnavailableError
 from buildrunnerd.executor import ApiCall, BatchJob, ExecutionContext, ExecutionOutcome
+from buildrunnerd.sandbox import Confinement
 
 __all__ = ["ClaudeCodeExecutor", "SessionState", "classify_ending"]
 
@@ -46,7 +49,11 @@ BACKEND = "claude-code"
 _TEXT_EVENT_CHARS = 2000
 _RESULT_EVENT_CHARS = 500
 _STDERR_TAIL_LINES = 20
-_BASE_TOOLS = ["Read", "Write", "Edit", "Glob", "Grep", "Bash"]
+# The CLI's own Bash is not among them: it would run inside the CLI's sandbox, which has the
+# network and the CLI's credentials. The model's commands go through BuildRunner's bash tool
+# (an in-process MCP tool), confined like the anthropic backend's: no network, no secrets.
+_BASE_TOOLS = ["Read", "Write", "Edit", "Glob", "Grep"]
+BASH_TOOL = "mcp__buildrunner__bash"
 _WEB_TOOLS = ["WebFetch", "WebSearch"]
 _SUBAGENT_TOOLS = ["Task"]
 # Path parameters of the CLI's file tools, and whether the tool writes.
@@ -193,7 +200,7 @@ class _Guard:
         reason = self.check(tool, params)
         if reason is not None:
             return PermissionResultDeny(message=reason)
-        # Bash commands the CLI would ask about run anyway: the whole CLI is sandboxed.
+        # What passed the guard may run: BuildRunner's bash is confined on its own.
         return PermissionResultAllow()
 
 
@@ -212,22 +219,20 @@ def _call_summary(tool: str, params: Any, *, refused: str | None) -> dict[str, A
 class ClaudeCodeExecutor:
     """Runs batches as Claude Code sessions (one CLI process per invocation).
 
-    ``cli``: the CLI found at start-up (:func:`~._claude_cli.probe_claude_cli`). ``launcher``
-    turns a worktree into the executable the SDK starts (the sandbox's wrapper script) and
-    returns it with a cleanup; without one the CLI itself is started."""
+    ``cli``: the CLI found at start-up (:func:`~._claude_cli.probe_claude_cli`); each
+    invocation starts it through a launcher that confines it (:mod:`._claude_launch`)."""
 
     name = BACKEND
 
-    def __init__(self, config: Config, cli: ClaudeCli, *, env: dict[str, str],
-                 home: Path,
-                 launcher: Callable[[Path, dict[str, str]],
-                                    Awaitable[tuple[Path, Callable[[], Awaitable[None]]]]]
-                 | None = None) -> None:
+    def __init__(self, config: Config, cli: ClaudeCli, *, env: Mapping[str, str], home: Path,
+                 confinement: Confinement) -> None:
         self.config = config
         self.cli = cli
         self.costs = CostTable(config.pricing)
-        self._env = cli_environment(env, cli.config_dir or home / "claude")
-        self._launcher = launcher
+        self.confinement = confinement
+        self._config_dir = cli.config_dir or claude_config_dir(home)
+        self._launch_dir = self._config_dir / "launch"
+        self._env = cli_environment(env, self._config_dir)
         self._recent: OrderedDict[tuple[str, str, int], bytes] = OrderedDict()
 
     async def aclose(self) -> None:
@@ -317,7 +322,10 @@ class ClaudeCodeExecutor:
 
         worktree = Path(job.worktree)
         tools = self._tools()
-        guard = _Guard(worktree, tools, ctx.emit)
+        guard = _Guard(worktree, [*tools, BASH_TOOL], ctx.emit)
+        bash = BashSession(worktree, confinement=self.confinement,
+                           timeout_s=self.config.agent.bash_timeout_s,
+                           max_chars=self.config.agent.tool_output_max_chars)
         stderr_tail: list[str] = []
 
         def on_stderr(line: str) -> None:
@@ -325,8 +333,12 @@ class ClaudeCodeExecutor:
             del stderr_tail[:-_STDERR_TAIL_LINES]
 
         env = dict(self._env, CLAUDE_CODE_MAX_RETRIES=str(self.config.claude_code.max_retries))
-        cli_path, cleanup = (await self._launcher(worktree, env) if self._launcher is not None
-                             else (self.cli.path, _nothing))
+        try:
+            cli_path, cleanup = await write_launcher(self.confinement, self.cli.path, worktree,
+                                                     self._config_dir, env, self._launch_dir)
+        except SandboxUnavailableError as exc:
+            await bash.aclose()
+            return ExecutionOutcome("failed", reason=str(exc), model=state.model)
         system = "\n\n".join(p for p in (job.prompt.system, _RULES.format(wt=job.worktree)) if p)
         options = ClaudeAgentOptions(
             cwd=str(worktree), cli_path=str(cli_path), env=env, model=state.model,
@@ -336,7 +348,8 @@ class ClaudeCodeExecutor:
             system_prompt={"type": "preset", "preset": "claude_code", "append": system},
             max_turns=self.config.agent.max_turns, resume=state.session_id,
             include_partial_messages=True, setting_sources=[], skills=[],
-            strict_mcp_config=True, stderr=on_stderr, verbatim_prompts=True,
+            mcp_servers={"buildrunner": _bash_server(bash)}, strict_mcp_config=True,
+            stderr=on_stderr, verbatim_prompts=True,
         )
         resumed = state.session_id is not None
         state.invocations += 1
@@ -384,6 +397,7 @@ class ClaudeCodeExecutor:
                 with anyio.move_on_after(20.0):
                     await client.disconnect()
                 await cleanup()
+                await bash.aclose()
         if result is None and stderr_tail:
             crash += " | stderr: " + " / ".join(stderr_tail[-5:])
         return await self._finish(job, ctx, state, result, limit_at, limit_type, crash)
@@ -474,8 +488,25 @@ class ClaudeCodeExecutor:
             f"(Claude Code) {ending.note}"))
 
 
-async def _nothing() -> None:
-    return None
+def _bash_server(bash: BashSession) -> Any:
+    """The in-process MCP server with BuildRunner's confined bash tool."""
+    from claude_agent_sdk import create_sdk_mcp_server, tool
+
+    @tool("bash", "Run a shell command in the repository worktree (a persistent shell: cd and "
+          "variables carry over). No network. Give restart: true to restart the shell.",
+          {"type": "object", "properties": {"command": {"type": "string"},
+                                            "restart": {"type": "boolean"}}})
+    async def run(args: dict[str, Any]) -> dict[str, Any]:
+        try:
+            output, is_error = await bash.run(args), False
+        except ToolError as exc:
+            output, is_error = str(exc), True
+        except OSError as exc:
+            output, is_error = f"The tool failed: {exc}", True
+        return {"content": [{"type": "text", "text": output or "(no output)"}],
+                "is_error": is_error}
+
+    return create_sdk_mcp_server("buildrunner", tools=[run])
 
 
 async def _emit_assistant(ctx: ExecutionContext, message: Any) -> None:

@@ -165,7 +165,8 @@ def _make_executor(backend: BackendChoice, config: Config, socket: Path, home: P
     if backend.name == "claude-code":
         from buildrunnerd.agent import ClaudeCodeExecutor
 
-        claude: Executor = ClaudeCodeExecutor(config, backend.cli, env=env, home=home)
+        claude: Executor = ClaudeCodeExecutor(config, backend.cli, env=env, home=home,
+                                              confinement=confinement)
         return claude
     from buildrunnerd.agent import AnthropicExecutor
 

@@ -1,8 +1,9 @@
 """The real daemon with ``--backend claude-code``: the real Claude Code CLI (bundled in the
-``claude-agent-sdk`` wheel) against the fake Messages API.
+``claude-agent-sdk`` wheel), in the sandbox, against the fake Messages API.
 
-The fake plays the model: it answers the CLI's requests with the CLI's own tools (``Write``,
-``Bash``), reading the worktree from the system prompt and the files from the batch prompt.
+The fake plays the model: it answers the CLI's requests with the CLI's own file tools
+(``Write``, ``Read``) and BuildRunner's bash tool, reading the worktree from the system prompt
+and the files from the batch prompt.
 """
 
 from __future__ import annotations
@@ -43,6 +44,7 @@ pytestmark = [
                        "installed: pip install -e '.[claude-code]'"),
     pytest.mark.timeout(240),
 ]
+BASH = "mcp__buildrunner__bash"  # BuildRunner's confined bash, not the CLI's own
 _FILES = re.compile(r"^Files: (.*)$", re.MULTILINE)
 _WORKTREE = re.compile(r"repository worktree at (\S+?):")
 
@@ -91,7 +93,7 @@ def builder(req: FakeRequest, skipped_turns: int = 0) -> Reply:
         return Reply([text(f"Writing {files[turn]}."), write(wt, files[turn], turn)],
                      "tool_use")
     if turn == len(files):
-        return Reply([tool_use("Bash", {"command": "ls -R app", "description": "list"})],
+        return Reply([tool_use(BASH, {"command": "env | sort; ls -R app"})],
                      "tool_use")
     return Reply([text("Wrote " + ", ".join(files) + ".")], "end_turn")
 
@@ -172,8 +174,8 @@ async def test_claude_code_run_builds_verifies_merges_and_bills_exactly(
     for req in batch_requests:
         assert "BuildRunner runs this session" in json.dumps(req.body["system"])
         names = {t["name"] for t in req.body["tools"]}
-        assert {"Write", "Edit", "Read", "Bash"} <= names
-        assert not names & {"WebFetch", "WebSearch", "Task", "Agent"}
+        assert {"Write", "Edit", "Read", "Glob", "Grep", BASH} <= names
+        assert not names & {"Bash", "WebFetch", "WebSearch", "Task", "Agent"}
     # Exact tokens: the rows add up to what the API billed, priced with our table.
     billed = fake.billed_totals()
     for key, value in billed.items():
@@ -183,9 +185,17 @@ async def test_claude_code_run_builds_verifies_merges_and_bills_exactly(
         sum(prices.cost_usd(b.model, b.usage) for b in fake.billed), rel=1e-9)
     assert costs["backends"] == ["claude-code"] and costs["api_equivalent"] is True
     assert brctl.returncode == 0 and "API-equivalent cost" in brctl.stdout.decode()
-    # The key reached neither the logs nor the state dir.
+    # The key reached neither the model's shell, nor the logs, nor the state dir.
+    shell = [e["data"]["output"] for e in events if e["type"] == "tool.result"]
+    assert any("PATH=" in out for out in shell)
+    assert not any(API_KEY in out or "BUILDRUNNER_" in out for out in shell)
     assert API_KEY not in daemon.stderr()
     assert grep_tree(daemon.home / "buildrunner.db", API_KEY.encode()) == []
+
+
+def escaped(tmp_path: Path, target: Path) -> list[Path]:
+    """Files the attacks below would have left outside the worktree."""
+    return [*tmp_path.rglob("climbed.txt"), *target.iterdir()]
 
 
 async def test_a_hostile_model_cannot_leave_the_worktree_or_write_git(
@@ -201,9 +211,9 @@ async def test_a_hostile_model_cannot_leave_the_worktree_or_write_git(
         tool_use("Write", {"file_path": "{wt}/.git", "content": "gitdir: /tmp"}),  # ...not this
         tool_use("Write", {"file_path": "{wt}/../../climbed.txt", "content": "pwned"}),
         tool_use("Read", {"file_path": "/etc/passwd"}),
-        tool_use("Bash", {"command": f"ln -sfn {target} escape", "description": "link"}),
+        tool_use(BASH, {"command": f"ln -sfn {target} escape"}),
         tool_use("Write", {"file_path": "{wt}/escape/linked.txt", "content": "pwned"}),
-        tool_use("Bash", {"command": "rm escape", "description": "unlink"}),
+        tool_use(BASH, {"command": "rm escape"}),
         tool_use("WebFetch", {"url": "http://example.invalid", "prompt": "x"}),
     ]
     refusals_per_batch = 5  # outside, .git, climbed, /etc/passwd, through the symlink
@@ -228,7 +238,7 @@ async def test_a_hostile_model_cannot_leave_the_worktree_or_write_git(
         assert await daemon.stop() == 0
     assert info["state"] == "succeeded", failures(events)
     assert not outside.exists()
-    assert not list(tmp_path.rglob("climbed.txt")) and not list(target.iterdir())
+    assert escaped(tmp_path, target) == []
     refused = [e["data"] for e in events if e["type"] == "tool.call" and "refused" in e["data"]]
     batches = sum(1 for e in events if e["type"] == "batch.dispatched")
     assert len(refused) == refusals_per_batch * batches, refused
@@ -272,20 +282,26 @@ async def test_sigkill_mid_session_resumes_the_same_session_without_repeating_ba
             info = await client.call("run.get", run_id=run["id"])
         events = await events_of(daemon, run["id"])
         assert await daemon.stop() == 0
-    (tmp_path / "requests.json").write_text(json.dumps([r.body for r in fake.requests]))
     assert info["state"] == "succeeded", failures(events)
     # The batches that had succeeded before the kill were not run again.
     done_before = {e["batch_id"] for e in before if e["type"] == "batch.succeeded"}
-    assert len(done_before) == 2
+    assert done_before  # (the held batch is the second of four; workers=1)
     dispatched = [e["batch_id"] for e in events if e["type"] == "batch.dispatched"]
     for batch_id in done_before:
         assert dispatched.count(batch_id) == 1
     # The interrupted batch resumed its session (same id), told that its worktree moved.
-    started = [e for e in events if e["type"] == "session.started"]
-    killed = [e for e in started if e["batch_id"] not in done_before]
+    interrupted = {e["batch_id"] for e in before if e["type"] == "session.started"} - done_before
+    assert len(interrupted) == 1
+    killed = [e for e in events if e["type"] == "session.started"
+              and e["batch_id"] in interrupted]
     assert len(killed) == 2 and killed[1]["data"]["resumed"] is True
     assert killed[0]["data"]["session_id"] == killed[1]["data"]["session_id"]
     assert any(b"fresh worktree" in r.raw for r in fake.requests)
+    # The killed daemon's CLI died with it (the sandbox's --die-with-parent): no orphan went
+    # on with the old session in the old worktree.
+    orphan = [r.index for r in fake.requests if "app/reports.py" in named_files(r)
+              and r.assistant_turns() >= 2 and b"fresh worktree" not in r.raw]
+    assert orphan == []
     files = set(git(repo, "ls-tree", "-r", "--name-only", info["branch"]).splitlines())
     assert "app/reports.py" in files
 
@@ -329,7 +345,7 @@ async def test_a_usage_limit_pauses_the_run_then_it_resumes_by_itself(
                 and e["data"]["to"] == "failed"]
     limit = [e for e in events if e["type"] == "run.usage_limited"]
     assert len(limit) == 1 and limit[0]["data"]["resume_at_unix"] == int(resets_at[0])
-    assert [e["data"]["status"] for e in events if e["type"] == "usage.limit"][0] == "rejected"
+    assert "rejected" in [e["data"]["status"] for e in events if e["type"] == "usage.limit"]
     # The paused batch went on in the same session.
     started = [e["data"] for e in events if e["type"] == "session.started"]
     assert started[1]["resumed"] is True
