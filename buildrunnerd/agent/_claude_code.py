@@ -167,6 +167,10 @@ class _Guard:
         """None when the call may go on, else the reason (for the model)."""
         if tool not in self.allowed:
             return f"The tool {tool} is not available here; use {', '.join(sorted(self.allowed))}."
+        pattern = params.get("pattern")
+        if tool == "Glob" and isinstance(pattern, str) and (
+                pattern.startswith(("/", "~")) or ".." in Path(pattern).parts):
+            return "Glob patterns must be relative to the repository, without '..'."
         if tool in _PATH_PARAMS:
             key, write = _PATH_PARAMS[tool]
             raw = params.get(key)
@@ -176,10 +180,6 @@ class _Guard:
                 resolve_in_worktree(self.root, str(raw or ""), write=write)
             except ToolError as exc:
                 return str(exc)
-            pattern = params.get("pattern")
-            if tool == "Glob" and isinstance(pattern, str) and (
-                    pattern.startswith("/") or ".." in Path(pattern).parts):
-                return "Glob patterns must be relative to the repository, without '..'."
         return None
 
     async def pre_tool_use(self, input_data: Any, tool_use_id: str | None,

@@ -66,7 +66,7 @@ def worktree_of(req: FakeRequest) -> str:
     told its new one)."""
     found = _WORKTREE.findall(json.dumps(req.body.get("system")))
     moved = re.findall(r"fresh worktree \((\S+?)\)", json.dumps(req.messages))
-    return (moved or found)[-1]
+    return str((moved or found)[-1])
 
 
 def is_batch_request(req: FakeRequest) -> bool:
