@@ -100,6 +100,8 @@ class RunManager:
         for record in runs:
             try:
                 await self._activate(record, resume=resume)
+                if record.state == "paused":
+                    await self._rearm_usage_limit(record.id)
                 if self._sandbox_missing() and record.state != "paused":
                     # Confinement is required: the run waits (nothing lost) until the daemon
                     # restarts with a working sandbox, then `brctl resume` continues it.
@@ -157,11 +159,14 @@ class RunManager:
             active.attempts[batch.id] = batch.attempts
             if resume and batch.id in resume:
                 active.resume_attempts[batch.id] = resume[batch.id]
-            elif batch.state in ("running", "verifying"):
-                # Stopped gracefully mid-attempt: that attempt is already marked interrupted,
-                # and its conversation checkpoint is where the next attempt resumes.
+            elif batch.state in ("running", "verifying") or (
+                    batch.state == "pending" and batch.attempts):
+                # Stopped gracefully mid-attempt, or paused (budget, usage limit) and back in
+                # the queue: that attempt is marked interrupted, and its conversation
+                # checkpoint is where the next attempt resumes.
                 attempts = await self.store.list_attempts(batch.id)
-                if attempts and attempts[-1].has_checkpoint:
+                if (attempts and attempts[-1].has_checkpoint
+                        and attempts[-1].outcome == "interrupted"):
                     active.resume_attempts[batch.id] = attempts[-1].id
         graph = RunGraph(
             BatchSpec(b.id, tuple(b.depends_on), b.priority_minutes, b.state) for b in batches
@@ -444,6 +449,19 @@ class RunManager:
             return  # paused or ended for another reason: the user decides
         self._limit_resumes[run_id] = at
         self._timers_changed.set()
+
+    async def _rearm_usage_limit(self, run_id: str) -> None:
+        """After a restart: a run still paused by a usage limit resumes at its reset time."""
+        events = await self.store.list_events(
+            run_id=run_id, types=["run.usage_limited", "run.paused", "run.resumed"],
+            limit=100_000)
+        if len(events) >= 2 and events[-1].type == "run.paused" \
+                and events[-2].type == "run.usage_limited":
+            at = float(events[-2].data.get("resume_at_unix") or 0.0)
+            if at:
+                self._limit_resumes[run_id] = at
+                self._timers_changed.set()
+                _log.info("run.limit_rearmed", run_id=run_id, resume_at_unix=at)
 
     async def run_timers(self) -> None:
         """Resume runs paused by a usage limit once it has reset (runs for the daemon's life)."""

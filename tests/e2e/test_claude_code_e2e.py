@@ -310,46 +310,66 @@ async def test_a_usage_limit_pauses_the_run_then_it_resumes_by_itself(
     daemon_factory: DaemonFactory, tmp_path: Path
 ) -> None:
     repo, spec = make_repo(tmp_path)
-    limited = threading.Event()
-    resets_at = [0.0]
+    limited: list[tuple[str, ...]] = []  # the batches (their files) that hit a limit
+    resets_at: list[float] = []
 
     def responder(req: FakeRequest) -> Reply | ErrorReply:
-        # The first session's second call hits the subscription's usage limit, once.
-        if is_batch_request(req) and req.assistant_turns() == 1 and not limited.is_set():
-            limited.set()
-            resets_at[0] = time.time() + 3
-            return usage_limit(resets_at[0])
+        # The second call of the first two sessions hits the subscription's usage limit.
+        files = tuple(named_files(req))
+        if (is_batch_request(req) and req.assistant_turns() == 1 and len(limited) < 2
+                and files not in limited):
+            limited.append(files)
+            resets_at.append(time.time() + 4)
+            return usage_limit(resets_at[-1])
         return builder(req)
 
     with FakeAnthropic(responder) as fake:
         env = claude_env(daemon_factory, fake, oauth=True)
-        daemon = await start(daemon_factory, env, config_file(tmp_path))
+        config = config_file(tmp_path)
+        daemon = await start(daemon_factory, env, config)
         async with daemon.client() as client:
             ping = await client.call("daemon.ping")
             run = await client.call("run.submit", spec_path=str(spec), repo=str(repo),
                                     workers=1)
-            paused = await wait_run_event(daemon.socket, run["id"], ("run.paused",),
-                                          timeout_s=120)
-            await wait_run_event(daemon.socket, run["id"], ("run.resumed",), timeout_s=60)
-            await wait_run_event(daemon.socket, run["id"], timeout_s=90)
+        # The first limit: paused, then resumed by the daemon at the reset time.
+        paused = await wait_run_event(daemon.socket, run["id"], ("run.paused",), timeout_s=120)
+        resumed = await wait_run_event(daemon.socket, run["id"], ("run.resumed",),
+                                       since=paused["id"], timeout_s=60)
+        # The second: the daemon restarts while the run waits, and still resumes it.
+        second = await wait_run_event(daemon.socket, run["id"], ("run.paused",),
+                                      since=resumed["id"], timeout_s=120)
+        assert await daemon.stop() == 0
+        daemon = await start(daemon_factory, env, config)
+        await wait_run_event(daemon.socket, run["id"], ("run.resumed",), since=second["id"],
+                             timeout_s=60)
+        await wait_run_event(daemon.socket, run["id"], timeout_s=120)
+        async with daemon.client() as client:
             info = await client.call("run.get", run_id=run["id"])
             tasks = await client.call("task.list", run_id=run["id"])
         events = await events_of(daemon, run["id"])
         assert await daemon.stop() == 0
     assert "logged in (oauth_token)" in ping["backend_reason"]
-    assert "usage limit" in paused["data"]["reason"]
+    assert "usage limit" in paused["data"]["reason"] and "resumes by itself" in \
+        paused["data"]["reason"]
     assert info["state"] == "succeeded", failures(events)
-    # No task failed on the way, and the limit's event says when it resets.
+    # No task failed on the way, and each limit's event says when it resets.
     assert all(t["state"] == "succeeded" for t in tasks)
     assert not [e for e in events if e["type"] == "task.state_changed"
                 and e["data"]["to"] == "failed"]
-    limit = [e for e in events if e["type"] == "run.usage_limited"]
-    assert len(limit) == 1 and limit[0]["data"]["resume_at_unix"] == int(resets_at[0])
+    limits = [e["data"]["resume_at_unix"] for e in events if e["type"] == "run.usage_limited"]
+    assert limits == [int(at) for at in resets_at]
     assert "rejected" in [e["data"]["status"] for e in events if e["type"] == "usage.limit"]
-    # The paused batch went on in the same session.
-    started = [e["data"] for e in events if e["type"] == "session.started"]
-    assert started[1]["resumed"] is True
-    assert started[0]["session_id"] == started[1]["session_id"]
+    # Each paused batch went on in its own session.
+    sessions: dict[str, list[dict[str, Any]]] = {}
+    for e in events:
+        if e["type"] == "session.started":
+            sessions.setdefault(e["batch_id"], []).append(e["data"])
+    resumed_sessions = [s for s in sessions.values() if len(s) > 1]
+    assert len(resumed_sessions) == 2
+    for started in resumed_sessions:
+        assert started[1]["resumed"] is True
+        assert started[0]["session_id"] == started[1]["session_id"]
+    del fake
 
 
 def _crashing_cli(tmp_path: Path, real: Path) -> Path:
