@@ -21,6 +21,7 @@ from __future__ import annotations
 import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -148,6 +149,25 @@ def classify_ending(result: Any | None, *, limit_resets_at: float | None,
     else:
         note = "the session says it is done"
     return Ending(kind="verify", note=note + "; verification decides")
+
+
+@dataclass(slots=True)
+class _Invocation:
+    """One CLI process's worth of a session: its clocks and what it reported."""
+
+    resumed: bool
+    tracker: CallTracker = field(default_factory=CallTracker)
+    limit_at: float | None = None
+    limit_type: str | None = None
+    started: float = field(default_factory=time.monotonic)
+    turn_started: float = field(default_factory=time.monotonic)  # when the next call began
+
+    def lap_ms(self) -> int:
+        """A call's latency: from its start (the CLI's first message, or the tool results
+        before it) to its final usage; then the next call starts."""
+        now = time.monotonic()
+        lap, self.turn_started = now - self.turn_started, now
+        return int(lap * 1000)
 
 
 class _Guard:
@@ -353,12 +373,9 @@ class ClaudeCodeExecutor:
         )
         resumed = state.session_id is not None
         state.invocations += 1
-        tracker = CallTracker()
+        inv = _Invocation(resumed=resumed)
         result: Any = None
-        limit_at: float | None = None
-        limit_type: str | None = None
         crash = ""
-        started = time.monotonic()
         client = ClaudeSDKClient(options)
         try:
             try:
@@ -366,26 +383,18 @@ class ClaudeCodeExecutor:
                 await client.query(prompt)
                 async for message in client.receive_response():
                     if isinstance(message, StreamEvent):
-                        call = tracker.feed(message.event)
+                        call = inv.tracker.feed(message.event)
                         if call is not None and message.parent_tool_use_id is None:
-                            await self._record_call(job, ctx, state, call, started)
+                            await self._record_call(job, ctx, state, call, inv)
                     elif isinstance(message, SystemMessage):
-                        await self._system(job, ctx, state, message, resumed)
+                        await self._system(job, ctx, state, message, inv)
                     elif isinstance(message, AssistantMessage):
                         await _emit_assistant(ctx, message)
                     elif isinstance(message, UserMessage):
+                        inv.turn_started = time.monotonic()  # tool results: a call follows
                         await _emit_tool_results(ctx, message)
                     elif isinstance(message, RateLimitEvent):
-                        info = message.rate_limit_info
-                        await ctx.emit("usage.limit", {
-                            "status": info.status, "resets_at": info.resets_at,
-                            "type": info.rate_limit_type, "utilization": info.utilization,
-                            "backend": BACKEND})
-                        if info.status == "rejected":
-                            limit_at = float(info.resets_at) if info.resets_at else None
-                            limit_type = info.rate_limit_type
-                            if limit_at is None:
-                                limit_at = time.time() + self.config.claude_code.usage_limit_wait_s
+                        await self._rate_limit(ctx, message, inv)
                     elif isinstance(message, ResultMessage):
                         result = message
             except ClaudeSDKError as exc:
@@ -400,27 +409,40 @@ class ClaudeCodeExecutor:
                 await bash.aclose()
         if result is None and stderr_tail:
             crash += " | stderr: " + " / ".join(stderr_tail[-5:])
-        return await self._finish(job, ctx, state, result, limit_at, limit_type, crash)
+        return await self._finish(job, ctx, state, result, inv.limit_at, inv.limit_type, crash)
+
+    async def _rate_limit(self, ctx: ExecutionContext, message: Any, inv: _Invocation) -> None:
+        info = message.rate_limit_info
+        await ctx.emit("usage.limit", {
+            "status": info.status, "resets_at": info.resets_at, "type": info.rate_limit_type,
+            "utilization": info.utilization, "backend": BACKEND})
+        if info.status == "rejected":
+            inv.limit_type = info.rate_limit_type
+            inv.limit_at = (float(info.resets_at) if info.resets_at
+                            else time.time() + self.config.claude_code.usage_limit_wait_s)
 
     async def _system(self, job: BatchJob, ctx: ExecutionContext, state: SessionState,
-                      message: Any, resumed: bool) -> None:
+                      message: Any, inv: _Invocation) -> None:
         data = message.data
         if message.subtype == "init":
             session_id = str(data.get("session_id") or "")
             if session_id and session_id != state.session_id:
                 state.session_id = session_id
+            inv.turn_started = time.monotonic()
             # Checkpointed at once: a crash from here on resumes this session.
             await self._checkpoint(job, ctx, state)
             await ctx.emit("session.started", {
                 "session_id": session_id, "model": data.get("model") or state.model,
-                "resumed": resumed, "cli_version": data.get("claude_code_version"),
-                "tools": data.get("tools"), "backend": BACKEND})
+                "resumed": inv.resumed, "cli_version": data.get("claude_code_version"),
+                "tools": data.get("tools"), "backend": BACKEND,
+                # From starting the CLI (launcher, sandbox, CLI) to its first message.
+                "startup_ms": int((inv.turn_started - inv.started) * 1000)})
         elif message.subtype == "api_retry":
             await ctx.emit("agent.retry", {k: data.get(k) for k in (
                 "attempt", "max_retries", "retry_delay_ms", "error_status", "error")})
 
     async def _record_call(self, job: BatchJob, ctx: ExecutionContext, state: SessionState,
-                           call: dict[str, Any], started: float) -> None:
+                           call: dict[str, Any], inv: _Invocation) -> None:
         usage = call["usage"]
         model = call["model"] or state.model
         tokens = {k: int(usage.get(k) or 0) for k in TOKEN_KEYS}
@@ -428,7 +450,7 @@ class ClaudeCodeExecutor:
             model, tokens["input_tokens"], tokens["output_tokens"],
             tokens["cache_creation_input_tokens"], tokens["cache_read_input_tokens"],
             cost_usd=self.costs.cost_usd(model, usage),
-            latency_ms=int((time.monotonic() - started) * 1000),
+            latency_ms=inv.lap_ms(),
             request_id=call.get("message_id"), stop_reason=call.get("stop_reason"),
             purpose="batch", backend=BACKEND)
         await ctx.record_api_call(row)
