@@ -18,6 +18,7 @@ next attempt resumes the same session in its new worktree and is told it moved.
 
 from __future__ import annotations
 
+import stat
 import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Mapping
@@ -33,14 +34,14 @@ from buildrunnerd.agent._bash import BashSession
 from buildrunnerd.agent._claude_cli import ClaudeCli, claude_config_dir, cli_environment
 from buildrunnerd.agent._claude_launch import write_launcher
 from buildrunnerd.agent._claude_tally import TOKEN_KEYS, CallTracker, SessionTally
-from buildrunnerd.agent._confine import ToolError, resolve_in_worktree
+from buildrunnerd.agent._confine import ToolError
 from buildrunnerd.agent._conversation import format_fix_report
 from buildrunnerd.agent._pricing import CostTable
 from buildrunnerd.agent._routing import pick_model
 from buildrunnerd.config import Config
 from buildrunnerd.errors import BudgetExceededError, SandboxUnavailableError
 from buildrunnerd.executor import ApiCall, BatchJob, ExecutionContext, ExecutionOutcome
-from buildrunnerd.sandbox import Confinement
+from buildrunnerd.sandbox import Confinement, WorktreePathError, lstat_in, worktree_relpath
 
 __all__ = ["ClaudeCodeExecutor", "SessionState", "classify_ending"]
 
@@ -170,6 +171,34 @@ class _Invocation:
         return int(lap * 1000)
 
 
+def check_worktree_path(root: Path, raw: str, *, write: bool) -> None:
+    """Raise :class:`WorktreePathError` unless a file tool may use ``raw``, by the editor
+    tool's rules (:mod:`buildrunnerd.sandbox._fs`): inside the worktree, no ``..`` out of it,
+    no symlink anywhere on the way (nor at the end), and no write into ``.git``. The CLI then
+    does the file work itself, inside its sandbox."""
+    rel = worktree_relpath(root, raw)
+    if write and any(part.casefold() == ".git" for part in rel.parts):
+        raise WorktreePathError(
+            f"{raw} is inside .git, which is read-only (BuildRunner commits for you).",
+            problem="read_only", path=raw)
+    # Every existing component, from the root down: a symlink on the way is refused; the
+    # first missing one ends the walk (Write creates it and what is below).
+    for depth in range(1, len(rel.parts) + 1):
+        sub = "/".join(rel.parts[:depth])
+        try:
+            st = lstat_in(root, sub)
+        except WorktreePathError as exc:
+            if exc.problem == "missing":
+                return
+            raise WorktreePathError(exc.message.replace(sub, raw, 1), problem=exc.problem,
+                                    path=raw) from exc
+        if stat.S_ISLNK(st.st_mode):
+            raise WorktreePathError(
+                f"The path {raw} goes through a symlink ({sub}); symlinks are not followed, "
+                "refused. Use the real path inside the repository.", problem="symlink",
+                path=raw)
+
+
 class _Guard:
     """The ``PreToolUse`` hook and the permission callback of one session: file tools stay in
     the worktree (by :func:`resolve_in_worktree`), other tools only from the allowed set.
@@ -197,9 +226,9 @@ class _Guard:
             if raw is None and not write:
                 return None  # Glob/Grep default to the working directory
             try:
-                resolve_in_worktree(self.root, str(raw or ""), write=write)
-            except ToolError as exc:
-                return str(exc)
+                check_worktree_path(self.root, str(raw or ""), write=write)
+            except WorktreePathError as exc:
+                return exc.message
         return None
 
     async def pre_tool_use(self, input_data: Any, tool_use_id: str | None,
