@@ -72,7 +72,7 @@ _RULES = (
     "tasks are done, end with a short summary of what you built."
 )
 _MOVED_NOTE = (
-    "Note from BuildRunner: the daemon restarted and this batch continues in a fresh worktree "
+    "Note from BuildRunner: this batch was interrupted and continues in a fresh worktree "
     "({wt}) made from the run branch. Edits from earlier in this session that were not merged "
     "are gone and the old paths no longer exist: work only under {wt}, check the files you "
     "created or changed, and redo what is missing before you go on."
@@ -307,7 +307,9 @@ class ClaudeCodeExecutor:
             return SessionState(worktree=job.worktree, model=model,
                                 fix_round=job.fix_round), prompt
         parts: list[str] = []
-        if state.worktree and state.worktree != job.worktree:
+        if job.resume_state is not None or (state.worktree and state.worktree != job.worktree):
+            # A checkpoint handed back by the daemon is an earlier attempt's: its worktree is
+            # gone (a pooled one may even have the same path, reset to the run branch).
             parts.append(_MOVED_NOTE.format(wt=job.worktree))
         if job.fix_report is not None and job.fix_round > state.fix_round:
             parts.append(format_fix_report(job.fix_report))
