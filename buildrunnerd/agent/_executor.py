@@ -144,11 +144,12 @@ class AnthropicExecutor:
                                                   "text": format_fix_report(job.fix_report)}])
                 if job.escalation:
                     state.model = self._model_for(job)
-                if job.resume_state is not None or (state.worktree
-                                                    and state.worktree != job.worktree):
+                if (job.resume_state is not None and not state.done) or (
+                        state.worktree and state.worktree != job.worktree):
                     # The daemon resumes an interrupted attempt in a fresh worktree (pooled
                     # worktrees may even reuse the path): the conversation must not believe
-                    # its earlier edits are still there.
+                    # its earlier edits are still there. (A finished one goes to
+                    # verification as it is.)
                     state.pending_note = _MOVED_NOTE.format(wt=job.worktree)
                 state.worktree = job.worktree
                 return state
