@@ -27,6 +27,14 @@ then on, side by side. ``--seed-tests``: the repository gets a seeded pytest sui
 project ``.venv``, so every verification and every branch check runs real tests.
 
     .venv/bin/python bench/agent_bench.py --through-daemon --branch-check both --seed-tests
+
+``--backend claude-code``: the same run through the daemon with ``--backend claude-code``: each
+batch is a session of the real Claude Code CLI (the one bundled in ``claude-agent-sdk``), in the
+sandbox, against the same fake API and latency; then the ``anthropic`` backend's run, side by
+side. Also reported: the CLI's start-up per batch (the ``session.started`` event's
+``startup_ms``: launcher, sandbox and CLI until its first message).
+
+    .venv/bin/python bench/agent_bench.py --backend claude-code [--batches 16] [--json]
 """
 
 from __future__ import annotations
@@ -49,6 +57,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from buildrunnerd.agent import AnthropicExecutor  # noqa: E402
+from buildrunnerd.agent._claude_cli import find_claude_cli  # noqa: E402
 from buildrunnerd.config import AgentConfig, Config  # noqa: E402
 from buildrunnerd.executor import ApiCall, BatchJob  # noqa: E402
 from buildrunnerd.plan import Task  # noqa: E402
@@ -107,6 +116,28 @@ def steps(batch: str) -> list[Reply]:
 
 
 _DAEMON_BATCH = re.compile(r"# Your tasks: batch (B\d+)")
+_WORKTREE = re.compile(r"repository worktree at (\S+?):")
+CC_BASH = "mcp__buildrunner__bash"
+
+
+def claude_code_step(req: FakeRequest) -> Reply:
+    """The same three turns for a Claude Code session: its Write tool (absolute paths, in the
+    worktree its system prompt names), BuildRunner's bash tool, the end."""
+    if not req.body.get("tools"):
+        return Reply([text("ok")], "end_turn")  # a side call of the CLI
+    batch = batch_key(req)
+    module = f"mod_{batch.lower()}"
+    found = _WORKTREE.findall(json.dumps(req.body.get("system")))
+    turn = req.assistant_turns()
+    if turn == 0 and found:
+        return Reply([text(f"Creating {module}.py."), tool_use("Write", {
+            "file_path": f"{found[-1]}/{module}.py",
+            "content": f"def answer() -> int:\n    return {len(batch)}\n"})], "tool_use")
+    if turn == 1:
+        return Reply([tool_use(CC_BASH, {"command": f"{sys.executable} -c 'import {module}; "
+                                                    f"print({module}.answer())'"})],
+                     "tool_use")
+    return Reply([text(f"{module}.py is in place and runs.")], "end_turn")
 
 
 def batch_key(req: FakeRequest) -> str:
@@ -127,12 +158,13 @@ def job(batch: str, worktree: Path) -> BatchJob:
                     worktree=str(worktree))
 
 
-def serve_fake(batches: int, latency_ms: float) -> None:
+def serve_fake(batches: int, latency_ms: float, backend: str = "anthropic") -> None:
     """``--serve-fake``: run the fake API in this process until stdin closes. The bench runs
     it as a separate process, as the real API is: its JSON and hashing work must not compete
     with the agent for the bench process's GIL."""
     names = [f"B{i:03d}" for i in range(1, batches + 1)]
-    responder = agent_script({b: steps(b) for b in names}, batch_key)
+    responder = (claude_code_step if backend == "claude-code"
+                 else agent_script({b: steps(b) for b in names}, batch_key))
     with FakeAnthropic(responder, latency_s=latency_ms / 1000) as fake:
         print(fake.base_url, flush=True)
         sys.stdin.read()
@@ -253,9 +285,10 @@ SEEDED_TESTS = "".join(f"def test_seed_{i}():\n    assert {i} + 1 == {i + 1}\n\n
 
 
 async def run_daemon(workers: int, batches: list[str], latency_s: float, root: Path, *,
-                     branch_check: bool = True, seed_tests: bool = False) -> dict[str, Any]:
+                     branch_check: bool = True, seed_tests: bool = False,
+                     backend: str = "anthropic") -> dict[str, Any]:
     """One run of the wide spec through a fresh ``buildrunnerd`` with ``workers`` workers."""
-    base = root / f"d{workers}-{'check' if branch_check else 'nocheck'}"
+    base = root / f"d{workers}-{'check' if branch_check else 'nocheck'}-{backend}"
     repo = base / "repo"
     repo.mkdir(parents=True)
     _git(repo, "init", "-q", "-b", "main")
@@ -280,13 +313,17 @@ async def run_daemon(workers: int, batches: list[str], latency_s: float, root: P
         f"[verify]\nbranch_check = {'true' if branch_check else 'false'}\n", encoding="utf-8")
     server = await anyio.open_process(
         [sys.executable, __file__, "--serve-fake", "--batches", str(len(batches)),
-         "--latency-ms", str(latency_s * 1000)])
+         "--latency-ms", str(latency_s * 1000), "--backend", backend])
     assert server.stdout is not None and server.stdin is not None
     base_url = (await server.stdout.receive()).decode().strip()
     factory = DaemonFactory(base)
     try:
         env = factory.base_env(ANTHROPIC_API_KEY=API_KEY, ANTHROPIC_BASE_URL=base_url)
-        daemon = await factory.start("--backend", "anthropic", "--config", str(config),
+        if backend == "claude-code":
+            found = find_claude_cli({"PATH": ""})
+            assert found is not None, "install the extra: pip install -e '.[claude-code]'"
+            env["BUILDRUNNER_CLAUDE_CLI"] = str(found[0])
+        daemon = await factory.start("--backend", backend, "--config", str(config),
                                      env=env)
         async with daemon.client() as client:
             started = time.perf_counter()
@@ -308,8 +345,16 @@ async def run_daemon(workers: int, batches: list[str], latency_s: float, root: P
         await server.wait()
     total_in = (costs["input_tokens"] + costs["cache_creation_input_tokens"]
                 + costs["cache_read_input_tokens"])
+    startups = [float(e["data"]["startup_ms"]) for e in events
+                if e["type"] == "session.started" and "startup_ms" in e["data"]]
+    extra: dict[str, Any] = {}
+    if startups:
+        startups.sort()
+        extra = {"cli_startup_ms_mean": round(sum(startups) / len(startups)),
+                 "cli_startup_ms_median": round(startups[len(startups) // 2])}
     verified = [e["data"] for e in events if e["type"] == "run.verified"]
-    return {"workers": workers, "branch_check": branch_check, "seed_tests": seed_tests,
+    return {"backend": backend, **extra,
+            "workers": workers, "branch_check": branch_check, "seed_tests": seed_tests,
             "verified_counts": verified[0].get("counts") if verified else None,
             "seconds": round(elapsed, 2), "state": info["state"],
             "calls": costs["calls"], "failures": [] if end["type"] == "run.succeeded"
@@ -338,26 +383,35 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
     default_counter().count("warm up")
     await select_sandbox("auto")
     results = []
+    # claude-code is measured through the daemon, beside the anthropic backend's run.
+    backends = ["claude-code", "anthropic"] if args.backend == "claude-code" else ["anthropic"]
+    through_daemon = args.through_daemon or args.backend == "claude-code"
     with tempfile.TemporaryDirectory(prefix="agent-bench-") as tmp:
         checks = {"on": [True], "off": [False], "both": [False, True]}[args.branch_check]
-        for workers in args.workers:
-            if args.through_daemon:
-                for check in checks:
-                    results.append(await run_daemon(
-                        workers, batches, args.latency_ms / 1000, Path(tmp),
-                        branch_check=check, seed_tests=args.seed_tests))
-            else:
-                results.append(await run(workers, batches, args.latency_ms / 1000, Path(tmp)))
-    base = results[0]["seconds"]
-    for r in results:
-        r["speedup"] = round(base / r["seconds"], 2)
+        for backend in backends:
+            for workers in args.workers:
+                if through_daemon:
+                    for check in checks:
+                        results.append(await run_daemon(
+                            workers, batches, args.latency_ms / 1000, Path(tmp),
+                            branch_check=check, seed_tests=args.seed_tests, backend=backend))
+                else:
+                    results.append(await run(workers, batches, args.latency_ms / 1000,
+                                             Path(tmp)))
+    for backend in backends:
+        for flag in (True, False, None):
+            mine = [r for r in results if r.get("backend", "anthropic") == backend
+                    and r.get("branch_check") is flag]
+            for r in mine:
+                r["speedup"] = round(mine[0]["seconds"] / r["seconds"], 2)
     for r in results:  # what the branch check adds, against the same worker count without it
         twin = next((o for o in results if o["workers"] == r["workers"]
+                     and o.get("backend") == r.get("backend")
                      and o.get("branch_check") is False), None)
         if r.get("branch_check") and twin is not None:
             r["branch_check_overhead"] = round(r["seconds"] / twin["seconds"] - 1, 3)
     return {"batches": args.batches, "latency_ms": args.latency_ms, "results": results,
-            "level": "daemon" if args.through_daemon else "executor",
+            "level": "daemon" if through_daemon else "executor",
             "machine": f"{platform.machine()}, {platform.python_version()}, "
                        f"{__import__('os').cpu_count()} CPUs"}
 
@@ -376,10 +430,13 @@ def main() -> None:
                              "each worker count without, then with it)")
     parser.add_argument("--seed-tests", action="store_true",
                         help="daemon level: a seeded pytest suite and a project .venv")
+    parser.add_argument("--backend", choices=["anthropic", "claude-code"], default="anthropic",
+                        help="claude-code: through the daemon with the real Claude Code CLI, "
+                             "beside the anthropic backend's run")
     parser.add_argument("--serve-fake", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.serve_fake:
-        serve_fake(args.batches, args.latency_ms)
+        serve_fake(args.batches, args.latency_ms, args.backend)
         return
     report = anyio.run(main_async, args)
     if args.json:
@@ -387,14 +444,17 @@ def main() -> None:
         return
     print(f"{report['batches']} batches, {report['level']} level, fake API "
           f"+{report['latency_ms']:g} ms per call, {report['machine']}")
-    print(f"{'workers':>7} {'branch':>6} {'seconds':>8} {'speedup':>8} {'calls':>6} "
-          f"{'cache read':>10}")
+    print(f"{'backend':>11} {'workers':>7} {'branch':>6} {'seconds':>8} {'speedup':>8} "
+          f"{'calls':>6} {'cache read':>10} {'CLI start-up/batch':>19}")
     for r in report["results"]:
         check = {True: "on", False: "off", None: "-"}[r.get("branch_check")]
         extra = (f"  +{r['branch_check_overhead']:.0%} for the branch check"
                  if "branch_check_overhead" in r else "")
-        print(f"{r['workers']:>7} {check:>6} {r['seconds']:>8.2f} {r['speedup']:>7.2f}x "
-              f"{r['calls']:>6} {r['cache_read_share']:>9.0%}" + extra
+        startup = (f"{r['cli_startup_ms_mean']:>6} ms mean, {r['cli_startup_ms_median']} median"
+                   if "cli_startup_ms_mean" in r else "-")
+        print(f"{r.get('backend', 'anthropic'):>11} {r['workers']:>7} {check:>6} "
+              f"{r['seconds']:>8.2f} {r['speedup']:>7.2f}x {r['calls']:>6} "
+              f"{r['cache_read_share']:>9.0%}  {startup}" + extra
               + (f"  FAILED {r['failures']}" if r["failures"] else ""))
         if "phases" in r:
             print(f"{'':>7} seconds summed over batches: {r['phases']}")

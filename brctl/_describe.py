@@ -266,6 +266,28 @@ def _agent_escalated(d: dict[str, Any], e: dict[str, Any]) -> str:
             + _because(d))
 
 
+def _session_started(d: dict[str, Any], e: dict[str, Any]) -> str:
+    how = "resumed" if d.get("resumed") else "started"
+    startup = f", start-up {d['startup_ms']} ms" if d.get("startup_ms") is not None else ""
+    return (f"Claude Code session {one_line(d.get('session_id') or '?', 12)} {how} on "
+            f"{one_line(d.get('model') or '?', 60)}{startup}")
+
+
+def _session_ended(d: dict[str, Any], e: dict[str, Any]) -> str:
+    cli = d.get("cli_cost_usd")
+    figure = f"; CLI's own figure {format_usd(cli)}" if isinstance(cli, (int, float)) else ""
+    return f"session ended ({one_line(d.get('ending') or '?', 20)}): {one_line(d.get('note'))}" \
+        + figure
+
+
+def _usage_limit(d: dict[str, Any], e: dict[str, Any]) -> str:
+    kind = f" {one_line(d['type'], 30)}" if d.get("type") else ""
+    at = d.get("resets_at")
+    when = (f", resets {datetime.fromtimestamp(at, UTC).isoformat(timespec='seconds')}"
+            if isinstance(at, (int, float)) else "")
+    return f"usage limit{kind}: {one_line(d.get('status') or '?', 30)}{when}"
+
+
 _FORMATTERS: dict[str, Callable[[dict[str, Any], dict[str, Any]], str]] = {
     "run.submitted": _run_submitted,
     "run.planning": _run_planning,
@@ -277,6 +299,11 @@ _FORMATTERS: dict[str, Callable[[dict[str, Any], dict[str, Any]], str]] = {
     "run.failed": _run_state("failed"),
     "run.cancelled": _run_state("cancelled"),
     "run.verified": _run_verified,
+    "run.usage_limited": lambda d, e: (f"paused by a usage limit{_because(d)}; resumes at "
+                                       f"{one_line(d.get('resume_at') or '?', 40)}"),
+    "session.started": _session_started,
+    "session.ended": _session_ended,
+    "usage.limit": _usage_limit,
     "plan.warning": _plan_warning,
     "batch.dispatched": _batch_dispatched,
     "batch.succeeded": _batch_succeeded,

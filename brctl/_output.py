@@ -43,6 +43,7 @@ def format_ping(ping: dict[str, Any]) -> str:
         f"up {format_duration(float(ping.get('uptime_s') or 0))}",
         f"backend:     {backend}",
         f"sandbox:     {sandbox}",
+        *([f"             ({ping['backend_reason']})"] if ping.get("backend_reason") else []),
         f"workers:     {ping.get('workers', '?')}",
         f"active runs: {ping.get('active_runs', 0)}",
         f"socket:      {ping.get('socket', '?')}",
@@ -164,7 +165,12 @@ def format_costs(summary: dict[str, Any]) -> str:
     ])
     by = str(summary.get("by") or "model").upper()
     scope = f"run {summary['run_id']}" if summary.get("run_id") else "all runs"
-    return f"spend for {scope}\n" + table(
+    head = f"spend for {scope}"
+    if summary.get("api_equivalent"):
+        head = (f"API-equivalent cost for {scope}: calls made through Claude Code "
+                "(backend claude-code) are priced at API list prices; on a subscription they "
+                "are not billed per token")
+    return head + "\n" + table(
         [by, "CALLS", "INPUT", "OUTPUT", "CACHE READ", "CACHE WRITE", "COST"], rows
     )
 

@@ -52,6 +52,7 @@ class RunningBatch:
     model: str | None
     task_ids: list[str]
     started: datetime | None
+    turns: int = 0  # model turns (API calls) of its session so far
 
 
 @dataclass
@@ -189,6 +190,9 @@ class RunView:
         batch = self.running.get(str(batch_id))
         if batch is not None and isinstance(model, str) and model:
             batch.model = model
+        if batch is not None and kind == "agent.turn":
+            turn = data.get("turn")
+            batch.turns = turn if isinstance(turn, int) else batch.turns + 1
         self.last_events.append(event_line(event, clock=True, run=False))
 
 
@@ -302,7 +306,8 @@ def _panel(view: RunView, now: datetime, *, compact: bool = False) -> Renderable
     if compact:  # several runs on a small terminal: the essentials of each
         return Panel(Group(*parts), title=f"run {view.run_id}", title_align="left")
     if view.running:
-        batches = Table("batch", "model", "tasks", "elapsed", box=None, padding=(0, 2, 0, 0))
+        batches = Table("batch", "model", "tasks", "turns", "elapsed", box=None,
+                        padding=(0, 2, 0, 0))
         for batch in view.running.values():
             elapsed = (now - batch.started).total_seconds() if batch.started else 0.0
             tasks = ", ".join(local_id(t, view.run_id) or "" for t in batch.task_ids)
@@ -310,7 +315,7 @@ def _panel(view: RunView, now: datetime, *, compact: bool = False) -> Renderable
             # model names come from the planner's and the API's answers.
             batches.add_row(*(Text(one_line(cell)) for cell in (
                 local_id(batch.batch_id, view.run_id), batch.model or "-", tasks or "-",
-                format_duration(elapsed))))
+                str(batch.turns) if batch.turns else "-", format_duration(elapsed))))
         parts.append(batches)
     if view.last_events:
         parts.append(Text("\n".join(view.last_events), style="dim", overflow="ellipsis",

@@ -198,6 +198,10 @@ class CostSummary(msgspec.Struct):
     cache_creation_input_tokens: int
     rows: list[CostRow]
     run_id: str | None = None
+    backends: list[str] = msgspec.field(default_factory=list)  # that made the calls
+    # True when some calls were made through a Claude Code subscription: their dollars are
+    # what the tokens would cost at API list prices, not what the user was billed.
+    api_equivalent: bool = False
 
 
 class PingResult(msgspec.Struct):
@@ -206,7 +210,7 @@ class PingResult(msgspec.Struct):
     version: str
     pid: int
     uptime_s: float
-    backend: str  # "anthropic" | "simulated"
+    backend: str  # "anthropic" | "claude-code" | "simulated"
     simulated: bool
     workers: int
     socket: str
@@ -216,3 +220,4 @@ class PingResult(msgspec.Struct):
     sandbox: str = "unavailable"
     sandbox_detail: str = ""
     active_runs: int = 0
+    backend_reason: str = ""  # why this backend was chosen (flag, config, or what auto found)

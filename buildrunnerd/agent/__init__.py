@@ -1,9 +1,12 @@
-"""The ``anthropic`` backend: Claude works on batches with an editor and a shell.
+"""The model backends that call Claude: ``anthropic`` (the Messages API with an editor and a
+shell, ours) and ``claude-code`` (headless Claude Code sessions, for subscriptions).
 
 Routing, retries, the shared rate limiter, prompt caching, costs and the Claude planner are
 described in ``docs/models-and-costs.md``.
 """
 
+from buildrunnerd.agent._claude_cli import ClaudeCli, ClaudeCliError, probe_claude_cli
+from buildrunnerd.agent._claude_code import ClaudeCodeExecutor
 from buildrunnerd.agent._confine import ToolError
 from buildrunnerd.agent._executor import AnthropicExecutor
 from buildrunnerd.agent._planner import ClaudePlanner, choose_planner
@@ -14,6 +17,9 @@ from buildrunnerd.agent._routing import pick_model
 
 __all__ = [
     "AnthropicExecutor",
+    "ClaudeCli",
+    "ClaudeCliError",
+    "ClaudeCodeExecutor",
     "ClaudePlanner",
     "CostTable",
     "RateLimiter",
@@ -21,4 +27,5 @@ __all__ = [
     "check_api",
     "choose_planner",
     "pick_model",
+    "probe_claude_cli",
 ]

@@ -144,9 +144,12 @@ class AnthropicExecutor:
                                                   "text": format_fix_report(job.fix_report)}])
                 if job.escalation:
                     state.model = self._model_for(job)
-                if state.worktree and state.worktree != job.worktree:
-                    # The daemon may resume an interrupted attempt in a new worktree: the
-                    # conversation must not believe its earlier edits are still there.
+                if (job.resume_state is not None and not state.done) or (
+                        state.worktree and state.worktree != job.worktree):
+                    # The daemon resumes an interrupted attempt in a fresh worktree (pooled
+                    # worktrees may even reuse the path): the conversation must not believe
+                    # its earlier edits are still there. (A finished one goes to
+                    # verification as it is.)
                     state.pending_note = _MOVED_NOTE.format(wt=job.worktree)
                 state.worktree = job.worktree
                 return state
@@ -322,7 +325,8 @@ class AnthropicExecutor:
             cache_creation_input_tokens=u.get("cache_creation_input_tokens", 0),
             cache_read_input_tokens=u.get("cache_read_input_tokens", 0),
             cost_usd=self.costs.cost_usd(turn.model, u), latency_ms=turn.latency_ms,
-            request_id=turn.request_id, stop_reason=turn.stop_reason, purpose="batch"))
+            request_id=turn.request_id, stop_reason=turn.stop_reason, purpose="batch",
+            backend="anthropic"))
 
     async def _emit_text(self, ctx: ExecutionContext, text: str, final: bool) -> None:
         if text.strip():

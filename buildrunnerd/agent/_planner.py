@@ -221,7 +221,8 @@ class ClaudePlanner:
                 cache_creation_input_tokens=u.get("cache_creation_input_tokens", 0),
                 cache_read_input_tokens=u.get("cache_read_input_tokens", 0),
                 cost_usd=self.costs.cost_usd(turn.model, u), latency_ms=turn.latency_ms,
-                request_id=turn.request_id, stop_reason=turn.stop_reason, purpose="planner"))
+                request_id=turn.request_id, stop_reason=turn.stop_reason, purpose="planner",
+                backend="anthropic"))
         calls = [b for b in turn.content
                  if b.get("type") == "tool_use" and b.get("name") == "submit_tasks"]
         if not calls:

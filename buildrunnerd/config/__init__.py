@@ -10,6 +10,7 @@ from buildrunnerd.config._load import (
 )
 from buildrunnerd.config._model import (
     AgentConfig,
+    ClaudeCodeConfig,
     Config,
     DaemonConfig,
     HooksConfig,
@@ -23,7 +24,8 @@ from buildrunnerd.config._model import (
 )
 
 __all__ = [
-    "AgentConfig", "Config", "DaemonConfig", "HooksConfig", "ModelsConfig", "PlannerConfig",
+    "AgentConfig", "ClaudeCodeConfig", "Config", "DaemonConfig", "HooksConfig", "ModelsConfig",
+    "PlannerConfig",
     "Price", "PricingConfig", "RetentionConfig", "SandboxConfig", "VerifyConfig",
     "ENV_OVERRIDES", "RESTART_REQUIRED", "check_config_main", "describe_config", "load_config",
     "reloadable_diff",

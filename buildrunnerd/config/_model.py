@@ -8,7 +8,7 @@ import msgspec
 
 __all__ = [
     "DaemonConfig", "PlannerConfig", "ModelsConfig", "Price", "PricingConfig", "AgentConfig",
-    "VerifyConfig", "RetentionConfig", "SandboxConfig", "Config",
+    "ClaudeCodeConfig", "VerifyConfig", "RetentionConfig", "SandboxConfig", "Config",
 ]
 
 
@@ -26,7 +26,7 @@ class DaemonConfig(_Section):
     subscriber_queue_size: int = 1000  # events buffered per subscriber before it is dropped
     log_format: Literal["console", "json"] = "console"
     log_level: str = "info"
-    backend: Literal["auto", "anthropic", "simulated"] = "auto"
+    backend: Literal["auto", "anthropic", "claude-code", "simulated"] = "auto"
 
 
 class PlannerConfig(_Section):
@@ -97,6 +97,17 @@ class AgentConfig(_Section):
     editor_max_write_bytes: int = 1024 * 1024
 
 
+class ClaudeCodeConfig(_Section):
+    """The ``claude-code`` backend: each batch is a headless Claude Code session."""
+
+    web_tools: bool = False  # WebFetch and WebSearch for the sessions
+    subagents: bool = False  # the Task tool (subagents) for the sessions
+    # The CLI's own retries of 429/5xx answers (CLAUDE_CODE_MAX_RETRIES) before it gives up.
+    max_retries: int = 4
+    # A usage or rate limit that names no reset time pauses the run for this long.
+    usage_limit_wait_s: float = 300.0
+
+
 class VerifyConfig(_Section):
     test_cmd: str | None = None  # default test command (per-run --test-cmd and the spec win)
     test_timeout_s: float = 600.0
@@ -146,6 +157,7 @@ class Config(_Section):
     models: ModelsConfig = msgspec.field(default_factory=ModelsConfig)
     pricing: PricingConfig = msgspec.field(default_factory=PricingConfig)
     agent: AgentConfig = msgspec.field(default_factory=AgentConfig)
+    claude_code: ClaudeCodeConfig = msgspec.field(default_factory=ClaudeCodeConfig)
     verify: VerifyConfig = msgspec.field(default_factory=VerifyConfig)
     retention: RetentionConfig = msgspec.field(default_factory=RetentionConfig)
     sandbox: SandboxConfig = msgspec.field(default_factory=SandboxConfig)

@@ -120,17 +120,54 @@ def _home_lock(home: Path) -> Iterator[IO[str] | None]:
         handle.close()
 
 
-def _choose_backend(options: DaemonOptions, config: Config, env: dict[str, str]) -> str:
+@dataclass(frozen=True, slots=True)
+class BackendChoice:
+    """The backend the daemon runs with, why, and (claude-code) the CLI it found."""
+
+    name: str
+    reason: str
+    cli: Any = None  # agent.ClaudeCli for claude-code
+
+
+async def choose_backend(options: DaemonOptions, config: Config, env: dict[str, str],
+                         home: Path) -> BackendChoice:
+    """``--backend`` or ``daemon.backend``; ``auto``: anthropic with an API key, else
+    claude-code when a logged-in Claude Code CLI is found, else simulated. Raises
+    :class:`~buildrunnerd.errors.AgentError` (with the fix) when claude-code is asked for
+    and the CLI is missing or logged out."""
     choice = options.backend or config.daemon.backend
-    if choice == "auto":
-        return "anthropic" if env.get("ANTHROPIC_API_KEY") else "simulated"
-    return choice
+    origin = "--backend" if options.backend else "daemon.backend in the config"
+    if choice == "claude-code":
+        from buildrunnerd.agent import probe_claude_cli
+
+        cli = await probe_claude_cli(env, home, require=True)
+        assert cli is not None  # require=True raises instead
+        return BackendChoice("claude-code", f"{origin} = claude-code; {cli.describe()}", cli)
+    if choice != "auto":
+        return BackendChoice(choice, f"{origin} = {choice}")
+    if env.get("ANTHROPIC_API_KEY"):
+        return BackendChoice("anthropic", "auto: ANTHROPIC_API_KEY is set")
+    from buildrunnerd.agent import probe_claude_cli
+
+    cli = await probe_claude_cli(env, home)
+    if cli is not None and cli.logged_in:
+        return BackendChoice("claude-code", f"auto: no ANTHROPIC_API_KEY; {cli.describe()}",
+                             cli)
+    found = (f"{cli.describe()} (log in: docs/claude-code.md)" if cli is not None
+             else "no Claude Code CLI found")
+    return BackendChoice("simulated", f"auto: no ANTHROPIC_API_KEY and {found}")
 
 
-def _make_executor(backend: str, config: Config, socket: Path, home: Path,
-                   confinement: Confinement) -> Executor:
-    if backend == "simulated":
+def _make_executor(backend: BackendChoice, config: Config, socket: Path, home: Path,
+                   confinement: Confinement, env: dict[str, str]) -> Executor:
+    if backend.name == "simulated":
         return SimulatedExecutor.from_env()
+    if backend.name == "claude-code":
+        from buildrunnerd.agent import ClaudeCodeExecutor
+
+        claude: Executor = ClaudeCodeExecutor(config, backend.cli, env=env, home=home,
+                                              confinement=confinement)
+        return claude
     from buildrunnerd.agent import AnthropicExecutor
 
     # The socket (wherever --socket put it) and the state dir are hidden from the model's
@@ -289,7 +326,8 @@ class _Daemon:
         from buildrunnerd.store import Store
 
         config = self.config
-        backend = _choose_backend(self.options, config, self.env)
+        choice = await choose_backend(self.options, config, self.env, self.home)
+        backend = choice.name
         workers = self.options.workers or config.daemon.workers
         confinement = await Confinement.create(config, state_dir=self.home,
                                                socket_path=self.socket)
@@ -302,13 +340,17 @@ class _Daemon:
             confinement = dataclasses.replace(confinement, sandbox=Unconfined())
         else:
             _log_confinement(confinement)
-        executor = _make_executor(backend, config, self.socket, self.home, confinement)
+        executor = _make_executor(choice, config, self.socket, self.home, confinement,
+                                  self.env)
+        _log.info("backend.chosen", backend=backend, reason=choice.reason)
         if backend == "simulated":
             _log.warning("backend.simulated",
                          message="SIMULATED backend: no model is called; batches write "
-                                 "placeholder files (set ANTHROPIC_API_KEY for Claude)",
+                                 "placeholder files (set ANTHROPIC_API_KEY, or log in to "
+                                 "Claude Code, for Claude)",
                          ms_per_minute=getattr(executor, "ms_per_minute", 0))
-        elif not (self.env.get("ANTHROPIC_API_KEY") or self.env.get("ANTHROPIC_AUTH_TOKEN")):
+        elif backend == "anthropic" and not (self.env.get("ANTHROPIC_API_KEY")
+                                             or self.env.get("ANTHROPIC_AUTH_TOKEN")):
             _log.warning("backend.no_api_key",
                          message="backend anthropic without ANTHROPIC_API_KEY: every batch "
                                  "will fail to authenticate; set the key or use --backend "
@@ -322,7 +364,7 @@ class _Daemon:
                 runs=runs, store=store, bus=bus, backend=backend, socket=self.socket,
                 sandbox=confinement.mode, sandbox_detail=confinement.error or "",
                 home=self.home, request_shutdown=self.request_stop,
-                started_monotonic=self.started,
+                started_monotonic=self.started, backend_reason=choice.reason,
             )
             dispatcher = Dispatcher()
             methods.register(dispatcher)
@@ -362,10 +404,12 @@ class _Daemon:
                     recovered = await runs.recover()
                     await tg.start(server.serve)
                     tg.start_soon(self._retention, store)
+                    tg.start_soon(runs.run_timers)
                     _log.info("daemon.ready", version=__version__, pid=os.getpid(),
                               socket=str(self.socket), home=str(self.home), backend=backend,
                               simulated=backend == "simulated", workers=workers,
-                              sandbox=confinement.mode, recovered_runs=recovered)
+                              sandbox=confinement.mode, backend_reason=choice.reason,
+                              recovered_runs=recovered)
                     _notify.ready(f"serving on {self.socket}; backend {backend}; "
                                   f"{recovered} run(s) resumed")
                     await self.stop.wait()

@@ -117,6 +117,7 @@ class BatchContext:
         batch_id: str,
         attempt_id: int,
         on_budget_exceeded: Any,
+        on_usage_limited: Any = None,
     ) -> None:
         self._store = store
         self.run = run
@@ -125,6 +126,7 @@ class BatchContext:
         self.batch_id = batch_id
         self.attempt_id = attempt_id
         self._on_budget_exceeded = on_budget_exceeded
+        self.on_usage_limited = on_usage_limited
         self.model: str | None = None  # the model that did the work (last outcome's)
         self.summary = ""  # what was built, for later batches' prompts
 
@@ -472,6 +474,7 @@ async def run_batch_lifecycle(
     batch_id: str,
     on_budget_exceeded: Any,
     confinement: Confinement | None = None,
+    on_usage_limited: Any = None,
 ) -> BatchResult:
     """Run one dispatched batch to a result. Cancellation (run cancel, shutdown) records the
     attempt as cancelled/interrupted, removes the worktree, and re-raises."""
@@ -495,7 +498,8 @@ async def run_batch_lifecycle(
         )
         path, head = await _ws_prepare(run)
         attempt = await store.start_attempt(batch_id, worktree=str(path), model=None)
-        ctx = BatchContext(store, run, batch_id, attempt.id, on_budget_exceeded)
+        ctx = BatchContext(store, run, batch_id, attempt.id, on_budget_exceeded,
+                           on_usage_limited)
         resume_state = None
         if resume_attempt is not None:
             resume_state = await store.load_checkpoint(resume_attempt)
@@ -521,6 +525,10 @@ async def run_batch_lifecycle(
             )
             if result is not None:  # failed / budget: no merge
                 outcome = "failed" if result.status == "failed" else "interrupted"
+                if outcome == "interrupted":
+                    # Paused (budget, usage limit): the next dispatch continues this
+                    # attempt's conversation from its checkpoint instead of starting over.
+                    run.resume_attempts[batch_id] = attempt.id
                 await store.finish_attempt(attempt.id, outcome=outcome, reason=result.reason,
                                            verification=report)
                 keep_worktree = result.status == "failed" and config.verify.keep_failed_worktrees
@@ -659,6 +667,12 @@ async def _execute_and_verify(
             return BatchResult("interrupted", reason=outcome.reason or "budget exceeded"), report
         if outcome.status == "cancelled":
             return BatchResult("interrupted", reason=outcome.reason or "cancelled"), report
+        if outcome.status == "usage_limited":
+            # Never a failure: the run pauses until the limit resets, then this batch goes on.
+            reason = outcome.reason or "usage limit reached"
+            if ctx.on_usage_limited is not None:
+                await ctx.on_usage_limited(run.id, outcome.resume_at, reason)
+            return BatchResult("interrupted", reason=reason, model=outcome.model), report
         if outcome.status == "failed":
             return BatchResult("failed", reason=outcome.reason or "the backend failed",
                                model=outcome.model), report

@@ -189,6 +189,7 @@ class DaemonMethods:
         started_monotonic: float | None = None,
         sandbox: str = "unavailable",
         sandbox_detail: str = "",
+        backend_reason: str = "",
     ) -> None:
         self.runs = runs
         self.sandbox = sandbox
@@ -196,6 +197,7 @@ class DaemonMethods:
         self.store = store
         self.bus = bus
         self.backend = backend
+        self.backend_reason = backend_reason
         self.socket = socket
         self.home = home
         self.request_shutdown = request_shutdown
@@ -236,7 +238,7 @@ class DaemonMethods:
             backend=self.backend, simulated=self.backend == "simulated",
             workers=self.runs.scheduler.workers, socket=str(self.socket), home=str(self.home),
             sandbox=self.sandbox, sandbox_detail=self.sandbox_detail,
-            active_runs=self.runs.active_runs,
+            active_runs=self.runs.active_runs, backend_reason=self.backend_reason,
         )
 
     async def shutdown(self, params: dict[str, Any], conn: Connection) -> dict[str, Any]:

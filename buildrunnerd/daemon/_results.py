@@ -89,6 +89,7 @@ class BatchResults:
                 store=self._runs.store, executor=self._runs.executor,
                 config=self._runs.config, run=active, batch_id=batch_id,
                 on_budget_exceeded=self._runs.budget_exceeded,
+                on_usage_limited=self._runs.usage_limited,
                 confinement=self._runs.confinement,
             )
         except StoreError:

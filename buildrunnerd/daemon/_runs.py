@@ -11,7 +11,9 @@ leaves a state that recovery can continue from.
 from __future__ import annotations
 
 import functools
+import time
 from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -68,6 +70,9 @@ class RunManager:
         self.intake = Intake(self)
         self._tg: anyio.abc.TaskGroup | None = None
         self._background: dict[str, anyio.CancelScope] = {}  # run id -> planning / starting
+        # Runs paused by a usage limit -> when they resume by themselves (unix seconds).
+        self._limit_resumes: dict[str, float] = {}
+        self._timers_changed = anyio.Event()
 
     @property
     def active_runs(self) -> int:
@@ -95,6 +100,8 @@ class RunManager:
         for record in runs:
             try:
                 await self._activate(record, resume=resume)
+                if record.state == "paused":
+                    await self._rearm_usage_limit(record.id)
                 if self._sandbox_missing() and record.state != "paused":
                     # Confinement is required: the run waits (nothing lost) until the daemon
                     # restarts with a working sandbox, then `brctl resume` continues it.
@@ -152,11 +159,14 @@ class RunManager:
             active.attempts[batch.id] = batch.attempts
             if resume and batch.id in resume:
                 active.resume_attempts[batch.id] = resume[batch.id]
-            elif batch.state in ("running", "verifying"):
-                # Stopped gracefully mid-attempt: that attempt is already marked interrupted,
-                # and its conversation checkpoint is where the next attempt resumes.
+            elif batch.state in ("running", "verifying") or (
+                    batch.state == "pending" and batch.attempts):
+                # Stopped gracefully mid-attempt, or paused (budget, usage limit) and back in
+                # the queue: that attempt is marked interrupted, and its conversation
+                # checkpoint is where the next attempt resumes.
                 attempts = await self.store.list_attempts(batch.id)
-                if attempts and attempts[-1].has_checkpoint:
+                if (attempts and attempts[-1].has_checkpoint
+                        and attempts[-1].outcome == "interrupted"):
                     active.resume_attempts[batch.id] = attempts[-1].id
         graph = RunGraph(
             BatchSpec(b.id, tuple(b.depends_on), b.priority_minutes, b.state) for b in batches
@@ -322,6 +332,7 @@ class RunManager:
     async def resume(self, run_id: str) -> RunRecord:
         """Dispatch a paused run's batches again."""
         self._require_sandbox()
+        self._limit_resumes.pop(run_id, None)
         async with self.lock:
             record = await self.store.get_run(run_id)
             slot = self.scheduler.get(run_id)
@@ -419,6 +430,55 @@ class RunManager:
                 reason=f"budget exceeded: spent ${spent_usd:.4f} of ${budget_usd:.2f}; raise "
                 "the budget and resume",
             )
+
+    async def usage_limited(self, run_id: str, resume_at: float | None, reason: str) -> None:
+        """The batch context's hook: a usage or rate limit stopped a batch (nothing failed).
+        The run pauses with an event and resumes by itself at ``resume_at``."""
+        wait_s = self.config.claude_code.usage_limit_wait_s
+        at = resume_at if resume_at is not None else time.time() + wait_s
+        at = max(at, self._limit_resumes.get(run_id, 0.0))
+        when = datetime.fromtimestamp(at, UTC).isoformat(timespec="seconds")
+        await self.store.append_event(run_id, "run.usage_limited",
+                                      {"reason": reason, "resume_at": when,
+                                       "resume_at_unix": at})
+        record = await self.store.get_run(run_id)
+        if record.state in ("queued", "running"):
+            await self.pause(run_id, reason=f"{reason}; resumes by itself at {when} "
+                             f"(or `brctl resume {run_id}`)")
+        elif run_id not in self._limit_resumes:
+            return  # paused or ended for another reason: the user decides
+        self._limit_resumes[run_id] = at
+        self._timers_changed.set()
+
+    async def _rearm_usage_limit(self, run_id: str) -> None:
+        """After a restart: a run still paused by a usage limit resumes at its reset time."""
+        events = await self.store.list_events(
+            run_id=run_id, types=["run.usage_limited", "run.paused", "run.resumed"],
+            limit=100_000)
+        if len(events) >= 2 and events[-1].type == "run.paused" \
+                and events[-2].type == "run.usage_limited":
+            at = float(events[-2].data.get("resume_at_unix") or 0.0)
+            if at:
+                self._limit_resumes[run_id] = at
+                self._timers_changed.set()
+                _log.info("run.limit_rearmed", run_id=run_id, resume_at_unix=at)
+
+    async def run_timers(self) -> None:
+        """Resume runs paused by a usage limit once it has reset (runs for the daemon's life)."""
+        while True:
+            self._timers_changed = anyio.Event()
+            now = time.time()
+            due = [r for r, at in self._limit_resumes.items() if at <= now]
+            for run_id in due:
+                self._limit_resumes.pop(run_id, None)
+                try:
+                    await self.resume(run_id)
+                    _log.info("run.limit_reset", run_id=run_id)
+                except BuildRunnerError as exc:  # cancelled or resumed meanwhile
+                    _log.info("run.limit_reset_skipped", run_id=run_id, reason=str(exc))
+            wait_s = min((at - now for at in self._limit_resumes.values()), default=3600.0)
+            with anyio.move_on_after(max(0.05, wait_s)):
+                await self._timers_changed.wait()
 
     # --- shutdown -------------------------------------------------------------------------
     async def shutdown(self, grace_period_s: float) -> None:

@@ -26,8 +26,10 @@ __all__ = ["main"]
               help="State dir: database, logs, worktrees (default: $BUILDRUNNER_HOME).")
 @click.option("--config", "config_file", type=click.Path(path_type=Path), default=None,
               help="Config file (TOML; default: $BUILDRUNNER_CONFIG or XDG config).")
-@click.option("--backend", type=click.Choice(["anthropic", "simulated"]), default=None,
-              help="Model backend (default: anthropic when ANTHROPIC_API_KEY is set).")
+@click.option("--backend", type=click.Choice(["anthropic", "claude-code", "simulated"]),
+              default=None,
+              help="Model backend (default: anthropic when ANTHROPIC_API_KEY is set, else "
+                   "claude-code when a logged-in Claude Code CLI is found, else simulated).")
 @click.option("--workers", type=click.IntRange(1, 256), default=None,
               help="Daemon-wide number of parallel workers.")
 @click.option("--log-format", type=click.Choice(["json", "console"]), default=None)

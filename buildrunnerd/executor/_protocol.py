@@ -44,13 +44,21 @@ class ApiCall(msgspec.Struct):
     request_id: str | None = None
     stop_reason: str | None = None
     purpose: str = "batch"  # "batch" | "planner"
+    backend: str = ""  # the backend that made the call: "anthropic", "claude-code", ...
 
 
 class ExecutionOutcome(msgspec.Struct):
-    status: Literal["completed", "failed", "budget_exceeded", "cancelled"]
+    """How a backend's work on a batch ended.
+
+    ``usage_limited``: a usage or rate limit stopped the work; nothing failed. The daemon
+    pauses the run and resumes it at ``resume_at`` (unix seconds), continuing the batch from
+    its last checkpoint."""
+
+    status: Literal["completed", "failed", "budget_exceeded", "cancelled", "usage_limited"]
     reason: str | None = None  # why it failed, for the user (task state reason)
     model: str | None = None  # the model that did the work
     summary: str = ""  # what was built; used as "already built" context for later batches
+    resume_at: float | None = None  # usage_limited: when the limit resets (unix seconds)
 
 
 class ExecutionContext(Protocol):
@@ -73,7 +81,7 @@ class ExecutionContext(Protocol):
 
 
 class Executor(Protocol):
-    """A model backend: ``simulated`` or ``anthropic``."""
+    """A model backend: ``simulated``, ``anthropic`` or ``claude-code``."""
 
     name: str
 

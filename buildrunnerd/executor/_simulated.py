@@ -148,6 +148,7 @@ class SimulatedExecutor:
                 cost_usd=0.0,
                 latency_ms=int(delay_s * 1000),
                 stop_reason="end_turn",
+                backend="simulated",
             )
         )
         titles = "; ".join(f"{t.id} {t.title}" for t in job.tasks)

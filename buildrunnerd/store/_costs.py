@@ -67,6 +67,8 @@ class CostMethods(Database):
             "latency_ms": call.latency_ms,
             "purpose": call.purpose,
         }
+        if call.backend:
+            data["backend"] = call.backend
         if call.stop_reason is not None:
             data["stop_reason"] = call.stop_reason
 
@@ -85,12 +87,12 @@ class CostMethods(Database):
             await txn.execute(
                 "INSERT INTO api_calls (ts, run_id, batch_id, model, purpose, input_tokens,"
                 " output_tokens, cache_creation_input_tokens, cache_read_input_tokens,"
-                " cost_nanousd, latency_ms, request_id, stop_reason)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                " cost_nanousd, latency_ms, request_id, stop_reason, backend)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (txn.ts, run_id, batch_id, call.model, call.purpose, call.input_tokens,
                  call.output_tokens, call.cache_creation_input_tokens,
                  call.cache_read_input_tokens, nanos, call.latency_ms, call.request_id,
-                 call.stop_reason),
+                 call.stop_reason, call.backend),
             )
             await txn.execute(
                 "INSERT INTO metrics_hourly (hour, model, calls, input_tokens, output_tokens,"
@@ -164,16 +166,22 @@ class CostMethods(Database):
             sql = f"SELECT {key} AS k, {_ROLLUP_SUMS} FROM metrics_hourly GROUP BY k ORDER BY k"
             params = ()
 
-        async def query(db: Reader) -> list[Any] | None:
+        async def query(db: Reader) -> tuple[list[Any], list[str]] | None:
             if run_id is not None and not await db.fetchall(
                 "SELECT 1 FROM runs WHERE id = ?", (run_id,)
             ):
                 return None
-            return await db.fetchall(sql, params)
+            scope = ("WHERE run_id = ? AND backend != ''" if run_id is not None
+                     else "WHERE backend != ''")
+            backends = [str(r[0]) for r in await db.fetchall(
+                f"SELECT DISTINCT backend FROM api_calls {scope} ORDER BY backend",
+                (run_id,) if run_id is not None else ())]
+            return await db.fetchall(sql, params), backends
 
-        rows = await self._read(f"summarizing costs by {by}", query)
-        if rows is None:
+        found = await self._read(f"summarizing costs by {by}", query)
+        if found is None:
             raise not_found("run", run_id or "")
+        rows, backends = found
         cost_rows = [
             protocol.CostRow(
                 key=str(r[0]), calls=int(r[1]), input_tokens=int(r[2]),
@@ -192,6 +200,8 @@ class CostMethods(Database):
             cache_creation_input_tokens=sum(r.cache_creation_input_tokens for r in cost_rows),
             rows=cost_rows,
             run_id=run_id,
+            backends=backends,
+            api_equivalent="claude-code" in backends,
         )
 
     async def prune(

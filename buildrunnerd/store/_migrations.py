@@ -244,8 +244,14 @@ ALTER TABLE tasks DROP COLUMN prompt;
 ALTER TABLE tasks DROP COLUMN verification;
 """
 
+# 4: which backend made each call ("anthropic", "claude-code", ...; '' for older rows), so
+# `brctl costs` can say when a figure is an API-equivalent cost rather than a bill.
+_V4 = """
+ALTER TABLE api_calls ADD COLUMN backend TEXT NOT NULL DEFAULT '';
+"""
+
 #: ``MIGRATIONS[i]`` takes a database from version ``i`` to version ``i + 1``.
-MIGRATIONS: tuple[str, ...] = (_V1, _V2, _V3)
+MIGRATIONS: tuple[str, ...] = (_V1, _V2, _V3, _V4)
 LATEST_VERSION = len(MIGRATIONS)
 
 

@@ -295,3 +295,19 @@ def test_several_runs_on_a_small_terminal_keep_every_run_in_view() -> None:
     tall = Console(record=True, width=100, height=200, force_terminal=True)
     tall.print(fit_view(tall, render))
     assert "B001" in tall.export_text()  # room enough: everything
+
+
+def test_a_running_session_shows_its_model_and_turns() -> None:
+    state, _ = _fold(11)
+    for turn in (1, 2, 3):
+        state.apply({"id": 200 + turn, "ts": "2026-11-24T18:00:04.000Z", "run_id": "r-0a1b2c3d",
+                     "type": "agent.turn", "batch_id": "r-0a1b2c3d:B002",
+                     "data": {"turn": turn, "model": "claude-opus-5-5",
+                              "stop_reason": "tool_use", "session_id": "s-1"}})
+    batch = state.runs["r-0a1b2c3d"].running["r-0a1b2c3d:B002"]
+    assert (batch.model, batch.turns) == ("claude-opus-5-5", 3)
+    console = Console(record=True, width=110, force_terminal=True, color_system="truecolor")
+    console.print(rich_view(state, now=datetime(2026, 11, 24, 18, 0, 5, tzinfo=UTC)))
+    row = next(line for line in console.export_text().splitlines() if "B002" in line
+               and "claude-opus-5-5" in line)
+    assert " 3 " in row

@@ -52,9 +52,12 @@ __all__ = [
     "agent_script",
     "count_tokens",
     "API_KEY",
+    "OAUTH_TOKEN",
+    "usage_limit",
 ]
 
 API_KEY = "sk-ant-test-fake-key-0123456789"
+OAUTH_TOKEN = "sk-ant-oat01-test-fake-subscription-token"
 
 
 # --- content block helpers -----------------------------------------------------------------
@@ -104,6 +107,8 @@ class FakeRequest:
     raw: bytes
     arrived_s: float  # time.monotonic() on arrival
     outcome: str = ""  # "ok", "fault:<kind>", "error:<status>"
+    method: str = "POST"
+    path: str = "/v1/messages"
 
     @property
     def messages(self) -> list[dict[str, Any]]:
@@ -167,6 +172,19 @@ def agent_script(steps_by_key: dict[str, list[Reply]], key: Callable[[FakeReques
         return steps[n]
 
     return respond
+
+
+def usage_limit(resets_at: float, claim: str = "five_hour") -> ErrorReply:
+    """A subscription's usage limit as the API reports it: 429 with the unified rate-limit
+    headers (status ``rejected`` and the reset time in unix seconds)."""
+    return ErrorReply(429, "rate_limit_error", "You have reached your usage limit", {
+        "anthropic-ratelimit-unified-status": "rejected",
+        "anthropic-ratelimit-unified-reset": str(int(resets_at)),
+        "anthropic-ratelimit-unified-representative-claim": claim,
+        f"anthropic-ratelimit-unified-{claim.replace('_', '-')}-status": "rejected",
+        f"anthropic-ratelimit-unified-{claim.replace('_', '-')}-reset": str(int(resets_at)),
+        "retry-after": str(max(0, int(resets_at - time.time()))),
+    })
 
 
 def count_tokens(value: Any) -> int:
@@ -248,9 +266,12 @@ class FakeAnthropic:
         faults: Faults | None = None,
         latency_s: float = 0.0,
         api_key: str = API_KEY,
+        oauth_token: str = OAUTH_TOKEN,
         ratelimit_headers: bool = True,
     ) -> None:
         self.api_key = api_key
+        # A subscription login (``CLAUDE_CODE_OAUTH_TOKEN``) is accepted like a key.
+        self.oauth_token = oauth_token
         self.latency_s = latency_s
         self.faults = faults or Faults()
         self.ratelimit_headers = ratelimit_headers
@@ -322,10 +343,15 @@ class FakeAnthropic:
         return [r for r in self.requests if r.outcome == "ok"]
 
     # --- internals used by the handler ---
-    def _record(self, headers: dict[str, str], raw: bytes) -> FakeRequest:
-        body = json.loads(raw) if raw else {}
+    def _record(self, headers: dict[str, str], raw: bytes, *, method: str = "POST",
+                path: str = "/v1/messages") -> FakeRequest:
+        try:
+            body = json.loads(raw) if raw else {}
+        except ValueError:
+            body = {}
         with self._lock:
-            req = FakeRequest(len(self.requests), headers, body, raw, time.monotonic())
+            req = FakeRequest(len(self.requests), headers, body, raw, time.monotonic(),
+                              method=method, path=path)
             self.requests.append(req)
             return req
 
@@ -475,13 +501,32 @@ def _make_handler(fake: FakeAnthropic) -> type[BaseHTTPRequestHandler]:
                 fake.count_tokens_calls += 1
             key = headers.get("x-api-key") or headers.get("authorization", "").removeprefix(
                 "Bearer ")
-            if key != fake.api_key:
+            if key not in (fake.api_key, fake.oauth_token):
                 self._send_error(ErrorReply(401, "authentication_error", "invalid x-api-key"),
                                  request_id)
                 return
             body = json.loads(raw or b"{}")
             self._send_json(200, {"input_tokens": count_tokens(body.get("messages"))},
                             {"request-id": request_id})
+
+        def _other(self) -> None:
+            # Whatever else a client sends (the Claude Code CLI's HEAD/GET preflights, routes
+            # this fake does not know): recorded with its method and path, answered 404, so
+            # a test can see what was asked.
+            length = int(self.headers.get("content-length") or 0)
+            raw = self.rfile.read(length) if length else b""
+            headers = {k.lower(): v for k, v in self.headers.items()}
+            req = fake._record(headers, raw, method=self.command, path=self.path)
+            req.outcome = "error:404"
+            if self.command == "HEAD":
+                self.send_response(404)
+                self.send_header("content-length", "0")
+                self.end_headers()
+                return
+            self._send_error(ErrorReply(404, "not_found_error", f"no route {self.path}"),
+                             f"req_{uuid.uuid4().hex[:24]}")
+
+        do_GET = do_HEAD = do_PUT = do_DELETE = do_PATCH = _other  # noqa: N815
 
         def do_POST(self) -> None:  # noqa: N802 (http.server's naming)
             length = int(self.headers.get("content-length") or 0)
@@ -491,7 +536,7 @@ def _make_handler(fake: FakeAnthropic) -> type[BaseHTTPRequestHandler]:
             if self.path.split("?")[0] == "/v1/messages/count_tokens":
                 self._count_tokens(headers, raw, request_id)
                 return
-            req = fake._record(headers, raw)
+            req = fake._record(headers, raw, method="POST", path=self.path)
             if self.path.split("?")[0] != "/v1/messages":
                 req.outcome = "error:404"
                 self._send_error(ErrorReply(404, "not_found_error", f"no route {self.path}"),
@@ -499,7 +544,7 @@ def _make_handler(fake: FakeAnthropic) -> type[BaseHTTPRequestHandler]:
                 return
             key = headers.get("x-api-key") or headers.get("authorization", "").removeprefix(
                 "Bearer ")
-            if key != fake.api_key:
+            if key not in (fake.api_key, fake.oauth_token):
                 req.outcome = "error:401"
                 self._send_error(ErrorReply(401, "authentication_error", "invalid x-api-key"),
                                  request_id)

@@ -98,9 +98,11 @@ async def test_upgrade_from_every_earlier_version(
     tmp_path: Path, start: int, clock: Clock
 ) -> None:
     path = tmp_path / f"v{start}.db"
-    await _make_db_at(path, start)
+    # Rows as a version-1 or -2 daemon wrote them, then every later migration over them.
+    await _make_db_at(path, min(start, 2))
     if start >= 1:
-        _old_rows(path, start)
+        _old_rows(path, min(start, 2))
+    await _make_db_at(path, start)
     store = await Store.open(path, clock=clock)
     try:
         assert store.schema_version == LATEST_VERSION
@@ -119,6 +121,8 @@ async def test_upgrade_from_every_earlier_version(
             assert by_model.total_usd == pytest.approx(3.0)
             assert (await store.cost_summary(by="day")).rows[0].key == "2026-01-01"
             assert [e.type for e in await store.list_events(run_id="r-v1")] == ["run.submitted"]
+            # Calls stored before the backend was recorded name none (version 4).
+            assert by_model.backends == [] and by_model.api_equivalent is False
             # ... the spec, the plan and the task's texts too, out of the hot rows
             spec = await store.get_run_spec("r-v1")
             assert spec.spec_text == "# Old"
