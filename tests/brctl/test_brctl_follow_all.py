@@ -184,7 +184,7 @@ def test_terminal_view_in_tmux_redraws_cleanly_on_resize(
             and any(event_line.match(line) for line in s) and any("ETA" in line for line in s)
             and _one_clean_panel(s, 110),
             "the run's panel with event lines and an ETA")
-        assert any(re.search(r"│ batch +model +tasks +elapsed", line) for line in lines)
+        assert any(re.search(r"│ batch +model +tasks +(turns +)?elapsed", line) for line in lines)
 
         tmux.run("resize-window", "-t", "view", "-x", "64", "-y", "30")
         tmux.wait_for(lambda s: _one_clean_panel(s, 64), "one clean panel at 64 columns")

@@ -45,7 +45,9 @@ pytestmark = [
     pytest.mark.timeout(240),
 ]
 BASH = "mcp__buildrunner__bash"  # BuildRunner's confined bash, not the CLI's own
-_FILES = re.compile(r"^Files: (.*)$", re.MULTILINE)
+# Required files and the planner's suggestions, as the prompt lists them: a diligent fake
+# agent writes both.
+_FILES = re.compile(r"^(?:Files|Suggested files \([^)]*\)): (.*)$", re.MULTILINE)
 _WORKTREE = re.compile(r"repository worktree at (\S+?):")
 
 
