@@ -24,9 +24,8 @@ from buildrunnerd.config._model import (
 )
 
 __all__ = [
-    "AgentConfig", "ClaudeCodeConfig", "Config", "DaemonConfig", "HooksConfig", "ModelsConfig",
-    "PlannerConfig",
-    "Price", "PricingConfig", "RetentionConfig", "SandboxConfig", "VerifyConfig",
-    "ENV_OVERRIDES", "RESTART_REQUIRED", "check_config_main", "describe_config", "load_config",
-    "reloadable_diff",
+    "AgentConfig", "ClaudeCodeConfig", "Config", "DaemonConfig", "ENV_OVERRIDES", "HooksConfig",
+    "ModelsConfig", "PlannerConfig", "Price", "PricingConfig", "RESTART_REQUIRED",
+    "RetentionConfig", "SandboxConfig", "VerifyConfig", "check_config_main", "describe_config",
+    "load_config", "reloadable_diff",
 ]

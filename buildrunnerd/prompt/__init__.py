@@ -18,16 +18,7 @@ from buildrunnerd.prompt._counter import (
 from buildrunnerd.prompt._model import BatchPrompt
 
 __all__ = [
-    "ENCODING_NAME",
-    "BatchPrompt",
-    "PromptBuilder",
-    "TiktokenCounter",
-    "TokenCounter",
-    "build_batch_prompt",
-    "build_prompt_for_tasks",
-    "default_counter",
-    "fix_prompt",
-    "piece_segments",
-    "plan_with_prompts",
-    "system_prompt",
+    "BatchPrompt", "ENCODING_NAME", "PromptBuilder", "TiktokenCounter", "TokenCounter",
+    "build_batch_prompt", "build_prompt_for_tasks", "default_counter", "fix_prompt",
+    "piece_segments", "plan_with_prompts", "system_prompt",
 ]

@@ -50,8 +50,8 @@ from buildrunnerd.sandbox._select import (
 )
 
 __all__ = [
-    "INSTALL_HINT", "SANDBOX_HOME", "BwrapSandbox", "ConfinedResult", "Confinement",
-    "PathProblem", "Probe", "Sandbox", "SandboxCheck", "SandboxExecSandbox", "SandboxLimits",
+    "BwrapSandbox", "ConfinedResult", "Confinement", "INSTALL_HINT", "PathProblem", "Probe",
+    "SANDBOX_HOME", "Sandbox", "SandboxCheck", "SandboxExecSandbox", "SandboxLimits",
     "SandboxPolicy", "Unconfined", "WorktreePathError", "Wrapped", "check_sandbox",
     "confined_env", "format_check", "list_tree", "lstat_in", "open_confined",
     "open_directory_in", "read_bytes_in", "run_confined", "seatbelt_profile", "select_sandbox",

@@ -26,9 +26,8 @@ from buildrunnerd.store._records import (
 from buildrunnerd.store._store import Store
 
 __all__ = [
-    "Store",
-    "NewRun", "RunOptions", "RunRecord", "RunSpec", "TaskRecord", "BatchRecord", "AttemptRecord",
-    "TaskChange", "RunChange", "BatchChange", "NewEvent",
-    "ATTEMPT_OUTCOMES", "COST_GROUPINGS", "MIGRATIONS", "LATEST_VERSION",
-    "global_id", "format_ts", "parse_ts",
+    "ATTEMPT_OUTCOMES", "AttemptRecord", "BatchChange", "BatchRecord", "COST_GROUPINGS",
+    "LATEST_VERSION", "MIGRATIONS", "NewEvent", "NewRun", "RunChange", "RunOptions",
+    "RunRecord", "RunSpec", "Store", "TaskChange", "TaskRecord", "format_ts", "global_id",
+    "parse_ts",
 ]
