@@ -7,7 +7,7 @@ import os
 import re
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[1]
 DOCS = ["README.md", "docs/quickstart.md", "docs/configuration.md", "docs/operations.md",
         "CHANGELOG.md"]
 
