@@ -15,13 +15,10 @@ from typing import TYPE_CHECKING, Any
 import anyio
 import structlog
 
-from buildrunnerd.daemon._batch import (
-    ActiveRun,
-    BatchResult,
-    run_batch_lifecycle,
-    ws_verify_branch,
-)
+from buildrunnerd.daemon._active import ActiveRun, BatchResult
+from buildrunnerd.daemon._batch import run_batch_lifecycle
 from buildrunnerd.daemon._scheduler import RunGraph, RunSlot
+from buildrunnerd.daemon._ws import ws_verify_branch
 from buildrunnerd.errors import BuildRunnerError, StoreError
 from buildrunnerd.logging import bind_ids
 from buildrunnerd.store._records import TaskChange

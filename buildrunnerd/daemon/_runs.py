@@ -2,7 +2,7 @@
 the background work of runs. Submit and intake are in :mod:`._intake`, executing batches and
 applying their results (to the end of a run) in :mod:`._results`.
 
-It owns the in-memory view of every active run (:class:`~._batch.ActiveRun` + the scheduler's
+It owns the in-memory view of every active run (:class:`~._active.ActiveRun` + the scheduler's
 :class:`~._scheduler.RunSlot`) and keeps it in step with the store: every decision is written
 (state + event, one transaction) before the scheduler acts on it, so a crash at any point
 leaves a state that recovery can continue from.
@@ -22,7 +22,7 @@ import anyio.abc
 import structlog
 
 from buildrunnerd import protocol
-from buildrunnerd.daemon._batch import ActiveRun
+from buildrunnerd.daemon._active import ActiveRun
 from buildrunnerd.daemon._intake import Intake, SubmitRequest, plan_spec
 from buildrunnerd.daemon._results import BatchResults, close_workspace
 from buildrunnerd.daemon._scheduler import BatchSpec, RunGraph, RunSlot, Scheduler

@@ -1,0 +1,92 @@
+"""The prompt of one attempt, and what a fix-up round is told about a failed verification.
+
+The prompt is built per attempt from the worktree as it is then (a re-run after a conflict
+sees the new head). Every file read for it goes through ``sandbox._fs``: the model may have
+planted a symlink, a FIFO or a huge file, and this text is sent to the model API.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from buildrunnerd.daemon._active import ActiveRun
+from buildrunnerd.plan._model import Batch, Task
+from buildrunnerd.prompt._model import BatchPrompt
+from buildrunnerd.sandbox import WorktreePathError, read_bytes_in
+
+if TYPE_CHECKING:
+    from buildrunnerd.config import Config
+
+__all__ = ["failure_signature", "first_failure", "fix_report", "prompt_for_attempt"]
+
+_VERIFY_TAIL_CHARS = 4000
+_MAX_CONTEXT_FILES = 40
+_MAX_CONTEXT_FILE_BYTES = 64 * 1024
+
+
+def _relevant_files(run: ActiveRun, tasks: list[Task], root: Path) -> dict[str, str]:
+    """Existing files the batch's tasks or their dependencies name (the prompt builder keeps
+    what fits its budget, the batch's own files first)."""
+    wanted: list[str] = []
+    for task in tasks:
+        wanted += task.files
+    for task in tasks:
+        for dep in task.depends_on:
+            dep_task = run.tasks_by_plan_id.get(dep)
+            if dep_task is not None:
+                wanted += dep_task.files
+    found: dict[str, str] = {}
+    for rel in dict.fromkeys(wanted):
+        if len(found) >= _MAX_CONTEXT_FILES:
+            break
+        # This text goes to the model API: a model-made symlink to ~/.ssh/id_rsa, a FIFO or a
+        # huge file must never be read (sandbox._fs follows no symlink and bounds the read).
+        try:
+            data = read_bytes_in(root, rel, max_bytes=_MAX_CONTEXT_FILE_BYTES)
+            found[rel] = data.decode("utf-8")
+        except (WorktreePathError, UnicodeDecodeError):
+            continue  # missing, refused, too large or binary: not useful as prompt context
+    return found
+
+
+def prompt_for_attempt(
+    run: ActiveRun, batch: Batch, tasks: list[Task], root: Path, config: Config,
+    built: list[str],
+) -> BatchPrompt:
+    """Runs in a worker thread: relevant files from the worktree, then the prompt."""
+    from buildrunnerd.prompt import build_batch_prompt
+
+    prompt: BatchPrompt = build_batch_prompt(
+        run.plan, batch, overview=run.overview, built=built,
+        files=_relevant_files(run, tasks, root),
+        test_command=run.test_cmd, budget_tokens=config.planner.context_budget_tokens,
+    )
+    return prompt
+
+
+def first_failure(report: dict[str, Any]) -> str:
+    for check in report.get("checks", []):
+        if not check.get("passed", True):
+            where = check.get("file") or ""
+            if where and check.get("line"):
+                where = f"{where}:{check['line']}"
+            message = check.get("message") or "failed"
+            at = f" at {where}" if where else ""
+            return f"{check.get('name', 'check')} failed{at}: {message}"
+    return "verification failed"
+
+
+def failure_signature(report: dict[str, Any]) -> list[tuple[Any, ...]]:
+    """What identifies a report's failures (not the output tails, which hold timings)."""
+    return sorted((str(c.get("name")), str(c.get("file")), str(c.get("line")),
+                   str(c.get("message")))
+                  for c in report.get("checks", []) if not c.get("passed", True))
+
+
+def fix_report(report: dict[str, Any]) -> dict[str, Any]:
+    checks = []
+    for check in report.get("checks", []):
+        tail = check.get("output_tail") or ""
+        checks.append({**check, "output_tail": tail[-_VERIFY_TAIL_CHARS:]})
+    return {**report, "checks": checks}

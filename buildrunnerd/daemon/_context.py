@@ -1,0 +1,91 @@
+"""The execution context of one attempt: what a backend may do to the daemon while it works.
+
+:class:`BatchContext` is the daemon's :class:`~buildrunnerd.executor.ExecutionContext`: it
+stores the batch's events, its billed API calls and its conversation checkpoints, and checks
+the run's budget before each call (pausing the run when it would be exceeded).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from buildrunnerd.daemon._active import ActiveRun
+from buildrunnerd.errors import BudgetExceededError
+from buildrunnerd.executor import ApiCall
+
+if TYPE_CHECKING:
+    from buildrunnerd.store import Store
+
+__all__ = ["BatchContext", "FileEvents"]
+
+
+class BatchContext:
+    """The daemon's :class:`~buildrunnerd.executor.ExecutionContext` for one attempt."""
+
+    def __init__(
+        self,
+        store: Store,
+        run: ActiveRun,
+        batch_id: str,
+        attempt_id: int,
+        on_budget_exceeded: Any,
+        on_usage_limited: Any = None,
+    ) -> None:
+        self._store = store
+        self.run = run
+        self._run = run
+        self._batch_id = batch_id
+        self.batch_id = batch_id
+        self.attempt_id = attempt_id
+        self._on_budget_exceeded = on_budget_exceeded
+        self.on_usage_limited = on_usage_limited
+        self.model: str | None = None  # the model that did the work (last outcome's)
+        self.summary = ""  # what was built, for later batches' prompts
+
+    async def emit(
+        self, type: str, data: dict[str, Any], *, task_id: str | None = None
+    ) -> None:
+        """Store and publish an event of this batch."""
+        if task_id is not None and ":" not in task_id:
+            task_id = self._run.gid(task_id)
+        await self._store.append_event(
+            self._run.id, type, data, batch_id=self._batch_id, task_id=task_id
+        )
+
+    async def record_api_call(self, call: ApiCall) -> None:
+        """Store a billed call (row + ``api.call`` event) in one transaction."""
+        await self._store.record_api_call(self._run.id, self._batch_id, call)
+
+    async def checkpoint(self, state: bytes) -> None:
+        """Persist the conversation so a restart resumes it."""
+        await self._store.save_checkpoint(self.attempt_id, state)
+
+    async def check_budget(self, estimate_usd: float) -> None:
+        """Raise BudgetExceededError (after a ``budget.exceeded`` event and pausing the run)."""
+        budget = self._run.budget_usd
+        if budget is None:
+            return
+        spent = await self._store.run_cost_usd(self._run.id)
+        if spent + estimate_usd <= budget:
+            return
+        data = {"budget_usd": budget, "spent_usd": spent, "estimate_usd": estimate_usd}
+        await self._store.append_event(
+            self._run.id, "budget.exceeded", data, batch_id=self._batch_id
+        )
+        await self._on_budget_exceeded(self._run.id, spent, budget)
+        raise BudgetExceededError(
+            f"run {self._run.id}: the next call (~${estimate_usd:.4f}) would take spend "
+            f"${spent:.4f} over the budget ${budget:.2f}; the run is paused — raise the budget "
+            "or resume to continue",
+            data=data,
+        )
+
+
+class FileEvents:
+    """Turns the file monitor's callbacks into ``file.created``/``file.modified`` events."""
+
+    def __init__(self, ctx: BatchContext) -> None:
+        self._ctx = ctx
+
+    async def __call__(self, kind: str, relpath: str) -> None:
+        await self._ctx.emit(f"file.{kind}", {"path": relpath})
