@@ -9,8 +9,10 @@ commit and merge (a conflict re-runs the batch on the new head, as a new attempt
 verifying, ``verify.passed``/``verify.failed``, attempts) and returns a :class:`BatchResult`;
 the run manager (:mod:`._runs`) writes the final state (succeeded/failed + dependents ready) in
 one transaction, because only it knows the run's graph. The run's in-memory state is
-:mod:`._active`, the execution context a backend talks to is :mod:`._context`, the workspace
-calls are in :mod:`._ws` and the prompt of an attempt in :mod:`._attempt`.
+:mod:`._active`, the execution context a backend talks to is :mod:`._context`, the prompt of
+an attempt is :mod:`._attempt`. Every workspace call goes through the run's
+:class:`~buildrunnerd.workspace.Workspace` (git or scratch), so this module has no branch for
+either kind.
 """
 
 from __future__ import annotations
@@ -29,18 +31,7 @@ from buildrunnerd.daemon._attempt import (
     prompt_for_attempt,
 )
 from buildrunnerd.daemon._context import BatchContext, FileEvents
-from buildrunnerd.daemon._ws import (
-    mtime_snapshot,
-    scratch_after,
-    ws_merge,
-    ws_prepare,
-    ws_remove,
-    ws_started_on_branch,
-    ws_tested_tree,
-    ws_verify,
-    ws_verify_branch,
-)
-from buildrunnerd.errors import BudgetExceededError, BuildRunnerError, StoreError, WorkspaceError
+from buildrunnerd.errors import BudgetExceededError, BuildRunnerError, StoreError
 from buildrunnerd.executor import BatchJob, ExecutionOutcome, Executor
 from buildrunnerd.plan._model import Task
 from buildrunnerd.prompt._model import BatchPrompt
@@ -87,7 +78,7 @@ async def run_batch_lifecycle(
             tasks=[TaskChange(gid, "running", attempts_inc=1) for gid in task_gids],
             events=[],
         )
-        path, head = await ws_prepare(run)
+        path, head = await run.workspace.acquire()
         attempt = await store.start_attempt(batch_id, worktree=str(path), model=None)
         ctx = BatchContext(store, run, batch_id, attempt.id, on_budget_exceeded,
                            on_usage_limited)
@@ -127,31 +118,19 @@ async def run_batch_lifecycle(
             from buildrunnerd.workspace import batch_commit_message
 
             message = batch_commit_message(run.id, plan_batch.id, tasks)
-            async with run.branch_lock:
-                conflicts: list[str] = []
-                if not await ws_started_on_branch(run, head):
-                    merged, commit, previous = False, None, None
-                    reason = ("the commit this batch started from was rolled back (it broke "
-                              "the run branch's tests)")
-                else:
-                    merged, commit, conflicts, previous = await ws_merge(run, path, message)
-                    reason = f"merge conflict in {', '.join(conflicts) or 'the run branch'}"
-                branch_report = None
-                if merged and commit is not None and previous is not None and not (
-                        await ws_tested_tree(run, commit, report, config)):
-                    branch_report = await ws_verify_branch(run, commit, config, confinement)
-                if branch_report is not None and not branch_report.get("passed"):
-                    if not await run.run_repo.rollback(commit, previous):
-                        raise WorkspaceError(
-                            f"run {run.id}: branch {run.branch} moved while its merge of "
-                            f"{plan_batch.id} was being verified; is another process writing "
-                            "to it? Stop it and retry the task",
-                            data={"branch": run.branch, "commit": commit})
-                    run.rolled_back = True
-                    merged = False
-                    reason = (f"the run branch failed its tests after merging this batch "
-                              f"({first_failure(branch_report)}); the merge was rolled back")
-                    carry_report = branch_report
+            done = await run.workspace.integrate(
+                path, message, report, head=head, batch_id=plan_batch.id,
+                config=config.verify, confinement=confinement)
+            merged, commit, branch_report = done.merged, done.commit, done.rolled_back
+            if done.stale_start:
+                reason = ("the commit this batch started from was rolled back (it broke "
+                          "the run branch's tests)")
+            elif branch_report is not None:
+                reason = (f"the run branch failed its tests after merging this batch "
+                          f"({first_failure(branch_report)}); the merge was rolled back")
+                carry_report = branch_report
+            else:
+                reason = f"merge conflict in {', '.join(done.conflict_files) or 'the run branch'}"
             if merged:
                 await store.finish_attempt(attempt.id, outcome="succeeded",
                                            verification=report, commit=commit)
@@ -165,7 +144,8 @@ async def run_batch_lifecycle(
                     "rerun": merge_round < max_merge_reruns,
                     "reason": first_failure(branch_report)})
             else:
-                await ctx.emit("batch.conflict", {"files": conflicts, "attempt": attempt_no,
+                await ctx.emit("batch.conflict", {"files": done.conflict_files,
+                                                  "attempt": attempt_no,
                                                   "rerun": merge_round < max_merge_reruns})
             if merge_round >= max_merge_reruns:
                 return BatchResult("failed", reason=f"{reason}, after {merge_round} re-runs")
@@ -191,7 +171,7 @@ async def run_batch_lifecycle(
                                error=str(again))
             raise
         finally:
-            await ws_remove(run, path, keep=keep_worktree, reuse=reuse_worktree)
+            await run.workspace.release(path, keep=keep_worktree, reuse=reuse_worktree)
 
 
 async def _execute_and_verify(
@@ -276,7 +256,8 @@ async def _execute_and_verify(
         checked: dict[str, Any] | None = scratch_report
         if checked is None:
             with anyio.CancelScope(deadline=deadline) as scope:
-                checked = await ws_verify(run, path, tasks, head, config, confinement)
+                checked = await run.workspace.verify(path, tasks, head=head, config=config.verify,
+                                                     confinement=confinement)
             if checked is None or scope.cancelled_caught:
                 timed_out.model = ctx.model
                 return timed_out, report
@@ -308,20 +289,18 @@ async def _execute_and_verify(
 async def _run_executor(
     executor: Executor, job: BatchJob, ctx: BatchContext, path: Path, tasks: list[Task]
 ) -> tuple[ExecutionOutcome, list[NewEvent], dict[str, Any] | None]:
-    """Run the backend while watching the files. The scratch mode also returns its file
-    events (for the caller's next transaction) and its verification report."""
+    """Run the backend while the workspace watches the files. Also returns the file changes
+    the workspace did not report live (for the caller's next transaction) and the
+    verification report it made on the way, if it did (a scratch workspace does both)."""
     try:
-        if ctx.run.run_repo is None:
-            before = await mtime_snapshot(path, tasks)
+        async with ctx.run.workspace.watch(path, tasks, FileEvents(ctx)) as watch:
             outcome = await executor.run_batch(job, ctx)
-            if outcome.status != "completed":
-                return outcome, [], None
-            events, report = await scratch_after(ctx, path, tasks, before)
-            return outcome, events, report
-        from buildrunnerd.workspace import FileMonitor
-
-        async with FileMonitor(path, FileEvents(ctx)):
-            return await executor.run_batch(job, ctx), [], None
+        if outcome.status != "completed":
+            return outcome, [], None
+        changes, report = await watch.settle()
+        events = [NewEvent(ctx.run.id, f"file.{change.kind}", {"path": change.path},
+                           batch_id=ctx.batch_id) for change in changes]
+        return outcome, events, report
     except BudgetExceededError as exc:
         return ExecutionOutcome(status="budget_exceeded", reason=str(exc)), [], None
     except (anyio.get_cancelled_exc_class(), StoreError):

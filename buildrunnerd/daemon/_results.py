@@ -18,7 +18,6 @@ import structlog
 from buildrunnerd.daemon._active import ActiveRun, BatchResult
 from buildrunnerd.daemon._batch import run_batch_lifecycle
 from buildrunnerd.daemon._scheduler import RunGraph, RunSlot
-from buildrunnerd.daemon._ws import ws_verify_branch
 from buildrunnerd.errors import BuildRunnerError, StoreError
 from buildrunnerd.logging import bind_ids
 from buildrunnerd.store._records import TaskChange
@@ -26,7 +25,7 @@ from buildrunnerd.store._records import TaskChange
 if TYPE_CHECKING:
     from buildrunnerd.daemon._runs import RunManager
 
-__all__ = ["BatchResults", "close_workspace"]
+__all__ = ["BatchResults"]
 
 _log = structlog.get_logger("buildrunnerd.runs")
 
@@ -174,25 +173,13 @@ class BatchResults:
     async def _final_verification(
         self, active: ActiveRun, graph: RunGraph
     ) -> dict[str, Any] | None:
-        """Verify the run branch's head before the run succeeds: ``run.verified`` data when it
+        """Verify the run's results before the run succeeds: ``run.verified`` data when it
         passed, ``{"failed": reason}`` when it did not, None when there is nothing to verify
         (a scratch run, a run that failed anyway, ``verify.branch_check = false``)."""
-        config = self._runs.config
-        if not graph.all_succeeded or active.run_repo is None or not config.verify.branch_check:
+        if not graph.all_succeeded:
             return None
-        async with active.branch_lock:
-            head = await active.run_repo.head()
-            if active.verified is not None and active.verified.get("commit") == head:
-                return active.verified  # checked right after the merge that made it
-            report = await ws_verify_branch(active, head, config, self._runs.confinement)
-        if report is None:
-            return None
-        if report.get("passed") and active.verified is not None:
-            return active.verified
-        reasons = [c.get("message", "") for c in report.get("checks", [])
-                   if not c.get("passed", True)]
-        return {"failed": f"the run branch's head {head[:12]} fails the final verification: "
-                + "; ".join(r.splitlines()[0] for r in reasons if r)[:2000]}
+        return await active.workspace.verify_head(self._runs.config.verify,
+                                                  self._runs.confinement)
 
     async def finish_run(self, active: ActiveRun, graph: RunGraph, *,
                          final: dict[str, Any] | None = None, checked: bool = False) -> None:
@@ -207,7 +194,7 @@ class BatchResults:
         # caller), and `resume` finishes it (see :meth:`resume`).
         self._runs.active.pop(active.id, None)
         # Its worktrees go before the final event: whoever sees it sees them gone.
-        await close_workspace(active)
+        await active.workspace.close()
         try:
             await self._write_final_state(active, graph, final)
         except BaseException:
@@ -239,13 +226,3 @@ class BatchResults:
                                            reason=reason, data=dict(counts))
             _log.info("run.failed", run_id=active.id, reason=reason)
 
-
-async def close_workspace(active: ActiveRun) -> None:
-    """Remove the run's idle (reusable) worktrees; a leftover is cleaned at the next start."""
-    if active.run_repo is None:
-        return
-    with anyio.move_on_after(60.0, shield=True):
-        try:
-            await active.run_repo.close()
-        except BuildRunnerError as exc:
-            _log.warning("worktree.close_failed", run_id=active.id, error=str(exc))

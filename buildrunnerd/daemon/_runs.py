@@ -24,7 +24,7 @@ import structlog
 from buildrunnerd import protocol
 from buildrunnerd.daemon._active import ActiveRun
 from buildrunnerd.daemon._intake import Intake, SubmitRequest, plan_spec
-from buildrunnerd.daemon._results import BatchResults, close_workspace
+from buildrunnerd.daemon._results import BatchResults
 from buildrunnerd.daemon._scheduler import BatchSpec, RunGraph, RunSlot, Scheduler
 from buildrunnerd.errors import BuildRunnerError, InvalidStateError
 from buildrunnerd.executor import Executor
@@ -35,6 +35,7 @@ from buildrunnerd.store._records import BatchRecord, RunChange, RunRecord, TaskC
 if TYPE_CHECKING:
     from buildrunnerd.config import Config
     from buildrunnerd.store import Store
+    from buildrunnerd.workspace import Workspace
 
 __all__ = ["RunManager", "tasks_by_state"]
 
@@ -128,17 +129,27 @@ class RunManager:
             return
         await self.intake.plan_in_daemon(run_id, spec, plan, spec.overview)
 
-    async def _open_repo(self, record: RunRecord, active: ActiveRun) -> None:
+    async def _open_workspace(self, record: RunRecord, plan: Plan) -> Workspace:
+        """The run's workspace: its run branch (re-opened; worktrees left over from before
+        are removed) or, for a run without a repository, its scratch folder."""
         if record.repo is None or record.branch is None:
-            return
-        from buildrunnerd.workspace import RunRepo, cleanup_orphan_worktrees
+            from buildrunnerd.workspace import ScratchWorkspace
 
-        active.run_repo = await RunRepo.open(
+            return ScratchWorkspace(self.home / "runs" / record.id / "scratch")
+        from buildrunnerd.workspace import GitWorkspace, RunRepo, cleanup_orphan_worktrees
+
+        run_repo = await RunRepo.open(
             Path(record.repo), record.branch, base_commit=record.base_commit,
             timeout_s=self.config.verify.git_timeout_s,
         )
+        worktree_root = self.home / "worktrees" / record.id
         # Nothing of this run is in flight yet: any worktree left under its root is an orphan.
-        await cleanup_orphan_worktrees(Path(record.repo), active.worktree_root, keep=set())
+        await cleanup_orphan_worktrees(Path(record.repo), worktree_root, keep=set())
+        return GitWorkspace(
+            run_repo, run_id=record.id, worktree_root=worktree_root,
+            project_root=Path(record.repo), base_commit=record.base_commit,
+            test_cmd=record.options.test_cmd, plan_tasks=plan.tasks, spec_path=plan.spec_path,
+        )
 
     async def _activate(
         self, record: RunRecord, *, resume: dict[str, int] | None = None, start: bool = True,
@@ -152,8 +163,8 @@ class RunManager:
             repo=Path(record.repo) if record.repo else None, branch=record.branch,
             base_commit=record.base_commit, test_cmd=record.options.test_cmd,
             budget_usd=record.options.budget_usd,
+            workspace=await self._open_workspace(record, plan),
         )
-        await self._open_repo(record, active)
         batches = await self.store.list_batches(record.id)
         for batch in batches:
             active.attempts[batch.id] = batch.attempts
@@ -380,7 +391,7 @@ class RunManager:
                 if batch.state not in ("succeeded", "cancelled"):
                     await self.store.set_batch_state(batch.id, "cancelled")
             if active is not None:
-                await close_workspace(active)
+                await active.workspace.close()
             return await self.store.get_run(run_id)
 
     async def retry_task(self, task_id: str) -> TaskRecord:

@@ -1,0 +1,247 @@
+"""The workspace of a run in a git repository: its run branch, pooled worktrees, merges.
+
+A batch works in a worktree of the run branch's head (one of the run's pool, reset, or a new
+one: :meth:`RunRepo.acquire_worktree`), watched by the :class:`FileMonitor`, verified by
+:func:`verify` against the commit it started from, then committed and merged into the run
+branch. Merges and the run branch's check after each one happen one batch at a time (this
+workspace's branch lock): a merge whose new head fails the tests is rolled back with a
+compare-and-swap, and the work built on a rolled-back commit must run again. The last passing
+check of the branch (``verified``) and the protected tests that passed there (the baseline
+of the next check) are this workspace's state.
+
+Trust decisions never come from the worktree (the model writes it): the allowlist is read at
+the run's base commit, the test command and environment from the user's checkout.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any, Literal
+
+import anyio
+import structlog
+
+from buildrunnerd.config import VerifyConfig
+from buildrunnerd.errors import BuildRunnerError, WorkspaceError
+from buildrunnerd.plan._model import Task
+from buildrunnerd.sandbox import Confinement
+from buildrunnerd.workspace._git import git
+from buildrunnerd.workspace._monitor import FileMonitor, OnChange
+from buildrunnerd.workspace._repo import RunRepo
+from buildrunnerd.workspace._report import has_python_tests
+from buildrunnerd.workspace._tree import commit_tree
+from buildrunnerd.workspace._verify import verify
+from buildrunnerd.workspace._workspace import FileChange, Integration
+
+__all__ = ["GitWorkspace", "spec_relpath"]
+
+_log = structlog.get_logger("buildrunnerd.workspace")
+
+_RELEASE_TIMEOUT_S = 60.0  # removing a worktree, shielded: a leftover is cleaned at next start
+
+
+def spec_relpath(spec_path: str | None, project_root: Path) -> str | None:
+    """The run's spec as a path in the repository (for the scope check), or None."""
+    if not spec_path:
+        return None
+    path = Path(spec_path)
+    if not path.is_absolute():
+        return path.as_posix()
+    try:
+        return path.resolve().relative_to(project_root.resolve()).as_posix()
+    except (ValueError, OSError):
+        return None
+
+
+class GitWorkspace:
+    """A :class:`~._workspace.Workspace` on ``run_repo``'s branch; worktrees under
+    ``worktree_root``. ``project_root`` is the user's checkout (the test environment is found
+    there); ``base_commit`` the run's recorded start; ``plan_tasks`` every task of the run
+    (a batch may not change another batch's files)."""
+
+    def __init__(
+        self, run_repo: RunRepo, *, run_id: str, worktree_root: Path, project_root: Path,
+        base_commit: str | None, test_cmd: str | None, plan_tasks: Sequence[Task],
+        spec_path: str | None,
+    ) -> None:
+        self.run_repo = run_repo
+        self._run_id = run_id
+        self._root = Path(worktree_root)
+        self._project_root = Path(project_root)
+        self._base_commit = base_commit
+        self._test_cmd = test_cmd
+        self._plan_files = frozenset(f for t in plan_tasks for f in t.files)
+        self._spec_path = spec_relpath(spec_path, self._project_root)
+        # Merges and the run branch's verification after each one, one batch at a time.
+        self._branch_lock = anyio.Lock()
+        self.verified: dict[str, Any] | None = None  # the last passing branch check
+        self.baseline_passed: list[str] | None = None  # tests that passed at verified commit
+        self._rolled_back = False  # a merge of this run was rolled back (its head failed)
+
+    def __repr__(self) -> str:
+        return f"GitWorkspace({self.run_repo!r})"
+
+    @property
+    def kind(self) -> Literal["git"]:
+        return "git"
+
+    async def acquire(self) -> tuple[Path, str | None]:
+        """A clean worktree at the run branch's head (its path and head commit): a reused one
+        when the run has one idle, so a batch costs the size of its change."""
+        path = await self.run_repo.acquire_worktree(self._root)
+        # The commit the worktree starts from: verification's secret scan looks at lines added
+        # since then (read from the worktree, as the branch may move on meanwhile).
+        return path, await self.run_repo.worktree_head(path)
+
+    async def release(self, path: Path, *, keep: bool = False, reuse: bool = True) -> None:
+        if keep:
+            return
+        with anyio.move_on_after(_RELEASE_TIMEOUT_S, shield=True):
+            try:
+                await self.run_repo.release_worktree(path, reuse=reuse)
+            except Exception as exc:  # a leftover is cleaned at the next start; never fail on it
+                _log.warning("worktree.remove_failed", path=str(path), error=str(exc))
+
+    @asynccontextmanager
+    async def watch(self, path: Path, tasks: Sequence[Task],
+                    on_change: OnChange) -> AsyncIterator[_LiveWatch]:
+        async with FileMonitor(path, on_change):
+            yield _LiveWatch()
+
+    async def verify(self, path: Path, tasks: Sequence[Task], *, head: str | None,
+                     config: VerifyConfig, confinement: Confinement | None) -> dict[str, Any]:
+        own = {f for t in tasks for f in t.files}
+        report = await verify(
+            path, list(tasks), base_commit=head or self._base_commit, test_cmd=self._test_cmd,
+            config=config, confinement=confinement,
+            # The allowlist is the run's, never one an earlier batch of this run merged.
+            run_base_commit=self._base_commit or self.run_repo.base_commit,
+            project_root=self._project_root, other_files=set(self._plan_files - own),
+            spec_path=self._spec_path, baseline_passed=self.baseline_passed,
+        )
+        return report.to_dict()
+
+    async def integrate(self, path: Path, message: str, report: dict[str, Any] | None, *,
+                        head: str | None, batch_id: str, config: VerifyConfig,
+                        confinement: Confinement | None) -> Integration:
+        async with self._branch_lock:
+            if not await self._started_on_branch(head):
+                return Integration(merged=False, stale_start=True)
+            result = await self.run_repo.commit_and_merge(path, message)
+            commit, previous = result.commit, result.previous
+            if not result.merged:
+                return Integration(merged=False, commit=commit,
+                                   conflict_files=list(result.conflict_files or []))
+            if commit is None or previous is None or await self._tested_tree(commit, report,
+                                                                             config):
+                return Integration(merged=True, commit=commit)
+            branch_report = await self._verify_branch(commit, config, confinement)
+            if branch_report is None or branch_report.get("passed"):
+                return Integration(merged=True, commit=commit)
+            if not await self.run_repo.rollback(commit, previous):
+                branch = self.run_repo.branch
+                raise WorkspaceError(
+                    f"run {self._run_id}: branch {branch} moved while its merge of "
+                    f"{batch_id} was being verified; is another process writing to it? Stop "
+                    "it and retry the task", data={"branch": branch, "commit": commit})
+            self._rolled_back = True
+            return Integration(merged=False, commit=commit, rolled_back=branch_report)
+
+    async def verify_head(self, config: VerifyConfig,
+                          confinement: Confinement | None) -> dict[str, Any] | None:
+        if not config.branch_check:
+            return None
+        async with self._branch_lock:
+            head = await self.run_repo.head()
+            if self.verified is not None and self.verified.get("commit") == head:
+                return self.verified  # checked right after the merge that made it
+            report = await self._verify_branch(head, config, confinement)
+        if report is None:
+            return None
+        if report.get("passed") and self.verified is not None:
+            return self.verified
+        reasons = [c.get("message", "") for c in report.get("checks", [])
+                   if not c.get("passed", True)]
+        return {"failed": f"the run branch's head {head[:12]} fails the final verification: "
+                + "; ".join(r.splitlines()[0] for r in reasons if r)[:2000]}
+
+    async def close(self) -> None:
+        """Remove the run's idle (reusable) worktrees; a leftover is cleaned at next start."""
+        with anyio.move_on_after(_RELEASE_TIMEOUT_S, shield=True):
+            try:
+                await self.run_repo.close()
+            except BuildRunnerError as exc:
+                _log.warning("worktree.close_failed", run_id=self._run_id, error=str(exc))
+
+    async def _started_on_branch(self, head: str | None) -> bool:
+        """Whether the commit a worktree started from is still on the run branch (a
+        rolled-back merge is not: work built on it must run again)."""
+        if head is None or not self._rolled_back:
+            return True
+        branch_head = await self.run_repo.head()
+        return bool(await self.run_repo.is_ancestor(head, branch_head))
+
+    async def _tested_tree(self, commit: str, report: dict[str, Any] | None,
+                           config: VerifyConfig) -> bool:
+        """Whether the merge committed exactly the tree the batch's verification tested (a
+        fast-forward of a worktree that held nothing but its staged files): then the batch's
+        own test run is the branch check, and it becomes the run's baseline."""
+        if (not config.branch_check or report is None or not report.get("passed")
+                or not report.get("tree")):
+            return False
+        res = await git(["rev-parse", f"{commit}^{{tree}}"], cwd=self.run_repo.repo,
+                        timeout_s=config.git_timeout_s, check=False)
+        if not res.ok or res.stdout.strip() != report["tree"]:
+            return False
+        tests = next((c for c in report.get("checks", []) if c.get("name") == "tests"), None)
+        self.verified = {"commit": commit, "test_command": report.get("test_command"),
+                         "counts": report.get("test_counts"),
+                         "tests": tests.get("message") if tests else None}
+        if report.get("test_counts") is not None:
+            self.baseline_passed = list(report.get("passed_tests") or [])
+        return True
+
+    async def _verify_branch(self, commit: str, config: VerifyConfig,
+                             confinement: Confinement | None) -> dict[str, Any] | None:
+        """Run the full test command on ``commit`` of the run branch, in a detached worktree
+        of its own (the caller holds the branch lock). None: ``verify.branch_check = false``.
+        A passing check becomes the run's baseline."""
+        if not config.branch_check:
+            return None
+        if not (self._test_cmd or config.test_cmd):
+            # Nothing to detect a test command from: no checkout needed to know it.
+            tree = await commit_tree(self.run_repo.repo, commit, timeout_s=config.git_timeout_s)
+            if not has_python_tests(tree) and "package.json" not in tree:
+                self.verified = {"commit": commit, "test_command": None, "counts": None,
+                                 "tests": "no tests found: nothing to run"}
+                return {"passed": True, "checks": [], "test_command": None}
+        # A clean worktree of the run's pool (the caller holds the branch lock, so the head
+        # is ``commit``); a fresh one at ``commit`` if the branch was moved from outside.
+        path = await self.run_repo.acquire_worktree(self._root)
+        if await self.run_repo.worktree_head(path) != commit:
+            await self.run_repo.remove_worktree(path)
+            path = await self.run_repo.add_worktree(self._root, f"branch-{commit[:12]}", commit)
+        try:
+            report = await verify(path, [], base_commit=commit, test_cmd=self._test_cmd,
+                                  config=config, confinement=confinement,
+                                  project_root=self._project_root,
+                                  baseline_passed=self.baseline_passed, batch_checks=False)
+        finally:
+            await self.release(path)
+        if report.passed:
+            tests = next((c for c in report.checks if c.name == "tests"), None)
+            self.verified = {"commit": commit, "test_command": report.test_command,
+                             "counts": report.test_counts,
+                             "tests": tests.message if tests is not None else None}
+            if report.test_counts is not None:
+                self.baseline_passed = list(report.passed_tests)
+        return report.to_dict()
+
+
+class _LiveWatch:
+    """The file monitor reported every change while it ran."""
+
+    async def settle(self) -> tuple[list[FileChange], dict[str, Any] | None]:
+        return [], None
