@@ -1,5 +1,9 @@
 """Wire types shared by the daemon and ``brctl``: JSON-RPC codes, states, events, results.
 
+Also the verification report (:class:`VerificationReport`): made by the workspace layer, read
+by the fix-up prompt (``prompt.fix_prompt``) and the backends (``BatchJob.fix_report``), which
+sit below it, and stored and sent as a dict (``task.get``'s ``verification``).
+
 One definition of every message (msgspec Structs), validated at the boundary. Light on purpose:
 it must only depend on msgspec and the standard library. The codes and states are defined in
 :mod:`buildrunnerd.codes` (no msgspec: ``brctl`` imports them at start-up) and re-exported here.
@@ -46,6 +50,7 @@ __all__ = [
     "Event", "RunInfo", "TaskInfo", "BatchInfo", "CostRow", "CostSummary", "PingResult",
     "Request", "Response", "ErrorObject", "Notification",
     "DEFAULT_MAX_FRAME_BYTES",
+    "CheckResult", "VerificationReport",
 ]
 
 
@@ -57,6 +62,82 @@ BatchState = Literal["pending", "running", "verifying", "succeeded", "failed", "
 Complexity = Literal["simple", "medium", "complex", "critical"]
 Domain = Literal["database", "backend", "frontend", "tests", "docs", "infra"]
 
+
+
+# --- the verification report ---------------------------------------------------------------
+class CheckResult(msgspec.Struct, omit_defaults=True):
+    """One check's outcome (or one problem it found)."""
+
+    name: str  # files | compile | protected | stubs | scope | import | tests | secrets
+    passed: bool
+    message: str
+    file: str | None = None
+    line: int | None = None
+    output_tail: str | None = None
+    exit_code: int | None = None  # of a command (import, tests)
+
+    def where(self) -> str:
+        """``file:line``, ``file`` or "" (the check names no place)."""
+        if self.file and self.line:
+            return f"{self.file}:{self.line}"
+        return self.file or ""
+
+
+class VerificationReport(msgspec.Struct):
+    """All checks of one verification. ``passed`` iff every check passed."""
+
+    passed: bool
+    checks: list[CheckResult]
+    test_command: str | None = None
+    # From the test report: total, passed, failed, errors, skipped, protected,
+    # protected_passed (None: no report was read).
+    test_counts: dict[str, int] | None = None
+    # ``classname::name`` of the protected tests that passed (the next baseline).
+    passed_tests: list[str] = []
+    # The tree the tests ran on, when the disk held exactly the staged files (nothing ignored,
+    # no cache): a merge that commits this very tree needs no second test run.
+    tree: str | None = None
+
+    def failures(self) -> list[CheckResult]:
+        return [c for c in self.checks if not c.passed]
+
+    def check(self, name: str) -> CheckResult | None:
+        """The first check called ``name``, if any."""
+        return next((c for c in self.checks if c.name == name), None)
+
+    def first_failure(self) -> str:
+        """The first failed check in one line: ``<name> failed at <where>: <message>``."""
+        for check in self.failures():
+            where = check.where()
+            at = f" at {where}" if where else ""
+            return f"{check.name} failed{at}: {check.message or 'failed'}"
+        return "verification failed"
+
+    def failure_signature(self) -> list[tuple[str, str, str, str]]:
+        """What identifies the failures (not the output tails, which hold timings): the same
+        signature after a fix-up round means the round changed nothing the checks see."""
+        return sorted((c.name, str(c.file), str(c.line), c.message) for c in self.failures())
+
+    def with_tails(self, max_chars: int) -> VerificationReport:
+        """The report with every check's output tail cut to its last ``max_chars``."""
+        checks = [msgspec.structs.replace(c, output_tail=(c.output_tail or "")[-max_chars:])
+                  for c in self.checks]
+        return msgspec.structs.replace(self, checks=checks)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain data for the store, events and RPC results."""
+        out: dict[str, Any] = msgspec.to_builtins(self)
+        return out
+
+    def summary(self) -> str:
+        """One line per failure (or "all checks passed"), for task state reasons and logs."""
+        if self.passed:
+            return "all checks passed"
+        return "; ".join(
+            f"{c.name}: {c.file + (f':{c.line}' if c.line else '') + ': ' if c.file else ''}"
+            f"{c.message.splitlines()[0] if c.message else ''}"
+            for c in self.failures()
+        )
 
 
 # --- JSON-RPC envelopes ---------------------------------------------------------------------

@@ -14,6 +14,7 @@ from typing import Any
 import msgspec
 
 from buildrunnerd.prompt import TokenCounter, fix_prompt
+from buildrunnerd.protocol import VerificationReport
 
 __all__ = ["ConversationState", "with_cache_breakpoint", "append_user", "count_request_tokens",
            "format_fix_report", "last_text"]
@@ -103,6 +104,6 @@ def count_request_tokens(counter: TokenCounter, params: dict[str, Any]) -> int:
     return total
 
 
-def format_fix_report(report: dict[str, Any]) -> str:
+def format_fix_report(report: VerificationReport) -> str:
     """The fix-up turn's text (``buildrunnerd.prompt.fix_prompt``)."""
     return fix_prompt(report)

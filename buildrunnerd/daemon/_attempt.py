@@ -1,4 +1,4 @@
-"""The prompt of one attempt, and what a fix-up round is told about a failed verification.
+"""The prompt of one attempt: the batch's tasks and the files they touch, within the budget.
 
 The prompt is built per attempt from the worktree as it is then (a re-run after a conflict
 sees the new head). Every file read for it goes through ``sandbox._fs``: the model may have
@@ -8,7 +8,7 @@ planted a symlink, a FIFO or a huge file, and this text is sent to the model API
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from buildrunnerd.daemon._active import ActiveRun
 from buildrunnerd.plan._model import Batch, Task
@@ -18,9 +18,7 @@ from buildrunnerd.sandbox import WorktreePathError, read_bytes_in
 if TYPE_CHECKING:
     from buildrunnerd.config import Config
 
-__all__ = ["failure_signature", "first_failure", "fix_report", "prompt_for_attempt"]
-
-_VERIFY_TAIL_CHARS = 4000
+__all__ = ["prompt_for_attempt"]
 _MAX_CONTEXT_FILES = 40
 _MAX_CONTEXT_FILE_BYTES = 64 * 1024
 
@@ -63,30 +61,3 @@ def prompt_for_attempt(
         test_command=run.test_cmd, budget_tokens=config.planner.context_budget_tokens,
     )
     return prompt
-
-
-def first_failure(report: dict[str, Any]) -> str:
-    for check in report.get("checks", []):
-        if not check.get("passed", True):
-            where = check.get("file") or ""
-            if where and check.get("line"):
-                where = f"{where}:{check['line']}"
-            message = check.get("message") or "failed"
-            at = f" at {where}" if where else ""
-            return f"{check.get('name', 'check')} failed{at}: {message}"
-    return "verification failed"
-
-
-def failure_signature(report: dict[str, Any]) -> list[tuple[Any, ...]]:
-    """What identifies a report's failures (not the output tails, which hold timings)."""
-    return sorted((str(c.get("name")), str(c.get("file")), str(c.get("line")),
-                   str(c.get("message")))
-                  for c in report.get("checks", []) if not c.get("passed", True))
-
-
-def fix_report(report: dict[str, Any]) -> dict[str, Any]:
-    checks = []
-    for check in report.get("checks", []):
-        tail = check.get("output_tail") or ""
-        checks.append({**check, "output_tail": tail[-_VERIFY_TAIL_CHARS:]})
-    return {**report, "checks": checks}

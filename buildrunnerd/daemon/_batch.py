@@ -24,17 +24,18 @@ import anyio
 import structlog
 
 from buildrunnerd.daemon._active import ActiveRun, BatchResult
-from buildrunnerd.daemon._attempt import (
-    failure_signature,
-    first_failure,
-    fix_report,
-    prompt_for_attempt,
+from buildrunnerd.daemon._attempt import prompt_for_attempt
+from buildrunnerd.daemon._context import (
+    BatchContext,
+    FileEvents,
+    OnBudgetExceeded,
+    OnUsageLimited,
 )
-from buildrunnerd.daemon._context import BatchContext, FileEvents
 from buildrunnerd.errors import BudgetExceededError, BuildRunnerError, StoreError
 from buildrunnerd.executor import BatchJob, ExecutionOutcome, Executor
 from buildrunnerd.plan._model import Task
 from buildrunnerd.prompt._model import BatchPrompt
+from buildrunnerd.protocol import VerificationReport
 from buildrunnerd.sandbox import Confinement
 from buildrunnerd.store._records import NewEvent, TaskChange
 
@@ -46,6 +47,8 @@ __all__ = ["run_batch_lifecycle"]
 
 _log = structlog.get_logger("buildrunnerd.batch")
 
+_VERIFY_TAIL_CHARS = 4000  # of each check's output, in the fix-up round's report
+
 
 async def run_batch_lifecycle(
     *,
@@ -54,9 +57,9 @@ async def run_batch_lifecycle(
     config: Config,
     run: ActiveRun,
     batch_id: str,
-    on_budget_exceeded: Any,
+    on_budget_exceeded: OnBudgetExceeded,
     confinement: Confinement | None = None,
-    on_usage_limited: Any = None,
+    on_usage_limited: OnUsageLimited | None = None,
 ) -> BatchResult:
     """Run one dispatched batch to a result. Cancellation (run cancel, shutdown) records the
     attempt as cancelled/interrupted, removes the worktree, and re-raises."""
@@ -67,7 +70,7 @@ async def run_batch_lifecycle(
     max_merge_reruns = config.verify.max_merge_reruns
     resume_attempt = run.resume_attempts.pop(batch_id, None)
     merge_round = 0
-    carry_report: dict[str, Any] | None = None  # the branch check a re-run must fix
+    carry_report: VerificationReport | None = None  # the branch check a re-run must fix
     while True:
         attempt_no = run.attempts.get(batch_id, 0) + 1
         run.attempts[batch_id] = attempt_no
@@ -112,7 +115,7 @@ async def run_batch_lifecycle(
                     # attempt's conversation from its checkpoint instead of starting over.
                     run.resume_attempts[batch_id] = attempt.id
                 await store.finish_attempt(attempt.id, outcome=outcome, reason=result.reason,
-                                           verification=report)
+                                           verification=_stored(report))
                 keep_worktree = result.status == "failed" and config.verify.keep_failed_worktrees
                 return result
             from buildrunnerd.workspace import batch_commit_message
@@ -127,22 +130,22 @@ async def run_batch_lifecycle(
                           "the run branch's tests)")
             elif branch_report is not None:
                 reason = (f"the run branch failed its tests after merging this batch "
-                          f"({first_failure(branch_report)}); the merge was rolled back")
+                          f"({branch_report.first_failure()}); the merge was rolled back")
                 carry_report = branch_report
             else:
                 reason = f"merge conflict in {', '.join(done.conflict_files) or 'the run branch'}"
             if merged:
                 await store.finish_attempt(attempt.id, outcome="succeeded",
-                                           verification=report, commit=commit)
+                                           verification=_stored(report), commit=commit)
                 return BatchResult("succeeded", model=ctx.model, commit=commit,
                                    summary=ctx.summary)
             await store.finish_attempt(attempt.id, outcome="conflict", reason=reason,
-                                       verification=branch_report or report)
+                                       verification=_stored(branch_report or report))
             if branch_report is not None:
                 await ctx.emit("batch.rolled_back", {
                     "commit": commit, "attempt": attempt_no,
                     "rerun": merge_round < max_merge_reruns,
-                    "reason": first_failure(branch_report)})
+                    "reason": branch_report.first_failure()})
             else:
                 await ctx.emit("batch.conflict", {"files": done.conflict_files,
                                                   "attempt": attempt_no,
@@ -190,16 +193,16 @@ async def _execute_and_verify(
     attempt_no: int,
     resume_state: bytes | None,
     confinement: Confinement | None,
-    carry_report: dict[str, Any] | None = None,
-) -> tuple[BatchResult | None, dict[str, Any] | None]:
+    carry_report: VerificationReport | None = None,
+) -> tuple[BatchResult | None, VerificationReport | None]:
     """Executor + verification + fix-up rounds. ``(None, report)`` means verified, go merge.
 
     ``agent.batch_timeout_s`` is ONE deadline for the whole attempt: the first try and every
     fix-up round (backend and verification alike). Only the backend and verification waits
     run under it; the store writes between them are never cut in half."""
     # A re-run after a rolled-back merge starts with the branch check's report.
-    report: dict[str, Any] | None = carry_report
-    previous_signature: list[tuple[Any, ...]] | None = None
+    report = carry_report
+    previous_signature: list[tuple[str, str, str, str]] | None = None
     max_fix = max(0, config.verify.max_fix_attempts)
     timeout_s = config.agent.batch_timeout_s
     deadline = anyio.current_time() + timeout_s
@@ -213,7 +216,7 @@ async def _execute_and_verify(
         job = BatchJob(
             run_id=run.id, batch_id=batch_id, attempt=attempt_no, tasks=tasks, prompt=prompt,
             worktree=str(path), fix_round=fix_round,
-            fix_report=fix_report(report) if report is not None else None,
+            fix_report=report.with_tails(_VERIFY_TAIL_CHARS) if report is not None else None,
             escalation=fix_round, resume_state=resume_state if fix_round == 0 else None,
             test_cmd=run.test_cmd,
         )
@@ -225,8 +228,8 @@ async def _execute_and_verify(
                 events=[],
             )
         with anyio.CancelScope(deadline=deadline) as scope:
-            outcome, file_events, scratch_report = await _run_executor(executor, job, ctx,
-                                                                        path, tasks)
+            outcome, file_events, made_report = await _run_executor(executor, job, ctx, path,
+                                                                     tasks)
         if scope.cancelled_caught or anyio.current_time() >= deadline:
             # The backend's own limit may have fired first at the same instant: either way the
             # batch ran out of its time.
@@ -253,7 +256,7 @@ async def _execute_and_verify(
             tasks=[TaskChange(gid, "verifying", model=outcome.model) for gid in task_gids],
             events=file_events,
         )
-        checked: dict[str, Any] | None = scratch_report
+        checked = made_report
         if checked is None:
             with anyio.CancelScope(deadline=deadline) as scope:
                 checked = await run.workspace.verify(path, tasks, head=head, config=config.verify,
@@ -262,33 +265,33 @@ async def _execute_and_verify(
                 timed_out.model = ctx.model
                 return timed_out, report
         report = checked
-        await store.set_tasks_details(task_gids, verification=report)
-        if report.get("passed"):
+        await store.set_tasks_details(task_gids, verification=report.to_dict())
+        if report.passed:
             await ctx.emit("verify.passed", {"fix_round": fix_round,
-                                             "checks": [c.get("name") for c in report["checks"]]})
+                                             "checks": [c.name for c in report.checks]})
             return None, report
         await ctx.emit("verify.failed", {
-            "fix_round": fix_round, "reason": first_failure(report),
-            "checks": [{k: c.get(k) for k in ("name", "passed", "message", "file", "line")}
-                       for c in report.get("checks", [])],
+            "fix_round": fix_round, "reason": report.first_failure(),
+            "checks": [{"name": c.name, "passed": c.passed, "message": c.message,
+                        "file": c.file, "line": c.line} for c in report.checks],
         })
-        signature = failure_signature(report)
+        signature = report.failure_signature()
         if fix_round < max_fix and signature == previous_signature:
             # The fix-up round changed nothing the checks can see: more rounds of the same
             # would only spend money.
             return BatchResult(
-                "failed", reason=f"{first_failure(report)} (the same failures after fix-up "
+                "failed", reason=f"{report.first_failure()} (the same failures after fix-up "
                 f"round {fix_round} as before it: stopped early)", model=ctx.model), report
         previous_signature = signature
     assert report is not None
     return BatchResult(
-        "failed", reason=f"{first_failure(report)} (after {max_fix} fix-up rounds)"
+        "failed", reason=f"{report.first_failure()} (after {max_fix} fix-up rounds)"
     ), report
 
 
 async def _run_executor(
     executor: Executor, job: BatchJob, ctx: BatchContext, path: Path, tasks: list[Task]
-) -> tuple[ExecutionOutcome, list[NewEvent], dict[str, Any] | None]:
+) -> tuple[ExecutionOutcome, list[NewEvent], VerificationReport | None]:
     """Run the backend while the workspace watches the files. Also returns the file changes
     the workspace did not report live (for the caller's next transaction) and the
     verification report it made on the way, if it did (a scratch workspace does both)."""
@@ -308,3 +311,8 @@ async def _run_executor(
     except Exception as exc:
         _log.warning("executor.failed", batch=job.batch_id, error=repr(exc))
         return ExecutionOutcome(status="failed", reason=f"{type(exc).__name__}: {exc}"), [], None
+
+
+def _stored(report: VerificationReport | None) -> dict[str, Any] | None:
+    """A report as the store keeps it (an attempt's ``verification``)."""
+    return report.to_dict() if report is not None else None

@@ -7,6 +7,7 @@ the run's budget before each call (pausing the run when it would be exceeded).
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 from buildrunnerd.daemon._active import ActiveRun
@@ -16,7 +17,12 @@ from buildrunnerd.executor import ApiCall
 if TYPE_CHECKING:
     from buildrunnerd.store import Store
 
-__all__ = ["BatchContext", "FileEvents"]
+__all__ = ["BatchContext", "FileEvents", "OnBudgetExceeded", "OnUsageLimited"]
+
+# (run id, spent_usd, budget_usd): pause the run, once.
+OnBudgetExceeded = Callable[[str, float, float], Awaitable[None]]
+# (run id, resume_at in unix seconds or None, reason): pause the run until the limit resets.
+OnUsageLimited = Callable[[str, float | None, str], Awaitable[None]]
 
 
 class BatchContext:
@@ -28,8 +34,8 @@ class BatchContext:
         run: ActiveRun,
         batch_id: str,
         attempt_id: int,
-        on_budget_exceeded: Any,
-        on_usage_limited: Any = None,
+        on_budget_exceeded: OnBudgetExceeded,
+        on_usage_limited: OnUsageLimited | None = None,
     ) -> None:
         self._store = store
         self.run = run

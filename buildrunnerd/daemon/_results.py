@@ -10,9 +10,10 @@ recorded, not paid for again); the last result of a run writes the run's end.
 from __future__ import annotations
 
 from collections import Counter
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import anyio
+import msgspec
 import structlog
 
 from buildrunnerd.daemon._active import ActiveRun, BatchResult
@@ -24,6 +25,7 @@ from buildrunnerd.store._records import TaskChange
 
 if TYPE_CHECKING:
     from buildrunnerd.daemon._runs import RunManager
+    from buildrunnerd.workspace import HeadCheck
 
 __all__ = ["BatchResults"]
 
@@ -172,17 +174,16 @@ class BatchResults:
 
     async def _final_verification(
         self, active: ActiveRun, graph: RunGraph
-    ) -> dict[str, Any] | None:
-        """Verify the run's results before the run succeeds: ``run.verified`` data when it
-        passed, ``{"failed": reason}`` when it did not, None when there is nothing to verify
-        (a scratch run, a run that failed anyway, ``verify.branch_check = false``)."""
+    ) -> HeadCheck | None:
+        """Verify the run's results before the run succeeds. None when there is nothing to
+        verify (a scratch run, a run that failed anyway, ``verify.branch_check = false``)."""
         if not graph.all_succeeded:
             return None
         return await active.workspace.verify_head(self._runs.config.verify,
                                                   self._runs.confinement)
 
     async def finish_run(self, active: ActiveRun, graph: RunGraph, *,
-                         final: dict[str, Any] | None = None, checked: bool = False) -> None:
+                         final: HeadCheck | None = None, checked: bool = False) -> None:
         """Write a run's end (succeeded after ``run.verified``, or failed with the counts or
         the final verification's reason) and stop dispatching it. ``checked``: ``final`` is the
         final verification already made (otherwise it is made here: a run finished at
@@ -203,14 +204,15 @@ class BatchResults:
         self._runs.scheduler.remove(active.id)
 
     async def _write_final_state(self, active: ActiveRun, graph: RunGraph,
-                                 final: dict[str, Any] | None = None) -> None:
-        if final is not None and "failed" in final:
+                                 final: HeadCheck | None = None) -> None:
+        if final is not None and final.failed is not None:
             await self._runs.store.set_run_state(active.id, "failed", event_type="run.failed",
-                                                 reason=final["failed"], data={"verified": False})
-            _log.info("run.failed", run_id=active.id, reason=final["failed"])
+                                                 reason=final.failed, data={"verified": False})
+            _log.info("run.failed", run_id=active.id, reason=final.failed)
             return
-        if final is not None:
-            await self._runs.store.append_event(active.id, "run.verified", final)
+        if final is not None and final.verified is not None:
+            await self._runs.store.append_event(active.id, "run.verified",
+                                                msgspec.to_builtins(final.verified))
         if graph.all_succeeded:
             await self._runs.store.set_run_state(
                 active.id, "succeeded", event_type="run.succeeded",

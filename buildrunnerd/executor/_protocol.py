@@ -13,6 +13,7 @@ import msgspec
 
 from buildrunnerd.plan._model import Task
 from buildrunnerd.prompt._model import BatchPrompt
+from buildrunnerd.protocol import VerificationReport
 
 __all__ = ["BatchJob", "ApiCall", "ExecutionOutcome", "ExecutionContext", "Executor"]
 
@@ -25,7 +26,7 @@ class BatchJob(msgspec.Struct):
     prompt: BatchPrompt
     worktree: str  # absolute path; the only place the backend may write
     fix_round: int = 0  # 0 = first try; n = n-th fix-up after a failed verification
-    fix_report: dict[str, Any] | None = None  # the verifier's structured report (fix rounds)
+    fix_report: VerificationReport | None = None  # what failed (fix-up rounds only)
     escalation: int = 0  # how many steps up the model ladder (after failed verifications)
     resume_state: bytes | None = None  # the last checkpoint() of this attempt, after a restart
     test_cmd: str | None = None

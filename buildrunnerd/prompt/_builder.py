@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping, Sequence
-from typing import Any
 
 from buildrunnerd.config._model import PlannerConfig
 from buildrunnerd.errors import PlanError, Problem
@@ -31,6 +30,7 @@ from buildrunnerd.prompt._counter import (
     piece_segments,
 )
 from buildrunnerd.prompt._model import BatchPrompt
+from buildrunnerd.protocol import VerificationReport
 from buildrunnerd.spec._model import Spec
 
 __all__ = [
@@ -379,15 +379,11 @@ def build_batch_prompt(
     )
 
 
-def fix_prompt(report: dict[str, Any]) -> str:
-    """The user turn of a fix-up round, from the verifier's structured report.
-
-    ``report["checks"]`` holds dicts with ``name``, ``passed``, ``message``, ``file``, ``line``
-    and ``output_tail``; failed checks are listed first, with where and what they printed.
-    """
-    checks = [c for c in report.get("checks") or [] if isinstance(c, dict)]
-    failed = [c for c in checks if not c.get("passed")]
-    passed = [c for c in checks if c.get("passed")]
+def fix_prompt(report: VerificationReport) -> str:
+    """The user turn of a fix-up round, from the verifier's report: failed checks first,
+    with where (``file``, ``line``) and what they printed (``output_tail``)."""
+    failed = report.failures()
+    passed = [c for c in report.checks if c.passed]
     parts = [
         "BuildRunner verified your work and it did not pass. Fix the problems below in this "
         "worktree. Change only what the fix needs; keep the work that passed. Then stop with a "
@@ -399,12 +395,10 @@ def fix_prompt(report: dict[str, Any]) -> str:
         parts.append("# Failed checks\nThe report names no failed check; re-check the "
                      "acceptance criteria of your tasks and the test command.")
     for n, check in enumerate(failed, 1):
-        lines = [f"## {n}. {check.get('name', 'check')}: {check.get('message') or 'failed'}"]
-        where = check.get("file")
-        if where:
-            line = check.get("line")
-            lines.append(f"Where: `{where}`" + (f" line {line}" if line else ""))
-        tail = str(check.get("output_tail") or "").strip()
+        lines = [f"## {n}. {check.name}: {check.message or 'failed'}"]
+        if check.file:
+            lines.append(f"Where: `{check.file}`" + (f" line {check.line}" if check.line else ""))
+        tail = (check.output_tail or "").strip()
         if tail:
             if len(tail) > _MAX_OUTPUT_TAIL_CHARS:
                 tail = "[...]\n" + tail[-_MAX_OUTPUT_TAIL_CHARS:]
@@ -412,9 +406,7 @@ def fix_prompt(report: dict[str, Any]) -> str:
             lines.append(f"Output (last lines):\n{fence}\n{tail}\n{fence}")
         parts.append("\n".join(lines))
     if passed:
-        parts.append("# Passed checks\n" + "\n".join(
-            f"- {c.get('name', 'check')}" for c in passed
-        ))
+        parts.append("# Passed checks\n" + "\n".join(f"- {c.name}" for c in passed))
     parts.append("# Stop point\nStop when every failed check above would pass.")
     return "\n\n".join(parts)
 

@@ -25,13 +25,20 @@ from buildrunnerd.workspace._verify import (
     detect_test_command,
     verify,
 )
-from buildrunnerd.workspace._workspace import FileChange, FileWatch, Integration, Workspace
+from buildrunnerd.workspace._workspace import (
+    FileChange,
+    FileWatch,
+    HeadCheck,
+    Integration,
+    VerifiedHead,
+    Workspace,
+)
 
 __all__ = [
-    "ALLOWLIST_FILENAME", "Allowlist", "BRANCH_PREFIX", "ChangeKind", "CheckResult",
-    "FileChange", "FileMonitor", "FileWatch", "GitWorkspace", "Integration", "MergeResult",
+    "ALLOWLIST_FILENAME", "Allowlist", "BRANCH_PREFIX", "ChangeKind", "CheckResult", "FileChange",
+    "FileMonitor", "FileWatch", "GitWorkspace", "HeadCheck", "Integration", "MergeResult",
     "OnChange", "RunRepo", "ScratchWorkspace", "SecretFinding", "StagedChange",
-    "VerificationReport", "Workspace", "batch_commit_message", "cleanup_orphan_worktrees",
-    "detect_test_command", "prepare_run_repo", "read_staged_changes", "scan_commit",
-    "scan_staged", "verify",
+    "VerificationReport", "VerifiedHead", "Workspace", "batch_commit_message",
+    "cleanup_orphan_worktrees", "detect_test_command", "prepare_run_repo", "read_staged_changes",
+    "scan_commit", "scan_staged", "verify",
 ]

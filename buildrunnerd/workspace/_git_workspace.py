@@ -18,7 +18,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
 import anyio
 import structlog
@@ -26,6 +26,7 @@ import structlog
 from buildrunnerd.config import VerifyConfig
 from buildrunnerd.errors import BuildRunnerError, WorkspaceError
 from buildrunnerd.plan._model import Task
+from buildrunnerd.protocol import VerificationReport
 from buildrunnerd.sandbox import Confinement
 from buildrunnerd.workspace._git import git
 from buildrunnerd.workspace._monitor import FileMonitor, OnChange
@@ -33,7 +34,7 @@ from buildrunnerd.workspace._repo import RunRepo
 from buildrunnerd.workspace._report import has_python_tests
 from buildrunnerd.workspace._tree import commit_tree
 from buildrunnerd.workspace._verify import verify
-from buildrunnerd.workspace._workspace import FileChange, Integration
+from buildrunnerd.workspace._workspace import FileChange, HeadCheck, Integration, VerifiedHead
 
 __all__ = ["GitWorkspace", "spec_relpath"]
 
@@ -76,7 +77,7 @@ class GitWorkspace:
         self._spec_path = spec_relpath(spec_path, self._project_root)
         # Merges and the run branch's verification after each one, one batch at a time.
         self._branch_lock = anyio.Lock()
-        self.verified: dict[str, Any] | None = None  # the last passing branch check
+        self.verified: VerifiedHead | None = None  # the last passing branch check
         self.baseline_passed: list[str] | None = None  # tests that passed at verified commit
         self._rolled_back = False  # a merge of this run was rolled back (its head failed)
 
@@ -111,9 +112,9 @@ class GitWorkspace:
             yield _LiveWatch()
 
     async def verify(self, path: Path, tasks: Sequence[Task], *, head: str | None,
-                     config: VerifyConfig, confinement: Confinement | None) -> dict[str, Any]:
+                     config: VerifyConfig, confinement: Confinement | None) -> VerificationReport:
         own = {f for t in tasks for f in t.files}
-        report = await verify(
+        return await verify(
             path, list(tasks), base_commit=head or self._base_commit, test_cmd=self._test_cmd,
             config=config, confinement=confinement,
             # The allowlist is the run's, never one an earlier batch of this run merged.
@@ -121,9 +122,8 @@ class GitWorkspace:
             project_root=self._project_root, other_files=set(self._plan_files - own),
             spec_path=self._spec_path, baseline_passed=self.baseline_passed,
         )
-        return report.to_dict()
 
-    async def integrate(self, path: Path, message: str, report: dict[str, Any] | None, *,
+    async def integrate(self, path: Path, message: str, report: VerificationReport | None, *,
                         head: str | None, batch_id: str, config: VerifyConfig,
                         confinement: Confinement | None) -> Integration:
         async with self._branch_lock:
@@ -138,7 +138,7 @@ class GitWorkspace:
                                                                              config):
                 return Integration(merged=True, commit=commit)
             branch_report = await self._verify_branch(commit, config, confinement)
-            if branch_report is None or branch_report.get("passed"):
+            if branch_report is None or branch_report.passed:
                 return Integration(merged=True, commit=commit)
             if not await self.run_repo.rollback(commit, previous):
                 branch = self.run_repo.branch
@@ -150,22 +150,22 @@ class GitWorkspace:
             return Integration(merged=False, commit=commit, rolled_back=branch_report)
 
     async def verify_head(self, config: VerifyConfig,
-                          confinement: Confinement | None) -> dict[str, Any] | None:
+                          confinement: Confinement | None) -> HeadCheck | None:
         if not config.branch_check:
             return None
         async with self._branch_lock:
             head = await self.run_repo.head()
-            if self.verified is not None and self.verified.get("commit") == head:
-                return self.verified  # checked right after the merge that made it
+            if self.verified is not None and self.verified.commit == head:
+                return HeadCheck(verified=self.verified)  # checked right after its merge
             report = await self._verify_branch(head, config, confinement)
         if report is None:
             return None
-        if report.get("passed") and self.verified is not None:
-            return self.verified
-        reasons = [c.get("message", "") for c in report.get("checks", [])
-                   if not c.get("passed", True)]
-        return {"failed": f"the run branch's head {head[:12]} fails the final verification: "
-                + "; ".join(r.splitlines()[0] for r in reasons if r)[:2000]}
+        if report.passed and self.verified is not None:
+            return HeadCheck(verified=self.verified)
+        reasons = [c.message for c in report.failures()]
+        return HeadCheck(failed=f"the run branch's head {head[:12]} fails the final "
+                         "verification: "
+                         + "; ".join(r.splitlines()[0] for r in reasons if r)[:2000])
 
     async def close(self) -> None:
         """Remove the run's idle (reusable) worktrees; a leftover is cleaned at next start."""
@@ -183,28 +183,22 @@ class GitWorkspace:
         branch_head = await self.run_repo.head()
         return bool(await self.run_repo.is_ancestor(head, branch_head))
 
-    async def _tested_tree(self, commit: str, report: dict[str, Any] | None,
+    async def _tested_tree(self, commit: str, report: VerificationReport | None,
                            config: VerifyConfig) -> bool:
         """Whether the merge committed exactly the tree the batch's verification tested (a
         fast-forward of a worktree that held nothing but its staged files): then the batch's
         own test run is the branch check, and it becomes the run's baseline."""
-        if (not config.branch_check or report is None or not report.get("passed")
-                or not report.get("tree")):
+        if not config.branch_check or report is None or not report.passed or not report.tree:
             return False
         res = await git(["rev-parse", f"{commit}^{{tree}}"], cwd=self.run_repo.repo,
                         timeout_s=config.git_timeout_s, check=False)
-        if not res.ok or res.stdout.strip() != report["tree"]:
+        if not res.ok or res.stdout.strip() != report.tree:
             return False
-        tests = next((c for c in report.get("checks", []) if c.get("name") == "tests"), None)
-        self.verified = {"commit": commit, "test_command": report.get("test_command"),
-                         "counts": report.get("test_counts"),
-                         "tests": tests.get("message") if tests else None}
-        if report.get("test_counts") is not None:
-            self.baseline_passed = list(report.get("passed_tests") or [])
+        self._record_verified(commit, report)
         return True
 
     async def _verify_branch(self, commit: str, config: VerifyConfig,
-                             confinement: Confinement | None) -> dict[str, Any] | None:
+                             confinement: Confinement | None) -> VerificationReport | None:
         """Run the full test command on ``commit`` of the run branch, in a detached worktree
         of its own (the caller holds the branch lock). None: ``verify.branch_check = false``.
         A passing check becomes the run's baseline."""
@@ -214,9 +208,8 @@ class GitWorkspace:
             # Nothing to detect a test command from: no checkout needed to know it.
             tree = await commit_tree(self.run_repo.repo, commit, timeout_s=config.git_timeout_s)
             if not has_python_tests(tree) and "package.json" not in tree:
-                self.verified = {"commit": commit, "test_command": None, "counts": None,
-                                 "tests": "no tests found: nothing to run"}
-                return {"passed": True, "checks": [], "test_command": None}
+                self.verified = VerifiedHead(commit, tests="no tests found: nothing to run")
+                return VerificationReport(passed=True, checks=[])
         # A clean worktree of the run's pool (the caller holds the branch lock, so the head
         # is ``commit``); a fresh one at ``commit`` if the branch was moved from outside.
         path = await self.run_repo.acquire_worktree(self._root)
@@ -231,17 +224,22 @@ class GitWorkspace:
         finally:
             await self.release(path)
         if report.passed:
-            tests = next((c for c in report.checks if c.name == "tests"), None)
-            self.verified = {"commit": commit, "test_command": report.test_command,
-                             "counts": report.test_counts,
-                             "tests": tests.message if tests is not None else None}
-            if report.test_counts is not None:
-                self.baseline_passed = list(report.passed_tests)
-        return report.to_dict()
+            self._record_verified(commit, report)
+        return report
+
+    def _record_verified(self, commit: str, report: VerificationReport) -> None:
+        """``commit`` of the run branch passed ``report``: the last verified commit, and
+        (when a test report was read) its passing tests are the next check's baseline."""
+        tests = report.check("tests")
+        self.verified = VerifiedHead(commit, test_command=report.test_command,
+                                     counts=report.test_counts,
+                                     tests=tests.message if tests is not None else None)
+        if report.test_counts is not None:
+            self.baseline_passed = list(report.passed_tests)
 
 
 class _LiveWatch:
     """The file monitor reported every change while it ran."""
 
-    async def settle(self) -> tuple[list[FileChange], dict[str, Any] | None]:
+    async def settle(self) -> tuple[list[FileChange], VerificationReport | None]:
         return [], None

@@ -17,15 +17,16 @@ import stat
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
 import anyio
 
 from buildrunnerd.config import VerifyConfig
 from buildrunnerd.plan._model import Task
+from buildrunnerd.protocol import CheckResult, VerificationReport
 from buildrunnerd.sandbox import Confinement, WorktreePathError, lstat_in
 from buildrunnerd.workspace._monitor import OnChange
-from buildrunnerd.workspace._workspace import FileChange, Integration
+from buildrunnerd.workspace._workspace import FileChange, HeadCheck, Integration
 
 __all__ = ["ScratchWorkspace", "scratch_checks"]
 
@@ -60,16 +61,16 @@ class ScratchWorkspace:
         yield _ScratchWatch(path, tasks, before)
 
     async def verify(self, path: Path, tasks: Sequence[Task], *, head: str | None,
-                     config: VerifyConfig, confinement: Confinement | None) -> dict[str, Any]:
+                     config: VerifyConfig, confinement: Confinement | None) -> VerificationReport:
         return await anyio.to_thread.run_sync(scratch_checks, path, tasks)
 
-    async def integrate(self, path: Path, message: str, report: dict[str, Any] | None, *,
+    async def integrate(self, path: Path, message: str, report: VerificationReport | None, *,
                         head: str | None, batch_id: str, config: VerifyConfig,
                         confinement: Confinement | None) -> Integration:
         return Integration(merged=True)  # the files are already where the results stay
 
     async def verify_head(self, config: VerifyConfig,
-                          confinement: Confinement | None) -> dict[str, Any] | None:
+                          confinement: Confinement | None) -> HeadCheck | None:
         return None  # no branch: each batch's check was the whole check
 
     async def close(self) -> None:
@@ -82,8 +83,8 @@ class _ScratchWatch:
         self._tasks = tasks
         self._before = before
 
-    async def settle(self) -> tuple[list[FileChange], dict[str, Any] | None]:
-        def work() -> tuple[dict[str, float], dict[str, Any]]:
+    async def settle(self) -> tuple[list[FileChange], VerificationReport | None]:
+        def work() -> tuple[dict[str, float], VerificationReport]:
             return _mtimes(self._path, self._tasks), scratch_checks(self._path, self._tasks)
 
         after, report = await anyio.to_thread.run_sync(work)
@@ -96,9 +97,9 @@ class _ScratchWatch:
         return changes, report
 
 
-def scratch_checks(path: Path, tasks: Sequence[Task]) -> dict[str, Any]:
+def scratch_checks(path: Path, tasks: Sequence[Task]) -> VerificationReport:
     """The scratch verification: every named file is a non-empty regular file."""
-    checks: list[dict[str, Any]] = []
+    checks: list[CheckResult] = []
     for task in tasks:
         for rel in task.files:
             # Never through a symlink, and a FIFO or device is not a file (sandbox._fs).
@@ -109,15 +110,11 @@ def scratch_checks(path: Path, tasks: Sequence[Task]) -> dict[str, Any]:
             except WorktreePathError:
                 present, state = False, "is missing"
             if not present:
-                checks.append({
-                    "name": "files", "passed": False, "file": rel, "line": None,
-                    "message": f"{rel} (task {task.id}) {state}",
-                    "output_tail": "",
-                })
+                checks.append(CheckResult("files", False, f"{rel} (task {task.id}) {state}",
+                                          file=rel))
     if not checks:
-        checks.append({"name": "files", "passed": True, "message": "every named file exists",
-                       "file": None, "line": None, "output_tail": ""})
-    return {"passed": all(c["passed"] for c in checks), "checks": checks}
+        checks.append(CheckResult("files", True, "every named file exists"))
+    return VerificationReport(passed=all(c.passed for c in checks), checks=checks)
 
 
 def _mtimes(path: Path, tasks: Sequence[Task]) -> dict[str, float]:

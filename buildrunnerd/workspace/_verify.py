@@ -18,7 +18,6 @@ import stat
 import tempfile
 from collections.abc import Callable, Collection, Sequence
 from pathlib import Path, PurePosixPath
-from typing import Any
 
 import anyio
 import msgspec
@@ -27,6 +26,7 @@ from buildrunnerd.config import Config, VerifyConfig
 from buildrunnerd.credentials import redact_secrets
 from buildrunnerd.errors import SandboxError
 from buildrunnerd.plan._model import Task
+from buildrunnerd.protocol import CheckResult, VerificationReport
 from buildrunnerd.sandbox import (
     Confinement,
     WorktreePathError,
@@ -76,52 +76,6 @@ _MAX_COMPILE_BYTES = 16 * 1024 * 1024
 # Folders never searched for tests or Python files: not the project's own code.
 _SKIP_DIRS = frozenset({".git", ".venv", "venv", "node_modules", "__pycache__", ".tox",
                         ".mypy_cache", ".pytest_cache", "site-packages", "build", "dist"})
-
-
-class CheckResult(msgspec.Struct, omit_defaults=True):
-    """One check's outcome (or one problem it found)."""
-
-    name: str  # files | compile | protected | stubs | scope | import | tests | secrets
-    passed: bool
-    message: str
-    file: str | None = None
-    line: int | None = None
-    output_tail: str | None = None
-    exit_code: int | None = None  # of a command (import, tests)
-
-
-class VerificationReport(msgspec.Struct):
-    """All checks of one verification. ``passed`` iff every check passed."""
-
-    passed: bool
-    checks: list[CheckResult]
-    test_command: str | None = None
-    # From the test report: total, passed, failed, errors, skipped, protected,
-    # protected_passed (None: no report was read).
-    test_counts: dict[str, int] | None = None
-    # ``classname::name`` of the protected tests that passed (the next baseline).
-    passed_tests: list[str] = []
-    # The tree the tests ran on, when the disk held exactly the staged files (nothing ignored,
-    # no cache): a merge that commits this very tree needs no second test run.
-    tree: str | None = None
-
-    def failures(self) -> list[CheckResult]:
-        return [c for c in self.checks if not c.passed]
-
-    def to_dict(self) -> dict[str, Any]:
-        """Plain data for the store, events and a fix-up prompt."""
-        out: dict[str, Any] = msgspec.to_builtins(self)
-        return out
-
-    def summary(self) -> str:
-        """One line per failure (or "all checks passed"), for task state reasons and logs."""
-        if self.passed:
-            return "all checks passed"
-        return "; ".join(
-            f"{c.name}: {c.file + (f':{c.line}' if c.line else '') + ': ' if c.file else ''}"
-            f"{c.message.splitlines()[0] if c.message else ''}"
-            for c in self.failures()
-        )
 
 
 def _tail(data: bytes, limit: int = OUTPUT_TAIL_BYTES) -> str:

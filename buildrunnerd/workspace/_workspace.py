@@ -17,16 +17,17 @@ from __future__ import annotations
 from collections.abc import Sequence
 from contextlib import AbstractAsyncContextManager
 from pathlib import Path
-from typing import Any, Literal, NamedTuple, Protocol
+from typing import Literal, NamedTuple, Protocol
 
 import msgspec
 
 from buildrunnerd.config import VerifyConfig
 from buildrunnerd.plan._model import Task
+from buildrunnerd.protocol import VerificationReport
 from buildrunnerd.sandbox import Confinement
 from buildrunnerd.workspace._monitor import ChangeKind, OnChange
 
-__all__ = ["FileChange", "FileWatch", "Integration", "Workspace"]
+__all__ = ["FileChange", "FileWatch", "HeadCheck", "Integration", "VerifiedHead", "Workspace"]
 
 
 class FileChange(NamedTuple):
@@ -46,13 +47,29 @@ class Integration(msgspec.Struct, frozen=True):
     commit: str | None = None
     conflict_files: list[str] = []
     stale_start: bool = False
-    rolled_back: dict[str, Any] | None = None
+    rolled_back: VerificationReport | None = None
+
+
+class VerifiedHead(msgspec.Struct, frozen=True):
+    """The last passing check of the run's results (the ``run.verified`` event's data)."""
+
+    commit: str
+    test_command: str | None = None
+    counts: dict[str, int] | None = None  # the test report's totals (None: no report read)
+    tests: str | None = None  # the tests check's message
+
+
+class HeadCheck(msgspec.Struct, frozen=True):
+    """The final verification of a run: ``verified`` when it passed, else ``failed`` (why)."""
+
+    verified: VerifiedHead | None = None
+    failed: str | None = None
 
 
 class FileWatch(Protocol):
     """What a workspace saw of a backend's work, once the backend is done."""
 
-    async def settle(self) -> tuple[list[FileChange], dict[str, Any] | None]:
+    async def settle(self) -> tuple[list[FileChange], VerificationReport | None]:
         """Called only after the backend completed: the changes not yet reported through
         ``on_change`` and, when the workspace made it on the way, the verification report
         (None: call :meth:`Workspace.verify`)."""
@@ -81,12 +98,12 @@ class Workspace(Protocol):
         ...
 
     async def verify(self, path: Path, tasks: Sequence[Task], *, head: str | None,
-                     config: VerifyConfig, confinement: Confinement | None) -> dict[str, Any]:
+                     config: VerifyConfig, confinement: Confinement | None) -> VerificationReport:
         """The verification report of the batch's work in ``path`` (``head``: where the
         attempt started, from :meth:`acquire`)."""
         ...
 
-    async def integrate(self, path: Path, message: str, report: dict[str, Any] | None, *,
+    async def integrate(self, path: Path, message: str, report: VerificationReport | None, *,
                         head: str | None, batch_id: str, config: VerifyConfig,
                         confinement: Confinement | None) -> Integration:
         """Put the verified work of ``path`` into the run's results: commit, merge into the
@@ -94,9 +111,8 @@ class Workspace(Protocol):
         ...
 
     async def verify_head(self, config: VerifyConfig,
-                          confinement: Confinement | None) -> dict[str, Any] | None:
-        """The final verification of the run's results: ``run.verified`` data when it
-        passed, ``{"failed": reason}`` when not, None when there is nothing to verify."""
+                          confinement: Confinement | None) -> HeadCheck | None:
+        """The final verification of the run's results (None: nothing to verify)."""
         ...
 
     async def close(self) -> None:

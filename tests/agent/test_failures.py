@@ -10,6 +10,7 @@ import pytest
 from buildrunnerd.agent import AnthropicExecutor, CostTable
 from buildrunnerd.agent._conversation import ConversationState
 from buildrunnerd.config import PricingConfig
+from buildrunnerd.protocol import CheckResult, VerificationReport
 from tests.agent.support import Recorder, batch_key, make_config, make_job, make_worktree
 from tests.fakeapi import (
     API_KEY,
@@ -221,9 +222,9 @@ async def test_fix_round_continues_the_conversation(fake_api: FakeAnthropic, wor
                             Reply([text("fixed")], "end_turn")])
     ctx = Recorder()
     assert (await executor.run_batch(make_job(worktree), ctx)).status == "completed"
-    report = {"passed": False, "checks": [{"name": "tests", "passed": False,
-                                           "message": "1 failed", "file": "app.py", "line": 3,
-                                           "output_tail": "AssertionError: 2 != 3"}]}
+    report = VerificationReport(passed=False, checks=[
+        CheckResult("tests", False, "1 failed", file="app.py", line=3,
+                    output_tail="AssertionError: 2 != 3")])
     outcome = await executor.run_batch(make_job(worktree, fix_round=1, fix_report=report,
                                                 escalation=1), ctx)
     assert outcome.status == "completed" and outcome.summary == "fixed"

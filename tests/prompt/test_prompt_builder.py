@@ -13,6 +13,7 @@ from buildrunnerd.errors import PlanError
 from buildrunnerd.plan import Batch, Plan, Task, build_plan
 from buildrunnerd.plan._model import CriticalPath
 from buildrunnerd.prompt import TiktokenCounter, build_batch_prompt, fix_prompt, plan_with_prompts
+from buildrunnerd.protocol import CheckResult, VerificationReport
 from buildrunnerd.spec._model import Feature, Item, Spec
 
 COUNTER = TiktokenCounter()
@@ -140,18 +141,12 @@ def test_plan_with_prompts_fills_prompt_tokens_and_rejects_a_too_small_budget() 
 
 
 def test_fix_prompt_lists_failed_checks_with_where_and_output() -> None:
-    report = {
-        "passed": False,
-        "checks": [
-            {"name": "files_exist", "passed": True, "message": "ok", "file": None, "line": None,
-             "output_tail": ""},
-            {"name": "tests", "passed": False, "message": "2 tests failed",
-             "file": "tests/test_search.py", "line": 14,
-             "output_tail": "E   assert [] == ['buy milk']\n```nested fence```"},
-            {"name": "secret_scan", "passed": False, "message": "AWS key in the diff",
-             "file": "src/config.py", "line": 3, "output_tail": None},
-        ],
-    }
+    report = VerificationReport(passed=False, checks=[
+        CheckResult("files_exist", True, "ok", output_tail=""),
+        CheckResult("tests", False, "2 tests failed", file="tests/test_search.py", line=14,
+                    output_tail="E   assert [] == ['buy milk']\n```nested fence```"),
+        CheckResult("secret_scan", False, "AWS key in the diff", file="src/config.py", line=3),
+    ])
     text = fix_prompt(report)
     assert "# Failed checks (2)" in text
     assert "## 1. tests: 2 tests failed" in text
@@ -161,9 +156,8 @@ def test_fix_prompt_lists_failed_checks_with_where_and_output() -> None:
     assert "## 2. secret_scan: AWS key in the diff" in text and "`src/config.py` line 3" in text
     assert "# Passed checks\n- files_exist" in text
     assert text.index("Failed checks") < text.index("Passed checks") < text.index("Stop point")
-    long_tail = fix_prompt(
-        {"checks": [{"name": "t", "passed": False, "output_tail": "x" * 50_000}]}
-    )
+    long_tail = fix_prompt(VerificationReport(
+        passed=False, checks=[CheckResult("t", False, "", output_tail="x" * 50_000)]))
     assert len(long_tail) < 6000
 
 

@@ -14,6 +14,7 @@ import pytest
 from buildrunnerd.config import VerifyConfig
 from buildrunnerd.errors import WorkspaceError
 from buildrunnerd.plan._model import Task
+from buildrunnerd.protocol import VerificationReport
 from buildrunnerd.workspace import (
     ChangeKind,
     FileChange,
@@ -64,7 +65,7 @@ async def test_git_workspace_merges_verified_work_into_the_run_branch_only(
     assert await watch.settle() == ([], None)  # reported live, verified separately
     assert FileChange("created", "feature.py") in seen.changes
     report = await ws.verify(path, [t1], head=head, config=CONFIG, confinement=None)
-    assert report["passed"], report
+    assert report.passed, report
     done = await ws.integrate(path, "t1", report, head=head, batch_id="b1", config=CONFIG,
                               confinement=None)
     assert done.merged and done.commit == branch_head(repo) != head
@@ -75,7 +76,8 @@ async def test_git_workspace_merges_verified_work_into_the_run_branch_only(
     assert again == path and again_head == done.commit  # the pooled worktree, reset
     await ws.release(again)
     final = await ws.verify_head(CONFIG, None)
-    assert final is not None and final.get("commit") == done.commit
+    assert final is not None and final.verified is not None
+    assert final.verified.commit == done.commit and final.failed is None
     await ws.close()
     assert [p async for p in anyio.Path(wt_root).iterdir()] == []
 
@@ -94,7 +96,7 @@ async def test_git_workspace_a_rewritten_dotgit_fails_and_is_never_reused(
     with pytest.raises(WorkspaceError, match="rewr"):
         await ws.verify(path, [t1], head=head, config=CONFIG, confinement=None)
     with pytest.raises(WorkspaceError, match="rewr"):
-        await ws.integrate(path, "t1", {"passed": True, "checks": []}, head=head,
+        await ws.integrate(path, "t1", VerificationReport(True, []), head=head,
                            batch_id="b1", config=CONFIG, confinement=None)
     assert branch_head(repo) == head
     assert snapshot(repo) == user_before
@@ -119,18 +121,20 @@ async def test_git_workspace_rolls_back_a_merge_that_breaks_the_branch(
     (path_b / "b.txt").write_text("b\n")
     report_a = await ws.verify(path_a, [a], head=head_a, config=CONFIG, confinement=None)
     report_b = await ws.verify(path_b, [b], head=head_b, config=CONFIG, confinement=None)
-    assert report_a["passed"] and report_b["passed"], (report_a, report_b)
+    assert report_a.passed and report_b.passed, (report_a, report_b)
     merged_a = await ws.integrate(path_a, "a", report_a, head=head_a, batch_id="ba",
                                   config=CONFIG, confinement=None)
     assert merged_a.merged and merged_a.commit == branch_head(repo)
     undone = await ws.integrate(path_b, "b", report_b, head=head_b, batch_id="bb",
                                 config=CONFIG, confinement=None)
     assert not undone.merged and undone.rolled_back is not None
-    assert not undone.rolled_back["passed"]
+    assert not undone.rolled_back.passed
+    assert undone.rolled_back.first_failure().startswith("tests failed")
     assert branch_head(repo) == merged_a.commit  # rolled back to the verified head
     assert undone.commit is not None and undone.commit != merged_a.commit
     final = await ws.verify_head(CONFIG, None)
-    assert final is not None and final.get("commit") == merged_a.commit
+    assert final is not None and final.verified is not None
+    assert final.verified.commit == merged_a.commit
     for path in (path_a, path_b):
         await ws.release(path)
     await ws.close()
@@ -155,7 +159,7 @@ async def test_scratch_workspace_keeps_the_files_and_reports_what_changed(
     assert sorted(changes) == [FileChange("created", "pkg/b.py"),
                                FileChange("modified", "a.py")]
     assert seen.changes == []  # nothing live: all at once, in the caller's transaction
-    assert report is not None and report["passed"], report
+    assert report is not None and report.passed, report
     assert await ws.verify(path, [t1], head=None, config=CONFIG, confinement=None) == report
     done = await ws.integrate(path, "t1", report, head=None, batch_id="b1", config=CONFIG,
                               confinement=None)
@@ -185,8 +189,8 @@ async def test_scratch_workspace_a_planted_symlink_or_fifo_is_not_a_result(
         os.mkfifo(root / "fifo.py")
         (root / "sub").symlink_to(outside, target_is_directory=True)
     changes, report = await watch.settle()
-    assert report is not None and not report["passed"]
-    failed = {c["file"]: c["message"] for c in report["checks"] if not c["passed"]}
+    assert report is not None and not report.passed
+    failed = {c.file: c.message for c in report.failures()}
     assert set(failed) == {"a.py", "fifo.py", "sub/c.py"}, failed
     assert "not a regular file" in failed["fifo.py"]
     assert all("BEGIN" not in m for m in failed.values())
