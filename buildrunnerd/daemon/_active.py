@@ -10,7 +10,6 @@ at activation (:mod:`._runs`).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
 from buildrunnerd.plan._model import Batch, Plan, Task
@@ -39,10 +38,7 @@ class ActiveRun:
     id: str
     plan: Plan
     overview: str
-    home: Path
-    repo: Path | None  # None: a scratch run (no git)
-    branch: str | None
-    base_commit: str | None
+    branch: str | None  # the run branch (None: a scratch run)
     test_cmd: str | None
     budget_usd: float | None
     workspace: Workspace  # where its batches work: a git run branch, or a scratch folder

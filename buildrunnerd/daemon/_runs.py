@@ -159,10 +159,8 @@ class RunManager:
         plan = spec.plan()
         overview = await self._overview(spec.spec_text, record) if overview is None else overview
         active = ActiveRun(
-            id=record.id, plan=plan, overview=overview, home=self.home,
-            repo=Path(record.repo) if record.repo else None, branch=record.branch,
-            base_commit=record.base_commit, test_cmd=record.options.test_cmd,
-            budget_usd=record.options.budget_usd,
+            id=record.id, plan=plan, overview=overview, branch=record.branch,
+            test_cmd=record.options.test_cmd, budget_usd=record.options.budget_usd,
             workspace=await self._open_workspace(record, plan),
         )
         batches = await self.store.list_batches(record.id)
