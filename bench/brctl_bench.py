@@ -8,7 +8,11 @@ repository-less run of F generated features (2 tasks each; it finishes at once) 
 load on a shared machine hits every command alike:
 
 - ``python -c pass`` (the same interpreter: the baseline);
-- ``python -c "import click"``: the floor of a click client, for reference;
+- for reference, the parts of that floor: ``python -S -c pass`` (the interpreter without
+  ``site``, i.e. without the venv's ``.pth`` files: the editable install's import finder is
+  part of the baseline), ``python -c "import click"`` and the same with brctl's fast exit
+  (``os._exit`` after flushing, which skips the teardown of click's modules): the floor of a
+  click client;
 - ``brctl --json status`` (no run active: one ``run.list``), ``brctl --json status RUN``
   (``run.resolve``, ``run.get``) and ``brctl --json ping`` through the installed console
   script: the one click client (brctl/_cli.py), which imports late what it needs;
@@ -138,8 +142,11 @@ def main() -> int:
             socket_env = {**env, "BUILDRUNNER_SOCKET": str(daemon.socket)}
             commands = {
                 "python -c pass": ([sys.executable, "-c", "pass"], env),
-                "python -c 'import click' (the floor)":
-                    ([sys.executable, "-c", "import click"], env),
+                "python -S -c pass (no site, no .pth)": ([sys.executable, "-S", "-c", "pass"], env),
+                "python -c 'import click'": ([sys.executable, "-c", "import click"], env),
+                "import click + fast exit (the floor)":
+                    ([sys.executable, "-c", "import click, os, sys; sys.stdout.flush(); "
+                      "os._exit(0)"], env),
                 "brctl --json status": ([brctl, *sock, "--json", "status"], env),
                 "brctl --json status RUN": ([brctl, *sock, "--json", "status", run_id], env),
                 "brctl --json ping": ([brctl, *sock, "--json", "ping"], env),

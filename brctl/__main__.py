@@ -1,5 +1,5 @@
 """``python -m brctl``: the same click client as the ``brctl`` console script."""
 
-from brctl._cli import main
+from brctl._cli import console_main
 
-main(prog_name="brctl")
+console_main()

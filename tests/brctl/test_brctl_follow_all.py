@@ -203,4 +203,6 @@ def test_terminal_view_in_tmux_redraws_cleanly_on_resize(
 
 def test_python_module_and_console_script_are_the_same_client() -> None:
     script = Path(sys.executable).parent / "brctl"
-    assert "from brctl._cli import main" in script.read_text()
+    assert "from brctl._cli import console_main" in script.read_text()
+    main_module = Path(__file__).parents[2] / "brctl" / "__main__.py"
+    assert "from brctl._cli import console_main" in main_module.read_text()
