@@ -29,7 +29,6 @@ if TYPE_CHECKING:
 __all__ = ["console_main", "main"]
 
 EXIT_OK, EXIT_DAEMON_ERROR, EXIT_USAGE, EXIT_UNREACHABLE = 0, 1, 2, 3
-_LONG_CALL_S = 300.0  # planning and submitting parse, plan and touch git: allow minutes
 
 
 class Settings:
@@ -83,11 +82,24 @@ _json_option = click.option(
 )
 
 
-# Commands that live in other modules, imported only when used or listed (brctl starts fast):
-# `service` and `completion` come from the ops side, and brctl works without them.
+# Commands that live in other modules, imported only when used or listed: `brctl --json
+# status` builds only the commands of this module (the ones scripts poll). `service` and
+# `completion` come from the ops side, and brctl works without them.
 _LAZY_COMMANDS = {
-    "service": ("brctl._service", "service"),
+    "cancel": ("brctl._cmd_control", "cancel_cmd"),
     "completion": ("brctl._completion", "completion"),
+    "costs": ("brctl._cmd_inspect", "costs_cmd"),
+    "export": ("brctl._cmd_inspect", "export_cmd"),
+    "logs": ("brctl._cmd_inspect", "logs_cmd"),
+    "pause": ("brctl._cmd_control", "pause_cmd"),
+    "plan": ("brctl._cmd_submit", "plan_cmd"),
+    "resume": ("brctl._cmd_control", "resume_cmd"),
+    "retry": ("brctl._cmd_control", "retry_cmd"),
+    "service": ("brctl._service", "service"),
+    "shutdown": ("brctl._cmd_control", "shutdown_cmd"),
+    "submit": ("brctl._cmd_submit", "submit_cmd"),
+    "task": ("brctl._cmd_inspect", "task_cmd"),
+    "tasks": ("brctl._cmd_inspect", "tasks_cmd"),
 }
 
 
@@ -165,16 +177,19 @@ def json_line(value: Any) -> str:
     return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
 
 
-def _emit(ctx: click.Context, result: Any, human: Callable[[], str]) -> None:
-    # `human` is called only for text output: its formatting module is then imported.
+def emit(ctx: click.Context, result: Any, human: Callable[[], str]) -> None:
+    """``result`` as JSON with --json, else the text ``human()`` makes.
+
+    ``human`` is called only for text output: its formatting module is imported then.
+    """
     if settings_of(ctx).json:
         print_json(result)
     else:
         click.echo(human())
 
 
-def _as_list(result: Any, key: str) -> list[dict[str, Any]]:
-    # Methods returning a collection may wrap it ({"runs": [...]}) or not; accept both.
+def as_list(result: Any, key: str) -> list[dict[str, Any]]:
+    """A collection result as a list: methods may wrap it (``{"runs": [...]}``) or not."""
     if isinstance(result, dict):
         result = result.get(key, [])
     return list(result or [])
@@ -199,51 +214,62 @@ def main(ctx: click.Context, timeout_s: float) -> None:
     settings_of(ctx).timeout_s = timeout_s
 
 
-def _command(name: str) -> Callable[[Callable[..., None]], click.Command]:
-    """A subcommand that also accepts the global --socket and --json after its name."""
+# --- what the command modules share ---------------------------------------------------------
+def command(name: str) -> Callable[[Callable[..., None]], click.Command]:
+    """A subcommand that also accepts the global --socket and --json after its name.
+
+    It is not registered here: the group finds it in ``_LAZY_COMMANDS`` (or, for the commands
+    of this module, through ``main.add_command`` below).
+    """
     def decorate(fn: Callable[..., None]) -> click.Command:
-        return main.command(name)(_socket_option(_json_option(click.pass_context(fn))))
+        return click.command(name)(_socket_option(_json_option(click.pass_context(fn))))
     return decorate
 
 
-def _complete_run_ids(
+# brctl._resolve is imported only by a command given a RUN or TASK, or when completing.
+def complete_run_ids(
     ctx: click.Context, param: click.Parameter, incomplete: str
 ) -> list[CompletionItem]:
-    from brctl._resolve import complete_run_ids  # only when completing
+    """Shell completion of a RUN (see :func:`brctl._resolve.complete_run_ids`)."""
+    from brctl import _resolve
 
-    return complete_run_ids(ctx, param, incomplete)
+    return _resolve.complete_run_ids(ctx, param, incomplete)
 
 
-def _complete_task_ids(
+def complete_task_ids(
     ctx: click.Context, param: click.Parameter, incomplete: str
 ) -> list[CompletionItem]:
-    from brctl._resolve import complete_task_ids
+    """Shell completion of a TASK (see :func:`brctl._resolve.complete_task_ids`)."""
+    from brctl import _resolve
 
-    return complete_task_ids(ctx, param, incomplete)
-
-
-def _resolve_run(client: RpcClient, text: str) -> str:
-    from brctl._resolve import resolve_run  # `status` without RUN never needs it
-
-    return resolve_run(client, text)
+    return _resolve.complete_task_ids(ctx, param, incomplete)
 
 
-def _resolve_task(client: RpcClient, text: str) -> str:
-    from brctl._resolve import resolve_task
+def resolve_run(client: RpcClient, text: str) -> str:
+    """The one run id ``text`` names (see :func:`brctl._resolve.resolve_run`)."""
+    from brctl import _resolve
 
-    return resolve_task(client, text)
+    return _resolve.resolve_run(client, text)
 
 
-def _run_argument(*, required: bool = True) -> Callable[[Callable[..., None]], Any]:
+def resolve_task(client: RpcClient, text: str) -> str:
+    """The one task id ``text`` names (see :func:`brctl._resolve.resolve_task`)."""
+    from brctl import _resolve
+
+    return _resolve.resolve_task(client, text)
+
+
+def run_argument(*, required: bool = True) -> Callable[[Callable[..., None]], Any]:
+    """The RUN argument (an id or a unique prefix), completed from the daemon's runs."""
     return click.argument("run_id", metavar="RUN" if required else "[RUN]", required=required,
-                          shell_complete=_complete_run_ids)
+                          shell_complete=complete_run_ids)
 
 
-_task_argument = click.argument("task_id", metavar="TASK", shell_complete=_complete_task_ids)
-_spec_argument = click.argument("spec", type=click.Path(exists=True, dir_okay=False))
+task_argument = click.argument("task_id", metavar="TASK", shell_complete=complete_task_ids)
 
 
-@_command("ping")
+# --- the commands scripts poll -----------------------------------------------------------------
+@command("ping")
 def ping_cmd(ctx: click.Context) -> None:
     """Daemon version, uptime, backend and workers."""
     with settings_of(ctx).client() as client:
@@ -254,80 +280,10 @@ def ping_cmd(ctx: click.Context) -> None:
 
         return format_ping(result)
 
-    _emit(ctx, result, human)
+    emit(ctx, result, human)
 
 
-@_command("plan")
-@_spec_argument
-def plan_cmd(ctx: click.Context, spec: str) -> None:
-    """Plan SPEC (features, tasks, batches, critical path); runs nothing."""
-    with settings_of(ctx).client(timeout_s=_LONG_CALL_S) as client:
-        result = client.call("spec.plan", {"spec_path": os.path.realpath(spec)})
-
-    def human() -> str:
-        from brctl._output import format_plan
-
-        return format_plan(result)
-
-    _emit(ctx, result, human)
-
-
-@_command("submit")
-@_spec_argument
-@click.option("--repo", type=click.Path(exists=True, file_okay=False),
-              help="Git repository to build in (default: the one holding SPEC).")
-@click.option("--workers", type=click.IntRange(1, 256), help="Parallel batches for this run.")
-@click.option("--budget-usd", type=click.FloatRange(min=0), help="Stop spending above this.")
-@click.option("--test-cmd", help="Command that verifies the work (e.g. 'pytest -q').")
-@click.option("--allow-dirty", is_flag=True, help="Accept uncommitted changes in the repo.")
-@click.option("--scratch", is_flag=True,
-              help="No repository: keep the results in a folder under the daemon's state dir "
-                   "(its path is printed). Needed for a SPEC outside any git repository.")
-@click.option("--follow", is_flag=True, help="Then follow the run live until it ends.")
-def submit_cmd(
-    ctx: click.Context, spec: str, repo: str | None, workers: int | None,
-    budget_usd: float | None, test_cmd: str | None, allow_dirty: bool, scratch: bool,
-    follow: bool,
-) -> None:
-    """Start a run of SPEC; prints its id (planning goes on in the daemon)."""
-    if scratch and repo is not None:
-        raise click.UsageError("--scratch and --repo exclude each other")
-    params: dict[str, Any] = {"spec_path": os.path.realpath(spec)}
-    if repo is not None:
-        params["repo"] = os.path.realpath(repo)
-    if scratch:
-        params["scratch"] = True
-    if workers is not None:
-        params["workers"] = workers
-    if budget_usd is not None:
-        params["budget_usd"] = budget_usd
-    if test_cmd is not None:
-        params["test_cmd"] = test_cmd
-    if allow_dirty:
-        params["allow_dirty"] = True
-    settings = settings_of(ctx)
-    with settings.client(timeout_s=_LONG_CALL_S) as client:
-        result = client.call("run.submit", params)
-        run_id = str(result.get("run_id") or result.get("id")) if isinstance(result, dict) \
-            else str(result)
-        scratch_dir = result.get("scratch_dir") if isinstance(result, dict) else None
-        reply: dict[str, Any] = {"run_id": run_id}
-        if scratch_dir:
-            reply["scratch_dir"] = scratch_dir
-        if settings.json and follow:
-            # One JSON document per line: this, then the run's events.
-            click.echo(json_line(reply))
-        elif settings.json:
-            print_json(reply)
-        else:
-            click.echo(run_id)
-            if scratch_dir:  # stderr: stdout stays just the id, for scripts
-                click.echo(f"scratch run: the results are kept in {scratch_dir}", err=True)
-        if follow:
-            _follow_runs(ctx, client, [run_id], mode="status", as_json=settings.json)
-
-
-def _follow_runs(
+def follow_runs(
     ctx: click.Context, client: RpcClient, run_ids: list[str], *,
     mode: Literal["status", "logs"], as_json: bool = False,
 ) -> NoReturn:
@@ -339,19 +295,19 @@ def _follow_runs(
 
 
 def _active_runs(client: RpcClient) -> list[dict[str, Any]]:
-    runs = _as_list(client.call("run.list"), "runs")
+    runs = as_list(client.call("run.list"), "runs")
     return [r for r in runs if r.get("state") not in codes.TERMINAL_RUN_STATES]
 
 
-def _run_with_tasks(client: RpcClient, run_id: str) -> dict[str, Any]:
+def run_with_tasks(client: RpcClient, run_id: str) -> dict[str, Any]:
     run: dict[str, Any] = client.call("run.get", {"run_id": run_id})
     if run.get("tasks") is None:
-        run["tasks"] = _as_list(client.call("task.list", {"run_id": run_id}), "tasks")
+        run["tasks"] = as_list(client.call("task.list", {"run_id": run_id}), "tasks")
     return run
 
 
-@_command("status")
-@_run_argument(required=False)
+@command("status")
+@run_argument(required=False)
 @click.option("--follow", is_flag=True,
               help="Redraw live (with --json: print the events as JSON lines). With RUN: until "
                    "the run ends (exit 0 if it succeeded, 1 otherwise). Without RUN: every "
@@ -376,14 +332,14 @@ def status_cmd(
         if run_id is None:
             run_ids = [str(r["id"]) for r in _active_runs(client)]
             if not run_ids:
-                _emit(ctx, [], lambda: "no active runs")
+                emit(ctx, [], lambda: "no active runs")
                 return
         else:
-            run_ids = [_resolve_run(client, run_id)]
+            run_ids = [resolve_run(client, run_id)]
         if follow:
             # --json --follow: the events as JSON lines, as `logs --follow --json` prints them.
-            _follow_runs(ctx, client, run_ids, mode="status", as_json=settings.json)
-        runs = [_run_with_tasks(client, rid) for rid in run_ids]
+            follow_runs(ctx, client, run_ids, mode="status", as_json=settings.json)
+        runs = [run_with_tasks(client, rid) for rid in run_ids]
     if settings.json:
         print_json(runs[0] if run_id is not None else runs)
     else:
@@ -392,166 +348,25 @@ def status_cmd(
         click.echo("\n\n".join(format_status(run) for run in runs))
 
 
-@_command("runs")
+@command("runs")
 def runs_cmd(ctx: click.Context) -> None:
     """List runs, newest first."""
     with settings_of(ctx).client() as client:
-        runs = _as_list(client.call("run.list"), "runs")
+        runs = as_list(client.call("run.list"), "runs")
 
     def human() -> str:
         from brctl._output import format_runs
 
         return format_runs(runs)
 
-    _emit(ctx, runs, human)
+    emit(ctx, runs, human)
 
 
-@_command("tasks")
-@_run_argument(required=False)
-def tasks_cmd(ctx: click.Context, run_id: str | None) -> None:
-    """A run's tasks: id, state, batch, attempts, model, cost, title (no RUN: the latest run)."""
-    with settings_of(ctx).client() as client:
-        if run_id is None:
-            runs = _as_list(client.call("run.list"), "runs")  # newest first
-            if not runs:
-                from brctl._resolve import NoMatchError
-
-                raise NoMatchError("no runs yet (start one with: brctl submit SPEC)",
-                                   data={"kind": "run", "id": None})
-            run_id = str(runs[0]["id"])
-        else:
-            run_id = _resolve_run(client, run_id)
-        run = _run_with_tasks(client, run_id)  # run.get already carries the tasks
-    tasks = _as_list(run["tasks"], "tasks")
-    result = {"id": run.get("id", run_id), "run_id": run.get("id", run_id),
-              "state": run.get("state"), "tasks": tasks}
-
-    def human() -> str:
-        from brctl._output import format_tasks
-
-        return f"run {result['id']}  {result['state']}\n" + format_tasks(tasks)
-
-    _emit(ctx, result, human)
+for _polled in (ping_cmd, status_cmd, runs_cmd):
+    main.add_command(_polled)
 
 
-@_command("task")
-@_task_argument
-def task_cmd(ctx: click.Context, task_id: str) -> None:
-    """One task in full: prompt, verification output, files, events."""
-    with settings_of(ctx).client() as client:
-        task = client.call("task.get", {"task_id": _resolve_task(client, task_id)})
-
-    def human() -> str:
-        from brctl._output import format_task
-
-        return format_task(task)
-
-    _emit(ctx, task, human)
-
-
-def _all_events(client: RpcClient, run_id: str) -> list[dict[str, Any]]:
-    from brctl._client import all_events
-
-    return all_events(client, run_id)
-
-
-@_command("logs")
-@_run_argument()
-@click.option("--follow", is_flag=True, help="Keep printing events until the run ends.")
-def logs_cmd(ctx: click.Context, run_id: str, follow: bool) -> None:
-    """A run's events, one readable line each (--json: JSON lines, as stored)."""
-    settings = settings_of(ctx)
-    with settings.client() as client:
-        run_id = _resolve_run(client, run_id)
-        if follow:
-            _follow_runs(ctx, client, [run_id], mode="logs", as_json=settings.json)
-        events = _all_events(client, run_id)
-    if settings.json:
-        for event in events:
-            click.echo(json_line(event))
-        return
-    from brctl._render import plain_line
-
-    for event in events:
-        click.echo(plain_line(event, None))
-
-
-@_command("export")
-@_run_argument()
-def export_cmd(ctx: click.Context, run_id: str) -> None:
-    """Every stored event of RUN as JSON lines (e.g. before retention prunes them)."""
-    with settings_of(ctx).client() as client:
-        events = _all_events(client, _resolve_run(client, run_id))
-    for event in events:
-        click.echo(json_line(event))
-
-
-def _control(ctx: click.Context, method: str, key: str, value: str, done: str) -> None:
-    with settings_of(ctx).client() as client:
-        value = _resolve_task(client, value) if key == "task_id" else _resolve_run(client, value)
-        result = client.call(method, {key: value})
-    state = f" (now {result['state']})" if isinstance(result, dict) and result.get("state") else ""
-    _emit(ctx, result, lambda: f"{done} {value}{state}")
-
-
-@_command("pause")
-@_run_argument()
-def pause_cmd(ctx: click.Context, run_id: str) -> None:
-    """Stop dispatching new batches of RUN (running ones finish)."""
-    _control(ctx, "run.pause", "run_id", run_id, "paused run")
-
-
-@_command("resume")
-@_run_argument()
-def resume_cmd(ctx: click.Context, run_id: str) -> None:
-    """Resume a paused RUN."""
-    _control(ctx, "run.resume", "run_id", run_id, "resumed run")
-
-
-@_command("cancel")
-@_run_argument()
-def cancel_cmd(ctx: click.Context, run_id: str) -> None:
-    """Cancel RUN: stop its in-flight work, mark the rest cancelled."""
-    _control(ctx, "run.cancel", "run_id", run_id, "cancelled run")
-
-
-@_command("retry")
-@_task_argument
-def retry_cmd(ctx: click.Context, task_id: str) -> None:
-    """Re-queue a failed TASK and unblock what waited on it."""
-    _control(ctx, "task.retry", "task_id", task_id, "re-queued task")
-
-
-@_command("costs")
-@click.option("--run", "run_id", metavar="RUN", help="Only this run.",
-              shell_complete=_complete_run_ids)
-@click.option("--by", type=click.Choice(["model", "day", "run"]), default="model",
-              show_default=True, help="Group rows by.")
-def costs_cmd(ctx: click.Context, run_id: str | None, by: str) -> None:
-    """Spend from the database: tokens and USD, total and per model, day or run."""
-    params: dict[str, Any] = {"by": by}
-    with settings_of(ctx).client() as client:
-        if run_id:
-            params["run_id"] = _resolve_run(client, run_id)
-        summary = client.call("costs.summary", params)
-
-    def human() -> str:
-        from brctl._output import format_costs
-
-        return format_costs(summary)
-
-    _emit(ctx, summary, human)
-
-
-@_command("shutdown")
-def shutdown_cmd(ctx: click.Context) -> None:
-    """Stop the daemon gracefully (in-flight work checkpoints; runs continue on next start)."""
-    with settings_of(ctx).client() as client:
-        result = client.call("daemon.shutdown")
-    _emit(ctx, result if result is not None else {"ok": True},
-          lambda: "buildrunnerd is shutting down")
-
-
+# --- the entry point ---------------------------------------------------------------------------
 def console_main() -> NoReturn:
     """The ``brctl`` console script (and ``python -m brctl``): :func:`main`, then a fast exit.
 
