@@ -153,7 +153,7 @@ def _batch_dispatched(d: dict[str, Any], e: dict[str, Any]) -> str:
 
 
 def _batch_succeeded(d: dict[str, Any], e: dict[str, Any]) -> str:
-    commit = f" as {str(d['commit'])[:12]}" if d.get("commit") else ""
+    commit = f" (commit {str(d['commit'])[:12]})" if d.get("commit") else ""
     model = f" by {d['model']}" if d.get("model") else ""
     return f"succeeded{model}{commit}"
 

@@ -99,6 +99,9 @@ def follow_all(
     else:
         if not state.runs and exit_when_idle and not as_json:
             out.write("no active runs\n")
+        elif not state.runs and not as_json:
+            # Not a hang: say so (on stderr, stdout keeps only the event lines).
+            sys.stderr.write("no active runs; waiting for the next one (Ctrl-C stops)\n")
         _follow_lines(stream, state, out, as_json=as_json, done=done)
     return state.exit_code()
 

@@ -42,8 +42,10 @@ def format_ping(ping: dict[str, Any]) -> str:
         f"buildrunnerd {ping.get('version', '?')}  pid {ping.get('pid', '?')}  "
         f"up {format_duration(float(ping.get('uptime_s') or 0))}",
         f"backend:     {backend}",
-        f"sandbox:     {sandbox}",
+        # Why this backend (a flag, the config, the API key found or not): under its own line,
+        # not the sandbox's.
         *([f"             ({ping['backend_reason']})"] if ping.get("backend_reason") else []),
+        f"sandbox:     {sandbox}",
         f"workers:     {ping.get('workers', '?')}",
         f"active runs: {ping.get('active_runs', 0)}",
         f"socket:      {ping.get('socket', '?')}",
@@ -130,12 +132,18 @@ def format_task(task: dict[str, Any]) -> str:
     verification = task.get("verification")
     if verification:
         lines += ["", f"verification: {'passed' if verification.get('passed') else 'failed'}"]
-        for check in verification.get("checks") or []:
+        checks = verification.get("checks") or []
+        width = max((len(str(c.get("name", "?"))) for c in checks), default=0)
+        for check in checks:
             mark = "ok  " if check.get("passed") else "FAIL"
-            where = f" {check['file']}:{check.get('line') or ''}" if check.get("file") else ""
-            lines.append(f"  {mark} {check.get('name', '?')}{where} {check.get('message', '')}")
+            line = f":{check['line']}" if check.get("line") else ""
+            where = f"{check['file']}{line}: " if check.get("file") else ""
+            name = str(check.get("name", "?")).ljust(width)
+            lines.append(f"  {mark} {name}  {where}{check.get('message', '')}")
             if not check.get("passed") and check.get("output_tail"):
                 lines.append(_indent(str(check["output_tail"]), 6))
+            elif not check.get("passed") and "output_tail" in check:
+                lines.append("      (the command printed nothing)")  # not a display fault
     if task.get("events"):
         from brctl._render import plain_line
 
