@@ -8,11 +8,13 @@ repository-less run of F generated features (2 tasks each; it finishes at once) 
 load on a shared machine hits every command alike:
 
 - ``python -c pass`` (the same interpreter: the baseline);
-- for reference, the parts of that floor: ``python -S -c pass`` (the interpreter without
+- for reference, the parts of the floor: ``python -S -c pass`` (the interpreter without
   ``site``, i.e. without the venv's ``.pth`` files: the editable install's import finder is
-  part of the baseline), ``python -c "import click"`` and the same with brctl's fast exit
-  (``os._exit`` after flushing, which skips the teardown of click's modules): the floor of a
-  click client;
+  part of the baseline), ``python -c "import click"``, the same with brctl's fast exit
+  (``os._exit`` after flushing, which skips the teardown of click's modules), and that plus
+  the ``run.list`` round trip written out by hand with ``json`` and ``socket`` (what
+  ``brctl --json status`` does, minus click's parsing and brctl's own modules): the floor of
+  a click client;
 - ``brctl --json status`` (no run active: one ``run.list``), ``brctl --json status RUN``
   (``run.resolve``, ``run.get``) and ``brctl --json ping`` through the installed console
   script: the one click client (brctl/_cli.py), which imports late what it needs;
@@ -44,6 +46,20 @@ sys.path.insert(0, str(ROOT))
 from brctl._client import DaemonUnreachableError, RpcClient  # noqa: E402
 
 READY_TIMEOUT_S = 30.0
+# `brctl --json status` without brctl: import click, one run.list over the socket, print, exit
+# fast. argv[1] is the socket.
+FLOOR_PROGRAM = """
+import click, json, os, socket, sys
+sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+sock.connect(sys.argv[1])
+sock.sendall(b'{"jsonrpc":"2.0","id":1,"method":"run.list"}\\n')
+reply = b""
+while not reply.endswith(b"\\n"):
+    reply += sock.recv(65536)
+print(json.dumps(json.loads(reply)["result"], indent=2))
+sys.stdout.flush()
+os._exit(0)
+"""
 RUN_TIMEOUT_S = 120.0
 
 
@@ -144,9 +160,11 @@ def main() -> int:
                 "python -c pass": ([sys.executable, "-c", "pass"], env),
                 "python -S -c pass (no site, no .pth)": ([sys.executable, "-S", "-c", "pass"], env),
                 "python -c 'import click'": ([sys.executable, "-c", "import click"], env),
-                "import click + fast exit (the floor)":
+                "import click + fast exit":
                     ([sys.executable, "-c", "import click, os, sys; sys.stdout.flush(); "
                       "os._exit(0)"], env),
+                "+ run.list by hand (the floor)":
+                    ([sys.executable, "-c", FLOOR_PROGRAM, str(daemon.socket)], env),
                 "brctl --json status": ([brctl, *sock, "--json", "status"], env),
                 "brctl --json status RUN": ([brctl, *sock, "--json", "status", run_id], env),
                 "brctl --json ping": ([brctl, *sock, "--json", "ping"], env),
