@@ -187,9 +187,11 @@ def format_plan(plan: dict[str, Any]) -> str:
     spec = plan.get("spec") or {}
     lines = [f"plan: {spec.get('title', '?')}" + (f" ({spec['path']})" if spec.get("path") else "")]
     lines.append("\nfeatures:")
-    for f in plan.get("features") or []:
-        deps = f" (after {', '.join(f['depends_on'])})" if f.get("depends_on") else ""
-        lines.append(f"  {f.get('id')}  {f.get('name')}  line {f.get('line')}{deps}")
+    lines.append(_indent(table(
+        ["FEATURE", "LINE", "AFTER", "NAME"],
+        [[f.get("id"), f.get("line"), ",".join(f.get("depends_on") or []) or "-", f.get("name")]
+         for f in plan.get("features") or []],
+    )))
     lines.append("\ntasks:")
     lines.append(_indent(table(
         ["TASK", "FEATURE", "DOMAIN", "COMPLEXITY", "MIN", "DEPENDS ON", "TITLE"],

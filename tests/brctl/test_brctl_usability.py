@@ -94,3 +94,19 @@ def test_long_output_is_complete_through_a_pipe_despite_the_fast_exit(
     # nothing. (click.echo flushes each line; console_main flushes again before leaving.)
     assert len(shown.stdout) > 8192
     assert [json.loads(line)["id"] for line in lines] == [e["id"] for e in events]
+
+
+def test_plan_lists_the_features_as_a_table(daemon: Daemon, realworld_repo: Path) -> None:
+    spec = str(realworld_repo / "PROJECT_SPEC.md")
+    features = json.loads(daemon.brctl("--json", "plan", spec).stdout)["features"]
+    shown = daemon.brctl("plan", spec).stdout.splitlines()
+    at = shown.index("features:")
+    header, rows = shown[at + 1], shown[at + 2:at + 2 + len(features)]
+    assert header.split() == ["FEATURE", "LINE", "AFTER", "NAME"]
+    for row, feature in zip(rows, features, strict=True):
+        # One row per feature, its columns under the header's (not "id  name  line N").
+        assert row[header.index("FEATURE"):].split()[0] == feature["id"]
+        assert row[header.index("LINE"):].split()[0] == str(feature["line"])
+        after = ",".join(feature["depends_on"]) or "-"
+        assert row[header.index("AFTER"):].split()[0] == after
+        assert row.endswith(feature["name"])
