@@ -8,7 +8,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from brctl._describe import format_duration, format_usd
+from brctl._describe import format_duration, format_usd, parse_ts
 from buildrunnerd.codes import TASK_STATES
 
 __all__ = [
@@ -68,6 +68,12 @@ def _counts(run: dict[str, Any]) -> dict[str, int]:
     return counts
 
 
+def _local_time(ts: str | None) -> str:
+    # `2026-12-01 15:16:01` in local time, as the event lines' clock; --json keeps RFC 3339.
+    parsed = parse_ts(ts)
+    return parsed.astimezone().strftime("%Y-%m-%d %H:%M:%S") if parsed else (ts or "-")
+
+
 def format_runs(runs: list[dict[str, Any]]) -> str:
     """The runs as ``run.list`` gives them: newest first."""
     if not runs:
@@ -78,7 +84,8 @@ def format_runs(runs: list[dict[str, Any]]) -> str:
         total = run.get("task_count") or sum(counts.values())
         rows.append([
             run.get("id"), run.get("state"), f"{counts.get('succeeded', 0)}/{total}",
-            format_usd(run.get("cost_usd")), run.get("created_at", ""), run.get("title", ""),
+            format_usd(run.get("cost_usd")), _local_time(run.get("created_at")),
+            run.get("title", ""),
         ])
     return table(["RUN", "STATE", "DONE", "COST", "CREATED", "TITLE"], rows)
 

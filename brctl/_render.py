@@ -237,7 +237,8 @@ def event_line(event: dict[str, Any], *, clock: bool = True, run: bool = True) -
     parts = []
     if clock:
         ts = parse_ts(event.get("ts"))
-        parts.append(ts.strftime("%H:%M:%S") if ts else "--:--:--")
+        # Local time, as the live view's own clock and `runs` show it (events are stored UTC).
+        parts.append(ts.astimezone().strftime("%H:%M:%S") if ts else "--:--:--")
     run_id = str(event.get("run_id", "?"))
     if run:
         parts.append(run_id)

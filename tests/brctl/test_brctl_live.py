@@ -43,6 +43,7 @@ async def _follow(tmp_path: Path, *, on_pty: bool) -> tuple[int, str]:
     snapshot, events = failed_run()
     sock = tmp_path / "fake.sock"
     env = base_env(tmp_path)
+    env["TZ"] = "UTC"  # event lines show local time; the recorded events are at 18:00 UTC
     env.update({"TERM": "xterm-256color", "COLUMNS": "100", "LINES": "40"})
     async with anyio.create_task_group() as tg:
         dispatcher = recorded_dispatcher(tg, snapshot, events, live_after=6, delay_s=0.05)

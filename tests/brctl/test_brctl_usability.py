@@ -5,13 +5,17 @@ and output that survives brctl's fast exit."""
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
+import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from brctl._client import all_events
+from brctl._output import format_runs
 from brctl._render import plain_line
 from tests.brctl.brctl_support import BRCTL, Daemon
 
@@ -50,6 +54,30 @@ def test_a_failed_check_of_a_silent_command_is_aligned_and_says_so(
     tests_line = next(i for i, line in enumerate(report) if line.startswith("  FAIL tests"))
     # `false` prints nothing: say so, rather than "see the output tail" above nothing.
     assert report[tests_line + 1] == "      (the command printed nothing)"
+
+
+@pytest.fixture
+def india_time() -> Iterator[None]:
+    # A zone 5:30 ahead of UTC, as a POSIX TZ string (no tz database needed).
+    previous = os.environ.get("TZ")
+    os.environ["TZ"] = "IST-5:30"
+    time.tzset()
+    yield
+    if previous is None:
+        del os.environ["TZ"]
+    else:
+        os.environ["TZ"] = previous
+    time.tzset()
+
+
+def test_event_lines_and_runs_show_local_time(india_time: None) -> None:
+    # Stored in UTC; shown in the user's time, as the live view's own clock already was.
+    event = {"id": 1, "ts": "2026-12-01T18:00:02Z", "run_id": "r-0a1b2c3d",
+             "type": "run.started", "data": {}}
+    assert plain_line(event, None).startswith("23:30:02 r-0a1b2c3d run started")
+    runs = format_runs([{"id": "r-0a1b2c3d", "state": "running", "task_count": 4,
+                         "created_at": "2026-12-01T18:00:00.000Z", "title": "Todo API"}])
+    assert "2026-12-01 23:30:00" in runs and "T18:00" not in runs
 
 
 def test_a_batch_success_names_its_commit_as_a_commit() -> None:
