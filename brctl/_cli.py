@@ -6,7 +6,10 @@ cancelled; 2 usage error; 3 the daemon is not reachable.
 Start-up time matters (scripts poll ``brctl --json status``), so this module imports click and
 nothing else of weight: the socket client (``json``, ``socket``) is imported when a command
 talks to the daemon, the text formatting when it prints text, rich only for a live display.
-bench/brctl_bench.py measures it; tests/brctl/test_brctl_imports.py keeps it so.
+Only the polled commands (``ping``, ``status``, ``runs``) are defined here; the group loads
+the others from their modules when they are named or listed. :func:`console_main` exits
+without the interpreter's teardown. bench/brctl_bench.py measures it;
+tests/brctl/test_brctl_imports.py keeps it so.
 """
 
 from __future__ import annotations
@@ -362,8 +365,9 @@ def runs_cmd(ctx: click.Context) -> None:
     emit(ctx, runs, human)
 
 
-for _polled in (ping_cmd, status_cmd, runs_cmd):
-    main.add_command(_polled)
+main.add_command(ping_cmd)
+main.add_command(status_cmd)
+main.add_command(runs_cmd)
 
 
 # --- the entry point ---------------------------------------------------------------------------
@@ -371,7 +375,7 @@ def console_main() -> NoReturn:
     """The ``brctl`` console script (and ``python -m brctl``): :func:`main`, then a fast exit.
 
     Once the command has run and its output is flushed, nothing is left to do, yet the
-    interpreter's normal exit would tear down every module click imports: about a fifth of the
+    interpreter's normal exit would tear down every module click imports: about a sixth of the
     time of ``brctl --json status`` (bench/brctl_bench.py). ``os._exit`` skips that teardown
     (and atexit handlers: brctl registers none; rich's live display restores the terminal when
     its ``with`` block ends, before this point). A bug's traceback still goes the normal way.
@@ -398,10 +402,12 @@ def _exit_status(code: object) -> int:
 def _flush_std_streams(code: int) -> int:
     """Flush stdout and stderr as the interpreter's exit would; the exit status to use."""
     for stream in (sys.stdout, sys.stderr):
+        if stream is None:  # started with that fd closed: nothing was written to it
+            continue
         try:
             stream.flush()
         except BrokenPipeError:
-            pass  # the reader left (`brctl --json runs | head -1`): not an error, as above
+            pass  # the reader left (`brctl --json runs | head -1`): not an error, as in invoke
         except (OSError, ValueError):
             # The interpreter's own exit reports a failed flush with status 120.
             code = code or 120
