@@ -149,8 +149,9 @@ def format_task(task: dict[str, Any]) -> str:
             lines.append(f"  {mark} {name}  {where}{check.get('message', '')}")
             if not check.get("passed") and check.get("output_tail"):
                 lines.append(_indent(str(check["output_tail"]), 6))
-            elif not check.get("passed") and "output_tail" in check:
-                lines.append("      (the command printed nothing)")  # not a display fault
+            elif not check.get("passed") and check.get("exit_code") is not None:
+                # A command (tests, import) failed without output: not a display fault.
+                lines.append("      (the command printed nothing)")
     if task.get("events"):
         from brctl._render import plain_line
 
