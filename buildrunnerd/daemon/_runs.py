@@ -399,7 +399,7 @@ class RunManager:
             task = await self.store.get_task(task_id)
             if task.state != "failed":
                 raise InvalidStateError(
-                    f"task {task_id} is {task.state}; only a failed task can be retried",
+                    f"task {task_id} has state {task.state}; only a failed task can be retried",
                     data={"state": task.state, "allowed": ["failed"]},
                 )
             record = await self.store.get_run(task.run_id)
@@ -506,8 +506,8 @@ class RunManager:
 def _require(record: RunRecord, allowed: tuple[str, ...], action: str) -> None:
     if record.state not in allowed:
         raise InvalidStateError(
-            f"cannot {action} run {record.id}: it is {record.state} (allowed when "
-            f"{' or '.join(allowed)})",
+            f"cannot {action} run {record.id}: its state is {record.state}; {action} needs "
+            f"one of: {', '.join(allowed)}",
             data={"state": record.state, "allowed": list(allowed)},
         )
 
