@@ -1,31 +1,29 @@
-"""Support for the brctl tests: a real buildrunnerd subprocess, a real git repository."""
+"""Support for the brctl tests: a real buildrunnerd (the harness of :mod:`tests.daemons`)
+driven by brctl, and a real git repository."""
 
 from __future__ import annotations
 
 import os
 import subprocess
 import sys
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import pytest
 from click.testing import CliRunner, Result
 
 from brctl._cli import main as brctl_main
-from brctl._client import DaemonUnreachableError, RpcClient
+from brctl._client import RpcClient
+from tests import daemons
 
 # The real-world corpus, copied into the repository (attribution in its README.md).
 REALWORLD_SPECS = Path(__file__).resolve().parents[1] / "data" / "realworld"
-DAEMON_READY_TIMEOUT_S = 30.0
-DAEMON_STOP_TIMEOUT_S = 30.0
 BRCTL = [sys.executable, "-m", "brctl"]
 
 
 def base_env(tmp_path: Path) -> dict[str, str]:
     """An environment that cannot reach the user's daemon, config or the model API."""
     env = {k: v for k, v in os.environ.items()
-           if not k.startswith(("ANTHROPIC_", "BUILDRUNNER_", "XDG_"))}
+           if not k.startswith(("ANTHROPIC_", "BUILDRUNNER_", "XDG_", "NOTIFY_SOCKET"))}
     env["XDG_CONFIG_HOME"] = str(tmp_path / "xdg-config")
     env["XDG_STATE_HOME"] = str(tmp_path / "xdg-state")
     return env
@@ -33,12 +31,27 @@ def base_env(tmp_path: Path) -> dict[str, str]:
 
 @dataclass
 class Daemon:
-    socket: Path
-    home: Path
-    process: subprocess.Popen[bytes]
-    env: dict[str, str]
-    log: Path
+    """A running daemon of the harness, with brctl (in-process and as a subprocess) and
+    brctl's own client pointed at it."""
+
+    running: daemons.Daemon
     runner: CliRunner = field(default_factory=CliRunner)
+
+    @property
+    def socket(self) -> Path:
+        return self.running.socket
+
+    @property
+    def home(self) -> Path:
+        return self.running.home
+
+    @property
+    def env(self) -> dict[str, str]:
+        return self.running.env
+
+    @property
+    def process(self) -> subprocess.Popen[bytes]:
+        return self.running.proc
 
     def brctl(self, *args: str) -> Result:
         """Run brctl in-process (click's CliRunner) against this daemon."""
@@ -54,21 +67,6 @@ class Daemon:
 
     def client(self) -> RpcClient:
         return RpcClient(self.socket, timeout_s=30.0)
-
-
-def wait_ready(daemon: Daemon) -> None:
-    deadline = time.monotonic() + DAEMON_READY_TIMEOUT_S
-    while time.monotonic() < deadline:
-        if daemon.process.poll() is not None:
-            pytest.fail(f"buildrunnerd exited early:\n{daemon.log.read_text()}")
-        try:
-            with daemon.client() as client:
-                client.call("daemon.ping")
-                return
-        except DaemonUnreachableError:
-            time.sleep(0.05)  # polling a readiness condition, bounded by the deadline
-    pytest.fail(f"buildrunnerd not ready after {DAEMON_READY_TIMEOUT_S} s:\n"
-                f"{daemon.log.read_text()}")
 
 
 def make_repo(path: Path, files: dict[str, str]) -> Path:

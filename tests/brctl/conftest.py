@@ -2,57 +2,39 @@
 
 from __future__ import annotations
 
-import signal
-import subprocess
-import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.brctl.brctl_support import (
-    DAEMON_STOP_TIMEOUT_S,
-    REALWORLD_SPECS,
-    Daemon,
-    base_env,
-    make_repo,
-    wait_ready,
-)
+from tests.brctl.brctl_support import REALWORLD_SPECS, Daemon, base_env, make_repo
+from tests.daemons import Daemons
 
 
 @pytest.fixture
 def start_daemon(tmp_path: Path) -> Iterator[Callable[..., Daemon]]:
-    """Start a real buildrunnerd (simulated backend) on a socket under tmp_path."""
-    started: list[Daemon] = []
+    """Start a real buildrunnerd (simulated backend) on a socket under tmp_path, ready once it
+    sent READY=1; at teardown SIGTERM, then a kill for one that does not stop."""
+    home = tmp_path / "home"
+    factory = Daemons(tmp_path, home=home, socket=tmp_path / "run" / "d.sock")
 
     def start(
         *, ms_per_minute: float = 0.0, workers: int = 4, socket: Path | None = None
     ) -> Daemon:
         env = base_env(tmp_path)
         env["BUILDRUNNER_SIM_MS_PER_MINUTE"] = str(ms_per_minute)
-        home = tmp_path / "home"
-        sock = socket or tmp_path / "run" / "d.sock"
-        log = tmp_path / f"daemon-{len(started)}.log"
-        with log.open("wb") as log_file:
-            process = subprocess.Popen(
-                [sys.executable, "-m", "buildrunnerd", "--socket", str(sock), "--home", str(home),
-                 "--backend", "simulated", "--workers", str(workers)],
-                env=env, stdout=log_file, stderr=subprocess.STDOUT,
-            )
-        daemon = Daemon(sock, home, process, env, log)
-        started.append(daemon)
-        wait_ready(daemon)
-        return daemon
+        sock = socket or factory.socket
+        return Daemon(factory.start_sync(
+            "--socket", str(sock), "--home", str(home), "--workers", str(workers),
+            env=env, socket=sock))
 
-    yield start
-    for daemon in started:
-        if daemon.process.poll() is None:
-            daemon.process.send_signal(signal.SIGTERM)
-            try:
-                daemon.process.wait(timeout=DAEMON_STOP_TIMEOUT_S)
-            except subprocess.TimeoutExpired:
-                daemon.process.kill()
-                daemon.process.wait()
+    try:
+        yield start
+        for daemon in factory.started:
+            if daemon.proc.poll() is None:
+                daemon.stop_sync()
+    finally:
+        factory.close()
 
 
 @pytest.fixture

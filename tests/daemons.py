@@ -1,0 +1,536 @@
+"""The one way the tests run a real ``buildrunnerd``: spawn it, know it is ready, talk to it,
+stop it.
+
+Readiness is signalled, never polled for: every daemon gets a ``NOTIFY_SOCKET`` (a datagram
+socket the harness owns) and :meth:`Daemon.wait_ready` returns when ``READY=1`` arrives, as
+systemd's ``Type=notify`` does. A daemon that exits first or misses the deadline fails the test
+with its stderr. The wait is on the notify socket and on a pidfd of the process together, so
+an early exit is reported at once, not at the deadline.
+
+- :class:`Daemons` starts daemons for one test (or one module): any arguments, environment,
+  command (``python -m buildrunnerd`` or the console script), working directory and user;
+  at teardown whatever still runs is killed.
+- :class:`Daemon` is one running daemon: its stderr (collected in a file), the notify lines it
+  sent (:meth:`Daemon.wait_notify` waits for more, e.g. ``STOPPING=1``), sync and async RPC,
+  and a stop with SIGTERM that kills (and fails) when the daemon does not stop in time.
+- :class:`RpcClient` (async) and :class:`RpcConnection` (blocking) speak JSON-RPC 2.0 over the
+  Unix socket, one JSON value a line, as any client of the contract does.
+
+Nothing here imports the project: the contract tests see BuildRunner only from outside.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import json
+import os
+import select
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator, Sequence
+from functools import partial
+from pathlib import Path
+from signal import SIGTERM
+from typing import Any
+
+import anyio
+import anyio.abc
+import anyio.to_thread
+
+__all__ = [
+    "CALL_TIMEOUT_S", "CONSOLE_SCRIPT", "PYTHON_M", "READY_TIMEOUT_S", "STOP_TIMEOUT_S",
+    "Daemon", "Daemons", "RpcClient", "RpcConnection", "RpcError", "all_events", "clean_env",
+    "rpc", "wait_run_event",
+]
+
+READY_TIMEOUT_S = 30.0
+CALL_TIMEOUT_S = 30.0
+STOP_TIMEOUT_S = 30.0
+# How the daemon is run: as a module of the interpreter that runs the tests, or as the console
+# script installed next to it (what users, scripts and systemd run).
+PYTHON_M = (sys.executable, "-m", "buildrunnerd")
+CONSOLE_SCRIPT = (str(Path(sys.executable).parent / "buildrunnerd"),)
+TERMINAL_EVENTS = ("run.succeeded", "run.failed", "run.cancelled")
+# What a daemon must not inherit from the test process: it sees only what a test gives it.
+_FOREIGN_PREFIXES = ("BUILDRUNNER_", "ANTHROPIC_", "XDG_", "NOTIFY_SOCKET")
+
+
+def clean_env(**extra: str) -> dict[str, str]:
+    """The test process's environment without anything BuildRunner, Anthropic, XDG or a
+    service manager reads (no key: the simulated backend), plus ``extra``."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(_FOREIGN_PREFIXES)}
+    env["PYTHONUNBUFFERED"] = "1"
+    env.update(extra)
+    return env
+
+
+# --- JSON-RPC clients --------------------------------------------------------------------------
+class RpcError(Exception):
+    """The daemon answered with a JSON-RPC error."""
+
+    def __init__(self, error: dict[str, Any]) -> None:
+        super().__init__(f"{error.get('code')}: {error.get('message')}")
+        self.code: int = error.get("code", 0)
+        self.message: str = error.get("message", "")
+        self.data: Any = error.get("data")
+
+
+def _is_notification(frame: Any) -> bool:
+    return isinstance(frame, dict) and "method" in frame and "id" not in frame
+
+
+class RpcClient:
+    """An async JSON-RPC 2.0 client over a raw Unix socket (newline-delimited frames).
+
+    Notifications that arrive while waiting for a reply (``event``) are kept in
+    :attr:`notifications`, in order.
+    """
+
+    def __init__(self, stream: anyio.abc.SocketStream) -> None:
+        self.stream = stream
+        self._buffer = b""
+        self._ids = itertools.count(1)
+        self.notifications: list[dict[str, Any]] = []
+
+    @classmethod
+    @contextlib.asynccontextmanager
+    async def connect(cls, socket_path: Path) -> AsyncIterator[RpcClient]:
+        stream = await anyio.connect_unix(socket_path)
+        async with stream:
+            yield cls(stream)
+
+    async def send_raw(self, data: bytes) -> None:
+        await self.stream.send(data)
+
+    async def read_frame(self, timeout_s: float = CALL_TIMEOUT_S) -> Any:
+        """The next frame (any kind), decoded. Raises EOFError when the daemon closed."""
+        with anyio.fail_after(timeout_s):
+            while b"\n" not in self._buffer:
+                try:
+                    chunk = await self.stream.receive()
+                except (anyio.EndOfStream, anyio.BrokenResourceError) as exc:
+                    raise EOFError("connection closed by the daemon") from exc
+                self._buffer += chunk
+        line, self._buffer = self._buffer.split(b"\n", 1)
+        return json.loads(line)
+
+    async def call(self, method: str, timeout_s: float = CALL_TIMEOUT_S, **params: Any) -> Any:
+        """Call ``method`` and return its result (raises RpcError for an error reply)."""
+        request_id = next(self._ids)
+        frame = {"jsonrpc": "2.0", "id": request_id, "method": method, "params": params}
+        await self.stream.send(json.dumps(frame).encode() + b"\n")
+        while True:
+            reply = await self.read_frame(timeout_s)
+            if _is_notification(reply):
+                self.notifications.append(reply)
+                continue
+            assert reply.get("id") == request_id, reply
+            if reply.get("error") is not None:
+                raise RpcError(reply["error"])
+            return reply["result"]
+
+    async def next_notification(self, timeout_s: float = CALL_TIMEOUT_S) -> dict[str, Any]:
+        if self.notifications:
+            return self.notifications.pop(0)
+        frame: dict[str, Any] = await self.read_frame(timeout_s)
+        assert "id" not in frame, frame
+        return frame
+
+
+class RpcConnection:
+    """A blocking JSON-RPC connection: one JSON value per ``\\n``-terminated line."""
+
+    def __init__(self, path: Path, timeout_s: float = CALL_TIMEOUT_S) -> None:
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            self.sock.settimeout(timeout_s)
+            self.sock.connect(str(path))
+        except BaseException:
+            self.sock.close()
+            raise
+        self._buffer = b""
+        self._next_id = 0
+
+    def close(self) -> None:
+        self.sock.close()
+
+    def __enter__(self) -> RpcConnection:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def send_line(self, data: bytes) -> None:
+        self.sock.sendall(data + b"\n")
+
+    def send_json(self, value: Any) -> None:
+        self.send_line(json.dumps(value).encode())
+
+    def read_frame(self) -> Any:
+        """The next line from the daemon, decoded; EOFError when it closed the connection."""
+        while b"\n" not in self._buffer:
+            chunk = self.sock.recv(65536)
+            if not chunk:
+                raise EOFError("the daemon closed the connection")
+            self._buffer += chunk
+        line, self._buffer = self._buffer.split(b"\n", 1)
+        return json.loads(line)
+
+    def at_eof(self) -> bool:
+        """True when the daemon closed the connection (nothing more to read)."""
+        try:
+            while True:
+                chunk = self.sock.recv(65536)
+                if not chunk:
+                    return True
+                self._buffer += chunk
+        except ConnectionResetError:
+            return True
+
+    def request(self, method: str, params: Any = None) -> dict[str, Any]:
+        """Send one request and return the whole reply object (result or error)."""
+        self._next_id += 1
+        frame: dict[str, Any] = {"jsonrpc": "2.0", "id": self._next_id, "method": method}
+        if params is not None:
+            frame["params"] = params
+        self.send_json(frame)
+        while True:
+            reply: dict[str, Any] = self.read_frame()
+            if _is_notification(reply):
+                continue  # an event of a subscription: not our reply
+            assert reply.get("id") == self._next_id, reply
+            return reply
+
+
+def rpc(path: Path, method: str, **params: Any) -> Any:
+    """Call ``method`` on a fresh blocking connection; its result (an error reply fails)."""
+    with RpcConnection(path) as conn:
+        reply = conn.request(method, params)
+    assert "error" not in reply, reply
+    return reply["result"]
+
+
+async def wait_run_event(
+    socket_path: Path, run_id: str, types: tuple[str, ...] = TERMINAL_EVENTS,
+    *, since: int = 0, timeout_s: float = 60.0,
+) -> dict[str, Any]:
+    """Subscribe to a run's events (replay from ``since``, then live) and return the first
+    event whose type is in ``types``."""
+    async with RpcClient.connect(socket_path) as watcher:
+        await watcher.call("events.subscribe", run_id=run_id, since=since)
+        with anyio.fail_after(timeout_s):
+            while True:
+                note = await watcher.next_notification(timeout_s)
+                event: dict[str, Any] = note["params"]
+                if event["type"] in types:
+                    return event
+
+
+async def all_events(client: RpcClient, run_id: str, page_size: int = 1000
+                     ) -> list[dict[str, Any]]:
+    """Every stored event of a run, page by page (``events.list``)."""
+    events: list[dict[str, Any]] = []
+    since = 0
+    while True:
+        page = await client.call("events.list", run_id=run_id, since=since, limit=page_size)
+        events += page
+        if len(page) < page_size:
+            return events
+        since = page[-1]["id"]
+
+
+# --- sd_notify ---------------------------------------------------------------------------------
+class _NotifyInbox:
+    """The datagram socket a daemon's ``$NOTIFY_SOCKET`` names; every line it got, in order."""
+
+    def __init__(self, path: Path, owner: tuple[int, int] | None) -> None:
+        self.path = path
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
+        try:
+            self.sock.bind(str(path))
+            if owner is not None:  # a daemon run as another user must be able to send
+                os.chown(path, *owner)
+        except BaseException:
+            self.sock.close()
+            raise
+        self.sock.setblocking(False)
+        self.lines: list[str] = []
+
+    def drain(self) -> None:
+        while True:
+            try:
+                data = self.sock.recv(65536)
+            except BlockingIOError:
+                return
+            self.lines += data.decode("utf-8", "replace").splitlines()
+
+    def find(self, prefix: str, start: int) -> int | None:
+        self.drain()
+        for index in range(start, len(self.lines)):
+            if self.lines[index].startswith(prefix):
+                return index
+        return None
+
+    def close(self) -> None:
+        self.sock.close()
+        self.path.unlink(missing_ok=True)
+
+
+def _pidfd(proc: subprocess.Popen[bytes]) -> int | None:
+    """A pidfd of the (unreaped) child: readable once it exits. None where Linux has none."""
+    pidfd_open = getattr(os, "pidfd_open", None)
+    if pidfd_open is None:
+        return None
+    try:
+        fd: int = pidfd_open(proc.pid)
+    except OSError:  # already reaped
+        return None
+    return fd
+
+
+# --- one daemon --------------------------------------------------------------------------------
+class Daemon:
+    """A running ``buildrunnerd`` subprocess (see the module docstring)."""
+
+    #: ``env`` is the environment the daemon was given (without the harness's
+    #: ``NOTIFY_SOCKET``): start a brctl or a second daemon with it.
+    def __init__(self, proc: subprocess.Popen[bytes], *, socket: Path, home: Path,
+                 env: dict[str, str], argv: list[str], stderr_path: Path | None,
+                 notify: _NotifyInbox | None) -> None:
+        self.proc = proc
+        self.socket = socket
+        self.home = home
+        self.env = env
+        self.argv = argv
+        self.stderr_path = stderr_path
+        self._notify = notify
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def stderr(self) -> str:
+        """What the daemon wrote on stderr so far (its log)."""
+        if self.stderr_path is None:
+            return "(stderr not collected)"
+        return self.stderr_path.read_text(encoding="utf-8", errors="replace")
+
+    def _failure(self, what: str) -> AssertionError:
+        tail = self.stderr()[-4000:]
+        return AssertionError(f"buildrunnerd {what}: {' '.join(self.argv)}\n"
+                              f"--- its stderr (last 4000 characters) ---\n{tail}")
+
+    # sd_notify
+    @property
+    def notifications(self) -> list[str]:
+        """Every ``$NOTIFY_SOCKET`` line the daemon sent so far (``READY=1``, ``STATUS=...``)."""
+        if self._notify is None:
+            raise AssertionError("this daemon was started without a notify socket")
+        self._notify.drain()
+        return self._notify.lines
+
+    def wait_notify(self, prefix: str, *, start: int = 0,
+                    timeout_s: float = READY_TIMEOUT_S) -> int:
+        """Wait until the daemon sends a notify line starting with ``prefix`` (at index
+        ``start`` or later of :attr:`notifications`); that line's index. Fails at once when
+        the daemon exits without sending it, and at ``timeout_s``."""
+        inbox = self._notify
+        if inbox is None:
+            raise AssertionError("this daemon was started without a notify socket")
+        deadline = time.monotonic() + timeout_s
+        pidfd = _pidfd(self.proc)
+        try:
+            while True:
+                found = inbox.find(prefix, start)
+                if found is not None:
+                    return found
+                if self.proc.poll() is not None:
+                    found = inbox.find(prefix, start)  # sent just before it exited
+                    if found is not None:
+                        return found
+                    raise self._failure(f"exited ({self.proc.returncode}) before it sent "
+                                        f"{prefix!r} (notify lines: {inbox.lines})")
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise self._failure(f"sent no {prefix!r} in {timeout_s}s "
+                                        f"(notify lines: {inbox.lines})")
+                # Without a pidfd an exit is noticed within a fifth of a second.
+                waitables = [inbox.sock.fileno()] + ([] if pidfd is None else [pidfd])
+                select.select(waitables, [], [], remaining if pidfd is not None
+                              else min(remaining, 0.2))
+        finally:
+            if pidfd is not None:
+                os.close(pidfd)
+
+    def wait_ready(self, timeout_s: float = READY_TIMEOUT_S) -> None:
+        """Block until ``READY=1`` (the control socket is listening), sent by this very
+        process (``MAINPID``), not by another daemon that answers on the same socket."""
+        index = self.wait_notify("READY=1", timeout_s=timeout_s)
+        assert f"MAINPID={self.pid}" in self.notifications[index:], self.notifications
+
+    async def ready(self, timeout_s: float = READY_TIMEOUT_S) -> None:
+        """:meth:`wait_ready` for async tests (the wait runs in a worker thread)."""
+        await anyio.to_thread.run_sync(partial(self.wait_ready, timeout_s))
+
+    # RPC
+    @contextlib.asynccontextmanager
+    async def client(self) -> AsyncIterator[RpcClient]:
+        async with RpcClient.connect(self.socket) as client:
+            yield client
+
+    def connect(self, timeout_s: float = CALL_TIMEOUT_S) -> RpcConnection:
+        return RpcConnection(self.socket, timeout_s)
+
+    def rpc(self, method: str, **params: Any) -> Any:
+        """A blocking call on a fresh connection; its result."""
+        return rpc(self.socket, method, **params)
+
+    # the process
+    def signal(self, sig: int) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+
+    def wait_sync(self, timeout_s: float = STOP_TIMEOUT_S) -> int:
+        """Block until the daemon exits; its exit code (fails at ``timeout_s``)."""
+        try:
+            return self.proc.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            raise self._failure(f"still running after {timeout_s}s") from None
+
+    async def wait(self, timeout_s: float = STOP_TIMEOUT_S) -> int:
+        """Wait for the daemon to exit; its exit code (fails at ``timeout_s``)."""
+        return await anyio.to_thread.run_sync(partial(self.wait_sync, timeout_s))
+
+    def stop_sync(self, sig: int = SIGTERM, timeout_s: float = STOP_TIMEOUT_S) -> int:
+        """Send ``sig`` and wait for the exit code; a daemon that does not stop in
+        ``timeout_s`` is killed and the test fails."""
+        self.signal(sig)
+        try:
+            return self.wait_sync(timeout_s)
+        finally:
+            self.kill()
+
+    async def stop(self, sig: int = SIGTERM, timeout_s: float = STOP_TIMEOUT_S) -> int:
+        """:meth:`stop_sync` for async tests."""
+        return await anyio.to_thread.run_sync(partial(self.stop_sync, sig, timeout_s))
+
+    def kill(self) -> None:
+        """SIGKILL if still running, and reap it."""
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.wait(timeout=STOP_TIMEOUT_S)
+
+    def close(self) -> None:
+        """Kill it if it runs, and release the notify socket."""
+        self.kill()
+        if self._notify is not None:
+            self._notify.close()
+
+
+# --- starting daemons --------------------------------------------------------------------------
+class Daemons:
+    """Starts daemons under ``root``; :meth:`close` kills every one still running.
+
+    By default a daemon runs ``python -m buildrunnerd --backend simulated``, with its state in
+    ``root/home`` and its socket in a short folder under ``/tmp`` (``AF_UNIX`` paths are limited
+    to ~107 bytes), both given through ``BUILDRUNNER_HOME``/``BUILDRUNNER_SOCKET`` by
+    :meth:`base_env`.
+    """
+
+    def __init__(self, root: Path, *, home: Path | None = None,
+                 socket: Path | None = None) -> None:
+        self.tmp_path = root
+        self.home = home or root / "home"
+        if socket is None:
+            self.socket_dir = Path(f"/tmp/brt-{os.getpid()}-{id(self):x}")
+            self.socket = self.socket_dir / "buildrunnerd.sock"
+            self._owns_socket_dir = True
+        else:
+            self.socket_dir = socket.parent
+            self.socket = socket
+            self._owns_socket_dir = False
+        self.started: list[Daemon] = []
+        self._count = itertools.count(1)
+
+    def base_env(self, **extra: str) -> dict[str, str]:
+        """:func:`clean_env` with this factory's home and socket and JSON logs."""
+        return clean_env(BUILDRUNNER_HOME=str(self.home), BUILDRUNNER_SOCKET=str(self.socket),
+                         BUILDRUNNER_LOG_FORMAT="json", **extra)
+
+    def spawn(self, *args: str, env: dict[str, str] | None = None,
+              command: Sequence[str] = PYTHON_M, backend: str | None = "simulated",
+              cwd: Path | None = None, user: tuple[int, int] | None = None,
+              socket: Path | None = None, home: Path | None = None, notify: bool = True,
+              stderr: Path | int | None = None, name: str | None = None) -> Daemon:
+        """Start ``command [--backend backend] args`` without waiting for it.
+
+        ``env`` defaults to :meth:`base_env`; ``user`` is ``(uid, gid)`` to run it as (the
+        notify socket is given to that user); ``socket``/``home`` say where the daemon serves
+        and keeps its state when ``args`` or ``env`` put them elsewhere than this factory's;
+        ``stderr`` is a file path to collect it in (default ``root/<name>.stderr``) or a
+        ``subprocess`` constant (``subprocess.PIPE``: the caller reads ``proc.stderr``).
+        """
+        n = next(self._count)
+        name = name or f"daemon-{n}"
+        env = {k: v for k, v in (self.base_env() if env is None else env).items()
+               if k != "NOTIFY_SOCKET"}
+        daemon_env = dict(env)
+        inbox: _NotifyInbox | None = None
+        if notify:
+            inbox = _NotifyInbox(self.tmp_path / f"notify-{n}.sock", user)
+            daemon_env["NOTIFY_SOCKET"] = str(inbox.path)
+        argv = [*command, *(["--backend", backend] if backend else []), *args]
+        stderr_path = (stderr if isinstance(stderr, Path)
+                       else self.tmp_path / f"{name}.stderr" if stderr is None else None)
+        extra: dict[str, Any] = ({} if user is None or user[0] == os.geteuid()
+                                 else {"user": user[0], "group": user[1], "extra_groups": []})
+        try:
+            with contextlib.ExitStack() as files:
+                err = (files.enter_context(stderr_path.open("wb")) if stderr_path is not None
+                       else None if isinstance(stderr, Path) else stderr)
+                proc = subprocess.Popen(argv, env=daemon_env, cwd=cwd or self.tmp_path,
+                                        stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                        stderr=err, **extra)
+        except BaseException:
+            if inbox is not None:
+                inbox.close()
+            raise
+        daemon = Daemon(proc, socket=socket or self.socket, home=home or self.home, env=env,
+                        argv=argv, stderr_path=stderr_path, notify=inbox)
+        self.started.append(daemon)
+        return daemon
+
+    def start_sync(self, *args: str, timeout_s: float = READY_TIMEOUT_S,
+                   **options: Any) -> Daemon:
+        """:meth:`spawn`, then block until the daemon sent ``READY=1``."""
+        daemon = self.spawn(*args, **options)
+        try:
+            daemon.wait_ready(timeout_s)
+        except BaseException:
+            daemon.kill()
+            raise
+        return daemon
+
+    async def start(self, *args: str, timeout_s: float = READY_TIMEOUT_S,
+                    **options: Any) -> Daemon:
+        """:meth:`spawn`, then wait until the daemon sent ``READY=1``."""
+        daemon = self.spawn(*args, **options)
+        try:
+            await daemon.ready(timeout_s)
+        except BaseException:
+            daemon.kill()
+            raise
+        return daemon
+
+    def close(self) -> None:
+        for daemon in self.started:
+            daemon.close()
+        if self._owns_socket_dir:
+            shutil.rmtree(self.socket_dir, ignore_errors=True)
+
+    # The name the fixtures have always used.
+    cleanup = close
