@@ -31,7 +31,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Iterator, Sequence
 from functools import partial
 from pathlib import Path
 from signal import SIGTERM
@@ -42,9 +42,9 @@ import anyio.abc
 import anyio.to_thread
 
 __all__ = [
-    "CALL_TIMEOUT_S", "CONSOLE_SCRIPT", "PYTHON_M", "READY_TIMEOUT_S", "STOP_TIMEOUT_S",
-    "Daemon", "Daemons", "RpcClient", "RpcConnection", "RpcError", "all_events", "clean_env",
-    "rpc", "wait_run_event",
+    "BRCTL", "CALL_TIMEOUT_S", "CLI_TIMEOUT_S", "CONSOLE_SCRIPT", "PYTHON_M", "READY_TIMEOUT_S",
+    "STOP_TIMEOUT_S", "TERMINAL_EVENTS", "Daemon", "Daemons", "RpcClient", "RpcConnection",
+    "RpcError", "all_events", "clean_env", "rpc", "wait_run_event",
 ]
 
 READY_TIMEOUT_S = 30.0
@@ -54,6 +54,8 @@ STOP_TIMEOUT_S = 30.0
 # script installed next to it (what users, scripts and systemd run).
 PYTHON_M = (sys.executable, "-m", "buildrunnerd")
 CONSOLE_SCRIPT = (str(Path(sys.executable).parent / "buildrunnerd"),)
+BRCTL = str(Path(sys.executable).parent / "brctl")
+CLI_TIMEOUT_S = 60.0
 TERMINAL_EVENTS = ("run.succeeded", "run.failed", "run.cancelled")
 # What a daemon must not inherit from the test process: it sees only what a test gives it.
 _FOREIGN_PREFIXES = ("BUILDRUNNER_", "ANTHROPIC_", "XDG_", "NOTIFY_SOCKET")
@@ -142,7 +144,10 @@ class RpcClient:
 
 
 class RpcConnection:
-    """A blocking JSON-RPC connection: one JSON value per ``\\n``-terminated line."""
+    """A blocking JSON-RPC connection: one JSON value per ``\\n``-terminated line.
+
+    Notifications that arrive while waiting for a reply are kept in :attr:`notifications`.
+    """
 
     def __init__(self, path: Path, timeout_s: float = CALL_TIMEOUT_S) -> None:
         self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -154,6 +159,7 @@ class RpcConnection:
             raise
         self._buffer = b""
         self._next_id = 0
+        self.notifications: list[dict[str, Any]] = []
 
     def close(self) -> None:
         self.sock.close()
@@ -201,7 +207,8 @@ class RpcConnection:
         while True:
             reply: dict[str, Any] = self.read_frame()
             if _is_notification(reply):
-                continue  # an event of a subscription: not our reply
+                self.notifications.append(reply)  # an event of a subscription
+                continue
             assert reply.get("id") == self._next_id, reply
             return reply
 
@@ -261,6 +268,8 @@ class _NotifyInbox:
         self.lines: list[str] = []
 
     def drain(self) -> None:
+        if self.sock.fileno() == -1:
+            return  # closed: the daemon is gone, the lines are all there are
         while True:
             try:
                 data = self.sock.recv(65536)
@@ -276,6 +285,7 @@ class _NotifyInbox:
         return None
 
     def close(self) -> None:
+        self.drain()
         self.sock.close()
         self.path.unlink(missing_ok=True)
 
@@ -389,6 +399,49 @@ class Daemon:
         """A blocking call on a fresh connection; its result."""
         return rpc(self.socket, method, **params)
 
+    def events(self, run_id: str | None, *, since: int = 0,
+               timeout_s: float = 60.0) -> Iterator[dict[str, Any]]:
+        """A run's events (all runs' for ``None``) through ``events.subscribe``: the stored
+        ones after ``since``, then live ones as they happen; fails when ``timeout_s`` passes
+        before the caller stops iterating."""
+        deadline = time.monotonic() + timeout_s
+        with self.connect(timeout_s) as conn:
+            reply = conn.request("events.subscribe", {"run_id": run_id, "since": since})
+            assert "error" not in reply, reply
+            seen: list[str] = []
+            while True:
+                if conn.notifications:  # replayed before the subscription's reply
+                    frame = conn.notifications.pop(0)
+                else:
+                    conn.sock.settimeout(max(deadline - time.monotonic(), 0.001))
+                    try:
+                        frame = conn.read_frame()
+                    except TimeoutError:
+                        raise AssertionError(f"{timeout_s}s passed waiting on the events of "
+                                             f"{run_id}; saw {seen}") from None
+                if _is_notification(frame):
+                    event: dict[str, Any] = frame["params"]
+                    seen.append(event["type"])
+                    yield event
+
+    def wait_event(self, run_id: str, types: Sequence[str] = TERMINAL_EVENTS, *,
+                   since: int = 0, timeout_s: float = 60.0) -> dict[str, Any]:
+        """Blocking :func:`wait_run_event`: the run's first event (replayed or live) whose
+        type is in ``types``."""
+        for event in self.events(run_id, since=since, timeout_s=timeout_s):
+            if event["type"] in types:
+                return event
+        raise AssertionError("unreachable: the event stream ended")
+
+    def brctl(self, *args: str, env: dict[str, str] | None = None,
+              timeout_s: float = CLI_TIMEOUT_S) -> subprocess.CompletedProcess[str]:
+        """The installed ``brctl --socket <this daemon's socket> args`` (never raises on a
+        non-zero exit), with the daemon's environment unless ``env``."""
+        return subprocess.run([BRCTL, "--socket", str(self.socket), *args],
+                              env=self.env if env is None else env, capture_output=True,
+                              text=True, timeout=timeout_s, stdin=subprocess.DEVNULL,
+                              check=False)
+
     # the process
     def signal(self, sig: int) -> None:
         if self.proc.poll() is None:
@@ -419,14 +472,11 @@ class Daemon:
         return await anyio.to_thread.run_sync(partial(self.stop_sync, sig, timeout_s))
 
     def kill(self) -> None:
-        """SIGKILL if still running, and reap it."""
+        """SIGKILL if still running, reap it, and release its notify socket (the lines it
+        sent stay in :attr:`notifications`)."""
         if self.proc.poll() is None:
             self.proc.kill()
         self.proc.wait(timeout=STOP_TIMEOUT_S)
-
-    def close(self) -> None:
-        """Kill it if it runs, and release the notify socket."""
-        self.kill()
         if self._notify is not None:
             self._notify.close()
 
@@ -481,7 +531,7 @@ class Daemons:
         daemon_env = dict(env)
         inbox: _NotifyInbox | None = None
         if notify:
-            inbox = _NotifyInbox(self.tmp_path / f"notify-{n}.sock", user)
+            inbox = _NotifyInbox(self.tmp_path / f"{name}.notify", user)
             daemon_env["NOTIFY_SOCKET"] = str(inbox.path)
         argv = [*command, *(["--backend", backend] if backend else []), *args]
         stderr_path = (stderr if isinstance(stderr, Path)
@@ -528,7 +578,7 @@ class Daemons:
 
     def close(self) -> None:
         for daemon in self.started:
-            daemon.close()
+            daemon.kill()
         if self._owns_socket_dir:
             shutil.rmtree(self.socket_dir, ignore_errors=True)
 

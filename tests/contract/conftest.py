@@ -27,7 +27,7 @@ def daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Daemon]:
     try:
         yield started
     finally:
-        started.stop()
+        started.stop_sync()
 
 
 @pytest.fixture(scope="module")
@@ -44,7 +44,7 @@ def slow_daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Daemon]:
     try:
         yield started
     finally:
-        started.stop()
+        started.stop_sync()
 
 
 @pytest.fixture(scope="module")

@@ -8,7 +8,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 from datetime import datetime
 from pathlib import Path
@@ -54,7 +53,7 @@ def test_json_logs_are_structured_and_label_simulated(tmp_path: Path) -> None:
         ping = daemon.rpc("daemon.ping")
         assert ping["backend"] == "simulated" and ping["workers"] == 2
     finally:
-        assert daemon.stop() == 0
+        assert daemon.stop_sync() == 0
     lines = [line for line in daemon.stderr().splitlines() if line.strip()]
     assert lines
     records = [json.loads(line) for line in lines]  # every stderr line is one JSON record
@@ -68,7 +67,7 @@ def test_console_logs_label_simulated(tmp_path: Path) -> None:
     try:
         assert daemon.rpc("daemon.ping")["backend"] == "simulated"
     finally:
-        assert daemon.stop() == 0
+        assert daemon.stop_sync() == 0
     assert "simulated" in daemon.stderr().lower()
 
 
@@ -83,7 +82,7 @@ def test_sigterm_with_work_in_flight_exits_0_and_the_run_continues(tmp_path: Pat
         run_id = submit(daemon, make_repo(repo), repo)
         wait_event(daemon, run_id, "batch.dispatched")
         daemon.signal(signal.SIGTERM)
-        assert daemon.wait(timeout_s=30) == 0, daemon.stderr()
+        assert daemon.wait_sync(30) == 0, daemon.stderr()
     finally:
         daemon.kill()
     # On start it recovers: the run that was running continues; the interrupted work is
@@ -94,71 +93,51 @@ def test_sigterm_with_work_in_flight_exits_0_and_the_run_continues(tmp_path: Pat
         assert wait_run(again, run_id)["state"] == "succeeded"
         events = again.rpc("events.list", run_id=run_id, limit=10000)
     finally:
-        assert again.stop() == 0
+        assert again.stop_sync() == 0
     succeeded = [e["batch_id"] for e in events if e["type"] == "batch.succeeded"]
     assert succeeded and len(succeeded) == len(set(succeeded)), succeeded
-
-
-def _notifications(notify: socket.socket, until: str, seen: list[str], start: int = 0) -> int:
-    """Read ``$NOTIFY_SOCKET`` datagrams (one line per assignment) into ``seen`` until a line
-    at index ``start`` or later begins with ``until`` (the socket's timeout bounds the wait);
-    returns that line's index."""
-    while True:
-        for index in range(start, len(seen)):
-            if seen[index].startswith(until):
-                return index
-        seen += notify.recv(4096).decode().splitlines()
 
 
 def test_sigint_exits_0_and_notifies_readiness(tmp_path: Path) -> None:
     """systemd ``Type=notify``: READY=1 on $NOTIFY_SOCKET; SIGINT sends STOPPING=1 and a
     STATUS= line, and stops it with exit 0."""
-    notify_path = tmp_path / "notify.sock"
-    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as notify:
-        notify.bind(str(notify_path))
-        notify.settimeout(30)
-        env, socket_path = _env(tmp_path, NOTIFY_SOCKET=str(notify_path))
-        daemon = start_daemon(tmp_path, env=env, socket_path=socket_path, wait=False)
-        try:
-            messages: list[str] = []
-            ready = _notifications(notify, "READY=1", messages)
-            assert f"MAINPID={daemon.proc.pid}" in messages
-            assert daemon.rpc("daemon.ping")["pid"] == daemon.proc.pid
-            daemon.signal(signal.SIGINT)
-            # the shutdown is announced: STOPPING=1, then a STATUS= line saying so
-            stopping = _notifications(notify, "STOPPING=1", messages, ready)
-            _notifications(notify, "STATUS=stopping", messages, stopping)
-            assert daemon.wait(timeout_s=30) == 0, daemon.stderr()
-        finally:
-            daemon.kill()
+    env, socket_path = _env(tmp_path)
+    daemon = start_daemon(tmp_path, env=env, socket_path=socket_path)  # returns at READY=1
+    try:
+        assert f"MAINPID={daemon.proc.pid}" in daemon.notifications
+        ready = daemon.notifications.index("READY=1")
+        assert daemon.rpc("daemon.ping")["pid"] == daemon.proc.pid
+        daemon.signal(signal.SIGINT)
+        # the shutdown is announced: STOPPING=1, then a STATUS= line saying so
+        stopping = daemon.wait_notify("STOPPING=1", start=ready)
+        daemon.wait_notify("STATUS=stopping", start=stopping)
+        assert daemon.wait_sync(30) == 0, daemon.stderr()
+    finally:
+        daemon.kill()
 
 
 def test_notify_reports_run_counts_and_stopping(tmp_path: Path) -> None:
     """systemd sees STATUS= lines that count the active runs as they change, then STOPPING=1
     (and a stopping STATUS=) when the daemon shuts down."""
-    notify_path = tmp_path / "notify.sock"
-    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as notify:
-        notify.bind(str(notify_path))
-        notify.settimeout(30)
-        env, socket_path = _env(tmp_path, NOTIFY_SOCKET=str(notify_path),
-                                BUILDRUNNER_SIM_MS_PER_MINUTE="0")
-        daemon = start_daemon(tmp_path, env=env, socket_path=socket_path, wait=False)
-        try:
-            seen: list[str] = []
-            ready = _notifications(notify, "READY=1", seen)
-            assert any(line.startswith("STATUS=serving on") for line in seen), seen
-            repo = tmp_path / "repo"
-            run_id = submit(daemon, make_repo(repo), repo)
-            started = _notifications(notify, "STATUS=1 active run(s)", seen, ready)
-            assert wait_run(daemon, run_id)["state"] == "succeeded"
-            # the run's end is counted too: back to no active run
-            _notifications(notify, "STATUS=0 active run(s)", seen, started)
-            daemon.signal(signal.SIGINT)
-            stopping = _notifications(notify, "STOPPING=1", seen, started)
-            _notifications(notify, "STATUS=stopping", seen, stopping)
-            assert daemon.wait(timeout_s=30) == 0, daemon.stderr()
-        finally:
-            daemon.kill()
+    env, socket_path = _env(tmp_path, BUILDRUNNER_SIM_MS_PER_MINUTE="0")
+    daemon = start_daemon(tmp_path, env=env, socket_path=socket_path)
+    try:
+        seen = daemon.notifications
+        ready = seen.index("READY=1")
+        assert any(line.startswith("STATUS=serving on") for line in seen), seen
+        repo = tmp_path / "repo"
+        run_id = submit(daemon, make_repo(repo), repo)
+        started = daemon.wait_notify("STATUS=1 active run(s)", start=ready)
+        assert wait_run(daemon, run_id)["state"] == "succeeded"
+        # the run's end is counted too: back to no active run
+        daemon.wait_notify("STATUS=0 active run(s)", start=started)
+        daemon.signal(signal.SIGINT)
+        stopping = daemon.wait_notify("STOPPING=1", start=started)
+        daemon.wait_notify("STATUS=stopping", start=stopping)
+        assert daemon.wait_sync(30) == 0, daemon.stderr()
+    finally:
+        daemon.kill()
+    seen = daemon.notifications
     assert seen.count("STOPPING=1") == 1 and seen.count("READY=1") == 1, seen
 
 
@@ -169,7 +148,7 @@ def test_brctl_shutdown_stops_the_daemon_with_exit_0(tmp_path: Path) -> None:
         result = daemon.brctl("--json", "shutdown")
         assert result.returncode == 0, result.stderr
         json.loads(result.stdout)
-        assert daemon.wait(timeout_s=30) == 0, daemon.stderr()
+        assert daemon.wait_sync(30) == 0, daemon.stderr()
     finally:
         daemon.kill()
 
@@ -187,7 +166,7 @@ def test_sim_ms_per_minute_paces_the_simulated_batches(tmp_path: Path) -> None:
         assert wait_run(daemon, run_id)["state"] == "succeeded"
         events = daemon.rpc("events.list", run_id=run_id, limit=10000)
     finally:
-        assert daemon.stop() == 0
+        assert daemon.stop_sync() == 0
     dispatched = {e["batch_id"]: _ts(e["ts"]) for e in events if e["type"] == "batch.dispatched"}
     assert dispatched
     for batch_id, start in dispatched.items():
@@ -245,4 +224,4 @@ def test_another_uid_is_refused(tmp_path: Path) -> None:
         _check_refused(_connect_as_nobody(socket_path))
         assert daemon.rpc("daemon.ping")["pid"] == daemon.proc.pid  # still serving its owner
     finally:
-        assert daemon.stop() == 0
+        assert daemon.stop_sync() == 0

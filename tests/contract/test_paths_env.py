@@ -32,7 +32,7 @@ def _config(path: Path, workers: int) -> Path:
 
 
 def _stop(daemon: Daemon) -> None:
-    assert daemon.stop() == 0, daemon.stderr()
+    assert daemon.stop_sync() == 0, daemon.stderr()
 
 
 def test_explicit_home_socket_and_config_env(daemon: Daemon) -> None:
