@@ -10,9 +10,11 @@ an early exit is reported at once, not at the deadline.
 - :class:`Daemons` starts daemons for one test (or one module): any arguments, environment,
   command (``python -m buildrunnerd`` or the console script), working directory and user;
   at teardown whatever still runs is killed.
-- :class:`Daemon` is one running daemon: its stderr (collected in a file), the notify lines it
-  sent (:meth:`Daemon.wait_notify` waits for more, e.g. ``STOPPING=1``), sync and async RPC,
-  and a stop with SIGTERM that kills (and fails) when the daemon does not stop in time.
+- :class:`Daemon` is one running daemon: its stderr (collected in a file, or followed line by
+  line for a test that waits on a log line), the notify lines it sent
+  (:meth:`Daemon.wait_notify` waits for more, e.g. ``STOPPING=1``), its events, sync and async
+  RPC, brctl, and a stop with SIGTERM that kills (and fails) when the daemon does not stop in
+  time.
 - :class:`RpcClient` (async) and :class:`RpcConnection` (blocking) speak JSON-RPC 2.0 over the
   Unix socket, one JSON value a line, as any client of the contract does.
 
@@ -30,12 +32,13 @@ import shutil
 import socket
 import subprocess
 import sys
+import threading
 import time
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from functools import partial
 from pathlib import Path
 from signal import SIGTERM
-from typing import Any
+from typing import IO, Any
 
 import anyio
 import anyio.abc
@@ -302,6 +305,55 @@ def _pidfd(proc: subprocess.Popen[bytes]) -> int | None:
     return fd
 
 
+class _StderrFollower:
+    """A daemon's stderr read line by line by a thread as it comes, for a test that waits on
+    a log line (a reload, say, shows nowhere else)."""
+
+    def __init__(self, stream: IO[bytes]) -> None:
+        self._stream = stream
+        self.lines: list[str] = []
+        self._eof = False
+        self._changed = threading.Condition()
+        self._thread = threading.Thread(target=self._read, name="daemon-stderr", daemon=True)
+        self._thread.start()
+
+    def _read(self) -> None:
+        for raw in self._stream:
+            with self._changed:
+                self.lines.append(raw.decode("utf-8", "replace"))
+                self._changed.notify_all()
+        with self._changed:
+            self._eof = True
+            self._changed.notify_all()
+
+    def text(self) -> str:
+        with self._changed:
+            return "".join(self.lines)
+
+    def wait_line(self, predicate: Callable[[str], bool], start: int,
+                  timeout_s: float) -> int | None:
+        """The index of the first line from ``start`` on that satisfies ``predicate``; None at
+        the end of the stream or at ``timeout_s``."""
+        deadline = time.monotonic() + timeout_s
+        with self._changed:
+            checked = start
+            while True:
+                for index in range(checked, len(self.lines)):
+                    if predicate(self.lines[index]):
+                        return index
+                checked = max(checked, len(self.lines))
+                remaining = deadline - time.monotonic()
+                if self._eof or remaining <= 0:
+                    return None
+                self._changed.wait(remaining)
+
+    def close(self) -> None:
+        """Once the daemon exited: the rest of what it wrote, then the pipe released (a
+        descendant that kept the pipe open is not waited for past a few seconds)."""
+        self._thread.join(timeout=5.0)
+        self._stream.close()
+
+
 # --- one daemon --------------------------------------------------------------------------------
 class Daemon:
     """A running ``buildrunnerd`` subprocess (see the module docstring)."""
@@ -311,6 +363,8 @@ class Daemon:
     def __init__(self, proc: subprocess.Popen[bytes], *, socket: Path, home: Path,
                  env: dict[str, str], argv: list[str], stderr_path: Path | None,
                  notify: _NotifyInbox | None) -> None:
+        # stderr goes to ``stderr_path`` (exact whenever it is read), or, without one, to a
+        # pipe followed line by line (``follow_stderr``).
         self.proc = proc
         self.socket = socket
         self.home = home
@@ -318,6 +372,11 @@ class Daemon:
         self.argv = argv
         self.stderr_path = stderr_path
         self._notify = notify
+        self._follower: _StderrFollower | None = None
+        self._stderr_checked = 0
+        if stderr_path is None:
+            assert proc.stderr is not None
+            self._follower = _StderrFollower(proc.stderr)
 
     @property
     def pid(self) -> int:
@@ -325,9 +384,22 @@ class Daemon:
 
     def stderr(self) -> str:
         """What the daemon wrote on stderr so far (its log)."""
-        if self.stderr_path is None:
-            return "(stderr not collected)"
+        if self._follower is not None:
+            return self._follower.text()
+        assert self.stderr_path is not None
         return self.stderr_path.read_text(encoding="utf-8", errors="replace")
+
+    def wait_stderr(self, predicate: Callable[[str], bool], *,
+                    timeout_s: float = READY_TIMEOUT_S) -> str:
+        """For a daemon spawned with ``follow_stderr``: wait for a stderr line that satisfies
+        ``predicate`` and was not returned by an earlier wait; that line."""
+        if self._follower is None:
+            raise AssertionError("spawn the daemon with follow_stderr=True to wait on its log")
+        index = self._follower.wait_line(predicate, self._stderr_checked, timeout_s)
+        if index is None:
+            raise self._failure(f"wrote no such line in {timeout_s}s (or exited)")
+        self._stderr_checked = index + 1
+        return self._follower.lines[index]
 
     def _failure(self, what: str) -> AssertionError:
         tail = self.stderr()[-4000:]
@@ -479,6 +551,8 @@ class Daemon:
         self.proc.wait(timeout=STOP_TIMEOUT_S)
         if self._notify is not None:
             self._notify.close()
+        if self._follower is not None:
+            self._follower.close()
 
 
 # --- starting daemons --------------------------------------------------------------------------
@@ -515,14 +589,15 @@ class Daemons:
               command: Sequence[str] = PYTHON_M, backend: str | None = "simulated",
               cwd: Path | None = None, user: tuple[int, int] | None = None,
               socket: Path | None = None, home: Path | None = None, notify: bool = True,
-              stderr: Path | int | None = None, name: str | None = None) -> Daemon:
+              stderr: Path | None = None, follow_stderr: bool = False,
+              name: str | None = None) -> Daemon:
         """Start ``command [--backend backend] args`` without waiting for it.
 
         ``env`` defaults to :meth:`base_env`; ``user`` is ``(uid, gid)`` to run it as (the
         notify socket is given to that user); ``socket``/``home`` say where the daemon serves
         and keeps its state when ``args`` or ``env`` put them elsewhere than this factory's;
-        ``stderr`` is a file path to collect it in (default ``root/<name>.stderr``) or a
-        ``subprocess`` constant (``subprocess.PIPE``: the caller reads ``proc.stderr``).
+        ``stderr`` is the file to collect it in (default ``root/<name>.stderr``);
+        ``follow_stderr`` reads it from a pipe instead, for :meth:`Daemon.wait_stderr`.
         """
         n = next(self._count)
         name = name or f"daemon-{n}"
@@ -534,14 +609,13 @@ class Daemons:
             inbox = _NotifyInbox(self.tmp_path / f"{name}.notify", user)
             daemon_env["NOTIFY_SOCKET"] = str(inbox.path)
         argv = [*command, *(["--backend", backend] if backend else []), *args]
-        stderr_path = (stderr if isinstance(stderr, Path)
-                       else self.tmp_path / f"{name}.stderr" if stderr is None else None)
+        stderr_path = None if follow_stderr else stderr or self.tmp_path / f"{name}.stderr"
         extra: dict[str, Any] = ({} if user is None or user[0] == os.geteuid()
                                  else {"user": user[0], "group": user[1], "extra_groups": []})
         try:
             with contextlib.ExitStack() as files:
-                err = (files.enter_context(stderr_path.open("wb")) if stderr_path is not None
-                       else None if isinstance(stderr, Path) else stderr)
+                err = (subprocess.PIPE if stderr_path is None
+                       else files.enter_context(stderr_path.open("wb")))
                 proc = subprocess.Popen(argv, env=daemon_env, cwd=cwd or self.tmp_path,
                                         stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                                         stderr=err, **extra)

@@ -12,14 +12,14 @@ import subprocess
 import sys
 import tempfile
 from collections.abc import Iterator
+from functools import partial
 from pathlib import Path
 
 import anyio
 import pytest
-from anyio.streams.text import TextReceiveStream
 
 from brctl._service import render_socket_unit, render_unit
-from tests.conftest import RpcClient, wait_run_event
+from tests.daemons import PYTHON_M, Daemons, wait_run_event
 
 ROOT = Path(__file__).resolve().parents[2]
 SPEC = """# Activated
@@ -82,37 +82,31 @@ async def test_a_socket_activated_daemon_serves_the_socket_it_was_given(
     assert tool, "systemd-socket-activate is required (CI installs systemd)"
     sock = short_dir / "d.sock"
     home = tmp_path / "home"
-    # The tool gives the program only the variables named here (and LISTEN_*).
-    argv = [tool, "-l", str(sock), "-E", "PATH", "-E", f"HOME={tmp_path}",
-            "-E", f"BUILDRUNNER_HOME={home}", "-E", "BUILDRUNNER_LOG_FORMAT=json",
-            "-E", "BUILDRUNNER_SIM_MS_PER_MINUTE=0",
-            sys.executable, "-m", "buildrunnerd", "--backend", "simulated"]
-    lines: list[str] = []
-    listening = anyio.Event()
-    async with await anyio.open_process(argv, stdin=subprocess.DEVNULL,
-                                        stdout=subprocess.DEVNULL) as proc:
-
-        async def read_stderr() -> None:
-            assert proc.stderr is not None
-            async for text in TextReceiveStream(proc.stderr):
-                lines.extend(text.splitlines())
-                if any(line.startswith("Listening on") for line in lines):
-                    listening.set()
-
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(read_stderr)
-            with anyio.fail_after(30):
-                await listening.wait()  # the launcher's own readiness line
-            # Our connection is what starts the daemon.
-            async with RpcClient.connect(sock) as client:
-                ping = await client.call("daemon.ping", timeout_s=60)
-                assert ping["socket"] == str(sock) and ping["home"] == str(home)
-                run = await client.call("run.submit", spec_text=SPEC)
-                assert (await wait_run_event(sock, run["id"]))["type"] == "run.succeeded"
-                await client.call("daemon.shutdown")
-            with anyio.fail_after(60):
-                assert await proc.wait() == 0, "\n".join(lines)
-    log = "\n".join(lines)
+    daemons = Daemons(tmp_path, home=home, socket=sock)
+    # The tool gives the program only the variables named here (and LISTEN_*); NOTIFY_SOCKET
+    # is the harness's, as systemd would pass its own.
+    launcher = [tool, "-l", str(sock), "-E", "PATH", "-E", "NOTIFY_SOCKET",
+                "-E", f"HOME={tmp_path}", "-E", f"BUILDRUNNER_HOME={home}",
+                "-E", "BUILDRUNNER_LOG_FORMAT=json", "-E", "BUILDRUNNER_SIM_MS_PER_MINUTE=0",
+                *PYTHON_M]
+    try:
+        daemon = daemons.spawn(command=launcher, follow_stderr=True)
+        # The launcher's own readiness line; nothing of the daemon has started yet.
+        await anyio.to_thread.run_sync(partial(
+            daemon.wait_stderr, lambda line: line.startswith("Listening on")))
+        # Our connection is what starts the daemon (in the launcher's process).
+        async with daemon.client() as client:
+            ping = await client.call("daemon.ping", timeout_s=60)
+            assert ping["socket"] == str(sock) and ping["home"] == str(home)
+            assert ping["pid"] == daemon.pid
+            await daemon.ready()  # and it tells the service manager it is ready
+            run = await client.call("run.submit", spec_text=SPEC)
+            assert (await wait_run_event(sock, run["id"]))["type"] == "run.succeeded"
+            await client.call("daemon.shutdown")
+        assert await daemon.wait(60) == 0, daemon.stderr()
+    finally:
+        daemons.close()
+    log = daemon.stderr()
     assert '"activated": true' in log or '"activated":true' in log, log
     # The socket belongs to whoever passed it: the daemon neither replaced nor removed it.
     assert stat.S_ISSOCK(sock.lstat().st_mode)

@@ -4,10 +4,8 @@ online backup while the daemon runs, export, pruning of a finished run's events,
 from __future__ import annotations
 
 import json
-import os
 import sqlite3
 import subprocess
-import sys
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -17,9 +15,9 @@ import pytest
 
 from buildrunnerd.config import RetentionConfig
 from buildrunnerd.store import Store
+from tests.daemons import CONSOLE_SCRIPT, Daemon, Daemons
 
 ROOT = Path(__file__).resolve().parents[2]
-BIN = Path(sys.executable).parent
 # Small on purpose: the run only has to produce a history to back up, export and prune.
 SPEC = """# Notes
 
@@ -35,53 +33,38 @@ List notes in `notes/cli.py`.
 
 
 class Env:
+    """One home and socket; the daemon started on them (and again after a stop) by the
+    harness, driven with brctl."""
+
     def __init__(self, tmp_path: Path) -> None:
-        self.home = tmp_path / "home"
         self.socket = tmp_path / "d.sock"
-        self.env = {k: v for k, v in os.environ.items()
-                    if not k.startswith(("BUILDRUNNER_", "ANTHROPIC", "NOTIFY_SOCKET"))}
-        self.env.update(BUILDRUNNER_HOME=str(self.home), BUILDRUNNER_SOCKET=str(self.socket),
-                        BUILDRUNNER_SIM_MS_PER_MINUTE="0",
-                        BUILDRUNNER_CONFIG=str(ROOT / "config" / "buildrunner.toml"),
-                        GIT_AUTHOR_NAME="t", GIT_AUTHOR_EMAIL="t@example.invalid",
-                        GIT_COMMITTER_NAME="t", GIT_COMMITTER_EMAIL="t@example.invalid")
-        self.daemon: subprocess.Popen[bytes] | None = None
+        self.daemons = Daemons(tmp_path, socket=self.socket)
+        self.home = self.daemons.home
+        self.env = self.daemons.base_env(
+            BUILDRUNNER_SIM_MS_PER_MINUTE="0",
+            BUILDRUNNER_CONFIG=str(ROOT / "config" / "buildrunner.toml"),
+            GIT_AUTHOR_NAME="t", GIT_AUTHOR_EMAIL="t@example.invalid",
+            GIT_COMMITTER_NAME="t", GIT_COMMITTER_EMAIL="t@example.invalid")
+        self.daemon: Daemon | None = None
 
     @property
     def db(self) -> Path:
         return self.home / "buildrunner.db"
 
     def start(self) -> None:
-        self.daemon = subprocess.Popen(
-            [str(BIN / "buildrunnerd"), "--backend", "simulated"], env=self.env,
-            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        )
-        # Readiness: the daemon answers a ping (brctl waits for the socket itself up to its
-        # timeout; retry while the daemon is still starting).
-        for _ in range(300):
-            if self.brctl("ping", check=False).returncode == 0:
-                return
-            assert self.daemon.poll() is None, "buildrunnerd exited during start-up"
-            subprocess.run(["sleep", "0.1"], check=True)
-        raise AssertionError("buildrunnerd did not become ready")
+        self.daemon = self.daemons.start_sync(env=self.env, command=CONSOLE_SCRIPT)
 
     def stop(self) -> None:
-        if self.daemon is None:
-            return
-        if self.daemon.poll() is None:
-            self.brctl("shutdown", check=False)
-            try:
-                self.daemon.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                self.daemon.kill()
-                self.daemon.wait()
+        """``brctl shutdown``, and the daemon's exit."""
+        if self.daemon is not None and self.daemon.proc.poll() is None:
+            self.brctl("shutdown")
+            assert self.daemon.wait_sync(60) == 0, self.daemon.stderr()
         self.daemon = None
 
-    def brctl(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-        result = subprocess.run([str(BIN / "brctl"), "--socket", str(self.socket), *args],
-                                env=self.env, capture_output=True, text=True, timeout=100)
-        if check:
-            assert result.returncode == 0, result.stdout + result.stderr
+    def brctl(self, *args: str) -> subprocess.CompletedProcess[str]:
+        assert self.daemon is not None
+        result = self.daemon.brctl(*args, timeout_s=100)
+        assert result.returncode == 0, result.stdout + result.stderr
         return result
 
 
@@ -91,7 +74,7 @@ def env(tmp_path: Path) -> Iterator[Env]:
     try:
         yield setup
     finally:
-        setup.stop()
+        setup.daemons.close()
 
 
 def _git(repo: Path, *args: str, env: dict[str, str]) -> None:
