@@ -330,19 +330,20 @@ class _StderrFollower:
         with self._changed:
             return "".join(self.lines)
 
-    def wait_line(self, predicate: Callable[[str], bool], start: int,
-                  timeout_s: float) -> int | None:
-        """The index of the first line from ``start`` on that satisfies ``predicate``; None at
-        the end of the stream or at ``timeout_s``."""
+    def wait_lines(self, predicate: Callable[[str], bool], count: int,
+                   timeout_s: float) -> list[str] | None:
+        """Once at least ``count`` lines satisfy ``predicate``: all of them; None at the end
+        of the stream or at ``timeout_s``."""
         deadline = time.monotonic() + timeout_s
+        found: list[str] = []
+        checked = 0
         with self._changed:
-            checked = start
             while True:
-                for index in range(checked, len(self.lines)):
-                    if predicate(self.lines[index]):
-                        return index
-                checked = max(checked, len(self.lines))
+                found += [line for line in self.lines[checked:] if predicate(line)]
+                checked = len(self.lines)
                 remaining = deadline - time.monotonic()
+                if len(found) >= count:
+                    return found
                 if self._eof or remaining <= 0:
                     return None
                 self._changed.wait(remaining)
@@ -352,6 +353,17 @@ class _StderrFollower:
         descendant that kept the pipe open is not waited for past a few seconds)."""
         self._thread.join(timeout=5.0)
         self._stream.close()
+
+
+def _log_record(line: str) -> dict[str, Any] | None:
+    """One JSON log line, decoded; None for anything else on stderr."""
+    if not line.startswith("{"):
+        return None
+    try:
+        record = json.loads(line)
+    except ValueError:
+        return None
+    return record if isinstance(record, dict) else None
 
 
 # --- one daemon --------------------------------------------------------------------------------
@@ -373,7 +385,6 @@ class Daemon:
         self.stderr_path = stderr_path
         self._notify = notify
         self._follower: _StderrFollower | None = None
-        self._stderr_checked = 0
         if stderr_path is None:
             assert proc.stderr is not None
             self._follower = _StderrFollower(proc.stderr)
@@ -389,17 +400,40 @@ class Daemon:
         assert self.stderr_path is not None
         return self.stderr_path.read_text(encoding="utf-8", errors="replace")
 
-    def wait_stderr(self, predicate: Callable[[str], bool], *,
-                    timeout_s: float = READY_TIMEOUT_S) -> str:
-        """For a daemon spawned with ``follow_stderr``: wait for a stderr line that satisfies
-        ``predicate`` and was not returned by an earlier wait; that line."""
+    def wait_stderr(self, predicate: Callable[[str], bool], *, count: int = 1,
+                    timeout_s: float = READY_TIMEOUT_S) -> list[str]:
+        """For a daemon spawned with ``follow_stderr``: wait (waking on each line it writes)
+        until at least ``count`` stderr lines satisfy ``predicate``; all those lines."""
         if self._follower is None:
             raise AssertionError("spawn the daemon with follow_stderr=True to wait on its log")
-        index = self._follower.wait_line(predicate, self._stderr_checked, timeout_s)
-        if index is None:
-            raise self._failure(f"wrote no such line in {timeout_s}s (or exited)")
-        self._stderr_checked = index + 1
-        return self._follower.lines[index]
+        found = self._follower.wait_lines(predicate, count, timeout_s)
+        if found is None:
+            raise self._failure(f"wrote fewer than {count} such line(s) in {timeout_s}s "
+                                f"(or exited)")
+        return found
+
+    def log(self, event: str | None = None) -> list[dict[str, Any]]:
+        """The daemon's JSON log records so far (``--log-format json``), those of ``event``
+        only when given."""
+        return [r for r in map(_log_record, self.stderr().splitlines())
+                if r is not None and (event is None or r.get("event") == event)]
+
+    def wait_log(self, event: str, *, count: int = 1,
+                 timeout_s: float = READY_TIMEOUT_S) -> list[dict[str, Any]]:
+        """:meth:`wait_stderr` for JSON log records of ``event``: all of them, once there are
+        at least ``count`` (the only signal of what has no RPC event, such as a reload)."""
+        def is_event(line: str) -> bool:
+            record = _log_record(line)
+            return record is not None and record.get("event") == event
+
+        return [r for r in map(_log_record, self.wait_stderr(
+            is_event, count=count, timeout_s=timeout_s)) if r is not None]
+
+    async def logged(self, event: str, *, count: int = 1,
+                     timeout_s: float = READY_TIMEOUT_S) -> list[dict[str, Any]]:
+        """:meth:`wait_log` for async tests."""
+        return await anyio.to_thread.run_sync(
+            partial(self.wait_log, event, count=count, timeout_s=timeout_s))
 
     def _failure(self, what: str) -> AssertionError:
         tail = self.stderr()[-4000:]
@@ -649,6 +683,19 @@ class Daemons:
             daemon.kill()
             raise
         return daemon
+
+    async def start_on_api(self, base_url: str, api_key: str, *args: str,
+                           config: str | None = None, backend: str = "anthropic",
+                           **env: str) -> Daemon:
+        """A ready daemon whose backend calls the Messages API at ``base_url`` (the tests' fake
+        API) with ``api_key``. ``config``, when given, is written to ``root/config.toml`` and
+        passed with ``--config``; ``env`` adds variables to :meth:`base_env`."""
+        if config is not None:
+            path = self.tmp_path / "config.toml"
+            path.write_text(config, encoding="utf-8")
+            args = ("--config", str(path), *args)
+        return await self.start(*args, backend=backend, env=self.base_env(
+            ANTHROPIC_API_KEY=api_key, ANTHROPIC_BASE_URL=base_url, **env))
 
     def close(self) -> None:
         for daemon in self.started:

@@ -4,26 +4,14 @@ processes, real sockets."""
 
 from __future__ import annotations
 
-import json
 import signal
 import subprocess
-from collections.abc import Callable
 from pathlib import Path
 
 from tests.daemons import CONSOLE_SCRIPT, Daemons
 
 BUILDRUNNERD = CONSOLE_SCRIPT[0]
 PLANTED = "sk-ant-api03-" + "Qw7" * 30
-
-
-def _event(name: str) -> Callable[[str], bool]:
-    def is_it(line: str) -> bool:
-        try:
-            return bool(json.loads(line).get("event") == name)
-        except ValueError:
-            return False
-
-    return is_it
 
 
 def test_notify_reload_and_stop(tmp_path: Path) -> None:
@@ -45,14 +33,14 @@ def test_notify_reload_and_stop(tmp_path: Path) -> None:
         # SIGHUP: one key applies now, one needs a restart; the daemon says which.
         config.write_text('[daemon]\nlog_level = "debug"\nmax_frame_bytes = 1048576\n')
         daemon.signal(signal.SIGHUP)
-        reloaded = json.loads(daemon.wait_stderr(_event("config.reloaded")))
+        [reloaded] = daemon.wait_log("config.reloaded")
         assert reloaded["applied"] == ["daemon.log_level"]
         assert reloaded["needs_restart"] == ["daemon.max_frame_bytes"]
 
         # A broken file is refused with the key and the line; the daemon keeps running.
         config.write_text('[daemon]\nlog_level = "debug"\nworkerz = 2\n')
         daemon.signal(signal.SIGHUP)
-        failed = json.loads(daemon.wait_stderr(_event("config.reload_failed")))
+        [failed] = daemon.wait_log("config.reload_failed")
         assert "daemon.workerz" in failed["error"] and f"{config}:3" in failed["error"]
         assert daemon.proc.poll() is None
 

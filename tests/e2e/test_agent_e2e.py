@@ -84,13 +84,10 @@ async def test_anthropic_run_builds_merges_and_bills_exactly(
     faults = Faults(rate=0.3, seed=5, retry_after="0", timeout_s=1.0,
                     sequence=["429", "529", "500", "drop", "stream_overload", "stream_drop"])
     with FakeAnthropic(builder, faults=faults) as fake:
-        env = daemon_factory.base_env(ANTHROPIC_API_KEY=API_KEY,
-                                      ANTHROPIC_BASE_URL=fake.base_url)
-        config = tmp_path / "config.toml"
-        config.write_text("[planner]\nplanner = \"heuristic\"\n[agent]\nbackoff_base_s = 0.01\n"
-                          "backoff_max_s = 0.05\nrequest_timeout_s = 0.8\nmax_retries = 12\n")
-        daemon = await daemon_factory.start("--backend", "anthropic", "--config", str(config),
-                                            env=env)
+        daemon = await daemon_factory.start_on_api(
+            fake.base_url, API_KEY,
+            config="[planner]\nplanner = \"heuristic\"\n[agent]\nbackoff_base_s = 0.01\n"
+                   "backoff_max_s = 0.05\nrequest_timeout_s = 0.8\nmax_retries = 12\n")
         async with daemon.client() as client:
             ping = await client.call("daemon.ping")
             assert ping["backend"] == "anthropic"
@@ -101,7 +98,7 @@ async def test_anthropic_run_builds_merges_and_bills_exactly(
             costs = await client.call("costs.summary", run_id=run["id"])
         brctl = await anyio.run_process(
             [sys.executable, "-m", "brctl", "--socket", str(daemon.socket), "--json", "costs",
-             "--run", run["id"], "--by", "model"], env=env, check=False)
+             "--run", run["id"], "--by", "model"], env=daemon.env, check=False)
         assert await daemon.stop() == 0
     assert info["state"] == "succeeded", (info, daemon.stderr()[-3000:])
     assert brctl.returncode == 0, brctl.stderr.decode()
@@ -145,12 +142,8 @@ async def test_sigkill_mid_conversation_resumes_without_repeating_turns(
         return builder(req)
 
     with FakeAnthropic(responder) as fake:
-        env = daemon_factory.base_env(ANTHROPIC_API_KEY=API_KEY,
-                                      ANTHROPIC_BASE_URL=fake.base_url)
-        config = tmp_path / "config.toml"
-        config.write_text("[planner]\nplanner = \"heuristic\"\n")
-        daemon = await daemon_factory.start("--backend", "anthropic", "--config", str(config),
-                                            env=env)
+        config = "[planner]\nplanner = \"heuristic\"\n"
+        daemon = await daemon_factory.start_on_api(fake.base_url, API_KEY, config=config)
         async with daemon.client() as client:
             run = await client.call("run.submit", spec_path=str(spec), repo=str(repo),
                                     workers=1)
@@ -158,8 +151,7 @@ async def test_sigkill_mid_conversation_resumes_without_repeating_turns(
         daemon.proc.send_signal(signal.SIGKILL)
         daemon.proc.wait(timeout=10)
         hold.set()
-        daemon = await daemon_factory.start("--backend", "anthropic", "--config", str(config),
-                                            env=env)
+        daemon = await daemon_factory.start_on_api(fake.base_url, API_KEY, config=config)
         await wait_run_event(daemon.socket, run["id"], timeout_s=120)
         async with daemon.client() as client:
             info = await client.call("run.get", run_id=run["id"])
@@ -191,12 +183,8 @@ async def test_budget_pauses_the_run_before_the_call_that_would_exceed_it(
         return reply
 
     with FakeAnthropic(pricey) as fake:
-        env = daemon_factory.base_env(ANTHROPIC_API_KEY=API_KEY,
-                                      ANTHROPIC_BASE_URL=fake.base_url)
-        config = tmp_path / "config.toml"
-        config.write_text("[planner]\nplanner = \"heuristic\"\n")
-        daemon = await daemon_factory.start("--backend", "anthropic", "--config", str(config),
-                                            env=env)
+        daemon = await daemon_factory.start_on_api(
+            fake.base_url, API_KEY, config="[planner]\nplanner = \"heuristic\"\n")
         async with daemon.client() as client:
             run = await client.call("run.submit", spec_path=str(spec), repo=str(repo),
                                     workers=1, budget_usd=0.4)
@@ -246,15 +234,12 @@ async def test_allowlist_a_model_merged_in_an_earlier_batch_allows_nothing_later
     git(repo, "add", ".")
     git(repo, "commit", "-qm", "init")
     with FakeAnthropic(model) as fake:
-        env = daemon_factory.base_env(ANTHROPIC_API_KEY=API_KEY,
-                                      ANTHROPIC_BASE_URL=fake.base_url)
-        config = tmp_path / "config.toml"
         # scope = "warn": under the default "strict" the allowlist change alone fails batch 1
         # (a repository control file); this test is about the allowlist's own defence.
-        config.write_text("[planner]\nplanner = \"heuristic\"\n[verify]\nmax_fix_attempts = 0\n"
-                          "scope = \"warn\"\n")
-        daemon = await daemon_factory.start("--backend", "anthropic", "--config", str(config),
-                                            env=env)
+        daemon = await daemon_factory.start_on_api(
+            fake.base_url, API_KEY,
+            config="[planner]\nplanner = \"heuristic\"\n[verify]\nmax_fix_attempts = 0\n"
+                   "scope = \"warn\"\n")
         async with daemon.client() as client:
             run = await client.call("run.submit", spec_path=str(spec), repo=str(repo))
             await wait_run_event(daemon.socket, run["id"], timeout_s=120)

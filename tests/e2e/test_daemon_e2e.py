@@ -7,16 +7,14 @@ import signal
 import socket
 import subprocess
 from pathlib import Path
-from typing import Any
 
 import anyio
 import pytest
 
 from tests.conftest import (
     DaemonFactory,
-    DaemonProcess,
-    RpcClient,
     RpcError,
+    all_events,
     wait_run_event,
     write_spec,
 )
@@ -27,17 +25,6 @@ FEATURES = [
     ("Reports", "backend", ["Storage"], ["app/reports.py"]),
     ("Web", "frontend", ["Accounts", "Reports"], ["web/index.html"]),
 ]
-
-
-async def all_events(client: RpcClient, run_id: str) -> list[dict[str, Any]]:
-    events: list[dict[str, Any]] = []
-    since = 0
-    while True:
-        page = await client.call("events.list", run_id=run_id, since=since, limit=1000)
-        events += page
-        if len(page) < 1000:
-            return events
-        since = page[-1]["id"]
 
 
 def git(repo: Path, *args: str) -> str:
@@ -236,13 +223,14 @@ async def test_sighup_reloads_the_configuration(
 ) -> None:
     config = tmp_path / "config.toml"
     config.write_text("[daemon]\nworkers = 2\ngrace_period_s = 30\n")
-    daemon = await daemon_factory.start("--config", str(config))
+    # A reload has no RPC event of its own: its log lines are the signal.
+    daemon = await daemon_factory.start("--config", str(config), follow_stderr=True)
     async with daemon.client() as client:
         assert (await client.call("daemon.ping"))["workers"] == 2
         # workers applies at once; the grace period is taken at start-up (RESTART_REQUIRED)
         config.write_text("[daemon]\nworkers = 5\ngrace_period_s = 45\n")
         daemon.proc.send_signal(signal.SIGHUP)
-        reloaded = await _log_line(daemon, "config.reloaded")
+        [reloaded] = await daemon.logged("config.reloaded")
         assert "daemon.workers" in reloaded["applied"]
         assert reloaded["needs_restart"] == ["daemon.grace_period_s"]
         assert (await client.call("daemon.ping"))["workers"] == 5
@@ -250,27 +238,15 @@ async def test_sighup_reloads_the_configuration(
         # A broken file is refused: logged, the daemon goes on with the old values.
         config.write_text("[daemon]\nwrkers = 3\n")
         daemon.proc.send_signal(signal.SIGHUP)
-        failed = await _log_line(daemon, "config.reload_failed")
+        [failed] = await daemon.logged("config.reload_failed")
         assert "daemon.wrkers" in failed["error"]
         assert failed["hint"] == "the old configuration stays"
         assert daemon.proc.poll() is None
         assert (await client.call("daemon.ping"))["workers"] == 5
-        assert len(_log_lines(daemon, "config.reloaded")) == 1
+        assert len(daemon.log("config.reloaded")) == 1
     assert await daemon.stop() == 0
 
 
-def _log_lines(daemon: DaemonProcess, event: str) -> list[dict[str, Any]]:
-    lines = [json.loads(line) for line in daemon.stderr().splitlines() if line.startswith("{")]
-    return [line for line in lines if line.get("event") == event]
-
-
-async def _log_line(daemon: DaemonProcess, event: str, timeout_s: float = 20.0) -> dict[str, Any]:
-    """The first JSON log line of ``event`` the daemon writes (polling its stderr file: a
-    reload has no RPC event of its own)."""
-    with anyio.fail_after(timeout_s):
-        while not (found := _log_lines(daemon, event)):  # noqa: ASYNC110 - a file, no event
-            await anyio.sleep(0.05)
-    return found[0]
 
 
 async def test_bad_settings_exit_1_with_a_clear_message_not_a_traceback(

@@ -3,14 +3,10 @@ of a batch, and the retention pass (prune + vacuum) on its configured schedule."
 
 from __future__ import annotations
 
-import json
 import sqlite3
 from pathlib import Path
-from typing import Any
 
-import anyio
-
-from tests.conftest import DaemonFactory, DaemonProcess, wait_run_event
+from tests.conftest import DaemonFactory, wait_run_event
 
 SPEC = """# Ops
 
@@ -27,32 +23,6 @@ Keep records in `app/store.py`.
 Domain: backend
 Render reports in `app/reports.py`.
 """
-
-
-def log_lines(daemon: DaemonProcess) -> list[dict[str, Any]]:
-    """The daemon's JSON log lines (stderr), parsed; other lines are skipped."""
-    lines = []
-    for line in daemon.stderr().splitlines():
-        try:
-            entry = json.loads(line)
-        except ValueError:
-            continue
-        if isinstance(entry, dict):
-            lines.append(entry)
-    return lines
-
-
-async def wait_log(daemon: DaemonProcess, event: str, count: int = 1,
-                   timeout_s: float = 30.0) -> list[dict[str, Any]]:
-    """Wait until the daemon has logged ``event`` at least ``count`` times (polls its stderr
-    file: the log is the only signal of a background pass)."""
-    with anyio.fail_after(timeout_s):
-        while True:
-            found = [e for e in log_lines(daemon) if e.get("event") == event]
-            if len(found) >= count:
-                return found
-            assert daemon.proc.poll() is None, daemon.stderr()[-3000:]
-            await anyio.sleep(0.05)
 
 
 async def test_batch_timeout_fails_the_batch_with_a_clear_reason(
@@ -89,7 +59,7 @@ async def test_every_log_line_of_a_batch_carries_run_batch_and_task_ids(
     assert await daemon.stop() == 0
     assert info["state"] == "succeeded"
     tasks_of = {b["id"]: b["task_ids"] for b in info["batches"]}
-    lines = [e for e in log_lines(daemon) if "batch_id" in e]
+    lines = [e for e in daemon.log() if "batch_id" in e]
     assert {e["batch_id"] for e in lines if e.get("event") == "batch.started"} == set(tasks_of)
     for entry in lines:
         assert entry.get("run_id") == run["id"], entry
@@ -112,7 +82,7 @@ async def test_retention_pass_prunes_old_events_of_finished_runs_only(
         active = (await client.call("run.submit", spec_text=SPEC))["id"]
         await wait_run_event(daemon.socket, active, ("batch.dispatched",), timeout_s=30)
     assert await daemon.stop() == 0
-    assert not [e for e in log_lines(daemon) if e.get("event") == "retention.done"]
+    assert not daemon.log("retention.done")
 
     # Everything stored so far is a year old (direct SQL: the daemon is stopped).
     db = daemon.home / "buildrunner.db"
@@ -124,9 +94,10 @@ async def test_retention_pass_prunes_old_events_of_finished_runs_only(
     eager = tmp_path / "eager.toml"
     eager.write_text("[daemon]\ngrace_period_s = 0.2\n[retention]\nevents_days = 30\n"
                      "first_pass_delay_s = 0.1\nvacuum_interval_hours = 0.0003\n")
-    daemon = await daemon_factory.start("--config", str(eager), env=env)
-    # The first pass, then one more on the interval (about a second later).
-    done = await wait_log(daemon, "retention.done", count=2)
+    daemon = await daemon_factory.start("--config", str(eager), env=env, follow_stderr=True)
+    # The first pass, then one more on the interval (about a second later): the log is the
+    # only signal of a background pass.
+    done = await daemon.logged("retention.done", count=2)
     async with daemon.client() as client:
         gone = await client.call("events.list", run_id=finished)
         kept = await client.call("events.list", run_id=active)

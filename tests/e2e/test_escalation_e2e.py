@@ -80,12 +80,7 @@ async def test_failed_verification_escalates_to_next_model_then_merges(
     git(repo, "commit", "-qm", "init")
 
     with FakeAnthropic(lazy_then_diligent) as fake:
-        env = daemon_factory.base_env(ANTHROPIC_API_KEY=API_KEY,
-                                      ANTHROPIC_BASE_URL=fake.base_url)
-        config = tmp_path / "config.toml"
-        config.write_text(CONFIG)
-        daemon = await daemon_factory.start("--backend", "anthropic", "--config", str(config),
-                                            env=env)
+        daemon = await daemon_factory.start_on_api(fake.base_url, API_KEY, config=CONFIG)
         async with daemon.client() as client:
             run = await client.call("run.submit", spec_path=str(spec), repo=str(repo),
                                     workers=1)
@@ -96,7 +91,7 @@ async def test_failed_verification_escalates_to_next_model_then_merges(
                                           timeout_s=10)
         brctl = await anyio.run_process(
             [sys.executable, "-m", "brctl", "--socket", str(daemon.socket), "--json", "costs",
-             "--run", run["id"], "--by", "model"], env=env, check=False)
+             "--run", run["id"], "--by", "model"], env=daemon.env, check=False)
         assert await daemon.stop() == 0
 
     assert info["state"] == "succeeded", (info, daemon.stderr()[-3000:])

@@ -123,12 +123,8 @@ async def test_an_invalid_planner_answer_falls_back_to_the_heuristic_plan(
         return builder(req)
 
     with FakeAnthropic(responder) as fake:
-        env = daemon_factory.base_env(ANTHROPIC_API_KEY=API_KEY,
-                                      ANTHROPIC_BASE_URL=fake.base_url)
-        config = tmp_path / "config.toml"
-        config.write_text('[planner]\nplanner = "claude"\n')
-        daemon = await daemon_factory.start("--backend", "anthropic", "--config", str(config),
-                                            env=env)
+        daemon = await daemon_factory.start_on_api(
+            fake.base_url, API_KEY, config='[planner]\nplanner = "claude"\n')
         async with daemon.client() as client:
             preview = await client.call("spec.plan", spec_path=str(spec))
             run = await client.call("run.submit", spec_path=str(spec), repo=str(repo))

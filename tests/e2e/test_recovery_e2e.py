@@ -10,8 +10,7 @@ from pathlib import Path
 
 import anyio
 
-from tests.conftest import DaemonFactory, wait_run_event, write_spec
-from tests.e2e.test_daemon_e2e import all_events
+from tests.conftest import DaemonFactory, all_events, wait_run_event, write_spec
 
 # Eight features in a diamond-ish DAG; the heuristic planner turns each into a few tasks.
 FEATURES = [

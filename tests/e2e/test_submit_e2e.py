@@ -62,9 +62,7 @@ async def test_a_dirty_repository_is_refused_before_any_api_call(
     repo, spec = make_repo(tmp_path)
     (repo / "PROJECT_SPEC.md").write_text(spec.read_text() + "\nedited\n")
     with FakeAnthropic(claude_tasks) as fake:
-        env = daemon_factory.base_env(ANTHROPIC_API_KEY=API_KEY,
-                                      ANTHROPIC_BASE_URL=fake.base_url)
-        daemon = await daemon_factory.start("--backend", "anthropic", env=env)
+        daemon = await daemon_factory.start_on_api(fake.base_url, API_KEY)
         async with daemon.client() as client:
             with pytest.raises(RpcError) as refused:
                 await client.call("run.submit", spec_path=str(spec))
@@ -90,9 +88,7 @@ async def test_submit_replies_while_claude_plans_in_the_daemon(
         return builder(req)
 
     with FakeAnthropic(responder) as fake:
-        env = daemon_factory.base_env(ANTHROPIC_API_KEY=API_KEY,
-                                      ANTHROPIC_BASE_URL=fake.base_url)
-        daemon = await daemon_factory.start("--backend", "anthropic", env=env)
+        daemon = await daemon_factory.start_on_api(fake.base_url, API_KEY)
         try:
             async with daemon.client() as client:
                 run = await client.call("run.submit", spec_path=str(spec))
@@ -168,9 +164,7 @@ async def test_a_planner_fallback_says_why(
         return builder(req)
 
     with FakeAnthropic(responder) as fake:
-        env = daemon_factory.base_env(ANTHROPIC_API_KEY=API_KEY,
-                                      ANTHROPIC_BASE_URL=fake.base_url)
-        daemon = await daemon_factory.start("--backend", "anthropic", env=env)
+        daemon = await daemon_factory.start_on_api(fake.base_url, API_KEY)
         async with daemon.client() as client:
             run = await client.call("run.submit", spec_path=str(spec))
             await wait_run_event(daemon.socket, run["id"], ("run.planned",), timeout_s=60)
@@ -194,9 +188,7 @@ async def test_a_run_killed_while_planning_is_planned_again_at_the_next_start(
         return claude_tasks(req)
 
     with FakeAnthropic(responder) as fake:
-        env = daemon_factory.base_env(ANTHROPIC_API_KEY=API_KEY,
-                                      ANTHROPIC_BASE_URL=fake.base_url)
-        first = await daemon_factory.start("--backend", "anthropic", env=env)
+        first = await daemon_factory.start_on_api(fake.base_url, API_KEY)
         try:
             async with first.client() as client:
                 run = await client.call("run.submit", spec_path=str(spec))

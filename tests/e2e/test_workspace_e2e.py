@@ -17,7 +17,13 @@ from typing import Any
 
 import anyio
 
-from tests.conftest import DaemonFactory, DaemonProcess, RpcClient, RpcError, wait_run_event
+from tests.conftest import (
+    DaemonFactory,
+    DaemonProcess,
+    RpcError,
+    all_events,
+    wait_run_event,
+)
 
 # Assembled at run time so this file holds no credential-shaped string.
 AWS_KEY = "AKIA" + "Z7Q4XK2M9PLW3JHV"
@@ -80,17 +86,6 @@ async def start_daemon(factory: DaemonFactory, tmp_path: Path, *, sim_ms_per_min
         "--config", str(config),
         env=factory.base_env(BUILDRUNNER_SIM_MS_PER_MINUTE=str(sim_ms_per_minute), **env),
     )
-
-
-async def all_events(client: RpcClient, run_id: str) -> list[dict[str, Any]]:
-    events: list[dict[str, Any]] = []
-    since = 0
-    while True:
-        page = await client.call("events.list", run_id=run_id, since=since, limit=1000)
-        events += page
-        if len(page) < 1000:
-            return events
-        since = page[-1]["id"]
 
 
 async def run_to_end(daemon: DaemonProcess, **params: Any) -> tuple[dict[str, Any],

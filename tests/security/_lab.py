@@ -25,7 +25,6 @@ import json
 import os
 import pwd
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -40,13 +39,13 @@ import anyio
 import pytest
 
 from tests.conftest import write_spec
+from tests.daemons import Daemon, Daemons
 from tests.fakeapi import FakeAnthropic, FakeRequest, Reply, text, tool_use
 
 __all__ = ["FEATURES", "TEST_USER", "Account", "Feature", "Lab", "account", "bash", "edit",
            "lab_factory", "prerequisite", "survivors", "tool_results"]
 
 TEST_USER = "buildrunner-test"  # created by .ci/run
-READY_TIMEOUT_S = 30.0
 RUN_TIMEOUT_S = 90.0
 MAX_DAEMON_RSS_KIB = 400 * 1024  # generous: a daemon at rest is well under 100 MiB
 Feature = tuple[str, str, list[str], list[str]]  # write_spec's (name, domain, deps, files)
@@ -205,7 +204,8 @@ class Lab:
         self.tcp_port: int = self.tcp.getsockname()[1]
         self.path_env = path_env or os.environ.get("PATH", "/usr/bin:/bin")
         self.fake: FakeAnthropic | None = None
-        self.proc: subprocess.Popen[bytes] | None = None
+        self.daemons = Daemons(self.base, home=self.state, socket=self.socket)
+        self.daemon: Daemon | None = None
         self.before: dict[str, Any] = {}
 
     # --- layout ---------------------------------------------------------------------------
@@ -289,38 +289,18 @@ class Lab:
 
     # --- the daemon -----------------------------------------------------------------------
     async def start(self, responder: Callable[[FakeRequest], Reply]) -> None:
-        """Start the fake API and the daemon (as the lab's user); return once it is ready."""
+        """Start the fake API and the daemon (as the lab's user); return once it sent
+        READY=1."""
         self.fake = FakeAnthropic(responder, api_key=self.key).start()
         self.before = self.outside_state()
-        notify_path = self.base / "notify.sock"
-        notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-        notify.bind(str(notify_path))
-        os.chown(notify_path, self.user.uid, self.user.gid)
-        notify.setblocking(False)
-        try:
-            self.proc = self._spawn(notify_path)
-            with anyio.fail_after(READY_TIMEOUT_S):
-                while True:
-                    await anyio.wait_readable(notify)
-                    if "READY=1" in notify.recv(4096).decode().splitlines():
-                        break
-        except TimeoutError:
-            raise AssertionError(f"daemon not ready:\n{self.stderr()[-3000:]}") from None
-        finally:
-            notify.close()
-
-    def _spawn(self, notify_path: Path) -> subprocess.Popen[bytes]:
-        with self.stderr_path.open("wb") as err:
-            return subprocess.Popen(
-                [sys.executable, "-m", "buildrunnerd", "--backend", "anthropic",
-                 "--config", str(self.config_path)],
-                env=self.env(NOTIFY_SOCKET=str(notify_path)), stdin=subprocess.DEVNULL,
-                stdout=subprocess.DEVNULL, stderr=err, cwd=self.base, **self.user.popen())
+        self.daemon = await self.daemons.start(
+            "--config", str(self.config_path), backend="anthropic", env=self.env(),
+            cwd=self.base, user=(self.user.uid, self.user.gid), stderr=self.stderr_path)
 
     @property
     def pid(self) -> int:
-        assert self.proc is not None
-        return self.proc.pid
+        assert self.daemon is not None
+        return self.daemon.pid
 
     def stderr(self) -> str:
         return self.stderr_path.read_text(encoding="utf-8", errors="replace")
@@ -369,18 +349,12 @@ class Lab:
         raise AssertionError("no VmRSS")
 
     async def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                await anyio.to_thread.run_sync(self.proc.wait, 30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(10)
+        """SIGTERM, and the daemon's exit (a daemon that does not stop fails the test)."""
+        if self.daemon is not None and self.daemon.proc.poll() is None:
+            await self.daemon.stop()
 
     def close(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait(10)
+        self.daemons.close()
         if self.fake is not None:
             self.fake.stop()
         self.bus.close()

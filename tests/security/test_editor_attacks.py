@@ -402,13 +402,10 @@ async def test_hostile_model_through_the_daemon(daemon_factory: DaemonFactory,
     head_before = git("rev-parse", "HEAD")
     outside_before = snapshot(ssh.parent)
     with FakeAnthropic(_hostile(ssh / "id_rsa")) as fake:
-        env = daemon_factory.base_env(ANTHROPIC_API_KEY=API_KEY,
-                                      ANTHROPIC_BASE_URL=fake.base_url)
-        config = tmp_path / "config.toml"
-        config.write_text("[planner]\nplanner = \"heuristic\"\n[agent]\nbackoff_base_s = 0.01\n"
-                          "backoff_max_s = 0.05\n")
-        daemon = await daemon_factory.start("--backend", "anthropic", "--config", str(config),
-                                            env=env)
+        daemon = await daemon_factory.start_on_api(
+            fake.base_url, API_KEY,
+            config="[planner]\nplanner = \"heuristic\"\n[agent]\nbackoff_base_s = 0.01\n"
+                   "backoff_max_s = 0.05\n")
         async with daemon.client() as client:
             run = await client.call("run.submit", spec_path=str(spec), repo=str(repo))
             await wait_run_event(daemon.socket, run["id"], timeout_s=90)

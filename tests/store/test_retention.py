@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import sqlite3
 import subprocess
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -36,10 +35,9 @@ class Env:
     """One home and socket; the daemon started on them (and again after a stop) by the
     harness, driven with brctl."""
 
-    def __init__(self, tmp_path: Path) -> None:
-        self.socket = tmp_path / "d.sock"
-        self.daemons = Daemons(tmp_path, socket=self.socket)
-        self.home = self.daemons.home
+    def __init__(self, daemons: Daemons) -> None:
+        self.daemons = daemons
+        self.home = daemons.home
         self.env = self.daemons.base_env(
             BUILDRUNNER_SIM_MS_PER_MINUTE="0",
             BUILDRUNNER_CONFIG=str(ROOT / "config" / "buildrunner.toml"),
@@ -69,12 +67,8 @@ class Env:
 
 
 @pytest.fixture
-def env(tmp_path: Path) -> Iterator[Env]:
-    setup = Env(tmp_path)
-    try:
-        yield setup
-    finally:
-        setup.daemons.close()
+def env(daemon_factory: Daemons) -> Env:
+    return Env(daemon_factory)
 
 
 def _git(repo: Path, *args: str, env: dict[str, str]) -> None:
