@@ -13,7 +13,7 @@ import pytest
 
 from tests.daemons import Daemon as DaemonProcess
 from tests.daemons import Daemons as DaemonFactory
-from tests.daemons import RpcClient, RpcError, all_events, wait_run_event
+from tests.rpc_clients import RpcClient, RpcError, all_events, wait_run_event
 
 __all__ = ["DaemonFactory", "DaemonProcess", "RpcClient", "RpcError", "all_events",
            "daemon_factory", "project_env_root", "wait_run_event", "write_spec"]

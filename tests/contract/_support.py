@@ -15,7 +15,8 @@ from typing import Any
 
 from tests import daemons
 from tests.daemons import BRCTL as BRCTL_PATH
-from tests.daemons import CONSOLE_SCRIPT, Daemon, RpcConnection, rpc
+from tests.daemons import CONSOLE_SCRIPT, Daemon
+from tests.rpc_clients import CALL_TIMEOUT_S, TERMINAL_EVENTS, RpcConnection, rpc
 
 __all__ = [
     "BRCTL", "BUILDRUNNERD", "CALL_TIMEOUT_S", "CLI_TIMEOUT_S", "COMPLEXITIES",
@@ -31,7 +32,6 @@ BUILDRUNNERD = Path(CONSOLE_SCRIPT[0])
 BRCTL = Path(BRCTL_PATH)
 RawConnection = RpcConnection  # the name these tests use for a blocking connection
 
-CALL_TIMEOUT_S = daemons.CALL_TIMEOUT_S
 RUN_TIMEOUT_S = 45.0
 CLI_TIMEOUT_S = daemons.CLI_TIMEOUT_S
 
@@ -142,7 +142,7 @@ def wait_run(daemon: Daemon, run_id: str, states: set[str] = FINISHED_RUN_STATES
     ``run.get``: a retried run's earlier end does not count); its RunInfo, whose state must be
     one of ``states``."""
     for event in daemon.events(run_id, timeout_s=timeout_s):
-        if event["type"] in daemons.TERMINAL_EVENTS:
+        if event["type"] in TERMINAL_EVENTS:
             info: dict[str, Any] = daemon.rpc("run.get", run_id=run_id)
             if info["state"] in FINISHED_RUN_STATES:
                 assert info["state"] in states, (run_id, info["state"], states)

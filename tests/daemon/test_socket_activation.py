@@ -19,7 +19,8 @@ import anyio
 import pytest
 
 from brctl._service import render_socket_unit, render_unit
-from tests.daemons import PYTHON_M, Daemons, wait_run_event
+from tests.daemons import PYTHON_M, Daemons
+from tests.rpc_clients import wait_run_event
 
 ROOT = Path(__file__).resolve().parents[2]
 SPEC = """# Activated
