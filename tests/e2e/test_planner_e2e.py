@@ -72,11 +72,8 @@ async def test_claude_plans_the_run_and_its_calls_are_the_runs_costs(
         return builder(req)
 
     with FakeAnthropic(responder) as fake:
-        env = daemon_factory.base_env(ANTHROPIC_API_KEY=API_KEY,
-                                      ANTHROPIC_BASE_URL=fake.base_url)
         # planner = "auto" (the default): Claude, because the backend is anthropic.
-        daemon = await daemon_factory.start("--backend", "anthropic", "--socket", str(sock),
-                                            env=env)
+        daemon = await daemon_factory.start_on_api(fake.base_url, API_KEY, "--socket", str(sock))
         async with daemon.client() as client:
             preview = await client.call("spec.plan", spec_path=str(spec))
             assert not [r for r in fake.requests if is_planner(r)]  # spec.plan: heuristic
