@@ -37,7 +37,7 @@ from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from functools import partial
 from pathlib import Path
 from signal import SIGTERM
-from typing import IO, Any
+from typing import IO, Any, TypedDict, Unpack
 
 import anyio
 import anyio.to_thread
@@ -53,7 +53,7 @@ from tests.rpc_clients import (
 
 __all__ = [
     "BRCTL", "CLI_TIMEOUT_S", "CONSOLE_SCRIPT", "PYTHON_M", "READY_TIMEOUT_S", "STOP_TIMEOUT_S",
-    "Daemon", "Daemons", "clean_env",
+    "Daemon", "Daemons", "SpawnOptions", "clean_env",
 ]
 
 READY_TIMEOUT_S = 30.0
@@ -198,7 +198,7 @@ class Daemon:
     #: ``NOTIFY_SOCKET``): start a brctl or a second daemon with it.
     def __init__(self, proc: subprocess.Popen[bytes], *, socket: Path, home: Path,
                  env: dict[str, str], argv: list[str], stderr_path: Path | None,
-                 notify: _NotifyInbox | None) -> None:
+                 notify: _NotifyInbox) -> None:
         # stderr goes to ``stderr_path`` (exact whenever it is read), or, without one, to a
         # pipe followed line by line (``follow_stderr``).
         self.proc = proc
@@ -268,8 +268,6 @@ class Daemon:
     @property
     def notifications(self) -> list[str]:
         """Every ``$NOTIFY_SOCKET`` line the daemon sent so far (``READY=1``, ``STATUS=...``)."""
-        if self._notify is None:
-            raise AssertionError("this daemon was started without a notify socket")
         self._notify.drain()
         return self._notify.lines
 
@@ -279,8 +277,6 @@ class Daemon:
         ``start`` or later of :attr:`notifications`); that line's index. Fails at once when
         the daemon exits without sending it, and at ``timeout_s``."""
         inbox = self._notify
-        if inbox is None:
-            raise AssertionError("this daemon was started without a notify socket")
         deadline = time.monotonic() + timeout_s
         pidfd = _pidfd(self.proc)
         try:
@@ -407,10 +403,24 @@ class Daemon:
         if self.proc.poll() is None:
             self.proc.kill()
         self.proc.wait(timeout=STOP_TIMEOUT_S)
-        if self._notify is not None:
-            self._notify.close()
+        self._notify.close()
         if self._follower is not None:
             self._follower.close()
+
+
+class SpawnOptions(TypedDict, total=False):
+    """The keyword arguments of :meth:`Daemons.spawn` (also taken by ``start``)."""
+
+    env: dict[str, str] | None
+    command: Sequence[str]
+    backend: str | None
+    cwd: Path | None
+    user: tuple[int, int] | None
+    socket: Path | None
+    home: Path | None
+    stderr: Path | None
+    follow_stderr: bool
+    name: str | None
 
 
 # --- starting daemons --------------------------------------------------------------------------
@@ -446,7 +456,7 @@ class Daemons:
     def spawn(self, *args: str, env: dict[str, str] | None = None,
               command: Sequence[str] = PYTHON_M, backend: str | None = "simulated",
               cwd: Path | None = None, user: tuple[int, int] | None = None,
-              socket: Path | None = None, home: Path | None = None, notify: bool = True,
+              socket: Path | None = None, home: Path | None = None,
               stderr: Path | None = None, follow_stderr: bool = False,
               name: str | None = None) -> Daemon:
         """Start ``command [--backend backend] args`` without waiting for it.
@@ -462,10 +472,8 @@ class Daemons:
         env = {k: v for k, v in (self.base_env() if env is None else env).items()
                if k != "NOTIFY_SOCKET"}
         daemon_env = dict(env)
-        inbox: _NotifyInbox | None = None
-        if notify:
-            inbox = _NotifyInbox(self.tmp_path / f"{name}.notify", user)
-            daemon_env["NOTIFY_SOCKET"] = str(inbox.path)
+        inbox = _NotifyInbox(self.tmp_path / f"{name}.notify", user)
+        daemon_env["NOTIFY_SOCKET"] = str(inbox.path)
         argv = [*command, *(["--backend", backend] if backend else []), *args]
         stderr_path = None if follow_stderr else stderr or self.tmp_path / f"{name}.stderr"
         extra: dict[str, Any] = ({} if user is None or user[0] == os.geteuid()
@@ -478,8 +486,7 @@ class Daemons:
                                         stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                                         stderr=err, **extra)
         except BaseException:
-            if inbox is not None:
-                inbox.close()
+            inbox.close()
             raise
         daemon = Daemon(proc, socket=socket or self.socket, home=home or self.home, env=env,
                         argv=argv, stderr_path=stderr_path, notify=inbox)
@@ -487,7 +494,7 @@ class Daemons:
         return daemon
 
     def start_sync(self, *args: str, timeout_s: float = READY_TIMEOUT_S,
-                   **options: Any) -> Daemon:
+                   **options: Unpack[SpawnOptions]) -> Daemon:
         """:meth:`spawn`, then block until the daemon sent ``READY=1``."""
         daemon = self.spawn(*args, **options)
         try:
@@ -498,7 +505,7 @@ class Daemons:
         return daemon
 
     async def start(self, *args: str, timeout_s: float = READY_TIMEOUT_S,
-                    **options: Any) -> Daemon:
+                    **options: Unpack[SpawnOptions]) -> Daemon:
         """:meth:`spawn`, then wait until the daemon sent ``READY=1``."""
         daemon = self.spawn(*args, **options)
         try:
