@@ -14,37 +14,36 @@ from tests.contract._support import Daemon, clean_env, make_repo, start_daemon
 CONFIG_WORKERS = 3
 
 
-@pytest.fixture(scope="module")
-def daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Daemon]:
-    """A real ``buildrunnerd`` (no API key: simulated backend), state and socket in tmp."""
-    workdir = tmp_path_factory.mktemp("brd")
-    config = workdir / "config.toml"
-    config.write_text(f"[daemon]\nworkers = {CONFIG_WORKERS}\n", encoding="utf-8")
-    socket_path = workdir / "rt" / "brd.sock"  # its folder is left for the daemon to create
-    env = clean_env(BUILDRUNNER_HOME=str(workdir / "state"), BUILDRUNNER_SOCKET=str(socket_path),
-                    BUILDRUNNER_CONFIG=str(config))
-    started = start_daemon(workdir, env=env, socket_path=socket_path)
+def _module_daemon(workdir: Path, config: str, **env: str) -> Iterator[Daemon]:
+    """A real ``buildrunnerd`` for one test module: ``config`` given through
+    BUILDRUNNER_CONFIG, state and socket under ``workdir`` (the socket's folder is left for the
+    daemon to create)."""
+    config_path = workdir / "config.toml"
+    config_path.write_text(config, encoding="utf-8")
+    socket_path = workdir / "rt" / "brd.sock"
+    started = start_daemon(workdir, env=clean_env(
+        BUILDRUNNER_HOME=str(workdir / "state"), BUILDRUNNER_SOCKET=str(socket_path),
+        BUILDRUNNER_CONFIG=str(config_path), **env), socket_path=socket_path)
     try:
         yield started
     finally:
         started.stop_sync()
+
+
+@pytest.fixture(scope="module")
+def daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Daemon]:
+    """A real ``buildrunnerd`` (no API key: simulated backend), state and socket in tmp."""
+    yield from _module_daemon(tmp_path_factory.mktemp("brd"),
+                              f"[daemon]\nworkers = {CONFIG_WORKERS}\n")
 
 
 @pytest.fixture(scope="module")
 def slow_daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Daemon]:
     """A daemon whose simulated batches take ~a day (BUILDRUNNER_SIM_MS_PER_MINUTE), so runs
     stay in flight for as long as a test needs (pause, resume, cancel, shutdown)."""
-    workdir = tmp_path_factory.mktemp("slow")
-    config = workdir / "config.toml"
-    config.write_text("[daemon]\nworkers = 2\ngrace_period_s = 3.0\n", encoding="utf-8")
-    socket_path = workdir / "rt" / "brd.sock"
-    env = clean_env(BUILDRUNNER_HOME=str(workdir / "state"), BUILDRUNNER_SOCKET=str(socket_path),
-                    BUILDRUNNER_CONFIG=str(config), BUILDRUNNER_SIM_MS_PER_MINUTE="1000000")
-    started = start_daemon(workdir, env=env, socket_path=socket_path)
-    try:
-        yield started
-    finally:
-        started.stop_sync()
+    yield from _module_daemon(tmp_path_factory.mktemp("slow"),
+                              "[daemon]\nworkers = 2\ngrace_period_s = 3.0\n",
+                              BUILDRUNNER_SIM_MS_PER_MINUTE="1000000")
 
 
 @pytest.fixture(scope="module")
