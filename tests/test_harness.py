@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import signal
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -33,53 +32,46 @@ LOGS_THEN_READY = SEND + (
     "send('STOPPING=1')\n")
 
 
-@pytest.fixture
-def daemons(tmp_path: Path) -> Iterator[Daemons]:
-    factory = Daemons(tmp_path)
-    try:
-        yield factory
-    finally:
-        factory.close()
-
-
 def _python(code: str) -> tuple[str, ...]:
     return (sys.executable, "-c", code)
 
 
 def test_a_daemon_that_exits_before_ready_fails_at_once_with_its_stderr(
-    daemons: Daemons, tmp_path: Path
+    daemon_factory: Daemons, tmp_path: Path
 ) -> None:
     bad = tmp_path / "bad.toml"
     bad.write_text("[daemon]\nworkerz = 2\n")
     with pytest.raises(AssertionError) as failure:
-        daemons.start_sync("--config", str(bad))
+        daemon_factory.start_sync("--config", str(bad))
     message = str(failure.value)
     # The exit was seen (not the deadline), and the daemon's own error is shown.
     assert "exited (1) before it sent 'READY=1'" in message
     assert "daemon.workerz" in message
 
 
-def test_no_ready_in_time_fails_and_the_process_is_killed(daemons: Daemons) -> None:
+def test_no_ready_in_time_fails_and_the_process_is_killed(daemon_factory: Daemons) -> None:
     with pytest.raises(AssertionError, match="sent no 'READY=1' in 0.5s"):
-        daemons.start_sync(command=_python("import time; time.sleep(120)"), backend=None,
+        daemon_factory.start_sync(command=_python("import time; time.sleep(120)"), backend=None,
                            timeout_s=0.5)
-    assert daemons.started[0].proc.poll() is not None
+    assert daemon_factory.started[0].proc.poll() is not None
 
 
-def test_ready_from_another_pid_is_not_this_daemons(daemons: Daemons) -> None:
+def test_ready_from_another_pid_is_not_this_daemons(daemon_factory: Daemons) -> None:
     with pytest.raises(AssertionError, match="MAINPID"):
-        daemons.start_sync(command=_python(READY_FOR_ANOTHER_PID), backend=None)
+        daemon_factory.start_sync(command=_python(READY_FOR_ANOTHER_PID), backend=None)
 
 
-def test_a_daemon_that_ignores_sigterm_fails_the_stop_and_is_killed(daemons: Daemons) -> None:
-    daemon = daemons.start_sync(command=_python(READY_THEN_IGNORE_SIGTERM), backend=None)
+def test_a_daemon_that_ignores_sigterm_fails_the_stop_and_is_killed(
+    daemon_factory: Daemons,
+) -> None:
+    daemon = daemon_factory.start_sync(command=_python(READY_THEN_IGNORE_SIGTERM), backend=None)
     with pytest.raises(AssertionError, match="still running after 0.5s"):
         daemon.stop_sync(timeout_s=0.5)
     assert daemon.proc.returncode == -signal.SIGKILL
 
 
-def test_log_lines_and_notify_lines_are_waited_on(daemons: Daemons) -> None:
-    daemon = daemons.start_sync(command=_python(LOGS_THEN_READY), backend=None,
+def test_log_lines_and_notify_lines_are_waited_on(daemon_factory: Daemons) -> None:
+    daemon = daemon_factory.start_sync(command=_python(LOGS_THEN_READY), backend=None,
                                 follow_stderr=True)
     assert daemon.notifications[:2] == ["READY=1", f"MAINPID={daemon.pid}"]
     records = daemon.wait_log("a", count=2)

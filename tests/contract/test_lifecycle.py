@@ -98,6 +98,15 @@ def test_sigterm_with_work_in_flight_exits_0_and_the_run_continues(tmp_path: Pat
     assert succeeded and len(succeeded) == len(set(succeeded)), succeeded
 
 
+def _sigint_is_announced_and_exits_0(daemon: Daemon, after: int) -> None:
+    """SIGINT: the shutdown is announced (STOPPING=1 after notify line ``after``, then a
+    STATUS= line saying so) and the daemon exits 0."""
+    daemon.signal(signal.SIGINT)
+    stopping = daemon.wait_notify("STOPPING=1", start=after)
+    daemon.wait_notify("STATUS=stopping", start=stopping)
+    assert daemon.wait_sync(30) == 0, daemon.stderr()
+
+
 def test_sigint_exits_0_and_notifies_readiness(tmp_path: Path) -> None:
     """systemd ``Type=notify``: READY=1 on $NOTIFY_SOCKET; SIGINT sends STOPPING=1 and a
     STATUS= line, and stops it with exit 0."""
@@ -107,11 +116,7 @@ def test_sigint_exits_0_and_notifies_readiness(tmp_path: Path) -> None:
         assert f"MAINPID={daemon.proc.pid}" in daemon.notifications
         ready = daemon.notifications.index("READY=1")
         assert daemon.rpc("daemon.ping")["pid"] == daemon.proc.pid
-        daemon.signal(signal.SIGINT)
-        # the shutdown is announced: STOPPING=1, then a STATUS= line saying so
-        stopping = daemon.wait_notify("STOPPING=1", start=ready)
-        daemon.wait_notify("STATUS=stopping", start=stopping)
-        assert daemon.wait_sync(30) == 0, daemon.stderr()
+        _sigint_is_announced_and_exits_0(daemon, after=ready)
     finally:
         daemon.kill()
 
@@ -131,10 +136,7 @@ def test_notify_reports_run_counts_and_stopping(tmp_path: Path) -> None:
         assert wait_run(daemon, run_id)["state"] == "succeeded"
         # the run's end is counted too: back to no active run
         daemon.wait_notify("STATUS=0 active run(s)", start=started)
-        daemon.signal(signal.SIGINT)
-        stopping = daemon.wait_notify("STOPPING=1", start=started)
-        daemon.wait_notify("STATUS=stopping", start=stopping)
-        assert daemon.wait_sync(30) == 0, daemon.stderr()
+        _sigint_is_announced_and_exits_0(daemon, after=started)
     finally:
         daemon.kill()
     seen = daemon.notifications
