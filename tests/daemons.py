@@ -435,7 +435,7 @@ class Daemons:
 
     def __init__(self, root: Path, *, home: Path | None = None,
                  socket: Path | None = None) -> None:
-        self.tmp_path = root
+        self.root = root
         self.home = home or root / "home"
         if socket is None:
             self.socket_dir = Path(f"/tmp/brt-{os.getpid()}-{id(self):x}")
@@ -472,17 +472,17 @@ class Daemons:
         env = {k: v for k, v in (self.base_env() if env is None else env).items()
                if k != "NOTIFY_SOCKET"}
         daemon_env = dict(env)
-        inbox = _NotifyInbox(self.tmp_path / f"{name}.notify", user)
+        inbox = _NotifyInbox(self.root / f"{name}.notify", user)
         daemon_env["NOTIFY_SOCKET"] = str(inbox.path)
         argv = [*command, *(["--backend", backend] if backend else []), *args]
-        stderr_path = None if follow_stderr else stderr or self.tmp_path / f"{name}.stderr"
+        stderr_path = None if follow_stderr else stderr or self.root / f"{name}.stderr"
         extra: dict[str, Any] = ({} if user is None or user[0] == os.geteuid()
                                  else {"user": user[0], "group": user[1], "extra_groups": []})
         try:
             with contextlib.ExitStack() as files:
                 err = (subprocess.PIPE if stderr_path is None
                        else files.enter_context(stderr_path.open("wb")))
-                proc = subprocess.Popen(argv, env=daemon_env, cwd=cwd or self.tmp_path,
+                proc = subprocess.Popen(argv, env=daemon_env, cwd=cwd or self.root,
                                         stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                                         stderr=err, **extra)
         except BaseException:
@@ -522,7 +522,7 @@ class Daemons:
         API) with ``api_key``. ``config``, when given, is written to ``root/config.toml`` and
         passed with ``--config``; ``env`` adds variables to :meth:`base_env`."""
         if config is not None:
-            path = self.tmp_path / "config.toml"
+            path = self.root / "config.toml"
             path.write_text(config, encoding="utf-8")
             args = ("--config", str(path), *args)
         return await self.start(*args, backend=backend, env=self.base_env(
