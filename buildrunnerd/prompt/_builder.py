@@ -28,6 +28,7 @@ from buildrunnerd.prompt._counter import (
     TokenCounter,
     default_counter,
     piece_segments,
+    shared_line_cache,
 )
 from buildrunnerd.prompt._model import BatchPrompt
 from buildrunnerd.protocol import VerificationReport
@@ -220,6 +221,13 @@ class PromptBuilder:
     Holds what all of them share: the stable system part (counted once) and a cache of line
     counts, so a plan of thousands of batches tokenizes each distinct line once (a feature's
     description and criteria recur in several of its tasks).
+
+    The context (overview, "already built" summaries, files) is counted through the
+    process-wide :func:`~buildrunnerd.prompt.shared_line_cache` when the counter is our
+    tiktoken one: every batch of a run re-counts mostly the same context, and each distinct
+    line of it is tokenized once. Those counts are exact, so the prompts are the ones counting
+    every text whole gives (``cache_counts=False``, the reference the tests and the prompt
+    bench compare against).
     """
 
     _MAX_CACHED_LINES = 200_000
@@ -231,6 +239,7 @@ class PromptBuilder:
         test_command: str | None,
         budget_tokens: int = 4000,
         counter: TokenCounter | None = None,
+        cache_counts: bool = True,
     ) -> None:
         self.title = title
         self.test_command = test_command
@@ -238,6 +247,11 @@ class PromptBuilder:
         self.counter = counter or default_counter()
         self.system = system_prompt(test_command)
         self.system_tokens = self.counter.count(self.system)
+        # Any other counter counts as it likes: its own rules may not cut where cl100k does.
+        self._context_counter: TokenCounter = (
+            shared_line_cache()
+            if cache_counts and type(self.counter) is TiktokenCounter else self.counter
+        )
         self._line_tokens: dict[str, int] = {}
         self._overview_context: dict[str, tuple[str, int]] = {}
         # With our own tiktoken counter a new line is counted in segments (piece_segments: the
@@ -252,14 +266,17 @@ class PromptBuilder:
         segments = self._segment_tokens
         if segments is None:
             return self.counter.count(line)
+        # Through the shared cache (when on): the daemon builds each batch's prompt with a new
+        # builder, and the shared cache is what outlives it.
+        counter = self._context_counter
         parts = piece_segments(line)
         if len(parts) == 1:
-            return self.counter.count(line)
+            return counter.count(line)
         total = 0
         for part in parts:
             n = segments.get(part)
             if n is None:
-                n = self.counter.count(part)
+                n = counter.count(part)
                 if len(segments) < self._MAX_CACHED_LINES:
                     segments[part] = n
             total += n
@@ -308,16 +325,16 @@ class PromptBuilder:
             full = self._overview_context.get(overview)
             if full is None:
                 items = _context_items(self.title, overview, (), {}, ())
-                full = _fit_context(items, budget, self.counter)
+                full = _fit_context(items, budget, self._context_counter)
                 self._overview_context = {overview: full}
             if full[1] <= allowance and full[1] < budget:
                 context, context_tokens = full
             else:
                 items = _context_items(self.title, overview, (), {}, ())
-                context, context_tokens = _fit_context(items, allowance, self.counter)
+                context, context_tokens = _fit_context(items, allowance, self._context_counter)
         else:
             items = _context_items(self.title, overview, built, files or {}, tasks)
-            context, context_tokens = _fit_context(items, allowance, self.counter)
+            context, context_tokens = _fit_context(items, allowance, self._context_counter)
         user = f"{context}\n\n{tasks_text}" if context else tasks_text
         tokens = self.system_tokens + context_tokens + task_tokens + (2 if context else 0)
         return BatchPrompt(system=self.system, user=user, tokens=tokens,
