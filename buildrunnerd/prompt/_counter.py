@@ -174,6 +174,11 @@ def line_segments(text: str) -> list[str]:
     return segments
 
 
+# What a remembered line costs besides its characters: the str object's header, the int and
+# the dict's slot (CPython 3.11, 64-bit: ~49 + 28 + ~24, rounded up).
+_ENTRY_OVERHEAD_BYTES = 100
+
+
 class _Generations:
     """A bounded memo: two generations of a dict, the older dropped when the newer holds
     ``max_weight`` (so entries in use stay, and the whole holds at most twice that)."""
@@ -195,7 +200,8 @@ class _Generations:
         if n is None:
             n = self._old.get(key)
             if n is not None:
-                self.put(key, n, 1 if isinstance(key, bytes) else len(key))
+                weight = 1 if isinstance(key, bytes) else len(key) + _ENTRY_OVERHEAD_BYTES
+                self.put(key, n, weight)
         return n
 
     def put(self, key: str | bytes, n: int, weight: int) -> None:
@@ -223,15 +229,17 @@ class LineCountCache:
     digest of their content. The keys are the content, so a changed file is re-counted where
     it changed and a count is never stale.
 
-    Memory is bounded: ``max_line_chars`` characters of remembered lines and ``max_texts``
-    digests, each in two generations (the older dropped when the newer is full, so what is in
-    use stays). Safe to use from several threads (prompts are built in worker threads).
+    Memory is bounded: about ``max_line_bytes`` of remembered lines (their characters plus
+    ~100 bytes of dict and object overhead each) and ``max_texts`` digests, each in two
+    generations (the older dropped when the newer is full, so what is in use stays): by
+    default at most ~8 MB of lines and ~3 MB of digests. Safe to use from several threads
+    (prompts are built in worker threads).
     """
 
     def __init__(self, counter: TiktokenCounter | None = None, *,
-                 max_line_chars: int = 2_000_000, max_texts: int = 20_000) -> None:
+                 max_line_bytes: int = 4_000_000, max_texts: int = 10_000) -> None:
         self._counter = counter or TiktokenCounter()
-        self._lines = _Generations(max_line_chars)
+        self._lines = _Generations(max_line_bytes)
         self._texts = _Generations(max_texts)
 
     def __len__(self) -> int:
@@ -242,7 +250,7 @@ class LineCountCache:
         if n is None:
             n = self._counter.count(segment)
             if len(segment) <= self._lines.max_weight // 8:  # never one line for the lot
-                self._lines.put(segment, n, len(segment))
+                self._lines.put(segment, n, len(segment) + _ENTRY_OVERHEAD_BYTES)
         return n
 
     def count(self, text: str) -> int:

@@ -87,15 +87,15 @@ def test_a_changed_file_is_recounted_never_stale() -> None:
 
 
 def test_memory_is_bounded() -> None:
-    cache = LineCountCache(COUNTER, max_line_chars=10_000, max_texts=50)
+    cache = LineCountCache(COUNTER, max_line_bytes=20_000, max_texts=50)
     rng = random.Random(3)
     for i in range(3000):
         lines = [f"line {rng.random()} of text {i}" for _ in range(40)]
         text = "\n".join(lines)  # > 1 KB: remembered whole too
         assert cache.count(text) == COUNTER.count(text)
-    # Two generations of at most 10,000 characters of lines (>= 20 characters each) and of
-    # 50 texts.
-    assert len(cache) <= 2 * (10_000 // 20) + 2 * 50
+    # Two generations of at most 20,000 bytes of lines (>= 120 bytes each with their
+    # overhead) and of 50 texts.
+    assert len(cache) <= 2 * (20_000 // 120) + 2 * 50
 
 
 def _task(i: int) -> Task:
