@@ -177,34 +177,47 @@ def _assemble(items: Sequence[tuple[_Item, str]]) -> str:
     files = [text for item, text in items if item.kind == "file"]
     sections = list(overview)
     if built:
-        sections.append("# Already built (by earlier batches)\n" + "\n".join(built))
+        sections.append(_SECTION_HEADERS["built"] + "\n".join(built))
     if files:
-        sections.append("# Relevant files (current content)\n\n" + "\n\n".join(files))
+        sections.append(_SECTION_HEADERS["file"] + "\n\n".join(files))
     return "\n\n".join(sections)
+
+
+_SECTION_HEADERS = {
+    "built": "# Already built (by earlier batches)\n",
+    "file": "# Relevant files (current content)\n\n",
+}
 
 
 def _fit_context(items: list[_Item], allowance: int, counter: TokenCounter) -> tuple[str, int]:
     chosen: list[tuple[_Item, str]] = []
     remaining = allowance
+    headed: set[str] = set()
     for item in items:
         if remaining <= 0:
             break
+        # The first item of a section also pays for the section's header: left out, a file
+        # cut to fill what remains went over by the header and was dropped whole below.
+        header = _SECTION_HEADERS.get(item.kind) if item.kind not in headed else None
+        header_cost = counter.count(header) + 2 if header else 0
         text = item.render()
-        cost = counter.count(text) + 2  # +2: the separators between items
+        cost = counter.count(text) + 2 + header_cost  # +2: the separators between items
         if cost <= remaining:
             chosen.append((item, text))
             remaining -= cost
+            headed.add(item.kind)
             continue
         if not item.can_cut:
             continue
-        frame = counter.count(item.render("")) + counter.count(_TRUNCATED) + 4
+        frame = counter.count(item.render("")) + counter.count(_TRUNCATED) + 4 + header_cost
         room = remaining - frame
         if room < _MIN_USEFUL_TOKENS:
             continue
         cut = counter.truncate(item.body, room)
         text = item.render(cut + _TRUNCATED)
         chosen.append((item, text))
-        remaining -= counter.count(text) + 2
+        remaining -= counter.count(text) + 2 + header_cost
+        headed.add(item.kind)
     # Per-item counts are an estimate of the whole (tokens can merge across a boundary):
     # count the real text and drop the least valuable items until it really fits.
     while True:

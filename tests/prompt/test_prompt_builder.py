@@ -182,3 +182,24 @@ def test_every_batch_of_a_plan_shares_the_system_part_and_keeps_its_budget() -> 
         assert prompt.context_tokens + COUNTER.count(tasks_part) <= 600
         assert all(f"## {tid}:" in tasks_part for tid in batch.task_ids)
         assert prompt.tokens > COUNTER.count(prompt.system) + prompt.context_tokens
+
+
+def test_a_file_too_big_for_the_budget_is_cut_to_fit_not_dropped() -> None:
+    # The budget's section headers used to be left out of the per-item estimate: a file cut to
+    # fill what remained went over by the header and was dropped whole, leaving the prompt
+    # without the file the task edits.
+    from buildrunnerd.prompt import PromptBuilder
+
+    plan = _plan()
+    source = (Path(__file__).resolve().parents[2] / "buildrunnerd" / "prompt"
+              / "_builder.py").read_text(encoding="utf-8")
+    batch = plan.batches[1]
+    tasks = [t for t in plan.tasks if t.id in batch.task_ids]
+    for built in ([], ["B001: stored notes in `src/models/notes.py`"]):
+        prompt = PromptBuilder(plan.spec_title, test_command=None, budget_tokens=2000).build(
+            batch, tasks, overview="A note-taking app.", built=built,
+            files={"src/search.py": source})
+        assert "## `src/search.py`" in prompt.user
+        assert "[... truncated to fit the context budget]" in prompt.user
+        assert prompt.context_tokens <= 2000 and prompt.context_tokens > 1500
+        assert COUNTER.count(prompt.user) <= 2000
