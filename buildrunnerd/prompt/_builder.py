@@ -12,6 +12,12 @@ A batch prompt has two parts:
 gets what is left and is trimmed lowest value first (unrelated files, then older summaries of
 finished batches, then files the tasks name, the overview last). A batch whose tasks alone are
 over the budget is a :class:`PlanError` naming the batch.
+
+For the API's prompt cache the user part also comes in blocks (``BatchPrompt.user_blocks``):
+the run's shared context first (the overview, then each "already built" summary, oldest
+first, so a run's list only grows at its end), then the batch's own part (its files and
+tasks). A batch's shared blocks are an earlier batch's, plus the summaries of what finished
+since: the API reads that prefix from the cache instead of writing it again.
 """
 
 from __future__ import annotations
@@ -170,17 +176,37 @@ def _context_items(
     return items
 
 
-def _assemble(items: Sequence[tuple[_Item, str]]) -> str:
-    """Lay the chosen items out in reading order: overview, built, files."""
+def _assemble(items: Sequence[tuple[_Item, str]]) -> tuple[str, list[int]]:
+    """Lay the chosen items out in reading order: overview, built (oldest first), files.
+
+    Also returns where the run's shared context can be cut into prompt-cache blocks (offsets
+    into the text, each just after a line break): after the overview, then after each
+    "already built" line. Every batch of a run starts with the same overview, and the list of
+    summaries only grows at its end, so a later batch's blocks repeat an earlier one's."""
     overview = [text.rstrip() for item, text in items if item.kind == "overview"]
-    built = [text for item, text in items if item.kind == "built"]
+    # Chosen newest first (the newest matter most when the budget is short); read oldest
+    # first, so a run's list only ever grows at its end.
+    built = [text for item, text in reversed(items) if item.kind == "built"]
     files = [text for item, text in items if item.kind == "file"]
     sections = list(overview)
+    cuts: list[int] = []
+    pos = 0
+    if overview:
+        # The overview alone first: it stays the same block when the first summary comes.
+        pos = len(overview[0])
+        cuts.append(pos + 1)
+        if built:
+            pos += 2
     if built:
         sections.append(_SECTION_HEADERS["built"] + "\n".join(built))
+        pos += len(_SECTION_HEADERS["built"])
+        for line in built:
+            pos += len(line)
+            cuts.append(pos + 1)
+            pos += 1
     if files:
         sections.append(_SECTION_HEADERS["file"] + "\n\n".join(files))
-    return "\n\n".join(sections)
+    return "\n\n".join(sections), cuts
 
 
 _SECTION_HEADERS = {
@@ -189,7 +215,8 @@ _SECTION_HEADERS = {
 }
 
 
-def _fit_context(items: list[_Item], allowance: int, counter: TokenCounter) -> tuple[str, int]:
+def _fit_context(items: list[_Item], allowance: int,
+                 counter: TokenCounter) -> tuple[str, int, list[int]]:
     chosen: list[tuple[_Item, str]] = []
     remaining = allowance
     headed: set[str] = set()
@@ -221,11 +248,25 @@ def _fit_context(items: list[_Item], allowance: int, counter: TokenCounter) -> t
     # Per-item counts are an estimate of the whole (tokens can merge across a boundary):
     # count the real text and drop the least valuable items until it really fits.
     while True:
-        context = _assemble(chosen)
+        context, cuts = _assemble(chosen)
         tokens = counter.count(context)
         if tokens <= allowance or not chosen:
-            return context, tokens
+            return context, tokens, cuts
         chosen.pop()
+
+
+# "Already built": at most this many of the newest summaries, from a start that moves this
+# many at a time (between 25 and 50 shown): a window sliding by one would change the first
+# line of every prompt after each batch, and with it the prefix the prompt cache keeps.
+_BUILT_MAX = 50
+_BUILT_STEP = 25
+
+
+def _built_window(built: Sequence[str]) -> Sequence[str]:
+    if len(built) <= _BUILT_MAX:
+        return built
+    start = ((len(built) - _BUILT_MAX) // _BUILT_STEP + 1) * _BUILT_STEP
+    return built[start:]
 
 
 class PromptBuilder:
@@ -266,7 +307,7 @@ class PromptBuilder:
             if cache_counts and type(self.counter) is TiktokenCounter else self.counter
         )
         self._line_tokens: dict[str, int] = {}
-        self._overview_context: dict[str, tuple[str, int]] = {}
+        self._overview_context: dict[str, tuple[str, int, list[int]]] = {}
         # With our own tiktoken counter a new line is counted in segments (piece_segments: the
         # exact count, cut around numbers) and each distinct segment is tokenized once: task
         # lines of a big plan mostly differ only in their numbers. Any other counter counts
@@ -341,17 +382,22 @@ class PromptBuilder:
                 full = _fit_context(items, budget, self._context_counter)
                 self._overview_context = {overview: full}
             if full[1] <= allowance and full[1] < budget:
-                context, context_tokens = full
+                context, context_tokens, cuts = full
             else:
                 items = _context_items(self.title, overview, (), {}, ())
-                context, context_tokens = _fit_context(items, allowance, self._context_counter)
+                context, context_tokens, cuts = _fit_context(items, allowance,
+                                                             self._context_counter)
         else:
-            items = _context_items(self.title, overview, built, files or {}, tasks)
-            context, context_tokens = _fit_context(items, allowance, self._context_counter)
+            items = _context_items(self.title, overview, _built_window(built), files or {},
+                                   tasks)
+            context, context_tokens, cuts = _fit_context(items, allowance,
+                                                         self._context_counter)
         user = f"{context}\n\n{tasks_text}" if context else tasks_text
         tokens = self.system_tokens + context_tokens + task_tokens + (2 if context else 0)
+        blocks = [user[a:b] for a, b in zip([0, *cuts], [*cuts, len(user)], strict=True)]
         return BatchPrompt(system=self.system, user=user, tokens=tokens,
-                           context_tokens=context_tokens)
+                           context_tokens=context_tokens,
+                           user_blocks=blocks if cuts else [])
 
 
 def build_prompt_for_tasks(
@@ -386,7 +432,8 @@ def build_batch_prompt(
     """The prompt for ``batch`` of ``plan``.
 
     ``overview`` is the project's overview, ``built`` the summaries of finished batches (oldest
-    first), ``files`` the content of relevant existing files by path. The context part never
+    first; every one of the run: the prompt shows the newest 25-50, from a start that moves 25
+    at a time), ``files`` the content of relevant existing files by path. The context part never
     exceeds ``budget_tokens`` minus what the tasks take; ``BatchPrompt.system`` is identical for
     every batch with the same ``test_command``. Raises :class:`PlanError` naming the batch when
     its tasks alone do not fit the budget.
