@@ -165,7 +165,7 @@ class AnthropicExecutor:
         # A list of blocks from the start, never the string shorthand: the request that
         # writes this message to the prompt cache carries it as a block (with its breakpoint),
         # and every later turn must send the very same block for its prefix to be read back.
-        content = [{"type": "text", "text": block}
+        content: list[dict[str, Any]] = [{"type": "text", "text": block}
                    for block in (job.prompt.user_blocks or [job.prompt.user])]
         if len(content) > 1:
             # The end of the run's shared context (overview, "already built"): the next batches
