@@ -42,10 +42,15 @@ _stack: contextvars.ContextVar[tuple[tuple[str, list[float]], ...]] = contextvar
     "spans", default=())
 
 
+# (when it ended, seconds) of every span, to compare the start of a run with its end.
+_timeline: dict[str, list[tuple[float, float]]] = {}
+
+
 def _add(name: str, seconds: float) -> None:
     with _lock:
         _totals[name] = _totals.get(name, 0.0) + seconds
         _counts[name] = _counts.get(name, 0) + 1
+        _timeline.setdefault(name, []).append((time.perf_counter(), seconds))
 
 
 def _async_span(name: str | Callable[..., str], fn: Callable[..., Awaitable[Any]],
@@ -173,7 +178,20 @@ def report() -> dict[str, Any]:
     store = {k: v for k, v in totals.items() if k.startswith("store.")}
     totals = {k: v for k, v in totals.items() if k not in store}
     totals["store"] = sum(store.values())
+    # Mean milliseconds per call of each span in the first and the last tenth of the time
+    # the batches ran (from the first span to the last): what grows during a run.
+    ends = [t for spans in _timeline.values() for t, _ in spans]
+    tenths: dict[str, list[float]] = {}
+    if ends:
+        first, last = min(ends), max(ends)
+        cut = (last - first) / 10
+        for name, spans in _timeline.items():
+            early = [s for t, s in spans if t <= first + cut]
+            late = [s for t, s in spans if t >= last - cut]
+            tenths[name] = [round(1000 * sum(part) / len(part), 2) if part else 0.0
+                            for part in (early, late)]
     return {"seconds": {k: round(v, 3) for k, v in sorted(totals.items())},
+            "ms_per_call_first_last_tenth": dict(sorted(tenths.items())),
             "store_seconds": {k[6:]: round(v, 3) for k, v in sorted(store.items(),
                                                                     key=lambda kv: -kv[1])},
             "calls": dict(sorted(_counts.items()))}
