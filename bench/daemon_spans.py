@@ -144,11 +144,18 @@ def install() -> None:
     original_git = _git.git
     _replace_everywhere(original_git, _async_span("git", original_git, inclusive=True))
 
-    import buildrunnerd.daemon._batch as batch
-    prompt_for_attempt = getattr(batch, "_prompt_for_attempt", None)
-    if prompt_for_attempt is not None:  # the files and the prompt, in a worker thread
-        name = "_prompt_for_attempt"
-        setattr(batch, name, _sync_span("prompt", prompt_for_attempt))
+    import importlib
+
+    # The files and the prompt of an attempt, in a worker thread (daemon/_attempt.py; before
+    # the split of daemon/_batch.py it lived there).
+    for module_name, attr in (("buildrunnerd.daemon._attempt", "prompt_for_attempt"),
+                              ("buildrunnerd.daemon._batch", "_prompt_for_attempt")):
+        try:
+            original = getattr(importlib.import_module(module_name), attr)
+        except (ImportError, AttributeError):
+            continue
+        _replace_everywhere(original, _sync_span("prompt", original))
+        break
 
 
 def install_detail(module_names: list[str]) -> None:
