@@ -63,7 +63,12 @@ from buildrunnerd.executor import ApiCall, BatchJob  # noqa: E402
 from buildrunnerd.plan import Task  # noqa: E402
 from buildrunnerd.prompt import BatchPrompt, default_counter  # noqa: E402
 from buildrunnerd.sandbox import select_sandbox  # noqa: E402
-from tests.conftest import DaemonFactory, RpcClient, wait_run_event  # noqa: E402
+from tests.conftest import (  # noqa: E402
+    DaemonFactory,
+    DaemonProcess,
+    RpcClient,
+    wait_run_event,
+)
 from tests.fakeapi import (  # noqa: E402
     API_KEY,
     FakeAnthropic,
@@ -280,13 +285,52 @@ def phases(events: list[dict[str, Any]], workers: int, elapsed_s: float) -> dict
     return result
 
 
+class SpanDaemonFactory(DaemonFactory):
+    """Starts the daemon through ``bench/daemon_spans.py``: the same daemon, with wall-clock
+    spans around its batch steps written to ``spans_path`` when it exits."""
+
+    def __init__(self, tmp_path: Path, spans_path: Path) -> None:
+        super().__init__(tmp_path)
+        self.spans_path = spans_path
+
+    def spawn(self, *args: str, env: dict[str, str] | None = None,
+              notify_socket: Path | None = None) -> DaemonProcess:
+        env = dict(env or self.base_env())
+        if notify_socket is not None:
+            env["NOTIFY_SOCKET"] = str(notify_socket)
+        stderr_path = self.tmp_path / "daemon-spans.stderr"
+        with stderr_path.open("wb") as err:
+            proc = subprocess.Popen(
+                [sys.executable, str(ROOT / "bench" / "daemon_spans.py"), str(self.spans_path),
+                 *args], env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                stderr=err, cwd=self.tmp_path)
+        daemon = DaemonProcess(proc, self.socket, self.home, stderr_path, env, list(args))
+        self.started.append(daemon)
+        return daemon
+
+
+def queue_wait_s(events: list[dict[str, Any]]) -> float:
+    """Seconds summed over batches from ready (the batch's tasks) to dispatched."""
+    ready: dict[str, float] = {}
+    total = 0.0
+    for e in events:
+        batch = e.get("batch_id")
+        if not batch:
+            continue
+        if e["type"] == "task.state_changed" and e["data"].get("to") == "ready":
+            ready.setdefault(str(batch), _ts(e))
+        elif e["type"] == "batch.dispatched" and str(batch) in ready:
+            total += _ts(e) - ready.pop(str(batch))
+    return round(total, 2)
+
+
 SEEDED_TESTS = "".join(f"def test_seed_{i}():\n    assert {i} + 1 == {i + 1}\n\n\n"
                        for i in range(20))
 
 
 async def run_daemon(workers: int, batches: list[str], latency_s: float, root: Path, *,
                      branch_check: bool = True, seed_tests: bool = False,
-                     backend: str = "anthropic") -> dict[str, Any]:
+                     backend: str = "anthropic", spans: bool = False) -> dict[str, Any]:
     """One run of the wide spec through a fresh ``buildrunnerd`` with ``workers`` workers."""
     base = root / f"d{workers}-{'check' if branch_check else 'nocheck'}-{backend}"
     repo = base / "repo"
@@ -316,7 +360,8 @@ async def run_daemon(workers: int, batches: list[str], latency_s: float, root: P
          "--latency-ms", str(latency_s * 1000), "--backend", backend])
     assert server.stdout is not None and server.stdin is not None
     base_url = (await server.stdout.receive()).decode().strip()
-    factory = DaemonFactory(base)
+    spans_path = base / "spans.json"
+    factory = SpanDaemonFactory(base, spans_path) if spans else DaemonFactory(base)
     try:
         env = factory.base_env(ANTHROPIC_API_KEY=API_KEY, ANTHROPIC_BASE_URL=base_url)
         if backend == "claude-code":
@@ -353,6 +398,9 @@ async def run_daemon(workers: int, batches: list[str], latency_s: float, root: P
         extra = {"cli_startup_ms_mean": round(sum(startups) / len(startups)),
                  "cli_startup_ms_median": round(startups[len(startups) // 2])}
     verified = [e["data"] for e in events if e["type"] == "run.verified"]
+    if spans:
+        extra["spans"] = json.loads(spans_path.read_text(encoding="utf-8"))
+        extra["spans"]["queue_wait_s"] = queue_wait_s(events)
     return {"backend": backend, **extra,
             "workers": workers, "branch_check": branch_check, "seed_tests": seed_tests,
             "verified_counts": verified[0].get("counts") if verified else None,
@@ -394,7 +442,8 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
                     for check in checks:
                         results.append(await run_daemon(
                             workers, batches, args.latency_ms / 1000, Path(tmp),
-                            branch_check=check, seed_tests=args.seed_tests, backend=backend))
+                            branch_check=check, seed_tests=args.seed_tests, backend=backend,
+                            spans=args.spans))
                 else:
                     results.append(await run(workers, batches, args.latency_ms / 1000,
                                              Path(tmp)))
@@ -433,6 +482,9 @@ def main() -> None:
     parser.add_argument("--backend", choices=["anthropic", "claude-code"], default="anthropic",
                         help="claude-code: through the daemon with the real Claude Code CLI, "
                              "beside the anthropic backend's run")
+    parser.add_argument("--spans", action="store_true",
+                        help="daemon level: run the daemon through bench/daemon_spans.py and "
+                             "report the time of each batch step (summed over batches)")
     parser.add_argument("--serve-fake", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.serve_fake:
@@ -458,6 +510,10 @@ def main() -> None:
               + (f"  FAILED {r['failures']}" if r["failures"] else ""))
         if "phases" in r:
             print(f"{'':>7} seconds summed over batches: {r['phases']}")
+        if "spans" in r:
+            print(f"{'':>7} spans (exclusive s, summed): {r['spans']['seconds']}, "
+                  f"queue wait {r['spans']['queue_wait_s']} s; calls: {r['spans']['calls']}")
+            print(f"{'':>7} store calls (s, summed): {r['spans']['store_seconds']}")
 
 
 if __name__ == "__main__":

@@ -96,7 +96,7 @@ class Rpc:
 class Daemon:
     """A ``buildrunnerd`` subprocess, ready once it sent sd_notify ``READY=1``."""
 
-    def __init__(self, workdir: Path, workers: int) -> None:
+    def __init__(self, workdir: Path, workers: int, spans: list[str] | None = None) -> None:
         self.home = workdir / "home"
         self.socket = Path(tempfile.mkdtemp(prefix="brs-")) / "d.sock"
         notify_path = workdir / "notify.sock"
@@ -110,8 +110,13 @@ class Daemon:
                    BUILDRUNNER_MAX_WORKERS_PER_RUN=str(workers),
                    NOTIFY_SOCKET=str(notify_path))
         self.env = env
+        # --spans: the same daemon through bench/daemon_spans.py (time per batch step).
+        self.spans_path = workdir / "spans.json"
+        entry = ["-m", "buildrunnerd"] if spans is None else [
+            str(ROOT / "bench" / "daemon_spans.py"), str(self.spans_path),
+            *([f"--detail={','.join(spans)}"] if spans else [])]
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "buildrunnerd", "--backend", "simulated", "--workers",
+            [sys.executable, *entry, "--backend", "simulated", "--workers",
              str(workers), "--home", str(self.home), "--socket", str(self.socket)],
             env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         )
@@ -195,7 +200,8 @@ def _decile_rates(client: Rpc, run_id: str) -> tuple[float, float]:
 
 
 def bench_one(
-    kind: str, tasks: int, workers: int, timeout_s: float, repeats: int = 3
+    kind: str, tasks: int, workers: int, timeout_s: float, repeats: int = 3,
+    spans: list[str] | None = None,
 ) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix=f"scale-{kind}-{tasks}-") as tmp:
         workdir = Path(tmp)
@@ -208,7 +214,7 @@ def bench_one(
             params["test_cmd"] = "true"
         else:
             params.update(spec_text=spec, scratch=True)
-        daemon = Daemon(workdir, workers)
+        daemon = Daemon(workdir, workers, spans)
         try:
             client = Rpc(daemon.socket)
             watcher = Rpc(daemon.socket)
@@ -264,6 +270,8 @@ def bench_one(
             }
         finally:
             daemon.stop()
+        if spans is not None and daemon.spans_path.exists():
+            row["spans"] = json.loads(daemon.spans_path.read_text(encoding="utf-8"))
     return row
 
 
@@ -277,12 +285,17 @@ def main() -> int:
     parser.add_argument("--repeats", type=int, default=3,
                         help="brctl status/logs runs per figure (the median is reported)")
     parser.add_argument("--json", action="store_true", help="print the rows as JSON")
+    parser.add_argument("--spans", nargs="?", const="", default=None, metavar="MODULES",
+                        help="run the daemon through bench/daemon_spans.py and report the "
+                             "time of each batch step; MODULES (comma-separated) are timed "
+                             "function by function too")
     args = parser.parse_args()
     sizes = [int(s) for s in args.sizes.split(",")]
     rows = []
     for kind in args.kinds.split(","):
         for size in sizes:
-            row = bench_one(kind, size, args.workers, args.timeout_s, args.repeats)
+            spans = None if args.spans is None else [m for m in args.spans.split(",") if m]
+            row = bench_one(kind, size, args.workers, args.timeout_s, args.repeats, spans)
             rows.append(row)
             if not args.json:
                 print(json.dumps(row), flush=True)

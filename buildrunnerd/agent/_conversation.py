@@ -25,7 +25,8 @@ _NO_CACHE_CONTROL = ("thinking", "redacted_thinking")
 
 
 class ConversationState(msgspec.Struct, kw_only=True):
-    version: int = 1
+    # 2: the worktree's path is in the first message (1: in the system prompt of each call).
+    version: int = 2
     model: str
     messages: list[dict[str, Any]]
     turns: int = 0  # billed model turns so far
@@ -55,7 +56,8 @@ def with_cache_breakpoint(messages: list[dict[str, Any]]) -> list[dict[str, Any]
     """A copy of ``messages`` with ``cache_control`` on the last block of the last message,
     so the next turn reads the whole conversation so far from the cache. Only the request
     carries the marker, never the stored history: old markers would pile up past the API's
-    limit of four breakpoints."""
+    limit of four breakpoints. (The history keeps one marker of its own: the end of the run's
+    shared context in the first message, which never moves.)"""
     if not messages:
         return messages
     out = list(messages)

@@ -53,12 +53,16 @@ _MOVED_NOTE = (
     "merged are gone: check the files you created or changed (view them) and redo what is "
     "missing before you go on."
 )
-_WORKTREE_NOTE = (
-    "Your working directory is the repository worktree at {wt}. Give tool paths relative to "
-    "it (or absolute under it); nothing outside it can be read or written, and .git is "
-    "read-only. Do not commit: BuildRunner verifies, commits and merges your work. When the "
-    "tasks are done, end your turn with a short summary of what you built."
+# The same for every batch: a system block, read from the prompt cache by all of them.
+_WORKTREE_RULES = (
+    "Your working directory is a repository worktree (its path is at the end of your first "
+    "message). Give tool paths relative to it (or absolute under it); nothing outside it can "
+    "be read or written, and .git is read-only. Do not commit: BuildRunner verifies, commits "
+    "and merges your work. When the tasks are done, end your turn with a short summary of "
+    "what you built."
 )
+# This batch's own: the last block of the first message, after everything shared.
+_WORKTREE_NOTE = "Your working directory is the repository worktree at {wt}."
 
 
 class AnthropicExecutor:
@@ -144,6 +148,11 @@ class AnthropicExecutor:
                                                   "text": format_fix_report(job.fix_report)}])
                 if job.escalation:
                     state.model = self._model_for(job)
+                if state.version < 2 and not state.done:
+                    # Saved before the worktree's path moved from the system prompt into the
+                    # first message: say it once before the next call.
+                    state.pending_note = _WORKTREE_NOTE.format(wt=job.worktree)
+                state.version = 2
                 if (job.resume_state is not None and not state.done) or (
                         state.worktree and state.worktree != job.worktree):
                     # The daemon resumes an interrupted attempt in a fresh worktree (pooled
@@ -153,7 +162,19 @@ class AnthropicExecutor:
                     state.pending_note = _MOVED_NOTE.format(wt=job.worktree)
                 state.worktree = job.worktree
                 return state
-        messages: list[dict[str, Any]] = [{"role": "user", "content": job.prompt.user}]
+        # A list of blocks from the start, never the string shorthand: the request that
+        # writes this message to the prompt cache carries it as a block (with its breakpoint),
+        # and every later turn must send the very same block for its prefix to be read back.
+        content: list[dict[str, Any]] = [{"type": "text", "text": block}
+                   for block in (job.prompt.user_blocks or [job.prompt.user])]
+        if len(content) > 1:
+            # The end of the run's shared context (overview, "already built"): the next batches
+            # of the run start with these very blocks and read them from the cache. This
+            # marker stays in the history: tools, system, this and the conversation's end
+            # make the API's limit of four.
+            content[-2]["cache_control"] = dict(_EPHEMERAL)
+        content.append({"type": "text", "text": _WORKTREE_NOTE.format(wt=job.worktree)})
+        messages: list[dict[str, Any]] = [{"role": "user", "content": content}]
         if job.fix_report is not None:
             append_user(messages, [{"type": "text", "text": format_fix_report(job.fix_report)}])
         return ConversationState(model=self._model_for(job), messages=messages,
@@ -293,14 +314,16 @@ class AnthropicExecutor:
 
     def _params(self, job: BatchJob, state: ConversationState) -> dict[str, Any]:
         tools = [editor_tool_param(self.config.agent.tool_output_max_chars), bash_tool_param()]
-        # Breakpoints (the API allows four): the tools, the run's stable system prompt, and
-        # the end of the conversation. The per-batch note sits after the cached system part.
+        # Breakpoints (the API allows four): the tools, the run's stable system prompt, the
+        # run's shared context at the start of the first message (see _initial_state), and the
+        # end of the conversation. Nothing of this batch comes before the shared context: the
+        # worktree's path is in the first message, after it.
         tools[-1]["cache_control"] = dict(_EPHEMERAL)
         system: list[dict[str, Any]] = []
         if job.prompt.system:
-            system.append({"type": "text", "text": job.prompt.system,
-                           "cache_control": dict(_EPHEMERAL)})
-        system.append({"type": "text", "text": _WORKTREE_NOTE.format(wt=job.worktree)})
+            system.append({"type": "text", "text": job.prompt.system})
+        system.append({"type": "text", "text": _WORKTREE_RULES,
+                       "cache_control": dict(_EPHEMERAL)})
         return {"model": state.model, "max_tokens": self.config.models.max_tokens,
                 "system": system, "tools": tools,
                 "messages": with_cache_breakpoint(state.messages)}

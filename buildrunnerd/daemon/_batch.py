@@ -96,7 +96,7 @@ async def run_batch_lifecycle(
             # files as they are on the new head.
             # One worker thread reads the files and counts the tokens (tiktoken is CPU work
             # that would otherwise stall every other batch and client on the loop).
-            built = list(run.summaries[-50:])
+            built = list(run.summaries)  # the prompt builder picks a cache-stable window
             prompt = await anyio.to_thread.run_sync(
                 prompt_for_attempt, run, plan_batch, tasks, path, config, built
             )

@@ -10,15 +10,19 @@ from buildrunnerd.prompt._builder import (
 )
 from buildrunnerd.prompt._counter import (
     ENCODING_NAME,
+    LineCountCache,
     TiktokenCounter,
     TokenCounter,
     default_counter,
+    line_segments,
     piece_segments,
+    shared_line_cache,
 )
 from buildrunnerd.prompt._model import BatchPrompt
 
 __all__ = [
-    "BatchPrompt", "ENCODING_NAME", "PromptBuilder", "TiktokenCounter", "TokenCounter",
-    "build_batch_prompt", "build_prompt_for_tasks", "default_counter", "fix_prompt",
-    "piece_segments", "plan_with_prompts", "system_prompt",
+    "BatchPrompt", "ENCODING_NAME", "LineCountCache", "PromptBuilder", "TiktokenCounter",
+    "TokenCounter", "build_batch_prompt", "build_prompt_for_tasks", "default_counter",
+    "fix_prompt", "line_segments", "piece_segments", "plan_with_prompts", "shared_line_cache",
+    "system_prompt",
 ]

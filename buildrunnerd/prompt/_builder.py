@@ -12,6 +12,12 @@ A batch prompt has two parts:
 gets what is left and is trimmed lowest value first (unrelated files, then older summaries of
 finished batches, then files the tasks name, the overview last). A batch whose tasks alone are
 over the budget is a :class:`PlanError` naming the batch.
+
+For the API's prompt cache the user part also comes in blocks (``BatchPrompt.user_blocks``):
+the run's shared context first (the overview, then each "already built" summary, oldest
+first, so a run's list only grows at its end), then the batch's own part (its files and
+tasks). A batch's shared blocks are an earlier batch's, plus the summaries of what finished
+since: the API reads that prefix from the cache instead of writing it again.
 """
 
 from __future__ import annotations
@@ -28,6 +34,7 @@ from buildrunnerd.prompt._counter import (
     TokenCounter,
     default_counter,
     piece_segments,
+    shared_line_cache,
 )
 from buildrunnerd.prompt._model import BatchPrompt
 from buildrunnerd.protocol import VerificationReport
@@ -169,49 +176,97 @@ def _context_items(
     return items
 
 
-def _assemble(items: Sequence[tuple[_Item, str]]) -> str:
-    """Lay the chosen items out in reading order: overview, built, files."""
+def _assemble(items: Sequence[tuple[_Item, str]]) -> tuple[str, list[int]]:
+    """Lay the chosen items out in reading order: overview, built (oldest first), files.
+
+    Also returns where the run's shared context can be cut into prompt-cache blocks (offsets
+    into the text, each just after a line break): after the overview, then after each
+    "already built" line. Every batch of a run starts with the same overview, and the list of
+    summaries only grows at its end, so a later batch's blocks repeat an earlier one's."""
     overview = [text.rstrip() for item, text in items if item.kind == "overview"]
-    built = [text for item, text in items if item.kind == "built"]
+    # Chosen newest first (the newest matter most when the budget is short); read oldest
+    # first, so a run's list only ever grows at its end.
+    built = [text for item, text in reversed(items) if item.kind == "built"]
     files = [text for item, text in items if item.kind == "file"]
     sections = list(overview)
+    cuts: list[int] = []
+    pos = 0
+    if overview:
+        # The overview alone first: it stays the same block when the first summary comes.
+        pos = len(overview[0])
+        cuts.append(pos + 1)
+        if built:
+            pos += 2
     if built:
-        sections.append("# Already built (by earlier batches)\n" + "\n".join(built))
+        sections.append(_SECTION_HEADERS["built"] + "\n".join(built))
+        pos += len(_SECTION_HEADERS["built"])
+        for line in built:
+            pos += len(line)
+            cuts.append(pos + 1)
+            pos += 1
     if files:
-        sections.append("# Relevant files (current content)\n\n" + "\n\n".join(files))
-    return "\n\n".join(sections)
+        sections.append(_SECTION_HEADERS["file"] + "\n\n".join(files))
+    return "\n\n".join(sections), cuts
 
 
-def _fit_context(items: list[_Item], allowance: int, counter: TokenCounter) -> tuple[str, int]:
+_SECTION_HEADERS = {
+    "built": "# Already built (by earlier batches)\n",
+    "file": "# Relevant files (current content)\n\n",
+}
+
+
+def _fit_context(items: list[_Item], allowance: int,
+                 counter: TokenCounter) -> tuple[str, int, list[int]]:
     chosen: list[tuple[_Item, str]] = []
     remaining = allowance
+    headed: set[str] = set()
     for item in items:
         if remaining <= 0:
             break
+        # The first item of a section also pays for the section's header: left out, a file
+        # cut to fill what remains went over by the header and was dropped whole below.
+        header = _SECTION_HEADERS.get(item.kind) if item.kind not in headed else None
+        header_cost = counter.count(header) + 2 if header else 0
         text = item.render()
-        cost = counter.count(text) + 2  # +2: the separators between items
+        cost = counter.count(text) + 2 + header_cost  # +2: the separators between items
         if cost <= remaining:
             chosen.append((item, text))
             remaining -= cost
+            headed.add(item.kind)
             continue
         if not item.can_cut:
             continue
-        frame = counter.count(item.render("")) + counter.count(_TRUNCATED) + 4
+        frame = counter.count(item.render("")) + counter.count(_TRUNCATED) + 4 + header_cost
         room = remaining - frame
         if room < _MIN_USEFUL_TOKENS:
             continue
         cut = counter.truncate(item.body, room)
         text = item.render(cut + _TRUNCATED)
         chosen.append((item, text))
-        remaining -= counter.count(text) + 2
+        remaining -= counter.count(text) + 2 + header_cost
+        headed.add(item.kind)
     # Per-item counts are an estimate of the whole (tokens can merge across a boundary):
     # count the real text and drop the least valuable items until it really fits.
     while True:
-        context = _assemble(chosen)
+        context, cuts = _assemble(chosen)
         tokens = counter.count(context)
         if tokens <= allowance or not chosen:
-            return context, tokens
+            return context, tokens, cuts
         chosen.pop()
+
+
+# "Already built": at most this many of the newest summaries, from a start that moves this
+# many at a time (between 25 and 50 shown): a window sliding by one would change the first
+# line of every prompt after each batch, and with it the prefix the prompt cache keeps.
+_BUILT_MAX = 50
+_BUILT_STEP = 25
+
+
+def _built_window(built: Sequence[str]) -> Sequence[str]:
+    if len(built) <= _BUILT_MAX:
+        return built
+    start = ((len(built) - _BUILT_MAX) // _BUILT_STEP + 1) * _BUILT_STEP
+    return built[start:]
 
 
 class PromptBuilder:
@@ -220,6 +275,13 @@ class PromptBuilder:
     Holds what all of them share: the stable system part (counted once) and a cache of line
     counts, so a plan of thousands of batches tokenizes each distinct line once (a feature's
     description and criteria recur in several of its tasks).
+
+    The context (overview, "already built" summaries, files) is counted through the
+    process-wide :func:`~buildrunnerd.prompt.shared_line_cache` when the counter is our
+    tiktoken one: every batch of a run re-counts mostly the same context, and each distinct
+    line of it is tokenized once. Those counts are exact, so the prompts are the ones counting
+    every text whole gives (``cache_counts=False``, the reference the tests and the prompt
+    bench compare against).
     """
 
     _MAX_CACHED_LINES = 200_000
@@ -231,6 +293,7 @@ class PromptBuilder:
         test_command: str | None,
         budget_tokens: int = 4000,
         counter: TokenCounter | None = None,
+        cache_counts: bool = True,
     ) -> None:
         self.title = title
         self.test_command = test_command
@@ -238,8 +301,13 @@ class PromptBuilder:
         self.counter = counter or default_counter()
         self.system = system_prompt(test_command)
         self.system_tokens = self.counter.count(self.system)
+        # Any other counter counts as it likes: its own rules may not cut where cl100k does.
+        self._context_counter: TokenCounter = (
+            shared_line_cache()
+            if cache_counts and type(self.counter) is TiktokenCounter else self.counter
+        )
         self._line_tokens: dict[str, int] = {}
-        self._overview_context: dict[str, tuple[str, int]] = {}
+        self._overview_context: dict[str, tuple[str, int, list[int]]] = {}
         # With our own tiktoken counter a new line is counted in segments (piece_segments: the
         # exact count, cut around numbers) and each distinct segment is tokenized once: task
         # lines of a big plan mostly differ only in their numbers. Any other counter counts
@@ -252,14 +320,17 @@ class PromptBuilder:
         segments = self._segment_tokens
         if segments is None:
             return self.counter.count(line)
+        # Through the shared cache (when on): the daemon builds each batch's prompt with a new
+        # builder, and the shared cache is what outlives it.
+        counter = self._context_counter
         parts = piece_segments(line)
         if len(parts) == 1:
-            return self.counter.count(line)
+            return counter.count(line)
         total = 0
         for part in parts:
             n = segments.get(part)
             if n is None:
-                n = self.counter.count(part)
+                n = counter.count(part)
                 if len(segments) < self._MAX_CACHED_LINES:
                     segments[part] = n
             total += n
@@ -308,20 +379,25 @@ class PromptBuilder:
             full = self._overview_context.get(overview)
             if full is None:
                 items = _context_items(self.title, overview, (), {}, ())
-                full = _fit_context(items, budget, self.counter)
+                full = _fit_context(items, budget, self._context_counter)
                 self._overview_context = {overview: full}
             if full[1] <= allowance and full[1] < budget:
-                context, context_tokens = full
+                context, context_tokens, cuts = full
             else:
                 items = _context_items(self.title, overview, (), {}, ())
-                context, context_tokens = _fit_context(items, allowance, self.counter)
+                context, context_tokens, cuts = _fit_context(items, allowance,
+                                                             self._context_counter)
         else:
-            items = _context_items(self.title, overview, built, files or {}, tasks)
-            context, context_tokens = _fit_context(items, allowance, self.counter)
+            items = _context_items(self.title, overview, _built_window(built), files or {},
+                                   tasks)
+            context, context_tokens, cuts = _fit_context(items, allowance,
+                                                         self._context_counter)
         user = f"{context}\n\n{tasks_text}" if context else tasks_text
         tokens = self.system_tokens + context_tokens + task_tokens + (2 if context else 0)
+        blocks = [user[a:b] for a, b in zip([0, *cuts], [*cuts, len(user)], strict=True)]
         return BatchPrompt(system=self.system, user=user, tokens=tokens,
-                           context_tokens=context_tokens)
+                           context_tokens=context_tokens,
+                           user_blocks=blocks if cuts else [])
 
 
 def build_prompt_for_tasks(
@@ -356,7 +432,8 @@ def build_batch_prompt(
     """The prompt for ``batch`` of ``plan``.
 
     ``overview`` is the project's overview, ``built`` the summaries of finished batches (oldest
-    first), ``files`` the content of relevant existing files by path. The context part never
+    first; every one of the run: the prompt shows the newest 25-50, from a start that moves 25
+    at a time), ``files`` the content of relevant existing files by path. The context part never
     exceeds ``budget_tokens`` minus what the tasks take; ``BatchPrompt.system`` is identical for
     every batch with the same ``test_command``. Raises :class:`PlanError` naming the batch when
     its tasks alone do not fit the budget.

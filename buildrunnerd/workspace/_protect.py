@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import ast
 import configparser
+import functools
 import json
 import re
 import shlex
@@ -117,7 +118,10 @@ def is_test_config(path: str) -> bool:
     return name in PYTEST_CONFIG_NAMES or name == "package.json" or bool(_JS_CONFIG.search(path))
 
 
+@functools.lru_cache(maxsize=1 << 16)
 def is_protected_path(path: str) -> bool:
+    # Cached: every batch asks it of every path of two whole trees (issue 13: a batch's cost
+    # must follow its change, and a 10,000-file tree made this ~0.2 s a batch).
     return is_python_test_file(path) or is_js_test_file(path) or is_test_config(path)
 
 
@@ -597,11 +601,39 @@ def protected_tests(tree: Tree, blobs: Blobs, *, paths: Iterable[str] | None = N
         if entry is None or not (name.startswith("test_") or name.endswith("_test.py")) or (
                 not name.endswith(".py")):
             continue
-        source = blobs.text(entry)
-        module = analyse_python_tests(source, path) if source is not None else None
-        if module is None:
-            continue
-        for qualname, info in module.tests.items():
-            found.append(ProtectedTest(path, qualname,
-                                       may_skip=info.may_skip or module.skips > 0))
+        tests = _known_tests(entry.sha)
+        if tests is None:
+            source = blobs.text(entry)
+            module = analyse_python_tests(source, path) if source is not None else None
+            if module is None:
+                continue
+            tests = [(qualname, info.may_skip or module.skips > 0)
+                     for qualname, info in module.tests.items()]
+            _remember_tests(entry.sha, tests)
+        found += [ProtectedTest(path, qualname, may_skip=may_skip)
+                  for qualname, may_skip in tests]
     return found
+
+
+# The tests of a blob, by its id (content-addressed, so never stale): every batch of a run
+# lists the protected tests of the whole accepted tree, and without this parsed every test
+# file of it again. Two generations of at most this many blobs each.
+_MAX_REMEMBERED_BLOBS = 20_000
+_TESTS_BY_BLOB: dict[str, list[tuple[str, bool]]] = {}
+_TESTS_BY_BLOB_OLD: dict[str, list[tuple[str, bool]]] = {}
+
+
+def _known_tests(sha: str) -> list[tuple[str, bool]] | None:
+    tests = _TESTS_BY_BLOB.get(sha)
+    if tests is None:
+        tests = _TESTS_BY_BLOB_OLD.get(sha)
+        if tests is not None:
+            _remember_tests(sha, tests)
+    return tests
+
+
+def _remember_tests(sha: str, tests: list[tuple[str, bool]]) -> None:
+    global _TESTS_BY_BLOB, _TESTS_BY_BLOB_OLD
+    if len(_TESTS_BY_BLOB) >= _MAX_REMEMBERED_BLOBS:
+        _TESTS_BY_BLOB_OLD, _TESTS_BY_BLOB = _TESTS_BY_BLOB, {}
+    _TESTS_BY_BLOB[sha] = tests

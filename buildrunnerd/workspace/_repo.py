@@ -155,6 +155,9 @@ class RunRepo:
         # Worktrees of finished batches, kept to be reset for the next one (see
         # acquire_worktree): a batch then costs the size of its change, not of the tree.
         self._idle: list[Path] = []
+        # The commit each just-acquired worktree was reset to (or made at): the daemon's own
+        # record, so reading it back costs no git call (see worktree_head).
+        self._started: dict[Path, str] = {}
         self._made = 0
         self.max_idle = _MAX_IDLE_WORKTREES
 
@@ -205,7 +208,11 @@ class RunRepo:
 
     async def worktree_head(self, worktree: Path) -> str:
         """The commit a worktree is at (before a batch commits: the commit it started from,
-        which :func:`verify` takes as ``base_commit``)."""
+        which :func:`verify` takes as ``base_commit``). For a worktree :meth:`acquire_worktree`
+        just handed out, the commit it put it at (the first call only)."""
+        started = self._started.pop(Path(worktree), None)
+        if started is not None:
+            return started
         opts = await worktree_git(Path(worktree), timeout_s=self.timeout_s)
         res = await git([*opts, "rev-parse", "HEAD"], cwd=Path(worktree),
                         timeout_s=self.timeout_s,
@@ -241,6 +248,7 @@ class RunRepo:
 
     async def remove_worktree(self, path: Path) -> None:
         """Remove a worktree (with any uncommitted changes) and forget it in git."""
+        self._started.pop(Path(path), None)
         await _remove_worktree(self.repo, Path(path), timeout_s=self.timeout_s)
 
     async def acquire_worktree(self, root: Path) -> Path:
@@ -254,19 +262,26 @@ class RunRepo:
         worktree moved."""
         while self._idle:
             path = self._idle.pop()
+            head = await self.head()
             try:
-                await self._reset_worktree(path, await self.head())
+                await self._reset_worktree(path, head)
             except WorkspaceError as exc:
                 _log.warning("worktree.reuse_refused", path=str(path), error=str(exc))
                 await self.remove_worktree(path)
                 continue
+            self._started[path] = head
             return path
         self._made += 1
-        return await self.add_worktree(Path(root), f"w{self._made}-{secrets.token_hex(3)}")
+        head = await self.head()
+        path = await self.add_worktree(Path(root), f"w{self._made}-{secrets.token_hex(3)}",
+                                       head)
+        self._started[path] = head
+        return path
 
     async def release_worktree(self, path: Path, *, reuse: bool = True) -> None:
         """The batch is done with ``path``: keep it for the next batch (``reuse``, and room in
         the pool), else remove it."""
+        self._started.pop(Path(path), None)
         if reuse and len(self._idle) < self.max_idle and await anyio.Path(path).is_dir():
             self._idle.append(Path(path))
         else:

@@ -97,8 +97,56 @@ async def read_blobs(cwd: Path, entries: Iterable[Entry], opts: Sequence[str] = 
     """The contents of the regular-file and symlink blobs among ``entries``, in two git calls
     (sizes first, so no blob over ``max_bytes`` is ever read)."""
     shas = sorted({e.sha for e in entries if e.mode != "160000"})
+    known: dict[str, bytes | None] = {}
+    for sha in shas:
+        content = _BLOB_CACHE.get(sha)
+        if content is not None:
+            known[sha] = content if len(content) <= max_bytes else None
+    shas = [s for s in shas if s not in known]
     if not shas:
-        return Blobs({})
+        return Blobs(known)
+    fresh = await _read_blobs_from_git(cwd, shas, opts, timeout_s=timeout_s,
+                                       max_bytes=max_bytes)
+    for sha, content in fresh.items():
+        if content is not None:
+            _BLOB_CACHE.put(sha, content)
+    return Blobs({**known, **fresh})
+
+
+class _BlobCache:
+    """Blob contents by id, bounded by bytes, in two generations (the older dropped when the
+    newer is full). A blob id names its content, so an entry is never stale: every batch of a
+    run reads the protected tests of the whole accepted tree, and without this read all of
+    them from git again (issue 13: a batch's cost must follow its change)."""
+
+    def __init__(self, max_bytes: int) -> None:
+        self.max_bytes = max_bytes
+        self._new: dict[str, bytes] = {}
+        self._old: dict[str, bytes] = {}
+        self._size = 0
+
+    def get(self, sha: str) -> bytes | None:
+        content = self._new.get(sha)
+        if content is None:
+            content = self._old.get(sha)
+            if content is not None:
+                self.put(sha, content)
+        return content
+
+    def put(self, sha: str, content: bytes) -> None:
+        if sha in self._new or len(content) > self.max_bytes // 8:
+            return
+        if self._size + len(content) > self.max_bytes // 2:
+            self._old, self._new, self._size = self._new, {}, 0
+        self._new[sha] = content
+        self._size += len(content)
+
+
+_BLOB_CACHE = _BlobCache(64 * 1024 * 1024)
+
+
+async def _read_blobs_from_git(cwd: Path, shas: list[str], opts: Sequence[str], *,
+                               timeout_s: float, max_bytes: int) -> dict[str, bytes | None]:
     check = await git([*opts, "cat-file", "--batch-check"], cwd=cwd, timeout_s=timeout_s,
                       input="".join(f"{s}\n" for s in shas).encode(),
                       what="sizing blobs")
@@ -111,7 +159,7 @@ async def read_blobs(cwd: Path, entries: Iterable[Entry], opts: Sequence[str] = 
         elif parts:
             data[parts[0]] = None
     if not wanted:
-        return Blobs(data)
+        return data
     res = await git([*opts, "cat-file", "--batch"], cwd=cwd, timeout_s=timeout_s,
                     input="".join(f"{s}\n" for s in wanted).encode(), what="reading blobs")
     out = res.stdout_bytes
@@ -126,4 +174,4 @@ async def read_blobs(cwd: Path, entries: Iterable[Entry], opts: Sequence[str] = 
                                  data={"sha": sha})
         data[sha] = out[start:start + size]
         pos = start + size + 1  # the content is followed by one newline
-    return Blobs(data)
+    return data

@@ -8,11 +8,14 @@ from pathlib import Path
 import pytest
 
 from buildrunnerd.agent import AnthropicExecutor
+from buildrunnerd.executor import BatchJob
+from buildrunnerd.prompt import BatchPrompt
 from tests.agent.support import SYSTEM, Recorder, make_config, make_job
 from tests.fakeapi import (
     API_KEY,
     FakeAnthropic,
     Reply,
+    count_tokens,
     redacted_thinking,
     text,
     thinking,
@@ -77,8 +80,13 @@ async def test_request_shape_and_cache_breakpoints(fake_api: FakeAnthropic, work
                                 "max_characters": 30000}
     assert body["tools"][1]["type"] == "bash_20250124" and body["tools"][1]["name"] == "bash"
     assert body["tools"][-1]["cache_control"] == {"type": "ephemeral"}
-    assert body["system"][0] == {"type": "text", "text": SYSTEM,
-                                 "cache_control": {"type": "ephemeral"}}
+    # The run's system prompt, then the rules every batch shares, cached together; nothing
+    # of this batch before the breakpoint (its worktree's path is in the first message).
+    assert body["system"][0] == {"type": "text", "text": SYSTEM}
+    assert body["system"][1]["cache_control"] == {"type": "ephemeral"}
+    assert str(worktree) not in json.dumps(body["system"])
+    first = body["messages"][0]["content"]
+    assert first[0]["text"] == "[batch B001] Build app.py." and str(worktree) in first[-1]["text"]
     assert body["messages"][-1]["content"][-1]["cache_control"] == {"type": "ephemeral"}
     assert json.dumps(body).count("cache_control") == 3  # never more than the API allows
     assert "x-api-key" in fake_api.requests[0].headers or \
@@ -278,3 +286,37 @@ async def test_secrets_in_tool_results_are_redacted_before_they_are_stored(
             for b in (m["content"] if isinstance(m["content"], list) else [])
             if b.get("type") == "tool_result"]
     assert len(sent) >= 3 and key not in json.dumps(sent)
+
+
+async def test_batches_of_a_run_read_the_shared_context_from_the_cache(
+        fake_api: FakeAnthropic, worktree: Path, executor: AnthropicExecutor) -> None:
+    # The prompt builder's blocks: the run's shared context (overview, "already built", one
+    # block each) then the batch's own part. A later batch repeats an earlier one's shared
+    # blocks and adds what finished since: its first call reads that prefix from the cache.
+    overview = "# Project: Demo\n" + "A demo project with a long overview. " * 200 + "\n"
+    summaries = [f"- B00{i}: built module {i} with its tests and docs.\n" for i in range(1, 4)]
+
+    def job(wt: Path, batch_id: str, built: int) -> BatchJob:
+        blocks = [overview, *summaries[:built], f"\n# Your tasks: batch {batch_id}\n"
+                  f"[batch {batch_id}] Build app.py."]
+        base = make_job(wt, batch_id=batch_id)
+        base.prompt = BatchPrompt(system=SYSTEM, user="".join(blocks), tokens=100,
+                                  context_tokens=10, user_blocks=blocks)
+        return base
+
+    fake_api.set_responder([Reply([text("done")], "end_turn")])
+    first = Recorder()
+    assert (await executor.run_batch(job(worktree, "B004", 2), first)).status == "completed"
+    body = fake_api.requests[-1].body
+    assert json.dumps(body).count("cache_control") == 4  # the API's limit, never more
+    shared_end = body["messages"][0]["content"][2]
+    assert shared_end["text"] == summaries[1] and shared_end["cache_control"]
+    wt2 = worktree.parent / "wt2"
+    wt2.mkdir()
+    fake_api.set_responder([Reply([text("done")], "end_turn")])
+    second = Recorder()
+    assert (await executor.run_batch(job(wt2, "B005", 3), second)).status == "completed"
+    # Read: tools, system and the first batch's shared blocks (the overview is most of it);
+    # written: the newest summary and the batch's own part only.
+    assert second.calls[0].cache_read_input_tokens > count_tokens(overview)
+    assert second.calls[0].cache_creation_input_tokens < count_tokens(overview) // 2

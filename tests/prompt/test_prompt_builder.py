@@ -182,3 +182,60 @@ def test_every_batch_of_a_plan_shares_the_system_part_and_keeps_its_budget() -> 
         assert prompt.context_tokens + COUNTER.count(tasks_part) <= 600
         assert all(f"## {tid}:" in tasks_part for tid in batch.task_ids)
         assert prompt.tokens > COUNTER.count(prompt.system) + prompt.context_tokens
+
+
+def test_a_file_too_big_for_the_budget_is_cut_to_fit_not_dropped() -> None:
+    # The budget's section headers used to be left out of the per-item estimate: a file cut to
+    # fill what remained went over by the header and was dropped whole, leaving the prompt
+    # without the file the task edits.
+    from buildrunnerd.prompt import PromptBuilder
+
+    plan = _plan()
+    source = (Path(__file__).resolve().parents[2] / "buildrunnerd" / "prompt"
+              / "_builder.py").read_text(encoding="utf-8")
+    batch = plan.batches[1]
+    tasks = [t for t in plan.tasks if t.id in batch.task_ids]
+    for built in ([], ["B001: stored notes in `src/models/notes.py`"]):
+        prompt = PromptBuilder(plan.spec_title, test_command=None, budget_tokens=2000).build(
+            batch, tasks, overview="A note-taking app.", built=built,
+            files={"src/search.py": source})
+        assert "## `src/search.py`" in prompt.user
+        assert "[... truncated to fit the context budget]" in prompt.user
+        assert prompt.context_tokens <= 2000 and prompt.context_tokens > 1500
+        assert COUNTER.count(prompt.user) <= 2000
+
+
+def test_a_later_batch_repeats_an_earlier_ones_shared_blocks() -> None:
+    # The prompt cache reads a prefix of whole blocks: the run's overview and "already built"
+    # list come first, oldest summary first, so the next batch's blocks start with this
+    # batch's shared ones, whatever finished in between.
+    from buildrunnerd.prompt import PromptBuilder
+
+    plan = _plan()
+    builder = PromptBuilder(plan.spec_title, test_command="pytest -q")
+    summaries = [f"B{i:03d}: built module {i} (`src/m{i}.py`)." for i in range(1, 80)]
+    previous: list[str] | None = None
+    for done in [0, 1, 2, 5, 6, 30, 49, 50, 51, 60, 74, 75, 79]:
+        for batch in plan.batches:
+            tasks = [t for t in plan.tasks if t.id in batch.task_ids]
+            prompt = builder.build(batch, tasks, overview="A note-taking app.",
+                                   built=summaries[:done], files={"src/search.py": "x = 1\n"})
+            assert "".join(prompt.user_blocks) == prompt.user
+            shared, own = prompt.user_blocks[:-1], prompt.user_blocks[-1]
+            assert shared[0].startswith("# Project: ") and "# Your tasks" in own
+            assert "## `src/search.py`" in own or batch.id == "B001"
+            shown = [line for line in "".join(shared).splitlines() if line.startswith("- ")]
+            assert len(shown) == done if done <= 50 else 25 <= len(shown) <= 50
+            if done:
+                assert shared[-1].endswith(f"- {summaries[done - 1]}\n")  # the newest, last
+                assert len(shared) == 1 + len(shown)  # the overview, then one per summary
+        if previous is not None and done <= 50:
+            assert shared[: len(previous)] == previous
+        previous = shared
+    # Past 50 the window's start moves 25 at a time, so the prefix holds between the moves.
+    by_done = {}
+    for done in (51, 60, 74):
+        by_done[done] = builder.build(plan.batches[0], plan.tasks[:1], overview="A note-taking "
+                                      "app.", built=summaries[:done]).user_blocks[:-1]
+    assert by_done[60][: len(by_done[51])] == by_done[51]
+    assert by_done[74][: len(by_done[60])] == by_done[60]

@@ -58,3 +58,23 @@ async def test_a_worktree_whose_dotgit_was_rewritten_is_never_reused(
     assert run_git(second, "status", "--porcelain") == ""
     await run_repo.release_worktree(second, reuse=False)
     assert not second.exists()
+
+
+async def test_the_start_commit_of_an_acquired_worktree_is_the_daemons_record(
+        repo: Path, wt_root: Path) -> None:
+    # The commit a worktree was reset to (or made at) is what verification compares with; it
+    # comes from the daemon's record, as git put it there, even when the worktree's own HEAD
+    # is rewritten before it is asked (the batch's base is never read from the worktree).
+    run_repo = await prepare_run_repo(repo, "r1")
+    for _ in range(2):
+        path = await run_repo.acquire_worktree(wt_root)
+        head = await run_repo.head()
+        assert run_git(path, "rev-parse", "HEAD").strip() == head
+        (path / "new.py").write_text("N = 1\n")
+        run_git(path, "add", "new.py")
+        run_git(path, "-c", "user.name=x", "-c", "user.email=x@x", "commit", "-qm", "moved")
+        assert await run_repo.worktree_head(path) == head
+        # Asked again (the record is for the first question): the worktree as it is now.
+        assert await run_repo.worktree_head(path) == run_git(path, "rev-parse", "HEAD").strip()
+        await run_repo.release_worktree(path)
+    await run_repo.close()

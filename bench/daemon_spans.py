@@ -1,0 +1,227 @@
+"""Run ``buildrunnerd`` with wall-clock spans around its batch steps (for ``agent_bench``).
+
+    python bench/daemon_spans.py OUT.json [--detail=MODULE,...] <buildrunnerd arguments>
+
+The daemon runs unchanged; this entry point only wraps some of its functions and methods
+before starting it, and writes what they took to ``OUT.json`` when the daemon exits. Each
+span's time is **exclusive**: a span inside another (a store write inside the tool loop, git
+inside verification) is counted in its own row only, so the rows add up to the time the batch
+steps took. Time a step spends waiting (a lock, a thread, the event loop busy with another
+batch) is in its row, as a user would see it. ``git`` is also counted on its own (calls and
+seconds, inclusive), whoever ran it.
+
+Spans (summed over all batches): ``worktree_prepare`` (acquire a worktree, read its head),
+``prompt`` (read the relevant files, build and count the prompt), ``tools_editor`` and
+``tools_bash`` (the agent's tool calls; bash runs in the sandbox, so its start is in there),
+``model_call`` (one Messages API call: the model's latency, HTTP and the stream),
+``agent_loop`` (the executor's own work around the calls: requests, checkpoints, events are
+in ``store``), ``verify`` (the batch's verification),
+``merge`` (commit and merge into the run branch), ``branch_check`` (verifying the run
+branch's new head), ``worktree_release``, ``store`` (every awaited ``Store`` call: the
+database writes and reads).
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextvars
+import functools
+import inspect
+import json
+import sys
+import threading
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+_totals: dict[str, float] = {}
+_counts: dict[str, int] = {}
+_lock = threading.Lock()
+# The open spans of the current task: (name, [time spent in children]) frames.
+_stack: contextvars.ContextVar[tuple[tuple[str, list[float]], ...]] = contextvars.ContextVar(
+    "spans", default=())
+
+
+# (when it ended, seconds) of every span, to compare the start of a run with its end.
+_timeline: dict[str, list[tuple[float, float]]] = {}
+
+
+def _add(name: str, seconds: float) -> None:
+    with _lock:
+        _totals[name] = _totals.get(name, 0.0) + seconds
+        _counts[name] = _counts.get(name, 0) + 1
+        _timeline.setdefault(name, []).append((time.perf_counter(), seconds))
+
+
+def _async_span(name: str | Callable[..., str], fn: Callable[..., Awaitable[Any]],
+                inclusive: bool = False) -> Callable[..., Awaitable[Any]]:
+    @functools.wraps(fn)
+    async def wrapper(*args: Any, **kwargs: Any) -> Any:
+        label = name(*args, **kwargs) if callable(name) else name
+        if inclusive:
+            start = time.perf_counter()
+            try:
+                return await fn(*args, **kwargs)
+            finally:
+                _add(label, time.perf_counter() - start)
+        frame: tuple[str, list[float]] = (label, [0.0])
+        outer = _stack.get()
+        token = _stack.set((*outer, frame))
+        start = time.perf_counter()
+        try:
+            return await fn(*args, **kwargs)
+        finally:
+            took = time.perf_counter() - start
+            _stack.reset(token)
+            _add(label, took - frame[1][0])
+            if outer:
+                outer[-1][1][0] += took
+    return wrapper
+
+
+def _sync_span(name: str, fn: Callable[..., Any]) -> Callable[..., Any]:
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        start = time.perf_counter()
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            _add(name, time.perf_counter() - start)
+    return wrapper
+
+
+def _replace_everywhere(original: Any, replacement: Any) -> None:
+    """Point every loaded module's name for ``original`` at ``replacement`` (``from x import
+    f`` copies the reference)."""
+    for module in list(sys.modules.values()):
+        for key, value in list(getattr(module, "__dict__", {}).items()):
+            if value is original:
+                setattr(module, key, replacement)
+
+
+def install() -> None:
+    import buildrunnerd.daemon._app  # noqa: F401 - loads the daemon's modules
+    import buildrunnerd.daemon.cli  # noqa: F401
+    from buildrunnerd.agent import _calls
+    from buildrunnerd.agent._bash import BashSession
+    from buildrunnerd.agent._editor import TextEditor
+    from buildrunnerd.agent._executor import AnthropicExecutor
+    from buildrunnerd.prompt import PromptBuilder
+    from buildrunnerd.store import Store
+    from buildrunnerd.workspace import RunRepo, _git, _verify
+
+    # (owner, attribute, span): the editor and the prompt builder run in worker threads, so
+    # they are measured inclusive (see report()); the others are exclusive spans.
+    patches: list[tuple[Any, str, str]] = [
+        (RunRepo, "acquire_worktree", "worktree_prepare"),
+        (RunRepo, "worktree_head", "worktree_prepare"),
+        (RunRepo, "release_worktree", "worktree_release"),
+        (RunRepo, "commit_and_merge", "merge"),
+        (BashSession, "run", "tools_bash"),
+        (AnthropicExecutor, "run_batch", "agent_loop"),
+        (TextEditor, "run", "tools_editor"),
+        (PromptBuilder, "build", "prompt_build"),
+    ]
+    for owner, attr, span in patches:
+        value = getattr(owner, attr)
+        wrap = _async_span if inspect.iscoroutinefunction(value) else _sync_span
+        setattr(owner, attr, wrap(span, value))
+    seen: set[str] = set()
+    for cls in Store.__mro__[:-1]:  # the store and its mixins (costs, attempts, ...)
+        for attr, value in list(vars(cls).items()):
+            if attr.startswith("_") or attr in seen or not inspect.iscoroutinefunction(value):
+                continue
+            seen.add(attr)
+            setattr(Store, attr, _async_span(f"store.{attr}", getattr(Store, attr)))
+
+    def verify_label(*args: Any, **kwargs: Any) -> str:
+        return "verify" if kwargs.get("batch_checks", True) else "branch_check"
+
+    original_verify = _verify.verify
+    _replace_everywhere(original_verify, _async_span(verify_label, original_verify))
+    original_call = _calls.call_once
+    _replace_everywhere(original_call, _async_span("model_call", original_call))
+    original_git = _git.git
+    _replace_everywhere(original_git, _async_span("git", original_git, inclusive=True))
+
+    import importlib
+
+    # The files and the prompt of an attempt, in a worker thread (daemon/_attempt.py; before
+    # the split of daemon/_batch.py it lived there).
+    for module_name, attr in (("buildrunnerd.daemon._attempt", "prompt_for_attempt"),
+                              ("buildrunnerd.daemon._batch", "_prompt_for_attempt")):
+        try:
+            original = getattr(importlib.import_module(module_name), attr)
+        except (ImportError, AttributeError):
+            continue
+        _replace_everywhere(original, _sync_span("prompt", original))
+        break
+
+
+def install_detail(module_names: list[str]) -> None:
+    """Also time every function of these modules (``--detail``): coroutines as exclusive
+    spans named ``module.function``, plain functions inclusive, as ``sync:module.function``
+    (they may run in a thread inside another span)."""
+    import importlib
+
+    for name in module_names:
+        module = importlib.import_module(name)
+        short = name.rsplit(".", 1)[-1]
+        for attr, value in list(vars(module).items()):
+            if not inspect.isfunction(value) or value.__module__ != name:
+                continue
+            if inspect.iscoroutinefunction(value):
+                wrapped: Any = _async_span(f"{short}.{attr}", value)
+            else:
+                wrapped = _sync_span(f"sync:{short}.{attr}", value)
+            _replace_everywhere(value, wrapped)
+
+
+def report() -> dict[str, Any]:
+    totals = dict(_totals)
+    # The editor's and the prompt builder's threads run inside spans of the awaiting task
+    # (the tool loop, the batch); they are measured inclusive, so take them out of the loop.
+    totals["agent_loop"] = totals.get("agent_loop", 0.0) - totals.get("tools_editor", 0.0)
+    store = {k: v for k, v in totals.items() if k.startswith("store.")}
+    totals = {k: v for k, v in totals.items() if k not in store}
+    totals["store"] = sum(store.values())
+    # Mean milliseconds per call of each span in the first and the last tenth of the time
+    # the batches ran (from the first span to the last): what grows during a run.
+    ends = [t for spans in _timeline.values() for t, _ in spans]
+    tenths: dict[str, list[float]] = {}
+    if ends:
+        first, last = min(ends), max(ends)
+        cut = (last - first) / 10
+        for name, spans in _timeline.items():
+            early = [s for t, s in spans if t <= first + cut]
+            late = [s for t, s in spans if t >= last - cut]
+            tenths[name] = [round(1000 * sum(part) / len(part), 2) if part else 0.0
+                            for part in (early, late)]
+    return {"seconds": {k: round(v, 3) for k, v in sorted(totals.items())},
+            "ms_per_call_first_last_tenth": dict(sorted(tenths.items())),
+            "store_seconds": {k[6:]: round(v, 3) for k, v in sorted(store.items(),
+                                                                    key=lambda kv: -kv[1])},
+            "calls": dict(sorted(_counts.items()))}
+
+
+def main() -> None:
+    out = sys.argv[1]
+    args = sys.argv[2:]
+    detail: list[str] = []
+    while args and args[0].startswith("--detail="):
+        detail += args.pop(0).split("=", 1)[1].split(",")
+    sys.argv = ["buildrunnerd", *args]
+    install()
+    install_detail(detail)
+
+    @atexit.register
+    def write() -> None:
+        with open(out, "w", encoding="utf-8") as handle:
+            json.dump(report(), handle)
+
+    from buildrunnerd.daemon.cli import main as daemon_main
+    daemon_main()
+
+
+if __name__ == "__main__":
+    main()
