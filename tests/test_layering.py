@@ -2,12 +2,14 @@
 
 ``lint-imports`` (import-linter) checks them in scripts/test; running it here too means the check
 cannot silently stop running. The planted-import tests run it on a copy of the packages with one
-import added, so a contract that was loosened until it checks nothing fails here.
+import added, so a contract that was loosened until it checks nothing fails here. The last tests
+keep docs/architecture.md's layer diagram and module names true to the contract and the code.
 """
 
 from __future__ import annotations
 
 import pkgutil
+import re
 import shutil
 import subprocess
 import sys
@@ -127,3 +129,51 @@ def test_a_new_top_level_module_without_a_layer_breaks_the_layers(project: Path)
     text = _one_line(result.stdout)
     assert f"{LAYERS} BROKEN" in text
     assert "buildrunnerd.scratchpad" in text
+
+
+ARCHITECTURE = ROOT / "docs" / "architecture.md"
+
+
+def _diagram_layers() -> list[str]:
+    """The layers drawn in docs/architecture.md ("## Layers"), highest first."""
+    text = ARCHITECTURE.read_text(encoding="utf-8")
+    block = text.split("## Layers", 1)[1].split("```", 2)[1]
+    lines = block.split("\n")
+    start = next(i for i, line in enumerate(lines) if line.startswith("buildrunnerd, "))
+    layers = []
+    for line in lines[start + 1:]:
+        if not line.strip():
+            break
+        name = re.split(r"\s{2,}", line.strip())[0]
+        if not name.startswith("- -"):
+            layers.append(name)
+    return layers
+
+
+def test_the_architecture_doc_draws_the_contracts_layers() -> None:
+    assert _diagram_layers() == _contracts()["layers"]["layers"]
+
+
+def _modules(package: str) -> list[Path]:
+    return sorted(p for p in (ROOT / package).rglob("*.py")
+                  if p.name != "__init__.py" and "__pycache__" not in p.parts)
+
+
+def test_the_architecture_doc_names_every_module_and_only_modules_that_exist() -> None:
+    text = re.sub(r"```.*?```", "", ARCHITECTURE.read_text(encoding="utf-8"), flags=re.S)
+    named = {" ".join(span.split()) for span in re.findall(r"`([^`]+)`", text)}
+    words = set(re.findall(r"[\w.]+", " ".join(named)))
+    missing = [str(p.relative_to(ROOT)) for p in _modules("buildrunnerd") + _modules("brctl")
+               if p.name not in words and p.stem not in words]
+    assert missing == [], f"docs/architecture.md does not say what these are: {missing}"
+    files = {p.name for p in _modules("buildrunnerd") + _modules("brctl")}
+    stale = [name for name in named
+             if re.fullmatch(r"_?\w+\.py", name) and name not in files | {"__init__.py"}]
+    assert stale == [], f"docs/architecture.md names modules that do not exist: {stale}"
+    subpackages = {p.name for p in (ROOT / "buildrunnerd").iterdir() if p.is_dir()}
+    tops = {"buildrunnerd", "brctl", "tests", "bench", "scripts", "systemd", "config", "docs"}
+    paths = [name for name in named if re.fullmatch(r"[\w.-]+/[\w./-]*", name)
+             and name.split("/")[0] in tops | subpackages]
+    gone = [name for name in paths
+            if not (ROOT / name).exists() and not (ROOT / "buildrunnerd" / name).exists()]
+    assert gone == [], f"docs/architecture.md names paths that do not exist: {gone}"
