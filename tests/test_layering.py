@@ -24,7 +24,7 @@ import buildrunnerd
 ROOT = Path(__file__).resolve().parents[1]
 LINT_IMPORTS = Path(sys.executable).parent / "lint-imports"
 LAYERS = "buildrunnerd: no module imports from a layer above its own"
-SANDBOX = "sandbox imports only errors and config (and the standard library)"
+SANDBOX = "sandbox imports nothing of buildrunnerd but errors and config"
 BRCTL = "brctl imports only buildrunnerd's codes, errors and paths, and no heavy dependency"
 
 
