@@ -105,6 +105,9 @@ PLANTED = [
     pytest.param(
         "brctl/_describe.py", "from buildrunnerd.store import Store  # noqa: F401,E402\n",
         BRCTL, "brctl._describe -> buildrunnerd.store", id="brctl-imports-store"),
+    pytest.param(  # a heavy third-party package (brctl --json status starts without it)
+        "brctl/_output.py", "def _late() -> None:\n    import msgspec  # noqa: F401\n",
+        BRCTL, "brctl._output -> msgspec", id="brctl-imports-msgspec"),
     pytest.param(
         "buildrunnerd/sandbox/_run.py", "from buildrunnerd import paths  # noqa: F401,E402\n",
         SANDBOX, "buildrunnerd.sandbox._run -> buildrunnerd.paths", id="sandbox-imports-paths"),
