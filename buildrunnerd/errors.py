@@ -1,6 +1,6 @@
 """The error hierarchy. Every error a user can see derives from :class:`BuildRunnerError`.
 
-Each error carries a JSON-RPC ``code`` (see :mod:`buildrunnerd.protocol`) and ``data`` that a
+Each error carries a JSON-RPC ``code`` (see :mod:`buildrunnerd.codes`) and ``data`` that a
 program can act on, so the RPC layer can translate any of them without special cases.
 """
 
