@@ -181,7 +181,8 @@ class RunGraph:
         """Re-queue a failed batch; return the batches it unblocks (back to pending)."""
         node = self._nodes[batch_id]
         if node.state != "failed":
-            raise ValueError(f"batch {batch_id} has state {node.state}; only a failed batch can be retried")
+            raise ValueError(f"batch {batch_id} has state {node.state}; only a failed batch "
+                             "can be retried")
         self._set(node, "pending")
         if node.unmet == 0:
             self._make_ready(node)
