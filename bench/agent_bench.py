@@ -64,11 +64,10 @@ from buildrunnerd.plan import Task  # noqa: E402
 from buildrunnerd.prompt import BatchPrompt, default_counter  # noqa: E402
 from buildrunnerd.sandbox import select_sandbox  # noqa: E402
 from tests.conftest import (  # noqa: E402
-    DaemonFactory,
-    DaemonProcess,
     RpcClient,
     wait_run_event,
 )
+from tests.daemons import PYTHON_M, Daemons  # noqa: E402
 from tests.fakeapi import (  # noqa: E402
     API_KEY,
     FakeAnthropic,
@@ -285,30 +284,6 @@ def phases(events: list[dict[str, Any]], workers: int, elapsed_s: float) -> dict
     return result
 
 
-class SpanDaemonFactory(DaemonFactory):
-    """Starts the daemon through ``bench/daemon_spans.py``: the same daemon, with wall-clock
-    spans around its batch steps written to ``spans_path`` when it exits."""
-
-    def __init__(self, tmp_path: Path, spans_path: Path) -> None:
-        super().__init__(tmp_path)
-        self.spans_path = spans_path
-
-    def spawn(self, *args: str, env: dict[str, str] | None = None,
-              notify_socket: Path | None = None) -> DaemonProcess:
-        env = dict(env or self.base_env())
-        if notify_socket is not None:
-            env["NOTIFY_SOCKET"] = str(notify_socket)
-        stderr_path = self.tmp_path / "daemon-spans.stderr"
-        with stderr_path.open("wb") as err:
-            proc = subprocess.Popen(
-                [sys.executable, str(ROOT / "bench" / "daemon_spans.py"), str(self.spans_path),
-                 *args], env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                stderr=err, cwd=self.tmp_path)
-        daemon = DaemonProcess(proc, self.socket, self.home, stderr_path, env, list(args))
-        self.started.append(daemon)
-        return daemon
-
-
 def queue_wait_s(events: list[dict[str, Any]]) -> float:
     """Seconds summed over batches from ready (the batch's tasks) to dispatched."""
     ready: dict[str, float] = {}
@@ -361,15 +336,19 @@ async def run_daemon(workers: int, batches: list[str], latency_s: float, root: P
     assert server.stdout is not None and server.stdin is not None
     base_url = (await server.stdout.receive()).decode().strip()
     spans_path = base / "spans.json"
-    factory = SpanDaemonFactory(base, spans_path) if spans else DaemonFactory(base)
+    # With --spans the daemon starts through bench/daemon_spans.py: the same daemon, with
+    # wall-clock spans around its batch steps written to spans_path when it exits.
+    command = ((sys.executable, str(ROOT / "bench" / "daemon_spans.py"), str(spans_path))
+               if spans else PYTHON_M)
+    factory = Daemons(base)
     try:
         env = factory.base_env(ANTHROPIC_API_KEY=API_KEY, ANTHROPIC_BASE_URL=base_url)
         if backend == "claude-code":
             found = find_claude_cli({"PATH": ""})
             assert found is not None, "install the extra: pip install -e '.[claude-code]'"
             env["BUILDRUNNER_CLAUDE_CLI"] = str(found[0])
-        daemon = await factory.start("--backend", backend, "--config", str(config),
-                                     env=env)
+        daemon = await factory.start("--config", str(config), env=env, backend=backend,
+                                     command=command)
         async with daemon.client() as client:
             started = time.perf_counter()
             run_info = await client.call("run.submit", spec_path=str(spec), repo=str(repo),
