@@ -47,6 +47,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -59,7 +60,7 @@ sys.path.insert(0, str(ROOT))
 from buildrunnerd.agent import AnthropicExecutor  # noqa: E402
 from buildrunnerd.agent._claude_cli import find_claude_cli  # noqa: E402
 from buildrunnerd.config import AgentConfig, Config  # noqa: E402
-from buildrunnerd.executor import ApiCall, BatchJob  # noqa: E402
+from buildrunnerd.executor import ApiCall, BatchJob, TurnEvent  # noqa: E402
 from buildrunnerd.plan import Task  # noqa: E402
 from buildrunnerd.prompt import BatchPrompt, default_counter  # noqa: E402
 from buildrunnerd.sandbox import select_sandbox  # noqa: E402
@@ -98,6 +99,12 @@ class Ctx:
 
     async def checkpoint(self, state: bytes) -> None:
         pass
+
+    async def record_turn(self, *, call: ApiCall | None = None,
+                          events: Sequence[TurnEvent] = (),
+                          checkpoint: bytes | None = None) -> None:
+        if call is not None:
+            self.calls.append(call)
 
     async def check_budget(self, estimate_usd: float) -> None:
         pass

@@ -21,7 +21,7 @@ from __future__ import annotations
 import stat
 import time
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -40,7 +40,13 @@ from buildrunnerd.agent._pricing import CostTable
 from buildrunnerd.agent._routing import pick_model
 from buildrunnerd.config import Config
 from buildrunnerd.errors import BudgetExceededError, SandboxUnavailableError
-from buildrunnerd.executor import ApiCall, BatchJob, ExecutionContext, ExecutionOutcome
+from buildrunnerd.executor import (
+    ApiCall,
+    BatchJob,
+    ExecutionContext,
+    ExecutionOutcome,
+    TurnEvent,
+)
 from buildrunnerd.sandbox import Confinement, WorktreePathError, lstat_in, worktree_relpath
 
 __all__ = ["ClaudeCodeExecutor", "SessionState", "classify_ending"]
@@ -319,7 +325,10 @@ class ClaudeCodeExecutor:
         return state, "\n\n".join(parts)
 
     async def _checkpoint(self, job: BatchJob, ctx: ExecutionContext,
-                          state: SessionState) -> None:
+                          state: SessionState, *, call: ApiCall | None = None,
+                          events: Sequence[TurnEvent] = ()) -> None:
+        """Checkpoint the session, with a billed ``call`` and ``events`` in the same store
+        transaction (one commit: a crash keeps all of them or none)."""
         data = state.encode()
         key = (job.run_id, job.batch_id, job.attempt)
         self._recent[key] = data
@@ -327,7 +336,7 @@ class ClaudeCodeExecutor:
         while len(self._recent) > 256:
             self._recent.popitem(last=False)
         with anyio.CancelScope(shield=True):
-            await ctx.checkpoint(data)
+            await ctx.record_turn(call=call, events=events, checkpoint=data)
 
     # --- one batch ---
     async def run_batch(self, job: BatchJob, ctx: ExecutionContext) -> ExecutionOutcome:
@@ -461,13 +470,12 @@ class ClaudeCodeExecutor:
                 state.session_id = session_id
             inv.turn_started = time.monotonic()
             # Checkpointed at once: a crash from here on resumes this session.
-            await self._checkpoint(job, ctx, state)
-            await ctx.emit("session.started", {
+            await self._checkpoint(job, ctx, state, events=[TurnEvent("session.started", {
                 "session_id": session_id, "model": data.get("model") or state.model,
                 "resumed": inv.resumed, "cli_version": data.get("claude_code_version"),
                 "tools": data.get("tools"), "backend": BACKEND,
                 # From starting the CLI (launcher, sandbox, CLI) to its first message.
-                "startup_ms": int((inv.turn_started - inv.started) * 1000)})
+                "startup_ms": int((inv.turn_started - inv.started) * 1000)})])
         elif message.subtype == "api_retry":
             await ctx.emit("agent.retry", {k: data.get(k) for k in (
                 "attempt", "max_retries", "retry_delay_ms", "error_status", "error")})
@@ -484,13 +492,13 @@ class ClaudeCodeExecutor:
             latency_ms=inv.lap_ms(),
             request_id=call.get("message_id"), stop_reason=call.get("stop_reason"),
             purpose="batch", backend=BACKEND)
-        await ctx.record_api_call(row)
         state.tally.add_streamed(row)
         state.turns += 1
-        await ctx.emit("agent.turn", {"turn": state.turns, "model": model,
-                                      "stop_reason": row.stop_reason,
-                                      "session_id": state.session_id})
-        await self._checkpoint(job, ctx, state)
+        # The call, its turn's event and the checkpoint (which counts the call in its
+        # tally): one transaction.
+        await self._checkpoint(job, ctx, state, call=row, events=[TurnEvent("agent.turn", {
+            "turn": state.turns, "model": model, "stop_reason": row.stop_reason,
+            "session_id": state.session_id})])
         # Budgets apply: the spend so far (this call included) against the run's budget.
         await ctx.check_budget(0.0)
 

@@ -8,6 +8,7 @@ conversation is checkpointed (``ctx.checkpoint``); a restart resumes from it.
 from __future__ import annotations
 
 from collections import OrderedDict
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -34,7 +35,13 @@ from buildrunnerd.agent._routing import pick_model
 from buildrunnerd.config import Config
 from buildrunnerd.credentials import redact_secrets
 from buildrunnerd.errors import AgentError, BudgetExceededError, SandboxUnavailableError
-from buildrunnerd.executor import ApiCall, BatchJob, ExecutionContext, ExecutionOutcome
+from buildrunnerd.executor import (
+    ApiCall,
+    BatchJob,
+    ExecutionContext,
+    ExecutionOutcome,
+    TurnEvent,
+)
 from buildrunnerd.prompt import default_counter
 from buildrunnerd.sandbox import Confinement
 
@@ -184,7 +191,10 @@ class AnthropicExecutor:
         return pick_model(self.config.models, [t.complexity for t in job.tasks], job.escalation)
 
     async def _checkpoint(self, job: BatchJob, ctx: ExecutionContext,
-                          state: ConversationState) -> None:
+                          state: ConversationState, *, call: ApiCall | None = None,
+                          events: Sequence[TurnEvent] = ()) -> None:
+        """Checkpoint the conversation, with the turn's billed ``call`` and ``events`` in the
+        same store transaction (one commit: a crash keeps the whole turn or none of it)."""
         data = state.encode()
         key = (job.run_id, job.batch_id, job.attempt)
         self._recent[key] = data
@@ -193,20 +203,25 @@ class AnthropicExecutor:
             self._recent.popitem(last=False)
         # Shielded: a cancelled batch still leaves its last finished turn on disk.
         with anyio.CancelScope(shield=True):
-            await ctx.checkpoint(data)
+            await ctx.record_turn(call=call, events=events, checkpoint=data)
 
     # --- the loop ---
     async def _loop(self, job: BatchJob, ctx: ExecutionContext, state: ConversationState,
                     editor: TextEditor, bash: BashSession) -> ExecutionOutcome:
         agent = self.config.agent
+        # Whether the first tool call's event went out with the turn that asked for it (not
+        # after a restart, which resumes from the checkpoint and announces it itself).
+        announced = False
         while True:
             if state.pending_tools:
-                results = await self._run_tools(ctx, state.messages[-1]["content"], editor, bash)
+                results, last = await self._run_tools(
+                    ctx, state.messages[-1]["content"], editor, bash, announced=announced)
+                announced = False
                 if state.continue_after_tools:
                     results.append({"type": "text", "text": _CONTINUE})
                 append_user(state.messages, results)
                 state.pending_tools = state.continue_after_tools = False
-                await self._checkpoint(job, ctx, state)
+                await self._checkpoint(job, ctx, state, events=last)
             if state.pending_note:
                 append_user(state.messages, [{"type": "text", "text": state.pending_note}])
                 state.pending_note = ""
@@ -235,16 +250,24 @@ class AnthropicExecutor:
                 self.client, params, settings=self._settings, limiter=self.limiter,
                 emit=ctx.emit, on_text=lambda s, final: self._emit_text(ctx, s, final))
             state.model = params["model"]  # the fallback may have replaced it
-            await self._record(ctx, turn)
+            call = self._api_call(turn)
             state.turns += 1
             state.output_tokens += turn.usage.get("output_tokens", 0)
             state.tokens += sum(turn.usage.get(k, 0) for k in (
                 "input_tokens", "output_tokens", "cache_creation_input_tokens",
                 "cache_read_input_tokens"))
             outcome = self._apply(state, turn)
-            await ctx.emit("agent.turn", {"turn": state.turns, "model": turn.model,
-                                          "stop_reason": turn.stop_reason})
-            await self._checkpoint(job, ctx, state)
+            events = [TurnEvent("agent.turn", {"turn": state.turns, "model": turn.model,
+                                               "stop_reason": turn.stop_reason})]
+            first = _first_tool_use(state.messages[-1]["content"]) if state.pending_tools else None
+            if first is not None:
+                # The tool runs right after this write: its call is announced with the turn.
+                events.append(TurnEvent("tool.call", _call_summary(
+                    first.get("name"), first.get("input") or {})))
+                announced = True
+            # The call (billed: recorded before the next budget check), the turn's events and
+            # the checkpoint: one transaction.
+            await self._checkpoint(job, ctx, state, call=call, events=events)
             if outcome is not None:
                 return outcome
 
@@ -340,16 +363,16 @@ class AnthropicExecutor:
         state.last_request_tokens = tokens
         await ctx.check_budget(estimate)
 
-    async def _record(self, ctx: ExecutionContext, turn: Turn) -> None:
+    def _api_call(self, turn: Turn) -> ApiCall:
         u = turn.usage
-        await ctx.record_api_call(ApiCall(
+        return ApiCall(
             model=turn.model, input_tokens=u.get("input_tokens", 0),
             output_tokens=u.get("output_tokens", 0),
             cache_creation_input_tokens=u.get("cache_creation_input_tokens", 0),
             cache_read_input_tokens=u.get("cache_read_input_tokens", 0),
             cost_usd=self.costs.cost_usd(turn.model, u), latency_ms=turn.latency_ms,
             request_id=turn.request_id, stop_reason=turn.stop_reason, purpose="batch",
-            backend="anthropic"))
+            backend="anthropic")
 
     async def _emit_text(self, ctx: ExecutionContext, text: str, final: bool) -> None:
         if text.strip():
@@ -359,15 +382,27 @@ class AnthropicExecutor:
             await ctx.emit("agent.text", data)
 
     async def _run_tools(self, ctx: ExecutionContext, content: list[dict[str, Any]],
-                         editor: TextEditor, bash: BashSession) -> list[dict[str, Any]]:
-        """Run every tool call of an assistant message; one ``tool_result`` each, in order."""
+                         editor: TextEditor, bash: BashSession, *, announced: bool
+                         ) -> tuple[list[dict[str, Any]], list[TurnEvent]]:
+        """Run every tool call of an assistant message; one ``tool_result`` each, in order.
+
+        Each call's ``tool.call`` event is stored before it runs (the first one's already is
+        when ``announced``) and each ``tool.result`` after, except the last result: it is
+        returned, for the checkpoint's transaction, which comes right after it."""
         results: list[dict[str, Any]] = []
+        last: list[TurnEvent] = []
         for block in content:
             if block.get("type") != "tool_use":
                 continue
             name = block.get("name")
             params = block.get("input") or {}
-            await ctx.emit("tool.call", _call_summary(name, params))
+            if last:
+                await ctx.emit(last[0].type, last[0].data)
+                last = []
+            if announced:
+                announced = False
+            else:
+                await ctx.emit("tool.call", _call_summary(name, params))
             try:
                 if name == EDITOR_TOOL_NAME:
                     output = await anyio.to_thread.run_sync(editor.run, params)
@@ -383,14 +418,22 @@ class AnthropicExecutor:
                 output, is_error = f"The tool failed: {exc}", True
             # Before it is stored (events, the checkpointed conversation) or sent anywhere.
             output = redact_secrets(output)
-            await ctx.emit("tool.result", {"tool": name, "is_error": is_error,
-                                           "output": output[:_RESULT_EVENT_CHARS]})
+            last = [TurnEvent("tool.result", {"tool": name, "is_error": is_error,
+                                              "output": output[:_RESULT_EVENT_CHARS]})]
             result: dict[str, Any] = {"type": "tool_result", "tool_use_id": block["id"],
                                       "content": output or "(no output)"}
             if is_error:
                 result["is_error"] = True
             results.append(result)
-        return results
+        return results, last
+
+
+def _first_tool_use(content: Any) -> dict[str, Any] | None:
+    """The first ``tool_use`` block of an assistant message's content, if any."""
+    for block in content if isinstance(content, list) else []:
+        if isinstance(block, dict) and block.get("type") == "tool_use":
+            return block
+    return None
 
 
 def _call_summary(name: Any, params: dict[str, Any]) -> dict[str, Any]:

@@ -7,12 +7,13 @@ the run's budget before each call (pausing the run when it would be exceeded).
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from buildrunnerd.daemon._active import ActiveRun
 from buildrunnerd.errors import BudgetExceededError
-from buildrunnerd.executor import ApiCall
+from buildrunnerd.executor import ApiCall, TurnEvent
+from buildrunnerd.store import NewEvent
 
 if TYPE_CHECKING:
     from buildrunnerd.store import Store
@@ -52,11 +53,14 @@ class BatchContext:
         self, type: str, data: dict[str, Any], *, task_id: str | None = None
     ) -> None:
         """Store and publish an event of this batch."""
-        if task_id is not None and ":" not in task_id:
-            task_id = self._run.gid(task_id)
         await self._store.append_event(
-            self._run.id, type, data, batch_id=self._batch_id, task_id=task_id
+            self._run.id, type, data, batch_id=self._batch_id, task_id=self._task_gid(task_id)
         )
+
+    def _task_gid(self, task_id: str | None) -> str | None:
+        if task_id is not None and ":" not in task_id:
+            return self._run.gid(task_id)
+        return task_id
 
     async def record_api_call(self, call: ApiCall) -> None:
         """Store a billed call (row + ``api.call`` event) in one transaction."""
@@ -65,6 +69,18 @@ class BatchContext:
     async def checkpoint(self, state: bytes) -> None:
         """Persist the conversation so a restart resumes it."""
         await self._store.save_checkpoint(self.attempt_id, state)
+
+    async def record_turn(
+        self, *, call: ApiCall | None = None, events: Sequence[TurnEvent] = (),
+        checkpoint: bytes | None = None,
+    ) -> None:
+        """The turn's call, events and checkpoint in ONE store transaction."""
+        await self._store.record_turn(
+            self.attempt_id, self._run.id, self._batch_id, call=call,
+            events=[NewEvent(self._run.id, e.type, e.data, batch_id=self._batch_id,
+                             task_id=self._task_gid(e.task_id)) for e in events],
+            checkpoint=checkpoint,
+        )
 
     async def check_budget(self, estimate_usd: float) -> None:
         """Raise BudgetExceededError (after a ``budget.exceeded`` event and pausing the run)."""

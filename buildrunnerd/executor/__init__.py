@@ -6,9 +6,11 @@ from buildrunnerd.executor._protocol import (
     ExecutionContext,
     ExecutionOutcome,
     Executor,
+    TurnEvent,
 )
 from buildrunnerd.executor._simulated import SimulatedExecutor
 
 __all__ = [
     "ApiCall", "BatchJob", "ExecutionContext", "ExecutionOutcome", "Executor", "SimulatedExecutor",
+    "TurnEvent",
 ]

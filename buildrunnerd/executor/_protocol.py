@@ -7,6 +7,7 @@ The daemon (``buildrunnerd.daemon``) owns the batch lifecycle: it makes the work
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any, Literal, Protocol
 
 import msgspec
@@ -15,7 +16,9 @@ from buildrunnerd.plan._model import Task
 from buildrunnerd.prompt._model import BatchPrompt
 from buildrunnerd.protocol import VerificationReport
 
-__all__ = ["BatchJob", "ApiCall", "ExecutionOutcome", "ExecutionContext", "Executor"]
+__all__ = [
+    "ApiCall", "BatchJob", "ExecutionContext", "ExecutionOutcome", "Executor", "TurnEvent",
+]
 
 
 class BatchJob(msgspec.Struct):
@@ -48,6 +51,15 @@ class ApiCall(msgspec.Struct):
     backend: str = ""  # the backend that made the call: "anthropic", "claude-code", ...
 
 
+class TurnEvent(msgspec.Struct, frozen=True):
+    """An event of a turn, stored with the turn's other writes (see
+    :meth:`ExecutionContext.record_turn`)."""
+
+    type: str
+    data: dict[str, Any]
+    task_id: str | None = None
+
+
 class ExecutionOutcome(msgspec.Struct):
     """How a backend's work on a batch ended.
 
@@ -75,6 +87,16 @@ class ExecutionContext(Protocol):
 
     async def checkpoint(self, state: bytes) -> None:
         """Persist the conversation after a turn, so a restart resumes instead of repaying."""
+
+    async def record_turn(
+        self, *, call: ApiCall | None = None, events: Sequence[TurnEvent] = (),
+        checkpoint: bytes | None = None,
+    ) -> None:
+        """Store a turn's writes in ONE transaction, in this order: the billed ``call`` (as
+        :meth:`record_api_call`), the ``events`` (as :meth:`emit`), the ``checkpoint`` (as
+        :meth:`checkpoint`). A crash keeps all of them or none; subscribers see the events in
+        that order. One commit instead of one per part: what a backend should use at the end
+        of a turn (the parts stay available for writes that must be seen at once)."""
 
     async def check_budget(self, estimate_usd: float) -> None:
         """Raise :class:`buildrunnerd.errors.BudgetExceededError` if the run's spend plus

@@ -1,13 +1,17 @@
-"""Attempts: one per try at a batch, with the agent's conversation checkpoint for resuming."""
+"""Attempts: one per try at a batch, with the agent's conversation checkpoint for resuming,
+and the writes of one turn of the agent (its call, events and checkpoint) as one transaction."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from typing import Any
 
+from buildrunnerd import protocol
 from buildrunnerd.errors import InvalidStateError
+from buildrunnerd.executor._protocol import ApiCall
+from buildrunnerd.store._costs import record_call
 from buildrunnerd.store._db import Database, Txn, decode_json, encode_json, not_found
-from buildrunnerd.store._records import ATTEMPT_OUTCOMES, AttemptRecord, format_ts
+from buildrunnerd.store._records import ATTEMPT_OUTCOMES, AttemptRecord, NewEvent, format_ts
 
 __all__ = ["AttemptMethods"]
 
@@ -111,11 +115,37 @@ class AttemptMethods(Database):
 
         changed = await self._write_one(
             f"checkpointing attempt {attempt_id}",
-            "UPDATE attempts SET checkpoint = ?, checkpoint_at = ? WHERE id = ?",
-            (bytes(state), format_ts(self.now()), attempt_id),
+            _CHECKPOINT_SQL, (bytes(state), format_ts(self.now()), attempt_id),
         )
         if changed == 0:
             raise not_found("attempt", attempt_id)
+
+    async def record_turn(
+        self, attempt_id: int, run_id: str, batch_id: str, *, call: ApiCall | None = None,
+        events: Sequence[NewEvent] = (), checkpoint: bytes | None = None,
+    ) -> list[protocol.Event]:
+        """Store what one turn of the agent produced in ONE transaction: the billed ``call``
+        (as :meth:`record_api_call`: its row, costs and ``api.call`` event), then ``events``
+        in order, then the conversation ``checkpoint`` (as :meth:`save_checkpoint`). Returns
+        the stored events, ``api.call`` first.
+
+        One commit instead of one per part: a crash keeps the whole turn or none of it, so a
+        resumed attempt never finds a checkpoint without the events and the cost of the turn
+        it holds, nor a billed turn its checkpoint does not know."""
+
+        async def record(txn: Txn) -> None:
+            if call is not None:
+                await record_call(txn, run_id, batch_id, call)
+            for e in events:
+                txn.add_event(e.run_id, e.type, e.data, batch_id=e.batch_id, task_id=e.task_id)
+            if checkpoint is not None:
+                changed = await txn.execute(
+                    _CHECKPOINT_SQL, (bytes(checkpoint), txn.ts, attempt_id))
+                if changed == 0:
+                    raise not_found("attempt", attempt_id)
+
+        _, stored = await self._write(f"recording a turn of attempt {attempt_id}", record)
+        return stored
 
     async def load_checkpoint(self, attempt_id: int) -> bytes | None:
         """The attempt's last checkpoint, or None if it has none."""
@@ -126,6 +156,9 @@ class AttemptMethods(Database):
         if not rows:
             raise not_found("attempt", attempt_id)
         return None if rows[0][0] is None else bytes(rows[0][0])
+
+
+_CHECKPOINT_SQL = "UPDATE attempts SET checkpoint = ?, checkpoint_at = ? WHERE id = ?"
 
 
 def _attempt_from_row(r: Sequence[Any]) -> AttemptRecord:

@@ -16,7 +16,7 @@ from buildrunnerd.executor._protocol import ApiCall
 from buildrunnerd.store._db import Database, Reader, Txn, not_found
 from buildrunnerd.store._records import format_ts
 
-__all__ = ["CostMethods", "COST_GROUPINGS", "to_nanousd", "from_nanousd"]
+__all__ = ["COST_GROUPINGS", "CostMethods", "from_nanousd", "record_call", "to_nanousd"]
 
 #: What ``cost_summary(by=...)`` accepts.
 COST_GROUPINGS: tuple[str, ...] = ("model", "day", "run")
@@ -53,75 +53,9 @@ class CostMethods(Database):
         """Store a billed call in ONE transaction: its row, an ``api.call`` event
         ``{model, tokens {...}, cost_usd, request_id, ...}``, the hourly roll-up, and the cost
         added to the run and, split evenly (to the nano-dollar), to the batch's tasks."""
-        nanos = to_nanousd(call.cost_usd)
-        data: dict[str, Any] = {
-            "model": call.model,
-            "tokens": {
-                "input_tokens": call.input_tokens,
-                "output_tokens": call.output_tokens,
-                "cache_creation_input_tokens": call.cache_creation_input_tokens,
-                "cache_read_input_tokens": call.cache_read_input_tokens,
-            },
-            "cost_usd": from_nanousd(nanos),
-            "request_id": call.request_id,
-            "latency_ms": call.latency_ms,
-            "purpose": call.purpose,
-        }
-        if call.backend:
-            data["backend"] = call.backend
-        if call.stop_reason is not None:
-            data["stop_reason"] = call.stop_reason
 
         async def record(txn: Txn) -> None:
-            changed = await txn.execute(
-                "UPDATE runs SET cost_nanousd = cost_nanousd + ?, calls = calls + 1,"
-                " input_tokens = input_tokens + ?, output_tokens = output_tokens + ?,"
-                " cache_read_input_tokens = cache_read_input_tokens + ?,"
-                " cache_creation_input_tokens = cache_creation_input_tokens + ?"
-                " WHERE id = ?",
-                (nanos, call.input_tokens, call.output_tokens, call.cache_read_input_tokens,
-                 call.cache_creation_input_tokens, run_id),
-            )
-            if changed == 0:
-                raise not_found("run", run_id)
-            await txn.execute(
-                "INSERT INTO api_calls (ts, run_id, batch_id, model, purpose, input_tokens,"
-                " output_tokens, cache_creation_input_tokens, cache_read_input_tokens,"
-                " cost_nanousd, latency_ms, request_id, stop_reason, backend)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (txn.ts, run_id, batch_id, call.model, call.purpose, call.input_tokens,
-                 call.output_tokens, call.cache_creation_input_tokens,
-                 call.cache_read_input_tokens, nanos, call.latency_ms, call.request_id,
-                 call.stop_reason, call.backend),
-            )
-            await txn.execute(
-                "INSERT INTO metrics_hourly (hour, model, calls, input_tokens, output_tokens,"
-                " cache_creation_input_tokens, cache_read_input_tokens, cost_nanousd)"
-                " VALUES (?, ?, 1, ?, ?, ?, ?, ?)"
-                " ON CONFLICT (hour, model) DO UPDATE SET calls = calls + 1,"
-                " input_tokens = input_tokens + excluded.input_tokens,"
-                " output_tokens = output_tokens + excluded.output_tokens,"
-                " cache_creation_input_tokens ="
-                "   cache_creation_input_tokens + excluded.cache_creation_input_tokens,"
-                " cache_read_input_tokens ="
-                "   cache_read_input_tokens + excluded.cache_read_input_tokens,"
-                " cost_nanousd = cost_nanousd + excluded.cost_nanousd",
-                (txn.ts[:13], call.model, call.input_tokens, call.output_tokens,
-                 call.cache_creation_input_tokens, call.cache_read_input_tokens, nanos),
-            )
-            if batch_id is not None and nanos:
-                rows = await txn.fetchall(
-                    "SELECT id FROM tasks WHERE batch_id = ? ORDER BY position", (batch_id,)
-                )
-                if rows:
-                    share, rest = divmod(nanos, len(rows))
-                    # The remainder goes one nano-dollar at a time to the first tasks, so the
-                    # tasks' costs add up to the call's cost exactly.
-                    await txn.executemany(
-                        "UPDATE tasks SET cost_nanousd = cost_nanousd + ? WHERE id = ?",
-                        [(share + (1 if i < rest else 0), row[0]) for i, row in enumerate(rows)],
-                    )
-            txn.add_event(run_id, "api.call", data, batch_id=batch_id)
+            await record_call(txn, run_id, batch_id, call)
 
         _, events = await self._write(f"recording an API call of run {run_id}", record)
         return events[0]
@@ -249,3 +183,75 @@ class CostMethods(Database):
             await db.fetchall("PRAGMA optimize")
 
         await self._read("vacuuming the database", vacuum)
+
+
+async def record_call(txn: Txn, run_id: str, batch_id: str | None, call: ApiCall) -> None:
+    """One billed call as a step of an open transaction: its row, the hourly roll-up, the cost
+    added to the run and split over the batch's tasks, and the ``api.call`` event."""
+    nanos = to_nanousd(call.cost_usd)
+    data: dict[str, Any] = {
+        "model": call.model,
+        "tokens": {
+            "input_tokens": call.input_tokens,
+            "output_tokens": call.output_tokens,
+            "cache_creation_input_tokens": call.cache_creation_input_tokens,
+            "cache_read_input_tokens": call.cache_read_input_tokens,
+        },
+        "cost_usd": from_nanousd(nanos),
+        "request_id": call.request_id,
+        "latency_ms": call.latency_ms,
+        "purpose": call.purpose,
+    }
+    if call.backend:
+        data["backend"] = call.backend
+    if call.stop_reason is not None:
+        data["stop_reason"] = call.stop_reason
+    changed = await txn.execute(
+        "UPDATE runs SET cost_nanousd = cost_nanousd + ?, calls = calls + 1,"
+        " input_tokens = input_tokens + ?, output_tokens = output_tokens + ?,"
+        " cache_read_input_tokens = cache_read_input_tokens + ?,"
+        " cache_creation_input_tokens = cache_creation_input_tokens + ?"
+        " WHERE id = ?",
+        (nanos, call.input_tokens, call.output_tokens, call.cache_read_input_tokens,
+         call.cache_creation_input_tokens, run_id),
+    )
+    if changed == 0:
+        raise not_found("run", run_id)
+    await txn.execute(
+        "INSERT INTO api_calls (ts, run_id, batch_id, model, purpose, input_tokens,"
+        " output_tokens, cache_creation_input_tokens, cache_read_input_tokens,"
+        " cost_nanousd, latency_ms, request_id, stop_reason, backend)"
+        " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        (txn.ts, run_id, batch_id, call.model, call.purpose, call.input_tokens,
+         call.output_tokens, call.cache_creation_input_tokens,
+         call.cache_read_input_tokens, nanos, call.latency_ms, call.request_id,
+         call.stop_reason, call.backend),
+    )
+    await txn.execute(
+        "INSERT INTO metrics_hourly (hour, model, calls, input_tokens, output_tokens,"
+        " cache_creation_input_tokens, cache_read_input_tokens, cost_nanousd)"
+        " VALUES (?, ?, 1, ?, ?, ?, ?, ?)"
+        " ON CONFLICT (hour, model) DO UPDATE SET calls = calls + 1,"
+        " input_tokens = input_tokens + excluded.input_tokens,"
+        " output_tokens = output_tokens + excluded.output_tokens,"
+        " cache_creation_input_tokens ="
+        "   cache_creation_input_tokens + excluded.cache_creation_input_tokens,"
+        " cache_read_input_tokens ="
+        "   cache_read_input_tokens + excluded.cache_read_input_tokens,"
+        " cost_nanousd = cost_nanousd + excluded.cost_nanousd",
+        (txn.ts[:13], call.model, call.input_tokens, call.output_tokens,
+         call.cache_creation_input_tokens, call.cache_read_input_tokens, nanos),
+    )
+    if batch_id is not None and nanos:
+        rows = await txn.fetchall(
+            "SELECT id FROM tasks WHERE batch_id = ? ORDER BY position", (batch_id,)
+        )
+        if rows:
+            share, rest = divmod(nanos, len(rows))
+            # The remainder goes one nano-dollar at a time to the first tasks, so the
+            # tasks' costs add up to the call's cost exactly.
+            await txn.executemany(
+                "UPDATE tasks SET cost_nanousd = cost_nanousd + ? WHERE id = ?",
+                [(share + (1 if i < rest else 0), row[0]) for i, row in enumerate(rows)],
+            )
+    txn.add_event(run_id, "api.call", data, batch_id=batch_id)

@@ -160,6 +160,7 @@ class Database:
         self._clock = clock
         self._schema_version = schema_version
         self._closed = False
+        self._write_transactions = 0
         #: Called with each stored event after its transaction committed (settable later,
         #: e.g. once the daemon's event bus exists). Must not block; exceptions are logged.
         self.on_event: EventCallback | None = on_event
@@ -238,6 +239,12 @@ class Database:
                 self._closed = True
                 await self._conn.close()
 
+    @property
+    def write_transactions(self) -> int:
+        """How many write transactions this store has committed (each a commit, so each a
+        WAL append and one turn on the connection's lock): the unit the hot paths count."""
+        return self._write_transactions
+
     def now(self) -> datetime:
         """The store's clock."""
         return self._clock()
@@ -259,6 +266,7 @@ class Database:
                     result = await _run_transaction(txn, body)
             except sqlite3.Error as exc:
                 raise translate_error(exc, self._path, what) from exc
+            self._write_transactions += 1
             # Still under the lock, so subscribers see events in id order across writers.
             self._publish(txn.events)
         return result, txn.events
@@ -273,6 +281,7 @@ class Database:
                     cursor = await self._conn.execute(sql, params)
             except sqlite3.Error as exc:
                 raise translate_error(exc, self._path, what) from exc
+            self._write_transactions += 1
             return int(cursor.rowcount)
 
     async def _read(self, what: str, body: Callable[[Reader], Awaitable[T]]) -> T:

@@ -4,7 +4,7 @@ edge for these tests), a git worktree, a job, and an executor pointed at the fak
 from __future__ import annotations
 
 import subprocess
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +14,7 @@ import pytest
 from buildrunnerd.agent import AnthropicExecutor
 from buildrunnerd.config import AgentConfig, Config
 from buildrunnerd.errors import BudgetExceededError
-from buildrunnerd.executor import ApiCall, BatchJob
+from buildrunnerd.executor import ApiCall, BatchJob, TurnEvent
 from buildrunnerd.plan import Task
 from buildrunnerd.prompt import BatchPrompt
 from tests.fakeapi import API_KEY, FakeAnthropic, FakeRequest
@@ -44,6 +44,17 @@ class Recorder:
         self.checkpoints.append(state)
         if self.on_checkpoint is not None:
             await self.on_checkpoint(len(self.checkpoints))
+
+    async def record_turn(self, *, call: ApiCall | None = None,
+                          events: Sequence[TurnEvent] = (),
+                          checkpoint: bytes | None = None) -> None:
+        """As the daemon's: the call, the events, the checkpoint, in that order."""
+        if call is not None:
+            await self.record_api_call(call)
+        for e in events:
+            await self.emit(e.type, e.data, task_id=e.task_id)
+        if checkpoint is not None:
+            await self.checkpoint(checkpoint)
 
     async def check_budget(self, estimate_usd: float) -> None:
         if self.budget_usd is None:

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import ast
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from buildrunnerd.errors import ConfigError
-from buildrunnerd.executor import ApiCall, BatchJob, SimulatedExecutor
+from buildrunnerd.executor import ApiCall, BatchJob, SimulatedExecutor, TurnEvent
 from buildrunnerd.plan._model import Task
 from buildrunnerd.prompt import BatchPrompt
 
@@ -28,6 +29,12 @@ class RecordingContext:
 
     async def checkpoint(self, state: bytes) -> None:
         pass
+
+    async def record_turn(self, *, call: ApiCall | None = None,
+                          events: Sequence[TurnEvent] = (),
+                          checkpoint: bytes | None = None) -> None:
+        if call is not None:
+            self.calls.append(call)
 
     async def check_budget(self, estimate_usd: float) -> None:
         pass

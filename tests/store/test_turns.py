@@ -1,0 +1,77 @@
+"""``record_turn``: a turn's call, events and checkpoint as one transaction, all or nothing."""
+
+from __future__ import annotations
+
+import pytest
+
+from buildrunnerd.errors import NotFoundError
+from buildrunnerd.executor import ApiCall
+from buildrunnerd.store import NewEvent, Store
+
+from .conftest import Recorder, submit
+
+RUN = "r-00000001"
+BATCH = f"{RUN}:B001"
+CALL = ApiCall(model="claude-sonnet-5-5", input_tokens=100, output_tokens=20,
+               cost_usd=0.0123, request_id="req_1", stop_reason="tool_use")
+
+
+async def test_a_turn_is_one_commit_with_its_events_in_order(
+        store: Store, recorder: Recorder) -> None:
+    await submit(store)
+    attempt = await store.start_attempt(BATCH, worktree="/wt", model=None)
+    before, seen = store.write_transactions, len(recorder.events)
+
+    stored = await store.record_turn(
+        attempt.id, RUN, BATCH, call=CALL,
+        events=[NewEvent(RUN, "agent.turn", {"turn": 1}, batch_id=BATCH),
+                NewEvent(RUN, "tool.call", {"tool": "bash"}, batch_id=BATCH,
+                         task_id=f"{RUN}:T001")],
+        checkpoint=b"conversation after turn 1",
+    )
+
+    assert store.write_transactions == before + 1
+    assert [e.type for e in stored] == ["api.call", "agent.turn", "tool.call"]
+    assert recorder.events[seen:] == stored  # published after the commit, in id order
+    assert stored[2].task_id == f"{RUN}:T001" and stored[0].batch_id == BATCH
+    assert await store.load_checkpoint(attempt.id) == b"conversation after turn 1"
+    run = await store.get_run(RUN)
+    assert run.calls == 1 and run.cost_usd == pytest.approx(0.0123)
+    tasks = await store.list_tasks(RUN)
+    assert sum(t.cost_usd for t in tasks if t.batch_id == BATCH) == pytest.approx(0.0123)
+
+
+async def test_a_failing_part_leaves_nothing_of_the_turn(
+        store: Store, recorder: Recorder) -> None:
+    await submit(store)
+    attempt = await store.start_attempt(BATCH, worktree="/wt", model=None)
+    await store.save_checkpoint(attempt.id, b"turn 0")
+    seen = len(recorder.events)
+    events_before = await store.list_events(run_id=RUN)
+
+    # The checkpoint of an attempt that does not exist fails last, after the call and the
+    # events were written inside the transaction: all of it rolls back.
+    with pytest.raises(NotFoundError, match="attempt 999"):
+        await store.record_turn(
+            999, RUN, BATCH, call=CALL,
+            events=[NewEvent(RUN, "agent.turn", {"turn": 1}, batch_id=BATCH)],
+            checkpoint=b"turn 1")
+
+    assert await store.list_events(run_id=RUN) == events_before
+    assert recorder.events[seen:] == []  # nothing published for a rolled-back turn
+    run = await store.get_run(RUN)
+    assert run.calls == 0 and run.cost_usd == 0
+    assert (await store.cost_summary(run_id=RUN)).calls == 0
+    assert await store.load_checkpoint(attempt.id) == b"turn 0"
+
+
+async def test_a_turn_without_a_call_or_checkpoint_stores_just_its_events(
+        store: Store) -> None:
+    await submit(store)
+    attempt = await store.start_attempt(BATCH, worktree="/wt", model=None)
+    stored = await store.record_turn(
+        attempt.id, RUN, BATCH, events=[NewEvent(RUN, "tool.result", {"ok": True},
+                                                 batch_id=BATCH)])
+    assert [e.type for e in stored] == ["tool.result"]
+    assert await store.load_checkpoint(attempt.id) is None
+    assert (await store.get_run(RUN)).calls == 0
