@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Literal
 
 from buildrunnerd.plan._model import Batch, Plan, Task
+from buildrunnerd.store._records import AttemptEnd
 
 if TYPE_CHECKING:
     from buildrunnerd.workspace import Workspace
@@ -29,6 +30,9 @@ class BatchResult:
     model: str | None = None
     summary: str = ""
     commit: str | None = None
+    # The attempt's end, written with the result (one transaction); None when the lifecycle
+    # already wrote it.
+    attempt_end: AttemptEnd | None = None
 
 
 @dataclass(slots=True)

@@ -37,7 +37,7 @@ from buildrunnerd.plan._model import Task
 from buildrunnerd.prompt._model import BatchPrompt
 from buildrunnerd.protocol import VerificationReport
 from buildrunnerd.sandbox import Confinement
-from buildrunnerd.store._records import NewEvent, TaskChange
+from buildrunnerd.store._records import AttemptEnd, NewEvent, TaskChange
 
 if TYPE_CHECKING:
     from buildrunnerd.config import Config
@@ -135,10 +135,11 @@ async def run_batch_lifecycle(
             else:
                 reason = f"merge conflict in {', '.join(done.conflict_files) or 'the run branch'}"
             if merged:
-                await store.finish_attempt(attempt.id, outcome="succeeded",
-                                           verification=_stored(report), commit=commit)
+                # The attempt ends with the batch's result, in its transaction (_results).
                 return BatchResult("succeeded", model=ctx.model, commit=commit,
-                                   summary=ctx.summary)
+                                   summary=ctx.summary, attempt_end=AttemptEnd(
+                                       attempt.id, "succeeded", verification=_stored(report),
+                                       commit=commit))
             await store.finish_attempt(attempt.id, outcome="conflict", reason=reason,
                                        verification=_stored(branch_report or report))
             if branch_report is not None:
@@ -265,16 +266,21 @@ async def _execute_and_verify(
                 timed_out.model = ctx.model
                 return timed_out, report
         report = checked
-        await store.set_tasks_details(task_gids, verification=report.to_dict())
         if report.passed:
-            await ctx.emit("verify.passed", {"fix_round": fix_round,
-                                             "checks": [c.name for c in report.checks]})
+            verdict = NewEvent(run.id, "verify.passed", {
+                "fix_round": fix_round, "checks": [c.name for c in report.checks]},
+                batch_id=batch_id)
+        else:
+            verdict = NewEvent(run.id, "verify.failed", {
+                "fix_round": fix_round, "reason": report.first_failure(),
+                "checks": [{"name": c.name, "passed": c.passed, "message": c.message,
+                            "file": c.file, "line": c.line} for c in report.checks],
+            }, batch_id=batch_id)
+        # The report and its verdict: one transaction.
+        await store.set_tasks_details(task_gids, verification=report.to_dict(),
+                                      events=[verdict])
+        if report.passed:
             return None, report
-        await ctx.emit("verify.failed", {
-            "fix_round": fix_round, "reason": report.first_failure(),
-            "checks": [{"name": c.name, "passed": c.passed, "message": c.message,
-                        "file": c.file, "line": c.line} for c in report.checks],
-        })
         signature = report.failure_signature()
         if fix_round < max_fix and signature == previous_signature:
             # The fix-up round changed nothing the checks can see: more rounds of the same

@@ -63,6 +63,11 @@ class BatchResults:
             else:  # done before the database failed: record it, do not run it again
                 _log.info("batch.recording_again", status=result.status)
             if active.cancelling:
+                if result.attempt_end is not None:
+                    end = result.attempt_end
+                    await self._runs.store.finish_attempt(
+                        end.attempt_id, outcome=end.outcome, reason=end.reason,
+                        verification=end.verification, commit=end.commit)
                 return
             try:
                 await self._apply_result(active, slot, batch_id, result)
@@ -136,7 +141,7 @@ class BatchResults:
                 run=None,
                 batch=(batch_id, "succeeded", "batch.succeeded",
                        {"commit": result.commit, "model": result.model}, result.model),
-                tasks=changes, events=[],
+                tasks=changes, events=[], attempt=result.attempt_end,
             )
             graph.succeed(batch_id)
             active.summaries.append(result.summary or "; ".join(

@@ -8,6 +8,7 @@ from buildrunnerd.store._costs import COST_GROUPINGS
 from buildrunnerd.store._migrations import LATEST_VERSION, MIGRATIONS
 from buildrunnerd.store._records import (
     ATTEMPT_OUTCOMES,
+    AttemptEnd,
     AttemptRecord,
     BatchChange,
     BatchRecord,
@@ -26,8 +27,8 @@ from buildrunnerd.store._records import (
 from buildrunnerd.store._store import Store
 
 __all__ = [
-    "ATTEMPT_OUTCOMES", "AttemptRecord", "BatchChange", "BatchRecord", "COST_GROUPINGS",
-    "LATEST_VERSION", "MIGRATIONS", "NewEvent", "NewRun", "RunChange", "RunOptions",
-    "RunRecord", "RunSpec", "Store", "TaskChange", "TaskRecord", "format_ts", "global_id",
-    "parse_ts",
+    "ATTEMPT_OUTCOMES", "AttemptEnd", "AttemptRecord", "BatchChange", "BatchRecord",
+    "COST_GROUPINGS", "LATEST_VERSION", "MIGRATIONS", "NewEvent", "NewRun", "RunChange",
+    "RunOptions", "RunRecord", "RunSpec", "Store", "TaskChange", "TaskRecord", "format_ts",
+    "global_id", "parse_ts",
 ]

@@ -11,9 +11,15 @@ from buildrunnerd.errors import InvalidStateError
 from buildrunnerd.executor._protocol import ApiCall
 from buildrunnerd.store._costs import record_call
 from buildrunnerd.store._db import Database, Txn, decode_json, encode_json, not_found
-from buildrunnerd.store._records import ATTEMPT_OUTCOMES, AttemptRecord, NewEvent, format_ts
+from buildrunnerd.store._records import (
+    ATTEMPT_OUTCOMES,
+    AttemptEnd,
+    AttemptRecord,
+    NewEvent,
+    format_ts,
+)
 
-__all__ = ["AttemptMethods"]
+__all__ = ["AttemptMethods", "end_attempt"]
 
 _ATTEMPT_COLUMNS = (
     "id, batch_id, run_id, number, worktree, model, started_at, finished_at, outcome, reason,"
@@ -59,16 +65,9 @@ class AttemptMethods(Database):
     ) -> None:
         """Close an attempt with ``outcome`` (succeeded|failed|interrupted|conflict|cancelled).
         An attempt finishes once: finishing it again raises InvalidStateError."""
-        if outcome not in ATTEMPT_OUTCOMES:
-            raise InvalidStateError(
-                f"attempt {attempt_id}: unknown outcome {outcome!r}; use one of "
-                f"{', '.join(ATTEMPT_OUTCOMES)}",
-                data={"state": outcome, "allowed": list(ATTEMPT_OUTCOMES)},
-            )
+        _check_outcome(attempt_id, outcome)
         changed = await self._write_one(
-            f"finishing attempt {attempt_id}",
-            "UPDATE attempts SET outcome = ?, reason = ?, verification = ?, commit_sha = ?,"
-            " finished_at = ? WHERE id = ? AND outcome IS NULL",
+            f"finishing attempt {attempt_id}", _FINISH_SQL,
             (outcome, reason, None if verification is None else encode_json(verification),
              commit, format_ts(self.now()), attempt_id),
         )
@@ -159,6 +158,29 @@ class AttemptMethods(Database):
 
 
 _CHECKPOINT_SQL = "UPDATE attempts SET checkpoint = ?, checkpoint_at = ? WHERE id = ?"
+_FINISH_SQL = (
+    "UPDATE attempts SET outcome = ?, reason = ?, verification = ?, commit_sha = ?,"
+    " finished_at = ? WHERE id = ? AND outcome IS NULL"
+)
+
+
+def _check_outcome(attempt_id: int, outcome: str) -> None:
+    if outcome not in ATTEMPT_OUTCOMES:
+        raise InvalidStateError(
+            f"attempt {attempt_id}: unknown outcome {outcome!r}; use one of "
+            f"{', '.join(ATTEMPT_OUTCOMES)}",
+            data={"state": outcome, "allowed": list(ATTEMPT_OUTCOMES)},
+        )
+
+
+async def end_attempt(txn: Txn, end: AttemptEnd) -> None:
+    """Finish an attempt inside an open transaction (:meth:`Store.transition`). An attempt
+    that already has an outcome keeps it: the result it goes with is still written."""
+    _check_outcome(end.attempt_id, end.outcome)
+    await txn.execute(_FINISH_SQL, (
+        end.outcome, end.reason,
+        None if end.verification is None else encode_json(end.verification), end.commit,
+        txn.ts, end.attempt_id))
 
 
 def _attempt_from_row(r: Sequence[Any]) -> AttemptRecord:

@@ -16,9 +16,9 @@ from buildrunnerd import protocol
 from buildrunnerd.plan._model import Plan
 
 __all__ = [
-    "RunOptions", "NewRun", "RunRecord", "RunSpec", "TaskRecord", "BatchRecord", "AttemptRecord",
-    "TaskChange", "RunChange", "BatchChange", "NewEvent", "ATTEMPT_OUTCOMES", "global_id",
-    "format_ts", "parse_ts",
+    "ATTEMPT_OUTCOMES", "AttemptEnd", "AttemptRecord", "BatchChange", "BatchRecord", "NewEvent",
+    "NewRun", "RunChange", "RunOptions", "RunRecord", "RunSpec", "TaskChange", "TaskRecord",
+    "format_ts", "global_id", "parse_ts",
 ]
 
 #: How an attempt can end (``finish_attempt(outcome=...)``).
@@ -234,6 +234,17 @@ class BatchChange(NamedTuple):
     event_type: str | None = None
     data: dict[str, Any] | None = None
     model: str | None = None
+
+
+class AttemptEnd(msgspec.Struct, frozen=True):
+    """How an attempt ended, for :meth:`Store.transition` to write with the batch's result
+    (as :meth:`Store.finish_attempt` would, in the same transaction)."""
+
+    attempt_id: int
+    outcome: str  # one of ATTEMPT_OUTCOMES
+    reason: str | None = None
+    verification: dict[str, Any] | None = None
+    commit: str | None = None
 
 
 class NewEvent(msgspec.Struct, frozen=True):

@@ -11,7 +11,7 @@ import msgspec
 from buildrunnerd import protocol
 from buildrunnerd.errors import InvalidStateError, StoreError
 from buildrunnerd.plan._model import Plan
-from buildrunnerd.store._attempts import AttemptMethods
+from buildrunnerd.store._attempts import AttemptMethods, end_attempt
 from buildrunnerd.store._costs import CostMethods, from_nanousd
 from buildrunnerd.store._db import (
     EVENT_COLUMNS,
@@ -23,6 +23,7 @@ from buildrunnerd.store._db import (
     not_found,
 )
 from buildrunnerd.store._records import (
+    AttemptEnd,
     BatchChange,
     BatchRecord,
     NewEvent,
@@ -360,8 +361,11 @@ class Store(AttemptMethods, CostMethods):
         batch: BatchChange | tuple[Any, ...] | None = None,
         tasks: Sequence[TaskChange] = (),
         events: Sequence[NewEvent] = (),
+        attempt: AttemptEnd | None = None,
     ) -> list[protocol.Event]:
         """Several changes and extra events in ONE transaction; returns the stored events.
+        With ``attempt``, the attempt ends in it too (a batch's result and the attempt that
+        made it: one commit).
 
         ``run`` is ``(run_id, to, event_type, reason=None, data=None)``, ``batch`` is
         ``(batch_id, to, event_type=None, data=None, model=None)``. Order: a run change to a
@@ -373,6 +377,8 @@ class Store(AttemptMethods, CostMethods):
         run_last = run_change is not None and run_change.to in protocol.TERMINAL_RUN_STATES
 
         async def apply(txn: Txn) -> None:
+            if attempt is not None:
+                await end_attempt(txn, attempt)
             if run_change is not None and not run_last:
                 await _apply_run_change(txn, run_change)
             if batch_change is not None:
@@ -397,11 +403,13 @@ class Store(AttemptMethods, CostMethods):
 
     async def set_tasks_details(
         self, task_ids: Sequence[str], *, prompt: str | None = None,
-        verification: dict[str, Any] | None = None,
-    ) -> None:
+        verification: dict[str, Any] | None = None, events: Sequence[NewEvent] = (),
+    ) -> list[protocol.Event]:
         """Set the prompt and/or the verification report of several tasks (a batch's tasks
-        share both) in ONE transaction. Added for the daemon's hot path (one write per batch
-        instead of one per task); NotFoundError if a task is missing."""
+        share both) in ONE transaction, with ``events`` (e.g. ``verify.passed``) stored in it
+        too. Added for the daemon's hot path (one write per batch instead of one per task,
+        and none apart for the event); NotFoundError if a task is missing. Returns the stored
+        events."""
         columns: list[str] = []
         values: list[Any] = []
         if prompt is not None:
@@ -412,7 +420,9 @@ class Store(AttemptMethods, CostMethods):
             values.append(encode_json(verification))
         ids = list(dict.fromkeys(task_ids))
         if not columns or not ids:
-            return
+            ids = []
+        if not ids and not events:
+            return []
         marks = ", ".join("?" * len(columns))
         upsert = (
             f"INSERT INTO task_texts (task_id, {', '.join(columns)}) VALUES (?, {marks})"
@@ -435,8 +445,11 @@ class Store(AttemptMethods, CostMethods):
                     found = {r[0] for r in rows}
                     raise not_found("task", next(t for t in chunk if t not in found))
             await txn.executemany(upsert, [(task_id, *values) for task_id in ids])
+            for e in events:
+                txn.add_event(e.run_id, e.type, e.data, batch_id=e.batch_id, task_id=e.task_id)
 
-        await self._write(f"setting details of {len(ids)} task(s)", update)
+        _, stored = await self._write(f"setting details of {len(ids)} task(s)", update)
+        return stored
 
     # --- events --------------------------------------------------------------------------
     async def append_event(

@@ -49,9 +49,9 @@ def _free_space(db: Path) -> None:
         # recording A's result (succeeded + B ready, one transaction): the result is kept and
         # recorded on resume, A is not run again
         ("batches", "NEW.id = '{run}:A' AND NEW.state = 'succeeded'", ["succeeded"]),
-        # recording A's attempt inside the lifecycle: the attempt is interrupted, A runs again
-        ("attempts", "NEW.batch_id = '{run}:A' AND NEW.outcome = 'succeeded'",
-         ["interrupted", "succeeded"]),
+        # recording A's attempt as succeeded: written in the result's transaction, so the
+        # same as above (kept, recorded on resume, A is not run, nor paid for, again)
+        ("attempts", "NEW.batch_id = '{run}:A' AND NEW.outcome = 'succeeded'", ["succeeded"]),
         # dispatching B (batch + tasks running): B has not started; it starts on resume
         ("batches", "NEW.id = '{run}:B' AND NEW.state = 'running'", ["succeeded"]),
     ],

@@ -1,4 +1,6 @@
-"""``record_turn``: a turn's call, events and checkpoint as one transaction, all or nothing."""
+"""Writes merged for the daemon's hot path, each one transaction, all or nothing:
+``record_turn`` (a turn's call, events and checkpoint), ``transition(attempt=)`` (a batch's
+result with the end of its attempt), ``set_tasks_details(events=)`` (a report and its verdict)."""
 
 from __future__ import annotations
 
@@ -6,7 +8,7 @@ import pytest
 
 from buildrunnerd.errors import NotFoundError
 from buildrunnerd.executor import ApiCall
-from buildrunnerd.store import NewEvent, Store
+from buildrunnerd.store import AttemptEnd, NewEvent, Store, TaskChange
 
 from .conftest import Recorder, submit
 
@@ -75,3 +77,39 @@ async def test_a_turn_without_a_call_or_checkpoint_stores_just_its_events(
     assert [e.type for e in stored] == ["tool.result"]
     assert await store.load_checkpoint(attempt.id) is None
     assert (await store.get_run(RUN)).calls == 0
+
+
+async def test_a_result_and_its_attempt_end_are_one_commit(
+        store: Store, recorder: Recorder) -> None:
+    await submit(store)
+    attempt = await store.start_attempt(BATCH, worktree="/wt", model=None)
+    before = store.write_transactions
+    end = AttemptEnd(attempt.id, "succeeded", verification={"passed": True}, commit="abc123")
+    stored = await store.transition(
+        batch=(BATCH, "succeeded", "batch.succeeded", {"commit": "abc123"}),
+        tasks=[TaskChange(f"{RUN}:T001", "succeeded")], attempt=end)
+    assert store.write_transactions == before + 1
+    assert [e.type for e in stored] == ["batch.succeeded", "task.state_changed"]
+    finished = await store.get_attempt(attempt.id)
+    assert (finished.outcome, finished.commit, finished.verification) == (
+        "succeeded", "abc123", {"passed": True})
+
+    # A result that cannot be written leaves the attempt unfinished too.
+    other = await store.start_attempt(f"{RUN}:B002", worktree="/wt2", model=None)
+    with pytest.raises(NotFoundError):
+        await store.transition(
+            batch=(f"{RUN}:B999", "succeeded", "batch.succeeded", {}),
+            attempt=AttemptEnd(other.id, "succeeded", commit="def456"))
+    assert (await store.get_attempt(other.id)).outcome is None
+
+
+async def test_a_report_and_its_verdict_are_one_commit(store: Store, recorder: Recorder) -> None:
+    await submit(store)
+    before = store.write_transactions
+    stored = await store.set_tasks_details(
+        [f"{RUN}:T001", f"{RUN}:T002"], verification={"passed": False},
+        events=[NewEvent(RUN, "verify.failed", {"reason": "tests"}, batch_id=BATCH)])
+    assert store.write_transactions == before + 1
+    assert [e.type for e in stored] == ["verify.failed"] == [
+        e.type for e in recorder.events[-1:]]
+    assert (await store.get_task(f"{RUN}:T002")).verification == {"passed": False}
