@@ -6,16 +6,19 @@ the command, where it ran, git's stderr, and what to do.
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import os
 import subprocess
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 
 import anyio
 
 from buildrunnerd.errors import BuildRunnerError, WorkspaceError
 
-__all__ = ["BOT_IDENTITY", "GitResult", "driver_overrides", "git", "git_env"]
+__all__ = ["BOT_IDENTITY", "GitCalls", "GitResult", "driver_overrides", "git", "git_env",
+           "record_git_calls"]
 
 # Passed with ``-c`` so commits work on machines without a global git identity.
 BOT_IDENTITY = ("-c", "user.name=BuildRunner", "-c", "user.email=buildrunner@localhost")
@@ -51,6 +54,48 @@ _REPO_VARIABLES = (
 
 # The model key and the daemon's own settings: nothing git could start needs them.
 _PRIVATE_PREFIXES = ("ANTHROPIC_", "BUILDRUNNER_", "CLAUDE_CODE_OAUTH", "NOTIFY_SOCKET")
+
+
+class GitCalls:
+    """The git processes :func:`git` started while :func:`record_git_calls` was active: the
+    arguments of each (after the hardening options), in order."""
+
+    def __init__(self) -> None:
+        self.commands: list[list[str]] = []
+
+    def __len__(self) -> int:
+        return len(self.commands)
+
+    def subcommands(self) -> list[str]:
+        """The git subcommand of each call (``ls-files``, ``commit``, ...), ``-c`` options and
+        ``--git-dir``/``--work-tree`` skipped."""
+        found: list[str] = []
+        for args in self.commands:
+            rest = iter(args)
+            for arg in rest:
+                if arg in ("-c", "--git-dir", "--work-tree"):
+                    next(rest, None)
+                elif not arg.startswith("-"):
+                    found.append(arg)
+                    break
+        return found
+
+
+# The recorders of the current task (and the tasks it starts): a test or a bench counts the
+# git processes of one batch without seeing another test's.
+_RECORDERS: contextvars.ContextVar[tuple[GitCalls, ...]] = contextvars.ContextVar(
+    "git_recorders", default=())
+
+
+@contextlib.contextmanager
+def record_git_calls() -> Iterator[GitCalls]:
+    """Record every git process :func:`git` starts in this context (tests, benches)."""
+    calls = GitCalls()
+    token = _RECORDERS.set((*_RECORDERS.get(), calls))
+    try:
+        yield calls
+    finally:
+        _RECORDERS.reset(token)
 
 
 class GitResult:
@@ -146,6 +191,8 @@ async def git(
     command = _command_text(args)
     prefix = f"{what}: " if what else ""
     data = {"command": command, "cwd": str(cwd)}
+    for recorder in _RECORDERS.get():
+        recorder.commands.append([*overrides, *args])
     try:
         with anyio.fail_after(timeout_s):
             # A cancelled run_process kills the child before it returns, so a timeout leaves
