@@ -123,10 +123,35 @@ async def load_allowlist(
                 data={"allowlist": str(path)},
             ) from exc
         allow.extend(Allowlist.parse(text, source=str(path)))
+    committed = await _committed_allowlist(worktree, run_base_commit, git_options,
+                                           timeout_s=timeout_s)
+    if committed is not None:
+        allow.extend(Allowlist.parse(committed, source=ALLOWLIST_FILENAME))
+    return allow
+
+
+# The committed allowlist by (repository, commit): a commit id names its content, so the file
+# read at a run's base commit never changes, and every batch of the run needs it.
+_COMMITTED: dict[tuple[str, tuple[str, ...], str], str | None] = {}
+_MAX_COMMITTED = 256
+_FULL_ID = re.compile(r"^(?:[0-9a-f]{40}|[0-9a-f]{64})$")
+
+
+async def _committed_allowlist(worktree: Path, commit: str, git_options: Sequence[str], *,
+                               timeout_s: float) -> str | None:
+    """``.buildrunner-secrets-allow`` at ``commit`` (None: there is none), read once per
+    repository and commit id (a ref name is read every time: it can move)."""
+    key = (str(worktree), tuple(git_options), commit)
+    if key in _COMMITTED:
+        return _COMMITTED[key]
     # cat-file, not show: the raw blob, never a textconv of it.
     res = await git(
-        [*git_options, "cat-file", "blob", f"{run_base_commit}:{ALLOWLIST_FILENAME}"],
+        [*git_options, "cat-file", "blob", f"{commit}:{ALLOWLIST_FILENAME}"],
         cwd=worktree, timeout_s=timeout_s, check=False)
-    if res.ok:
-        allow.extend(Allowlist.parse(res.stdout, source=ALLOWLIST_FILENAME))
-    return allow
+    text = res.stdout if res.ok else None
+    # Kept only when git answered (the file's content, or that it has none).
+    if _FULL_ID.match(commit) and (res.ok or "does not exist" in res.stderr):
+        if len(_COMMITTED) >= _MAX_COMMITTED:
+            _COMMITTED.clear()
+        _COMMITTED[key] = text
+    return text
