@@ -134,8 +134,8 @@ class GitWorkspace:
             if not result.merged:
                 return Integration(merged=False, commit=commit,
                                    conflict_files=list(result.conflict_files or []))
-            if commit is None or previous is None or await self._tested_tree(commit, report,
-                                                                             config):
+            if commit is None or previous is None or await self._tested_tree(
+                    commit, result.tree, report, config):
                 return Integration(merged=True, commit=commit)
             branch_report = await self._verify_branch(commit, config, confinement)
             if branch_report is None or branch_report.passed:
@@ -183,16 +183,19 @@ class GitWorkspace:
         branch_head = await self.run_repo.head()
         return bool(await self.run_repo.is_ancestor(head, branch_head))
 
-    async def _tested_tree(self, commit: str, report: VerificationReport | None,
-                           config: VerifyConfig) -> bool:
+    async def _tested_tree(self, commit: str, tree: str | None,
+                           report: VerificationReport | None, config: VerifyConfig) -> bool:
         """Whether the merge committed exactly the tree the batch's verification tested (a
         fast-forward of a worktree that held nothing but its staged files): then the batch's
-        own test run is the branch check, and it becomes the run's baseline."""
+        own test run is the branch check, and it becomes the run's baseline. ``tree``: the
+        merged commit's tree as the merge reported it (None: read it)."""
         if not config.branch_check or report is None or not report.passed or not report.tree:
             return False
-        res = await git(["rev-parse", f"{commit}^{{tree}}"], cwd=self.run_repo.repo,
-                        timeout_s=config.git_timeout_s, check=False)
-        if not res.ok or res.stdout.strip() != report.tree:
+        if tree is None:
+            res = await git(["rev-parse", f"{commit}^{{tree}}"], cwd=self.run_repo.repo,
+                            timeout_s=config.git_timeout_s, check=False)
+            tree = res.stdout.strip() if res.ok else None
+        if tree != report.tree:
             return False
         self._record_verified(commit, report)
         return True

@@ -22,6 +22,7 @@ import structlog
 from buildrunnerd.errors import RepoError, WorkspaceError
 from buildrunnerd.plan._model import Task
 from buildrunnerd.workspace._git import BOT_IDENTITY, git
+from buildrunnerd.workspace._tree import remember_commit_tree, staged_tree
 from buildrunnerd.workspace._worktree import forget_worktree, record_worktree, worktree_git
 
 __all__ = [
@@ -90,11 +91,10 @@ _MAX_IDLE_WORKTREES = 16
 
 
 async def _gitlinks(worktree: Path, opts: Sequence[str], *, timeout_s: float) -> list[str]:
-    """The paths of the nested repositories (gitlinks, mode 160000) in the worktree's index."""
-    listed = await git([*opts, "ls-files", "--stage", "-z"], cwd=worktree, timeout_s=timeout_s,
-                       what=f"listing worktree {worktree}")
-    return [entry.split("\t", 1)[1] for entry in listed.stdout.split("\0")
-            if entry.startswith("160000 ") and "\t" in entry]
+    """The paths of the nested repositories (gitlinks, mode 160000) in the worktree's index
+    (its listing, shared with the batch's checks: :func:`._tree.staged_tree`)."""
+    listed = await staged_tree(worktree, opts, timeout_s=timeout_s)
+    return sorted(path for path, entry in listed.items() if entry.mode == "160000")
 
 
 async def stage_all(worktree: Path, opts: Sequence[str], *, timeout_s: float,
@@ -123,6 +123,7 @@ class MergeResult(msgspec.Struct):
     conflict_files: list[str] = []
     fast_forward: bool = False
     previous: str | None = None  # the branch's head before the merge (for a rollback)
+    tree: str | None = None  # the tree id of ``commit`` (as git reported making it)
 
 
 def batch_commit_message(run_id: str, batch_id: str, tasks: Sequence[Task]) -> str:
@@ -339,15 +340,17 @@ class RunRepo:
             )
         await git([*BOT_IDENTITY, *opts, "commit", "--quiet", "--no-verify", "-m", message],
                   cwd=worktree, timeout_s=t, what="committing the batch")
-        res = await git([*opts, "rev-parse", "HEAD", "HEAD~1"], cwd=worktree, timeout_s=t)
-        commit, parent = res.stdout.split()
+        res = await git([*opts, "rev-parse", "HEAD", "HEAD~1", "HEAD^{tree}"], cwd=worktree,
+                        timeout_s=t)
+        commit, parent, tree = res.stdout.split()
+        remember_commit_tree(commit, tree)
         async with self._merge_lock:
             for _ in range(_MAX_REF_RACES):
                 head = await self.head()
                 if head == parent or await self._is_ancestor(head, commit):
                     if await self._move_branch(commit, head):
                         return MergeResult(merged=True, commit=commit, fast_forward=True,
-                                           previous=head)
+                                           previous=head, tree=tree)
                     continue
                 if await _merge_tree_supported(self.repo, self.timeout_s):
                     result = await self._merge_in_objects(commit, head, message)
@@ -423,7 +426,7 @@ class RunRepo:
              "-m", _merge_message(message, commit)],
             cwd=self.repo, timeout_s=t, what=f"committing the merge of {commit[:12]}",
         )
-        return MergeResult(merged=True, commit=merged.stdout.strip())
+        return MergeResult(merged=True, commit=merged.stdout.strip(), tree=tree)
 
     async def _merge(self, worktree: Path, commit: str, head: str, message: str) -> MergeResult:
         """Merge ``commit`` into ``head`` in a private merge worktree beside ``worktree``

@@ -1,9 +1,11 @@
 """What a batch will commit, read from git's object store, and its secret scan.
 
 The scan runs after every other check (files the tests wrote are included) over the staged
-tree, which is exactly what the batch's commit will hold. Contents are raw blobs: ``git diff
---cached --raw`` names them and ``git cat-file --batch`` reads them, so no ``.gitattributes``
-(``-diff``, ``binary``, a textconv) can turn a file into "Binary files differ".
+tree, which is exactly what the batch's commit will hold. Contents are raw blobs: the index's
+listing compared with the batch's start commit names them (the listings the batch's checks
+already read: :mod:`._tree`), and ``git cat-file --batch`` reads those the checks did not,
+so no ``.gitattributes`` (``-diff``, ``binary``, a textconv) can turn a file into "Binary
+files differ".
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from buildrunnerd.workspace._allowlist import load_allowlist
 from buildrunnerd.workspace._git import git
 from buildrunnerd.workspace._repo import stage_all
 from buildrunnerd.workspace._secrets import MAX_FINDINGS, SecretFinding, StagedChange, scan_commit
+from buildrunnerd.workspace._tree import Tree, cached_blob, commit_tree, staged_tree
 from buildrunnerd.workspace._worktree import worktree_git
 
 __all__ = ["read_staged_changes", "scan_staged", "SCAN_MAX_BLOB_BYTES",
@@ -45,27 +48,37 @@ class _Entry:
         self.old_sha = old_sha
 
 
-def _parse_raw(output: str) -> list[_Entry]:
-    # -z: ":<old mode> <new mode> <old sha> <new sha> <status>\0<path>\0" per file.
-    fields = output.split("\0")
+def _changes(before: Tree, after: Tree) -> list[_Entry]:
+    """The files of ``after`` (the index) that are new or differ (content or mode) from
+    ``before`` (the start commit), in path order; nested repositories (gitlinks) are not
+    files. Deleted files add no line."""
     entries: list[_Entry] = []
-    for header, path in zip(fields[0::2], fields[1::2], strict=False):
-        parts = header.lstrip(":").split()
-        if len(parts) != 5:
+    for path, new in after.items():
+        if new.mode == _GITLINK or new.sha == _NULL_SHA:
             continue
-        _old_mode, new_mode, old_sha, new_sha, status = parts
-        if status.startswith("D") or new_mode == _GITLINK or new_sha == _NULL_SHA:
+        old = before.get(path)
+        if old == new:
             continue
-        entries.append(_Entry(path, new_sha, None if old_sha == _NULL_SHA else old_sha))
+        old_sha = old.sha if old is not None and old.mode != _GITLINK else None
+        entries.append(_Entry(path, new.sha, old_sha))
     return entries
 
 
 async def _sizes(worktree: Path, options: Sequence[str], shas: Sequence[str],
                  timeout_s: float) -> dict[str, int]:
-    res = await git([*options, "cat-file", "--batch-check"], cwd=worktree, timeout_s=timeout_s,
-                    input="".join(f"{s}\n" for s in shas).encode(),
-                    what="sizing the staged files")
     sizes: dict[str, int] = {}
+    unknown: list[str] = []
+    for sha in shas:
+        content = cached_blob(sha)
+        if content is None:
+            unknown.append(sha)
+        else:
+            sizes[sha] = len(content)
+    if not unknown:
+        return sizes
+    res = await git([*options, "cat-file", "--batch-check"], cwd=worktree, timeout_s=timeout_s,
+                    input="".join(f"{s}\n" for s in unknown).encode(),
+                    what="sizing the staged files")
     for line in res.stdout.splitlines():
         parts = line.split()
         if len(parts) == 3 and parts[1] == "blob":
@@ -75,15 +88,22 @@ async def _sizes(worktree: Path, options: Sequence[str], shas: Sequence[str],
 
 async def _blobs(worktree: Path, options: Sequence[str], shas: Sequence[str],
                  timeout_s: float) -> dict[str, bytes]:
-    if not shas:
-        return {}
+    blobs: dict[str, bytes] = {}
+    unread: list[str] = []
+    for sha in shas:
+        content = cached_blob(sha)
+        if content is None:
+            unread.append(sha)
+        else:
+            blobs[sha] = content
+    if not unread:
+        return blobs
     res = await git([*options, "cat-file", "--batch"], cwd=worktree, timeout_s=timeout_s,
-                    input="".join(f"{s}\n" for s in shas).encode(),
+                    input="".join(f"{s}\n" for s in unread).encode(),
                     what="reading the staged files")
     out = res.stdout_bytes
-    blobs: dict[str, bytes] = {}
     pos = 0
-    for _ in shas:
+    for _ in unread:
         header_end = out.index(b"\n", pos)
         sha, kind, size_text = out[pos:header_end].decode().split()
         if kind != "blob":
@@ -111,12 +131,11 @@ async def read_staged_changes(
     ``git_options`` go before every git subcommand: the daemon's own ``--git-dir``/
     ``--work-tree`` and driver overrides (:func:`._worktree.worktree_git`)."""
     options = list(git_options)
-    res = await git(
-        [*options, "-c", "core.quotePath=false", "diff", "--cached", "--raw", "-z",
-         "--no-renames", "--no-textconv", "--no-ext-diff", "--no-abbrev", "--no-relative",
-         "--ignore-submodules=all", base_commit, "--"],
-        cwd=worktree, timeout_s=timeout_s, what="listing the staged changes")
-    entries = _parse_raw(res.stdout)
+    # The listings the batch's checks read (no git call when the index and the start
+    # commit are the ones they listed).
+    before = await commit_tree(worktree, base_commit, options, timeout_s=timeout_s)
+    after = await staged_tree(worktree, options, timeout_s=timeout_s)
+    entries = _changes(before, after)
     if not entries:
         return
     shas = sorted({e.new_sha for e in entries} | {e.old_sha for e in entries if e.old_sha})

@@ -8,6 +8,8 @@ is bounded (``max_bytes`` per blob).
 
 from __future__ import annotations
 
+import os
+import re
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 
@@ -16,8 +18,9 @@ import msgspec
 from buildrunnerd.errors import WorkspaceError
 from buildrunnerd.workspace._git import git
 
-__all__ = ["Entry", "Tree", "Blobs", "commit_tree", "staged_tree", "read_blobs",
-           "MAX_BLOB_BYTES", "REGULAR_MODES", "SYMLINK_MODE"]
+__all__ = ["MAX_BLOB_BYTES", "REGULAR_MODES", "SYMLINK_MODE", "Blobs", "Entry", "Tree",
+           "cached_blob", "commit_tree", "read_blobs", "remember_commit_tree", "staged_tree",
+           "write_tree"]
 
 MAX_BLOB_BYTES = 1024 * 1024  # a source file larger than this is not parsed
 REGULAR_MODES = frozenset({"100644", "100755"})
@@ -64,7 +67,12 @@ class Blobs:
 async def commit_tree(cwd: Path, commit: str, opts: Sequence[str] = (), *,
                       timeout_s: float) -> Tree:
     """Every file of ``commit`` (recursively), read from the object store. ``opts``: the
-    worktree's git options (``worktree_git``)."""
+    worktree's git options (``worktree_git``). A commit whose tree the daemon wrote itself
+    (:func:`write_tree`, then :func:`remember_commit_tree`) is not listed again: a batch
+    starting where the last one ended costs no whole-tree read."""
+    known = _TREES.get(_COMMIT_TREES.get(commit, "")) or _LISTED_COMMITS.get(commit)
+    if known is not None:
+        return dict(known)
     res = await git([*opts, "ls-tree", "-r", "-z", "--full-tree", commit], cwd=cwd,
                     timeout_s=timeout_s, what=f"listing the files of commit {commit[:12]}")
     tree: Tree = {}
@@ -75,11 +83,26 @@ async def commit_tree(cwd: Path, commit: str, opts: Sequence[str] = (), *,
         mode, kind, sha = meta.split(" ")
         if kind in ("blob", "commit"):  # a submodule is listed as a commit
             tree[path] = Entry(mode, sha)
+    if _FULL_ID.match(commit):  # a commit id names its tree (a ref name can move)
+        if len(_LISTED_COMMITS) >= _MAX_TREES:
+            _LISTED_COMMITS.pop(next(iter(_LISTED_COMMITS)))
+        _LISTED_COMMITS[commit] = dict(tree)
     return tree
 
 
 async def staged_tree(cwd: Path, opts: Sequence[str] = (), *, timeout_s: float) -> Tree:
-    """The index of the worktree ``cwd`` (what its next commit will hold)."""
+    """The index of the worktree ``cwd`` (what its next commit will hold).
+
+    One listing serves every check of a batch: it is kept with the index file's checksum
+    and handed out again (a copy) while the index is byte for byte the one listed. The
+    index is read by the daemon's git from the git directory the daemon recorded (``opts``),
+    never through the worktree's files."""
+    index = _index_path(opts)
+    key = _index_key(index) if index is not None else None
+    if index is not None and key is not None:
+        cached = _LISTINGS.get(index)
+        if cached is not None and cached[0] == key:
+            return dict(cached[1])
     res = await git([*opts, "ls-files", "-s", "-z"], cwd=cwd, timeout_s=timeout_s,
                     what="listing the staged files")
     tree: Tree = {}
@@ -89,7 +112,88 @@ async def staged_tree(cwd: Path, opts: Sequence[str] = (), *, timeout_s: float) 
         meta, _, path = record.partition("\t")
         mode, sha, _stage = meta.split(" ")
         tree[path] = Entry(mode, sha)
+    # Kept only when the index did not change while git read it.
+    if index is not None and key is not None and _index_key(index) == key:
+        if len(_LISTINGS) >= _MAX_LISTINGS and index not in _LISTINGS:
+            _LISTINGS.clear()
+        _LISTINGS[index] = (key, dict(tree))
     return tree
+
+
+async def write_tree(cwd: Path, opts: Sequence[str] = (), *, timeout_s: float) -> str:
+    """``git write-tree`` of the worktree's index: the id of the tree its next commit will
+    hold. The index's listing (:func:`staged_tree`) stays shared across the call (git only
+    records the tree ids in the index, never changes an entry), and becomes the listing of
+    that tree id (:func:`commit_tree`)."""
+    index = _index_path(opts)
+    before = _index_key(index) if index is not None else None
+    cached = _LISTINGS.get(index) if index is not None else None
+    res = await git([*opts, "write-tree"], cwd=cwd, timeout_s=timeout_s,
+                    what="recording the staged tree")
+    tree_id = res.stdout.strip()
+    if index is not None and before is not None and cached is not None and cached[0] == before:
+        after = _index_key(index)
+        if after is not None:
+            _LISTINGS[index] = (after, cached[1])
+        if len(_TREES) >= _MAX_TREES:
+            _TREES.pop(next(iter(_TREES)))
+        _TREES[tree_id] = cached[1]
+    return tree_id
+
+
+def remember_commit_tree(commit: str, tree_id: str) -> None:
+    """``commit`` (made by the daemon's git) has the tree ``tree_id``, as git reported."""
+    if tree_id in _TREES:
+        if len(_COMMIT_TREES) >= _MAX_TREES * 4:
+            _COMMIT_TREES.clear()
+        _COMMIT_TREES[commit] = tree_id
+
+
+# Listings of trees the daemon wrote (tree id -> listing; a tree id names its content, so an
+# entry is never stale), and the commits made of them. A few: about one per worker.
+_TREES: dict[str, Tree] = {}
+_COMMIT_TREES: dict[str, str] = {}
+_MAX_TREES = 16
+# Commits listed with ls-tree (commit id -> listing): a batch's checks and its secret scan
+# compare with the same commit.
+_LISTED_COMMITS: dict[str, Tree] = {}
+_FULL_ID = re.compile(r"^(?:[0-9a-f]{40}|[0-9a-f]{64})$")
+
+# The last listing of each index: index file -> (its key, the listing).
+_LISTINGS: dict[str, tuple[tuple[int, int, bytes], Tree]] = {}
+_MAX_LISTINGS = 64
+_TRAILER_BYTES = 32  # the index's closing checksum (SHA-1: 20 bytes, SHA-256: 32)
+
+
+def _index_path(opts: Sequence[str]) -> str | None:
+    """The index file git uses with ``opts`` (its ``--git-dir``); None without one."""
+    git_dir = None
+    for flag, value in zip(opts, opts[1:], strict=False):
+        if flag == "--git-dir":
+            git_dir = value
+    return os.path.join(git_dir, "index") if git_dir else None
+
+
+def _index_key(index: str) -> tuple[int, int, bytes] | None:
+    """The index file's inode, size and closing checksum (git writes a checksum of the whole
+    file at its end, and every write renames a new file into place); None when it cannot be
+    read or carries no checksum (``index.skipHash``)."""
+    try:
+        fd = os.open(index, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError:
+        return None
+    try:
+        st = os.fstat(fd)
+        if st.st_size < _TRAILER_BYTES:
+            return None
+        trailer = os.pread(fd, _TRAILER_BYTES, st.st_size - _TRAILER_BYTES)
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
+    if not trailer[-20:].strip(b"\0"):
+        return None
+    return (st.st_ino, st.st_size, trailer)
 
 
 async def read_blobs(cwd: Path, entries: Iterable[Entry], opts: Sequence[str] = (), *,
@@ -111,6 +215,11 @@ async def read_blobs(cwd: Path, entries: Iterable[Entry], opts: Sequence[str] = 
         if content is not None:
             _BLOB_CACHE.put(sha, content)
     return Blobs({**known, **fresh})
+
+
+def cached_blob(sha: str) -> bytes | None:
+    """A blob's content when a bulk read (:func:`read_blobs`) already holds it."""
+    return _BLOB_CACHE.get(sha)
 
 
 class _BlobCache:

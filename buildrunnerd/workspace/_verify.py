@@ -62,6 +62,7 @@ from buildrunnerd.workspace._tree import (
     commit_tree,
     read_blobs,
     staged_tree,
+    write_tree,
 )
 from buildrunnerd.workspace._worktree import worktree_git
 
@@ -232,9 +233,7 @@ def _redact_tail(tail: str) -> str:
 
 
 async def _write_tree(worktree: Path, opts: Sequence[str], timeout_s: float) -> str:
-    res = await git([*opts, "write-tree"], cwd=worktree, timeout_s=timeout_s,
-                    what="recording the staged tree")
-    return res.stdout.strip()
+    return await write_tree(worktree, opts, timeout_s=timeout_s)
 
 
 async def _written_by_tests(worktree: Path, before: str, opts: Sequence[str],
@@ -254,10 +253,11 @@ async def _written_by_tests(worktree: Path, before: str, opts: Sequence[str],
                         "temporary folder, or ignore generated files in .gitignore")]
 
 
-async def _exact_tree(worktree: Path, opts: Sequence[str], timeout_s: float) -> str | None:
-    """The staged tree's id when the worktree holds nothing else (no ignored file, no
-    byte-code or tool cache that a test could read instead of the committed source); None
-    otherwise."""
+async def _exact_tree(worktree: Path, opts: Sequence[str], staged_tree_id: str,
+                      timeout_s: float) -> str | None:
+    """``staged_tree_id`` (the index's tree, just written) when the worktree holds nothing
+    else (no ignored file, no byte-code or tool cache that a test could read instead of the
+    committed source); None otherwise."""
     # Right before the test command (the import check ran model code): nothing untracked,
     # nothing changed or deleted since staging.
     others = await git([*opts, "ls-files", "--others", "-z"], cwd=worktree,
@@ -270,7 +270,9 @@ async def _exact_tree(worktree: Path, opts: Sequence[str], timeout_s: float) -> 
                         cwd=worktree, timeout_s=timeout_s, check=False)
     if changed.returncode != 0:
         return None
-    return await _write_tree(worktree, opts, timeout_s)
+    # Neither call above writes the index (GIT_OPTIONAL_LOCKS=0), so its tree is still
+    # ``staged_tree_id``.
+    return staged_tree_id
 
 
 def _guarded(name: str, check: Callable[[], list[Finding]]) -> list[Finding]:
@@ -497,7 +499,7 @@ async def verify(
             readonly=await interpreter_paths(config.import_check)))
 
     staged_tree_id = await _write_tree(worktree, opts, t)
-    tested_tree = await _exact_tree(worktree, opts, t)
+    tested_tree = await _exact_tree(worktree, opts, staged_tree_id, t)
     report_dir = Path(await anyio.to_thread.run_sync(
         lambda: tempfile.mkdtemp(prefix="buildrunner-report-")))
     report_path = report_dir / REPORT_FILENAME
