@@ -1,0 +1,154 @@
+"""How many git processes one batch starts (issue 13: a batch's cost follows its change, not
+the tree), counted by our own git runner on a real repository. The checks of a batch share one
+listing of the index and of the start commit; the listing never outlives a change of the index
+it lists."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from buildrunnerd.config import VerifyConfig
+from buildrunnerd.plan._model import Task
+from buildrunnerd.workspace import GitWorkspace, prepare_run_repo
+from buildrunnerd.workspace._git import GitCalls, record_git_calls
+from buildrunnerd.workspace._tree import commit_tree, staged_tree
+from buildrunnerd.workspace._worktree import worktree_git
+
+from ._helpers import run_git, task
+
+CONFIG = VerifyConfig()
+
+# One batch after the first (a pooled worktree, a fast-forward merge): acquire 5 (branch
+# head, reset, clean, the index listing, status), verify 10 or 11, commit and merge 6. Was 31.
+# One more when git rewrites the index in an `add` that changed nothing (its racy-timestamp
+# refresh: a file written within the index's own timestamp tick), and the listing is read
+# again.
+MAX_CALLS_PER_BATCH = 23
+
+
+def _grow(repo: Path, files: int) -> None:
+    for i in range(files):
+        folder = repo / f"pkg{i // 50}"
+        folder.mkdir(exist_ok=True)
+        (folder / f"m{i}.py").write_text(f"X{i} = {i}\n")
+    run_git(repo, "add", "-A")
+    run_git(repo, "commit", "-q", "-m", "more files")
+
+
+async def _batches(repo: Path, root: Path, count: int) -> list[GitCalls]:
+    tasks = [task(f"t{i}", f"f{i}.py") for i in range(count)]
+    run_repo = await prepare_run_repo(repo, "r1")
+    ws = GitWorkspace(run_repo, run_id="r1", worktree_root=root, project_root=repo,
+                      base_commit=run_repo.base_commit, test_cmd=None, plan_tasks=tasks,
+                      spec_path=None)
+    counted: list[GitCalls] = []
+    try:
+        for i, t in enumerate(tasks):
+            with record_git_calls() as calls:
+                path, head = await ws.acquire()
+                (path / f"f{i}.py").write_text(f"def f() -> int:\n    return {i}\n")
+                report = await ws.verify(path, [t], head=head, config=CONFIG,
+                                         confinement=None)
+                assert report.passed, report
+                done = await ws.integrate(path, t.id, report, head=head, batch_id=f"b{i}",
+                                          config=CONFIG, confinement=None)
+                assert done.merged and done.commit is not None
+                await ws.release(path)
+            counted.append(calls)
+    finally:
+        await ws.close()
+    return counted
+
+
+async def test_a_batch_starts_a_bounded_number_of_git_processes(
+        repo: Path, wt_root: Path) -> None:
+    first, *rest = await _batches(repo, wt_root, 3)
+    for calls in rest:
+        names = calls.subcommands()
+        assert len(calls) <= MAX_CALLS_PER_BATCH, names
+        # The start commit was the last batch's own commit: its tree is already listed.
+        assert "ls-tree" not in names, names
+        # The index listed after the reset and after staging (plus `ls-files --others` and
+        # the racy refresh above), shared by every check: was one per check (5).
+        assert names.count("ls-files") <= 4, names
+        assert names.count("add") == 3, names  # verify, secret scan, commit
+    assert "ls-tree" in first.subcommands()  # the run's base commit is read once
+
+
+async def test_the_count_does_not_grow_with_the_tree(tmp_path: Path) -> None:
+    from ._helpers import make_repo
+
+    small = make_repo(tmp_path / "small")
+    large = make_repo(tmp_path / "large")
+    _grow(large, 400)
+    small_calls = await _batches(small, tmp_path / "wt-small", 2)
+    large_calls = await _batches(large, tmp_path / "wt-large", 2)
+    # The same calls (give or take the racy refresh), whatever the tree holds.
+    assert abs(len(small_calls[-1]) - len(large_calls[-1])) <= 1
+    assert len(large_calls[-1]) <= MAX_CALLS_PER_BATCH
+
+
+async def test_the_shared_index_listing_follows_every_change_of_the_index(
+        repo: Path, wt_root: Path) -> None:
+    run_repo = await prepare_run_repo(repo, "r1")
+    path = await run_repo.acquire_worktree(wt_root)
+    opts = await worktree_git(path, timeout_s=30)
+    listed = await staged_tree(path, opts, timeout_s=30)
+    with record_git_calls() as calls:
+        assert await staged_tree(path, opts, timeout_s=30) == listed
+    assert len(calls) == 0  # shared
+    # Another git writes the index (as a hostile process with access to it would): the
+    # listing is read again, never handed out stale.
+    (path / "new.py").write_text("N = 1\n")
+    git_dir = run_git(path, "rev-parse", "--absolute-git-dir").strip()
+    run_git(path, f"--git-dir={git_dir}", f"--work-tree={path}", "add", "new.py")
+    with record_git_calls() as calls:
+        after = await staged_tree(path, opts, timeout_s=30)
+    assert len(calls) == 1 and "new.py" in after and "new.py" not in listed
+    # A file replaced in the worktree (a symlink to elsewhere) does not change the listing:
+    # it is the index, as the daemon's git staged it.
+    (path / "app.py").unlink()
+    (path / "app.py").symlink_to(repo / "README.md")
+    assert await staged_tree(path, opts, timeout_s=30) == after
+    await run_repo.remove_worktree(path)
+
+
+async def test_a_listed_commit_is_the_tree_git_lists(repo: Path, wt_root: Path) -> None:
+    calls = await _batches(repo, wt_root, 2)
+    assert calls
+    head = run_git(repo, "rev-parse", "refs/heads/buildrunner/r1").strip()
+    with record_git_calls() as none:
+        shared = await commit_tree(repo, head, timeout_s=30)
+    assert len(none) == 0  # the last batch's fast-forward: listed when it was staged
+    listed = {}
+    for record in run_git(repo, "ls-tree", "-r", "-z", "--full-tree", head).split("\0"):
+        if record:
+            meta, _, name = record.partition("\t")
+            mode, _kind, sha = meta.split(" ")
+            listed[name] = (mode, sha)
+    assert {p: (e.mode, e.sha) for p, e in shared.items()} == listed
+
+
+@pytest.mark.parametrize("secret_in_checked_file", [True, False])
+async def test_the_secret_scan_still_reads_every_changed_file(
+        repo: Path, wt_root: Path, secret_in_checked_file: bool) -> None:
+    # The scan takes blobs the checks read from the cache: a secret in a named (checked) file
+    # and in a file no check reads are both found.
+    t1: Task = task("t1", "feature.py")
+    run_repo = await prepare_run_repo(repo, "r1")
+    ws = GitWorkspace(run_repo, run_id="r1", worktree_root=wt_root, project_root=repo,
+                      base_commit=run_repo.base_commit, test_cmd=None, plan_tasks=[t1],
+                      spec_path=None)
+    path, head = await ws.acquire()
+    key = "AKIA" + "Z7Q4XK2M9PLW3JHV"
+    (path / "feature.py").write_text("def feature() -> int:\n    return 1\n")
+    target = "feature.py" if secret_in_checked_file else "notes.txt"
+    with (path / target).open("a") as fh:
+        fh.write(f"AWS_KEY = '{key}'\n")
+    report = await ws.verify(path, [t1], head=head, config=CONFIG, confinement=None)
+    failed = [c for c in report.checks if c.name == "secrets" and not c.passed]
+    assert failed and failed[0].file == target, report
+    await ws.release(path, reuse=False)
+    await ws.close()
