@@ -345,6 +345,12 @@ class RunRepo:
         commit, parent, tree = res.stdout.split()
         remember_commit_tree(commit, tree)
         async with self._merge_lock:
+            # Most often the branch has not moved since the worktree was made: try the
+            # fast-forward first (a compare-and-swap from the parent), and read the branch
+            # only when it had moved.
+            if await self._move_branch(commit, parent, check_head=False):
+                return MergeResult(merged=True, commit=commit, fast_forward=True,
+                                   previous=parent, tree=tree)
             for _ in range(_MAX_REF_RACES):
                 head = await self.head()
                 if head == parent or await self._is_ancestor(head, commit):
@@ -380,15 +386,16 @@ class RunRepo:
             )
         return res.returncode == 0
 
-    async def _move_branch(self, new: str, old: str) -> bool:
-        """Compare-and-swap the branch from ``old`` to ``new``; False if it had moved."""
+    async def _move_branch(self, new: str, old: str, *, check_head: bool = True) -> bool:
+        """Compare-and-swap the branch from ``old`` to ``new``; False if it had moved.
+        Without ``check_head`` any failure is False (the caller reads the branch next)."""
         res = await git(
             ["update-ref", "-m", "buildrunner: merge batch", self.ref, new, old],
             cwd=self.repo, timeout_s=self.timeout_s, check=False,
         )
         if res.ok:
             return True
-        if (await self.head()) != old:
+        if not check_head or (await self.head()) != old:
             return False
         raise WorkspaceError(
             f"`git update-ref {self.ref}` failed in {self.repo}: {res.stderr.strip()}",

@@ -258,19 +258,19 @@ async def _exact_tree(worktree: Path, opts: Sequence[str], staged_tree_id: str,
     """``staged_tree_id`` (the index's tree, just written) when the worktree holds nothing
     else (no ignored file, no byte-code or tool cache that a test could read instead of the
     committed source); None otherwise."""
-    # Right before the test command (the import check ran model code): nothing untracked,
-    # nothing changed or deleted since staging.
-    others = await git([*opts, "ls-files", "--others", "-z"], cwd=worktree,
-                       timeout_s=timeout_s, check=False)
-    if not others.ok or others.stdout.strip("\0"):
-        return None
+    # Right before the test command (the import check ran model code): nothing untracked or
+    # ignored, nothing changed or deleted since staging (the second status column: worktree
+    # against index; the first is the batch's staged change). One call for both.
     # --ignore-submodules: never look inside a nested repository (its config is the model's).
-    changed = await git([*opts, "diff", "--quiet", "--no-ext-diff", "--no-textconv",
-                         "--ignore-submodules=all"],
-                        cwd=worktree, timeout_s=timeout_s, check=False)
-    if changed.returncode != 0:
+    status = await git([*opts, "status", "--porcelain", "-z", "--no-renames", "--ignored",
+                        "--untracked-files=all", "--ignore-submodules=all"],
+                       cwd=worktree, timeout_s=timeout_s, check=False)
+    if not status.ok:
         return None
-    # Neither call above writes the index (GIT_OPTIONAL_LOCKS=0), so its tree is still
+    for record in status.stdout.split("\0"):
+        if record and (record[:2] in ("??", "!!") or record[1:2] != " "):
+            return None
+    # status does not write the index (GIT_OPTIONAL_LOCKS=0), so its tree is still
     # ``staged_tree_id``.
     return staged_tree_id
 
