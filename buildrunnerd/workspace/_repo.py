@@ -22,7 +22,7 @@ import structlog
 from buildrunnerd.errors import RepoError, WorkspaceError
 from buildrunnerd.plan._model import Task
 from buildrunnerd.workspace._git import BOT_IDENTITY, git
-from buildrunnerd.workspace._tree import remember_commit_tree, staged_tree
+from buildrunnerd.workspace._tree import remember_commit_tree, remember_merge, staged_tree
 from buildrunnerd.workspace._worktree import forget_worktree, record_worktree, worktree_git
 
 __all__ = [
@@ -161,6 +161,9 @@ class RunRepo:
         self._started: dict[Path, str] = {}
         self._made = 0
         self.max_idle = _MAX_IDLE_WORKTREES
+        # The branch's head as this object last read or moved it (a hint only: every move is
+        # a compare-and-swap, so a stale hint costs one failed update-ref, never work).
+        self._head_hint: str | None = None
 
     def __repr__(self) -> str:
         return f"RunRepo(repo={str(self.repo)!r}, branch={self.branch!r})"
@@ -205,7 +208,8 @@ class RunRepo:
             ["rev-parse", "--verify", self.ref], cwd=self.repo, timeout_s=self.timeout_s,
             what=f"reading branch {self.branch}",
         )
-        return res.stdout.strip()
+        self._head_hint = res.stdout.strip()
+        return self._head_hint
 
     async def worktree_head(self, worktree: Path) -> str:
         """The commit a worktree is at (before a batch commits: the commit it started from,
@@ -245,6 +249,8 @@ class RunRepo:
                  self.ref, previous, commit],
                 cwd=self.repo, timeout_s=self.timeout_s, check=False,
             )
+            if res.ok:
+                self._head_hint = previous
             return res.ok
 
     async def remove_worktree(self, path: Path) -> None:
@@ -348,7 +354,8 @@ class RunRepo:
             # Most often the branch has not moved since the worktree was made: try the
             # fast-forward first (a compare-and-swap from the parent), and read the branch
             # only when it had moved.
-            if await self._move_branch(commit, parent, check_head=False):
+            if parent == self._head_hint and await self._move_branch(commit, parent,
+                                                                     check_head=False):
                 return MergeResult(merged=True, commit=commit, fast_forward=True,
                                    previous=parent, tree=tree)
             for _ in range(_MAX_REF_RACES):
@@ -394,6 +401,7 @@ class RunRepo:
             cwd=self.repo, timeout_s=self.timeout_s, check=False,
         )
         if res.ok:
+            self._head_hint = new
             return True
         if not check_head or (await self.head()) != old:
             return False
@@ -433,6 +441,7 @@ class RunRepo:
              "-m", _merge_message(message, commit)],
             cwd=self.repo, timeout_s=t, what=f"committing the merge of {commit[:12]}",
         )
+        remember_merge(merged.stdout.strip(), head)
         return MergeResult(merged=True, commit=merged.stdout.strip(), tree=tree)
 
     async def _merge(self, worktree: Path, commit: str, head: str, message: str) -> MergeResult:

@@ -19,8 +19,8 @@ from buildrunnerd.errors import WorkspaceError
 from buildrunnerd.workspace._git import git
 
 __all__ = ["MAX_BLOB_BYTES", "REGULAR_MODES", "SYMLINK_MODE", "Blobs", "Entry", "Tree",
-           "cached_blob", "commit_tree", "read_blobs", "remember_commit_tree", "staged_tree",
-           "write_tree"]
+           "cached_blob", "commit_tree", "read_blobs", "remember_commit_tree", "remember_merge",
+           "staged_tree", "write_tree"]
 
 MAX_BLOB_BYTES = 1024 * 1024  # a source file larger than this is not parsed
 REGULAR_MODES = frozenset({"100644", "100755"})
@@ -70,9 +70,13 @@ async def commit_tree(cwd: Path, commit: str, opts: Sequence[str] = (), *,
     worktree's git options (``worktree_git``). A commit whose tree the daemon wrote itself
     (:func:`write_tree`, then :func:`remember_commit_tree`) is not listed again: a batch
     starting where the last one ended costs no whole-tree read."""
-    known = _TREES.get(_COMMIT_TREES.get(commit, "")) or _LISTED_COMMITS.get(commit)
+    known = _known_listing(commit)
     if known is not None:
         return dict(known)
+    parent = _MERGE_PARENTS.get(commit)
+    parent_tree = _known_listing(parent) if parent is not None else None
+    if parent is not None and parent_tree is not None:
+        return await _merged_tree(cwd, commit, parent, parent_tree, opts, timeout_s=timeout_s)
     res = await git([*opts, "ls-tree", "-r", "-z", "--full-tree", commit], cwd=cwd,
                     timeout_s=timeout_s, what=f"listing the files of commit {commit[:12]}")
     tree: Tree = {}
@@ -83,11 +87,53 @@ async def commit_tree(cwd: Path, commit: str, opts: Sequence[str] = (), *,
         mode, kind, sha = meta.split(" ")
         if kind in ("blob", "commit"):  # a submodule is listed as a commit
             tree[path] = Entry(mode, sha)
+    _remember_listing(commit, tree)
+    return tree
+
+
+def _known_listing(commit: str) -> Tree | None:
+    return _TREES.get(_COMMIT_TREES.get(commit, "")) or _LISTED_COMMITS.get(commit)
+
+
+def _remember_listing(commit: str, tree: Tree) -> None:
     if _FULL_ID.match(commit):  # a commit id names its tree (a ref name can move)
         if len(_LISTED_COMMITS) >= _MAX_TREES:
             _LISTED_COMMITS.pop(next(iter(_LISTED_COMMITS)))
         _LISTED_COMMITS[commit] = dict(tree)
+
+
+async def _merged_tree(cwd: Path, commit: str, parent: str, parent_tree: Tree,
+                       opts: Sequence[str], *, timeout_s: float) -> Tree:
+    """The listing of a merge ``commit`` the daemon made on ``parent``, whose listing is
+    known: the parent's, changed by what the merge changed (a read the size of the change,
+    not of the tree)."""
+    res = await git([*opts, "diff-tree", "-r", "-z", "--raw", "--no-renames", "--no-abbrev",
+                     "--no-textconv", "--no-ext-diff", parent, commit],
+                    cwd=cwd, timeout_s=timeout_s,
+                    what=f"listing the changes of merge {commit[:12]}")
+    tree = dict(parent_tree)
+    # -z: ":<old mode> <new mode> <old sha> <new sha> <status>\0<path>\0" per change.
+    fields = res.stdout.split("\0")
+    for header, path in zip(fields[0::2], fields[1::2], strict=False):
+        parts = header.lstrip(":").split()
+        if len(parts) != 5:
+            raise WorkspaceError(f"unexpected `git diff-tree` output for {commit[:12]}: "
+                                 f"{header[:200]!r}", data={"commit": commit})
+        _old_mode, new_mode, _old_sha, new_sha, status = parts
+        if status.startswith("D"):
+            tree.pop(path, None)
+        else:
+            tree[path] = Entry(new_mode, new_sha)
+    _remember_listing(commit, tree)
     return tree
+
+
+def remember_merge(commit: str, first_parent: str) -> None:
+    """``commit`` is a merge the daemon made on ``first_parent``: its listing can be derived
+    from the parent's (:func:`commit_tree`)."""
+    if len(_MERGE_PARENTS) >= _MAX_TREES * 4:
+        _MERGE_PARENTS.clear()
+    _MERGE_PARENTS[commit] = first_parent
 
 
 async def staged_tree(cwd: Path, opts: Sequence[str] = (), *, timeout_s: float) -> Tree:
@@ -157,6 +203,7 @@ _MAX_TREES = 16
 # Commits listed with ls-tree (commit id -> listing): a batch's checks and its secret scan
 # compare with the same commit.
 _LISTED_COMMITS: dict[str, Tree] = {}
+_MERGE_PARENTS: dict[str, str] = {}  # a merge the daemon made -> its first parent
 _FULL_ID = re.compile(r"^(?:[0-9a-f]{40}|[0-9a-f]{64})$")
 
 # The last listing of each index: index file -> (its key, the listing).

@@ -151,3 +151,45 @@ async def test_the_secret_scan_still_reads_every_changed_file(
     assert failed and failed[0].file == target, report
     await ws.release(path, reuse=False)
     await ws.close()
+
+
+async def test_a_merge_is_listed_from_its_change_and_is_the_tree_git_lists(
+        repo: Path, wt_root: Path) -> None:
+    a, b = task("a", "a.py"), task("b", "b.py")
+    run_repo = await prepare_run_repo(repo, "r1")
+    ws = GitWorkspace(run_repo, run_id="r1", worktree_root=wt_root, project_root=repo,
+                      base_commit=run_repo.base_commit, test_cmd=None, plan_tasks=[a, b],
+                      spec_path=None)
+    first, first_head = await ws.acquire()
+    second, second_head = await ws.acquire()
+    (first / "a.py").write_text("A = 1\n")
+    (second / "b.py").write_text("B = 1\n")
+    (second / "README.md").write_text("# project, changed\n")
+    done = []
+    for path, t, head in ((first, a, first_head), (second, b, second_head)):
+        report = await ws.verify(path, [t], head=head, config=CONFIG, confinement=None)
+        assert report.passed, report
+        with record_git_calls() as integrating:
+            done.append(await ws.integrate(path, t.id, report, head=head, batch_id=t.id,
+                                           config=CONFIG, confinement=None))
+    # The branch check (nothing to test: it looks for tests in the merge's tree) listed the
+    # merge from its change: its parent was the first batch's, already listed.
+    assert "diff-tree" in integrating.subcommands(), integrating.commands
+    assert "ls-tree" not in integrating.subcommands(), integrating.commands
+    merge = done[1].commit
+    assert done[0].merged and done[1].merged and merge is not None
+    assert run_git(repo, "rev-list", "--parents", "-n1", merge).count(" ") == 2  # a merge
+    with record_git_calls() as calls:
+        shared = await commit_tree(repo, merge, timeout_s=30)
+    assert len(calls) == 0  # shared
+    listed = {}
+    for record in run_git(repo, "ls-tree", "-r", "-z", "--full-tree", merge).split("\0"):
+        if record:
+            meta, _, name = record.partition("\t")
+            mode, _kind, sha = meta.split(" ")
+            listed[name] = (mode, sha)
+    assert {p: (e.mode, e.sha) for p, e in shared.items()} == listed
+    assert {"a.py", "b.py", "app.py"} <= set(shared)
+    await ws.release(first)
+    await ws.release(second)
+    await ws.close()
