@@ -441,7 +441,8 @@ async def verify(
     for the scope check. ``baseline_passed``: the protected tests that passed at the last
     verified commit. ``confinement``: the daemon's sandbox (default: the one ``config``
     selects), in which the import check and the test command run. ``batch_checks=False``
-    runs only the tests (the run branch's check).
+    runs only the tests (the run branch's check), in a worktree that is a clean checkout of
+    ``base_commit`` (nothing is staged).
     Raises :class:`WorkspaceError` only for failures outside the batch's work (git failing,
     an unreadable allowlist).
     """
@@ -455,7 +456,9 @@ async def verify(
     if project_root is None:
         project_root = await _project_root(worktree, t)
     checks: list[CheckResult] = []
-    diff = await _changed_files(worktree, base_commit, t)
+    # The run branch's check runs in a worktree just reset to ``base_commit`` and found clean
+    # (RunRepo.acquire_worktree), where nothing ran since: nothing to stage, no change.
+    diff = await _changed_files(worktree, base_commit, t) if batch_checks else ""
     opts = await worktree_git(worktree, timeout_s=t)  # again: staging ran git on it
     before, after, blobs = await _read_trees(worktree, base_commit, tasks, diff, opts, t)
     named = {n for task in tasks for n in task.files}
