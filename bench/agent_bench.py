@@ -47,7 +47,6 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Sequence
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -60,7 +59,7 @@ sys.path.insert(0, str(ROOT))
 from buildrunnerd.agent import AnthropicExecutor  # noqa: E402
 from buildrunnerd.agent._claude_cli import find_claude_cli  # noqa: E402
 from buildrunnerd.config import AgentConfig, Config  # noqa: E402
-from buildrunnerd.executor import ApiCall, BatchJob, TurnEvent  # noqa: E402
+from buildrunnerd.executor import BatchJob  # noqa: E402
 from buildrunnerd.plan import Task  # noqa: E402
 from buildrunnerd.prompt import BatchPrompt, default_counter  # noqa: E402
 from buildrunnerd.sandbox import select_sandbox  # noqa: E402
@@ -69,6 +68,7 @@ from tests.conftest import (  # noqa: E402
     wait_run_event,
 )
 from tests.daemons import PYTHON_M, Daemons  # noqa: E402
+from tests.executor.support import RecordingContext as Ctx  # noqa: E402
 from tests.fakeapi import (  # noqa: E402
     API_KEY,
     FakeAnthropic,
@@ -83,31 +83,6 @@ from tests.fakeapi import (  # noqa: E402
 SYSTEM = ("You are a senior engineer working in a BuildRunner batch. Follow the project's "
           "conventions, keep changes small, write tests next to the code, and stop when the "
           "tasks' acceptance criteria are met. ") * 30
-
-
-class Ctx:
-    """The daemon's side of a batch, reduced to what the bench measures."""
-
-    def __init__(self) -> None:
-        self.calls: list[ApiCall] = []
-
-    async def emit(self, type: str, data: dict[str, Any], *, task_id: str | None = None) -> None:
-        pass
-
-    async def record_api_call(self, call: ApiCall) -> None:
-        self.calls.append(call)
-
-    async def checkpoint(self, state: bytes) -> None:
-        pass
-
-    async def record_turn(self, *, call: ApiCall | None = None,
-                          events: Sequence[TurnEvent] = (),
-                          checkpoint: bytes | None = None) -> None:
-        if call is not None:
-            self.calls.append(call)
-
-    async def check_budget(self, estimate_usd: float) -> None:
-        pass
 
 
 def steps(batch: str) -> list[Reply]:

@@ -3,41 +3,15 @@
 from __future__ import annotations
 
 import ast
-from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from buildrunnerd.errors import ConfigError
-from buildrunnerd.executor import ApiCall, BatchJob, SimulatedExecutor, TurnEvent
+from buildrunnerd.executor import BatchJob, SimulatedExecutor
 from buildrunnerd.plan._model import Task
 from buildrunnerd.prompt import BatchPrompt
-
-
-class RecordingContext:
-    """The daemon's side of a batch, reduced to what these tests look at."""
-
-    def __init__(self) -> None:
-        self.calls: list[ApiCall] = []
-
-    async def emit(self, type: str, data: dict[str, Any], *, task_id: str | None = None) -> None:
-        pass
-
-    async def record_api_call(self, call: ApiCall) -> None:
-        self.calls.append(call)
-
-    async def checkpoint(self, state: bytes) -> None:
-        pass
-
-    async def record_turn(self, *, call: ApiCall | None = None,
-                          events: Sequence[TurnEvent] = (),
-                          checkpoint: bytes | None = None) -> None:
-        if call is not None:
-            self.calls.append(call)
-
-    async def check_budget(self, estimate_usd: float) -> None:
-        pass
+from tests.executor.support import RecordingContext
 
 
 async def test_simulated_backend_writes_valid_python_and_text(tmp_path: Path) -> None:
