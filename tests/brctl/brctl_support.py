@@ -3,9 +3,12 @@ driven by brctl, and a real git repository."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
+import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -80,3 +83,20 @@ def make_repo(path: Path, files: dict[str, str]) -> Path:
     subprocess.run([*git, "-C", str(path), "add", "-A"], check=True)
     subprocess.run([*git, "-C", str(path), "commit", "-q", "-m", "initial"], check=True)
     return path
+
+
+@contextlib.contextmanager
+def time_zone(tz: str) -> Iterator[None]:
+    """Run with the local time zone ``tz`` (a POSIX TZ string: no tz database needed), then
+    restore the one before."""
+    previous = os.environ.get("TZ")
+    os.environ["TZ"] = tz
+    time.tzset()
+    try:
+        yield
+    finally:
+        if previous is None:
+            del os.environ["TZ"]
+        else:
+            os.environ["TZ"] = previous
+        time.tzset()

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import os
 import re
-import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -15,6 +13,7 @@ from rich.console import Console
 
 from brctl._render import LiveState, RunView, plain_line, rich_view
 from tests.brctl.brctl_recorded import failed_run
+from tests.brctl.brctl_support import time_zone
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -22,15 +21,8 @@ ROOT = Path(__file__).resolve().parents[2]
 @pytest.fixture(autouse=True)
 def _utc() -> Iterator[None]:
     # Event lines show local time; the recorded events are at 18:00 UTC.
-    previous = os.environ.get("TZ")
-    os.environ["TZ"] = "UTC"
-    time.tzset()
-    yield
-    if previous is None:
-        del os.environ["TZ"]
-    else:
-        os.environ["TZ"] = previous
-    time.tzset()
+    with time_zone("UTC"):
+        yield
 
 
 def _fold(count: int | None = None) -> tuple[LiveState, list[str]]:

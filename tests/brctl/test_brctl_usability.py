@@ -5,10 +5,8 @@ and output that survives brctl's fast exit."""
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -17,7 +15,7 @@ import pytest
 from brctl._client import all_events
 from brctl._output import format_runs
 from brctl._render import plain_line
-from tests.brctl.brctl_support import BRCTL, Daemon
+from tests.brctl.brctl_support import BRCTL, Daemon, time_zone
 
 CALL_TIMEOUT_S = 60.0
 
@@ -59,15 +57,8 @@ def test_a_failed_check_of_a_silent_command_is_aligned_and_says_so(
 @pytest.fixture
 def india_time() -> Iterator[None]:
     # A zone 5:30 ahead of UTC, as a POSIX TZ string (no tz database needed).
-    previous = os.environ.get("TZ")
-    os.environ["TZ"] = "IST-5:30"
-    time.tzset()
-    yield
-    if previous is None:
-        del os.environ["TZ"]
-    else:
-        os.environ["TZ"] = previous
-    time.tzset()
+    with time_zone("IST-5:30"):
+        yield
 
 
 def test_event_lines_and_runs_show_local_time(india_time: None) -> None:
