@@ -158,6 +158,10 @@ def classify_ending(result: Any | None, *, limit_resets_at: float | None,
     return Ending(kind="verify", note=note + "; verification decides")
 
 
+# What the CLI says when it has no conversation for a session id it is asked to resume.
+_NO_CONVERSATION = "No conversation found with session ID"
+
+
 @dataclass(slots=True)
 class _Invocation:
     """One CLI process's worth of a session: its clocks and what it reported."""
@@ -307,11 +311,7 @@ class ClaudeCodeExecutor:
                 _log.warning("checkpoint unreadable; starting a new session",
                              batch=job.batch_id, error=str(exc))
         if state is None or state.session_id is None:
-            prompt = job.prompt.user
-            if job.fix_report is not None:
-                prompt += "\n\n" + format_fix_report(job.fix_report)
-            return SessionState(worktree=job.worktree, model=model,
-                                fix_round=job.fix_round), prompt
+            return self._fresh_state(job, model)
         parts: list[str] = []
         if job.resume_state is not None or (state.worktree and state.worktree != job.worktree):
             # A checkpoint handed back by the daemon is an earlier attempt's: its worktree is
@@ -323,6 +323,14 @@ class ClaudeCodeExecutor:
             parts.append(_CONTINUE)
         state.worktree, state.model, state.fix_round = job.worktree, model, job.fix_round
         return state, "\n\n".join(parts)
+
+    @staticmethod
+    def _fresh_state(job: BatchJob, model: str) -> tuple[SessionState, str]:
+        """A new session for ``job`` and its first prompt."""
+        prompt = job.prompt.user
+        if job.fix_report is not None:
+            prompt += "\n\n" + format_fix_report(job.fix_report)
+        return SessionState(worktree=job.worktree, model=model, fix_round=job.fix_round), prompt
 
     async def _checkpoint(self, job: BatchJob, ctx: ExecutionContext,
                           state: SessionState, *, call: ApiCall | None = None,
@@ -345,7 +353,18 @@ class ClaudeCodeExecutor:
         try:
             await ctx.check_budget(self._estimate_usd(state.model, job))
             with anyio.move_on_after(self.config.agent.batch_timeout_s):
-                return await self._invoke(job, ctx, state, prompt)
+                resuming = state.session_id
+                outcome = await self._invoke(job, ctx, state, prompt)
+                if (resuming is not None and outcome.status == "failed"
+                        and _NO_CONVERSATION in (outcome.reason or "")):
+                    # The CLI keeps a session's conversation per folder and saves it as it
+                    # goes: resumed in another worktree, or killed before it saved, it has
+                    # none. Start the batch again in a new session rather than fail it.
+                    _log.warning("claude_code.session_lost", batch=job.batch_id,
+                                 session_id=resuming, worktree=job.worktree)
+                    state, prompt = self._fresh_state(job, state.model)
+                    outcome = await self._invoke(job, ctx, state, prompt)
+                return outcome
             return ExecutionOutcome(
                 "failed", model=state.model, summary=state.summary,
                 reason=f"batch {job.batch_id} timed out after "
