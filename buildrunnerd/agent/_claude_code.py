@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import stat
 import time
-from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -45,6 +44,7 @@ from buildrunnerd.executor import (
     BatchJob,
     ExecutionContext,
     ExecutionOutcome,
+    RecentCheckpoints,
     TurnEvent,
 )
 from buildrunnerd.sandbox import Confinement, WorktreePathError, lstat_in, worktree_relpath
@@ -292,7 +292,7 @@ class ClaudeCodeExecutor:
         self._config_dir = cli.config_dir or claude_config_dir(home)
         self._launch_dir = self._config_dir / "launch"
         self._env = cli_environment(env, self._config_dir)
-        self._recent: OrderedDict[tuple[str, str, int], bytes] = OrderedDict()
+        self._recent = RecentCheckpoints()
 
     async def aclose(self) -> None:
         """Nothing is held between batches (each invocation is its own process)."""
@@ -300,8 +300,7 @@ class ClaudeCodeExecutor:
     # --- state ---
     def _initial_state(self, job: BatchJob) -> tuple[SessionState, str]:
         """The session to resume (or a new one) and the prompt of this invocation."""
-        key = (job.run_id, job.batch_id, job.attempt)
-        saved = job.resume_state or self._recent.get(key)
+        saved = self._recent.saved(job)
         model = pick_model(self.config.models, [t.complexity for t in job.tasks], job.escalation)
         state: SessionState | None = None
         if saved is not None:
@@ -337,14 +336,7 @@ class ClaudeCodeExecutor:
                           events: Sequence[TurnEvent] = ()) -> None:
         """Checkpoint the session, with a billed ``call`` and ``events`` in the same store
         transaction (one commit: a crash keeps all of them or none)."""
-        data = state.encode()
-        key = (job.run_id, job.batch_id, job.attempt)
-        self._recent[key] = data
-        self._recent.move_to_end(key)
-        while len(self._recent) > 256:
-            self._recent.popitem(last=False)
-        with anyio.CancelScope(shield=True):
-            await ctx.record_turn(call=call, events=events, checkpoint=data)
+        await self._recent.save(job, ctx, state.encode(), call=call, events=events)
 
     # --- one batch ---
     async def run_batch(self, job: BatchJob, ctx: ExecutionContext) -> ExecutionOutcome:

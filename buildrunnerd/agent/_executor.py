@@ -7,7 +7,6 @@ conversation is checkpointed (``ctx.checkpoint``); a restart resumes from it.
 
 from __future__ import annotations
 
-from collections import OrderedDict
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -40,6 +39,7 @@ from buildrunnerd.executor import (
     BatchJob,
     ExecutionContext,
     ExecutionOutcome,
+    RecentCheckpoints,
     TurnEvent,
 )
 from buildrunnerd.prompt import default_counter
@@ -98,9 +98,9 @@ class AnthropicExecutor:
         self._state_dir = state_dir
         # The daemon hands its own; made (and probed) on the first batch otherwise.
         self._confinement = confinement
-        # Last checkpoint per (run, batch, attempt) so a fix-up round continues the
-        # conversation (and its cache) when the daemon does not hand it back. Bounded.
-        self._recent: OrderedDict[tuple[str, str, int], bytes] = OrderedDict()
+        # Last checkpoint per attempt: a fix-up round continues the conversation (and its
+        # cache) when the daemon does not hand it back.
+        self._recent = RecentCheckpoints()
 
     async def aclose(self) -> None:
         """Close the HTTP client."""
@@ -139,8 +139,7 @@ class AnthropicExecutor:
 
     # --- state ---
     def _initial_state(self, job: BatchJob) -> ConversationState:
-        key = (job.run_id, job.batch_id, job.attempt)
-        saved = job.resume_state or self._recent.get(key)
+        saved = self._recent.saved(job)
         if saved is not None:
             try:
                 state = ConversationState.decode(saved)
@@ -195,15 +194,7 @@ class AnthropicExecutor:
                           events: Sequence[TurnEvent] = ()) -> None:
         """Checkpoint the conversation, with the turn's billed ``call`` and ``events`` in the
         same store transaction (one commit: a crash keeps the whole turn or none of it)."""
-        data = state.encode()
-        key = (job.run_id, job.batch_id, job.attempt)
-        self._recent[key] = data
-        self._recent.move_to_end(key)
-        while len(self._recent) > 256:
-            self._recent.popitem(last=False)
-        # Shielded: a cancelled batch still leaves its last finished turn on disk.
-        with anyio.CancelScope(shield=True):
-            await ctx.record_turn(call=call, events=events, checkpoint=data)
+        await self._recent.save(job, ctx, state.encode(), call=call, events=events)
 
     # --- the loop ---
     async def _loop(self, job: BatchJob, ctx: ExecutionContext, state: ConversationState,
