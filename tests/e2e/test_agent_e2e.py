@@ -3,78 +3,27 @@
 from __future__ import annotations
 
 import json
-import re
 import signal
-import subprocess
 import sys
-import threading
 from pathlib import Path
-from typing import Any
 
 import anyio
 import pytest
 
 from buildrunnerd.agent import CostTable
 from buildrunnerd.config import PricingConfig
-from tests.conftest import DaemonFactory, wait_run_event, write_spec
+from tests.conftest import DaemonFactory, wait_run_event
+from tests.e2e.support import (
+    HeldReply,
+    builder,
+    create,
+    git,
+    grep_tree,
+    make_repo,
+    named_files,
+    run_to_end,
+)
 from tests.fakeapi import API_KEY, FakeAnthropic, FakeRequest, Faults, Reply, text, tool_use
-
-FEATURES = [
-    ("Storage", "database", [], ["app/db.py"]),
-    ("Accounts", "backend", ["Storage"], ["app/accounts.py"]),
-    ("Reports", "backend", ["Storage"], ["app/reports.py"]),
-]
-# Required files and the planner's suggestions: a diligent fake agent writes both.
-_FILES = re.compile(r"^(?:Files|Suggested files \([^)]*\)): (.*)$", re.MULTILINE)
-
-
-def named_files(req: FakeRequest) -> list[str]:
-    """The files the batch's tasks name, as the prompt builder lists them."""
-    return [f for line in _FILES.findall(req.first_user_text())
-            for f in re.findall(r"`([^`]+)`", line)]
-
-
-def create(path: str, turn: int) -> dict[str, Any]:
-    body = f'"""{path}"""\n\nVALUE = {turn}\n' if path.endswith(".py") else "ok\n"
-    return tool_use("str_replace_based_edit_tool", {"command": "create", "path": path,
-                                                    "file_text": body})
-
-
-def builder(req: FakeRequest) -> Reply:
-    """A model that writes each named file (one editor call per turn), runs bash, ends; told
-    that its worktree was recreated, it writes them all again."""
-    files = named_files(req)
-    turn = req.assistant_turns()
-    last = req.messages[-1]
-    if last["role"] == "user" and "fresh worktree" in json.dumps(last["content"]):
-        return Reply([text("Redoing my files."), *[create(f, turn) for f in files]],
-                     "tool_use")
-    if turn < len(files):
-        return Reply([text(f"Writing {files[turn]}."), create(files[turn], turn)], "tool_use")
-    if turn == len(files):
-        return Reply([tool_use("bash", {"command": "env | sort; ls -R app"})], "tool_use")
-    return Reply([text("Wrote " + ", ".join(files) + ".")], "end_turn")
-
-
-def git(repo: Path, *args: str) -> str:
-    return subprocess.run(["git", *args], cwd=repo, check=True, capture_output=True,
-                          text=True).stdout.strip()
-
-
-def make_repo(tmp_path: Path) -> tuple[Path, Path]:
-    repo = tmp_path / "repo"
-    repo.mkdir()
-    git(repo, "init", "-q", "-b", "main")
-    git(repo, "config", "user.email", "t@example.invalid")
-    git(repo, "config", "user.name", "Tester")
-    spec = write_spec(repo / "PROJECT_SPEC.md", FEATURES)
-    git(repo, "add", ".")
-    git(repo, "commit", "-qm", "init")
-    return repo, spec
-
-
-def grep_tree(root: Path, needle: bytes) -> list[Path]:
-    return [p for p in root.rglob("*") if p.is_file() and needle in p.read_bytes()]
 
 
 async def test_anthropic_run_builds_merges_and_bills_exactly(
@@ -91,10 +40,8 @@ async def test_anthropic_run_builds_merges_and_bills_exactly(
         async with daemon.client() as client:
             ping = await client.call("daemon.ping")
             assert ping["backend"] == "anthropic"
-            run = await client.call("run.submit", spec_path=str(spec), repo=str(repo),
-                                    workers=3)
-            await wait_run_event(daemon.socket, run["id"], timeout_s=120)
-            info = await client.call("run.get", run_id=run["id"])
+            run, info = await run_to_end(client, daemon.socket, spec, repo, workers=3,
+                                         timeout_s=120)
             costs = await client.call("costs.summary", run_id=run["id"])
         brctl = await anyio.run_process(
             [sys.executable, "-m", "brctl", "--socket", str(daemon.socket), "--json", "costs",
@@ -129,16 +76,14 @@ async def test_sigkill_mid_conversation_resumes_without_repeating_turns(
     daemon_factory: DaemonFactory, tmp_path: Path
 ) -> None:
     repo, spec = make_repo(tmp_path)
-    hold = threading.Event()
-    held = threading.Event()
+    held = HeldReply(timeout_s=30)
     held_index: list[int] = []
 
     def responder(req: FakeRequest) -> Reply:
         # The second turn of the first batch waits: the daemon is killed meanwhile.
-        if "app/db.py" in named_files(req) and req.assistant_turns() == 2 and not hold.is_set():
+        if "app/db.py" in named_files(req) and req.assistant_turns() == 2 and not held.released:
             held_index.append(req.index)
-            held.set()
-            hold.wait(30)
+            held.hold()
         return builder(req)
 
     with FakeAnthropic(responder) as fake:
@@ -147,10 +92,10 @@ async def test_sigkill_mid_conversation_resumes_without_repeating_turns(
         async with daemon.client() as client:
             run = await client.call("run.submit", spec_path=str(spec), repo=str(repo),
                                     workers=1)
-        await anyio.to_thread.run_sync(held.wait, 60)
+        await anyio.to_thread.run_sync(held.asked.wait, 60)
         daemon.proc.send_signal(signal.SIGKILL)
         daemon.proc.wait(timeout=10)
-        hold.set()
+        held.release()
         daemon = await daemon_factory.start_on_api(fake.base_url, API_KEY, config=config)
         await wait_run_event(daemon.socket, run["id"], timeout_s=120)
         async with daemon.client() as client:
@@ -223,16 +168,8 @@ async def test_allowlist_a_model_merged_in_an_earlier_batch_allows_nothing_later
             "command": "create", "path": "app/keys.py",
             "file_text": f"UPLOAD_KEY = '{aws_key}'\n"})], "tool_use")
 
-    repo = tmp_path / "repo"
-    repo.mkdir()
-    git(repo, "init", "-q", "-b", "main")
-    git(repo, "config", "user.email", "t@example.invalid")
-    git(repo, "config", "user.name", "Tester")
-    spec = write_spec(repo / "PROJECT_SPEC.md", [
-        ("Setup", "backend", [], ["app/setup.py"]),
-        ("Keys", "backend", ["Setup"], ["app/keys.py"])])
-    git(repo, "add", ".")
-    git(repo, "commit", "-qm", "init")
+    repo, spec = make_repo(tmp_path, [("Setup", "backend", [], ["app/setup.py"]),
+                                      ("Keys", "backend", ["Setup"], ["app/keys.py"])])
     with FakeAnthropic(model) as fake:
         # scope = "warn": under the default "strict" the allowlist change alone fails batch 1
         # (a repository control file); this test is about the allowlist's own defence.
@@ -241,9 +178,7 @@ async def test_allowlist_a_model_merged_in_an_earlier_batch_allows_nothing_later
             config="[planner]\nplanner = \"heuristic\"\n[verify]\nmax_fix_attempts = 0\n"
                    "scope = \"warn\"\n")
         async with daemon.client() as client:
-            run = await client.call("run.submit", spec_path=str(spec), repo=str(repo))
-            await wait_run_event(daemon.socket, run["id"], timeout_s=120)
-            info = await client.call("run.get", run_id=run["id"])
+            run, info = await run_to_end(client, daemon.socket, spec, repo, timeout_s=120)
             events = await client.call("events.list", run_id=run["id"], limit=1000)
         assert await daemon.stop() == 0
     assert info["state"] == "failed", (info, daemon.stderr()[-3000:])

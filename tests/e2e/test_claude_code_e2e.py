@@ -13,7 +13,6 @@ import re
 import signal
 import stat
 import sys
-import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -25,7 +24,7 @@ from buildrunnerd.agent import CostTable
 from buildrunnerd.agent._claude_cli import find_claude_cli
 from buildrunnerd.config import PricingConfig
 from tests.conftest import DaemonFactory, DaemonProcess, wait_run_event
-from tests.e2e.test_agent_e2e import git, grep_tree, make_repo
+from tests.e2e.support import HeldReply, git, grep_tree, make_repo, run_to_end
 from tests.fakeapi import (
     API_KEY,
     OAUTH_TOKEN,
@@ -148,10 +147,7 @@ async def test_claude_code_run_builds_verifies_merges_and_bills_exactly(
         daemon = await start(daemon_factory, env, config_file(tmp_path))
         async with daemon.client() as client:
             ping = await client.call("daemon.ping")
-            run = await client.call("run.submit", spec_path=str(spec), repo=str(repo),
-                                    workers=2)
-            await wait_run_event(daemon.socket, run["id"], timeout_s=90)
-            info = await client.call("run.get", run_id=run["id"])
+            run, info = await run_to_end(client, daemon.socket, spec, repo, workers=2)
             costs = await client.call("costs.summary", run_id=run["id"])
         brctl = await anyio.run_process(
             [sys.executable, "-m", "brctl", "--socket", str(daemon.socket), "costs",
@@ -232,10 +228,7 @@ async def test_a_hostile_model_cannot_leave_the_worktree_or_write_git(
         env = claude_env(daemon_factory, fake)
         daemon = await start(daemon_factory, env, config_file(tmp_path))
         async with daemon.client() as client:
-            run = await client.call("run.submit", spec_path=str(spec), repo=str(repo),
-                                    workers=1)
-            await wait_run_event(daemon.socket, run["id"], timeout_s=90)
-            info = await client.call("run.get", run_id=run["id"])
+            run, info = await run_to_end(client, daemon.socket, spec, repo, workers=1)
         events = await events_of(daemon, run["id"])
         assert await daemon.stop() == 0
     assert info["state"] == "succeeded", failures(events)
@@ -254,8 +247,7 @@ async def test_sigkill_mid_session_resumes_the_same_session_without_repeating_ba
     daemon_factory: DaemonFactory, tmp_path: Path
 ) -> None:
     repo, spec = make_repo(tmp_path)
-    hold = threading.Event()
-    held = threading.Event()
+    held = HeldReply()
 
     def responder(req: FakeRequest) -> Reply:
         # The Reports batch (the last one, workers=1) waits in its second turn: the daemon is
@@ -263,11 +255,10 @@ async def test_sigkill_mid_session_resumes_the_same_session_without_repeating_ba
         # so it never reaches the killed session's CLI while that is still being torn down
         # (as the real API's reply would reach nobody).
         if "app/reports.py" in named_files(req) and req.assistant_turns() == 1:
-            if not held.is_set():
-                held.set()
-                hold.wait(60)
+            if not held.asked.is_set():
+                held.hold()
             else:
-                hold.set()
+                held.release()
         return builder(req)
 
     with FakeAnthropic(responder) as fake:
@@ -277,13 +268,13 @@ async def test_sigkill_mid_session_resumes_the_same_session_without_repeating_ba
         async with daemon.client() as client:
             run = await client.call("run.submit", spec_path=str(spec), repo=str(repo),
                                     workers=1)
-        await anyio.to_thread.run_sync(held.wait, 120)
+        await anyio.to_thread.run_sync(held.asked.wait, 120)
         before = await events_of(daemon, run["id"])
         daemon.proc.send_signal(signal.SIGKILL)
         daemon.proc.wait(timeout=10)
         daemon = await start(daemon_factory, env, config)
         await wait_run_event(daemon.socket, run["id"], timeout_s=90)
-        hold.set()
+        held.release()
         async with daemon.client() as client:
             info = await client.call("run.get", run_id=run["id"])
         events = await events_of(daemon, run["id"])
@@ -416,10 +407,8 @@ async def test_a_cli_that_crashes_mid_stream_fails_the_batch_never_succeeds(
         env = claude_env(daemon_factory, fake, BUILDRUNNER_CLAUDE_CLI=str(crashing))
         daemon = await start(daemon_factory, env, config_file(tmp_path))
         async with daemon.client() as client:
-            run = await client.call("run.submit", spec_path=str(spec), repo=str(repo),
-                                    workers=1)
-            await wait_run_event(daemon.socket, run["id"], timeout_s=120)
-            info = await client.call("run.get", run_id=run["id"])
+            run, info = await run_to_end(client, daemon.socket, spec, repo, workers=1,
+                                         timeout_s=120)
             tasks = await client.call("task.list", run_id=run["id"])
         events = await events_of(daemon, run["id"])
         assert await daemon.stop() == 0

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import signal
 import socket
-import subprocess
 from pathlib import Path
 
 import anyio
@@ -18,6 +17,7 @@ from tests.conftest import (
     wait_run_event,
     write_spec,
 )
+from tests.e2e.support import git, make_repo
 
 FEATURES = [
     ("Storage", "database", [], ["app/db.py"]),
@@ -25,11 +25,6 @@ FEATURES = [
     ("Reports", "backend", ["Storage"], ["app/reports.py"]),
     ("Web", "frontend", ["Accounts", "Reports"], ["web/index.html"]),
 ]
-
-
-def git(repo: Path, *args: str) -> str:
-    return subprocess.run(["git", *args], cwd=repo, check=True, capture_output=True,
-                          text=True).stdout.strip()
 
 
 async def test_submit_runs_to_success_and_says_simulated(
@@ -66,14 +61,7 @@ async def test_submit_runs_to_success_and_says_simulated(
 async def test_git_run_lands_on_its_branch_and_leaves_the_checkout_alone(
     daemon_factory: DaemonFactory, tmp_path: Path
 ) -> None:
-    repo = tmp_path / "repo"
-    repo.mkdir()
-    git(repo, "init", "-q", "-b", "main")
-    git(repo, "config", "user.email", "t@example.invalid")
-    git(repo, "config", "user.name", "Tester")
-    spec = write_spec(repo / "PROJECT_SPEC.md", FEATURES)
-    git(repo, "add", ".")
-    git(repo, "commit", "-qm", "init")
+    repo, spec = make_repo(tmp_path, FEATURES)
     head_before = git(repo, "rev-parse", "HEAD")
     daemon = await daemon_factory.start()
     async with daemon.client() as client:
@@ -290,3 +278,4 @@ async def test_a_subscription_opened_mid_run_sees_every_event_once_in_order(
                     break
         stored = [e["id"] for e in await all_events(client, run["id"])]
     assert seen == stored
+

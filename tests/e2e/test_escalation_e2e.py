@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import re
-import subprocess
 import sys
 from pathlib import Path
 from typing import Any
@@ -15,7 +14,8 @@ import pytest
 
 from buildrunnerd.agent import CostTable
 from buildrunnerd.config import PricingConfig
-from tests.conftest import DaemonFactory, wait_run_event, write_spec
+from tests.conftest import DaemonFactory, wait_run_event
+from tests.e2e.support import git, make_repo
 from tests.fakeapi import API_KEY, FakeAnthropic, FakeRequest, Reply, text, tool_use
 
 # Every complexity routes to the bottom of the ladder, so the escalated model is known
@@ -62,22 +62,10 @@ def lazy_then_diligent(req: FakeRequest) -> Reply:
     return Reply([text("Wrote " + ", ".join(files) + ".")], "end_turn")
 
 
-def git(repo: Path, *args: str) -> str:
-    return subprocess.run(["git", *args], cwd=repo, check=True, capture_output=True,
-                          text=True).stdout.strip()
-
-
 async def test_failed_verification_escalates_to_next_model_then_merges(
     daemon_factory: DaemonFactory, tmp_path: Path
 ) -> None:
-    repo = tmp_path / "repo"
-    repo.mkdir()
-    git(repo, "init", "-q", "-b", "main")
-    git(repo, "config", "user.email", "t@example.invalid")
-    git(repo, "config", "user.name", "Tester")
-    spec = write_spec(repo / "PROJECT_SPEC.md", [("Storage", "database", [], ["app/db.py"])])
-    git(repo, "add", ".")
-    git(repo, "commit", "-qm", "init")
+    repo, spec = make_repo(tmp_path, [("Storage", "database", [], ["app/db.py"])])
 
     with FakeAnthropic(lazy_then_diligent) as fake:
         daemon = await daemon_factory.start_on_api(fake.base_url, API_KEY, config=CONFIG)

@@ -5,38 +5,25 @@ the daemon's socket nor its state dir nor its environment."""
 
 from __future__ import annotations
 
-import re
 import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 
-from tests.conftest import DaemonFactory, wait_run_event
-from tests.e2e.test_agent_e2e import builder, git, make_repo, named_files
+from tests.conftest import DaemonFactory
+from tests.e2e.support import (
+    builder,
+    claude_tasks,
+    git,
+    is_planner,
+    make_repo,
+    named_files,
+    rejected_plan,
+    run_to_end,
+)
 from tests.fakeapi import API_KEY, FakeAnthropic, FakeRequest, Reply, tool_use
-
-_FEATURE_ID = re.compile(r"\(id: ([^)]+)\)")
-
-
-def is_planner(req: FakeRequest) -> bool:
-    return (req.body.get("tool_choice") or {}).get("name") == "submit_tasks"
-
-
-def claude_tasks(req: FakeRequest, **override: Any) -> Reply:
-    """One task per feature of the request, writing ``lib/<feature>.py``; every task but the
-    first depends on ``storage.1``, and the first on a task that does not exist."""
-    tasks = []
-    for fid in _FEATURE_ID.findall(req.first_user_text()):
-        tasks.append({
-            "id": f"{fid}.1", "feature": fid, "title": f"Build {fid} the Claude way",
-            "domain": "backend", "complexity": "simple", "estimate_minutes": 30,
-            "depends_on": ["ghost.7"] if fid == "storage" else ["storage.1"],
-            "files": [f"lib/{fid}.py"], "acceptance_criteria": [f"{fid} works"], **override,
-        })
-    return Reply([tool_use("submit_tasks", {"tasks": tasks})], "tool_use")
 
 
 @pytest.fixture
@@ -77,9 +64,7 @@ async def test_claude_plans_the_run_and_its_calls_are_the_runs_costs(
         async with daemon.client() as client:
             preview = await client.call("spec.plan", spec_path=str(spec))
             assert not [r for r in fake.requests if is_planner(r)]  # spec.plan: heuristic
-            run = await client.call("run.submit", spec_path=str(spec), repo=str(repo))
-            await wait_run_event(daemon.socket, run["id"], timeout_s=120)
-            info = await client.call("run.get", run_id=run["id"])
+            run, info = await run_to_end(client, daemon.socket, spec, repo, timeout_s=120)
             warnings = await client.call("events.list", run_id=run["id"],
                                          types=["plan.warning"])
             calls = await client.call("events.list", run_id=run["id"], types=["api.call"])
@@ -113,20 +98,12 @@ async def test_an_invalid_planner_answer_falls_back_to_the_heuristic_plan(
     daemon_factory: DaemonFactory, tmp_path: Path
 ) -> None:
     repo, spec = make_repo(tmp_path)
-
-    def responder(req: FakeRequest) -> Reply:
-        if is_planner(req):
-            return claude_tasks(req, complexity="enormous")  # breaks the schema, twice
-        return builder(req)
-
-    with FakeAnthropic(responder) as fake:
+    with FakeAnthropic(rejected_plan) as fake:  # the planner's answer breaks the schema, twice
         daemon = await daemon_factory.start_on_api(
             fake.base_url, API_KEY, config='[planner]\nplanner = "claude"\n')
         async with daemon.client() as client:
             preview = await client.call("spec.plan", spec_path=str(spec))
-            run = await client.call("run.submit", spec_path=str(spec), repo=str(repo))
-            await wait_run_event(daemon.socket, run["id"], timeout_s=120)
-            info = await client.call("run.get", run_id=run["id"])
+            run, info = await run_to_end(client, daemon.socket, spec, repo, timeout_s=120)
             warnings = await client.call("events.list", run_id=run["id"],
                                          types=["plan.warning"])
             costs = await client.call("costs.summary", run_id=run["id"])

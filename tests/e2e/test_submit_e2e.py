@@ -7,15 +7,21 @@ planner fall-back says why."""
 from __future__ import annotations
 
 import socket
-import threading
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from tests.conftest import DaemonFactory, RpcClient, RpcError, wait_run_event, write_spec
-from tests.e2e.test_agent_e2e import FEATURES, builder, make_repo
-from tests.e2e.test_planner_e2e import claude_tasks, is_planner
+from tests.e2e.support import (
+    FEATURES,
+    HeldReply,
+    builder,
+    claude_tasks,
+    is_planner,
+    make_repo,
+    rejected_plan,
+)
 from tests.fakeapi import API_KEY, FakeAnthropic, FakeRequest, Reply
 
 
@@ -76,14 +82,11 @@ async def test_submit_replies_while_claude_plans_in_the_daemon(
     daemon_factory: DaemonFactory, tmp_path: Path
 ) -> None:
     repo, spec = make_repo(tmp_path)
-    planner_asked = threading.Event()
-    planner_may_answer = threading.Event()
+    planner = HeldReply()
 
     def responder(req: FakeRequest) -> Reply:
         if is_planner(req):
-            planner_asked.set()
-            # Held until the test has the submit reply (the fake serves in its own threads).
-            planner_may_answer.wait(timeout=60)
+            planner.hold()  # until the test has the submit reply
             return claude_tasks(req, depends_on=[])
         return builder(req)
 
@@ -93,19 +96,19 @@ async def test_submit_replies_while_claude_plans_in_the_daemon(
             async with daemon.client() as client:
                 run = await client.call("run.submit", spec_path=str(spec))
                 # The reply did not wait for the planner (it is still holding its answer).
-                assert run["state"] == "planning" and not planner_may_answer.is_set()
+                assert run["state"] == "planning" and not planner.released
                 assert run["task_count"] == 0
                 await wait_run_event(daemon.socket, run["id"], ("run.planning",))
                 listed = await client.call("run.get", run_id=run["id"])
                 assert listed["state"] == "planning"
-                planner_may_answer.set()
+                planner.release()
                 await wait_run_event(daemon.socket, run["id"], ("run.started",), timeout_s=60)
                 await client.call("run.cancel", run_id=run["id"])
                 events = await _events(client, run["id"])
         finally:
-            planner_may_answer.set()
+            planner.release()
         assert await daemon.stop() == 0
-    assert planner_asked.is_set() and fake.count_tokens_calls == 1
+    assert planner.asked.is_set() and fake.count_tokens_calls == 1
     types = [e["type"] for e in events]
     assert types.index("run.submitted") < types.index("run.planning") < types.index(
         "run.planned") < types.index("run.started")
@@ -157,13 +160,7 @@ async def test_a_planner_fallback_says_why(
     daemon_factory: DaemonFactory, tmp_path: Path
 ) -> None:
     repo, spec = make_repo(tmp_path)
-
-    def responder(req: FakeRequest) -> Reply:
-        if is_planner(req):
-            return claude_tasks(req, complexity="enormous")  # breaks the schema, twice
-        return builder(req)
-
-    with FakeAnthropic(responder) as fake:
+    with FakeAnthropic(rejected_plan) as fake:  # the planner's answer breaks the schema, twice
         daemon = await daemon_factory.start_on_api(fake.base_url, API_KEY)
         async with daemon.client() as client:
             run = await client.call("run.submit", spec_path=str(spec))
@@ -181,10 +178,10 @@ async def test_a_run_killed_while_planning_is_planned_again_at_the_next_start(
     daemon_factory: DaemonFactory, tmp_path: Path
 ) -> None:
     repo, spec = make_repo(tmp_path)
-    release = threading.Event()
+    planner = HeldReply()
 
     def responder(req: FakeRequest) -> Reply:
-        release.wait(timeout=60)  # the planner never answers before the daemon is killed
+        planner.hold()  # the planner never answers before the daemon is killed
         return claude_tasks(req)
 
     with FakeAnthropic(responder) as fake:
@@ -200,7 +197,7 @@ async def test_a_run_killed_while_planning_is_planned_again_at_the_next_start(
                         break
             first.kill()  # kill -9 in the middle of Claude's planning
         finally:
-            release.set()
+            planner.release()
     # Back with the simulated backend: the stored spec is planned again, heuristically.
     second = await daemon_factory.start()
     async with second.client() as client:
