@@ -2,7 +2,9 @@
 
 Also the verification report (:class:`VerificationReport`): made by the workspace layer, read
 by the fix-up prompt (``prompt.fix_prompt``) and the backends (``BatchJob.fix_report``), which
-sit below it, and stored and sent as a dict (``task.get``'s ``verification``).
+sit below it, stored as plain data (:meth:`VerificationReport.to_dict`) and sent as itself
+(``task.get``'s ``verification``, read back from the store by
+:meth:`VerificationReport.from_stored`).
 
 One definition of every message (msgspec Structs), validated at the boundary. Light on purpose:
 it must only depend on msgspec and the standard library. The codes and states are defined in
@@ -50,7 +52,7 @@ __all__ = [
     "Event", "RunInfo", "TaskInfo", "BatchInfo", "CostRow", "CostSummary", "PingResult",
     "Request", "Response", "ErrorObject", "Notification",
     "DEFAULT_MAX_FRAME_BYTES",
-    "CheckResult", "VerificationReport",
+    "CheckResult", "VerificationReport", "UNREADABLE_CHECK",
 ]
 
 
@@ -65,6 +67,10 @@ Domain = Literal["database", "backend", "frontend", "tests", "docs", "infra"]
 
 
 # --- the verification report ---------------------------------------------------------------
+#: The one check of a report the store kept but this version cannot read.
+UNREADABLE_CHECK = "report"
+
+
 class CheckResult(msgspec.Struct, omit_defaults=True):
     """One check's outcome (or one problem it found)."""
 
@@ -87,7 +93,7 @@ class VerificationReport(msgspec.Struct):
     """All checks of one verification. ``passed`` iff every check passed."""
 
     passed: bool
-    checks: list[CheckResult]
+    checks: list[CheckResult] = []  # (an early version stored ``{"passed": ...}`` alone)
     test_command: str | None = None
     # From the test report: total, passed, failed, errors, skipped, protected,
     # protected_passed (None: no report was read).
@@ -125,9 +131,25 @@ class VerificationReport(msgspec.Struct):
         return msgspec.structs.replace(self, checks=checks)
 
     def to_dict(self) -> dict[str, Any]:
-        """Plain data for the store, events and RPC results."""
+        """Plain data for the store and events."""
         out: dict[str, Any] = msgspec.to_builtins(self)
         return out
+
+    @classmethod
+    def from_stored(cls, data: object) -> VerificationReport:
+        """The report the store kept (:meth:`to_dict`, also of an older version). One that
+        does not decode is not an error of the reader: it becomes a failed report whose one
+        check, :data:`UNREADABLE_CHECK`, says why (the task's state and events still say how
+        the task ended)."""
+        try:
+            return msgspec.convert(data, cls)
+        except msgspec.ValidationError as exc:
+            said = data.get("passed") if isinstance(data, dict) else None
+            was = f" (it says passed: {str(said).lower()})" if isinstance(said, bool) else ""
+            return cls(passed=False, checks=[CheckResult(
+                UNREADABLE_CHECK, False,
+                f"the stored verification report cannot be read{was}: {exc}; it is kept as "
+                "it was in the database, and the next verification of the task replaces it")])
 
     def summary(self) -> str:
         """One line per failure (or "all checks passed"), for task state reasons and logs."""
@@ -212,7 +234,7 @@ class TaskInfo(msgspec.Struct):
     reason: str | None = None  # why failed/blocked/cancelled
     # Only in task.get:
     prompt: str | None = None
-    verification: dict[str, Any] | None = None
+    verification: VerificationReport | None = None
     events: list[Event] | None = None
 
 

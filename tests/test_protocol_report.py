@@ -3,7 +3,13 @@ failure reason are made of, and the plain data the store and events keep."""
 
 from __future__ import annotations
 
-from buildrunnerd.protocol import CheckResult, VerificationReport
+import json
+
+import msgspec
+import pytest
+
+from buildrunnerd.protocol import UNREADABLE_CHECK, CheckResult, TaskInfo, VerificationReport
+from buildrunnerd.rpc._codec import encode
 
 
 def failing(*checks: CheckResult) -> VerificationReport:
@@ -44,3 +50,44 @@ def test_to_dict_is_plain_data_that_decodes_back() -> None:
     assert data["checks"][1] == {"name": "secrets", "passed": False, "message": "key",
                                  "file": "c.py", "line": 2}
     assert msgspec.convert(data, VerificationReport) == report
+
+
+def test_a_stored_report_reads_back_typed_also_from_an_older_version() -> None:
+    report = failing(CheckResult("tests", False, "1 failed", exit_code=1, output_tail="E"))
+    assert VerificationReport.from_stored(report.to_dict()) == report
+    # An early version kept the verdict alone; unknown keys (a later version's) are ignored.
+    assert VerificationReport.from_stored({"passed": True}) == VerificationReport(True)
+    assert VerificationReport.from_stored(
+        {"passed": False, "checks": [], "later": 1}) == VerificationReport(False, [])
+
+
+@pytest.mark.parametrize("stored", [
+    [1, 2],
+    "all checks passed",
+    {"checks": []},
+    {"passed": True, "checks": [{"name": "tests", "passed": "yes", "message": ""}]},
+    {"passed": True, "checks": [{"name": "tests", "passed": True, "message": "", "line": "4"}]},
+])
+def test_a_stored_report_that_does_not_decode_is_a_marked_failed_report(stored: object) -> None:
+    report = VerificationReport.from_stored(stored)
+    assert report.passed is False
+    [check] = report.checks
+    assert (check.name, check.passed) == (UNREADABLE_CHECK, False)
+    assert check.message.startswith("the stored verification report cannot be read")
+    if isinstance(stored, dict) and stored.get("passed") is True:
+        assert "(it says passed: true)" in check.message
+    with pytest.raises(msgspec.ValidationError) as why:  # what is wrong, and where
+        msgspec.convert(stored, VerificationReport)
+    assert str(why.value) in check.message
+
+
+def test_task_get_sends_the_report_in_its_documented_shape() -> None:
+    # docs/protocol.md: ``passed``, ``checks: [{name, passed, message, file?, line?,
+    # output_tail?}]`` with unset keys left out; the rest of the report as the store keeps it.
+    report = failing(CheckResult("tests", False, "1 failed", file="t.py", line=4))
+    info = TaskInfo(id="r-1:T1", run_id="r-1", title="t", state="failed", verification=report)
+    sent = json.loads(encode(info))["verification"]
+    assert sent == report.to_dict()
+    assert sent["checks"] == [{"name": "compile", "passed": True, "message": "ok"},
+                              {"name": "tests", "passed": False, "message": "1 failed",
+                               "file": "t.py", "line": 4}]

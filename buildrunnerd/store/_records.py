@@ -157,7 +157,8 @@ class TaskRecord(msgspec.Struct, kw_only=True):
             depends_on=list(self.depends_on), files=list(self.files),
             acceptance_criteria=list(self.acceptance_criteria), reason=self.reason,
             prompt=self.prompt if full else None,
-            verification=self.verification if full else None,
+            verification=(protocol.VerificationReport.from_stored(self.verification)
+                          if full and self.verification is not None else None),
         )
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import signal
 import socket
+import sqlite3
 from pathlib import Path
 
 import anyio
@@ -279,3 +280,38 @@ async def test_a_subscription_opened_mid_run_sees_every_event_once_in_order(
         stored = [e["id"] for e in await all_events(client, run["id"])]
     assert seen == stored
 
+
+async def test_task_get_reads_old_and_unreadable_stored_reports_without_failing(
+    daemon_factory: DaemonFactory, tmp_path: Path
+) -> None:
+    spec = write_spec(tmp_path / "PROJECT_SPEC.md", FEATURES[:2])
+    daemon = await daemon_factory.start()
+    async with daemon.client() as client:
+        run = await client.call("run.submit", spec_path=str(spec), scratch=True)
+        await wait_run_event(daemon.socket, run["id"])
+        first, second, *_ = [t["id"] for t in await client.call("task.list", run_id=run["id"])]
+        fresh = (await client.call("task.get", task_id=first))["verification"]
+    assert await daemon.stop() == 0
+    assert fresh["passed"] is True and fresh["checks"]
+    # Rows as an early version kept them, and one that no version can read.
+    with sqlite3.connect(daemon.home / "buildrunner.db") as db:
+        db.execute("UPDATE task_texts SET verification = ? WHERE task_id = ?",
+                   ('{"passed": true}', first))
+        db.execute("UPDATE task_texts SET verification = ? WHERE task_id = ?",
+                   ('{"passed": true, "checks": "all of them"}', second))
+    daemon = await daemon_factory.start()
+    async with daemon.client() as client:
+        old = (await client.call("task.get", task_id=first))["verification"]
+        unreadable = (await client.call("task.get", task_id=second))["verification"]
+    shown = daemon.brctl("task", second)
+    assert await daemon.stop() == 0
+    # The same keys as a fresh report, typed.
+    assert old == {**fresh, "passed": True, "checks": [], "test_command": None,
+                   "test_counts": None, "passed_tests": [], "tree": None}
+    assert unreadable["passed"] is False
+    [marker] = unreadable["checks"]
+    assert marker["name"] == "report" and marker["passed"] is False
+    assert "cannot be read (it says passed: true)" in marker["message"]
+    assert shown.returncode == 0, shown.stderr
+    assert "verification: failed" in shown.stdout
+    assert "FAIL report  the stored verification report cannot be read" in shown.stdout
