@@ -23,7 +23,7 @@ SUITES = {
 DATA = {"data"}  # inputs the tests read, not tests
 # Files at the top of tests/ that test the whole tree rather than one module.
 CROSS_CUTTING = {"test_docs.py", "test_exported_members.py", "test_harness.py",
-                 "test_layering.py", "test_layout.py"}
+                 "test_layering.py", "test_layout.py", "test_packaging.py"}
 
 
 def _subpackages() -> set[str]:
