@@ -13,7 +13,8 @@ verification. Only three endings skip it: no result at all (the CLI crashed), a 
 failure, and a usage or rate limit (the run pauses until the limit resets; nothing fails).
 
 The session id is checkpointed as soon as the CLI announces it; after a daemon crash the
-next attempt resumes the same session in its new worktree and is told it moved.
+next attempt resumes the same session in its new worktree (its conversation moved to the folder
+the CLI reads for that path, :mod:`._claude_sessions`) and is told it moved.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ import structlog
 from buildrunnerd.agent._bash import BashSession
 from buildrunnerd.agent._claude_cli import ClaudeCli, claude_config_dir, cli_environment
 from buildrunnerd.agent._claude_launch import write_launcher
+from buildrunnerd.agent._claude_sessions import move_conversation
 from buildrunnerd.agent._claude_tally import TOKEN_KEYS, CallTracker, SessionTally
 from buildrunnerd.agent._confine import ToolError
 from buildrunnerd.agent._conversation import format_fix_report
@@ -298,8 +300,9 @@ class ClaudeCodeExecutor:
         """Nothing is held between batches (each invocation is its own process)."""
 
     # --- state ---
-    def _initial_state(self, job: BatchJob) -> tuple[SessionState, str]:
-        """The session to resume (or a new one) and the prompt of this invocation."""
+    def _initial_state(self, job: BatchJob) -> tuple[SessionState, str, str | None]:
+        """The session to resume (or a new one), the prompt of this invocation, and the
+        worktree the session ran in when it is another one (its conversation moves along)."""
         saved = self._recent.saved(job)
         model = pick_model(self.config.models, [t.complexity for t in job.tasks], job.escalation)
         state: SessionState | None = None
@@ -310,7 +313,8 @@ class ClaudeCodeExecutor:
                 _log.warning("checkpoint unreadable; starting a new session",
                              batch=job.batch_id, error=str(exc))
         if state is None or state.session_id is None:
-            return self._fresh_state(job, model)
+            return (*self._fresh_state(job, model), None)
+        moved_from = state.worktree if state.worktree not in ("", job.worktree) else None
         parts: list[str] = []
         if job.resume_state is not None or (state.worktree and state.worktree != job.worktree):
             # A checkpoint handed back by the daemon is an earlier attempt's: its worktree is
@@ -321,7 +325,7 @@ class ClaudeCodeExecutor:
         if not parts or job.fix_report is None:
             parts.append(_CONTINUE)
         state.worktree, state.model, state.fix_round = job.worktree, model, job.fix_round
-        return state, "\n\n".join(parts)
+        return state, "\n\n".join(parts), moved_from
 
     @staticmethod
     def _fresh_state(job: BatchJob, model: str) -> tuple[SessionState, str]:
@@ -341,17 +345,19 @@ class ClaudeCodeExecutor:
     # --- one batch ---
     async def run_batch(self, job: BatchJob, ctx: ExecutionContext) -> ExecutionOutcome:
         """One invocation of the batch's session; see the module docstring."""
-        state, prompt = self._initial_state(job)
+        state, prompt, moved_from = self._initial_state(job)
         try:
             await ctx.check_budget(self._estimate_usd(state.model, job))
+            if moved_from is not None and state.session_id is not None:
+                await self._move_conversation(job, state.session_id, moved_from)
             with anyio.move_on_after(self.config.agent.batch_timeout_s):
                 resuming = state.session_id
                 outcome = await self._invoke(job, ctx, state, prompt)
                 if (resuming is not None and outcome.status == "failed"
                         and _NO_CONVERSATION in (outcome.reason or "")):
-                    # The CLI keeps a session's conversation per folder and saves it as it
-                    # goes: resumed in another worktree, or killed before it saved, it has
-                    # none. Start the batch again in a new session rather than fail it.
+                    # The CLI saves a session's conversation as it goes: killed before it
+                    # saved, it has none (in any folder). Start the batch again in a new
+                    # session rather than fail it.
                     _log.warning("claude_code.session_lost", batch=job.batch_id,
                                  session_id=resuming, worktree=job.worktree)
                     state, prompt = self._fresh_state(job, state.model)
@@ -363,6 +369,20 @@ class ClaudeCodeExecutor:
                 f"{self.config.agent.batch_timeout_s:g} s (agent.batch_timeout_s)")
         except BudgetExceededError as exc:
             return ExecutionOutcome("budget_exceeded", reason=str(exc), model=state.model)
+
+    async def _move_conversation(self, job: BatchJob, session_id: str, old_worktree: str) -> None:
+        """Put the session's conversation in the folder the CLI reads for the new worktree
+        (the CLI keeps it per working directory), so it resumes the same conversation."""
+        try:
+            moved = await anyio.to_thread.run_sync(
+                move_conversation, self._config_dir, session_id, old_worktree, job.worktree)
+        except OSError as exc:
+            moved = False
+            _log.warning("claude_code.conversation_not_moved", batch=job.batch_id,
+                         session_id=session_id, error=str(exc))
+        _log.info("claude_code.conversation_moved" if moved else "claude_code.no_conversation",
+                  batch=job.batch_id, session_id=session_id, worktree=job.worktree,
+                  previous=old_worktree)
 
     def _estimate_usd(self, model: str, job: BatchJob) -> float:
         # Before a session: its prompt at the cache-write rate (what the first call costs).

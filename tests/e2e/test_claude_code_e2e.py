@@ -19,9 +19,11 @@ from typing import Any
 
 import anyio
 import pytest
+import watchfiles
 
 from buildrunnerd.agent import CostTable
 from buildrunnerd.agent._claude_cli import find_claude_cli
+from buildrunnerd.agent._claude_sessions import transcript_path
 from buildrunnerd.config import PricingConfig
 from tests.conftest import DaemonFactory, DaemonProcess, wait_run_event
 from tests.e2e.support import HeldReply, git, grep_tree, make_repo, run_to_end
@@ -243,11 +245,27 @@ async def test_a_hostile_model_cannot_leave_the_worktree_or_write_git(
     del fake
 
 
+async def _saved_turn(transcript: Path, *, timeout_s: float) -> None:
+    """Return once the CLI's saved conversation at ``transcript`` holds an answer of the
+    model (told by the file system; re-read at least every half second)."""
+
+    def saved() -> bool:
+        return transcript.is_file() and b'"type":"assistant"' in transcript.read_bytes()
+
+    with anyio.fail_after(timeout_s):
+        async for _ in watchfiles.awatch(transcript.parents[1], debounce=50,
+                                         rust_timeout=500, yield_on_timeout=True):
+            if saved():
+                return
+
+
+@pytest.mark.parametrize("lost", [False, True], ids=["saved", "conversation-lost"])
 async def test_sigkill_mid_session_resumes_the_same_session_without_repeating_batches(
-    daemon_factory: DaemonFactory, tmp_path: Path
+    daemon_factory: DaemonFactory, tmp_path: Path, lost: bool
 ) -> None:
     repo, spec = make_repo(tmp_path)
     held = HeldReply()
+    held_in: list[str] = []  # the worktree of the held request
 
     def responder(req: FakeRequest) -> Reply:
         # The Reports batch (the last one, workers=1) waits in its second turn: the daemon is
@@ -256,6 +274,7 @@ async def test_sigkill_mid_session_resumes_the_same_session_without_repeating_ba
         # (as the real API's reply would reach nobody).
         if "app/reports.py" in named_files(req) and req.assistant_turns() == 1:
             if not held.asked.is_set():
+                held_in.append(worktree_of(req))
                 held.hold()
             else:
                 held.release()
@@ -270,8 +289,19 @@ async def test_sigkill_mid_session_resumes_the_same_session_without_repeating_ba
                                     workers=1)
         await anyio.to_thread.run_sync(held.asked.wait, 120)
         before = await events_of(daemon, run["id"])
+        done_before = {e["batch_id"] for e in before if e["type"] == "batch.succeeded"}
+        [session_id] = [e["data"]["session_id"] for e in before if e["type"] == "session.started"
+                        and e["batch_id"] not in done_before]
+        # The CLI saves the conversation as it goes, a little after each message: the crash
+        # comes once the first turn is saved (before, there is nothing to resume, and the
+        # batch starts a new session: a unit test's case).
+        saved = transcript_path(daemon.home / "claude", held_in[0], session_id)
+        assert saved is not None
+        await _saved_turn(saved, timeout_s=30)
         daemon.proc.send_signal(signal.SIGKILL)
         daemon.proc.wait(timeout=10)
+        if lost:  # as if the CLI had been killed before it saved anything
+            saved.unlink()
         daemon = await start(daemon_factory, env, config)
         await wait_run_event(daemon.socket, run["id"], timeout_s=90)
         held.release()
@@ -281,31 +311,40 @@ async def test_sigkill_mid_session_resumes_the_same_session_without_repeating_ba
         assert await daemon.stop() == 0
     assert info["state"] == "succeeded", failures(events)
     # The batches that had succeeded before the kill were not run again.
-    done_before = {e["batch_id"] for e in before if e["type"] == "batch.succeeded"}
     assert done_before  # (the held batch is the second of four; workers=1)
     dispatched = [e["batch_id"] for e in events if e["type"] == "batch.dispatched"]
     for batch_id in done_before:
         assert dispatched.count(batch_id) == 1
-    # The interrupted batch resumed its session (same id), told that its worktree moved.
+    # The interrupted batch resumed the same conversation (same session, no new one), in a
+    # worktree of another path, and was told that its worktree moved.
     interrupted = {e["batch_id"] for e in before if e["type"] == "session.started"} - done_before
     assert len(interrupted) == 1
     killed = [e for e in events if e["type"] == "session.started"
               and e["batch_id"] in interrupted]
-    assert killed[1]["data"]["resumed"] is True
-    assert killed[0]["data"]["session_id"] == killed[1]["data"]["session_id"]
-    lost = [e for e in events if e["type"] == "session.ended" and e["batch_id"] in interrupted
-            and "No conversation found" in str(e["data"].get("note"))]
+    sessions = [(e["data"]["session_id"], e["data"]["resumed"]) for e in killed]
+    assert sessions[0] == (session_id, False)
+    not_found = [e for e in events if e["type"] == "session.ended"
+                 and "No conversation found" in str(e["data"].get("note"))]
+    resumed = [r for r in fake.requests if "app/reports.py" in named_files(r)
+               and b"fresh worktree" in r.raw]
     if lost:
-        # The CLI keeps a conversation per folder: in a worktree of another path it has none
-        # to resume, and the batch starts again in a new session instead of failing.
-        assert len(killed) == 3 and killed[2]["data"]["resumed"] is False
+        # Nothing to resume (the CLI says so before it starts): the batch starts again in a
+        # new session instead of failing.
+        assert len(not_found) == 1 and len(sessions) == 2
+        assert sessions[1][0] != session_id and sessions[1][1] is False
+        assert resumed == []
     else:
-        assert len(killed) == 2
-        assert any(b"fresh worktree" in r.raw for r in fake.requests)
+        assert not_found == [] and sessions[1:] == [(session_id, True)]
+        assert resumed and worktree_of(resumed[0]) != held_in[0]
+        # Its first request after the crash carries the turn from before it.
+        assert resumed[0].assistant_turns() >= 1
+        # The conversation moved to the folder the CLI reads for the new worktree.
+        moved = transcript_path(daemon.home / "claude", worktree_of(resumed[0]), session_id)
+        assert moved is not None and moved.is_file() and not saved.exists()
     # The killed daemon's CLI died with it (the sandbox's --die-with-parent): no orphan went
     # on with the old session in the old worktree.
     orphan = [r.index for r in fake.requests if "app/reports.py" in named_files(r)
-              and r.assistant_turns() >= 2 and b"fresh worktree" not in r.raw]
+              and r.assistant_turns() >= 2 and worktree_of(r) == held_in[0]]
     assert orphan == []
     files = set(git(repo, "ls-tree", "-r", "--name-only", info["branch"]).splitlines())
     assert "app/reports.py" in files
