@@ -1,0 +1,201 @@
+"""Workspace bench at scale: one steady-state batch's git work on a small and a large repository.
+
+    .venv/bin/python bench/workspace_scale.py [--files 1000,10000] [--batches 8]
+        [--layout flat|nested] [--json]
+
+For each repository size it makes a repository of ``--files`` small modules (``--layout flat``:
+all in one folder ``pkg/``, as bench/daemon_scale.py's spec lays them out; ``nested``: in
+sub-packages of 50, as real projects are), then runs batches through the real
+:class:`~buildrunnerd.workspace.GitWorkspace` one after the other, as a worker does: acquire
+(a pooled worktree after the first batch), write two files, verify (test command ``true``),
+integrate (a fast-forward), release. The first two batches warm the pool and the caches; the
+rest are measured.
+
+Per step it reports the git processes (counted by the workspace's own git runner), the CPU
+seconds of those processes (``getrusage(RUSAGE_CHILDREN)``: what a busy machine does not
+inflate much; the test command's sandbox counts there too), the bench process's own CPU (the
+daemon's part: parsing listings, the checks) and the median wall time. The load-independent
+figures are the calls and CPU per batch at 10,000 files against 1,000. Run it with
+``PYTHONPATH=<checkout of another commit>`` to compare before and after.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections import Counter
+from collections.abc import Awaitable, Callable
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import anyio
+
+from buildrunnerd.config import VerifyConfig
+from buildrunnerd.plan._model import Task
+from buildrunnerd.workspace import GitWorkspace, prepare_run_repo
+from buildrunnerd.workspace._git import git_env, record_git_calls
+
+STEPS = ("acquire", "write", "verify", "integrate", "release")
+CONFIG = VerifyConfig(test_cmd="true")
+
+
+def _git(repo: Path, *args: str) -> None:
+    subprocess.run(["git", *args], cwd=repo, env=git_env(), check=True, capture_output=True)
+
+
+def _module(layout: str, n: int) -> str:
+    return f"pkg/m{n}.py" if layout == "flat" else f"pkg/s{n // 50}/m{n}.py"
+
+
+def make_repo(path: Path, files: int, layout: str) -> Path:
+    path.mkdir(parents=True)
+    _git(path, "init", "-q", "-b", "main")
+    _git(path, "config", "user.name", "Bench")
+    _git(path, "config", "user.email", "bench@localhost")
+    for n in range(files):
+        target = path / _module(layout, n)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_text(f'"""Module {n}."""\n\n\ndef f{n}() -> int:\n    return {n}\n')
+    _git(path, "add", "-A")
+    _git(path, "commit", "-q", "-m", "init")
+    return path
+
+
+def _task(n: int, layout: str, files: int) -> Task:
+    first, second = _module(layout, files + 2 * n), _module(layout, files + 2 * n + 1)
+    return Task(id=f"t{n}", feature="F1", title=f"batch {n}", domain="backend",
+                complexity="simple", estimate_minutes=5, files=[first, second])
+
+
+async def _write(path: Path, task: Task, n: int) -> None:
+    for name in task.files:
+        target = anyio.Path(path / name)
+        await target.parent.mkdir(parents=True, exist_ok=True)
+        await target.write_text(f"def g() -> int:\n    return {n}\n")
+
+
+class _Steps:
+    """Times and counts the steps of one batch into ``row``."""
+
+    def __init__(self, row: dict[str, tuple[int, float, float, float]],
+                 subcommands: Counter[str] | None) -> None:
+        self.row = row
+        self.subcommands = subcommands
+
+    async def run(self, name: str, fn: Callable[[], Awaitable[Any]]) -> Any:
+        cpu, own, wall = _child_cpu_s(), _own_cpu_s(), time.perf_counter()
+        with record_git_calls() as calls:
+            out = await fn()
+        self.row[name] = (len(calls), _child_cpu_s() - cpu, time.perf_counter() - wall,
+                          _own_cpu_s() - own)
+        if self.subcommands is not None:
+            self.subcommands.update(calls.subcommands())
+        return out
+
+
+def _child_cpu_s() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def _own_cpu_s() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+async def run_size(files: int, batches: int, layout: str, tmp: Path) -> dict[str, Any]:
+    repo = make_repo(tmp / f"repo-{files}", files, layout)
+    tasks = [_task(n, layout, files) for n in range(batches)]
+    run_repo = await prepare_run_repo(repo, "bench")
+    ws = GitWorkspace(run_repo, run_id="bench", worktree_root=tmp / f"wt-{files}",
+                      project_root=repo, base_commit=run_repo.base_commit, test_cmd="true",
+                      plan_tasks=tasks, spec_path=None)
+    rows: list[dict[str, tuple[int, float, float, float]]] = []
+    subcommands: Counter[str] = Counter()
+    try:
+        for n, task in enumerate(tasks):
+            row: dict[str, tuple[int, float, float, float]] = {}
+            steps = _Steps(row, subcommands if n >= 2 else None)
+            path, head = await steps.run("acquire", ws.acquire)
+            await steps.run("write", partial(_write, path, task, n))
+            report = await steps.run("verify", partial(
+                ws.verify, path, [task], head=head, config=CONFIG, confinement=None))
+            if not report.passed:
+                raise SystemExit(f"verification failed: {report.first_failure()}")
+            done = await steps.run("integrate", partial(
+                ws.integrate, path, f"bench batch {n}", report, head=head, batch_id=f"b{n}",
+                config=CONFIG, confinement=None))
+            if not done.merged:
+                raise SystemExit(f"batch {n} did not merge: {done}")
+            await steps.run("release", partial(ws.release, path))
+            if n >= 2:  # the first two warm the pool and the caches
+                rows.append(row)
+    finally:
+        await ws.close()
+    per_step = {
+        name: {
+            "git_calls": statistics.median(r[name][0] for r in rows),
+            "git_cpu_ms": round(1000 * statistics.median(r[name][1] for r in rows), 1),
+            "wall_ms": round(1000 * statistics.median(r[name][2] for r in rows), 1),
+            "daemon_cpu_ms": round(1000 * statistics.median(r[name][3] for r in rows), 1),
+        }
+        for name in STEPS
+    }
+    return {
+        "files": files,
+        "layout": layout,
+        "batches": len(rows),
+        "steps": per_step,
+        "git_calls": sum(s["git_calls"] for s in per_step.values()),
+        "git_cpu_ms": round(sum(s["git_cpu_ms"] for s in per_step.values()), 1),
+        "wall_ms": round(sum(s["wall_ms"] for s in per_step.values()), 1),
+        "daemon_cpu_ms": round(sum(s["daemon_cpu_ms"] for s in per_step.values()), 1),
+        "subcommands_per_batch": {k: round(v / len(rows), 2)
+                                  for k, v in sorted(subcommands.items())},
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--files", default="1000,10000")
+    parser.add_argument("--batches", type=int, default=8, help="including 2 warm-up batches")
+    parser.add_argument("--layout", choices=("flat", "nested"), default="flat")
+    parser.add_argument("--json", action="store_true")
+    args = parser.parse_args()
+    sizes = [int(s) for s in args.files.split(",") if s]
+    results = []
+    with tempfile.TemporaryDirectory(prefix="ws-scale-") as tmp:
+        for files in sizes:
+            results.append(anyio.run(run_size, files, max(args.batches, 3), args.layout,
+                                     Path(tmp)))
+    if args.json:
+        print(json.dumps({"python": platform.python_version(), "load": os.getloadavg(),
+                          "results": results}, indent=2))
+        return
+    print(f"layout {args.layout}, load average {os.getloadavg()[0]:.1f}, "
+          f"{results[0]['batches']} measured batches each (median per batch)")
+    print("| files | step | git calls | git CPU ms | daemon CPU ms | wall ms |")
+    print("|---|---|---|---|---|---|")
+    for res in results:
+        for name in STEPS:
+            s = res["steps"][name]
+            print(f"| {res['files']:,} | {name} | {s['git_calls']:g} | {s['git_cpu_ms']} | "
+                  f"{s['daemon_cpu_ms']} | {s['wall_ms']} |")
+        print(f"| {res['files']:,} | **batch** | {res['git_calls']:g} | {res['git_cpu_ms']} | "
+              f"{res['daemon_cpu_ms']} | {res['wall_ms']} |")
+    for res in results:
+        print(f"{res['files']:,} files:", ", ".join(
+            f"{k} {v:g}" for k, v in res["subcommands_per_batch"].items()), file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()
