@@ -129,7 +129,11 @@ class GitWorkspace:
         async with self._branch_lock:
             if not await self._started_on_branch(head):
                 return Integration(merged=False, stale_start=True)
-            result = await self.run_repo.commit_and_merge(path, message)
+            # A passed verification staged, checked and wrote the tree to commit: the commit
+            # takes that tree as it is (no staging again, nothing unchecked added).
+            verified = report is not None and report.passed and head is not None
+            result = await self.run_repo.commit_and_merge(
+                path, message, verified_from=head if verified else None)
             commit, previous = result.commit, result.previous
             if not result.merged:
                 return Integration(merged=False, commit=commit,

@@ -22,7 +22,15 @@ import structlog
 from buildrunnerd.errors import RepoError, WorkspaceError
 from buildrunnerd.plan._model import Task
 from buildrunnerd.workspace._git import BOT_IDENTITY, git
-from buildrunnerd.workspace._tree import remember_commit_tree, remember_merge, staged_tree
+from buildrunnerd.workspace._tree import (
+    commit_tree,
+    known_tree_id,
+    remember_commit_tree,
+    remember_index_listing,
+    remember_merge,
+    staged_tree,
+    written_tree,
+)
 from buildrunnerd.workspace._worktree import forget_worktree, record_worktree, worktree_git
 
 __all__ = [
@@ -303,6 +311,8 @@ class RunRepo:
     async def _reset_worktree(self, path: Path, head: str) -> None:
         t = self.timeout_s
         opts = await worktree_git(path, timeout_s=t)  # raises when .git was rewritten
+        if await self._reset_changed_only(path, head, opts):
+            return
         await git([*opts, "reset", "--quiet", "--hard", head], cwd=path, timeout_s=t,
                   what=f"resetting worktree {path} for the next batch")
         await git([*opts, "clean", "-ffdxq"], cwd=path, timeout_s=t, check=False)
@@ -321,8 +331,61 @@ class RunRepo:
                 f"worktree {path} is not clean after reset and clean: "
                 f"{left.stdout.strip().splitlines()[0]}", data={"worktree": str(path)})
 
-    async def commit_and_merge(self, worktree: Path, message: str) -> MergeResult:
+    async def _reset_changed_only(self, path: Path, head: str, opts: Sequence[str]) -> bool:
+        """Reset ``path`` to ``head`` writing only what differs, when that is as exact as the
+        whole-tree reset: True when done, False to reset the whole tree (nothing was changed).
+
+        One ``status`` (every tracked file compared with the index by git's stat data, ctime
+        and inode included, which the model cannot set back; every folder listed for
+        untracked and ignored files) must show the worktree exactly as the index records it,
+        apart from files that are not tracked: then ``clean -ffdx`` removes those (and empty
+        folders), each one listed is checked gone, and ``read-tree -m -u`` moves the index
+        and the files from the index's tree to ``head``'s, touching only the paths where the
+        two differ. Anything else (a tracked file changed, removed, replaced by a link or
+        with another mode; a nested repository; an unmerged index; an untracked folder
+        that holds tracked files, such as one made a nested repository by a ``.git`` file)
+        takes the whole-tree reset and its final check."""
+        t = self.timeout_s
+        index = await staged_tree(path, opts, timeout_s=t)
+        target = await commit_tree(self.repo, head, timeout_s=t)
+        if any(e.mode == "160000" for e in (*index.values(), *target.values())):
+            return False
+        status = await git([*opts, "status", "--porcelain", "-z", "--no-renames", "--ignored",
+                            "--untracked-files=all", "--ignore-submodules=all"],
+                           cwd=path, timeout_s=t, check=False)
+        if not status.ok:
+            return False
+        leftovers: list[str] = []
+        for record in status.stdout.split("\0"):
+            if not record:
+                continue
+            if record[:2] in ("??", "!!"):
+                leftovers.append(record[3:])
+            elif record[1:2] != " ":  # the worktree differs from the index (or unmerged)
+                return False
+        folders = tuple(p for p in leftovers if p.endswith("/"))
+        if folders and any(p.startswith(folders) for p in index):
+            return False
+        await git([*opts, "clean", "-ffdxq"], cwd=path, timeout_s=t, check=False)
+        if await anyio.to_thread.run_sync(_any_exists, path, leftovers):
+            return False
+        await git([*opts, "read-tree", "-m", "-u", head], cwd=path, timeout_s=t,
+                  what=f"moving worktree {path} to {head[:12]} for the next batch")
+        await git([*opts, "update-ref", "--no-deref", "HEAD", head], cwd=path, timeout_s=t,
+                  what=f"moving worktree {path} to {head[:12]} for the next batch")
+        remember_index_listing(opts, target)
+        return True
+
+    async def commit_and_merge(self, worktree: Path, message: str, *,
+                               verified_from: str | None = None) -> MergeResult:
         """Commit everything in ``worktree`` and merge it into the run branch.
+
+        With ``verified_from`` (the commit the worktree started from, given when the batch's
+        verification passed) the commit holds exactly the tree verification staged, checked
+        and wrote, when the worktree's index is still the one it wrote (:func:`written_tree`):
+        ``commit-tree`` of that tree, no new staging, so nothing the disk holds now and
+        verification did not see can enter the commit. Otherwise everything in the worktree
+        is staged and committed.
 
         Fast-forward when the branch has not moved since the worktree was made; otherwise a
         real merge: in the object store with ``git merge-tree --write-tree`` (git >= 2.38, no
@@ -334,21 +397,36 @@ class RunRepo:
         # Checked (and computed) before every call: the model's bash runs until the batch
         # ends, and its .git must not redirect the daemon's git.
         opts = await worktree_git(worktree, timeout_s=t)
-        await stage_all(worktree, opts, timeout_s=t, what="staging the batch's changes")
-        staged = await git([*opts, "diff", "--cached", "--quiet"], cwd=worktree, timeout_s=t,
-                           check=False)
-        if staged.returncode == 0:
-            return MergeResult(merged=True, commit=None)
-        if staged.returncode != 1:
-            raise WorkspaceError(
-                f"`git diff --cached --quiet` failed in {worktree}: {staged.stderr.strip()}",
-                data={"worktree": str(worktree)},
-            )
-        await git([*BOT_IDENTITY, *opts, "commit", "--quiet", "--no-verify", "-m", message],
-                  cwd=worktree, timeout_s=t, what="committing the batch")
-        res = await git([*opts, "rev-parse", "HEAD", "HEAD~1", "HEAD^{tree}"], cwd=worktree,
-                        timeout_s=t)
-        commit, parent, tree = res.stdout.split()
+        tree = written_tree(opts) if verified_from is not None else None
+        if verified_from is not None and tree is not None:
+            parent = verified_from
+            parent_tree = known_tree_id(parent)
+            if parent_tree is None:
+                res = await git(["rev-parse", f"{parent}^{{tree}}"], cwd=self.repo,
+                                timeout_s=t, what=f"reading the tree of {parent[:12]}")
+                parent_tree = res.stdout.strip()
+            if parent_tree == tree:
+                return MergeResult(merged=True, commit=None)
+            made = await git([*BOT_IDENTITY, "commit-tree", tree, "-p", parent, "-F", "-"],
+                             cwd=self.repo, timeout_s=t, what="committing the batch",
+                             input=(message.rstrip() + "\n").encode())
+            commit = made.stdout.strip()
+        else:
+            await stage_all(worktree, opts, timeout_s=t, what="staging the batch's changes")
+            staged = await git([*opts, "diff", "--cached", "--quiet"], cwd=worktree,
+                               timeout_s=t, check=False)
+            if staged.returncode == 0:
+                return MergeResult(merged=True, commit=None)
+            if staged.returncode != 1:
+                raise WorkspaceError(
+                    f"`git diff --cached --quiet` failed in {worktree}: "
+                    f"{staged.stderr.strip()}", data={"worktree": str(worktree)},
+                )
+            await git([*BOT_IDENTITY, *opts, "commit", "--quiet", "--no-verify", "-m", message],
+                      cwd=worktree, timeout_s=t, what="committing the batch")
+            res = await git([*opts, "rev-parse", "HEAD", "HEAD~1", "HEAD^{tree}"],
+                            cwd=worktree, timeout_s=t)
+            commit, parent, tree = res.stdout.split()
         remember_commit_tree(commit, tree)
         async with self._merge_lock:
             # Most often the branch has not moved since the worktree was made: try the
@@ -477,6 +555,11 @@ class RunRepo:
             # Shielded: a cancelled batch must not leave the merge worktree registered.
             with anyio.CancelScope(shield=True):
                 await _remove_worktree(self.repo, merge_dir, timeout_s=t)
+
+
+def _any_exists(root: Path, names: Sequence[str]) -> bool:
+    """Whether any of ``names`` (paths under ``root``) is still there, links not followed."""
+    return any(os.path.lexists(root / name) for name in names)
 
 
 def _merge_message(message: str, commit: str) -> str:

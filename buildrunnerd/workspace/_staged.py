@@ -17,12 +17,11 @@ from pathlib import Path
 import anyio
 
 from buildrunnerd.config._model import VerifyConfig
-from buildrunnerd.errors import WorkspaceError
 from buildrunnerd.workspace._allowlist import load_allowlist
 from buildrunnerd.workspace._git import git
 from buildrunnerd.workspace._repo import stage_all
 from buildrunnerd.workspace._secrets import MAX_FINDINGS, SecretFinding, StagedChange, scan_commit
-from buildrunnerd.workspace._tree import Tree, cached_blob, commit_tree, staged_tree
+from buildrunnerd.workspace._tree import Tree, cat_blobs, commit_tree, split_cached, staged_tree
 from buildrunnerd.workspace._worktree import worktree_git
 
 __all__ = ["read_staged_changes", "scan_staged", "SCAN_MAX_BLOB_BYTES",
@@ -66,14 +65,8 @@ def _changes(before: Tree, after: Tree) -> list[_Entry]:
 
 async def _sizes(worktree: Path, options: Sequence[str], shas: Sequence[str],
                  timeout_s: float) -> dict[str, int]:
-    sizes: dict[str, int] = {}
-    unknown: list[str] = []
-    for sha in shas:
-        content = cached_blob(sha)
-        if content is None:
-            unknown.append(sha)
-        else:
-            sizes[sha] = len(content)
+    known, unknown = split_cached(shas)
+    sizes = {sha: len(content) for sha, content in known.items()}
     if not unknown:
         return sizes
     res = await git([*options, "cat-file", "--batch-check"], cwd=worktree, timeout_s=timeout_s,
@@ -88,31 +81,9 @@ async def _sizes(worktree: Path, options: Sequence[str], shas: Sequence[str],
 
 async def _blobs(worktree: Path, options: Sequence[str], shas: Sequence[str],
                  timeout_s: float) -> dict[str, bytes]:
-    blobs: dict[str, bytes] = {}
-    unread: list[str] = []
-    for sha in shas:
-        content = cached_blob(sha)
-        if content is None:
-            unread.append(sha)
-        else:
-            blobs[sha] = content
-    if not unread:
-        return blobs
-    res = await git([*options, "cat-file", "--batch"], cwd=worktree, timeout_s=timeout_s,
-                    input="".join(f"{s}\n" for s in unread).encode(),
-                    what="reading the staged files")
-    out = res.stdout_bytes
-    pos = 0
-    for _ in unread:
-        header_end = out.index(b"\n", pos)
-        sha, kind, size_text = out[pos:header_end].decode().split()
-        if kind != "blob":
-            raise WorkspaceError(f"git cat-file returned a {kind} for blob {sha} in {worktree}",
-                                 data={"sha": sha, "worktree": str(worktree)})
-        start = header_end + 1
-        size = int(size_text)
-        blobs[sha] = out[start:start + size]
-        pos = start + size + 1  # the content is followed by one newline
+    blobs, unread = split_cached(shas)
+    blobs.update(await cat_blobs(worktree, unread, options, timeout_s=timeout_s,
+                                 what="reading the staged files"))
     return blobs
 
 

@@ -19,8 +19,9 @@ from buildrunnerd.errors import WorkspaceError
 from buildrunnerd.workspace._git import git
 
 __all__ = ["MAX_BLOB_BYTES", "REGULAR_MODES", "SYMLINK_MODE", "Blobs", "Entry", "Tree",
-           "cached_blob", "commit_tree", "read_blobs", "remember_commit_tree", "remember_merge",
-           "staged_tree", "write_tree"]
+           "cat_blobs", "commit_tree", "known_tree_id", "read_blobs", "remember_commit_tree",
+           "remember_index_listing", "remember_merge", "split_cached", "staged_tree",
+           "write_tree", "written_tree"]
 
 MAX_BLOB_BYTES = 1024 * 1024  # a source file larger than this is not parsed
 REGULAR_MODES = frozenset({"100644", "100755"})
@@ -177,28 +178,70 @@ async def write_tree(cwd: Path, opts: Sequence[str] = (), *, timeout_s: float) -
     res = await git([*opts, "write-tree"], cwd=cwd, timeout_s=timeout_s,
                     what="recording the staged tree")
     tree_id = res.stdout.strip()
+    after = _index_key(index) if index is not None else None
     if index is not None and before is not None and cached is not None and cached[0] == before:
-        after = _index_key(index)
         if after is not None:
             _LISTINGS[index] = (after, cached[1])
         if len(_TREES) >= _MAX_TREES:
             _TREES.pop(next(iter(_TREES)))
         _TREES[tree_id] = cached[1]
+    if index is not None and after is not None and after == _index_key(index):
+        if len(_WRITTEN) >= _MAX_LISTINGS and index not in _WRITTEN:
+            _WRITTEN.clear()
+        _WRITTEN[index] = (after, tree_id)
     return tree_id
+
+
+def written_tree(opts: Sequence[str]) -> str | None:
+    """The tree id :func:`write_tree` last returned for the index of ``opts`` (its
+    ``--git-dir``), when that index file is still byte for byte the one it wrote from; None
+    when the index changed since (any git call that staged, reset or refreshed it) or was
+    never written. The index lives in the git directory the daemon recorded, which the
+    worktree's content cannot reach."""
+    index = _index_path(opts)
+    if index is None:
+        return None
+    written = _WRITTEN.get(index)
+    if written is None or _index_key(index) != written[0]:
+        return None
+    return written[1]
+
+
+def remember_index_listing(opts: Sequence[str], tree: Tree) -> None:
+    """The index of ``opts`` was just made, by the daemon's own git, to hold exactly
+    ``tree`` (``read-tree`` of a listed commit): :func:`staged_tree` hands it out until the
+    index changes."""
+    index = _index_path(opts)
+    key = _index_key(index) if index is not None else None
+    if index is None or key is None:
+        return
+    if len(_LISTINGS) >= _MAX_LISTINGS and index not in _LISTINGS:
+        _LISTINGS.clear()
+    _LISTINGS[index] = (key, dict(tree))
+    _WRITTEN.pop(index, None)
 
 
 def remember_commit_tree(commit: str, tree_id: str) -> None:
     """``commit`` (made by the daemon's git) has the tree ``tree_id``, as git reported."""
+    if len(_TREE_IDS) >= _MAX_TREES * 4:
+        _TREE_IDS.clear()
+    _TREE_IDS[commit] = tree_id
     if tree_id in _TREES:
         if len(_COMMIT_TREES) >= _MAX_TREES * 4:
             _COMMIT_TREES.clear()
         _COMMIT_TREES[commit] = tree_id
 
 
+def known_tree_id(commit: str) -> str | None:
+    """The tree id of a commit the daemon made (:func:`remember_commit_tree`), or None."""
+    return _TREE_IDS.get(commit)
+
+
 # Listings of trees the daemon wrote (tree id -> listing; a tree id names its content, so an
 # entry is never stale), and the commits made of them. A few: about one per worker.
 _TREES: dict[str, Tree] = {}
 _COMMIT_TREES: dict[str, str] = {}
+_TREE_IDS: dict[str, str] = {}  # every commit the daemon made -> its tree id
 _MAX_TREES = 16
 # Commits listed with ls-tree (commit id -> listing): a batch's checks and its secret scan
 # compare with the same commit.
@@ -209,6 +252,8 @@ _FULL_ID = re.compile(r"^(?:[0-9a-f]{40}|[0-9a-f]{64})$")
 # The last listing of each index: index file -> (its key, the listing).
 _LISTINGS: dict[str, tuple[tuple[int, int, bytes], Tree]] = {}
 _MAX_LISTINGS = 64
+# The tree id each index was last written as (index file -> (its key after, tree id)).
+_WRITTEN: dict[str, tuple[tuple[int, int, bytes], str]] = {}
 _TRAILER_BYTES = 32  # the index's closing checksum (SHA-1: 20 bytes, SHA-256: 32)
 
 
@@ -247,13 +292,9 @@ async def read_blobs(cwd: Path, entries: Iterable[Entry], opts: Sequence[str] = 
                      timeout_s: float, max_bytes: int = MAX_BLOB_BYTES) -> Blobs:
     """The contents of the regular-file and symlink blobs among ``entries``, in two git calls
     (sizes first, so no blob over ``max_bytes`` is ever read)."""
-    shas = sorted({e.sha for e in entries if e.mode != "160000"})
-    known: dict[str, bytes | None] = {}
-    for sha in shas:
-        content = _BLOB_CACHE.get(sha)
-        if content is not None:
-            known[sha] = content if len(content) <= max_bytes else None
-    shas = [s for s in shas if s not in known]
+    cached, shas = split_cached(sorted({e.sha for e in entries if e.mode != "160000"}))
+    known: dict[str, bytes | None] = {
+        sha: content if len(content) <= max_bytes else None for sha, content in cached.items()}
     if not shas:
         return Blobs(known)
     fresh = await _read_blobs_from_git(cwd, shas, opts, timeout_s=timeout_s,
@@ -264,9 +305,42 @@ async def read_blobs(cwd: Path, entries: Iterable[Entry], opts: Sequence[str] = 
     return Blobs({**known, **fresh})
 
 
-def cached_blob(sha: str) -> bytes | None:
-    """A blob's content when a bulk read (:func:`read_blobs`) already holds it."""
-    return _BLOB_CACHE.get(sha)
+def split_cached(shas: Iterable[str]) -> tuple[dict[str, bytes], list[str]]:
+    """``shas`` split into the contents a bulk read (:func:`read_blobs`) already holds, and
+    the ids still to read from git (in the given order)."""
+    known: dict[str, bytes] = {}
+    unread: list[str] = []
+    for sha in shas:
+        content = _BLOB_CACHE.get(sha)
+        if content is None:
+            unread.append(sha)
+        else:
+            known[sha] = content
+    return known, unread
+
+
+async def cat_blobs(cwd: Path, shas: Sequence[str], opts: Sequence[str] = (), *,
+                    timeout_s: float, what: str = "reading blobs") -> dict[str, bytes]:
+    """The contents of ``shas`` (every one a blob, its size already checked), in one
+    ``git cat-file --batch``."""
+    if not shas:
+        return {}
+    res = await git([*opts, "cat-file", "--batch"], cwd=cwd, timeout_s=timeout_s,
+                    input="".join(f"{s}\n" for s in shas).encode(), what=what)
+    out = res.stdout_bytes
+    data: dict[str, bytes] = {}
+    pos = 0
+    for _ in shas:
+        header_end = out.index(b"\n", pos)
+        sha, kind, size_text = out[pos:header_end].decode().split()
+        if kind != "blob":
+            raise WorkspaceError(f"git cat-file returned a {kind} for blob {sha} in {cwd}",
+                                 data={"sha": sha, "cwd": str(cwd)})
+        start = header_end + 1
+        size = int(size_text)
+        data[sha] = out[start:start + size]
+        pos = start + size + 1  # the content is followed by one newline
+    return data
 
 
 class _BlobCache:
@@ -316,18 +390,5 @@ async def _read_blobs_from_git(cwd: Path, shas: list[str], opts: Sequence[str], 
             data[parts[0]] = None
     if not wanted:
         return data
-    res = await git([*opts, "cat-file", "--batch"], cwd=cwd, timeout_s=timeout_s,
-                    input="".join(f"{s}\n" for s in wanted).encode(), what="reading blobs")
-    out = res.stdout_bytes
-    pos = 0
-    for _ in wanted:
-        header_end = out.index(b"\n", pos)
-        sha, kind, size_text = out[pos:header_end].decode().split()
-        size = int(size_text)
-        start = header_end + 1
-        if kind != "blob":
-            raise WorkspaceError(f"git cat-file returned a {kind} for blob {sha}",
-                                 data={"sha": sha})
-        data[sha] = out[start:start + size]
-        pos = start + size + 1  # the content is followed by one newline
+    data.update(await cat_blobs(cwd, wanted, opts, timeout_s=timeout_s))
     return data
