@@ -20,6 +20,7 @@ finish within ``--timeout-s`` is reported with how far it got.
     .venv/bin/python bench/daemon_scale.py                       # everything (~10 min)
     .venv/bin/python bench/daemon_scale.py --kinds scratch --sizes 1000,10000
     .venv/bin/python bench/daemon_scale.py --sizes 50 --json     # the smoke test's run
+    .venv/bin/python bench/daemon_scale.py --kinds git --sizes 1000 --layout nested
 """
 
 from __future__ import annotations
@@ -42,18 +43,25 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def generated_spec(tasks: int) -> str:
+def generated_spec(tasks: int, layout: str = "flat") -> str:
     """A spec the heuristic planner turns into ``tasks`` tasks (two per feature: the feature's
-    code and its tests), in chains of five features; batches of two tasks."""
+    code and its tests), in chains of five features; batches of two tasks. ``layout``: every
+    module in one folder ``pkg/`` (``flat``), or in sub-packages of 50 (``nested``, as real
+    projects are: each commit then rewrites a small tree object, not one of N entries)."""
     features = max(1, tasks // 2)
     lines = ["# Scale", "", "Generated for the daemon scale benchmark.", "", "## Features", ""]
     for i in range(features):
         lines += [f"### Feature {i}", ""]
         if i % 5:
             lines += [f"**Depends on:** Feature {i - 1}", ""]
-        lines += ["Domain: backend", "", "#### Requirements", f"- [ ] `pkg/m{i}.py` does {i}.",
-                  "", "#### Acceptance Criteria", f"- [ ] Feature {i} works.", ""]
+        lines += ["Domain: backend", "", "#### Requirements",
+                  f"- [ ] `{_module(layout, i)}` does {i}.", "",
+                  "#### Acceptance Criteria", f"- [ ] Feature {i} works.", ""]
     return "\n".join(lines)
+
+
+def _module(layout: str, i: int) -> str:
+    return f"pkg/m{i}.py" if layout == "flat" else f"pkg/s{i // 50}/m{i}.py"
 
 
 class Rpc:
@@ -201,11 +209,11 @@ def _decile_rates(client: Rpc, run_id: str) -> tuple[float, float]:
 
 def bench_one(
     kind: str, tasks: int, workers: int, timeout_s: float, repeats: int = 3,
-    spans: list[str] | None = None,
+    spans: list[str] | None = None, layout: str = "flat",
 ) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix=f"scale-{kind}-{tasks}-") as tmp:
         workdir = Path(tmp)
-        spec = generated_spec(tasks)
+        spec = generated_spec(tasks, layout)
         params: dict[str, Any] = {"workers": workers}
         if kind == "git":
             params["spec_path"] = str(_make_repo(workdir / "repo", spec))
@@ -254,7 +262,7 @@ def bench_one(
             brctl = str(Path(sys.executable).parent / "brctl")
             env = {**daemon.env, "BUILDRUNNER_SOCKET": str(daemon.socket)}
             row = {
-                "kind": kind, "tasks": info["task_count"], "state": state,
+                "kind": kind, "layout": layout, "tasks": info["task_count"], "state": state,
                 "tasks_done": done, "elapsed_s": round(elapsed, 2),
                 "submit_reply_s": round(submit_s, 3),
                 "tasks_per_s": round(done / elapsed, 1),
@@ -289,13 +297,16 @@ def main() -> int:
                         help="run the daemon through bench/daemon_spans.py and report the "
                              "time of each batch step; MODULES (comma-separated) are timed "
                              "function by function too")
+    parser.add_argument("--layout", choices=("flat", "nested"), default="flat",
+                        help="modules in one folder pkg/ (flat) or in sub-packages of 50")
     args = parser.parse_args()
     sizes = [int(s) for s in args.sizes.split(",")]
     rows = []
     for kind in args.kinds.split(","):
         for size in sizes:
             spans = None if args.spans is None else [m for m in args.spans.split(",") if m]
-            row = bench_one(kind, size, args.workers, args.timeout_s, args.repeats, spans)
+            row = bench_one(kind, size, args.workers, args.timeout_s, args.repeats, spans,
+                            args.layout)
             rows.append(row)
             if not args.json:
                 print(json.dumps(row), flush=True)

@@ -155,16 +155,19 @@ async def scan_staged(
     config: VerifyConfig,
     timeout_s: float,
     git_options: Sequence[str] | None = None,
+    stage: bool = True,
 ) -> list[SecretFinding]:
-    """Stage everything the commit will hold (again: the tests may have written files) and
-    scan it against ``base_commit`` (the batch's start), with the allowlist of
-    ``run_base_commit`` (the run's start, see :mod:`._allowlist`). Every git call uses
-    ``git_options`` (default: :func:`._worktree.worktree_git`, which also refuses a worktree
-    whose ``.git`` was rewritten)."""
+    """Stage everything the commit will hold (again, unless ``stage`` is false because the
+    caller found nothing to stage: the tests may have written files) and scan it against
+    ``base_commit`` (the batch's start), with the allowlist of ``run_base_commit`` (the
+    run's start, see :mod:`._allowlist`). Every git call uses ``git_options`` (default:
+    :func:`._worktree.worktree_git`, which also refuses a worktree whose ``.git`` was
+    rewritten)."""
     options = (list(git_options) if git_options is not None
                else await worktree_git(worktree, timeout_s=timeout_s))
-    await stage_all(worktree, options, timeout_s=timeout_s,
-                    what="staging changes for the secret scan")
+    if stage:
+        await stage_all(worktree, options, timeout_s=timeout_s,
+                        what="staging changes for the secret scan")
     allow = await load_allowlist(worktree, run_base_commit, config, timeout_s=timeout_s,
                                  git_options=options)
     findings: list[SecretFinding] = []

@@ -275,6 +275,20 @@ async def _exact_tree(worktree: Path, opts: Sequence[str], staged_tree_id: str,
     return staged_tree_id
 
 
+async def _nothing_to_stage(worktree: Path, opts: Sequence[str], timeout_s: float) -> bool:
+    """Whether ``git add -A`` would leave the index as it is: no tracked file changed,
+    deleted or retyped since staging, and no untracked file that is not ignored (the same
+    stat and content comparison ``add`` makes; ``status`` does not write the index, so its
+    listing and written tree stay valid)."""
+    status = await git([*opts, "status", "--porcelain", "-z", "--no-renames",
+                        "--untracked-files=all", "--ignore-submodules=all"],
+                       cwd=worktree, timeout_s=timeout_s, check=False)
+    if not status.ok:
+        return False
+    return all(not record or (record[:2] != "??" and record[1:2] == " ")
+               for record in status.stdout.split("\0"))
+
+
 def _guarded(name: str, check: Callable[[], list[Finding]]) -> list[Finding]:
     """Run an AST check; code nested too deeply to walk fails it rather than the daemon."""
     try:
@@ -530,16 +544,21 @@ async def verify(
         await anyio.to_thread.run_sync(lambda: shutil.rmtree(report_dir, ignore_errors=True))
 
     if batch_checks:
-        # Last, over the staged tree: what the tests wrote is committed too.
+        # Last, over the staged tree: what the tests wrote is committed too. When the test
+        # run left nothing `add -A` would stage, the index is already that tree.
+        opts = await worktree_git(worktree, timeout_s=t)  # again: the tests ran there
+        restage = not await _nothing_to_stage(worktree, opts, t)
         findings = await scan_staged(worktree, base_commit=base_commit, config=config,
-                                     timeout_s=t, run_base_commit=run_base_commit or base_commit)
+                                     timeout_s=t, run_base_commit=run_base_commit or base_commit,
+                                     git_options=opts, stage=restage)
         if findings:
             checks += [CheckResult("secrets", False, f.message(), file=f.file,
                                    line=f.line or None) for f in findings]
         else:
             checks.append(CheckResult("secrets", True, "no credentials in what will be "
                                       "committed"))
-        checks += await _written_by_tests(worktree, staged_tree_id, opts, t)
+        if restage:
+            checks += await _written_by_tests(worktree, staged_tree_id, opts, t)
     for check in checks:  # the report is stored, sent in events and to the model
         check.message = redact_secrets(check.message)
         if check.output_tail:

@@ -372,6 +372,21 @@ async def test_files_the_test_run_writes_are_not_committed_unchecked(wt: Path) -
                for p in failures(report, "tests")), report.summary()
 
 
+@pytest.mark.parametrize("test_cmd, changed", [
+    ("echo \"KEY = 'AKIA\"Z7Q4XK2M9PLW3JHV\"'\" > notes.txt", "notes.txt"),  # a new file
+    ("chmod +x calc.py", "calc.py"),  # a mode, nothing else
+    ("rm tests/test_calc.py", "tests/test_calc.py"),  # a deletion
+])
+async def test_what_the_test_run_changes_is_found_without_staging_again(
+        wt: Path, test_cmd: str, changed: str) -> None:
+    # The scan after the tests stages again only when a status shows something `add -A`
+    # would stage: every kind of change the test run can make is still caught.
+    (wt / "calc.py").write_text(CALC + "\nX = 1\n")
+    report = await check(wt, "calc.py", test_cmd=test_cmd)
+    assert any(f"the test run changed files that would be committed ({changed})" in p
+               for p in failures(report, "tests")), report.summary()
+
+
 def test_which_configured_commands_run_pytest() -> None:
     assert mentions_pytest("pytest -q") and mentions_pytest("uv run pytest tests/")
     assert mentions_pytest("/venv/bin/python -m pytest -x") and mentions_pytest("cd a && py.test")
