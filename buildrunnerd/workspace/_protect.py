@@ -595,11 +595,13 @@ def protected_tests(tree: Tree, blobs: Blobs, *, paths: Iterable[str] | None = N
     """The Python test functions of ``tree`` (the accepted commit), for the report check."""
     found: list[ProtectedTest] = []
     for path in sorted(paths if paths is not None else tree):
+        # A string test first (the whole tree is asked, each batch): only .py files count.
+        if not path.endswith(".py"):
+            continue
         entry: Entry | None = tree.get(path)
-        name = PurePosixPath(path).name
+        name = path.rpartition("/")[2]
         # pytest's default python_files: helpers under tests/ are not collected.
-        if entry is None or not (name.startswith("test_") or name.endswith("_test.py")) or (
-                not name.endswith(".py")):
+        if entry is None or not (name.startswith("test_") or name.endswith("_test.py")):
             continue
         tests = _known_tests(entry.sha)
         if tests is None:

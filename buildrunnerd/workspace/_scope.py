@@ -65,7 +65,10 @@ def glob_match(path: str, patterns: Iterable[str]) -> bool:
 
 
 def changed_paths(before: Tree, after: Tree) -> list[str]:
-    return sorted(p for p in set(before) | set(after) if before.get(p) != after.get(p))
+    """The paths added, removed or changed (content or mode) from ``before`` to ``after``."""
+    changed = [p for p, entry in after.items() if before.get(p) != entry]
+    changed += [p for p in before if p not in after]
+    return sorted(changed)
 
 
 class ScopeResult:

@@ -153,17 +153,21 @@ def _is_package_dir(tree: Collection[str], module: str) -> bool:
 
 def _project_top_levels(tree: Collection[str]) -> set[str]:
     tops: set[str] = set()
+    folders: set[tuple[str, str]] = set()  # (root, first folder) already decided
     for path in tree:
         if not path.endswith(".py"):
             continue
         for root in _SRC_ROOTS:
             if root and not path.startswith(root):
                 continue
-            parts = path[len(root):].split("/")
-            if len(parts) == 1:
-                tops.add(parts[0][:-3])
-            elif (f"{root}{parts[0]}/__init__.py" in tree or root) and parts[0].isidentifier():
-                tops.add(parts[0])
+            first, sep, _rest = path[len(root):].partition("/")
+            if not sep:
+                tops.add(first[:-3])
+            elif (root, first) not in folders:
+                # Decided once per folder (a 10,000-file tree has a few hundred), not per file.
+                folders.add((root, first))
+                if (f"{root}{first}/__init__.py" in tree or root) and first.isidentifier():
+                    tops.add(first)
     tops.discard("conftest")
     tops.discard("setup")
     return tops
