@@ -80,7 +80,8 @@ async def _write(path: Path, task: Task, n: int) -> None:
     for name in task.files:
         target = anyio.Path(path / name)
         await target.parent.mkdir(parents=True, exist_ok=True)
-        await target.write_text(f"def g() -> int:\n    return {n}\n")
+        # New content every batch and every run (a blob read before would come from the cache).
+        await target.write_text(f"def g() -> int:\n    return {n}  # {name}\n")
 
 
 class _Steps:
