@@ -528,6 +528,8 @@ class RunRepo:
             cwd=self.repo, timeout_s=t, what=f"committing the merge of {commit[:12]}",
         )
         remember_merge(merged.stdout.strip(), head)
+        # The next batch starts from this merge: its commit compares with the tree by id.
+        remember_commit_tree(merged.stdout.strip(), tree)
         return MergeResult(merged=True, commit=merged.stdout.strip(), tree=tree)
 
     async def _merge(self, worktree: Path, commit: str, head: str, message: str) -> MergeResult:
