@@ -74,8 +74,66 @@ def _set_json(ctx: click.Context, _param: click.Parameter, value: bool) -> None:
         settings_of(ctx).json = True
 
 
+# --- no gettext on the polled path ---------------------------------------------------------
+# click passes some of its texts through gettext: click.Path's constructor, version_option and
+# the help option click adds to every command. The first gettext call of a process imports
+# `locale` (~0.8 ms, a twentieth of `brctl --json status`; bench/brctl_bench.py). These three
+# are built here with the same texts and behaviour, through click's public API, so that a
+# polled command makes no gettext call (tests/brctl/test_brctl_imports.py checks `locale`).
+class _SocketPathType(click.ParamType[str]):
+    """``click.Path(dir_okay=False)`` for --socket: a path that is not a directory."""
+
+    name = "file"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> str:
+        # click.Path's checks for these settings (it has no exists=True here): a directory and
+        # an unreadable file are refused, anything else (a missing path too) is left to connect.
+        if os.path.isdir(value):
+            self.fail(f"File {click.format_filename(value)!r} is a directory.", param, ctx)
+        if os.path.exists(value) and not os.access(value, os.R_OK):
+            self.fail(f"File {click.format_filename(value)!r} is not readable.", param, ctx)
+        return os.fsdecode(value)
+
+    def shell_complete(
+        self, ctx: click.Context, param: click.Parameter, incomplete: str
+    ) -> list[CompletionItem]:
+        from click.shell_completion import CompletionItem
+
+        return [CompletionItem(incomplete, type="file")]
+
+
+def _show_help(ctx: click.Context, _param: click.Parameter, value: bool) -> None:
+    if value and not ctx.resilient_parsing:
+        click.echo(ctx.get_help(), color=ctx.color)
+        ctx.exit()
+
+
+def _show_version(ctx: click.Context, _param: click.Parameter, value: bool) -> None:
+    if value and not ctx.resilient_parsing:
+        click.echo(f"brctl, version {__version__}", color=ctx.color)
+        ctx.exit()
+
+
+class _Command(click.Command):
+    """A brctl command: click's, with the help option built from a given text."""
+
+    _brctl_help_option: click.Option | None = None
+
+    def get_help_option(self, ctx: click.Context) -> click.Option | None:
+        names = self.get_help_option_names(ctx)
+        if not names or not self.add_help_option:
+            return None
+        # One object per command, as click keeps it: parameters are ordered by identity.
+        if self._brctl_help_option is None:
+            self._brctl_help_option = click.Option(
+                names, is_flag=True, expose_value=False, is_eager=True, callback=_show_help,
+                help="Show this message and exit.",
+            )
+        return self._brctl_help_option
+
+
 _socket_option = click.option(
-    "--socket", type=click.Path(dir_okay=False), metavar="PATH", expose_value=False,
+    "--socket", type=_SocketPathType(), metavar="PATH", expose_value=False,
     callback=_set_socket, is_eager=True,
     help="Daemon socket (default: $BUILDRUNNER_SOCKET or the XDG runtime dir).",
 )
@@ -106,7 +164,7 @@ _LAZY_COMMANDS = {
 }
 
 
-class _BrctlGroup(click.Group):
+class _BrctlGroup(_Command, click.Group):
     """Turns daemon errors into the contract's exit codes and messages on stderr."""
 
     def list_commands(self, ctx: click.Context) -> list[str]:
@@ -199,7 +257,8 @@ def as_list(result: Any, key: str) -> list[dict[str, Any]]:
 
 
 @click.group(cls=_BrctlGroup, context_settings={"help_option_names": ["-h", "--help"]})
-@click.version_option(__version__, prog_name="brctl")
+@click.option("--version", is_flag=True, expose_value=False, is_eager=True, callback=_show_version,
+              help="Show the version and exit.")
 @_socket_option
 @_json_option
 @click.option("--timeout-s", type=click.FloatRange(min=0.1), default=30.0, show_default=True,
@@ -225,7 +284,8 @@ def command(name: str) -> Callable[[Callable[..., None]], click.Command]:
     of this module, through ``main.add_command`` below).
     """
     def decorate(fn: Callable[..., None]) -> click.Command:
-        return click.command(name)(_socket_option(_json_option(click.pass_context(fn))))
+        options = _socket_option(_json_option(click.pass_context(fn)))
+        return click.command(name, cls=_Command)(options)
     return decorate
 
 
