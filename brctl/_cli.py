@@ -369,6 +369,22 @@ def run_with_tasks(client: RpcClient, run_id: str) -> dict[str, Any]:
     return run
 
 
+def _run_named(client: RpcClient, text: str) -> dict[str, Any]:
+    """The run ``text`` names, with its tasks.
+
+    An exact id (what a script passes) needs one ``run.get``, and wins over any prefix as in
+    ``run.resolve``; anything else (a prefix, an unknown id) is resolved first.
+    """
+    from brctl._client import RemoteError  # imported already: the client raises it
+
+    try:
+        return run_with_tasks(client, text)
+    except RemoteError as exc:
+        if exc.code != codes.NOT_FOUND:
+            raise
+    return run_with_tasks(client, resolve_run(client, text))
+
+
 @command("status")
 @run_argument(required=False)
 @click.option("--follow", is_flag=True,
@@ -393,16 +409,16 @@ def status_cmd(
             ctx.exit(follow_all(client, out=out, tty=out.isatty(), as_json=settings.json,
                                 exit_when_idle=exit_when_idle))
         if run_id is None:
-            run_ids = [str(r["id"]) for r in _active_runs(client)]
-            if not run_ids:
+            runs = [run_with_tasks(client, str(r["id"])) for r in _active_runs(client)]
+            if not runs:
                 emit(ctx, [], lambda: "no active runs")
                 return
-        else:
-            run_ids = [resolve_run(client, run_id)]
-        if follow:
+        elif follow:
             # --json --follow: the events as JSON lines, as `logs --follow --json` prints them.
-            follow_runs(ctx, client, run_ids, mode="status", as_json=settings.json)
-        runs = [run_with_tasks(client, rid) for rid in run_ids]
+            follow_runs(ctx, client, [resolve_run(client, run_id)], mode="status",
+                        as_json=settings.json)
+        else:
+            runs = [_run_named(client, run_id)]
     if settings.json:
         print_json(runs[0] if run_id is not None else runs)
     else:

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
 import sys
 from pathlib import Path
 
-from tests.brctl.brctl_support import Daemon, base_env
+from tests.brctl.brctl_support import Daemon, base_env, make_repo
 
 HEAVY = ("anthropic", "aiosqlite", "watchfiles", "tiktoken", "anyio", "structlog", "httpx",
          "rich", "buildrunnerd.daemon", "buildrunnerd.store", "buildrunnerd.agent",
@@ -108,3 +109,26 @@ def test_the_console_script_is_the_click_client_with_its_fast_exit(
     assert code == 0 and '"version"' in out
     assert "brctl._cli" in modules
     assert _heavy(modules) == [] and _unwanted_for_polling(modules) == []
+
+
+def test_status_of_an_exact_run_id_is_one_call_without_the_resolution(
+    daemon: Daemon, tmp_path: Path
+) -> None:
+    # What a script polls: the id it got from submit. One run.get, no run.resolve and so no
+    # brctl._resolve; a prefix still resolves (tests/brctl/test_brctl_everyday.py covers it).
+    spec = "\n".join(["# Probe", "", "One feature.", "", "## Features", "", "### Probe", "",
+                      "Domain: backend", "", "#### Requirements", "- [ ] `p.py` does it.", "",
+                      "#### Acceptance Criteria", "- [ ] It works.", ""])
+    repo = make_repo(tmp_path / "repo", {"SPEC.md": spec})
+    submitted = daemon.brctl("--json", "submit", str(repo / "SPEC.md"))
+    assert submitted.exit_code == 0, submitted.output
+    run_id = str(json.loads(submitted.stdout)["run_id"])
+    assert daemon.brctl("status", run_id, "--follow").exit_code == 0
+    code, modules, out = _run_probe(tmp_path, "--socket", str(daemon.socket), "--json",
+                                    "status", run_id)
+    assert code == 0 and json.loads(out)["id"] == run_id
+    assert _heavy(modules) == [] and _unwanted_for_polling(modules) == []
+    code, modules, out = _run_probe(tmp_path, "--socket", str(daemon.socket), "--json",
+                                    "status", run_id[:5])
+    assert code == 0 and json.loads(out)["id"] == run_id
+    assert "brctl._resolve" in modules
