@@ -176,3 +176,31 @@ def test_a_reader_that_went_away_is_not_an_error(daemon: Daemon) -> None:
         finally:
             os.close(write_end)
         assert (result.returncode, result.stderr) == (0, b""), (args, result.stderr)
+
+
+def test_global_options_as_click_gives_them(tmp_path: Path) -> None:
+    # brctl builds --socket's type, --version and -h/--help itself (no gettext on the polled
+    # path, see brctl/_cli.py): the same checks, texts and exits as click's own.
+    from buildrunnerd import __version__
+
+    env = base_env(tmp_path)
+    for args in (["--socket", str(tmp_path), "status"], ["status", f"--socket={tmp_path}"]):
+        result = _run(env, *args)
+        assert result.returncode == 2, result.stderr
+        assert f"Invalid value for '--socket': File '{tmp_path}' is a directory." \
+            in result.stderr
+    missing = _run(env, "--socket", str(tmp_path / "none.sock"), "ping")
+    assert missing.returncode == 3 and "no socket file" in missing.stderr
+    version = _run(env, "--version")
+    assert (version.returncode, version.stdout) == (0, f"brctl, version {__version__}\n")
+    for args in (["-h"], ["--help"], ["status", "-h"], ["ping", "--help"], ["submit", "-h"]):
+        result = _run(env, *args)
+        assert result.returncode == 0 and result.stdout.startswith("Usage: brctl"), args
+        assert "  -h, --help " in result.stdout and "Show this message and exit." \
+            in result.stdout, args
+    top = _run(env, "--help").stdout
+    assert "  --version " in top and "Show the version and exit." in top
+    assert top.index("--timeout-s") < top.index("-h, --help")  # the help option comes last
+    completion = _run({**env, "_BRCTL_COMPLETE": "bash_complete",
+                       "COMP_WORDS": "brctl --socket /tm", "COMP_CWORD": "2"})
+    assert completion.stdout.splitlines() == ["file,/tm"]  # the shell completes a file
