@@ -169,9 +169,11 @@ class _BrctlGroup(_Command, click.Group):
 
     def list_commands(self, ctx: click.Context) -> list[str]:
         lazy = [name for name in _LAZY_COMMANDS if self.get_command(ctx, name) is not None]
-        return sorted([*super().list_commands(ctx), *lazy])
+        return sorted({*super().list_commands(ctx), *_POLLED_COMMANDS, *lazy})
 
     def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name in _POLLED_COMMANDS and cmd_name not in self.commands:
+            self.add_command(_POLLED_COMMANDS[cmd_name]())
         if cmd_name not in _LAZY_COMMANDS:
             return super().get_command(ctx, cmd_name)
         import importlib
@@ -281,7 +283,7 @@ def command(name: str) -> Callable[[Callable[..., None]], click.Command]:
     """A subcommand that also accepts the global --socket and --json after its name.
 
     It is not registered here: the group finds it in ``_LAZY_COMMANDS`` (or, for the commands
-    of this module, through ``main.add_command`` below).
+    of this module, in ``_POLLED_COMMANDS``).
     """
     def decorate(fn: Callable[..., None]) -> click.Command:
         options = _socket_option(_json_option(click.pass_context(fn)))
@@ -332,7 +334,30 @@ task_argument = click.argument("task_id", metavar="TASK", shell_complete=complet
 
 
 # --- the commands scripts poll -----------------------------------------------------------------
-@command("ping")
+# Built by the group when named or listed, as the commands of the other modules are imported
+# then: a start builds the one command it runs, not three (each option click builds costs
+# 20-30 us; bench/brctl_bench.py).
+_POLLED_COMMANDS: dict[str, Callable[[], click.Command]] = {}
+
+
+def _polled(
+    name: str, *params: Callable[[Any], Any]
+) -> Callable[[Callable[..., None]], Callable[..., None]]:
+    """The command ``name``: the function with ``params`` (click's parameter decorators, in
+    the order they would be stacked), built by the group on first use."""
+    def register(fn: Callable[..., None]) -> Callable[..., None]:
+        def build() -> click.Command:
+            decorated = fn
+            for param in reversed(params):
+                decorated = param(decorated)
+            return command(name)(decorated)
+
+        _POLLED_COMMANDS[name] = build
+        return fn
+    return register
+
+
+@_polled("ping")
 def ping_cmd(ctx: click.Context) -> None:
     """Daemon version, uptime, backend and workers."""
     with settings_of(ctx).client() as client:
@@ -385,15 +410,17 @@ def _run_named(client: RpcClient, text: str) -> dict[str, Any]:
     return run_with_tasks(client, resolve_run(client, text))
 
 
-@command("status")
-@run_argument(required=False)
-@click.option("--follow", is_flag=True,
-              help="Redraw live (with --json: print the events as JSON lines). With RUN: until "
-                   "the run ends (exit 0 if it succeeded, 1 otherwise). Without RUN: every "
-                   "run, including runs submitted later, until interrupted.")
-@click.option("--exit-when-idle", is_flag=True,
-              help="With --follow and no RUN: exit once no run is active (0 if every run "
-                   "followed succeeded, 1 otherwise).")
+@_polled(
+    "status",
+    run_argument(required=False),
+    click.option("--follow", is_flag=True,
+                 help="Redraw live (with --json: print the events as JSON lines). With RUN: "
+                      "until the run ends (exit 0 if it succeeded, 1 otherwise). Without RUN: "
+                      "every run, including runs submitted later, until interrupted."),
+    click.option("--exit-when-idle", is_flag=True,
+                 help="With --follow and no RUN: exit once no run is active (0 if every run "
+                      "followed succeeded, 1 otherwise)."),
+)
 def status_cmd(
     ctx: click.Context, run_id: str | None, follow: bool, exit_when_idle: bool
 ) -> None:
@@ -427,7 +454,7 @@ def status_cmd(
         click.echo("\n\n".join(format_status(run) for run in runs))
 
 
-@command("runs")
+@_polled("runs")
 def runs_cmd(ctx: click.Context) -> None:
     """List runs, newest first."""
     with settings_of(ctx).client() as client:
@@ -439,11 +466,6 @@ def runs_cmd(ctx: click.Context) -> None:
         return format_runs(runs)
 
     emit(ctx, runs, human)
-
-
-main.add_command(ping_cmd)
-main.add_command(status_cmd)
-main.add_command(runs_cmd)
 
 
 # --- the entry point ---------------------------------------------------------------------------
