@@ -21,6 +21,11 @@ load on a shared machine hits every command alike:
 - ``brctl --json status`` with the socket from ``$BUILDRUNNER_SOCKET`` instead of
   ``--socket`` (the path rules of buildrunnerd.paths are imported then, with pathlib).
 
+With ``--before TREE`` (a checkout of another commit, e.g. ``git worktree add /tmp/base main``)
+the three brctl rows are also timed with that tree's code, interleaved with this one's: both
+then run with ``PYTHONPATH`` set to their tree (the same import path for both; this venv's
+editable install would otherwise favour neither exactly).
+
 Bytecode caches are allowed (``PYTHONDONTWRITEBYTECODE`` is dropped from the children's
 environment, as on a user's machine) and warmed up first. Reports medians and ratios.
 """
@@ -142,7 +147,11 @@ def main() -> int:
     parser.add_argument("--tasks-features", type=int, default=10,
                         help="features of the run that `status RUN` prints (2 tasks each)")
     parser.add_argument("--json", action="store_true", help="print the figures as JSON")
+    parser.add_argument("--before", type=Path, metavar="TREE",
+                        help="also time brctl from this source tree (before/after pairs)")
     args = parser.parse_args()
+    if args.before is not None and not (args.before / "brctl" / "_cli.py").is_file():
+        parser.error(f"--before {args.before}: no brctl/_cli.py in that tree")
 
     brctl = shutil.which("brctl", path=str(Path(sys.executable).parent))
     if brctl is None:
@@ -171,6 +180,14 @@ def main() -> int:
                 "brctl --json status ($BUILDRUNNER_SOCKET)":
                     ([brctl, "--json", "status"], socket_env),
             }
+            if args.before is not None:
+                polled = {"status": ["status"], "status RUN": ["status", run_id],
+                          "ping": ["ping"]}
+                for label, tree in (("before", args.before.resolve()), ("after", ROOT)):
+                    tree_env = {**env, "PYTHONPATH": str(tree)}
+                    for name, words in polled.items():
+                        commands[f"{label}: brctl --json {name}"] = (
+                            [brctl, *sock, "--json", *words], tree_env)
             load_before = os.getloadavg()
             times = measure(commands, args.runs)
             load_after = os.getloadavg()
@@ -199,7 +216,7 @@ def main() -> int:
           f"{result['cpus']} CPUs, load average {load_before[0]:.2f} -> {load_after[0]:.2f}; "
           f"status RUN prints {task_count} tasks")
     for name, figures in result["commands"].items():
-        print(f"  {name:<42} median {figures['median_ms']:6.1f} ms  "
+        print(f"  {name:<44} median {figures['median_ms']:6.1f} ms  "
               f"{figures['ratio']:.2f}x  (min {figures['min_ms']:6.1f} ms  "
               f"{figures['min_ratio']:.2f}x)")
     return 0
