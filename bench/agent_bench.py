@@ -287,7 +287,8 @@ SEEDED_TESTS = "".join(f"def test_seed_{i}():\n    assert {i} + 1 == {i + 1}\n\n
 
 async def run_daemon(workers: int, batches: list[str], latency_s: float, root: Path, *,
                      branch_check: bool = True, seed_tests: bool = False,
-                     backend: str = "anthropic", spans: bool = False) -> dict[str, Any]:
+                     backend: str = "anthropic", spans: bool = False,
+                     profile_dir: Path | None = None, cpu: bool = False) -> dict[str, Any]:
     """One run of the wide spec through a fresh ``buildrunnerd`` with ``workers`` workers."""
     base = root / f"d{workers}-{'check' if branch_check else 'nocheck'}-{backend}"
     repo = base / "repo"
@@ -320,8 +321,14 @@ async def run_daemon(workers: int, batches: list[str], latency_s: float, root: P
     spans_path = base / "spans.json"
     # With --spans the daemon starts through bench/daemon_spans.py: the same daemon, with
     # wall-clock spans around its batch steps written to spans_path when it exits.
-    command = ((sys.executable, str(ROOT / "bench" / "daemon_spans.py"), str(spans_path))
-               if spans else PYTHON_M)
+    command: tuple[str, ...] = PYTHON_M
+    if spans or cpu or profile_dir is not None:
+        command = (sys.executable, str(ROOT / "bench" / "daemon_spans.py"), str(spans_path))
+    if cpu and not spans:
+        command += ("--cpu-only",)
+    if profile_dir is not None:
+        await anyio.Path(profile_dir).mkdir(parents=True, exist_ok=True)
+        command += (f"--profile={profile_dir / f'daemon-w{workers}.prof'}",)
     factory = Daemons(base)
     try:
         env = factory.base_env(ANTHROPIC_API_KEY=API_KEY, ANTHROPIC_BASE_URL=base_url)
@@ -359,7 +366,7 @@ async def run_daemon(workers: int, batches: list[str], latency_s: float, root: P
         extra = {"cli_startup_ms_mean": round(sum(startups) / len(startups)),
                  "cli_startup_ms_median": round(startups[len(startups) // 2])}
     verified = [e["data"] for e in events if e["type"] == "run.verified"]
-    if spans:
+    if spans or cpu or profile_dir is not None:
         extra["spans"] = json.loads(spans_path.read_text(encoding="utf-8"))
         extra["spans"]["queue_wait_s"] = queue_wait_s(events)
     return {"backend": backend, **extra,
@@ -404,7 +411,7 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
                         results.append(await run_daemon(
                             workers, batches, args.latency_ms / 1000, Path(tmp),
                             branch_check=check, seed_tests=args.seed_tests, backend=backend,
-                            spans=args.spans))
+                            spans=args.spans, profile_dir=args.profile, cpu=args.cpu))
                 else:
                     results.append(await run(workers, batches, args.latency_ms / 1000,
                                              Path(tmp)))
@@ -446,11 +453,19 @@ def main() -> None:
     parser.add_argument("--spans", action="store_true",
                         help="daemon level: run the daemon through bench/daemon_spans.py and "
                              "report the time of each batch step (summed over batches)")
+    parser.add_argument("--cpu", action="store_true",
+                        help="daemon level: report the daemon's CPU and its children's by "
+                             "program, and the store's statements (no spans)")
+    parser.add_argument("--profile", type=Path, metavar="DIR",
+                        help="daemon level: also cProfile the daemon (DIR/daemon-wN.prof) and "
+                             "report its CPU and its children's by program (implies --spans)")
     parser.add_argument("--serve-fake", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.serve_fake:
         serve_fake(args.batches, args.latency_ms, args.backend)
         return
+    if args.profile is not None:
+        args.spans = True
     report = anyio.run(main_async, args)
     if args.json:
         print(json.dumps(report, indent=2))
@@ -471,10 +486,24 @@ def main() -> None:
               + (f"  FAILED {r['failures']}" if r["failures"] else ""))
         if "phases" in r:
             print(f"{'':>7} seconds summed over batches: {r['phases']}")
-        if "spans" in r:
+        if "spans" in r and "seconds" in r["spans"]:
             print(f"{'':>7} spans (exclusive s, summed): {r['spans']['seconds']}, "
                   f"queue wait {r['spans']['queue_wait_s']} s; calls: {r['spans']['calls']}")
             print(f"{'':>7} store calls (s, summed): {r['spans']['store_seconds']}")
+        if "spans" in r:
+            cpu = r["spans"].get("cpu")
+            if cpu:
+                kids = ", ".join(f"{k} {v['processes']}: {v['user_s'] + v['sys_s']:.2f}"
+                                 for k, v in cpu["children"].items())
+                print(f"{'':>7} CPU s: from the submit: daemon {cpu.get('run_daemon_s')}, its "
+                      f"children {cpu.get('run_children_s')}; in all: "
+                      f"daemon {cpu['daemon_user_s']} + {cpu['daemon_sys_s']}, "
+                      f"children {cpu['children_user_s']} + {cpu['children_sys_s']} "
+                      f"(git {cpu['git_processes']} processes, {cpu['git_cpu_s']} s); "
+                      f"by program (processes: s): {kids}")
+                print(f"{'':>7} statements: {cpu['statements']}")
+                print(f"{'':>7} store methods [calls, statements]: "
+                      f"{cpu['statements_by_method']}")
 
 
 if __name__ == "__main__":

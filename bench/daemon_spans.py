@@ -1,6 +1,7 @@
 """Run ``buildrunnerd`` with wall-clock spans around its batch steps (for ``agent_bench``).
 
-    python bench/daemon_spans.py OUT.json [--detail=MODULE,...] <buildrunnerd arguments>
+    python bench/daemon_spans.py OUT.json [--detail=MODULE,...] [--profile=OUT.prof] \
+        <buildrunnerd arguments>
 
 The daemon runs unchanged; this entry point only wraps some of its functions and methods
 before starting it, and writes what they took to ``OUT.json`` when the daemon exits. Each
@@ -19,15 +20,31 @@ in ``store``), ``verify`` (the batch's verification),
 ``merge`` (commit and merge into the run branch), ``branch_check`` (verifying the run
 branch's new head), ``worktree_release``, ``store`` (every awaited ``Store`` call: the
 database writes and reads).
+
+CPU (``cpu`` in the report, load-independent): the daemon's own CPU seconds (user + sys, all
+its threads), and its children's, split by program (``git <subcommand>``, ``bwrap``, ...):
+every child is reaped with ``os.wait4``, which gives that child's own rusage (with whatever
+it waited for: a sandbox's bash and python are in ``bwrap``). Also the store's commits and
+statements (``statements``: every ``execute``/``executemany`` the connection ran, by its
+first word), per run.
+
+``--profile=OUT.prof`` also runs the daemon under ``cProfile`` with each thread's CPU time as
+its clock, from the submit on (the event loop's thread and every thread started since, merged
+into one ``pstats`` file).
+``--cpu-only``: no spans (nothing wrapped), only the CPU accounting.
 """
 
 from __future__ import annotations
 
 import atexit
 import contextvars
+import cProfile
 import functools
 import inspect
 import json
+import os
+import resource
+import subprocess
 import sys
 import threading
 import time
@@ -158,6 +175,187 @@ def install() -> None:
         break
 
 
+# Children by program: kind -> [processes, user s, sys s]; pid -> kind while it runs.
+_children: dict[str, list[float]] = {}
+_child_kind: dict[int, str] = {}
+_statements: dict[str, int] = {}
+
+
+def _kind(args: Any) -> str:
+    argv = [str(a) for a in args] if isinstance(args, (list, tuple)) else [str(args)]
+    program = os.path.basename(argv[0]) if argv else "?"
+    if program != "git":
+        return program
+    rest = argv[1:]
+    while rest and rest[0].startswith("-"):  # -C DIR, -c KEY=VALUE, --git-dir DIR ...
+        flag = rest.pop(0)
+        if flag in ("-C", "-c", "--git-dir", "--work-tree", "--namespace") and rest:
+            rest.pop(0)
+    return f"git {rest[0]}" if rest else "git"
+
+
+def install_cpu() -> None:
+    """Count every child's own CPU (``os.wait4``) by program, and the store's statements."""
+    original_init = subprocess.Popen.__init__
+
+    @functools.wraps(original_init)
+    def init(self: subprocess.Popen[Any], args: Any, *rest: Any, **kwargs: Any) -> None:
+        original_init(self, args, *rest, **kwargs)
+        with _lock:
+            _child_kind[self.pid] = _kind(args)
+
+    def waitpid(pid: int, options: int) -> tuple[int, int]:
+        got, status, usage = os.wait4(pid, options)
+        if got:
+            with _lock:
+                kind = _child_kind.pop(got, "other")
+                row = _children.setdefault(kind, [0, 0.0, 0.0])
+                row[0] += 1
+                row[1] += usage.ru_utime
+                row[2] += usage.ru_stime
+        return got, status
+
+    subprocess.Popen.__init__ = init  # type: ignore[method-assign]
+    os.waitpid = waitpid
+
+    import aiosqlite
+
+    def counted(fn: Callable[..., Any]) -> Callable[..., Any]:
+        @functools.wraps(fn)
+        def wrapper(self: Any, sql: str, *args: Any, **kwargs: Any) -> Any:
+            word = sql.lstrip().split(None, 1)[0].upper() if sql.strip() else "?"
+            name = fn.__name__ + ":" + word
+            method = _store_method.get()
+            with _lock:
+                _statements[name] = _statements.get(name, 0) + 1
+                _by_method[method] = _by_method.get(method, 0) + 1
+            return fn(self, sql, *args, **kwargs)
+        return wrapper
+
+    for attr in ("execute", "executemany", "execute_fetchall", "execute_insert"):
+        if hasattr(aiosqlite.Connection, attr):
+            setattr(aiosqlite.Connection, attr, counted(getattr(aiosqlite.Connection, attr)))
+
+    # The CPU of the run alone: from the submit (the run's row) to the daemon's exit, without
+    # the daemon's start (imports, migrations, the sandbox probe).
+    from buildrunnerd.store import Store
+
+    original_create = Store.create_run
+
+    @functools.wraps(original_create)
+    async def create_run(self: Store, *args: Any, **kwargs: Any) -> Any:
+        if not _at_submit:
+            _at_submit.extend(_cpu_now())
+        return await original_create(self, *args, **kwargs)
+
+    Store.create_run = create_run  # type: ignore[method-assign]
+
+    # Statements by the Store method that ran them (the outermost one).
+    seen: set[str] = set()
+    for cls in Store.__mro__[:-1]:
+        for attr, value in list(vars(cls).items()):
+            if attr.startswith("_") or attr in seen or not inspect.iscoroutinefunction(value):
+                continue
+            seen.add(attr)
+            setattr(Store, attr, _in_method(attr, getattr(Store, attr)))
+
+
+_store_method: contextvars.ContextVar[str] = contextvars.ContextVar("store_method",
+                                                                    default="(other)")
+_by_method: dict[str, int] = {}
+_method_calls: dict[str, int] = {}
+
+
+def _in_method(name: str, fn: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
+    @functools.wraps(fn)
+    async def wrapper(*args: Any, **kwargs: Any) -> Any:
+        if _store_method.get() != "(other)":
+            return await fn(*args, **kwargs)
+        token = _store_method.set(name)
+        with _lock:
+            _method_calls[name] = _method_calls.get(name, 0) + 1
+        try:
+            return await fn(*args, **kwargs)
+        finally:
+            _store_method.reset(token)
+    return wrapper
+
+
+_at_submit: list[float] = []
+
+
+def _cpu_now() -> tuple[float, float]:
+    own = resource.getrusage(resource.RUSAGE_SELF)
+    kids = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime, kids.ru_utime + kids.ru_stime
+
+
+def cpu_report() -> dict[str, Any]:
+    own = resource.getrusage(resource.RUSAGE_SELF)
+    kids = resource.getrusage(resource.RUSAGE_CHILDREN)
+    by_kind = {k: {"processes": int(v[0]), "user_s": round(v[1], 3), "sys_s": round(v[2], 3)}
+               for k, v in sorted(_children.items(), key=lambda kv: -(kv[1][1] + kv[1][2]))}
+    git = [v for k, v in _children.items() if k.startswith("git")]
+    own_s, kids_s = _cpu_now()
+    since = ({"run_daemon_s": round(own_s - _at_submit[0], 3),
+              "run_children_s": round(kids_s - _at_submit[1], 3)} if _at_submit else {})
+    return {**since,
+        "daemon_user_s": round(own.ru_utime, 3), "daemon_sys_s": round(own.ru_stime, 3),
+        "children_user_s": round(kids.ru_utime, 3), "children_sys_s": round(kids.ru_stime, 3),
+        "git_processes": int(sum(v[0] for v in git)),
+        "git_cpu_s": round(sum(v[1] + v[2] for v in git), 3),
+        "children": by_kind,
+        "statements": dict(sorted(_statements.items(), key=lambda kv: -kv[1])),
+        # method: [calls, statements]
+        "statements_by_method": {k: [_method_calls.get(k, 0), v] for k, v in
+                                 sorted(_by_method.items(), key=lambda kv: -kv[1])},
+    }
+
+
+def install_profile(out: str) -> None:
+    """cProfile the loop's thread and every thread started later; merged at exit."""
+    # Each thread's own CPU time (not wall time): a thread waiting on a lock or a queue costs
+    # nothing, and the loop's thread and the store's thread are told apart.
+    profiles: list[cProfile.Profile] = []
+    main = cProfile.Profile(time.thread_time)
+
+    def start_in_thread(*_: Any) -> None:
+        profile = cProfile.Profile(time.thread_time)
+        with _lock:
+            profiles.append(profile)
+        profile.enable()  # replaces this hook for the thread
+
+    # From the submit (the run's row) on: the daemon's start is not the run's cost.
+    from buildrunnerd.store import Store
+
+    original_create = Store.create_run
+
+    @functools.wraps(original_create)
+    async def create_run(self: Store, *args: Any, **kwargs: Any) -> Any:
+        if not profiles:
+            profiles.append(main)
+            threading.setprofile(start_in_thread)
+            main.enable()
+        return await original_create(self, *args, **kwargs)
+
+    Store.create_run = create_run  # type: ignore[method-assign]
+
+    @atexit.register
+    def dump() -> None:
+        import pstats
+
+        if not profiles:
+            return
+        main.disable()
+        stats = pstats.Stats(main)
+        for profile in profiles[1:]:
+            try:
+                stats.add(profile)
+            except (TypeError, ValueError):  # a thread's profile with nothing in it
+                continue
+        stats.dump_stats(out)
+
+
 def install_detail(module_names: list[str]) -> None:
     """Also time every function of these modules (``--detail``): coroutines as exclusive
     spans named ``module.function``, plain functions inclusive, as ``sync:module.function``
@@ -208,16 +406,29 @@ def main() -> None:
     out = sys.argv[1]
     args = sys.argv[2:]
     detail: list[str] = []
-    while args and args[0].startswith("--detail="):
-        detail += args.pop(0).split("=", 1)[1].split(",")
+    profile: str | None = None
+    spans = True
+    while args and args[0].startswith(("--detail=", "--profile=", "--cpu-only")):
+        flag, _, value = args.pop(0).partition("=")
+        if flag == "--detail":
+            detail += value.split(",")
+        elif flag == "--cpu-only":
+            spans = False
+        else:
+            profile = value
     sys.argv = ["buildrunnerd", *args]
-    install()
-    install_detail(detail)
+    if spans:
+        install()
+        install_detail(detail)
+    install_cpu()
 
     @atexit.register
     def write() -> None:
         with open(out, "w", encoding="utf-8") as handle:
-            json.dump(report(), handle)
+            json.dump({**(report() if spans else {}), "cpu": cpu_report()}, handle)
+
+    if profile is not None:
+        install_profile(profile)  # registered after write(): atexit runs it first
 
     from buildrunnerd.daemon.cli import main as daemon_main
     daemon_main()
