@@ -19,7 +19,7 @@ from buildrunnerd.store._records import (
     format_ts,
 )
 
-__all__ = ["AttemptMethods", "end_attempt"]
+__all__ = ["AttemptMethods", "end_attempt", "open_attempt"]
 
 _ATTEMPT_COLUMNS = (
     "id, batch_id, run_id, number, worktree, model, started_at, finished_at, outcome, reason,"
@@ -37,24 +37,7 @@ class AttemptMethods(Database):
         increments). No event: the daemon stores ``batch.dispatched`` itself."""
 
         async def start(txn: Txn) -> AttemptRecord:
-            # RETURNING gives the new values: one statement reads and bumps the count.
-            rows = await txn.fetchall(
-                "UPDATE batches SET attempts = attempts + 1, model = coalesce(?, model)"
-                " WHERE id = ? RETURNING run_id, attempts",
-                (model, batch_id),
-            )
-            if not rows:
-                raise not_found("batch", batch_id)
-            run_id, number = rows[0][0], int(rows[0][1])
-            attempt_id = await txn.insert(
-                "INSERT INTO attempts (batch_id, run_id, number, worktree, model, started_at)"
-                " VALUES (?, ?, ?, ?, ?, ?)",
-                (batch_id, run_id, number, worktree, model, txn.ts),
-            )
-            return AttemptRecord(
-                id=attempt_id, batch_id=batch_id, run_id=run_id, number=number,
-                worktree=worktree, model=model, started_at=txn.ts,
-            )
+            return await open_attempt(txn, batch_id, worktree=worktree, model=model)
 
         attempt, _ = await self._write(f"starting an attempt of batch {batch_id}", start)
         return attempt
@@ -122,17 +105,21 @@ class AttemptMethods(Database):
     async def record_turn(
         self, attempt_id: int, run_id: str, batch_id: str, *, call: ApiCall | None = None,
         events: Sequence[NewEvent] = (), checkpoint: bytes | None = None,
+        earlier: Sequence[NewEvent] = (),
     ) -> list[protocol.Event]:
-        """Store what one turn of the agent produced in ONE transaction: the billed ``call``
-        (as :meth:`record_api_call`: its row, costs and ``api.call`` event), then ``events``
-        in order, then the conversation ``checkpoint`` (as :meth:`save_checkpoint`). Returns
-        the stored events, ``api.call`` first.
+        """Store what one turn of the agent produced in ONE transaction: the ``earlier``
+        events (what happened during the turn and waited for its write: streamed text, file
+        changes), the billed ``call`` (as :meth:`record_api_call`: its row, costs and
+        ``api.call`` event), then ``events`` in order, then the conversation ``checkpoint``
+        (as :meth:`save_checkpoint`). Returns the stored events in that order.
 
         One commit instead of one per part: a crash keeps the whole turn or none of it, so a
         resumed attempt never finds a checkpoint without the events and the cost of the turn
         it holds, nor a billed turn its checkpoint does not know."""
 
         async def record(txn: Txn) -> None:
+            for e in earlier:
+                txn.add_event(e.run_id, e.type, e.data, batch_id=e.batch_id, task_id=e.task_id)
             if call is not None:
                 await record_call(txn, run_id, batch_id, call)
             for e in events:
@@ -171,6 +158,31 @@ def _check_outcome(attempt_id: int, outcome: str) -> None:
             f"{', '.join(ATTEMPT_OUTCOMES)}",
             data={"state": outcome, "allowed": list(ATTEMPT_OUTCOMES)},
         )
+
+
+async def open_attempt(
+    txn: Txn, batch_id: str, *, worktree: str | None, model: str | None
+) -> AttemptRecord:
+    """Open the next attempt of a batch inside an open transaction (see
+    :meth:`AttemptMethods.start_attempt`)."""
+    # RETURNING gives the new values: one statement reads and bumps the count.
+    rows = await txn.fetchall(
+        "UPDATE batches SET attempts = attempts + 1, model = coalesce(?, model)"
+        " WHERE id = ? RETURNING run_id, attempts",
+        (model, batch_id),
+    )
+    if not rows:
+        raise not_found("batch", batch_id)
+    run_id, number = rows[0][0], int(rows[0][1])
+    attempt_id = await txn.insert(
+        "INSERT INTO attempts (batch_id, run_id, number, worktree, model, started_at)"
+        " VALUES (?, ?, ?, ?, ?, ?)",
+        (batch_id, run_id, number, worktree, model, txn.ts),
+    )
+    return AttemptRecord(
+        id=attempt_id, batch_id=batch_id, run_id=run_id, number=number,
+        worktree=worktree, model=model, started_at=txn.ts,
+    )
 
 
 async def end_attempt(txn: Txn, end: AttemptEnd) -> None:

@@ -34,6 +34,15 @@ _ROLLUP_SUMS = (
 )
 
 
+# Each task of the batch gets nanos / n, and the first (nanos % n) of them one more.
+_SPLIT_SQL = (
+    "UPDATE tasks SET cost_nanousd = tasks.cost_nanousd + share.nanos FROM ("
+    " SELECT id, ? / count(*) OVER () + (row_number() OVER (ORDER BY position)"
+    " <= ? % count(*) OVER ()) AS nanos FROM tasks WHERE batch_id = ?) AS share"
+    " WHERE tasks.id = share.id"
+)
+
+
 def to_nanousd(cost_usd: float) -> int:
     """USD -> integer nano-dollars (the unit stored)."""
     return round(cost_usd * _NANO)
@@ -243,15 +252,8 @@ async def record_call(txn: Txn, run_id: str, batch_id: str | None, call: ApiCall
          call.cache_creation_input_tokens, call.cache_read_input_tokens, nanos),
     )
     if batch_id is not None and nanos:
-        rows = await txn.fetchall(
-            "SELECT id FROM tasks WHERE batch_id = ? ORDER BY position", (batch_id,)
-        )
-        if rows:
-            share, rest = divmod(nanos, len(rows))
-            # The remainder goes one nano-dollar at a time to the first tasks, so the
-            # tasks' costs add up to the call's cost exactly.
-            await txn.executemany(
-                "UPDATE tasks SET cost_nanousd = cost_nanousd + ? WHERE id = ?",
-                [(share + (1 if i < rest else 0), row[0]) for i, row in enumerate(rows)],
-            )
+        # Split evenly; the remainder goes one nano-dollar at a time to the first tasks (by
+        # position), so the tasks' costs add up to the call's cost exactly. One statement
+        # (a hop to the connection's thread), not a read and then a write per task.
+        await txn.execute(_SPLIT_SQL, (nanos, nanos, batch_id))
     txn.add_event(run_id, "api.call", data, batch_id=batch_id)

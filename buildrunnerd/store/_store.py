@@ -11,7 +11,7 @@ import msgspec
 from buildrunnerd import protocol
 from buildrunnerd.errors import InvalidStateError, StoreError
 from buildrunnerd.plan._model import Plan
-from buildrunnerd.store._attempts import AttemptMethods, end_attempt
+from buildrunnerd.store._attempts import AttemptMethods, end_attempt, open_attempt
 from buildrunnerd.store._costs import CostMethods, from_nanousd
 from buildrunnerd.store._db import (
     EVENT_COLUMNS,
@@ -24,6 +24,7 @@ from buildrunnerd.store._db import (
 )
 from buildrunnerd.store._records import (
     AttemptEnd,
+    AttemptRecord,
     BatchChange,
     BatchRecord,
     NewEvent,
@@ -393,6 +394,36 @@ class Store(AttemptMethods, CostMethods):
         _, stored = await self._write("applying a state transition", apply)
         return stored
 
+    async def dispatch(
+        self,
+        batch: BatchChange | tuple[Any, ...],
+        tasks: Sequence[TaskChange],
+        *,
+        worktree: str | None,
+        model: str | None = None,
+        prompt: str | None = None,
+    ) -> AttemptRecord:
+        """A batch starts an attempt, in ONE transaction: the batch's change (``running``,
+        ``batch.dispatched``) and its tasks' (as :meth:`transition`), the new attempt (as
+        :meth:`start_attempt`) and, when given, the ``prompt`` of the batch's tasks (as
+        :meth:`set_tasks_details`). One commit instead of three: the attempt exists exactly
+        when the batch is running in the store."""
+        change = BatchChange(*batch)
+        ids = list(dict.fromkeys(t.task_id for t in tasks))
+
+        async def apply(txn: Txn) -> AttemptRecord:
+            await _apply_batch_change(txn, change)
+            if tasks:
+                await _apply_task_changes(txn, tasks)
+            attempt = await open_attempt(txn, change.batch_id, worktree=worktree, model=model)
+            if prompt is not None and ids:
+                # The tasks exist and have their new updated_at: the changes above saw to it.
+                await _upsert_task_texts(txn, ids, ["prompt"], [prompt], checked=True)
+            return attempt
+
+        attempt, _ = await self._write(f"dispatching batch {change.batch_id}", apply)
+        return attempt
+
     async def set_task_prompt(self, task_id: str, prompt: str) -> None:
         """Keep the prompt a task was built with (shown by ``brctl task``)."""
         await self.set_tasks_details([task_id], prompt=prompt)
@@ -423,28 +454,10 @@ class Store(AttemptMethods, CostMethods):
             ids = []
         if not ids and not events:
             return []
-        marks = ", ".join("?" * len(columns))
-        upsert = (
-            f"INSERT INTO task_texts (task_id, {', '.join(columns)}) VALUES (?, {marks})"
-            " ON CONFLICT (task_id) DO UPDATE SET "
-            + ", ".join(f"{c} = excluded.{c}" for c in columns)
-        )
 
         async def update(txn: Txn) -> None:
-            for start in range(0, len(ids), _CHUNK):
-                chunk = ids[start:start + _CHUNK]
-                changed = await txn.execute(
-                    f"UPDATE tasks SET updated_at = ? WHERE id IN ({', '.join('?' * len(chunk))})",
-                    (txn.ts, *chunk),
-                )
-                if changed != len(chunk):
-                    rows = await txn.fetchall(
-                        f"SELECT id FROM tasks WHERE id IN ({', '.join('?' * len(chunk))})",
-                        chunk,
-                    )
-                    found = {r[0] for r in rows}
-                    raise not_found("task", next(t for t in chunk if t not in found))
-            await txn.executemany(upsert, [(task_id, *values) for task_id in ids])
+            if ids:
+                await _upsert_task_texts(txn, ids, columns, values)
             for e in events:
                 txn.add_event(e.run_id, e.type, e.data, batch_id=e.batch_id, task_id=e.task_id)
 
@@ -632,6 +645,33 @@ async def _apply_task_changes(txn: Txn, changes: Sequence[TaskChange]) -> None:
         " model = coalesce(?, model), updated_at = ? WHERE id = ?",
         updates,
     )
+
+
+async def _upsert_task_texts(
+    txn: Txn, ids: Sequence[str], columns: Sequence[str], values: Sequence[Any], *,
+    checked: bool = False,
+) -> None:
+    """Set ``columns`` (of ``task_texts``) to ``values`` for every task in ``ids``, and their
+    ``updated_at``; NotFoundError if a task is missing. ``checked``: the caller's transaction
+    already found every task and set its ``updated_at``."""
+    for start in range(0, len(ids) if not checked else 0, _CHUNK):
+        chunk = ids[start:start + _CHUNK]
+        changed = await txn.execute(
+            f"UPDATE tasks SET updated_at = ? WHERE id IN ({', '.join('?' * len(chunk))})",
+            (txn.ts, *chunk),
+        )
+        if changed != len(chunk):
+            rows = await txn.fetchall(
+                f"SELECT id FROM tasks WHERE id IN ({', '.join('?' * len(chunk))})", chunk)
+            found = {r[0] for r in rows}
+            raise not_found("task", next(t for t in chunk if t not in found))
+    marks = ", ".join("?" * len(columns))
+    upsert = (
+        f"INSERT INTO task_texts (task_id, {', '.join(columns)}) VALUES (?, {marks})"
+        " ON CONFLICT (task_id) DO UPDATE SET "
+        + ", ".join(f"{c} = excluded.{c}" for c in columns)
+    )
+    await txn.executemany(upsert, [(task_id, *values) for task_id in ids])
 
 
 # --- rows -> records ---------------------------------------------------------------------

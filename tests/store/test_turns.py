@@ -1,6 +1,8 @@
 """Writes merged for the daemon's hot path, each one transaction, all or nothing:
-``record_turn`` (a turn's call, events and checkpoint), ``transition(attempt=)`` (a batch's
-result with the end of its attempt), ``set_tasks_details(events=)`` (a report and its verdict)."""
+``record_turn`` (a turn's call, events and checkpoint, after the events that waited for it),
+``dispatch`` (a batch running, its attempt and its tasks' prompt), ``transition(attempt=)`` (a
+batch's result with the end of its attempt), ``set_tasks_details(events=)`` (a report and its
+verdict)."""
 
 from __future__ import annotations
 
@@ -113,3 +115,63 @@ async def test_a_report_and_its_verdict_are_one_commit(store: Store, recorder: R
     assert [e.type for e in stored] == ["verify.failed"] == [
         e.type for e in recorder.events[-1:]]
     assert (await store.get_task(f"{RUN}:T002")).verification == {"passed": False}
+
+
+async def test_events_that_waited_for_the_turn_come_first(
+        store: Store, recorder: Recorder) -> None:
+    await submit(store)
+    attempt = await store.start_attempt(BATCH, worktree="/wt", model=None)
+    before = store.write_transactions
+    stored = await store.record_turn(
+        attempt.id, RUN, BATCH, call=CALL,
+        events=[NewEvent(RUN, "agent.turn", {"turn": 1}, batch_id=BATCH)],
+        earlier=[NewEvent(RUN, "agent.text", {"text": "Creating app.py."}, batch_id=BATCH),
+                 NewEvent(RUN, "file.created", {"path": "app.py"}, batch_id=BATCH)],
+        checkpoint=b"turn 1")
+    assert store.write_transactions == before + 1
+    # As they happened: the text streamed during the call, the call, the turn.
+    assert [e.type for e in stored] == ["agent.text", "file.created", "api.call", "agent.turn"]
+    assert [e.id for e in stored] == sorted(e.id for e in stored)
+    assert recorder.events[-4:] == stored
+
+    # Nothing of them is kept when the turn fails.
+    events_before = await store.list_events(run_id=RUN)
+    with pytest.raises(NotFoundError):
+        await store.record_turn(
+            999, RUN, BATCH, call=CALL, checkpoint=b"x",
+            earlier=[NewEvent(RUN, "agent.text", {"text": "lost"}, batch_id=BATCH)])
+    assert await store.list_events(run_id=RUN) == events_before
+
+
+async def test_a_dispatch_is_one_commit_with_its_attempt_and_prompt(
+        store: Store, recorder: Recorder) -> None:
+    await submit(store)
+    tasks = [f"{RUN}:T001", f"{RUN}:T002"]
+    before, seen = store.write_transactions, len(recorder.events)
+    attempt = await store.dispatch(
+        (BATCH, "running", "batch.dispatched", {"attempt": 1, "task_ids": tasks}),
+        [TaskChange(t, "running", attempts_inc=1) for t in tasks],
+        worktree="/wt/slot-1", prompt="SYSTEM\n\nUSER")
+    assert store.write_transactions == before + 1
+    assert [e.type for e in recorder.events[seen:]] == [
+        "batch.dispatched", "task.state_changed", "task.state_changed"]
+    assert (attempt.number, attempt.worktree, attempt.batch_id) == (1, "/wt/slot-1", BATCH)
+    assert (await store.get_attempt(attempt.id)).outcome is None
+    batch = await store.get_batch(BATCH)
+    assert (batch.state, batch.attempts) == ("running", 1)
+    for task_id in tasks:
+        task = await store.get_task(task_id)
+        assert (task.state, task.attempts, task.prompt) == ("running", 1, "SYSTEM\n\nUSER")
+
+    # The second attempt is numbered after the first; a missing task writes nothing at all.
+    again = await store.dispatch((BATCH, "running", "batch.dispatched", {"attempt": 2}),
+                                 [], worktree="/wt/slot-2")
+    assert again.number == 2
+    events_before = await store.list_events(run_id=RUN)
+    with pytest.raises(NotFoundError):
+        await store.dispatch((f"{RUN}:B002", "running", "batch.dispatched", {}),
+                             [TaskChange(f"{RUN}:T404", "running", attempts_inc=1)],
+                             worktree="/wt/slot-3", prompt="p")
+    assert await store.list_events(run_id=RUN) == events_before
+    assert (await store.get_batch(f"{RUN}:B002")).attempts == 0
+    assert await store.list_attempts(f"{RUN}:B002") == []
