@@ -37,7 +37,7 @@ from buildrunnerd.plan._model import Task
 from buildrunnerd.prompt._model import BatchPrompt
 from buildrunnerd.protocol import VerificationReport
 from buildrunnerd.sandbox import Confinement
-from buildrunnerd.store._records import AttemptEnd, NewEvent, TaskChange
+from buildrunnerd.store._records import AttemptEnd, AttemptRecord, NewEvent, TaskChange
 
 if TYPE_CHECKING:
     from buildrunnerd.config import Config
@@ -48,6 +48,7 @@ __all__ = ["run_batch_lifecycle"]
 _log = structlog.get_logger("buildrunnerd.batch")
 
 _VERIFY_TAIL_CHARS = 4000  # of each check's output, in the fix-up round's report
+_FLUSH_TIMEOUT_S = 10.0  # storing a stopped backend's waiting events
 
 
 async def run_batch_lifecycle(
@@ -74,24 +75,18 @@ async def run_batch_lifecycle(
     while True:
         attempt_no = run.attempts.get(batch_id, 0) + 1
         run.attempts[batch_id] = attempt_no
-        await store.transition(
-            run=None,
-            batch=(batch_id, "running", "batch.dispatched",
-                   {"attempt": attempt_no, "task_ids": task_gids}),
-            tasks=[TaskChange(gid, "running", attempts_inc=1) for gid in task_gids],
-            events=[],
-        )
+        # The worktree and the prompt come first, so that the batch's dispatch, its attempt
+        # and its prompt are ONE commit. Until then the store still has the batch waiting: a
+        # crash meanwhile leaves a worktree the next start removes (an orphan of the run).
         path, head = await run.workspace.acquire()
-        attempt = await store.start_attempt(batch_id, worktree=str(path), model=None)
-        ctx = BatchContext(store, run, batch_id, attempt.id, on_budget_exceeded,
-                           on_usage_limited)
-        resume_state = None
-        if resume_attempt is not None:
-            resume_state = await store.load_checkpoint(resume_attempt)
-            resume_attempt = None
+        attempt: AttemptRecord | None = None
         keep_worktree = False
         reuse_worktree = True
         try:
+            resume_state = None
+            if resume_attempt is not None:
+                resume_state = await store.load_checkpoint(resume_attempt)
+                resume_attempt = None
             # Built per attempt, after the worktree: a re-run after a conflict sees the
             # files as they are on the new head.
             # One worker thread reads the files and counts the tokens (tiktoken is CPU work
@@ -100,7 +95,14 @@ async def run_batch_lifecycle(
             prompt = await anyio.to_thread.run_sync(
                 prompt_for_attempt, run, plan_batch, tasks, path, config, built
             )
-            await store.set_tasks_details(task_gids, prompt=f"{prompt.system}\n\n{prompt.user}")
+            attempt = await store.dispatch(
+                (batch_id, "running", "batch.dispatched",
+                 {"attempt": attempt_no, "task_ids": task_gids}),
+                [TaskChange(gid, "running", attempts_inc=1) for gid in task_gids],
+                worktree=str(path), prompt=f"{prompt.system}\n\n{prompt.user}",
+            )
+            ctx = BatchContext(store, run, batch_id, attempt.id, on_budget_exceeded,
+                               on_usage_limited)
             result, report = await _execute_and_verify(
                 store=store, executor=executor, config=config, run=run, ctx=ctx,
                 confinement=confinement,
@@ -165,6 +167,8 @@ async def run_batch_lifecycle(
                 outcome, reason = "interrupted", f"the database failed: {exc}"
             else:
                 outcome, reason = "failed", f"{type(exc).__name__}: {exc}"
+            if attempt is None:  # stopped before its dispatch: nothing of it was stored
+                raise
             with anyio.move_on_after(10.0, shield=True):
                 try:
                     await store.finish_attempt(attempt.id, outcome=outcome, reason=reason)
@@ -298,17 +302,22 @@ async def _execute_and_verify(
 async def _run_executor(
     executor: Executor, job: BatchJob, ctx: BatchContext, path: Path, tasks: list[Task]
 ) -> tuple[ExecutionOutcome, list[NewEvent], VerificationReport | None]:
-    """Run the backend while the workspace watches the files. Also returns the file changes
-    the workspace did not report live (for the caller's next transaction) and the
-    verification report it made on the way, if it did (a scratch workspace does both)."""
+    """Run the backend while the workspace watches the files. Also returns the events for
+    the caller's next transaction (the tasks going ``verifying``): the context's waiting
+    ones, then the file changes the workspace did not report live; and the verification
+    report the workspace made on the way, if it did (a scratch workspace does both). When
+    the backend did not complete, the waiting events are stored here."""
+    handed_over = False
     try:
         async with ctx.run.workspace.watch(path, tasks, FileEvents(ctx)) as watch:
             outcome = await executor.run_batch(job, ctx)
         if outcome.status != "completed":
             return outcome, [], None
         changes, report = await watch.settle()
-        events = [NewEvent(ctx.run.id, f"file.{change.kind}", {"path": change.path},
-                           batch_id=ctx.batch_id) for change in changes]
+        events = ctx.take_pending() + [
+            NewEvent(ctx.run.id, f"file.{change.kind}", {"path": change.path},
+                     batch_id=ctx.batch_id) for change in changes]
+        handed_over = True
         return outcome, events, report
     except BudgetExceededError as exc:
         return ExecutionOutcome(status="budget_exceeded", reason=str(exc)), [], None
@@ -317,6 +326,14 @@ async def _run_executor(
     except Exception as exc:
         _log.warning("executor.failed", batch=job.batch_id, error=repr(exc))
         return ExecutionOutcome(status="failed", reason=f"{type(exc).__name__}: {exc}"), [], None
+    finally:
+        if not handed_over:
+            # Stopped, failed or cancelled: what happened until then is still reported.
+            with anyio.move_on_after(_FLUSH_TIMEOUT_S, shield=True):
+                try:
+                    await ctx.flush()
+                except BuildRunnerError as exc:  # the database failing: the original error
+                    _log.warning("events.flush_failed", batch=job.batch_id, error=str(exc))
 
 
 def _stored(report: VerificationReport | None) -> dict[str, Any] | None:

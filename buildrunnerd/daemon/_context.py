@@ -3,6 +3,13 @@
 :class:`BatchContext` is the daemon's :class:`~buildrunnerd.executor.ExecutionContext`: it
 stores the batch's events, its billed API calls and its conversation checkpoints, and checks
 the run's budget before each call (pausing the run when it would be exceeded).
+
+Events that only report what happened (a finished block of streamed text, a file the
+monitor saw change) wait for the batch's next write instead of a commit each: the turn's
+record, the next event that is stored at once, or the tasks going ``verifying`` (the
+lifecycle takes them with :meth:`BatchContext.take_pending`). They keep their order. A crash
+before that write loses them only with the turn they belong to, which a resumed attempt does
+again (and reports again).
 """
 
 from __future__ import annotations
@@ -19,6 +26,10 @@ if TYPE_CHECKING:
     from buildrunnerd.store import Store
 
 __all__ = ["BatchContext", "FileEvents", "OnBudgetExceeded", "OnUsageLimited"]
+
+# Stored with the batch's next write (see the module docstring); a partial text is not: a
+# long answer streams its blocks live.
+_DEFERRED_TYPES = frozenset({"agent.text", "file.created", "file.modified", "file.deleted"})
 
 # (run id, spent_usd, budget_usd): pause the run, once.
 OnBudgetExceeded = Callable[[str, float, float], Awaitable[None]]
@@ -48,14 +59,36 @@ class BatchContext:
         self.on_usage_limited = on_usage_limited
         self.model: str | None = None  # the model that did the work (last outcome's)
         self.summary = ""  # what was built, for later batches' prompts
+        self._pending: list[NewEvent] = []  # waiting for the batch's next write
 
     async def emit(
         self, type: str, data: dict[str, Any], *, task_id: str | None = None
     ) -> None:
-        """Store and publish an event of this batch."""
+        """Store and publish an event of this batch: a report of what happened (finished
+        streamed text, file changes) with the batch's next write, any other at once (with
+        the reports before it)."""
+        event = NewEvent(self._run.id, type, data, batch_id=self._batch_id,
+                         task_id=self._task_gid(task_id))
+        if type in _DEFERRED_TYPES and not data.get("partial"):
+            self._pending.append(event)
+            return
+        if self._pending:
+            await self._store.transition(events=[*self.take_pending(), event])
+            return
         await self._store.append_event(
-            self._run.id, type, data, batch_id=self._batch_id, task_id=self._task_gid(task_id)
+            self._run.id, type, data, batch_id=self._batch_id, task_id=event.task_id
         )
+
+    def take_pending(self) -> list[NewEvent]:
+        """The events waiting for the batch's next write, for the caller's transaction
+        (they are no longer this context's to store)."""
+        pending, self._pending = self._pending, []
+        return pending
+
+    async def flush(self) -> None:
+        """Store the waiting events now (the batch stops without another write)."""
+        if self._pending:
+            await self._store.transition(events=self.take_pending())
 
     def _task_gid(self, task_id: str | None) -> str | None:
         if task_id is not None and ":" not in task_id:
@@ -64,23 +97,35 @@ class BatchContext:
 
     async def record_api_call(self, call: ApiCall) -> None:
         """Store a billed call (row + ``api.call`` event) in one transaction."""
+        if self._pending:
+            await self.record_turn(call=call)
+            return
         await self._store.record_api_call(self._run.id, self._batch_id, call)
 
     async def checkpoint(self, state: bytes) -> None:
         """Persist the conversation so a restart resumes it."""
+        if self._pending:
+            await self.record_turn(checkpoint=state)
+            return
         await self._store.save_checkpoint(self.attempt_id, state)
 
     async def record_turn(
         self, *, call: ApiCall | None = None, events: Sequence[TurnEvent] = (),
         checkpoint: bytes | None = None,
     ) -> None:
-        """The turn's call, events and checkpoint in ONE store transaction."""
-        await self._store.record_turn(
-            self.attempt_id, self._run.id, self._batch_id, call=call,
-            events=[NewEvent(self._run.id, e.type, e.data, batch_id=self._batch_id,
-                             task_id=self._task_gid(e.task_id)) for e in events],
-            checkpoint=checkpoint,
-        )
+        """The turn's call, events and checkpoint in ONE store transaction, after the events
+        that waited for it."""
+        earlier = self.take_pending()
+        try:
+            await self._store.record_turn(
+                self.attempt_id, self._run.id, self._batch_id, call=call,
+                events=[NewEvent(self._run.id, e.type, e.data, batch_id=self._batch_id,
+                                 task_id=self._task_gid(e.task_id)) for e in events],
+                checkpoint=checkpoint, earlier=earlier,
+            )
+        except BaseException:
+            self._pending[:0] = earlier  # not written: they wait for the next write
+            raise
 
     async def check_budget(self, estimate_usd: float) -> None:
         """Raise BudgetExceededError (after a ``budget.exceeded`` event and pausing the run)."""
@@ -91,9 +136,7 @@ class BatchContext:
         if spent + estimate_usd <= budget:
             return
         data = {"budget_usd": budget, "spent_usd": spent, "estimate_usd": estimate_usd}
-        await self._store.append_event(
-            self._run.id, "budget.exceeded", data, batch_id=self._batch_id
-        )
+        await self.emit("budget.exceeded", data)
         await self._on_budget_exceeded(self._run.id, spent, budget)
         raise BudgetExceededError(
             f"run {self._run.id}: the next call (~${estimate_usd:.4f}) would take spend "

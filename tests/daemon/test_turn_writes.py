@@ -79,10 +79,14 @@ async def test_each_turn_is_one_transaction_in_subscriber_order(
     assert [e.id for e in batch_events] == sorted(e.id for e in batch_events)
     assert [e.id for e in batch_events] == [e.id for e in stored]
     # Three turns, each ONE commit (call + its events + checkpoint), plus one commit per tool
-    # run (its result + checkpoint); streamed texts are stored as they come. One write a part
-    # would be 3 x 3 + 2 x 3 = 15 commits besides the texts.
-    texts = sum(1 for e in batch_events if e.type == "agent.text")
-    assert writes == 5 + texts
+    # run (its result + checkpoint). A streamed text waits for its turn's commit (stored
+    # first in it, before the call it came with), so it costs no commit of its own. One
+    # write a part would be 3 x 3 + 2 x 3 = 15 commits, and one more per text.
+    assert writes == 5
+    texts = [i for i, e in enumerate(batch_events) if e.type == "agent.text"]
+    assert [batch_events[i + 1].type for i in texts] == ["api.call", "api.call"]
+    assert [e.data["text"] for e in batch_events if e.type == "agent.text"] == [
+        "Creating app.py.", "Built app.py."]
     assert checkpoint is not None
     state = ConversationState.decode(checkpoint)
     assert state.turns == 3 and state.done
