@@ -24,7 +24,7 @@ import signal
 import socket
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -72,9 +72,30 @@ def run_daemon(options: DaemonOptions) -> int:
 
         return check_config_main(options.config_file)
     try:
-        return anyio.run(_Daemon(options).main)
+        return anyio.run(_with_pidfd_reaper, _Daemon(options).main)
     except KeyboardInterrupt:  # SIGINT before the signal watcher was installed
         return 0
+
+
+async def _with_pidfd_reaper(main: Callable[[], Awaitable[int]]) -> int:
+    """Run ``main`` with the event loop reaping its children through pidfds, as Python 3.12+
+    does by default where the kernel has them: 3.11's default starts a thread per child
+    process to wait for it, and the daemon starts ~20 (git, bubblewrap) a batch."""
+    if sys.version_info >= (3, 12) or not hasattr(os, "pidfd_open"):
+        return await main()
+    import asyncio
+
+    try:
+        os.close(os.pidfd_open(os.getpid()))
+    except OSError:  # a kernel older than 5.3, or a seccomp filter that forbids it
+        return await main()
+    watcher = asyncio.PidfdChildWatcher()
+    watcher.attach_loop(asyncio.get_running_loop())
+    asyncio.set_child_watcher(watcher)
+    try:
+        return await main()
+    finally:
+        watcher.close()  # the loop ends with main; this process starts nothing after it
 
 
 async def probe_daemon(socket: Path, timeout_s: float = _PROBE_TIMEOUT_S) -> int | None:
