@@ -302,22 +302,21 @@ async def _execute_and_verify(
 async def _run_executor(
     executor: Executor, job: BatchJob, ctx: BatchContext, path: Path, tasks: list[Task]
 ) -> tuple[ExecutionOutcome, list[NewEvent], VerificationReport | None]:
-    """Run the backend while the workspace watches the files. Also returns the events for
-    the caller's next transaction (the tasks going ``verifying``): the context's waiting
-    ones, then the file changes the workspace did not report live; and the verification
-    report the workspace made on the way, if it did (a scratch workspace does both). When
-    the backend did not complete, the waiting events are stored here."""
-    handed_over = False
+    """Run the backend while the workspace watches the files. Also returns the file changes
+    the workspace did not report live (for the caller's next transaction) and the
+    verification report it made on the way, if it did (a scratch workspace does both).
+    Events of the backend still waiting for a write (:class:`BatchContext`) are stored here,
+    before anything that follows the backend's work (usually there are none: the last
+    turn's write took them)."""
     try:
         async with ctx.run.workspace.watch(path, tasks, FileEvents(ctx)) as watch:
             outcome = await executor.run_batch(job, ctx)
         if outcome.status != "completed":
             return outcome, [], None
+        await ctx.flush()
         changes, report = await watch.settle()
-        events = ctx.take_pending() + [
-            NewEvent(ctx.run.id, f"file.{change.kind}", {"path": change.path},
-                     batch_id=ctx.batch_id) for change in changes]
-        handed_over = True
+        events = [NewEvent(ctx.run.id, f"file.{change.kind}", {"path": change.path},
+                           batch_id=ctx.batch_id) for change in changes]
         return outcome, events, report
     except BudgetExceededError as exc:
         return ExecutionOutcome(status="budget_exceeded", reason=str(exc)), [], None
@@ -327,7 +326,7 @@ async def _run_executor(
         _log.warning("executor.failed", batch=job.batch_id, error=repr(exc))
         return ExecutionOutcome(status="failed", reason=f"{type(exc).__name__}: {exc}"), [], None
     finally:
-        if not handed_over:
+        if ctx.has_pending:
             # Stopped, failed or cancelled: what happened until then is still reported.
             with anyio.move_on_after(_FLUSH_TIMEOUT_S, shield=True):
                 try:

@@ -6,8 +6,8 @@ the run's budget before each call (pausing the run when it would be exceeded).
 
 Events that only report what happened (a finished block of streamed text, a file the
 monitor saw change) wait for the batch's next write instead of a commit each: the turn's
-record, the next event that is stored at once, or the tasks going ``verifying`` (the
-lifecycle takes them with :meth:`BatchContext.take_pending`). They keep their order. A crash
+record, the next event that is stored at once, or, when the backend stops, one write of
+their own (:meth:`BatchContext.flush`, from the lifecycle). They keep their order. A crash
 before that write loses them only with the turn they belong to, which a resumed attempt does
 again (and reports again).
 """
@@ -25,11 +25,16 @@ from buildrunnerd.store import NewEvent
 if TYPE_CHECKING:
     from buildrunnerd.store import Store
 
-__all__ = ["BatchContext", "FileEvents", "OnBudgetExceeded", "OnUsageLimited"]
+__all__ = [
+    "MAX_PENDING_EVENTS", "BatchContext", "FileEvents", "OnBudgetExceeded", "OnUsageLimited",
+]
 
 # Stored with the batch's next write (see the module docstring); a partial text is not: a
 # long answer streams its blocks live.
 _DEFERRED_TYPES = frozenset({"agent.text", "file.created", "file.modified", "file.deleted"})
+# At most this many wait; the next one stores them all. The model decides how many files its
+# tools touch (a bash loop can create a million): memory stays bounded, commits stay few.
+MAX_PENDING_EVENTS = 256
 
 # (run id, spent_usd, budget_usd): pause the run, once.
 OnBudgetExceeded = Callable[[str, float, float], Awaitable[None]]
@@ -71,6 +76,8 @@ class BatchContext:
                          task_id=self._task_gid(task_id))
         if type in _DEFERRED_TYPES and not data.get("partial"):
             self._pending.append(event)
+            if len(self._pending) >= MAX_PENDING_EVENTS:
+                await self.flush()
             return
         if self._pending:
             await self._store.transition(events=[*self.take_pending(), event])
@@ -78,6 +85,11 @@ class BatchContext:
         await self._store.append_event(
             self._run.id, type, data, batch_id=self._batch_id, task_id=event.task_id
         )
+
+    @property
+    def has_pending(self) -> bool:
+        """Whether events wait for the batch's next write."""
+        return bool(self._pending)
 
     def take_pending(self) -> list[NewEvent]:
         """The events waiting for the batch's next write, for the caller's transaction

@@ -134,6 +134,10 @@ async def test_a_crash_between_turns_keeps_each_finished_turn_once(
         kept = await store.list_events(run_id=RUN_ID)
         assert without_text(kept) == [
             "run.submitted", "api.call", "agent.turn", "tool.call", "tool.result"]
+        # The first turn's streamed text came with its turn's commit, stored once and before
+        # the call it belongs to.
+        assert [(e.type, e.data.get("text")) for e in kept[1:3]] == [
+            ("agent.text", "Creating app.py."), ("api.call", None)]
         assert [a.id for a in await store.unfinished_attempts()] == [attempt.id]
         saved = await store.load_checkpoint(attempt.id)
         assert saved is not None
@@ -157,4 +161,5 @@ async def test_a_crash_between_turns_keeps_each_finished_turn_once(
     # nothing of it is stored twice.
     assert fake_api.requests[2].assistant_turns() == 1
     assert without_text(after) == ["api.call", "agent.turn"]
+    assert [e.data["text"] for e in after if e.type == "agent.text"] == ["Built app.py."]
     assert run.calls == 2
