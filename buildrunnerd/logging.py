@@ -89,6 +89,9 @@ def _drop_color_message(_logger: WrappedLogger, _method: str, event_dict: EventD
     return event_dict
 
 
+_NOISY_LOGGERS = ("httpx", "httpcore", "httpx2", "httpcore2", "anthropic._base_client")
+
+
 def configure_logging(
     fmt: Literal["json", "console"] | str = "console",
     level: str = "info",
@@ -150,8 +153,9 @@ def configure_logging(
             root.removeHandler(old)
     root.addHandler(handler)
     root.setLevel(numeric_level)
-    # httpx logs every request at INFO; that is noise next to our own api.call events.
-    for noisy in ("httpx", "httpcore", "anthropic._base_client"):
+    # httpx logs every request at INFO; that is noise next to our own api.call events (and a
+    # formatted, redacted line per model call). The SDK's newer releases use httpx2.
+    for noisy in _NOISY_LOGGERS:
         logging.getLogger(noisy).setLevel(max(numeric_level, logging.WARNING))
 
 

@@ -25,7 +25,8 @@ def stream() -> Iterator[io.StringIO]:
     root = logging.getLogger()
     handlers_before = list(root.handlers)
     levels = {name: logging.getLogger(name).level
-              for name in ("", "httpx", "httpcore", "anthropic._base_client")}
+              for name in ("", "httpx", "httpcore", "httpx2", "httpcore2",
+                           "anthropic._base_client")}
     buffer = io.StringIO()
     configure_logging("json", "debug", stream=buffer)
     yield buffer
@@ -41,6 +42,16 @@ def _lines(buffer: io.StringIO) -> list[dict[str, object]]:
     lines = [json.loads(line) for line in buffer.getvalue().splitlines() if line.strip()]
     # asyncio logs its selector choice at DEBUG through the root logger: not ours.
     return [line for line in lines if line.get("logger") != "asyncio"]
+
+
+def test_the_http_clients_request_lines_stay_out_of_the_log(stream: io.StringIO) -> None:
+    # One line per model call (the SDK's client logs each request at INFO) is noise next to
+    # the api.call events, and a formatted, redacted line of CPU per call; warnings still show.
+    for name in ("httpx", "httpx2", "httpcore2"):
+        logging.getLogger(name).info('HTTP Request: POST http://127.0.0.1/v1/messages "200"')
+        logging.getLogger(name).warning("connection reset")
+    lines = _lines(stream)
+    assert [line["event"] for line in lines] == ["connection reset"] * 3
 
 
 def test_planted_key_is_redacted_everywhere(stream: io.StringIO) -> None:
