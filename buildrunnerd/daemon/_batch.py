@@ -96,9 +96,9 @@ async def run_batch_lifecycle(
                 prompt_for_attempt, run, plan_batch, tasks, path, config, built
             )
             attempt = await store.dispatch(
-                (batch_id, "running", "batch.dispatched",
-                 {"attempt": attempt_no, "task_ids": task_gids}),
-                [TaskChange(gid, "running", attempts_inc=1) for gid in task_gids],
+                batch=(batch_id, "running", "batch.dispatched",
+                       {"attempt": attempt_no, "task_ids": task_gids}),
+                tasks=[TaskChange(gid, "running", attempts_inc=1) for gid in task_gids],
                 worktree=str(path), prompt=f"{prompt.system}\n\n{prompt.user}",
             )
             ctx = BatchContext(store, run, batch_id, attempt.id, on_budget_exceeded,

@@ -396,9 +396,9 @@ class Store(AttemptMethods, CostMethods):
 
     async def dispatch(
         self,
+        *,
         batch: BatchChange | tuple[Any, ...],
         tasks: Sequence[TaskChange],
-        *,
         worktree: str | None,
         model: str | None = None,
         prompt: str | None = None,

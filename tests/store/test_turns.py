@@ -149,8 +149,8 @@ async def test_a_dispatch_is_one_commit_with_its_attempt_and_prompt(
     tasks = [f"{RUN}:T001", f"{RUN}:T002"]
     before, seen = store.write_transactions, len(recorder.events)
     attempt = await store.dispatch(
-        (BATCH, "running", "batch.dispatched", {"attempt": 1, "task_ids": tasks}),
-        [TaskChange(t, "running", attempts_inc=1) for t in tasks],
+        batch=(BATCH, "running", "batch.dispatched", {"attempt": 1, "task_ids": tasks}),
+        tasks=[TaskChange(t, "running", attempts_inc=1) for t in tasks],
         worktree="/wt/slot-1", prompt="SYSTEM\n\nUSER")
     assert store.write_transactions == before + 1
     assert [e.type for e in recorder.events[seen:]] == [
@@ -164,13 +164,13 @@ async def test_a_dispatch_is_one_commit_with_its_attempt_and_prompt(
         assert (task.state, task.attempts, task.prompt) == ("running", 1, "SYSTEM\n\nUSER")
 
     # The second attempt is numbered after the first; a missing task writes nothing at all.
-    again = await store.dispatch((BATCH, "running", "batch.dispatched", {"attempt": 2}),
-                                 [], worktree="/wt/slot-2")
+    again = await store.dispatch(batch=(BATCH, "running", "batch.dispatched", {"attempt": 2}),
+                                 tasks=[], worktree="/wt/slot-2")
     assert again.number == 2
     events_before = await store.list_events(run_id=RUN)
     with pytest.raises(NotFoundError):
-        await store.dispatch((f"{RUN}:B002", "running", "batch.dispatched", {}),
-                             [TaskChange(f"{RUN}:T404", "running", attempts_inc=1)],
+        await store.dispatch(batch=(f"{RUN}:B002", "running", "batch.dispatched", {}),
+                             tasks=[TaskChange(f"{RUN}:T404", "running", attempts_inc=1)],
                              worktree="/wt/slot-3", prompt="p")
     assert await store.list_events(run_id=RUN) == events_before
     assert (await store.get_batch(f"{RUN}:B002")).attempts == 0
