@@ -5,6 +5,7 @@ stored events reach the daemon's event bus through ``on_event`` after the commit
 """
 
 from buildrunnerd.store._costs import COST_GROUPINGS
+from buildrunnerd.store._db import StatementCounts
 from buildrunnerd.store._migrations import LATEST_VERSION, MIGRATIONS
 from buildrunnerd.store._records import (
     ATTEMPT_OUTCOMES,
@@ -29,6 +30,6 @@ from buildrunnerd.store._store import Store
 __all__ = [
     "ATTEMPT_OUTCOMES", "AttemptEnd", "AttemptRecord", "BatchChange", "BatchRecord",
     "COST_GROUPINGS", "LATEST_VERSION", "MIGRATIONS", "NewEvent", "NewRun", "RunChange",
-    "RunOptions", "RunRecord", "RunSpec", "Store", "TaskChange", "TaskRecord", "format_ts",
-    "global_id", "parse_ts",
+    "RunOptions", "RunRecord", "RunSpec", "StatementCounts", "Store", "TaskChange",
+    "TaskRecord", "format_ts", "global_id", "parse_ts",
 ]

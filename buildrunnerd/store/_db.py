@@ -14,10 +14,12 @@ from __future__ import annotations
 
 import os
 import sqlite3
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Self, TypeVar
+from typing import Any, Self, TypeVar, cast
 
 import aiosqlite
 import anyio
@@ -30,8 +32,8 @@ from buildrunnerd.store._migrations import LATEST_VERSION, migrate
 from buildrunnerd.store._records import format_ts
 
 __all__ = [
-    "EVENT_COLUMNS", "Database", "EventCallback", "Reader", "Txn", "decode_json",
-    "encode_json", "event_from_row", "not_found", "translate_error",
+    "EVENT_COLUMNS", "Database", "EventCallback", "Reader", "StatementCounts", "Txn",
+    "decode_json", "encode_json", "event_from_row", "not_found", "translate_error",
 ]
 
 EventCallback = Callable[[protocol.Event], None]
@@ -142,6 +144,27 @@ class Txn(Reader):
             )
 
 
+@dataclass(slots=True)
+class StatementCounts:
+    """What the connection executed while :meth:`Database.count_statements` was open.
+
+    ``statements`` counts every SQL statement run (the hops to the connection's thread);
+    ``vm_steps`` counts SQLite's virtual-machine instructions, which grow with the rows a
+    statement visits (a full scan of a table is one step or more per row), so both are
+    measures of the database's work that no machine load changes.
+    """
+
+    statements: int = 0
+    vm_steps: int = 0
+
+    def _statement(self, _sql: str) -> None:
+        self.statements += 1
+
+    def _step(self) -> int:
+        self.vm_steps += 1
+        return 0  # go on (non-zero would interrupt the statement)
+
+
 class Database:
     """The connection and its transaction discipline; :class:`Store` adds the queries."""
 
@@ -244,6 +267,24 @@ class Database:
         """How many write transactions this store has committed (each a commit, so each a
         WAL append and one turn on the connection's lock): the unit the hot paths count."""
         return self._write_transactions
+
+    @asynccontextmanager
+    async def count_statements(self) -> AsyncIterator[StatementCounts]:
+        """Count the statements and the SQLite VM steps run inside the block (a diagnostic for
+        tests and benchmarks: it costs a Python call per VM step). One counter at a time;
+        through aiosqlite's public ``set_trace_callback`` / ``set_progress_handler``."""
+        counts = StatementCounts()
+        await self._conn.set_trace_callback(counts._statement)
+        await self._conn.set_progress_handler(counts._step, 1)
+        try:
+            yield counts
+        finally:
+            with anyio.CancelScope(shield=True):
+                if not self._closed:
+                    # None clears the callback (sqlite3's API); aiosqlite's annotation omits it.
+                    await self._conn.set_trace_callback(cast(Callable[..., Any], None))
+                    # n < 1 disables the progress handler (sqlite3_progress_handler).
+                    await self._conn.set_progress_handler(counts._step, 0)
 
     def now(self) -> datetime:
         """The store's clock."""
