@@ -14,11 +14,18 @@ is), the daemon's peak RSS (``VmHWM``), the database size (file + WAL) at the en
 latency of ``brctl --json status RUN`` and ``brctl --json logs RUN`` (fresh processes, median
 of ``--repeats``, 3) and of the daemon's ``run.get`` alone (median of 5, on an open connection).
 
-Target (scratch runs): tasks/s at 10,000 >= 0.8 x tasks/s at 1,000. A git run that does not
-finish within ``--timeout-s`` is reported with how far it got.
+Load-independent figures beside them (the machine is shared; its load moves tasks/s by more
+than the target's margin): the daemon's CPU per batch from the first dispatch to the last batch
+(``/proc/PID/stat`` every 20 ms, read back at the events' timestamps), the CPU and the time
+from ``run.submit`` to the first dispatch (planning, storing and starting the run), and the
+load average when the run ended. ``--rounds N`` runs the sizes N times, interleaved.
+
+Target (scratch runs): tasks/s at 10,000 >= 0.8 x tasks/s at 1,000, i.e. a batch's CPU at
+10,000 within 1.25 x its CPU at 1,000. A git run that does not finish within ``--timeout-s``
+is reported with how far it got.
 
     .venv/bin/python bench/daemon_scale.py                       # everything (~10 min)
-    .venv/bin/python bench/daemon_scale.py --kinds scratch --sizes 1000,10000
+    .venv/bin/python bench/daemon_scale.py --kinds scratch --sizes 1000,10000 --rounds 3
     .venv/bin/python bench/daemon_scale.py --sizes 50 --json     # the smoke test's run
     .venv/bin/python bench/daemon_scale.py --kinds git --sizes 1000 --layout nested
 """
@@ -26,6 +33,7 @@ finish within ``--timeout-s`` is reported with how far it got.
 from __future__ import annotations
 
 import argparse
+import bisect
 import json
 import os
 import shutil
@@ -35,6 +43,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from datetime import datetime
 from pathlib import Path
@@ -142,6 +151,12 @@ class Daemon:
                 return int(line.split()[1]) / 1024
         return float("nan")
 
+    def cpu_s(self) -> float:
+        """The daemon's CPU seconds so far (user + system, every thread)."""
+        stat = Path(f"/proc/{self.proc.pid}/stat").read_text()
+        fields = stat[stat.rindex(")") + 2:].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
     def db_mb(self) -> float:
         total = 0
         for suffix in ("", "-wal", "-shm"):
@@ -186,17 +201,50 @@ def _median_ms(argv: list[str], env: dict[str, str], repeats: int) -> float:
     return round(statistics.median(times) * 1000, 1)
 
 
-def _decile_rates(client: Rpc, run_id: str) -> tuple[float, float]:
+class CpuSampler:
+    """The daemon's CPU seconds every 20 ms, on a thread: what it spent between two moments
+    of the run (read back from the events' timestamps) is a measure no machine load moves
+    much, unlike the wall-clock figures."""
+
+    def __init__(self, daemon: Daemon) -> None:
+        self.samples: list[tuple[float, float]] = []
+        self._stop = threading.Event()
+        self._daemon = daemon
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self.samples.append((time.time(), self._daemon.cpu_s()))
+            self._stop.wait(0.02)
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def at(self, when: float) -> float:
+        """The CPU seconds of the first sample at or after ``when``."""
+        index = bisect.bisect_left(self.samples, (when, -1.0))
+        return self.samples[min(index, len(self.samples) - 1)][1]
+
+
+def _stamps(client: Rpc, run_id: str, event_type: str, limit: int = 5000) -> list[float]:
     stamps: list[float] = []
     since = 0
     while True:
-        page = client.call("events.list", run_id=run_id, since=since, limit=5000,
-                           types=["batch.succeeded"])
+        page = client.call("events.list", run_id=run_id, since=since, limit=limit,
+                           types=[event_type])
         if not page:
             break
         stamps += [datetime.fromisoformat(e["ts"].replace("Z", "+00:00")).timestamp()
                    for e in page]
         since = page[-1]["id"]
+        if len(stamps) >= limit:
+            break
+    return stamps
+
+
+def _decile_rates(stamps: list[float]) -> tuple[float, float]:
     tenth = len(stamps) // 10
     if tenth < 2:
         return 0.0, 0.0
@@ -226,7 +274,10 @@ def bench_one(
         try:
             client = Rpc(daemon.socket)
             watcher = Rpc(daemon.socket)
+            sampler = CpuSampler(daemon)
             start = time.perf_counter()
+            start_wall = time.time()
+            cpu_before = daemon.cpu_s()
             run = client.call("run.submit", **params)
             submit_s = time.perf_counter() - start
             run_id = run["id"]
@@ -249,9 +300,18 @@ def bench_one(
             except TimeoutError:
                 pass
             elapsed = time.perf_counter() - start
+            cpu_end = daemon.cpu_s()
+            sampler.stop()
             watcher.close()
             info = client.call("run.list")[0]
-            first_rate, last_rate = _decile_rates(client, run_id)
+            succeeded = _stamps(client, run_id, "batch.succeeded")
+            first_rate, last_rate = _decile_rates(succeeded)
+            first_dispatch = _stamps(client, run_id, "batch.dispatched", limit=1)
+            # Planning (parse, plan, store, start) vs the batches: the daemon's CPU up to the
+            # first dispatch, and from there to the last batch, per batch.
+            dispatched_at = first_dispatch[0] if first_dispatch else start_wall
+            cpu_at_dispatch = sampler.at(dispatched_at)
+            cpu_at_last = sampler.at(succeeded[-1]) if succeeded else cpu_end
             done = info["tasks_by_state"].get("succeeded", 0)
             rpc_times = []
             for _ in range(repeats + 2):
@@ -266,6 +326,12 @@ def bench_one(
                 "tasks_done": done, "elapsed_s": round(elapsed, 2),
                 "submit_reply_s": round(submit_s, 3),
                 "tasks_per_s": round(done / elapsed, 1),
+                "to_first_dispatch_s": round(dispatched_at - start_wall, 2),
+                "planning_cpu_s": round(cpu_at_dispatch - cpu_before, 2),
+                "batches_done": len(succeeded),
+                "cpu_ms_per_batch": round(
+                    (cpu_at_last - cpu_at_dispatch) * 1000 / max(1, len(succeeded)), 2),
+                "daemon_cpu_s": round(cpu_end - cpu_before, 2),
                 # Within the run (the same machine load): batches/s in the first and the last
                 # tenth of the run's batches. Equal when a batch costs the same at any size.
                 "first_tenth_batches_per_s": first_rate,
@@ -292,6 +358,9 @@ def main() -> int:
                         help="give up on a run after this long (reported as a timeout)")
     parser.add_argument("--repeats", type=int, default=3,
                         help="brctl status/logs runs per figure (the median is reported)")
+    parser.add_argument("--rounds", type=int, default=1,
+                        help="run every size this many times, interleaved (1k, 10k, 1k, 10k, "
+                             "...), so that a pair runs back to back under the same load")
     parser.add_argument("--json", action="store_true", help="print the rows as JSON")
     parser.add_argument("--spans", nargs="?", const="", default=None, metavar="MODULES",
                         help="run the daemon through bench/daemon_spans.py and report the "
@@ -302,36 +371,52 @@ def main() -> int:
     args = parser.parse_args()
     sizes = [int(s) for s in args.sizes.split(",")]
     rows = []
-    for kind in args.kinds.split(","):
-        for size in sizes:
-            spans = None if args.spans is None else [m for m in args.spans.split(",") if m]
-            row = bench_one(kind, size, args.workers, args.timeout_s, args.repeats, spans,
-                            args.layout)
-            rows.append(row)
-            if not args.json:
-                print(json.dumps(row), flush=True)
+    for _ in range(args.rounds):
+        for kind in args.kinds.split(","):
+            for size in sizes:
+                spans = None if args.spans is None else [m for m in args.spans.split(",") if m]
+                row = bench_one(kind, size, args.workers, args.timeout_s, args.repeats, spans,
+                                args.layout)
+                row["load_avg_1m"] = round(os.getloadavg()[0], 2)
+                rows.append(row)
+                if not args.json:
+                    print(json.dumps(row), flush=True)
     ratios: dict[str, float] = {}
+    cpu_ratios: dict[str, float] = {}
     for kind in args.kinds.split(","):
-        mine = {r["tasks"]: r for r in rows if r["kind"] == kind and r["state"] == "succeeded"}
+        mine: dict[int, list[dict[str, Any]]] = {}
+        for r in rows:
+            if r["kind"] == kind and r["state"] == "succeeded":
+                mine.setdefault(r["tasks"], []).append(r)
         if len(mine) >= 2:
             small, big = mine[min(mine)], mine[max(mine)]
-            ratios[kind] = round(big["tasks_per_s"] / small["tasks_per_s"], 2)
+
+            def median(of: list[dict[str, Any]], key: str) -> float:
+                return float(statistics.median(r[key] for r in of))
+
+            ratios[kind] = round(median(big, "tasks_per_s") / median(small, "tasks_per_s"), 2)
+            cpu_ratios[kind] = round(
+                median(big, "cpu_ms_per_batch") / median(small, "cpu_ms_per_batch"), 2)
     if args.json:
-        print(json.dumps({"rows": rows, "ratio_largest_to_smallest": ratios}, indent=2))
+        print(json.dumps({"rows": rows, "ratio_largest_to_smallest": ratios,
+                          "cpu_per_batch_ratio_largest_to_smallest": cpu_ratios}, indent=2))
         return 0
     print()
-    print("| run | tasks | state | s | tasks/s | batches/s first / last tenth | peak RSS MB |"
-          " DB MB | status ms | logs ms | run.get ms |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    print("| run | tasks | state | s | tasks/s | to 1st dispatch s | planning CPU s |"
+          " CPU ms/batch | batches/s first / last tenth | peak RSS MB | DB MB | status ms |"
+          " logs ms | run.get ms |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         state = r["state"] if r["state"] != "timeout" else f"timeout ({r['tasks_done']} done)"
         print(f"| {r['kind']} | {r['tasks']:,} | {state} | {r['elapsed_s']} | {r['tasks_per_s']}"
+              f" | {r['to_first_dispatch_s']} | {r['planning_cpu_s']} | {r['cpu_ms_per_batch']}"
               f" | {r['first_tenth_batches_per_s']} / {r['last_tenth_batches_per_s']}"
               f" | {r['peak_rss_mb']} | {r['db_mb']} | {r['status_ms']} | {r['logs_ms']} |"
               f" {r['run_get_ms']} |")
     for kind, ratio in ratios.items():
-        print(f"{kind}: tasks/s at the largest size / at the smallest = {ratio}"
-              + (" (target >= 0.8)" if kind == "scratch" else ""))
+        print(f"{kind}: tasks/s at the largest size / at the smallest = {ratio} (target >= 0.8;"
+              f" medians over the runs); daemon CPU per batch, largest / smallest ="
+              f" {cpu_ratios[kind]}")
     return 0
 
 

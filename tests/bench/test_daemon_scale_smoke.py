@@ -26,3 +26,8 @@ def test_the_scale_bench_runs_scratch_and_git_runs() -> None:
         assert row["tasks_done"] == 20 and row["tasks_per_s"] > 0
         assert row["peak_rss_mb"] > 0 and row["db_mb"] > 0
         assert row["status_ms"] > 0 and row["logs_ms"] > 0 and row["run_get_ms"] > 0
+        # The load-independent figures: the daemon's CPU before the first dispatch and per
+        # batch after it (a batch costs some CPU; /proc is read in clock ticks, hence >= 0).
+        assert row["batches_done"] > 0 and row["to_first_dispatch_s"] >= 0
+        assert row["planning_cpu_s"] >= 0 and row["cpu_ms_per_batch"] >= 0
+        assert row["daemon_cpu_s"] > 0
