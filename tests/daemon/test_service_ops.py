@@ -29,6 +29,9 @@ def test_notify_reload_and_stop(tmp_path: Path) -> None:
         assert f"MAINPID={daemon.pid}" in ready
         assert any(line.startswith("STATUS=") for line in ready)
         assert daemon.socket.exists()  # READY means the control socket is listening
+        # ...and the token counter's encoding is loaded: the first submit does not pay it.
+        [ready_log] = daemon.wait_log("daemon.ready")
+        assert ready_log["tokenizer_load_ms"] > 0
 
         # SIGHUP: one key applies now, one needs a restart; the daemon says which.
         config.write_text('[daemon]\nlog_level = "debug"\nmax_frame_bytes = 1048576\n')
