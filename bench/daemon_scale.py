@@ -303,6 +303,10 @@ def bench_one(
             cpu_end = daemon.cpu_s()
             sampler.stop()
             watcher.close()
+            # A new connection for the figures: the daemon closes a client idle for longer
+            # than its client_idle_timeout_s, as this one was during a long run.
+            client.close()
+            client = Rpc(daemon.socket)
             info = client.call("run.list")[0]
             succeeded = _stamps(client, run_id, "batch.succeeded")
             first_rate, last_rate = _decile_rates(succeeded)
