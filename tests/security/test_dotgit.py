@@ -7,6 +7,7 @@ daemon's check of ``.git`` fails the batch before its git touches anything."""
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Callable
 from typing import Any
 
@@ -112,5 +113,43 @@ async def test_nested_repository_config_never_runs_when_a_worktree_is_reused(
     events = await lab.events(run_id)
     assert info["state"] in ("succeeded", "failed"), info
     assert not marker.exists(), [e for e in events if "worktree" in json.dumps(e)]
+    await lab.assert_contained(run_id)
+    await lab.stop()
+
+
+async def test_a_dotgit_left_below_the_top_does_not_reach_the_next_batch(
+        lab_factory: Callable[..., Lab]) -> None:
+    """git never lists, cleans or commits an entry named ``.git`` below a worktree's top, so a
+    ``.git`` file a batch leaves in a tracked folder, naming the user's repository, used to
+    outlive the reset of a reused worktree: every later batch (and the daemon's git in it)
+    saw that folder as the user's repository. The next batch must find it gone, and the
+    user's branches must stay as they were."""
+    lab = lab_factory(account(), features=[
+        ("Storage", "database", [], ["app/db.py"]),
+        ("Billing", "backend", [], ["app/billing.py"])])
+    # A folder the user's repository tracks: git's clean never removes what holds tracked files.
+    (lab.repo / "lib").mkdir()
+    (lab.repo / "lib" / "keep.py").write_text("KEEP = 1\n")
+    os.chown(lab.repo / "lib", lab.user.uid, lab.user.gid)
+    os.chown(lab.repo / "lib" / "keep.py", lab.user.uid, lab.user.gid)
+    lab.git("add", "lib", as_user=True)
+    lab.git("commit", "-qm", "lib", as_user=True)
+    refs_before = lab.git("for-each-ref")
+    plant = (f"printf 'gitdir: {lab.repo}/.git\\n' > lib/.git && cat lib/.git && echo planted")
+    probe = "test -e lib/.git && echo dotgit=present || echo dotgit=gone"
+    await lab.start(lab.responder({"app/billing.py": [[bash(plant)]],
+                                   "app/db.py": [[bash(probe)]]}))
+    run_id = await lab.submit(workers=1)
+    info = await lab.finish(run_id)
+    shown = tool_results(lab.fake)
+    assert "planted" in shown, shown[-3000:]
+    assert "dotgit=gone" in shown and "dotgit=present" not in shown, (info, shown[-3000:])
+    # One worker: the planting batch (refused: the folder is a nested repository to git) ran
+    # first, and the probing one after it, in the same reused worktree.
+    assert shown.index("planted") < shown.index("dotgit=gone"), shown[-3000:]
+    assert info["state"] in ("succeeded", "failed"), info
+    # The run's own branch is new; every ref the user had is where it was.
+    refs_after = lab.git("for-each-ref")
+    assert set(refs_before.splitlines()) <= set(refs_after.splitlines())
     await lab.assert_contained(run_id)
     await lab.stop()
