@@ -15,8 +15,10 @@ the run's base commit, the test command and environment from the user's checkout
 
 from __future__ import annotations
 
+import os
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
+from functools import partial
 from pathlib import Path
 from typing import Literal
 
@@ -29,18 +31,20 @@ from buildrunnerd.plan._model import Task
 from buildrunnerd.protocol import VerificationReport
 from buildrunnerd.sandbox import Confinement
 from buildrunnerd.workspace._git import git
-from buildrunnerd.workspace._monitor import FileMonitor, OnChange
+from buildrunnerd.workspace._monitor import ChangeKind, FileMonitor, OnChange
 from buildrunnerd.workspace._repo import RunRepo
 from buildrunnerd.workspace._report import has_python_tests
 from buildrunnerd.workspace._tree import commit_tree
 from buildrunnerd.workspace._verify import verify
 from buildrunnerd.workspace._workspace import FileChange, HeadCheck, Integration, VerifiedHead
+from buildrunnerd.workspace._worktree import worktree_git
 
 __all__ = ["GitWorkspace", "spec_relpath"]
 
 _log = structlog.get_logger("buildrunnerd.workspace")
 
 _RELEASE_TIMEOUT_S = 60.0  # removing a worktree, shielded: a leftover is cleaned at next start
+_WATCH_GIT_TIMEOUT_S = 60.0  # the file monitor's git calls (the head's folders, a rescan)
 
 
 def spec_relpath(spec_path: str | None, project_root: Path) -> str | None:
@@ -108,8 +112,18 @@ class GitWorkspace:
     @asynccontextmanager
     async def watch(self, path: Path, tasks: Sequence[Task],
                     on_change: OnChange) -> AsyncIterator[_LiveWatch]:
-        async with FileMonitor(path, on_change):
-            yield _LiveWatch()
+        """The file monitor on a worktree at its head: the folders to watch are the head's
+        trees (one ``ls-tree``, no walk of the files), and the exact view of the change, if
+        inotify ever drops events, is git's ``status`` (stat data with ctime: a forged mtime
+        does not hide a change)."""
+        opts = await worktree_git(path, timeout_s=_WATCH_GIT_TIMEOUT_S)
+        folders = await _head_folders(path, opts)
+        monitor = FileMonitor(path, on_change, folders=folders,
+                              rescan=partial(_changed_files, path, opts))
+        async with monitor:
+            yield _LiveWatch(monitor)
+        if monitor.events_dropped:
+            _log.info("monitor.events_dropped", path=str(path))
 
     async def verify(self, path: Path, tasks: Sequence[Task], *, head: str | None,
                      config: VerifyConfig, confinement: Confinement | None) -> VerificationReport:
@@ -248,5 +262,41 @@ class GitWorkspace:
 class _LiveWatch:
     """The file monitor reported every change while it ran."""
 
+    def __init__(self, monitor: FileMonitor) -> None:
+        self._monitor = monitor
+
+    @property
+    def events_dropped(self) -> bool:
+        """Whether inotify dropped events, so the exit asked git's status for the change."""
+        return self._monitor.events_dropped
+
     async def settle(self) -> tuple[list[FileChange], VerificationReport | None]:
         return [], None
+
+
+async def _head_folders(path: Path, opts: Sequence[str]) -> list[str] | None:
+    """The folders of the worktree's head commit (what a clean worktree at its head holds:
+    its trees), relative to the worktree; None (the monitor lists them) if git fails."""
+    res = await git([*opts, "ls-tree", "-r", "-d", "-z", "--name-only", "HEAD"], cwd=path,
+                    timeout_s=_WATCH_GIT_TIMEOUT_S, check=False)
+    if not res.ok:
+        return None
+    return [os.fsdecode(name) for name in res.stdout_bytes.split(b"\0") if name]
+
+
+async def _changed_files(path: Path, opts: Sequence[str]) -> list[tuple[ChangeKind, str]]:
+    """git's exact view of what changed in the worktree since its head: untracked, ignored
+    and added files are created, tracked ones modified (deletions are not file events). A
+    folder git does not descend into (a nested repository) is left to the monitor's walk."""
+    res = await git([*opts, "status", "--porcelain", "-z", "--no-renames",
+                     "--untracked-files=all", "--ignored=traditional",
+                     "--ignore-submodules=all"],
+                    cwd=path, timeout_s=_WATCH_GIT_TIMEOUT_S)
+    changes: list[tuple[ChangeKind, str]] = []
+    for record in res.stdout_bytes.split(b"\0"):
+        code, rel = record[:2], os.fsdecode(record[3:])
+        if not rel or code.strip() == b"D":
+            continue
+        created = code in (b"??", b"!!") or code.startswith(b"A")
+        changes.append(("created" if created else "modified", rel.rstrip("/")))
+    return changes

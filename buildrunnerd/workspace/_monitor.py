@@ -1,56 +1,89 @@
 """Watch a worktree while the agent works and report the files it creates or modifies.
 
-The model controls the tree, so the monitor follows no symlink: a committed ``link -> /``
-must not make it watch (or walk) the whole machine, nor report files outside. watchfiles'
-recursive mode follows symlinked folders (the notify crate walks with ``follow_links``), so
-the monitor watches each real folder non-recursively instead: the folders are listed with
-``os.fwalk(follow_symlinks=False)``, and when a new folder appears the watcher is rebuilt
-with it. Every reported path is checked with :func:`~buildrunnerd.sandbox.lstat_in` (no
-symlink on the way), which also drops events from a folder swapped for a symlink between
-the listing and the watch.
+One inotify instance (``inotify_simple``) watches each real folder of the tree on its own:
+the kernel queues an event for every write as the write happens, so what a batch costs
+follows its change, not its tree. Nothing walks or stats the tree's files at entry or at
+exit. At entry the owner names the folders (a git workspace lists its head's trees) or the
+monitor lists them; at exit the events still queued are read to the end (a write in the last
+millisecond before the exit is in the queue), so no change is lost to a debounce window.
+
+The model controls the tree, so the monitor follows no symlink: each folder is opened
+component by component with ``O_NOFOLLOW`` (:func:`~buildrunnerd.sandbox.open_directory_in`,
+then ``openat`` down a new subtree) and the watch is put on that open folder
+(``/proc/self/fd/N``), never on a path that a swap for a link could redirect; a committed
+``link -> /`` is an entry of the tree, never a folder to watch or walk. Every reported path is
+checked with :func:`~buildrunnerd.sandbox.lstat_in` (no symlink on the way), which also drops
+events from a folder swapped for a symlink after it was watched.
+
+A new folder is watched first and listed second (files written into it before the watch are
+found by the listing, later ones send events; each is reported once). If the kernel's queue
+overflows (``IN_Q_OVERFLOW``: events were dropped) or a folder cannot be watched (no inotify
+watches left), the monitor watches what it can and, at exit, asks the owner's exact view of
+the change (``rescan``: a git workspace runs ``git status``) or, without one, compares the
+tree with the snapshot it then took at entry.
 """
 
 from __future__ import annotations
 
+import errno
 import os
 import stat
-from collections.abc import Awaitable, Callable, Iterator
-from contextlib import aclosing
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from types import TracebackType
-from typing import Literal
+from typing import Literal, NamedTuple
 
 import anyio
+import inotify_simple
 from anyio.abc import TaskGroup, TaskStatus
-from anyio.streams.memory import MemoryObjectSendStream
-from watchfiles import Change, DefaultFilter, awatch
+from watchfiles import Change, DefaultFilter
 
 from buildrunnerd.sandbox import WorktreePathError, lstat_in, open_directory_in
 
-__all__ = ["FileMonitor", "ChangeKind", "OnChange"]
+__all__ = ["ChangeKind", "FileMonitor", "OnChange", "Rescan"]
 
 ChangeKind = Literal["created", "modified"]
 OnChange = Callable[[ChangeKind, str], Awaitable[None]]
-_Stat = tuple[int, int]  # (mtime_ns, size)
-_Group = set[tuple[Change, str]]
-# Consecutive failures to build a watcher (a folder removed between the listing and the
-# watch) before the monitor gives up with the error.
-_MAX_WATCH_FAILURES = 5
+# The owner's exact view of what changed since entry (kind, path relative to the root).
+Rescan = Callable[[], Awaitable[Iterable[tuple[ChangeKind, str]]]]
+# What a report is made of: a file replaced, re-moded, rewritten or touched (ctime cannot be
+# forged: a file written and given back its old mtime still differs).
+_State = tuple[int, int, int, int, int]  # (inode, mode, size, mtime_ns, ctime_ns)
+
+_IN = inotify_simple.flags
+# On each folder: what creates an entry or changes a file. Deletions are not reported.
+_MASK = (_IN.CREATE | _IN.MODIFY | _IN.CLOSE_WRITE | _IN.ATTRIB | _IN.MOVED_TO
+         | _IN.ONLYDIR | _IN.EXCL_UNLINK)
+_NEW_ENTRY = _IN.CREATE | _IN.MOVED_TO
+_PROC_FD = Path("/proc/self/fd")
+_OPEN_DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
+
+
+class _Event(NamedTuple):
+    wd: int
+    mask: int
+    name: str
 
 
 class FileMonitor:
     """Async context manager: while open, ``await on_change(kind, relpath)`` for every file
     created or modified under ``path``.
 
-    Changes are debounced (grouped for up to ``debounce_ms``; a file created and then written
-    within one group is reported once, as ``created``). ``.git``, byte-code and tool caches are
-    ignored (watchfiles' default filter); deletions are not reported. An exception raised by
-    ``on_change`` propagates out of the ``async with`` block. A symlink is reported as an
-    entry of the tree (it is what git commits), never followed.
+    Changes are debounced (grouped until ``step_ms`` pass without a new one, for at most
+    ``debounce_ms``; a file created and then written within one group is reported once, as
+    ``created``). ``.git``, byte-code and tool caches are ignored (watchfiles' default
+    filter); deletions are not reported. An exception raised by ``on_change`` propagates out
+    of the ``async with`` block. A symlink is reported as an entry of the tree (it is what
+    git commits), never followed.
 
-    A normal exit stops the watcher and then reports, once, every file whose size or mtime
-    differs from what was last reported (or seen at entry): changes still inside the debounce
-    window, or written faster than inotify could watch a new folder, are never lost.
+    ``folders``: the tree's folders at entry, relative to ``path`` (a git worktree at its
+    head: the head's trees); None lists them. ``rescan``: the owner's exact list of what
+    changed since entry, used only when inotify dropped events; None makes the monitor take
+    a snapshot of the tree at entry instead (a walk with a ``stat`` of every file).
+
+    A normal exit reads every event still queued and reports what it names, once: changes
+    still inside the debounce window are never lost. A name that is not UTF-8 is reported
+    with its bytes escaped (``caf\\xe9.py``): events are JSON.
     """
 
     def __init__(
@@ -60,31 +93,48 @@ class FileMonitor:
         *,
         debounce_ms: int = 200,
         step_ms: int = 50,
+        folders: Sequence[str] | None = None,
+        rescan: Rescan | None = None,
     ) -> None:
         self.path = Path(path).resolve()
         self.on_change = on_change
         self.debounce_ms = debounce_ms
         self.step_ms = step_ms
-        self._stop = anyio.Event()
-        self._watcher_stop = anyio.Event()  # the current watcher's own stop
+        self._folders = folders
+        self._rescan = rescan
         self._filter = DefaultFilter()
+        self._inotify: inotify_simple.INotify | None = None
+        self._watched: dict[int, str] = {}  # watch descriptor -> folder (relative, "." root)
+        self._pending: list[_Event] = []  # read, not yet reported
+        self._known: dict[str, _State] = {}  # the state of each file when last reported
+        self._snapshot: dict[str, _State] | None = None  # at entry, when there is no rescan
+        self._degraded = False  # events were dropped: the exit asks the exact view
+        self._closing = False
+        self._wait_scope: anyio.CancelScope | None = None
         self._tg: TaskGroup | None = None
-        self._before: dict[str, _Stat] = {}
-        self._known: dict[str, _Stat] = {}  # the state of each file when last reported
-        self._reported: set[str] = set()
-        self._first_folders: list[str] | None = None  # from the scan at entry: one walk
+
+    @property
+    def events_dropped(self) -> bool:
+        """Whether inotify dropped events (a full queue, no watch left for a folder) while
+        the monitor was open: its exit then took the exact view (``rescan`` or the
+        snapshot)."""
+        return self._degraded
 
     async def __aenter__(self) -> FileMonitor:
-        self._before, self._first_folders = await anyio.to_thread.run_sync(self._scan_tree)
-        self._known = dict(self._before)
-        self._tg = anyio.create_task_group()
-        await self._tg.__aenter__()
+        self._inotify = inotify_simple.INotify(nonblocking=True)
         try:
-            await self._tg.start(self._watch)
+            await anyio.to_thread.run_sync(self._watch_tree)
+            self._tg = anyio.create_task_group()
+            await self._tg.__aenter__()
         except BaseException:
-            self._stop.set()
-            self._watcher_stop.set()
+            self._close_inotify()
+            raise
+        try:
+            await self._tg.start(self._run)
+        except BaseException:
+            self._stop_waiting()
             await self._tg.__aexit__(None, None, None)
+            self._close_inotify()
             raise
         return self
 
@@ -95,209 +145,249 @@ class FileMonitor:
         tb: TracebackType | None,
     ) -> bool | None:
         assert self._tg is not None
-        # The rust watcher checks the stop event every ``step_ms``, so the task group ends
-        # promptly; a cancelled exit also sets it (awatch does) before waiting for the thread.
-        self._stop.set()
-        self._watcher_stop.set()
+        # The watch loop finishes the group it is reporting (if any) and returns; what it
+        # had read but not reported stays pending for the catch-up below.
+        self._stop_waiting()
         tg, self._tg = self._tg, None
-        suppress = await tg.__aexit__(exc_type, exc, tb)
-        if exc_type is None:
-            await self._catch_up()
+        try:
+            suppress = await tg.__aexit__(exc_type, exc, tb)
+            if exc_type is None:
+                await self._catch_up()
+        finally:
+            self._close_inotify()
         return suppress
 
+    def _stop_waiting(self) -> None:
+        self._closing = True
+        if self._wait_scope is not None:
+            self._wait_scope.cancel()
+
+    def _close_inotify(self) -> None:
+        if self._inotify is not None:
+            self._inotify.close()
+            self._inotify = None
+
     async def _catch_up(self) -> None:
-        """Report every file whose state differs from the one last reported (or seen at
-        entry): after a new watcher is up, what changed while none was watching; at exit,
-        what the watcher had not delivered yet."""
-        now = await anyio.to_thread.run_sync(self._scan)
-        for rel, st in sorted(now.items()):
-            if self._known.get(rel) != st:
-                kind: ChangeKind = ("created" if rel not in self._before
-                                    and rel not in self._reported else "modified")
+        """At exit: every event still queued (the writes are done: the kernel queued their
+        events as they happened), then, if events were dropped, the exact view."""
+        self._pending += self._read()
+        await self._report_pending()
+        if not self._degraded:
+            return
+        if self._rescan is not None:
+            # A file reported live and changed again since is "modified", whatever git says.
+            changes = sorted({rel: "modified" if rel in self._known else kind
+                              for kind, rel in await self._rescan()}.items())
+            found = await anyio.to_thread.run_sync(
+                self._states_of, [(kind, rel) for rel, kind in changes])
+        else:
+            found = await anyio.to_thread.run_sync(self._changed_since_snapshot)
+        for kind, rel, st in found:
+            await self._emit(kind, rel, st)
+
+    async def _emit(self, kind: ChangeKind, rel: str, st: _State) -> None:
+        if self._known.get(rel) == st:
+            return  # already reported as it is (two events of one write, a rescan)
+        self._known[rel] = st
+        await self.on_change(kind, _text(rel))
+
+    # --- the watch loop ---
+    async def _run(self, *, task_status: TaskStatus[None]) -> None:
+        task_status.started()
+        while not self._closing:
+            with anyio.CancelScope() as self._wait_scope:
+                if not self._closing:
+                    await self._collect()
+            self._wait_scope = None
+            if self._closing:
+                return  # the exit's catch-up reports what is pending
+            await self._report_pending()
+
+    async def _collect(self) -> None:
+        """Wait for events, then keep reading until ``step_ms`` pass without one or
+        ``debounce_ms`` since the first."""
+        assert self._inotify is not None
+        await anyio.wait_readable(self._inotify.fileno())
+        self._pending += self._read()
+        deadline = anyio.current_time() + self.debounce_ms / 1000
+        while (remaining := deadline - anyio.current_time()) > 0:
+            with anyio.move_on_after(min(self.step_ms / 1000, remaining)) as quiet:
+                await anyio.wait_readable(self._inotify.fileno())
+            if quiet.cancelled_caught:
+                return
+            self._pending += self._read()
+
+    def _read(self) -> list[_Event]:
+        """The events queued now, without waiting."""
+        if self._inotify is None:
+            return []
+        return [_Event(int(e.wd), int(e.mask), str(e.name))
+                for e in self._inotify.read(timeout=0)]
+
+    async def _report_pending(self) -> None:
+        events, self._pending = self._pending, []
+        if events:
+            for kind, rel, st in await anyio.to_thread.run_sync(self._classify, events):
                 await self._emit(kind, rel, st)
 
-    async def _emit(self, kind: ChangeKind, rel: str, st: _Stat) -> None:
-        if self._known.get(rel) == st and rel in self._reported:
-            return  # seen by two watchers around a rebuild: already reported as it is
-        self._reported.add(rel)
-        self._known[rel] = st
-        await self.on_change(kind, rel)
+    def _classify(self, events: list[_Event]) -> list[tuple[ChangeKind, str, _State]]:
+        # Runs in a worker thread: lstat of each named path, the listing (and watch) of each
+        # new folder. Nothing else touches the monitor's state meanwhile.
+        kinds: dict[str, ChangeKind] = {}
+        new_folders: list[str] = []
 
-    # --- watching ---
-    async def _watch(self, *, task_status: TaskStatus[None]) -> None:
-        started = False
-        failures = 0
-        async with anyio.create_task_group() as tg:
-            while not self._stop.is_set():
-                folders, self._first_folders = self._first_folders, None
-                if folders is None:
-                    folders = await anyio.to_thread.run_sync(self._folders)
-                stop = anyio.Event()
-                send, receive = anyio.create_memory_object_stream[_Group | OSError](16)
-                await tg.start(self._one_watcher, folders, stop, send)
-                # The new watcher is up (see _one_watcher): only now stop the old one.
-                self._watcher_stop.set()
-                self._watcher_stop = stop
-                if self._stop.is_set():  # the monitor was closed meanwhile
-                    stop.set()
-                if not started:
-                    task_status.started()
-                    started = True
-                else:
-                    await self._catch_up()
-                rebuild = False
-                async with receive:
-                    async for item in receive:
-                        if isinstance(item, OSError):
-                            # A folder went away between the listing and the watch: list
-                            # again (a persistent failure, e.g. no inotify watches left, ends
-                            # the monitor with the error).
-                            failures += 1
-                            if failures >= _MAX_WATCH_FAILURES:
-                                raise item
-                            rebuild = True
-                            break
-                        failures = 0
-                        events, rebuild = await anyio.to_thread.run_sync(self._classify, item)
-                        for kind, rel, st in events:
-                            await self._emit(kind, rel, st)
-                        if rebuild:
-                            break
-                if not rebuild:
-                    return  # the watcher ended: the monitor is stopping
+        def note(rel: str, kind: ChangeKind) -> None:
+            if kinds.get(rel) != "created":
+                kinds[rel] = kind
 
-    async def _one_watcher(self, folders: list[str], stop: anyio.Event,
-                           send: MemoryObjectSendStream[_Group | OSError], *,
-                           task_status: TaskStatus[None]) -> None:
-        changes = awatch(
-            *folders,
-            watch_filter=self._filter,
-            debounce=self.debounce_ms,
-            step=self.step_ms,
-            stop_event=stop,
-            # How long the watcher thread blocks between checks; it stops on the stop event
-            # anyway, this only bounds how long a cancelled monitor keeps its thread.
-            rust_timeout=1000,
-            recursive=False,  # each real folder is listed: symlinks are never followed
-            ignore_permission_denied=True,  # a chmod 000 folder must not end the batch
-        )
-        # awatch builds its inotify watcher synchronously on the first step of the iteration,
-        # before its first await; the caller resumes only after that first await, so the
-        # folders are already watched when ``start`` returns and no write is lost. A failure
-        # to build it (a folder removed meanwhile) is sent to the caller, which lists again.
-        task_status.started()
-        async with send, aclosing(changes):
-            try:
-                async for group in changes:
-                    await send.send(group)
-            except OSError as exc:
-                send.send_nowait(exc)
-            except (anyio.BrokenResourceError, anyio.ClosedResourceError):
-                pass  # the watch loop moved on to a newer watcher
-            finally:
-                stop.set()
+        for event in events:
+            if event.mask & _IN.Q_OVERFLOW:
+                self._overflowed()
+                continue
+            if event.mask & _IN.IGNORED:  # the folder went away
+                self._watched.pop(event.wd, None)
+                continue
+            folder = self._watched.get(event.wd)
+            if folder is None or not event.name:
+                continue
+            rel = event.name if folder == "." else f"{folder}/{event.name}"
+            if event.mask & _IN.ISDIR:
+                if event.mask & _NEW_ENTRY:
+                    new_folders.append(rel)
+                continue
+            note(rel, "created" if event.mask & _NEW_ENTRY else "modified")
+        for rel in new_folders:
+            # inotify watches a new folder only once the monitor adds it, so files written
+            # into it right away (``mkdir -p pkg && echo > pkg/x.py``) send no event of
+            # their own: watch it, then report what it holds.
+            for found, _st in self._watch_under(rel, list_files=True):
+                kinds[found] = "created"
+        return self._states_of((kind, rel) for rel, kind in sorted(kinds.items()))
 
-    def _classify(self, group: _Group) -> tuple[list[tuple[ChangeKind, str, _Stat]], bool]:
-        # Runs in a worker thread: it stats and walks the tree. Returns the events and
-        # whether a new folder appeared (the watcher is then rebuilt with it).
-        kinds: dict[str, tuple[ChangeKind, _Stat]] = {}
-        new_folder = False
-
-        def note(rel: str, kind: ChangeKind, st: _Stat) -> None:
-            if kind == "created" or kinds.get(rel, ("", 0))[0] != "created":
-                kinds[rel] = (kind, st)
-
-        for change, raw in group:
-            if change == Change.deleted:
+    def _states_of(self, changes: Iterable[tuple[ChangeKind, str]]
+                   ) -> list[tuple[ChangeKind, str, _State]]:
+        """The changes whose path is (still) a file or a symlink in the tree, reached with no
+        symlink on the way, with its state."""
+        out: list[tuple[ChangeKind, str, _State]] = []
+        for kind, rel in changes:
+            if not self._keep(rel):
                 continue
             try:
-                rel = Path(raw).relative_to(self.path).as_posix()
-            except ValueError:
-                continue
-            if rel == "." or ".git" in rel.split("/"):
-                continue
-            try:
-                # No symlink on the way: drops events from a folder swapped for a link.
                 st = lstat_in(self.path, rel)
             except WorktreePathError:
-                continue
-            if stat.S_ISDIR(st.st_mode):
-                if change == Change.added:
-                    new_folder = True
-                    # inotify watches a new folder only once it has seen it, so files written
-                    # into it right away (``mkdir -p pkg && echo > pkg/x.py``) send no event
-                    # of their own: report what the new folder holds.
-                    for found, found_st in self._files_under(rel):
-                        note(found, "created", found_st)
-                continue
+                continue  # gone, or behind a symlink: not followed
             if stat.S_ISREG(st.st_mode) or stat.S_ISLNK(st.st_mode):
-                note(rel, "created" if change == Change.added else "modified",
-                     (st.st_mtime_ns, st.st_size))
-        events = [(kind, rel, st) for rel, (kind, st) in sorted(kinds.items())]
-        return events, new_folder
+                out.append((kind, rel, _state(st)))
+            elif stat.S_ISDIR(st.st_mode):  # a folder the rescan did not list into
+                out += (("created", found, found_st) for found, found_st
+                        in sorted(self._watch_under(rel, list_files=True)))
+        return out
 
-    # --- the tree, walked without following symlinks ---
-    def _scan(self) -> dict[str, _Stat]:
-        """(mtime_ns, size) of every watched file (and symlink), by relative path."""
-        return dict(self._files_under("."))
+    def _overflowed(self) -> None:
+        """The kernel dropped events: watch every folder (some may be new and unwatched) and
+        leave the exact list of changes to the exit."""
+        self._degraded = True
+        for _ in self._watch_under(".", list_files=False):
+            pass
 
-    def _files_under(self, rel: str) -> Iterator[tuple[str, _Stat]]:
-        for folder, files in self._walk(rel):
-            yield from ((f"{folder}/{name}" if folder != "." else name, st)
-                        for name, st in files)
-
-    def _folders(self) -> list[str]:
-        """Every real folder of the tree the filter keeps, as absolute paths to watch."""
-        return self._scan_tree()[1]
-
-    def _scan_tree(self) -> tuple[dict[str, _Stat], list[str]]:
-        """The scan and the folders to watch, in one walk."""
-        files: dict[str, _Stat] = {}
-        folders: list[str] = []
-        for folder, entries in self._walk("."):
-            folders.append(str(self.path) if folder == "." else str(self.path / folder))
-            files.update((f"{folder}/{name}" if folder != "." else name, st)
-                         for name, st in entries)
-        return files, folders
-
-    def _walk(self, rel: str) -> Iterator[tuple[str, list[tuple[str, _Stat]]]]:
-        """(folder, [(name, stat)]) for ``rel`` and every real folder below it, relative to
-        the root. ``os.fwalk(follow_symlinks=False)`` opens each folder from its parent's fd
-        and checks it is the folder it listed, so a swap for a symlink is not followed."""
-        try:
-            top_fd = open_directory_in(self.path, rel)
-        except WorktreePathError:
+    # --- folders: watched by fd, walked without following symlinks ---
+    def _watch_tree(self) -> None:
+        """At entry: watch the named folders (or every folder), and take the snapshot when
+        there is no rescan."""
+        if self._rescan is None:
+            self._snapshot = dict(self._watch_under(".", list_files=True))
             return
-        try:
-            for dirpath, dirnames, filenames, dir_fd in os.fwalk(
-                    ".", dir_fd=top_fd, follow_symlinks=False):
-                folder = os.path.normpath(os.path.join(rel, dirpath))
-                entries: list[tuple[str, _Stat]] = []
-                keep: list[str] = []
-                for name in dirnames:
-                    try:
-                        st = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
-                    except OSError:
-                        continue
-                    if stat.S_ISLNK(st.st_mode):  # a link to a folder: an entry, not a folder
-                        if self._keep(folder, name):
-                            entries.append((name, (st.st_mtime_ns, st.st_size)))
-                    elif name != ".git" and self._keep(folder, name):
-                        keep.append(name)
-                dirnames[:] = keep
-                for name in filenames:
-                    if not self._keep(folder, name):
-                        continue
-                    try:
-                        st = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
-                    except OSError:  # deleted while walking
-                        continue
-                    if stat.S_ISREG(st.st_mode) or stat.S_ISLNK(st.st_mode):
-                        entries.append((name, (st.st_mtime_ns, st.st_size)))
-                yield folder, entries
-        finally:
-            os.close(top_fd)
+        if self._folders is None:
+            for _ in self._watch_under(".", list_files=False):
+                pass
+            return
+        self._add_watch_at(".")
+        for rel in self._folders:
+            if rel not in (".", "") and self._keep(rel):
+                self._add_watch_at(rel)
 
-    def _keep(self, folder: str, name: str) -> bool:
-        return self._filter(Change.added, str(self.path / folder / name))
+    def _add_watch_at(self, rel: str) -> None:
+        try:
+            fd = open_directory_in(self.path, rel)
+        except WorktreePathError:
+            if rel == ".":
+                raise
+            return  # not a folder (any more): nothing to watch
+        try:
+            self._add_watch(fd, rel)
+        finally:
+            os.close(fd)
+
+    def _add_watch(self, fd: int, rel: str) -> None:
+        assert self._inotify is not None
+        try:
+            wd = int(self._inotify.add_watch(_PROC_FD / str(fd), _MASK))
+        except OSError as exc:
+            if exc.errno in (errno.ENOSPC, errno.ENOMEM) and rel != ".":
+                self._degraded = True  # no watch left: the exit asks the exact view
+                return
+            if exc.errno in (errno.ENOENT, errno.ENOTDIR) and rel != ".":
+                return  # removed meanwhile
+            raise
+        self._watched[wd] = rel  # a folder moved keeps its watch: this is its new name
+
+    def _watch_under(self, top: str, *, list_files: bool) -> Iterator[tuple[str, _State]]:
+        """Watch ``top`` and every real folder below it (a watch is added before the folder
+        is listed); yield each file and symlink found when ``list_files``."""
+        try:
+            top_fd = open_directory_in(self.path, top)
+        except WorktreePathError:
+            if top == ".":
+                raise
+            return
+        stack = [(top, top_fd)]
+        while stack:
+            folder, fd = stack.pop()
+            try:
+                self._add_watch(fd, folder)
+                with os.scandir(fd) as entries:
+                    for entry in entries:
+                        rel = entry.name if folder == "." else f"{folder}/{entry.name}"
+                        try:
+                            is_dir = entry.is_dir(follow_symlinks=False)
+                            if is_dir:
+                                if entry.name == ".git" or not self._keep(rel):
+                                    continue
+                                child = os.open(entry.name, _OPEN_DIR, dir_fd=fd)
+                                stack.append((rel, child))
+                            elif list_files and self._keep(rel):
+                                st = entry.stat(follow_symlinks=False)
+                                if stat.S_ISREG(st.st_mode) or stat.S_ISLNK(st.st_mode):
+                                    yield rel, _state(st)
+                        except OSError:  # removed, or swapped for a link, meanwhile
+                            continue
+            except OSError:
+                if folder == top:
+                    raise
+            finally:
+                os.close(fd)
+
+    def _changed_since_snapshot(self) -> list[tuple[ChangeKind, str, _State]]:
+        assert self._snapshot is not None
+        before = self._snapshot
+        out: list[tuple[ChangeKind, str, _State]] = []
+        for rel, st in sorted(self._watch_under(".", list_files=True)):
+            if before.get(rel) != st:
+                out.append(("created" if rel not in before and rel not in self._known
+                            else "modified", rel, st))
+        return out
+
+    def _keep(self, rel: str) -> bool:
+        return ".git" not in rel.split("/") and self._filter(Change.added,
+                                                             str(self.path / rel))
+
+
+def _text(rel: str) -> str:
+    """A path as an event can carry it: a name that is not UTF-8 (``os.fsdecode`` keeps its
+    bytes as lone surrogates, which no JSON encoder takes) shows those bytes escaped."""
+    return rel.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
+def _state(st: os.stat_result) -> _State:
+    return (st.st_ino, st.st_mode, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
 
