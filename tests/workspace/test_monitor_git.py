@@ -72,6 +72,26 @@ async def test_exit_reports_a_new_nested_folder_and_last_writes_exactly_once(
     await ws.close()
 
 
+async def test_a_fix_up_round_watches_the_folders_the_last_round_made(
+        repo: Path, wt_root: Path) -> None:
+    # The same worktree watched again (a fix-up round): folders that are not in its head yet
+    # are watched too, so a write into one is reported.
+    nested_repo(repo)
+    ws, path = await workspace(repo, wt_root)
+    first, second = Seen(), Seen()
+    async with ws.watch(path, [], first):
+        (path / "made" / "here").mkdir(parents=True)
+        (path / "made" / "here" / "one.py").write_text("O = 1\n")
+    async with ws.watch(path, [], second):
+        (path / "made" / "here" / "two.py").write_text("T = 1\n")
+        (path / "made" / "here" / "one.py").write_text("O = 2\n")
+    assert first.changes == [("created", "made/here/one.py")]
+    assert sorted(second.changes) == [("created", "made/here/two.py"),
+                                      ("modified", "made/here/one.py")]
+    await ws.release(path)
+    await ws.close()
+
+
 async def test_live_events_then_exit_never_report_a_change_twice(
         repo: Path, wt_root: Path) -> None:
     nested_repo(repo)
