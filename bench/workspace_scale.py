@@ -7,7 +7,9 @@ For each repository size it makes a repository of ``--files`` small modules (``-
 all in one folder ``pkg/``, as bench/daemon_scale.py's spec lays them out; ``nested``: in
 sub-packages of 50, as real projects are), then runs batches through the real
 :class:`~buildrunnerd.workspace.GitWorkspace` one after the other, as a worker does: acquire
-(a pooled worktree after the first batch), write two files, verify (test command ``true``),
+(a pooled worktree after the first batch), write two files under the file monitor
+(``watch``: the workspace's monitor open around the writes, as around a backend; its events
+are checked to be exactly the two files), verify (test command ``true``),
 integrate (a fast-forward), release. The first two batches warm the pool and the caches; the
 rest are measured.
 
@@ -41,10 +43,10 @@ import anyio
 
 from buildrunnerd.config import VerifyConfig
 from buildrunnerd.plan._model import Task
-from buildrunnerd.workspace import GitWorkspace, prepare_run_repo
+from buildrunnerd.workspace import ChangeKind, GitWorkspace, prepare_run_repo
 from buildrunnerd.workspace._git import git_env, record_git_calls
 
-STEPS = ("acquire", "write", "verify", "integrate", "release")
+STEPS = ("acquire", "watch", "verify", "integrate", "release")
 CONFIG = VerifyConfig(test_cmd="true")
 
 
@@ -82,6 +84,22 @@ async def _write(path: Path, task: Task, n: int) -> None:
         await target.parent.mkdir(parents=True, exist_ok=True)
         # New content every batch and every run (a blob read before would come from the cache).
         await target.write_text(f"def g() -> int:\n    return {n}  # {name}\n")
+
+
+async def _watched_write(ws: GitWorkspace, path: Path, task: Task, n: int) -> None:
+    """The writes under the workspace's file monitor, as a backend's are: its cost at entry
+    and at exit is what this step measures."""
+    seen: list[tuple[str, str]] = []
+
+    async def on_change(kind: ChangeKind, rel: str) -> None:
+        seen.append((kind, rel))
+
+    async with ws.watch(path, [task], on_change) as watch:
+        await _write(path, task, n)
+    changes, _report = await watch.settle()
+    seen += [(c.kind, c.path) for c in changes]
+    if sorted(seen) != sorted(("created", name) for name in task.files):
+        raise SystemExit(f"batch {n}: the monitor reported {seen}, not the two new files")
 
 
 class _Steps:
@@ -127,7 +145,7 @@ async def run_size(files: int, batches: int, layout: str, tmp: Path) -> dict[str
             row: dict[str, tuple[int, float, float, float]] = {}
             steps = _Steps(row, subcommands if n >= 2 else None)
             path, head = await steps.run("acquire", ws.acquire)
-            await steps.run("write", partial(_write, path, task, n))
+            await steps.run("watch", partial(_watched_write, ws, path, task, n))
             report = await steps.run("verify", partial(
                 ws.verify, path, [task], head=head, config=CONFIG, confinement=None))
             if not report.passed:
