@@ -18,9 +18,9 @@ events from a folder swapped for a symlink after it was watched.
 A new folder is watched first and listed second (files written into it before the watch are
 found by the listing, later ones send events; each is reported once). If the kernel's queue
 overflows (``IN_Q_OVERFLOW``: events were dropped) or a folder cannot be watched (no inotify
-watches left), the monitor watches what it can and, at exit, asks the owner's exact view of
-the change (``rescan``: a git workspace runs ``git status``) or, without one, compares the
-tree with the snapshot it then took at entry.
+watch or instance left), the monitor watches what it can and, at exit, asks the owner's exact
+view of the change (``rescan``: a git workspace runs ``git status``) or, without one, compares
+the tree with the snapshot it then took at entry.
 """
 
 from __future__ import annotations
@@ -121,7 +121,12 @@ class FileMonitor:
         return self._degraded
 
     async def __aenter__(self) -> FileMonitor:
-        self._inotify = inotify_simple.INotify(nonblocking=True)
+        try:
+            self._inotify = inotify_simple.INotify(nonblocking=True)
+        except OSError as exc:
+            if exc.errno not in (errno.EMFILE, errno.ENFILE, errno.ENOMEM):
+                raise
+            self._degraded = True  # no inotify instance left: the exit's exact view only
         try:
             await anyio.to_thread.run_sync(self._watch_tree)
             self._tg = anyio.create_task_group()
@@ -192,12 +197,16 @@ class FileMonitor:
     async def _emit(self, kind: ChangeKind, rel: str, st: _State) -> None:
         if self._known.get(rel) == st:
             return  # already reported as it is (two events of one write, a rescan)
+        if rel in self._known:
+            kind = "modified"  # reported before: a file is created once
         self._known[rel] = st
         await self.on_change(kind, _text(rel))
 
     # --- the watch loop ---
     async def _run(self, *, task_status: TaskStatus[None]) -> None:
         task_status.started()
+        if self._inotify is None:
+            return  # nothing to watch with: the exit reports everything
         while not self._closing:
             with anyio.CancelScope() as self._wait_scope:
                 if not self._closing:
@@ -260,7 +269,7 @@ class FileMonitor:
                     new_folders.append(rel)
                 continue
             note(rel, "created" if event.mask & _NEW_ENTRY else "modified")
-        for rel in new_folders:
+        for rel in filter(self._keep, new_folders):
             # inotify watches a new folder only once the monitor adds it, so files written
             # into it right away (``mkdir -p pkg && echo > pkg/x.py``) send no event of
             # their own: watch it, then report what it holds.
@@ -323,11 +332,12 @@ class FileMonitor:
             os.close(fd)
 
     def _add_watch(self, fd: int, rel: str) -> None:
-        assert self._inotify is not None
+        if self._inotify is None:
+            return
         try:
             wd = int(self._inotify.add_watch(_PROC_FD / str(fd), _MASK))
         except OSError as exc:
-            if exc.errno in (errno.ENOSPC, errno.ENOMEM) and rel != ".":
+            if exc.errno in (errno.ENOSPC, errno.ENOMEM):
                 self._degraded = True  # no watch left: the exit asks the exact view
                 return
             if exc.errno in (errno.ENOENT, errno.ENOTDIR) and rel != ".":
