@@ -28,6 +28,7 @@ from __future__ import annotations
 import errno
 import os
 import stat
+import sys
 from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from types import TracebackType
@@ -56,6 +57,9 @@ _MASK = (_IN.CREATE | _IN.MODIFY | _IN.CLOSE_WRITE | _IN.ATTRIB | _IN.MOVED_TO
          | _IN.ONLYDIR | _IN.EXCL_UNLINK)
 _NEW_ENTRY = _IN.CREATE | _IN.MOVED_TO
 _PROC_FD = Path("/proc/self/fd")
+# inotify is Linux's: elsewhere (macOS under launchd) the monitor reports at exit only, from
+# the owner's exact view or the snapshot, as when no inotify instance is left.
+_HAS_INOTIFY = sys.platform.startswith("linux")
 _OPEN_DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
 
 
@@ -121,12 +125,14 @@ class FileMonitor:
         return self._degraded
 
     async def __aenter__(self) -> FileMonitor:
-        try:
-            self._inotify = inotify_simple.INotify(nonblocking=True)
-        except OSError as exc:
-            if exc.errno not in (errno.EMFILE, errno.ENFILE, errno.ENOMEM):
-                raise
-            self._degraded = True  # no inotify instance left: the exit's exact view only
+        if _HAS_INOTIFY:
+            try:
+                self._inotify = inotify_simple.INotify(nonblocking=True)
+            except OSError as exc:
+                if exc.errno not in (errno.EMFILE, errno.ENFILE, errno.ENOMEM):
+                    raise
+        # No inotify (another system, or no instance left): the exit's exact view only.
+        self._degraded = self._inotify is None
         try:
             await anyio.to_thread.run_sync(self._watch_tree)
             self._tg = anyio.create_task_group()

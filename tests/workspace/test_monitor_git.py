@@ -194,3 +194,32 @@ def write_bytes_name(name: bytes) -> None:
         os.write(fd, b"B = 1\n")
     finally:
         os.close(fd)
+
+
+@pytest.mark.parametrize("owner", ["git", "snapshot"])
+async def test_without_inotify_every_change_is_reported_at_exit(
+        repo: Path, wt_root: Path, monkeypatch: pytest.MonkeyPatch, owner: str) -> None:
+    # Another system (macOS under launchd) has no inotify: the monitor watches nothing and
+    # reports at exit, from git's status or from the snapshot it took at entry.
+    from buildrunnerd.workspace import FileMonitor, _monitor
+
+    monkeypatch.setattr(_monitor, "_HAS_INOTIFY", False)
+    nested_repo(repo)
+    ws, path = await workspace(repo, wt_root)
+    seen = Seen()
+
+    def write() -> None:
+        (path / "new" / "sub").mkdir(parents=True)
+        (path / "new" / "sub" / "x.py").write_text("X = 1\n")
+        (path / "pkg" / "a" / "mod.py").write_text("X = 2\n")
+
+    if owner == "git":
+        async with ws.watch(path, [], seen):
+            write()
+    else:
+        async with FileMonitor(path, seen, debounce_ms=EXIT_ONLY_MS) as monitor:
+            write()
+        assert monitor.events_dropped
+    assert sorted(seen.changes) == [("created", "new/sub/x.py"), ("modified", "pkg/a/mod.py")]
+    await ws.release(path)
+    await ws.close()
