@@ -14,7 +14,6 @@ tests/brctl/test_brctl_imports.py keeps it so.
 
 from __future__ import annotations
 
-import functools
 import os
 import sys
 from collections.abc import Callable
@@ -130,12 +129,18 @@ _JSON_OPTION = click.Option(
 )
 
 
-@functools.cache
+_HELP_OPTIONS: dict[tuple[str, ...], click.Option] = {}
+
+
 def _help_option(names: tuple[str, ...]) -> click.Option:
     # One object for every command (and the same on every call, as click keeps its own:
     # a context orders its parameters by identity).
-    return click.Option(list(names), is_flag=True, expose_value=False, is_eager=True,
-                        callback=_show_help, help="Show this message and exit.")
+    option = _HELP_OPTIONS.get(names)
+    if option is None:
+        option = _HELP_OPTIONS[names] = click.Option(
+            list(names), is_flag=True, expose_value=False, is_eager=True, callback=_show_help,
+            help="Show this message and exit.")
+    return option
 
 
 class _Command(click.Command):
