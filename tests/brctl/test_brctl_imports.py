@@ -206,7 +206,7 @@ def test_every_command_passes_clicks_own_parameter_checks() -> None:
     for command, command_ctx in commands:
         params = command.get_params(command_ctx)
         assert params == click.Command.get_params(command, command_ctx), command.name
-        assert params[-1].opts == ["-h", "--help"], command.name
+        assert params[-1].opts[-1] == "--help", command.name
 
 
 def test_clicks_check_finds_a_repeated_option_on_a_brctl_command() -> None:
