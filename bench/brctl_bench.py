@@ -51,7 +51,8 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from brctl._client import DaemonUnreachableError, RpcClient  # noqa: E402
+from brctl._client import RpcClient  # noqa: E402
+from brctl._errors import DaemonUnreachableError  # noqa: E402
 
 READY_TIMEOUT_S = 30.0
 # `brctl --json status` without brctl: import click, one run.list over the socket, print, exit

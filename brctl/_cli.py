@@ -21,13 +21,11 @@ from typing import TYPE_CHECKING, Any, Literal, NoReturn
 
 import click
 
-from buildrunnerd import __version__, codes
-from buildrunnerd.errors import BuildRunnerError
-
 if TYPE_CHECKING:
     from click.shell_completion import CompletionItem
 
     from brctl._client import RpcClient
+    from buildrunnerd.errors import BuildRunnerError
 
 __all__ = ["console_main", "main"]
 
@@ -64,42 +62,32 @@ def settings_of(ctx: click.Context) -> Settings:
     return obj
 
 
-def _set_socket(ctx: click.Context, _param: click.Parameter, value: str | None) -> None:
-    if value is not None:
-        settings_of(ctx).socket = value
+def _set_socket(ctx: click.Context, param: click.Parameter, value: str | None) -> None:
+    if value is None:
+        return
+    # click.Path(dir_okay=False)'s checks and messages (it has no exists=True here): a directory
+    # and an unreadable file are refused, anything else (a missing path too) is left to connect.
+    if os.path.isdir(value):
+        raise click.BadParameter(f"File {click.format_filename(value)!r} is a directory.",
+                                 ctx=ctx, param=param)
+    if os.path.exists(value) and not os.access(value, os.R_OK):
+        raise click.BadParameter(f"File {click.format_filename(value)!r} is not readable.",
+                                 ctx=ctx, param=param)
+    settings_of(ctx).socket = value
+
+
+def _complete_socket_path(
+    _ctx: click.Context, _param: click.Parameter, incomplete: str
+) -> list[CompletionItem]:
+    # What click.Path completes: files, by the shell.
+    from click.shell_completion import CompletionItem
+
+    return [CompletionItem(incomplete, type="file")]
 
 
 def _set_json(ctx: click.Context, _param: click.Parameter, value: bool) -> None:
     if value:
         settings_of(ctx).json = True
-
-
-# --- no gettext on the polled path ---------------------------------------------------------
-# click passes some of its texts through gettext: click.Path's constructor, version_option and
-# the help option click adds to every command. The first gettext call of a process imports
-# `locale` (~0.8 ms, a twentieth of `brctl --json status`; bench/brctl_bench.py). These three
-# are built here with the same texts and behaviour, through click's public API, so that a
-# polled command makes no gettext call (tests/brctl/test_brctl_imports.py checks `locale`).
-class _SocketPathType(click.ParamType[str]):
-    """``click.Path(dir_okay=False)`` for --socket: a path that is not a directory."""
-
-    name = "file"
-
-    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> str:
-        # click.Path's checks for these settings (it has no exists=True here): a directory and
-        # an unreadable file are refused, anything else (a missing path too) is left to connect.
-        if os.path.isdir(value):
-            self.fail(f"File {click.format_filename(value)!r} is a directory.", param, ctx)
-        if os.path.exists(value) and not os.access(value, os.R_OK):
-            self.fail(f"File {click.format_filename(value)!r} is not readable.", param, ctx)
-        return os.fsdecode(value)
-
-    def shell_complete(
-        self, ctx: click.Context, param: click.Parameter, incomplete: str
-    ) -> list[CompletionItem]:
-        from click.shell_completion import CompletionItem
-
-        return [CompletionItem(incomplete, type="file")]
 
 
 def _show_help(ctx: click.Context, _param: click.Parameter, value: bool) -> None:
@@ -110,37 +98,66 @@ def _show_help(ctx: click.Context, _param: click.Parameter, value: bool) -> None
 
 def _show_version(ctx: click.Context, _param: click.Parameter, value: bool) -> None:
     if value and not ctx.resilient_parsing:
+        from buildrunnerd import __version__
+
         click.echo(f"brctl, version {__version__}", color=ctx.color)
         ctx.exit()
+
+
+# --- what a start builds ---------------------------------------------------------------------
+# Every start builds the group's parameters and those of the one command it runs; each click
+# builds costs 15-60 us (the first of a kind the most), about as much as brctl's own modules
+# take to import (bench/brctl_bench.py). So:
+# - no gettext: click passes some texts through gettext (click.Path's constructor,
+#   version_option, the help option it adds to every command), and the first call of a process
+#   imports `locale` (~0.8 ms). brctl builds these with click's texts and checks through its
+#   public API: --socket checks what click.Path(dir_okay=False) checks in its callback and
+#   completes files as it does; --version and -h/--help are eager flags with the same texts
+#   (tests/brctl/test_brctl_imports.py checks that `locale` stays out);
+# - --socket and --json are accepted after the command name too: the commands share the
+#   group's two Option objects (click keeps no per-command state in a parameter), and every
+#   command shares one help option;
+# - no ParamType subclass (subclassing the generic click.ParamType[str] costs ~0.1 ms).
+_SOCKET_OPTION = click.Option(
+    ["--socket"], metavar="PATH", expose_value=False, callback=_set_socket, is_eager=True,
+    shell_complete=_complete_socket_path,
+    help="Daemon socket (default: $BUILDRUNNER_SOCKET or the XDG runtime dir).",
+)
+_JSON_OPTION = click.Option(
+    ["--json", "as_json"], is_flag=True, expose_value=False, callback=_set_json, is_eager=True,
+    help="Machine-readable output on stdout (messages go to stderr).",
+)
+
+
+_HELP_OPTIONS: dict[tuple[str, ...], click.Option] = {}
+
+
+def _help_option(names: tuple[str, ...]) -> click.Option:
+    # One object for every command (and the same on every call, as click keeps its own:
+    # a context orders its parameters by identity).
+    option = _HELP_OPTIONS.get(names)
+    if option is None:
+        option = _HELP_OPTIONS[names] = click.Option(
+            list(names), is_flag=True, expose_value=False, is_eager=True, callback=_show_help,
+            help="Show this message and exit.")
+    return option
 
 
 class _Command(click.Command):
     """A brctl command: click's, with the help option built from a given text."""
 
-    _brctl_help_option: click.Option | None = None
-
     def get_help_option(self, ctx: click.Context) -> click.Option | None:
         names = self.get_help_option_names(ctx)
         if not names or not self.add_help_option:
             return None
-        # One object per command, as click keeps it: parameters are ordered by identity.
-        if self._brctl_help_option is None:
-            self._brctl_help_option = click.Option(
-                names, is_flag=True, expose_value=False, is_eager=True, callback=_show_help,
-                help="Show this message and exit.",
-            )
-        return self._brctl_help_option
+        return _help_option(tuple(names))
 
-
-_socket_option = click.option(
-    "--socket", type=_SocketPathType(), metavar="PATH", expose_value=False,
-    callback=_set_socket, is_eager=True,
-    help="Daemon socket (default: $BUILDRUNNER_SOCKET or the XDG runtime dir).",
-)
-_json_option = click.option(
-    "--json", "as_json", is_flag=True, expose_value=False, callback=_set_json, is_eager=True,
-    help="Machine-readable output on stdout (messages go to stderr).",
-)
+    def get_params(self, ctx: click.Context) -> list[click.Parameter]:
+        # click's, without the check for repeated option names it runs under __debug__ on
+        # every call (two Counters; four calls a start). tests/brctl/test_brctl_imports.py
+        # runs click's own check on every brctl command.
+        help_option = self.get_help_option(ctx)
+        return self.params if help_option is None else [*self.params, help_option]
 
 
 # Commands that live in other modules, imported only when used or listed: `brctl --json
@@ -190,11 +207,6 @@ class _BrctlGroup(_Command, click.Group):
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
-        except BuildRunnerError as exc:
-            from brctl._client import DaemonUnreachableError  # imported by whoever raised it
-
-            unreachable = isinstance(exc, DaemonUnreachableError)
-            _fail(ctx, exc, EXIT_UNREACHABLE if unreachable else EXIT_DAEMON_ERROR)
         except KeyboardInterrupt:
             click.echo("interrupted", err=True)
             ctx.exit(130)
@@ -204,10 +216,22 @@ class _BrctlGroup(_Command, click.Group):
             devnull = os.open(os.devnull, os.O_WRONLY)
             os.dup2(devnull, sys.stdout.fileno())
             ctx.exit(EXIT_OK)
+        except Exception as exc:
+            # The errors are imported here, not at the start: a command that succeeds never
+            # loads them. When a BuildRunnerError was raised, whoever raised it imported them.
+            from buildrunnerd.errors import BuildRunnerError
+
+            if not isinstance(exc, BuildRunnerError):
+                raise
+            from brctl._errors import DaemonUnreachableError
+
+            unreachable = isinstance(exc, DaemonUnreachableError)
+            _fail(ctx, exc, EXIT_UNREACHABLE if unreachable else EXIT_DAEMON_ERROR)
 
 
 def _fail(ctx: click.Context, exc: BuildRunnerError, code: int) -> NoReturn:
-    from brctl._client import RemoteError
+    from brctl._errors import RemoteError
+    from buildrunnerd import codes
 
     settings = settings_of(ctx)
     if isinstance(exc, RemoteError) and exc.code == codes.SPEC_INVALID and exc.data:
@@ -258,11 +282,10 @@ def as_list(result: Any, key: str) -> list[dict[str, Any]]:
     return list(result or [])
 
 
-@click.group(cls=_BrctlGroup, context_settings={"help_option_names": ["-h", "--help"]})
-@click.option("--version", is_flag=True, expose_value=False, is_eager=True, callback=_show_version,
-              help="Show the version and exit.")
-@_socket_option
-@_json_option
+@click.group(cls=_BrctlGroup, context_settings={"help_option_names": ["-h", "--help"]},
+             params=[click.Option(["--version"], is_flag=True, expose_value=False, is_eager=True,
+                                  callback=_show_version, help="Show the version and exit."),
+                     _SOCKET_OPTION, _JSON_OPTION])
 @click.option("--timeout-s", type=click.FloatRange(min=0.1), default=30.0, show_default=True,
               help="How long to wait for the daemon's answer.")
 @click.pass_context
@@ -286,8 +309,8 @@ def command(name: str) -> Callable[[Callable[..., None]], click.Command]:
     of this module, in ``_POLLED_COMMANDS``).
     """
     def decorate(fn: Callable[..., None]) -> click.Command:
-        options = _socket_option(_json_option(click.pass_context(fn)))
-        return click.command(name, cls=_Command)(options)
+        return click.command(name, cls=_Command, params=[_SOCKET_OPTION, _JSON_OPTION])(
+            click.pass_context(fn))
     return decorate
 
 
@@ -383,8 +406,10 @@ def follow_runs(
 
 
 def _active_runs(client: RpcClient) -> list[dict[str, Any]]:
+    from buildrunnerd.codes import TERMINAL_RUN_STATES
+
     runs = as_list(client.call("run.list"), "runs")
-    return [r for r in runs if r.get("state") not in codes.TERMINAL_RUN_STATES]
+    return [r for r in runs if r.get("state") not in TERMINAL_RUN_STATES]
 
 
 def run_with_tasks(client: RpcClient, run_id: str) -> dict[str, Any]:
@@ -400,12 +425,14 @@ def _run_named(client: RpcClient, text: str) -> dict[str, Any]:
     An exact id (what a script passes) needs one ``run.get``, and wins over any prefix as in
     ``run.resolve``; anything else (a prefix, an unknown id) is resolved first.
     """
-    from brctl._client import RemoteError  # imported already: the client raises it
-
     try:
         return run_with_tasks(client, text)
-    except RemoteError as exc:
-        if exc.code != codes.NOT_FOUND:
+    except Exception as exc:
+        # Imported already if the client raised a RemoteError (see BrctlGroup.invoke).
+        from brctl._errors import RemoteError
+        from buildrunnerd.codes import NOT_FOUND
+
+        if not (isinstance(exc, RemoteError) and exc.code == NOT_FOUND):
             raise
     return run_with_tasks(client, resolve_run(client, text))
 

@@ -2,7 +2,8 @@
 
 Synchronous on purpose: ``brctl`` makes a handful of calls and exits, and must start fast, so
 this module imports ``json`` and ``socket`` and nothing else of weight (no msgspec, no pathlib:
-the socket path may be a ``str`` or any path-like).
+the socket path may be a ``str`` or any path-like). Its errors are in :mod:`brctl._errors`,
+imported when one is raised.
 """
 
 from __future__ import annotations
@@ -15,14 +16,12 @@ import time
 from collections import deque
 from typing import TYPE_CHECKING, Any
 
-from buildrunnerd.errors import BuildRunnerError
-
 if TYPE_CHECKING:
     from types import TracebackType
 
-__all__ = [
-    "DaemonTimeoutError", "DaemonUnreachableError", "RemoteError", "RpcClient", "all_events",
-]
+    from brctl._errors import DaemonUnreachableError, RemoteError
+
+__all__ = ["RpcClient", "all_events"]
 
 _RECEIVE_BYTES = 256 * 1024
 SocketPath = str | os.PathLike[str]
@@ -33,31 +32,18 @@ def encode_frame(message: dict[str, Any]) -> bytes:
     return json.dumps(message, ensure_ascii=False, separators=(",", ":")).encode() + b"\n"
 
 
-class DaemonUnreachableError(BuildRunnerError):
-    """Nothing answers on the socket (or the daemon went away mid-conversation)."""
+def _unreachable(socket_path: SocketPath, reason: str) -> DaemonUnreachableError:
+    # The errors are imported when one is raised (see brctl._errors).
+    from brctl._errors import DaemonUnreachableError
 
-    def __init__(self, socket_path: SocketPath, reason: str) -> None:
-        super().__init__(
-            f"buildrunnerd is not reachable on {socket_path} ({reason}).\n"
-            "Start it with `buildrunnerd &` (or `systemctl --user start buildrunnerd` if the "
-            "service is installed), or point brctl at its socket with --socket PATH or "
-            "$BUILDRUNNER_SOCKET.",
-            data={"socket": str(socket_path), "reason": reason},
-        )
-        self.socket_path = socket_path
+    return DaemonUnreachableError(socket_path, reason)
 
 
-class DaemonTimeoutError(BuildRunnerError):
-    """The daemon accepted the request but did not answer in time."""
+def _remote_error(error: dict[str, Any]) -> RemoteError:
+    from brctl._errors import RemoteError
 
-
-class RemoteError(BuildRunnerError):
-    """The daemon answered with a JSON-RPC error; ``code``, ``message`` and ``data`` are its."""
-
-    def __init__(self, code: int, message: str, data: Any = None) -> None:
-        super().__init__(message, data=data if isinstance(data, dict) else {"value": data}
-                         if data is not None else None)
-        self.code = code
+    return RemoteError(int(error.get("code", -32603)), str(error.get("message", "error")),
+                       error.get("data"))
 
 
 class RpcClient:
@@ -95,27 +81,28 @@ class RpcClient:
         self.close()
 
     def connect(self) -> None:
-        """Connect; raises :class:`DaemonUnreachableError` saying why and how to start it."""
+        """Connect; raises :class:`~brctl._errors.DaemonUnreachableError` saying why and how
+        to start it."""
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         sock.settimeout(self.connect_timeout_s)
         try:
             sock.connect(os.fspath(self.socket_path))
         except FileNotFoundError:
             sock.close()
-            raise DaemonUnreachableError(self.socket_path, "no socket file") from None
+            raise _unreachable(self.socket_path, "no socket file") from None
         except ConnectionRefusedError:
             sock.close()
-            raise DaemonUnreachableError(
+            raise _unreachable(
                 self.socket_path, "connection refused: a stale socket, the daemon is not running"
             ) from None
         except PermissionError:
             sock.close()
-            raise DaemonUnreachableError(
+            raise _unreachable(
                 self.socket_path, "permission denied: the daemon runs as another user"
             ) from None
         except (TimeoutError, OSError) as exc:
             sock.close()
-            raise DaemonUnreachableError(self.socket_path, str(exc) or "timed out") from None
+            raise _unreachable(self.socket_path, str(exc) or "timed out") from None
         self._sock = sock
 
     def close(self) -> None:
@@ -130,9 +117,9 @@ class RpcClient:
     ) -> Any:
         """Call ``method`` with named ``params`` and return its result.
 
-        Raises :class:`RemoteError` for an error reply, :class:`DaemonTimeoutError` when no
-        reply comes within ``timeout_s`` (default: the client's), :class:`DaemonUnreachableError`
-        when the connection is lost.
+        Raises (from :mod:`brctl._errors`) :class:`RemoteError` for an error reply,
+        :class:`DaemonTimeoutError` when no reply comes within ``timeout_s`` (default: the
+        client's), :class:`DaemonUnreachableError` when the connection is lost.
         """
         request_id = next(self._ids)
         request: dict[str, Any] = {"jsonrpc": "2.0", "id": request_id, "method": method}
@@ -143,6 +130,8 @@ class RpcClient:
         while True:
             message = self._read_message(deadline)
             if message is None:
+                from brctl._errors import DaemonTimeoutError
+
                 raise DaemonTimeoutError(
                     f"buildrunnerd did not answer {method} within "
                     f"{self.timeout_s if timeout_s is None else timeout_s:g} s; it may be "
@@ -156,10 +145,7 @@ class RpcClient:
                 continue  # a late reply to an earlier call that timed out
             error = message.get("error")
             if isinstance(error, dict):
-                raise RemoteError(
-                    int(error.get("code", -32603)), str(error.get("message", "error")),
-                    error.get("data"),
-                )
+                raise _remote_error(error)
             if message.get("id") is None:
                 continue
             return message.get("result")
@@ -182,10 +168,7 @@ class RpcClient:
                 return message
             error = message.get("error")
             if isinstance(error, dict):  # e.g. the daemon dropping a slow subscriber
-                raise RemoteError(
-                    int(error.get("code", -32603)), str(error.get("message", "error")),
-                    error.get("data"),
-                )
+                raise _remote_error(error)
 
     def _send(self, data: bytes) -> None:
         sock = self._connected()
@@ -193,7 +176,7 @@ class RpcClient:
         try:
             sock.sendall(data)
         except OSError as exc:
-            raise DaemonUnreachableError(self.socket_path, f"send failed: {exc}") from None
+            raise _unreachable(self.socket_path, f"send failed: {exc}") from None
 
     def _read_message(self, deadline: float) -> dict[str, Any] | None:
         sock = self._connected()
@@ -207,6 +190,8 @@ class RpcClient:
                 try:
                     message = json.loads(line)
                 except ValueError as exc:  # not JSON, or not UTF-8
+                    from buildrunnerd.errors import BuildRunnerError
+
                     raise BuildRunnerError(
                         f"buildrunnerd sent a frame that is not JSON ({exc}); is {self.socket_path}"
                         " really a buildrunnerd socket?"
@@ -223,9 +208,9 @@ class RpcClient:
             except TimeoutError:
                 return None
             except OSError as exc:
-                raise DaemonUnreachableError(self.socket_path, f"receive failed: {exc}") from None
+                raise _unreachable(self.socket_path, f"receive failed: {exc}") from None
             if not chunk:
-                raise DaemonUnreachableError(self.socket_path, "the daemon closed the connection")
+                raise _unreachable(self.socket_path, "the daemon closed the connection")
             self._buffer += chunk
 
     def _connected(self) -> socket.socket:

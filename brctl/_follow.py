@@ -27,7 +27,8 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any, Literal, TextIO
 
-from brctl._client import DaemonUnreachableError, RemoteError, RpcClient, all_events
+from brctl._client import RpcClient, all_events
+from brctl._errors import DaemonUnreachableError, RemoteError
 from brctl._render import LiveState, RunView, fit_view, plain_line, rich_view, summary_lines
 from buildrunnerd.codes import TERMINAL_RUN_STATES
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from brctl._client import RemoteError
+from brctl._errors import RemoteError
 from buildrunnerd import codes
 
 if TYPE_CHECKING:

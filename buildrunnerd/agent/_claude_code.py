@@ -19,7 +19,6 @@ the CLI reads for that path, :mod:`._claude_sessions`) and is told it moved.
 
 from __future__ import annotations
 
-import stat
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -35,7 +34,16 @@ from buildrunnerd.agent._claude_cli import ClaudeCli, claude_config_dir, cli_env
 from buildrunnerd.agent._claude_launch import write_launcher
 from buildrunnerd.agent._claude_sessions import move_conversation
 from buildrunnerd.agent._claude_tally import TOKEN_KEYS, CallTracker, SessionTally
-from buildrunnerd.agent._confine import ToolError
+from buildrunnerd.agent._claude_tools import (
+    BASE_TOOLS,
+    BASH_TOOL,
+    PATH_PARAMS,
+    SUBAGENT_TOOLS,
+    WEB_TOOLS,
+    bash_server,
+    call_summary,
+    check_worktree_path,
+)
 from buildrunnerd.agent._conversation import format_fix_report
 from buildrunnerd.agent._pricing import CostTable
 from buildrunnerd.agent._routing import pick_model
@@ -49,7 +57,7 @@ from buildrunnerd.executor import (
     RecentCheckpoints,
     TurnEvent,
 )
-from buildrunnerd.sandbox import Confinement, WorktreePathError, lstat_in, worktree_relpath
+from buildrunnerd.sandbox import Confinement, WorktreePathError
 
 __all__ = ["ClaudeCodeExecutor", "SessionState", "classify_ending"]
 
@@ -59,19 +67,6 @@ BACKEND = "claude-code"
 _TEXT_EVENT_CHARS = 2000
 _RESULT_EVENT_CHARS = 500
 _STDERR_TAIL_LINES = 20
-# The CLI's own Bash is not among them: it would run inside the CLI's sandbox, which has the
-# network and the CLI's credentials. The model's commands go through BuildRunner's bash tool
-# (an in-process MCP tool), confined like the anthropic backend's: no network, no secrets.
-_BASE_TOOLS = ["Read", "Write", "Edit", "Glob", "Grep"]
-BASH_TOOL = "mcp__buildrunner__bash"
-_WEB_TOOLS = ["WebFetch", "WebSearch"]
-_SUBAGENT_TOOLS = ["Task"]
-# Path parameters of the CLI's file tools, and whether the tool writes.
-_PATH_PARAMS: dict[str, tuple[str, bool]] = {
-    "Read": ("file_path", False), "Write": ("file_path", True), "Edit": ("file_path", True),
-    "MultiEdit": ("file_path", True), "NotebookEdit": ("notebook_path", True),
-    "Glob": ("path", False), "Grep": ("path", False), "LS": ("path", False),
-}
 _RULES = (
     "BuildRunner runs this session. Your working directory is the repository worktree at {wt}: "
     "every file you read or write must be inside it (relative paths are best); anything else "
@@ -183,34 +178,6 @@ class _Invocation:
         return int(lap * 1000)
 
 
-def check_worktree_path(root: Path, raw: str, *, write: bool) -> None:
-    """Raise :class:`WorktreePathError` unless a file tool may use ``raw``, by the editor
-    tool's rules (:mod:`buildrunnerd.sandbox._fs`): inside the worktree, no ``..`` out of it,
-    no symlink anywhere on the way (nor at the end), and no write into ``.git``. The CLI then
-    does the file work itself, inside its sandbox."""
-    rel = worktree_relpath(root, raw)
-    if write and any(part.casefold() == ".git" for part in rel.parts):
-        raise WorktreePathError(
-            f"{raw} is inside .git, which is read-only (BuildRunner commits for you).",
-            problem="read_only", path=raw)
-    # Every existing component, from the root down: a symlink on the way is refused; the
-    # first missing one ends the walk (Write creates it and what is below).
-    for depth in range(1, len(rel.parts) + 1):
-        sub = "/".join(rel.parts[:depth])
-        try:
-            st = lstat_in(root, sub)
-        except WorktreePathError as exc:
-            if exc.problem == "missing":
-                return
-            raise WorktreePathError(exc.message.replace(sub, raw, 1), problem=exc.problem,
-                                    path=raw) from exc
-        if stat.S_ISLNK(st.st_mode):
-            raise WorktreePathError(
-                f"The path {raw} goes through a symlink ({sub}); symlinks are not followed, "
-                "refused. Use the real path inside the repository.", problem="symlink",
-                path=raw)
-
-
 class _Guard:
     """The ``PreToolUse`` hook and the permission callback of one session: file tools stay in
     the worktree (by :func:`resolve_in_worktree`), other tools only from the allowed set.
@@ -232,8 +199,8 @@ class _Guard:
         if tool == "Glob" and isinstance(pattern, str) and (
                 pattern.startswith(("/", "~")) or ".." in Path(pattern).parts):
             return "Glob patterns must be relative to the repository, without '..'."
-        if tool in _PATH_PARAMS:
-            key, write = _PATH_PARAMS[tool]
+        if tool in PATH_PARAMS:
+            key, write = PATH_PARAMS[tool]
             raw = params.get(key)
             if raw is None and not write:
                 return None  # Glob/Grep default to the working directory
@@ -248,7 +215,7 @@ class _Guard:
         tool = str(input_data.get("tool_name", ""))
         params = input_data.get("tool_input") or {}
         reason = self.check(tool, params if isinstance(params, dict) else {})
-        await self._emit("tool.call", _call_summary(tool, params, refused=reason))
+        await self._emit("tool.call", call_summary(tool, params, refused=reason))
         if reason is None:
             return {}
         return {"hookSpecificOutput": {"hookEventName": "PreToolUse",
@@ -263,18 +230,6 @@ class _Guard:
             return PermissionResultDeny(message=reason)
         # What passed the guard may run: BuildRunner's bash is confined on its own.
         return PermissionResultAllow()
-
-
-def _call_summary(tool: str, params: Any, *, refused: str | None) -> dict[str, Any]:
-    summary: dict[str, Any] = {"tool": tool}
-    if isinstance(params, dict):
-        for key in ("command", "file_path", "path", "pattern", "notebook_path"):
-            value = params.get(key)
-            if isinstance(value, str):
-                summary[key] = value[:300]
-    if refused is not None:
-        summary["refused"] = refused[:300]
-    return summary
 
 
 class ClaudeCodeExecutor:
@@ -389,11 +344,11 @@ class ClaudeCodeExecutor:
         return self.costs.estimate_usd(model, cached_tokens=0, new_tokens=job.prompt.tokens)
 
     def _tools(self) -> list[str]:
-        tools = list(_BASE_TOOLS)
+        tools = list(BASE_TOOLS)
         if self.config.claude_code.web_tools:
-            tools += _WEB_TOOLS
+            tools += WEB_TOOLS
         if self.config.claude_code.subagents:
-            tools += _SUBAGENT_TOOLS
+            tools += SUBAGENT_TOOLS
         return tools
 
     async def _invoke(self, job: BatchJob, ctx: ExecutionContext, state: SessionState,
@@ -433,13 +388,13 @@ class ClaudeCodeExecutor:
         system = "\n\n".join(p for p in (job.prompt.system, _RULES.format(wt=job.worktree)) if p)
         options = ClaudeAgentOptions(
             cwd=str(worktree), cli_path=str(cli_path), env=env, model=state.model,
-            tools=tools, disallowed_tools=sorted({*_WEB_TOOLS, *_SUBAGENT_TOOLS} - set(tools)),
+            tools=tools, disallowed_tools=sorted({*WEB_TOOLS, *SUBAGENT_TOOLS} - set(tools)),
             permission_mode="acceptEdits", can_use_tool=guard.can_use_tool,
             hooks={"PreToolUse": [HookMatcher(matcher=None, hooks=[guard.pre_tool_use])]},
             system_prompt={"type": "preset", "preset": "claude_code", "append": system},
             max_turns=self.config.agent.max_turns, resume=state.session_id,
             include_partial_messages=True, setting_sources=[], skills=[],
-            mcp_servers={"buildrunner": _bash_server(bash)}, strict_mcp_config=True,
+            mcp_servers={"buildrunner": bash_server(bash)}, strict_mcp_config=True,
             stderr=on_stderr, verbatim_prompts=True,
         )
         resumed = state.session_id is not None
@@ -578,27 +533,6 @@ class ClaudeCodeExecutor:
                                     summary=state.summary)
         return ExecutionOutcome("completed", model=state.model, summary=state.summary or (
             f"(Claude Code) {ending.note}"))
-
-
-def _bash_server(bash: BashSession) -> Any:
-    """The in-process MCP server with BuildRunner's confined bash tool."""
-    from claude_agent_sdk import create_sdk_mcp_server, tool
-
-    @tool("bash", "Run a shell command in the repository worktree (a persistent shell: cd and "
-          "variables carry over). No network. Give restart: true to restart the shell.",
-          {"type": "object", "properties": {"command": {"type": "string"},
-                                            "restart": {"type": "boolean"}}})
-    async def run(args: dict[str, Any]) -> dict[str, Any]:
-        try:
-            output, is_error = await bash.run(args), False
-        except ToolError as exc:
-            output, is_error = str(exc), True
-        except OSError as exc:
-            output, is_error = f"The tool failed: {exc}", True
-        return {"content": [{"type": "text", "text": output or "(no output)"}],
-                "is_error": is_error}
-
-    return create_sdk_mcp_server("buildrunner", tools=[run])
 
 
 async def _emit_assistant(ctx: ExecutionContext, message: Any) -> None:

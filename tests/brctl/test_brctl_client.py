@@ -12,7 +12,8 @@ from typing import Any
 import anyio
 import pytest
 
-from brctl._client import DaemonTimeoutError, DaemonUnreachableError, RemoteError, RpcClient
+from brctl._client import RpcClient
+from brctl._errors import DaemonTimeoutError, DaemonUnreachableError, RemoteError
 from buildrunnerd import protocol
 from buildrunnerd.errors import InvalidStateError
 from buildrunnerd.rpc import Connection, Dispatcher, RpcServer

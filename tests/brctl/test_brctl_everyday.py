@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from brctl._client import RemoteError
+from brctl._errors import RemoteError
 from buildrunnerd import protocol
 from tests.brctl.brctl_support import Daemon, base_env, make_repo
 
