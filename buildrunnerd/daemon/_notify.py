@@ -4,7 +4,9 @@
 abstract-namespace name written ``@name``); outside systemd the variable is unset and the call
 is a cheap no-op returning False. ``listen_fds()`` returns the sockets systemd passed us
 (``LISTEN_FDS``/``LISTEN_PID``, first fd 3) when ``buildrunnerd.socket`` activates the daemon.
-Both are tiny, non-blocking syscalls, so calling them from the event loop is fine.
+Both are tiny syscalls, so calling them from the event loop is fine: a ``STATUS=`` line never
+waits (one the service manager's full queue cannot take is dropped: the next one replaces
+it), ``READY=1`` and ``STOPPING=1`` wait at most ``_STATE_TIMEOUT_S`` for room.
 """
 
 from __future__ import annotations
@@ -17,6 +19,10 @@ __all__ = ["notify", "ready", "stopping", "status", "listen_fds", "SD_LISTEN_FDS
 
 SD_LISTEN_FDS_START = 3  # systemd passes activated sockets from fd 3 upwards
 
+# How long READY=1 / STOPPING=1 wait for room in a full receive queue (systemd drains its
+# socket at once; a full queue is a stalled or foreign receiver). The wait blocks the loop.
+_STATE_TIMEOUT_S = 1.0
+
 
 def _address(raw: str) -> str | bytes:
     # "@name" is Linux's abstract namespace: on the wire it is a leading NUL byte.
@@ -25,11 +31,13 @@ def _address(raw: str) -> str | bytes:
     return raw
 
 
-def notify(message: str, env: Mapping[str, str] | None = None) -> bool:
+def notify(message: str, env: Mapping[str, str] | None = None, *,
+           timeout_s: float = _STATE_TIMEOUT_S) -> bool:
     """Send ``message`` (e.g. ``"READY=1"``, ``"STATUS=2 runs active"``) to the service manager.
 
     Returns True when the datagram was sent, False when ``$NOTIFY_SOCKET`` is unset or the send
-    failed (never raises: a lost status line must not take the daemon down).
+    failed (never raises: a lost status line must not take the daemon down). A full receive
+    queue is waited on for at most ``timeout_s`` (0: not at all, the message is dropped).
     """
     env = os.environ if env is None else env
     target = env.get("NOTIFY_SOCKET")
@@ -40,8 +48,9 @@ def notify(message: str, env: Mapping[str, str] | None = None) -> bool:
     try:
         with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as sock:
             # A datagram to a live systemd socket never blocks for long; the timeout bounds the
-            # pathological case of a full receive queue so the event loop is not held up.
-            sock.settimeout(1.0)
+            # pathological case of a full receive queue (a receiver that stopped reading: a
+            # Unix datagram queue holds 10 by default) so the event loop is not held up.
+            sock.settimeout(timeout_s)
             sock.connect(_address(target))
             sock.sendall(message.encode())
     except OSError:
@@ -63,8 +72,10 @@ def stopping(env: Mapping[str, str] | None = None) -> bool:
 
 
 def status(text: str, env: Mapping[str, str] | None = None) -> bool:
-    """``STATUS=...``: the one-line status ``systemctl --user status`` shows."""
-    return notify("STATUS=" + text.replace("\n", " "), env)
+    """``STATUS=...``: the one-line status ``systemctl --user status`` shows. Sent on every
+    run event, so it never waits: a receiver whose queue is full loses this line (the next
+    one replaces it) instead of holding up the event loop for every event."""
+    return notify("STATUS=" + text.replace("\n", " "), env, timeout_s=0.0)
 
 
 def listen_fds(

@@ -6,6 +6,8 @@ import os
 import socket
 import subprocess
 import sys
+import threading
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -38,6 +40,53 @@ def test_ready_stopping_status_arrive(notify_socket: tuple[socket.socket, str]) 
     assert sock.recv(4096) == b"STATUS=2 runs active 5 batches running"
     assert stopping(env=env)
     assert sock.recv(4096) == b"STOPPING=1"
+
+
+def _fill(path: str) -> int:
+    """Send to ``path`` until its receive queue is full; how many datagrams it holds."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sender:
+        sender.setblocking(False)
+        sender.connect(path)
+        sent = 0
+        while True:
+            try:
+                sender.send(b"STATUS=filler")
+            except BlockingIOError:
+                return sent
+            sent += 1
+
+
+def test_status_never_waits_for_a_full_queue(
+    notify_socket: tuple[socket.socket, str],
+) -> None:
+    """A receiver that stopped reading (its queue full) loses status lines at once: the
+    daemon sends one per run event from its event loop, which must not stall on each. The
+    queue is drained a moment after the send: a send that waited for room gets through."""
+    sock, path = notify_socket
+    held = _fill(path)
+    assert held > 0
+    drained = threading.Event()
+
+    def drain_later() -> None:
+        time.sleep(0.3)
+        for _ in range(held):
+            sock.recv(4096)
+        drained.set()
+
+    drainer = threading.Thread(target=drain_later)
+    drainer.start()
+    try:
+        assert status("1 active run(s)", env={"NOTIFY_SOCKET": path}) is False
+    finally:
+        drainer.join(timeout=30)
+    assert drained.is_set()
+    # Nothing of the dropped line arrived later; the next one goes through.
+    sock.setblocking(False)
+    with pytest.raises(BlockingIOError):
+        sock.recv(4096)
+    assert status("2 active run(s)", env={"NOTIFY_SOCKET": path}) is True
+    sock.setblocking(True)
+    assert sock.recv(4096) == b"STATUS=2 active run(s)"
 
 
 def test_abstract_namespace_socket() -> None:
