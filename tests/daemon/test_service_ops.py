@@ -32,6 +32,8 @@ def test_notify_reload_and_stop(tmp_path: Path) -> None:
         # ...and the token counter's encoding is loaded: the first submit does not pay it.
         [ready_log] = daemon.wait_log("daemon.ready")
         assert ready_log["tokenizer_load_ms"] > 0
+        # ...and so are the modules of a run (the workspace: ~60 ms on the first submit).
+        assert ready_log["modules_load_ms"] > 0
 
         # SIGHUP: one key applies now, one needs a restart; the daemon says which.
         config.write_text('[daemon]\nlog_level = "debug"\nmax_frame_bytes = 1048576\n')
