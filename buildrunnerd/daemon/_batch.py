@@ -5,6 +5,9 @@ prepare worktree -> start attempt -> watch files -> prompt -> ``executor.run_bat
 commit and merge (a conflict re-runs the batch on the new head, as a new attempt, up to
 ``verify.max_merge_reruns``) -> remove worktree.
 
+A verified batch gives its worker back before its merge (merges go one at a time per run, so
+it may wait), and the next ready batch starts meanwhile; a re-run takes a worker again first.
+
 :func:`run_batch_lifecycle` records the batch's progress (``batch.dispatched``, tasks running ->
 verifying, ``verify.passed``/``verify.failed``, attempts) and returns a :class:`BatchResult`;
 the run manager (:mod:`._runs`) writes the final state (succeeded/failed + dependents ready) in
@@ -31,6 +34,7 @@ from buildrunnerd.daemon._context import (
     OnBudgetExceeded,
     OnUsageLimited,
 )
+from buildrunnerd.daemon._scheduler import WorkerLease
 from buildrunnerd.errors import BudgetExceededError, BuildRunnerError, StoreError
 from buildrunnerd.executor import BatchJob, ExecutionOutcome, Executor
 from buildrunnerd.plan._model import Task
@@ -61,9 +65,11 @@ async def run_batch_lifecycle(
     on_budget_exceeded: OnBudgetExceeded,
     confinement: Confinement | None = None,
     on_usage_limited: OnUsageLimited | None = None,
+    worker: WorkerLease | None = None,
 ) -> BatchResult:
     """Run one dispatched batch to a result. Cancellation (run cancel, shutdown) records the
-    attempt as cancelled/interrupted, removes the worktree, and re-raises."""
+    attempt as cancelled/interrupted, removes the worktree, and re-raises. ``worker``: the
+    batch's worker, given back while the verified batch waits for its merge."""
     plan_batch = run.batches_by_plan_id[run.plan_id(batch_id)]
     tasks = [run.tasks_by_plan_id[t] for t in plan_batch.task_ids]
     task_gids = [run.gid(t.id) for t in tasks]
@@ -73,6 +79,8 @@ async def run_batch_lifecycle(
     merge_round = 0
     carry_report: VerificationReport | None = None  # the branch check a re-run must fix
     while True:
+        if worker is not None:
+            await worker.reclaim()  # a re-run after its merge failed: the agent runs again
         attempt_no = run.attempts.get(batch_id, 0) + 1
         run.attempts[batch_id] = attempt_no
         # The worktree and the prompt come first, so that the batch's dispatch, its attempt
@@ -123,6 +131,9 @@ async def run_batch_lifecycle(
             from buildrunnerd.workspace import batch_commit_message
 
             message = batch_commit_message(run.id, plan_batch.id, tasks)
+            if worker is not None:
+                # Verified: what is left is the merge, one batch of the run at a time.
+                worker.release()
             done = await run.workspace.integrate(
                 path, message, report, head=head, batch_id=plan_batch.id,
                 config=config.verify, confinement=confinement)

@@ -18,7 +18,7 @@ import structlog
 
 from buildrunnerd.daemon._active import ActiveRun, BatchResult
 from buildrunnerd.daemon._batch import run_batch_lifecycle
-from buildrunnerd.daemon._scheduler import RunGraph, RunSlot
+from buildrunnerd.daemon._scheduler import RunGraph, RunSlot, WorkerLease
 from buildrunnerd.errors import BuildRunnerError, StoreError
 from buildrunnerd.logging import bind_ids
 from buildrunnerd.store._records import TaskChange
@@ -58,7 +58,8 @@ class BatchResults:
             result = active.unrecorded.pop(batch_id, None)
             if result is None:
                 _log.info("batch.started")
-                result = await self._run_lifecycle(active, batch_id)
+                result = await self._run_lifecycle(
+                    active, batch_id, WorkerLease(self._runs.scheduler, slot, batch_id))
                 _log.info("batch.finished", status=result.status, reason=result.reason)
             else:  # done before the database failed: record it, do not run it again
                 _log.info("batch.recording_again", status=result.status)
@@ -84,7 +85,8 @@ class BatchResults:
         except StoreError as exc:
             await self._pause_on_store_error(slot, batch_id, exc)
 
-    async def _run_lifecycle(self, active: ActiveRun, batch_id: str) -> BatchResult:
+    async def _run_lifecycle(self, active: ActiveRun, batch_id: str,
+                             worker: WorkerLease) -> BatchResult:
         """The batch's lifecycle; a bug in it fails the batch (StoreError and cancellation
         are for the caller: they pause / interrupt the run instead)."""
         try:
@@ -93,7 +95,7 @@ class BatchResults:
                 config=self._runs.config, run=active, batch_id=batch_id,
                 on_budget_exceeded=self._runs.budget_exceeded,
                 on_usage_limited=self._runs.usage_limited,
-                confinement=self._runs.confinement,
+                confinement=self._runs.confinement, worker=worker,
             )
         except StoreError:
             raise

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 import anyio
 import anyio.abc
 
-__all__ = ["BatchSpec", "RunGraph", "Scheduler", "RunSlot", "pick_next"]
+__all__ = ["BatchSpec", "RunGraph", "RunSlot", "Scheduler", "WorkerLease", "pick_next"]
 
 _TERMINAL = frozenset({"succeeded", "cancelled"})
 _ALL_STATES = ("pending", "ready", "running", "succeeded", "failed", "blocked", "cancelled")
@@ -137,6 +137,10 @@ class RunGraph:
         return [d for d in self._nodes[batch_id].dependents
                 if self._nodes[d].unmet == 1 and self._nodes[d].state == "pending"]
 
+    def priority(self, batch_id: str) -> int:
+        """``batch_id``'s dispatch priority (its ``priority_minutes``)."""
+        return self._nodes[batch_id].priority
+
     def would_block(self, batch_id: str) -> list[str]:
         """The batches :meth:`fail` would newly block, without changing anything."""
         return [d for d in self._downstream(batch_id)
@@ -243,13 +247,24 @@ class RunGraph:
 
 @dataclass(slots=True)
 class RunSlot:
-    """One active run as the dispatcher sees it."""
+    """One active run as the dispatcher sees it.
+
+    ``in_flight`` holds every dispatched batch that has not returned (its cancel scope);
+    ``merging`` those of them that gave their worker back (verified, waiting for or in their
+    merge: :meth:`Scheduler.release_worker`). A run's workers are ``in_flight - merging``."""
 
     run_id: str
     graph: RunGraph
     workers: int  # this run's worker limit
     paused: bool = False
     in_flight: dict[str, anyio.CancelScope] = field(default_factory=dict)
+    merging: set[str] = field(default_factory=set)
+    reclaiming: int = 0  # of ``merging``, those waiting to take a worker again
+
+    @property
+    def working(self) -> int:
+        """How many of this run's workers are taken."""
+        return len(self.in_flight) - len(self.merging)
 
 
 def pick_next(slots: Iterable[RunSlot]) -> RunSlot | None:
@@ -261,7 +276,7 @@ def pick_next(slots: Iterable[RunSlot]) -> RunSlot | None:
     best: RunSlot | None = None
     best_priority = -1
     for slot in slots:
-        if slot.paused or len(slot.in_flight) >= slot.workers:
+        if slot.paused or slot.working + slot.reclaiming >= slot.workers:
             continue
         priority = slot.graph.peek_priority()
         if priority is not None and priority > best_priority:
@@ -272,6 +287,25 @@ def pick_next(slots: Iterable[RunSlot]) -> RunSlot | None:
 ExecuteBatch = Callable[[RunSlot, str], Awaitable[None]]
 
 
+class WorkerLease:
+    """One in-flight batch's worker, for its lifecycle: :meth:`release` once it only waits
+    for its merge, :meth:`reclaim` before it runs the agent again."""
+
+    def __init__(self, scheduler: Scheduler, slot: RunSlot, batch_id: str) -> None:
+        self._scheduler = scheduler
+        self._slot = slot
+        self._batch_id = batch_id
+
+    def release(self) -> bool:
+        """Give the worker to the next ready batch (False: the run's bound is reached, the
+        batch keeps it)."""
+        return self._scheduler.release_worker(self._slot, self._batch_id)
+
+    async def reclaim(self) -> None:
+        """Hold a worker again (waits for one to come free; at once if never released)."""
+        await self._scheduler.reclaim_worker(self._slot, self._batch_id)
+
+
 class Scheduler:
     """Dispatches ready batches of every active run onto at most ``workers`` workers.
 
@@ -279,6 +313,11 @@ class Scheduler:
     own cancel scope (``slot.in_flight[batch_id]``) and must leave ``slot.graph`` updated
     (succeed/fail/requeue) before it returns. The scheduler wakes on :meth:`wake` (a new run, a
     finished batch, resume, retry) and never polls.
+
+    A worker is the agent's part of a batch. A verified batch that only waits for its merge
+    (one at a time per run) gives its worker back (:meth:`release_worker`), so the next ready
+    batch starts meanwhile; at most ``workers`` batches of a run wait so. A batch that must run
+    again after all (its merge conflicted) takes a worker again first (:meth:`reclaim_worker`).
     """
 
     def __init__(self, workers: int, execute: ExecuteBatch) -> None:
@@ -287,8 +326,11 @@ class Scheduler:
         self.workers = workers
         self._execute = execute
         self._slots: dict[str, RunSlot] = {}
-        self._running = 0
+        self._running = 0  # batches holding a worker
+        self._reclaiming = 0  # batches waiting to hold one again: served before new ones
+        self._in_flight = 0  # every dispatched batch that has not returned
         self._wakeup = anyio.Event()
+        self._freed = anyio.Event()  # a worker came free (for reclaim_worker)
         self._stopping = False
         self._idle = anyio.Event()
         self._idle.set()
@@ -317,7 +359,51 @@ class Scheduler:
 
     @property
     def in_flight(self) -> int:
+        """Dispatched batches that have not returned (those waiting to merge included)."""
+        return self._in_flight
+
+    @property
+    def running(self) -> int:
+        """Batches holding a worker (at most :attr:`workers`)."""
         return self._running
+
+    def release_worker(self, slot: RunSlot, batch_id: str) -> bool:
+        """``batch_id`` (in flight) needs its worker no more: it only waits for its merge. The
+        worker goes to the next ready batch. False (nothing changed) when the run already has
+        ``workers`` batches waiting so, which bounds them (and their worktrees), or when the
+        merge will make ready a batch of higher priority than any ready now: that batch
+        (on the critical path) gets the worker right after the merge instead."""
+        if (batch_id not in slot.in_flight or batch_id in slot.merging
+                or len(slot.merging) >= slot.workers):
+            return False
+        graph = slot.graph
+        unlocked = max((graph.priority(b) for b in graph.would_ready(batch_id)), default=None)
+        if unlocked is not None:
+            ready = [p for s in self._slots.values() if not s.paused
+                     and (p := s.graph.peek_priority()) is not None]
+            if not ready or unlocked > max(ready):
+                return False
+        slot.merging.add(batch_id)
+        self._running -= 1
+        self._worker_freed()
+        return True
+
+    async def reclaim_worker(self, slot: RunSlot, batch_id: str) -> None:
+        """Take a worker again for ``batch_id`` after :meth:`release_worker` (it must run
+        again): waits until the daemon and the run each have one free. No new batch is
+        dispatched onto a worker a reclaiming batch waits for. No-op if never released."""
+        if batch_id not in slot.merging:
+            return
+        slot.reclaiming += 1
+        self._reclaiming += 1
+        try:
+            while not (self._running < self.workers and slot.working < slot.workers):
+                await self._freed.wait()
+            slot.merging.discard(batch_id)
+            self._running += 1
+        finally:
+            slot.reclaiming -= 1
+            self._reclaiming -= 1
 
     async def wait_idle(self) -> None:
         """Return once no batch is in flight."""
@@ -340,7 +426,7 @@ class Scheduler:
             while True:
                 await self._wakeup.wait()
                 self._wakeup = anyio.Event()
-                while not self._stopping and self._running < self.workers:
+                while not self._stopping and self._running + self._reclaiming < self.workers:
                     slot = pick_next(self._slots.values())
                     if slot is None:
                         break
@@ -350,6 +436,7 @@ class Scheduler:
                     scope = anyio.CancelScope()
                     slot.in_flight[batch_id] = scope
                     self._running += 1
+                    self._in_flight += 1
                     self._idle = anyio.Event() if self._idle.is_set() else self._idle
                     tg.start_soon(self._run_one, slot, batch_id, scope)
 
@@ -359,7 +446,16 @@ class Scheduler:
                 await self._execute(slot, batch_id)
         finally:
             slot.in_flight.pop(batch_id, None)
-            self._running -= 1
-            if self._running == 0:
+            if batch_id in slot.merging:
+                slot.merging.discard(batch_id)  # its worker was given back already
+            else:
+                self._running -= 1
+            self._in_flight -= 1
+            if self._in_flight == 0:
                 self._idle.set()
-            self.wake()
+            self._worker_freed()
+
+    def _worker_freed(self) -> None:
+        self._freed.set()
+        self._freed = anyio.Event()
+        self.wake()
