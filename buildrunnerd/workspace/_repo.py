@@ -440,13 +440,19 @@ class RunRepo:
             # Most often the branch has not moved since the worktree was made: try the
             # fast-forward first (a compare-and-swap from the parent), and read the branch
             # only when it had moved.
-            if parent == self._head_hint and await self._move_branch(commit, parent,
-                                                                     check_head=False):
+            hint = self._head_hint
+            if parent == hint and await self._move_branch(commit, parent, check_head=False):
                 return MergeResult(merged=True, commit=commit, fast_forward=True,
                                    previous=parent, tree=tree)
-            for _ in range(_MAX_REF_RACES):
-                head = await self.head()
-                if head == parent or await self._is_ancestor(head, commit):
+            for attempt in range(_MAX_REF_RACES):
+                # Where this object last saw or moved the branch, unless that was just
+                # refused; the compare-and-swap below refuses a stale one too.
+                head = hint if attempt == 0 and hint is not None and hint != parent \
+                    else await self.head()
+                # The batch's commit has one parent: the branch can be fast-forwarded to it
+                # only from that parent. (A branch moved back to an older ancestor, from
+                # outside, gets a merge commit of the same tree instead.)
+                if head == parent:
                     if await self._move_branch(commit, head):
                         return MergeResult(merged=True, commit=commit, fast_forward=True,
                                            previous=head, tree=tree)
