@@ -266,6 +266,23 @@ def phases(events: list[dict[str, Any]], workers: int, elapsed_s: float) -> dict
     return result
 
 
+def timeline(events: list[dict[str, Any]], workers: int, submitted_at: float) -> dict[str, float]:
+    """The run's fixed costs, from its events (ms): ``start`` (the submit call -> the run's
+    first event), ``first_dispatch`` (-> its first ``batch.dispatched``), ``ramp`` (the first
+    dispatch -> the last of the first ``workers`` ones: worktrees made one at a time) and
+    ``tail`` (the last ``batch.succeeded`` -> the run's end: its final check, its worktrees
+    removed)."""
+    dispatched = sorted(_ts(e) for e in events if e["type"] == "batch.dispatched")
+    succeeded = sorted(_ts(e) for e in events if e["type"] == "batch.succeeded")
+    if not events or not dispatched or not succeeded:
+        return {}
+    first_round = dispatched[:workers]
+    return {"start_ms": round((_ts(events[0]) - submitted_at) * 1000, 1),
+            "first_dispatch_ms": round((dispatched[0] - submitted_at) * 1000, 1),
+            "ramp_ms": round((first_round[-1] - first_round[0]) * 1000, 1),
+            "tail_ms": round((_ts(events[-1]) - succeeded[-1]) * 1000, 1)}
+
+
 def queue_wait_s(events: list[dict[str, Any]]) -> float:
     """Seconds summed over batches from ready (the batch's tasks) to dispatched."""
     ready: dict[str, float] = {}
@@ -340,6 +357,7 @@ async def run_daemon(workers: int, batches: list[str], latency_s: float, root: P
                                      command=command)
         async with daemon.client() as client:
             started = time.perf_counter()
+            submitted_at = time.time()
             run_info = await client.call("run.submit", spec_path=str(spec), repo=str(repo),
                                          workers=workers)
             end = await wait_run_event(daemon.socket, run_info["id"], timeout_s=600)
@@ -377,7 +395,8 @@ async def run_daemon(workers: int, batches: list[str], latency_s: float, root: P
             else [f"{end['type']}: {end.get('data')}"],
             "cache_read_share": round(costs["cache_read_input_tokens"] / max(1, total_in), 3),
             "cost_usd": round(costs["total_usd"], 4), "merge_commits": int(merges.stdout.decode()),
-            "phases": phases(events, workers, elapsed)}
+            "phases": phases(events, workers, elapsed),
+            "timeline": timeline(events, workers, submitted_at)}
 
 
 async def _run_events(socket_path: Path, run_id: str, last_id: int) -> list[dict[str, Any]]:
@@ -486,6 +505,8 @@ def main() -> None:
               + (f"  FAILED {r['failures']}" if r["failures"] else ""))
         if "phases" in r:
             print(f"{'':>7} seconds summed over batches: {r['phases']}")
+        if r.get("timeline"):
+            print(f"{'':>7} the run's fixed costs (ms): {r['timeline']}")
         if "spans" in r and "seconds" in r["spans"]:
             print(f"{'':>7} spans (exclusive s, summed): {r['spans']['seconds']}, "
                   f"queue wait {r['spans']['queue_wait_s']} s; calls: {r['spans']['calls']}")
