@@ -22,13 +22,16 @@ import structlog
 from buildrunnerd.errors import RepoError, WorkspaceError
 from buildrunnerd.plan._model import Task
 from buildrunnerd.workspace._git import BOT_IDENTITY, git
+from buildrunnerd.workspace._sweep import remove_nested_dotgits, sweep_tracked_folders
 from buildrunnerd.workspace._tree import (
     commit_tree,
+    index_tree_id,
     known_tree_id,
     remember_commit_tree,
     remember_index_listing,
     remember_merge,
     staged_tree,
+    tree_folders,
     written_tree,
 )
 from buildrunnerd.workspace._worktree import forget_worktree, record_worktree, worktree_git
@@ -311,16 +314,17 @@ class RunRepo:
     async def _reset_worktree(self, path: Path, head: str) -> None:
         t = self.timeout_s
         opts = await worktree_git(path, timeout_s=t)  # raises when .git was rewritten
-        # git never lists, cleans or commits an entry named .git below the top, so one the
-        # model left (a file naming the user's repository, a repository in a tracked folder)
-        # would outlive reset and clean: removed first, before git looks at the folders.
         try:
-            await anyio.to_thread.run_sync(_remove_nested_dotgits, path)
+            if await self._reset_changed_only(path, head, opts):
+                return
+            # git never lists, cleans or commits an entry named .git below the top, so one
+            # the model left (a file naming the user's repository, a repository in a tracked
+            # folder) would outlive reset and clean: removed first, before git looks at the
+            # folders, in every folder (links not followed).
+            await anyio.to_thread.run_sync(remove_nested_dotgits, path)
         except OSError as exc:
             raise WorkspaceError(f"worktree {path}: cannot remove a .git the batch left "
                                  f"({exc}); not reused", data={"worktree": str(path)}) from exc
-        if await self._reset_changed_only(path, head, opts):
-            return
         await git([*opts, "reset", "--quiet", "--hard", head], cwd=path, timeout_s=t,
                   what=f"resetting worktree {path} for the next batch")
         await git([*opts, "clean", "-ffdxq"], cwd=path, timeout_s=t, check=False)
@@ -341,47 +345,50 @@ class RunRepo:
 
     async def _reset_changed_only(self, path: Path, head: str, opts: Sequence[str]) -> bool:
         """Reset ``path`` to ``head`` writing only what differs, when that is as exact as the
-        whole-tree reset: True when done, False to reset the whole tree (nothing was changed).
+        whole-tree reset: True when done, False to reset the whole tree.
 
-        One ``status`` (every tracked file compared with the index by git's stat data, ctime
-        and inode included, which the model cannot set back; every folder listed for
-        untracked and ignored files) must show the worktree exactly as the index records it,
-        apart from files that are not tracked: then ``clean -ffdx`` removes those (and empty
-        folders), each one listed is checked gone, and ``read-tree -m -u`` moves the index
-        and the files from the index's tree to ``head``'s, touching only the paths where the
-        two differ. Anything else (a tracked file changed, removed, replaced by a link or
-        with another mode; a nested repository; an unmerged index; an untracked folder
-        that holds tracked files, such as one made a nested repository by a ``.git`` file)
-        takes the whole-tree reset and its final check."""
+        1. The ``.git`` entries git never sees are deleted from the folders of the index
+           (:func:`._sweep.sweep_tracked_folders`: one ``lstat`` a folder, links not
+           followed); every other folder holds no tracked file, so ``clean`` removes it
+           whole. A folder that is not as git left it (a link, unreadable, read-only)
+           takes the whole-tree reset.
+        2. ``clean -ffdx`` removes every file the index does not track, ignored ones and
+           nested repositories included, and must report no failure.
+        3. ``diff-files`` must then find every tracked file as the index records it, by
+           git's stat data (ctime and inode included, which the model cannot set back):
+           nothing changed, removed, replaced by a link or re-moded, and nothing the clean
+           took that the index holds.
+        4. ``read-tree -m -u`` moves the index and the files from the index's tree to
+           ``head``'s, touching only the paths where the two differ; not run when the index
+           already holds ``head``'s tree (the batch's own commit was fast-forwarded, or the
+           worktree was reset to ``head`` for the branch's check). The worktree's ``HEAD``
+           is moved with ``update-ref``.
+
+        Anything else (a nested repository, an unmerged index, a failed step) takes the
+        whole-tree reset and its final check."""
         t = self.timeout_s
         index = await staged_tree(path, opts, timeout_s=t)
         target = await commit_tree(self.repo, head, timeout_s=t)
         if any(e.mode == "160000" for e in (*index.values(), *target.values())):
             return False
-        status = await git([*opts, "status", "--porcelain", "-z", "--no-renames", "--ignored",
-                            "--untracked-files=all", "--ignore-submodules=all"],
-                           cwd=path, timeout_s=t, check=False)
-        if not status.ok:
+        held = index_tree_id(opts)
+        folders = tree_folders(index, held)
+        if not await anyio.to_thread.run_sync(sweep_tracked_folders, path, folders):
             return False
-        leftovers: list[str] = []
-        for record in status.stdout.split("\0"):
-            if not record:
-                continue
-            if record[:2] in ("??", "!!"):
-                leftovers.append(record[3:])
-            elif record[1:2] != " ":  # the worktree differs from the index (or unmerged)
-                return False
-        folders = tuple(p for p in leftovers if p.endswith("/"))
-        if folders and any(p.startswith(folders) for p in index):
+        cleaned = await git([*opts, "clean", "-ffdxq"], cwd=path, timeout_s=t, check=False)
+        if not cleaned.ok:
             return False
-        await git([*opts, "clean", "-ffdxq"], cwd=path, timeout_s=t, check=False)
-        if await anyio.to_thread.run_sync(_any_exists, path, leftovers):
+        tracked = await git([*opts, "diff-files", "--quiet", "--ignore-submodules=all"],
+                            cwd=path, timeout_s=t, check=False)
+        if not tracked.ok:
             return False
-        await git([*opts, "read-tree", "-m", "-u", head], cwd=path, timeout_s=t,
-                  what=f"moving worktree {path} to {head[:12]} for the next batch")
+        target_id = known_tree_id(head)
+        if held is None or held != target_id:
+            await git([*opts, "read-tree", "-m", "-u", head], cwd=path, timeout_s=t,
+                      what=f"moving worktree {path} to {head[:12]} for the next batch")
         await git([*opts, "update-ref", "--no-deref", "HEAD", head], cwd=path, timeout_s=t,
                   what=f"moving worktree {path} to {head[:12]} for the next batch")
-        remember_index_listing(opts, target)
+        remember_index_listing(opts, target, target_id)
         return True
 
     async def commit_and_merge(self, worktree: Path, message: str, *,
@@ -571,29 +578,6 @@ class RunRepo:
             # Shielded: a cancelled batch must not leave the merge worktree registered.
             with anyio.CancelScope(shield=True):
                 await _remove_worktree(self.repo, merge_dir, timeout_s=t)
-
-
-def _remove_nested_dotgits(root: Path) -> None:
-    """Delete every entry named ``.git`` under ``root`` but its own (links not followed)."""
-
-    def fail(exc: OSError) -> None:
-        raise exc
-
-    for dirpath, dirnames, filenames in os.walk(root, onerror=fail):
-        top = dirpath == str(root)  # os.walk yields ``root`` first, as given
-        for names in (dirnames, filenames):
-            if ".git" in names and not top:
-                target = os.path.join(dirpath, ".git")
-                if os.path.isdir(target) and not os.path.islink(target):
-                    shutil.rmtree(target)
-                else:
-                    os.unlink(target)
-                names.remove(".git")
-
-
-def _any_exists(root: Path, names: Sequence[str]) -> bool:
-    """Whether any of ``names`` (paths under ``root``) is still there, links not followed."""
-    return any(os.path.lexists(root / name) for name in names)
 
 
 def _merge_message(message: str, commit: str) -> str:

@@ -19,9 +19,9 @@ from buildrunnerd.errors import WorkspaceError
 from buildrunnerd.workspace._git import git
 
 __all__ = ["MAX_BLOB_BYTES", "REGULAR_MODES", "SYMLINK_MODE", "Blobs", "Entry", "Tree",
-           "cat_blobs", "commit_tree", "known_tree_id", "read_blobs", "remember_commit_tree",
-           "remember_index_listing", "remember_merge", "split_cached", "staged_tree",
-           "write_tree", "written_tree"]
+           "cat_blobs", "commit_tree", "index_tree_id", "known_tree_id", "read_blobs",
+           "remember_commit_tree", "remember_index_listing", "remember_merge", "split_cached",
+           "staged_tree", "tree_folders", "write_tree", "written_tree"]
 
 MAX_BLOB_BYTES = 1024 * 1024  # a source file larger than this is not parsed
 REGULAR_MODES = frozenset({"100644", "100755"})
@@ -207,10 +207,11 @@ def written_tree(opts: Sequence[str]) -> str | None:
     return written[1]
 
 
-def remember_index_listing(opts: Sequence[str], tree: Tree) -> None:
+def remember_index_listing(opts: Sequence[str], tree: Tree, tree_id: str | None = None) -> None:
     """The index of ``opts`` was just made, by the daemon's own git, to hold exactly
-    ``tree`` (``read-tree`` of a listed commit): :func:`staged_tree` hands it out until the
-    index changes."""
+    ``tree`` (``read-tree`` of a listed commit, whose tree id is ``tree_id`` when known):
+    :func:`staged_tree` hands it out, and :func:`index_tree_id` names it, until the index
+    changes."""
     index = _index_path(opts)
     key = _index_key(index) if index is not None else None
     if index is None or key is None:
@@ -219,6 +220,48 @@ def remember_index_listing(opts: Sequence[str], tree: Tree) -> None:
         _LISTINGS.clear()
     _LISTINGS[index] = (key, dict(tree))
     _WRITTEN.pop(index, None)
+    _HELD.pop(index, None)
+    if tree_id is not None:
+        if len(_HELD) >= _MAX_LISTINGS:
+            _HELD.clear()
+        _HELD[index] = (key, tree_id)
+
+
+def index_tree_id(opts: Sequence[str]) -> str | None:
+    """The id of the tree the index of ``opts`` holds, when the daemon's own git made it
+    so and the index file is still byte for byte that one: the tree :func:`write_tree`
+    wrote from it, or the tree ``read-tree`` read into it (:func:`remember_index_listing`).
+    None otherwise."""
+    written = written_tree(opts)
+    if written is not None:
+        return written
+    index = _index_path(opts)
+    held = _HELD.get(index) if index is not None else None
+    if index is None or held is None or _index_key(index) != held[0]:
+        return None
+    return held[1]
+
+
+def tree_folders(tree: Tree, tree_id: str | None = None) -> frozenset[str]:
+    """Every folder of ``tree`` (each ancestor of a listed path; the top itself, ``""``, is
+    not one). With ``tree_id`` (the id git gave that tree) the set is kept for the next call:
+    a batch starting where the last one ended asks for the same tree twice."""
+    if tree_id is not None:
+        known = _FOLDERS.get(tree_id)
+        if known is not None:
+            return known
+    parents = {path.rpartition("/")[0] for path in tree}
+    folders: set[str] = set()
+    for folder in parents:
+        while folder and folder not in folders:
+            folders.add(folder)
+            folder = folder.rpartition("/")[0]
+    found = frozenset(folders)
+    if tree_id is not None:
+        if len(_FOLDERS) >= _MAX_TREES:
+            _FOLDERS.pop(next(iter(_FOLDERS)))
+        _FOLDERS[tree_id] = found
+    return found
 
 
 def remember_commit_tree(commit: str, tree_id: str) -> None:
@@ -254,6 +297,10 @@ _LISTINGS: dict[str, tuple[tuple[int, int, bytes], Tree]] = {}
 _MAX_LISTINGS = 64
 # The tree id each index was last written as (index file -> (its key after, tree id)).
 _WRITTEN: dict[str, tuple[tuple[int, int, bytes], str]] = {}
+# The tree each index was last made to hold by read-tree (index file -> (its key, tree id)).
+_HELD: dict[str, tuple[tuple[int, int, bytes], str]] = {}
+# The folders of a tree (tree id -> its folders; a tree id names its content).
+_FOLDERS: dict[str, frozenset[str]] = {}
 _TRAILER_BYTES = 32  # the index's closing checksum (SHA-1: 20 bytes, SHA-256: 32)
 
 
