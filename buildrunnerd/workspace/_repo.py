@@ -31,7 +31,7 @@ from buildrunnerd.workspace._tree import (
     remember_index_listing,
     remember_merge,
     staged_tree,
-    tree_folders,
+    tree_shape,
     written_tree,
 )
 from buildrunnerd.workspace._worktree import forget_worktree, record_worktree, worktree_git
@@ -369,11 +369,11 @@ class RunRepo:
         t = self.timeout_s
         index = await staged_tree(path, opts, timeout_s=t)
         target = await commit_tree(self.repo, head, timeout_s=t)
-        if any(e.mode == "160000" for e in (*index.values(), *target.values())):
+        held, target_id = index_tree_id(opts), known_tree_id(head)
+        shape = tree_shape(index, held)
+        if shape.gitlinks or tree_shape(target, target_id).gitlinks:
             return False
-        held = index_tree_id(opts)
-        folders = tree_folders(index, held)
-        if not await anyio.to_thread.run_sync(sweep_tracked_folders, path, folders):
+        if not await anyio.to_thread.run_sync(sweep_tracked_folders, path, shape.folders):
             return False
         cleaned = await git([*opts, "clean", "-ffdxq"], cwd=path, timeout_s=t, check=False)
         if not cleaned.ok:
@@ -382,7 +382,6 @@ class RunRepo:
                             cwd=path, timeout_s=t, check=False)
         if not tracked.ok:
             return False
-        target_id = known_tree_id(head)
         if held is None or held != target_id:
             await git([*opts, "read-tree", "-m", "-u", head], cwd=path, timeout_s=t,
                       what=f"moving worktree {path} to {head[:12]} for the next batch")

@@ -19,9 +19,9 @@ from buildrunnerd.errors import WorkspaceError
 from buildrunnerd.workspace._git import git
 
 __all__ = ["MAX_BLOB_BYTES", "REGULAR_MODES", "SYMLINK_MODE", "Blobs", "Entry", "Tree",
-           "cat_blobs", "commit_tree", "index_tree_id", "known_tree_id", "read_blobs",
-           "remember_commit_tree", "remember_index_listing", "remember_merge", "split_cached",
-           "staged_tree", "tree_folders", "write_tree", "written_tree"]
+           "TreeShape", "cat_blobs", "commit_tree", "index_tree_id", "known_tree_id",
+           "read_blobs", "remember_commit_tree", "remember_index_listing", "remember_merge",
+           "split_cached", "staged_tree", "tree_shape", "write_tree", "written_tree"]
 
 MAX_BLOB_BYTES = 1024 * 1024  # a source file larger than this is not parsed
 REGULAR_MODES = frozenset({"100644", "100755"})
@@ -242,12 +242,21 @@ def index_tree_id(opts: Sequence[str]) -> str | None:
     return held[1]
 
 
-def tree_folders(tree: Tree, tree_id: str | None = None) -> frozenset[str]:
-    """Every folder of ``tree`` (each ancestor of a listed path; the top itself, ``""``, is
-    not one). With ``tree_id`` (the id git gave that tree) the set is kept for the next call:
-    a batch starting where the last one ended asks for the same tree twice."""
+class TreeShape(msgspec.Struct, frozen=True):
+    """What a listing holds beside its files: every folder (each ancestor of a listed path;
+    the top itself, ``""``, is not one), and whether any entry is a nested repository (a
+    gitlink, mode 160000)."""
+
+    folders: frozenset[str]
+    gitlinks: bool
+
+
+def tree_shape(tree: Tree, tree_id: str | None = None) -> TreeShape:
+    """The :class:`TreeShape` of ``tree``. With ``tree_id`` (the id git gave that tree) it is
+    kept for the next call: a batch starting where the last one ended asks for the same tree
+    twice, and each new tree costs one pass over its paths."""
     if tree_id is not None:
-        known = _FOLDERS.get(tree_id)
+        known = _SHAPES.get(tree_id)
         if known is not None:
             return known
     parents = {path.rpartition("/")[0] for path in tree}
@@ -256,12 +265,12 @@ def tree_folders(tree: Tree, tree_id: str | None = None) -> frozenset[str]:
         while folder and folder not in folders:
             folders.add(folder)
             folder = folder.rpartition("/")[0]
-    found = frozenset(folders)
+    shape = TreeShape(frozenset(folders), "160000" in {e.mode for e in tree.values()})
     if tree_id is not None:
-        if len(_FOLDERS) >= _MAX_TREES:
-            _FOLDERS.pop(next(iter(_FOLDERS)))
-        _FOLDERS[tree_id] = found
-    return found
+        if len(_SHAPES) >= _MAX_TREES:
+            _SHAPES.pop(next(iter(_SHAPES)))
+        _SHAPES[tree_id] = shape
+    return shape
 
 
 def remember_commit_tree(commit: str, tree_id: str) -> None:
@@ -299,8 +308,8 @@ _MAX_LISTINGS = 64
 _WRITTEN: dict[str, tuple[tuple[int, int, bytes], str]] = {}
 # The tree each index was last made to hold by read-tree (index file -> (its key, tree id)).
 _HELD: dict[str, tuple[tuple[int, int, bytes], str]] = {}
-# The folders of a tree (tree id -> its folders; a tree id names its content).
-_FOLDERS: dict[str, frozenset[str]] = {}
+# The shape of a tree (tree id -> its shape; a tree id names its content).
+_SHAPES: dict[str, TreeShape] = {}
 _TRAILER_BYTES = 32  # the index's closing checksum (SHA-1: 20 bytes, SHA-256: 32)
 
 

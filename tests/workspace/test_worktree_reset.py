@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import os
 import stat
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -69,6 +70,8 @@ def _setup(repo: Path) -> None:
     (repo / "docs").mkdir()
     (repo / "docs" / "guide.md").write_text("# guide\n")
     (repo / ".gitignore").write_text("*.log\nbuild/\n")
+    (repo / "lib" / "a" / "b" / "c").mkdir(parents=True)  # a deep tracked folder
+    (repo / "lib" / "a" / "b" / "c" / "leaf.py").write_text("LEAF = 1\n")
     run_git(repo, "add", "-A")
     run_git(repo, "commit", "-q", "-m", "layout")
 
@@ -172,9 +175,50 @@ def _file_made_dir(path: Path, _repo: Path) -> None:
     (path / "app.py" / "inner.py").write_text("I = 1\n")
 
 
+def _dotgit_deep_tracked(path: Path, repo: Path) -> None:
+    # In folders that hold tracked files (git never sees a .git there): a file naming the
+    # user's repository deep down, a whole repository (its .git a folder) further up.
+    (path / "lib" / "a" / "b" / "c" / ".git").write_text(f"gitdir: {repo / '.git'}\n")
+    run_git(path / "lib" / "a", "init", "-q")
+    run_git(path / "lib" / "a", "config", "core.fsmonitor",
+            f"touch {repo.parent / 'should-never-run'}")
+
+
+def _dotgit_in_ignored_folder(path: Path, repo: Path) -> None:
+    # build/ is ignored: a .git file there, and a nested repository below it.
+    (path / "build" / "sub").mkdir(parents=True)
+    (path / "build" / ".git").write_text(f"gitdir: {repo / '.git'}\n")
+    (path / "build" / "a.o").write_bytes(b"\0")
+    run_git(path / "build" / "sub", "init", "-q")
+    (path / "trace.log").mkdir()  # an ignored name, as a folder holding a .git folder
+    (path / "trace.log" / ".git").mkdir()
+
+
+def _dotgit_in_created_folder(path: Path, repo: Path) -> None:
+    # Folders the batch made: one staged (as a failed batch's verification leaves it, so its
+    # folders are the index's), one never staged (untracked: clean removes it whole), with a
+    # .git that names no repository (git status does not even show that folder).
+    (path / "newpkg" / "inner").mkdir(parents=True)
+    (path / "newpkg" / "inner" / "mod.py").write_text("MOD = 1\n")
+    run_git(path, "add", "newpkg")
+    (path / "newpkg" / "inner" / ".git").write_text(f"gitdir: {repo / '.git'}\n")
+    (path / "newpkg" / ".git").mkdir()
+    (path / "fresh" / "deeper").mkdir(parents=True)
+    (path / "fresh" / ".git").write_text("not a gitdir line\n")
+    (path / "fresh" / "deeper" / ".git").mkdir()
+
+
+def _dotgit_through_a_link(path: Path, repo: Path) -> None:
+    # Written through an untracked link to a tracked folder: it lands in that folder.
+    (path / "alias").symlink_to(path / "lib" / "a")
+    (path / "alias" / ".git").write_text(f"gitdir: {repo / '.git'}\n")
+    (path / "pkg" / ".git").symlink_to(repo / ".git")  # a link named .git
+
+
 @pytest.mark.parametrize("dirty", [
     _left_files, _left_links, _dir_made_link, _hidden_dotgit, _modes, _forged_mtime,
-    _outside_change_staged, _staged_then_changed, _file_made_dir,
+    _outside_change_staged, _staged_then_changed, _file_made_dir, _dotgit_deep_tracked,
+    _dotgit_in_ignored_folder, _dotgit_in_created_folder, _dotgit_through_a_link,
 ], ids=lambda f: f.__name__.strip("_"))
 async def test_a_reused_worktree_is_exactly_the_new_head(
         repo: Path, wt_root: Path, dirty: Callable[[Path, Path], None]) -> None:
@@ -239,3 +283,119 @@ async def test_the_commit_holds_the_verified_tree_not_later_writes(
     _assert_exactly_head(run_repo, again, done.commit)
     await ws.release(again, reuse=False)
     await ws.close()
+
+
+@pytest.mark.parametrize("dotgit", ["names_the_repository", "repository", "garbage",
+                                    "empty_folder"])
+def test_clean_removes_an_untracked_folder_holding_a_dotgit(repo: Path, dotgit: str) -> None:
+    """What the sweep of the index's folders relies on: a folder that holds no tracked file
+    goes whole in ``clean -ffdx``, its ``.git`` (a file, a repository, anything) with it, even
+    when ``status`` does not show the folder at all (a ``.git`` that names no repository)."""
+    folder = repo / "made" / "by" / "model"
+    folder.mkdir(parents=True)
+    (folder / "x.py").write_text("X = 1\n")
+    if dotgit == "names_the_repository":
+        (folder / ".git").write_text(f"gitdir: {repo / '.git'}\n")
+    elif dotgit == "repository":
+        run_git(folder, "init", "-q")
+    elif dotgit == "garbage":
+        (folder / "x.py").unlink()
+        (folder / ".git").write_text("no gitdir here\n")
+    else:
+        (folder / "x.py").unlink()
+        (folder / ".git").mkdir()
+    shown = run_git(repo, "status", "--porcelain", "--ignored", "--untracked-files=all")
+    if dotgit in ("names_the_repository", "repository"):
+        assert shown == "?? made/by/model/\n"  # a nested repository to git
+    run_git(repo, "-c", "core.hooksPath=/dev/null", "clean", "-ffdxq")
+    assert not (repo / "made").exists()
+    # And git never shows the same .git in a folder that holds a tracked file: the sweep's job.
+    (repo / "sub").mkdir()
+    (repo / "sub" / "kept.py").write_text("K = 1\n")
+    run_git(repo, "add", "sub")
+    (repo / "sub" / ".git").write_text(f"gitdir: {repo / '.git'}\n")
+    assert run_git(repo, "status", "--porcelain", "--ignored", "--untracked-files=all") == (
+        "A  sub/kept.py\n")
+    run_git(repo, "clean", "-ffdxq")
+    assert (repo / "sub" / ".git").exists()
+
+
+async def test_a_tracked_folder_made_a_link_is_not_followed(repo: Path, wt_root: Path) -> None:
+    # A tracked folder replaced by a link to a folder outside that holds a .git: the sweep
+    # does not follow it (the outside .git stays), and the worktree comes back as the head.
+    outside = repo.parent / "outside"
+    outside.mkdir()
+    (outside / ".git").write_text("gitdir: /nowhere\n")
+    (outside / "c").mkdir()
+    (outside / "c" / ".git").mkdir()
+
+    def dirty(path: Path, _repo: Path) -> None:
+        target = path / "lib" / "a" / "b"
+        (target / "c" / "leaf.py").unlink()
+        (target / "c").rmdir()
+        target.rmdir()
+        target.symlink_to(outside)
+
+    run_repo, path = await _dirty_then_reacquire(repo, wt_root, dirty)
+    _assert_exactly_head(run_repo, path, await run_repo.head())
+    assert (outside / ".git").is_file() and (outside / "c" / ".git").is_dir()
+    await run_repo.release_worktree(path, reuse=False)
+    await run_repo.close()
+
+
+async def test_a_hidden_file_in_a_folder_made_unlistable_never_reaches_the_next_batch(
+        repo: Path, wt_root: Path) -> None:
+    # git's status and clean cannot list a tracked folder its owner cannot read (both say
+    # nothing, clean removes nothing; root reads it all the same), yet a known name there can
+    # still be opened (a conftest.py, a module): the sweep finds the folder's mode is not
+    # git's and the whole reset takes over (or, not root, the worktree is not reused).
+    _setup(repo)
+    run_repo = await prepare_run_repo(repo, "r1")
+    victim = await run_repo.acquire_worktree(wt_root)
+    (victim / "pkg" / "conftest.py").write_text("raise SystemExit('planted')\n")
+    (victim / "pkg").chmod(0o300)
+    await run_repo.release_worktree(victim)
+    try:
+        with record_git_calls() as calls:
+            again = await run_repo.acquire_worktree(wt_root)
+    finally:
+        if (victim / "pkg").is_dir():
+            (victim / "pkg").chmod(0o755)
+    assert not (again / "pkg" / "conftest.py").exists()
+    assert again != victim or "reset" in calls.subcommands(), calls.subcommands()
+    if again == victim:
+        _assert_exactly_head(run_repo, again, await run_repo.head())
+    await run_repo.release_worktree(again, reuse=False)
+    await run_repo.close()
+
+
+_LISTED: list[str] = []
+_LISTING = False
+
+
+def _count_listings(event: str, args: tuple[object, ...]) -> None:
+    if _LISTING and event in ("os.scandir", "os.listdir"):
+        _LISTED.append(str(args[0]) if args else "")
+
+
+async def test_the_reuse_lists_no_folder(repo: Path, wt_root: Path) -> None:
+    """The sweep of a worktree moved by what differs looks at one ``.git`` name a folder of
+    the index and lists none (the whole-tree reset walked every folder and file)."""
+    global _LISTING
+    sys.addaudithook(_count_listings)  # process-wide and permanent: gated by _LISTING
+    _setup(repo)
+    run_repo = await prepare_run_repo(repo, "r1")
+    first = await run_repo.acquire_worktree(wt_root)
+    (first / "lib" / "a" / "b" / "c" / ".git").write_text(f"gitdir: {repo / '.git'}\n")
+    await run_repo.release_worktree(first)
+    _LISTED.clear()
+    _LISTING = True
+    try:
+        again = await run_repo.acquire_worktree(wt_root)
+    finally:
+        _LISTING = False
+    assert again == first and _LISTED == [], _LISTED
+    assert not (again / "lib" / "a" / "b" / "c" / ".git").exists()
+    _assert_exactly_head(run_repo, again, await run_repo.head())
+    await run_repo.release_worktree(again, reuse=False)
+    await run_repo.close()
