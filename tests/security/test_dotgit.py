@@ -11,6 +11,8 @@ import os
 from collections.abc import Callable
 from typing import Any
 
+import pytest
+
 from tests.security._lab import Feature, Lab, account, bash, edit, tool_results
 
 TWO_FEATURES: list[Feature] = [("Storage", "database", [], ["app/db.py"]),
@@ -117,26 +119,37 @@ async def test_nested_repository_config_never_runs_when_a_worktree_is_reused(
     await lab.stop()
 
 
+@pytest.mark.parametrize("planted", ["file_naming_the_repository", "repository_deep_down"])
 async def test_a_dotgit_left_below_the_top_does_not_reach_the_next_batch(
-        lab_factory: Callable[..., Lab]) -> None:
+        lab_factory: Callable[..., Lab], planted: str) -> None:
     """git never lists, cleans or commits an entry named ``.git`` below a worktree's top, so a
-    ``.git`` file a batch leaves in a tracked folder, naming the user's repository, used to
-    outlive the reset of a reused worktree: every later batch (and the daemon's git in it)
-    saw that folder as the user's repository. The next batch must find it gone, and the
-    user's branches must stay as they were."""
+    ``.git`` a batch leaves in a tracked folder (a file naming the user's repository, or a
+    repository whose config runs a program) used to outlive the reset of a reused worktree:
+    every later batch (and the daemon's git in it) saw that folder as another repository. The
+    next batch must find it gone (the reset looks at each folder of the index, however deep),
+    the user's branches must stay as they were, and nothing the planted config names runs."""
     lab = lab_factory(account(), features=[
         ("Storage", "database", [], ["app/db.py"]),
         ("Billing", "backend", [], ["app/billing.py"])])
-    # A folder the user's repository tracks: git's clean never removes what holds tracked files.
-    (lab.repo / "lib").mkdir()
-    (lab.repo / "lib" / "keep.py").write_text("KEEP = 1\n")
-    os.chown(lab.repo / "lib", lab.user.uid, lab.user.gid)
-    os.chown(lab.repo / "lib" / "keep.py", lab.user.uid, lab.user.gid)
+    marker = lab.markers / "planted-config"
+    # Folders the user's repository tracks: git's clean never removes what holds tracked files.
+    folder = "lib" if planted == "file_naming_the_repository" else "lib/deep/er"
+    keep = lab.repo / folder / "keep.py"
+    keep.parent.mkdir(parents=True)
+    keep.write_text("KEEP = 1\n")
+    for made in [keep, *keep.parents]:
+        if made.is_relative_to(lab.repo / "lib"):
+            os.chown(made, lab.user.uid, lab.user.gid)
     lab.git("add", "lib", as_user=True)
     lab.git("commit", "-qm", "lib", as_user=True)
     refs_before = lab.git("for-each-ref")
-    plant = (f"printf 'gitdir: {lab.repo}/.git\\n' > lib/.git && cat lib/.git && echo planted")
-    probe = "test -e lib/.git && echo dotgit=present || echo dotgit=gone"
+    if planted == "file_naming_the_repository":
+        plant = f"printf 'gitdir: {lab.repo}/.git\\n' > {folder}/.git && cat {folder}/.git"
+    else:
+        plant = (f"git init -q {folder} && git -C {folder} config core.fsmonitor "
+                 f"'touch {marker}; false' && test -d {folder}/.git")
+    plant += " && echo planted"
+    probe = f"test -e {folder}/.git && echo dotgit=present || echo dotgit=gone"
     await lab.start(lab.responder({"app/billing.py": [[bash(plant)]],
                                    "app/db.py": [[bash(probe)]]}))
     run_id = await lab.submit(workers=1)
@@ -144,10 +157,11 @@ async def test_a_dotgit_left_below_the_top_does_not_reach_the_next_batch(
     shown = tool_results(lab.fake)
     assert "planted" in shown, shown[-3000:]
     assert "dotgit=gone" in shown and "dotgit=present" not in shown, (info, shown[-3000:])
-    # One worker: the planting batch (refused: the folder is a nested repository to git) ran
-    # first, and the probing one after it, in the same reused worktree.
+    # One worker: the planting batch ran first, and the probing one after it, in the same
+    # reused worktree.
     assert shown.index("planted") < shown.index("dotgit=gone"), shown[-3000:]
     assert info["state"] in ("succeeded", "failed"), info
+    assert not marker.exists()
     # The run's own branch is new; every ref the user had is where it was.
     refs_after = lab.git("for-each-ref")
     assert set(refs_before.splitlines()) <= set(refs_after.splitlines())
