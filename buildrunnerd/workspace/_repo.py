@@ -382,7 +382,9 @@ class RunRepo:
                             cwd=path, timeout_s=t, check=False)
         if not tracked.ok:
             return False
-        if held is None or held != target_id:
+        # Asked again: the index must still be the one that held it (clean and diff-files
+        # never write it; anything else that did makes the id unknown).
+        if held is None or held != target_id or index_tree_id(opts) != held:
             await git([*opts, "read-tree", "-m", "-u", head], cwd=path, timeout_s=t,
                       what=f"moving worktree {path} to {head[:12]} for the next batch")
         await git([*opts, "update-ref", "--no-deref", "HEAD", head], cwd=path, timeout_s=t,

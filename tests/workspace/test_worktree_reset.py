@@ -399,3 +399,39 @@ async def test_the_reuse_lists_no_folder(repo: Path, wt_root: Path) -> None:
     _assert_exactly_head(run_repo, again, await run_repo.head())
     await run_repo.release_worktree(again, reuse=False)
     await run_repo.close()
+
+
+@pytest.mark.parametrize("dirty", [
+    _left_files, _hidden_dotgit, _forged_mtime, _dotgit_deep_tracked, _file_made_dir,
+    _outside_change_staged,
+], ids=lambda f: f.__name__.strip("_"))
+async def test_a_worktree_whose_index_holds_the_head_is_still_checked(
+        repo: Path, wt_root: Path, dirty: Callable[[Path, Path], None]) -> None:
+    # The batch's own verified commit was fast-forwarded: the index already holds the head's
+    # tree, so no read-tree is needed. What was written after the commit (a leftover process)
+    # is found all the same, and the worktree comes back exactly as the head.
+    _setup(repo)
+    t1 = task("t1", "feature.py")
+    run_repo = await prepare_run_repo(repo, "r1")
+    ws = GitWorkspace(run_repo, run_id="r1", worktree_root=wt_root, project_root=repo,
+                      base_commit=run_repo.base_commit, test_cmd=None, plan_tasks=[t1],
+                      spec_path=None)
+    path, head = await ws.acquire()
+    (path / "feature.py").write_text("def feature() -> int:\n    return 1\n")
+    config = VerifyConfig()
+    report = await ws.verify(path, [t1], head=head, config=config, confinement=None)
+    assert report.passed, report
+    done = await ws.integrate(path, "t1", report, head=head, batch_id="b1", config=config,
+                              confinement=None)
+    assert done.merged and done.commit is not None
+    dirty(path, repo)
+    await ws.release(path)
+    with record_git_calls() as calls:
+        again, again_head = await ws.acquire()
+    assert again == path and again_head == done.commit
+    _assert_exactly_head(run_repo, again, done.commit)
+    assert not await anyio.Path(repo.parent / "should-never-run").exists()
+    if dirty is _left_files:  # only untracked files: moved by what differs, nothing to read
+        assert "read-tree" not in calls.subcommands() and "reset" not in calls.subcommands()
+    await ws.release(again, reuse=False)
+    await ws.close()
