@@ -150,6 +150,21 @@ async def staged_tree(cwd: Path, opts: Sequence[str] = (), *, timeout_s: float) 
         cached = _LISTINGS.get(index)
         if cached is not None and cached[0] == key:
             return dict(cached[1])
+    base = _BASES.get(index) if index is not None else None
+    tree = None
+    if base is not None:
+        tree = await _listing_from_base(cwd, opts, *base, timeout_s=timeout_s)
+    if tree is None:
+        tree = await _list_index(cwd, opts, timeout_s=timeout_s)
+    # Kept only when the index did not change while git read it.
+    if index is not None and key is not None and _index_key(index) == key:
+        if len(_LISTINGS) >= _MAX_LISTINGS and index not in _LISTINGS:
+            _LISTINGS.clear()
+        _LISTINGS[index] = (key, dict(tree))
+    return tree
+
+
+async def _list_index(cwd: Path, opts: Sequence[str], *, timeout_s: float) -> Tree:
     res = await git([*opts, "ls-files", "-s", "-z"], cwd=cwd, timeout_s=timeout_s,
                     what="listing the staged files")
     tree: Tree = {}
@@ -159,12 +174,47 @@ async def staged_tree(cwd: Path, opts: Sequence[str] = (), *, timeout_s: float) 
         meta, _, path = record.partition("\t")
         mode, sha, _stage = meta.split(" ")
         tree[path] = Entry(mode, sha)
-    # Kept only when the index did not change while git read it.
-    if index is not None and key is not None and _index_key(index) == key:
-        if len(_LISTINGS) >= _MAX_LISTINGS and index not in _LISTINGS:
-            _LISTINGS.clear()
-        _LISTINGS[index] = (key, dict(tree))
     return tree
+
+
+async def _listing_from_base(cwd: Path, opts: Sequence[str], base_id: str, base: Tree, *,
+                             timeout_s: float) -> Tree | None:
+    """The index's listing as the tree ``base_id`` it held before (whose listing is
+    ``base``) changed by what ``diff-index --cached`` reports between the two: the size of
+    the change (a batch's staging), not of the tree. None when git reports anything but
+    added, modified, type-changed and deleted entries (an unmerged index): list it whole.
+    Every option that a configuration could change is given: all nested repositories
+    compared, no renames, full ids."""
+    res = await git([*opts, "diff-index", "--cached", "--raw", "-z", "--no-renames",
+                     "--no-abbrev", "--ignore-submodules=none", "--no-textconv",
+                     "--no-ext-diff", base_id, "--"],
+                    cwd=cwd, timeout_s=timeout_s, check=False,
+                    what="listing the staged changes")
+    if not res.ok:
+        return None
+    tree = dict(base)
+    # -z: ":<old mode> <new mode> <old sha> <new sha> <status>\0<path>\0" per change.
+    fields = res.stdout.split("\0")
+    if fields[-1:] != [""] or len(fields) % 2 != 1:
+        return None
+    for header, path in zip(fields[0:-1:2], fields[1::2], strict=True):
+        parts = header.lstrip(":").split(" ")
+        if not header.startswith(":") or len(parts) != 5:
+            return None
+        _old_mode, new_mode, _old_sha, new_sha, status = parts
+        if status == "D":
+            tree.pop(path, None)
+        elif status in ("A", "M", "T"):
+            tree[path] = Entry(new_mode, new_sha)
+        else:
+            return None
+    return tree
+
+
+def _remember_base(index: str, tree_id: str, tree: Tree) -> None:
+    if len(_BASES) >= _MAX_BASES and index not in _BASES:
+        _BASES.clear()
+    _BASES[index] = (tree_id, tree)
 
 
 async def write_tree(cwd: Path, opts: Sequence[str] = (), *, timeout_s: float) -> str:
@@ -185,6 +235,7 @@ async def write_tree(cwd: Path, opts: Sequence[str] = (), *, timeout_s: float) -
         if len(_TREES) >= _MAX_TREES:
             _TREES.pop(next(iter(_TREES)))
         _TREES[tree_id] = cached[1]
+        _remember_base(index, tree_id, cached[1])
     if index is not None and after is not None and after == _index_key(index):
         if len(_WRITTEN) >= _MAX_LISTINGS and index not in _WRITTEN:
             _WRITTEN.clear()
@@ -218,13 +269,15 @@ def remember_index_listing(opts: Sequence[str], tree: Tree, tree_id: str | None 
         return
     if len(_LISTINGS) >= _MAX_LISTINGS and index not in _LISTINGS:
         _LISTINGS.clear()
-    _LISTINGS[index] = (key, dict(tree))
+    listing = dict(tree)
+    _LISTINGS[index] = (key, listing)
     _WRITTEN.pop(index, None)
     _HELD.pop(index, None)
     if tree_id is not None:
         if len(_HELD) >= _MAX_LISTINGS:
             _HELD.clear()
         _HELD[index] = (key, tree_id)
+        _remember_base(index, tree_id, listing)
 
 
 def index_tree_id(opts: Sequence[str]) -> str | None:
@@ -308,6 +361,11 @@ _MAX_LISTINGS = 64
 _WRITTEN: dict[str, tuple[tuple[int, int, bytes], str]] = {}
 # The tree each index was last made to hold by read-tree (index file -> (its key, tree id)).
 _HELD: dict[str, tuple[tuple[int, int, bytes], str]] = {}
+# The last tree each index was known to hold, and its listing (index file -> (tree id,
+# listing)): once the index changes (a batch's staging), its listing is that one changed by
+# what `diff-index --cached` reports. About one per worker: a listing is the whole tree.
+_BASES: dict[str, tuple[str, Tree]] = {}
+_MAX_BASES = 32
 # The shape of a tree (tree id -> its shape; a tree id names its content).
 _SHAPES: dict[str, TreeShape] = {}
 _TRAILER_BYTES = 32  # the index's closing checksum (SHA-1: 20 bytes, SHA-256: 32)

@@ -5,6 +5,7 @@ it lists."""
 
 from __future__ import annotations
 
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -71,9 +72,10 @@ async def test_a_batch_starts_a_bounded_number_of_git_processes(
         assert len(calls) <= MAX_CALLS_PER_BATCH, names
         # The start commit was the last batch's own commit: its tree is already listed.
         assert "ls-tree" not in names, names
-        # The index listed after the reset and after staging (and the racy refresh above),
-        # shared by every check: was one per check (5, with `ls-files --others`).
-        assert names.count("ls-files") <= 3, names
+        # The index listed after staging (and again after git's racy refresh above), shared
+        # by every check: was one per check (5, with `ls-files --others`), then up to 3 whole
+        # listings; now as the head's tree plus `diff-index --cached`, the size of the change.
+        assert "ls-files" not in names and names.count("diff-index") <= 2, names
         # Staged once, for verification: the scan after the tests stages again only when a
         # status shows the test run left something to stage; the commit stages nothing.
         assert names.count("add") == 1, names
@@ -204,3 +206,90 @@ async def test_a_merge_is_listed_from_its_change_and_is_the_tree_git_lists(
     await ws.release(first)
     await ws.release(second)
     await ws.close()
+
+
+def _ls_files(path: Path) -> dict[str, tuple[str, str]]:
+    git_dir = run_git(path, "rev-parse", "--absolute-git-dir").strip()
+    listed = {}
+    for record in run_git(path, f"--git-dir={git_dir}", f"--work-tree={path}", "ls-files",
+                          "-s", "-z").split("\0"):
+        if record:
+            meta, _, name = record.partition("\t")
+            mode, sha, _stage = meta.split(" ")
+            listed[name] = (mode, sha)
+    return listed
+
+
+async def test_a_staged_index_is_listed_from_its_change_and_is_what_git_lists(
+        repo: Path, wt_root: Path) -> None:
+    # After the reset the index holds the head's tree (known): the batch's staging is listed
+    # as that tree plus `diff-index --cached` (the size of the change), never `ls-files` of
+    # the whole index, and it is exactly what `ls-files` shows: added, changed, deleted,
+    # re-moded, a file made a link and a folder, a new nested repository (a gitlink).
+    from buildrunnerd.workspace._repo import stage_all
+
+    (repo / "docs").mkdir()
+    (repo / "docs" / "guide.md").write_text("# guide\n")
+    (repo / "tool.sh").write_text("#!/bin/sh\n")
+    run_git(repo, "add", "-A")
+    run_git(repo, "commit", "-q", "-m", "more")
+    run_repo = await prepare_run_repo(repo, "r1")
+    first = await run_repo.acquire_worktree(wt_root)
+    (first / "x.py").write_text("X = 1\n")
+    assert (await run_repo.commit_and_merge(first, "first")).merged
+    await run_repo.release_worktree(first)
+    path = await run_repo.acquire_worktree(wt_root)  # reused: the index is the head's tree
+    assert path == first
+    opts = await worktree_git(path, timeout_s=30)
+    (path / "new.py").write_text("N = 1\n")
+    (path / "app.py").write_text("def hello() -> str:\n    return 'changed'\n")
+    (path / "x.py").unlink()
+    (path / "tool.sh").chmod(0o755)
+    (path / "README.md").unlink()
+    (path / "README.md").symlink_to("app.py")
+    (path / "docs" / "guide.md").unlink()
+    (path / "docs" / "guide.md").mkdir()
+    (path / "docs" / "guide.md" / "inner.md").write_text("inner\n")
+    nested = path / "vendored"
+    nested.mkdir()
+    (nested / "v.py").write_text("V = 1\n")
+    run_git(nested, "init", "-q")
+    run_git(nested, "add", "-A")
+    run_git(nested, "-c", "user.name=m", "-c", "user.email=m@x", "commit", "-q", "-m", "v")
+    await stage_all(path, opts, timeout_s=30, what="staging")
+    with record_git_calls() as calls:
+        listed = await staged_tree(path, opts, timeout_s=30)
+    assert calls.subcommands() == ["diff-index"], calls.commands
+    assert {p: (e.mode, e.sha) for p, e in listed.items()} == _ls_files(path)
+    assert listed["vendored"].mode == "160000" and "x.py" not in listed
+    assert listed["README.md"].mode == "120000" and "docs/guide.md/inner.md" in listed
+    await run_repo.release_worktree(path, reuse=False)
+    await run_repo.close()
+
+
+def _index_info(path: Path, info: str) -> None:
+    """``git update-index --index-info`` in the worktree's own git directory (test set-up)."""
+    git_dir = run_git(path, "rev-parse", "--absolute-git-dir").strip()
+    subprocess.run(["git", f"--git-dir={git_dir}", f"--work-tree={path}", "update-index",
+                    "--index-info"], input=info, text=True, check=True, cwd=path)
+
+
+async def test_an_unmerged_index_is_listed_whole(repo: Path, wt_root: Path) -> None:
+    # Conflicting stages are not a change diff-index can describe entry by entry: the index
+    # is listed whole, as git lists it.
+    run_repo = await prepare_run_repo(repo, "r1")
+    first = await run_repo.acquire_worktree(wt_root)
+    (first / "x.py").write_text("X = 1\n")
+    assert (await run_repo.commit_and_merge(first, "first")).merged
+    await run_repo.release_worktree(first)
+    path = await run_repo.acquire_worktree(wt_root)
+    opts = await worktree_git(path, timeout_s=30)
+    blob = run_git(path, "hash-object", "-w", "app.py").strip()
+    _index_info(path, f"0 {'0' * 40}\tapp.py\n100644 {blob} 1\tapp.py\n"
+                      f"100644 {blob} 2\tapp.py\n")
+    with record_git_calls() as calls:
+        listed = await staged_tree(path, opts, timeout_s=30)
+    assert "ls-files" in calls.subcommands(), calls.commands
+    assert {p: (e.mode, e.sha) for p, e in listed.items()} == _ls_files(path)
+    await run_repo.release_worktree(path, reuse=False)
+    await run_repo.close()
