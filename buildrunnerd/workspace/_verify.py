@@ -248,14 +248,6 @@ async def _stage_and_diff(worktree: Path, base_commit: str, timeout_s: float) ->
     return _Change(diff, changed, before, after, staged.exact)
 
 
-def _changed_python_files(diff: str) -> list[str]:
-    files: list[str] = []
-    for line in diff.splitlines():
-        if line.startswith("+++ b/") and line.endswith(".py"):
-            files.append(line[6:])
-    return files
-
-
 async def _run_confined_check(
     command: str,
     *,
@@ -600,7 +592,9 @@ async def verify(
 
     if batch_checks:
         checks += await _check_files_in_tree(worktree, tasks, after, changed, blobs, opts, t)
-        py_files = _changed_python_files(diff)
+        # The changed Python files by their exact names (the raw diff's, not the patch's
+        # headers, which quote unusual names and hold no `+++` line for a binary file).
+        py_files = [p for p in changed if p.endswith(".py") and p in after]
         checks += await anyio.to_thread.run_sync(_compile_all, worktree, py_files)
         protected_findings = await anyio.to_thread.run_sync(
             lambda: _guarded("protected", lambda: check_protected(
