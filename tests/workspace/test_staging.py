@@ -164,3 +164,39 @@ def test_the_excludes_are_the_ones_staging_knows() -> None:
         assert excluded(f"a/b{suffix}") is True
         assert excluded(f"a/b{suffix}/c.py") is None
     assert excluded("a/b.py") is False
+
+
+@pytest.mark.parametrize("nested", [False, True])
+async def test_the_staged_listing_verification_derives_is_the_index(
+        repo: Path, wt_root: Path, nested: bool) -> None:
+    # The listing of the index after staging is the start commit's changed by what the diff
+    # reports (no `ls-files`): it must be exactly what git lists, for every kind of entry.
+    from buildrunnerd.workspace import verify
+    from buildrunnerd.workspace._tree import staged_tree
+
+    _seed(repo)
+    run_repo = await prepare_run_repo(repo, "r1")
+    wt = await run_repo.add_worktree(wt_root, "b1")
+    (wt / "app.py").unlink()
+    (wt / "pkg" / "core.py").chmod(0o755)
+    (wt / "pkg" / "link.py").symlink_to("core.py")
+    (wt / "deep" / "er").mkdir(parents=True)
+    (wt / "deep" / "er" / "new.py").write_text("N = 1\n")
+    (wt / "README.md").write_text("# changed\n")
+    if nested:
+        _nested_repo(wt)  # staged the whole-tree way: a gitlink
+    await verify(wt, [], test_cmd="true")
+    opts = await worktree_git(wt, timeout_s=30)
+    with record_git_calls() as calls:
+        derived = await staged_tree(wt, opts, timeout_s=30)
+    assert len(calls) == 0  # the shared listing, as verification left it
+    listed = {}
+    for line in _index(wt, opts).splitlines():
+        meta, _, name = line.partition("\t")
+        mode, sha, _stage = meta.split(" ")
+        listed[name] = (mode, sha)
+    assert {p: (e.mode, e.sha) for p, e in derived.items()} == listed
+    assert listed["pkg/link.py"][0] == "120000" and listed["pkg/core.py"][0] == "100755"
+    assert ("sub" in listed) is nested and (not nested or listed["sub"][0] == "160000")
+    assert "app.py" not in listed
+    await run_repo.remove_worktree(wt)
