@@ -77,31 +77,71 @@ def _many(wt: Path) -> None:
         (folder / f"m{i}.py").write_text(f"N = {i}\n")
 
 
+def _new_and_changed(wt: Path) -> None:
+    (wt / "new.py").write_text("N = 1\n")
+    (wt / "app.py").write_text("changed\n")
+
+
+def _deleted(wt: Path) -> None:
+    (wt / "app.py").unlink()
+
+
+def _mode(wt: Path) -> None:
+    (wt / "app.py").chmod(0o755)
+
+
+def _file_to_symlink(wt: Path) -> None:
+    (wt / "app.py").unlink()
+    (wt / "app.py").symlink_to("/etc/hostname")
+
+
+def _caches(wt: Path) -> None:
+    (wt / "pkg" / "__pycache__").mkdir()
+    (wt / "pkg" / "__pycache__" / "core.cpython-311.pyc").write_bytes(b"\0")
+    (wt / "stale.pyc").write_bytes(b"\0")
+    (wt / "ok.py").write_text("O = 1\n")
+
+
+def _ignored(wt: Path) -> None:
+    (wt / "debug.log").write_text("x\n")
+    (wt / "ok.py").write_text("O = 1\n")
+
+
+def _cache_name_as_file(wt: Path) -> None:
+    (wt / "__pycache__").write_text("x\n")
+
+
+def _suffix_on_a_folder(wt: Path) -> None:
+    (wt / "x.pyc").mkdir()
+    (wt / "x.pyc" / "y.py").write_text("Y = 1\n")
+
+
+def _non_utf8_name(wt: Path) -> None:
+    (wt / os.fsdecode(b"caf\xe9.py")).write_text("C = 1\n")
+
+
+def _nothing(wt: Path) -> None:
+    pass
+
+
 CHANGES: dict[str, tuple[Callable[[Path], None], bool | None]] = {
     # name -> (the change, whether the worktree then holds exactly the index; None: unknown)
-    "new_and_changed": (lambda wt: ((wt / "new.py").write_text("N = 1\n"),
-                                    (wt / "app.py").write_text("changed\n")), True),
-    "deleted": (lambda wt: (wt / "app.py").unlink(), True),
+    "new_and_changed": (_new_and_changed, True),
+    "deleted": (_deleted, True),
     "forged_mtime": (_forge_mtime, True),
-    "mode": (lambda wt: (wt / "app.py").chmod(0o755), True),
-    "file_to_symlink": (lambda wt: ((wt / "app.py").unlink(),
-                                    (wt / "app.py").symlink_to("/etc/hostname")), True),
+    "mode": (_mode, True),
+    "file_to_symlink": (_file_to_symlink, True),
     "folder_to_symlink": (_folder_to_symlink, None),
     "file_to_folder": (_file_to_folder, True),
-    "caches": (lambda wt: ((wt / "pkg" / "__pycache__").mkdir(),
-                           (wt / "pkg" / "__pycache__" / "core.cpython-311.pyc").write_bytes(
-                               b"\0"), (wt / "stale.pyc").write_bytes(b"\0"),
-                           (wt / "ok.py").write_text("O = 1\n")), False),
-    "ignored": (lambda wt: ((wt / "debug.log").write_text("x\n"),
-                            (wt / "ok.py").write_text("O = 1\n")), False),
+    "caches": (_caches, False),
+    "ignored": (_ignored, False),
     "nested_repo": (_nested_repo, None),
-    "cache_names_as_files": (lambda wt: ((wt / "__pycache__").write_text("x\n"),), None),
-    "suffix_on_a_folder": (lambda wt: ((wt / "x.pyc").mkdir(),
-                                       (wt / "x.pyc" / "y.py").write_text("Y = 1\n")), None),
-    "non_utf8_name": (lambda wt: (wt / os.fsdecode(b"caf\xe9.py")).write_text("C = 1\n"), None),
+    "cache_names_as_files": (_cache_name_as_file, None),
+    "suffix_on_a_folder": (_suffix_on_a_folder, None),
+    "non_utf8_name": (_non_utf8_name, None),
     "fixup_round": (_fixup_round, True),
     "many": (_many, True),
-    "nothing": (lambda wt: None, True),
+    "nothing": (_nothing, True),
 }
 
 
