@@ -17,7 +17,8 @@ Per step it reports the git processes (counted by the workspace's own git runner
 seconds of those processes (``getrusage(RUSAGE_CHILDREN)``: what a busy machine does not
 inflate much; the test command's sandbox counts there too), the bench process's own CPU (the
 daemon's part: parsing listings, the checks) and the median wall time. The load-independent
-figures are the calls and CPU per batch at 10,000 files against 1,000. Run it with
+figures are the calls and CPU per batch at 10,000 files against 1,000; the last lines give
+verification's alone (its git processes by subcommand, git and daemon CPU). Run it with
 ``PYTHONPATH=<checkout of another commit>`` to compare before and after.
 """
 
@@ -106,9 +107,11 @@ class _Steps:
     """Times and counts the steps of one batch into ``row``."""
 
     def __init__(self, row: dict[str, tuple[int, float, float, float]],
-                 subcommands: Counter[str] | None) -> None:
+                 subcommands: Counter[str] | None,
+                 verify_subcommands: Counter[str] | None = None) -> None:
         self.row = row
         self.subcommands = subcommands
+        self.verify_subcommands = verify_subcommands
 
     async def run(self, name: str, fn: Callable[[], Awaitable[Any]]) -> Any:
         cpu, own, wall = _child_cpu_s(), _own_cpu_s(), time.perf_counter()
@@ -118,6 +121,8 @@ class _Steps:
                           _own_cpu_s() - own)
         if self.subcommands is not None:
             self.subcommands.update(calls.subcommands())
+        if self.verify_subcommands is not None and name == "verify":
+            self.verify_subcommands.update(calls.subcommands())
         return out
 
 
@@ -140,10 +145,12 @@ async def run_size(files: int, batches: int, layout: str, tmp: Path) -> dict[str
                       plan_tasks=tasks, spec_path=None)
     rows: list[dict[str, tuple[int, float, float, float]]] = []
     subcommands: Counter[str] = Counter()
+    verify_subcommands: Counter[str] = Counter()
     try:
         for n, task in enumerate(tasks):
             row: dict[str, tuple[int, float, float, float]] = {}
-            steps = _Steps(row, subcommands if n >= 2 else None)
+            steps = _Steps(row, subcommands if n >= 2 else None,
+                           verify_subcommands if n >= 2 else None)
             path, head = await steps.run("acquire", ws.acquire)
             await steps.run("watch", partial(_watched_write, ws, path, task, n))
             report = await steps.run("verify", partial(
@@ -180,6 +187,8 @@ async def run_size(files: int, batches: int, layout: str, tmp: Path) -> dict[str
         "daemon_cpu_ms": round(sum(s["daemon_cpu_ms"] for s in per_step.values()), 1),
         "subcommands_per_batch": {k: round(v / len(rows), 2)
                                   for k, v in sorted(subcommands.items())},
+        "verify_subcommands_per_batch": {k: round(v / len(rows), 2)
+                                         for k, v in sorted(verify_subcommands.items())},
     }
 
 
@@ -211,6 +220,18 @@ def main() -> None:
                   f"{s['daemon_cpu_ms']} | {s['wall_ms']} |")
         print(f"| {res['files']:,} | **batch** | {res['git_calls']:g} | {res['git_cpu_ms']} | "
               f"{res['daemon_cpu_ms']} | {res['wall_ms']} |")
+    # Verification alone: its git processes and CPU (git's and the daemon's) per batch, and
+    # how they grow from the smallest repository to each larger one.
+    first = results[0]["steps"]["verify"]
+    for res in results:
+        v = res["steps"]["verify"]
+        cpu, first_cpu = v["git_cpu_ms"] + v["daemon_cpu_ms"], (first["git_cpu_ms"]
+                                                                  + first["daemon_cpu_ms"])
+        print(f"verify at {res['files']:,} files: {v['git_calls']:g} git processes ("
+              + ", ".join(f"{k} {n:g}" for k, n in res["verify_subcommands_per_batch"].items())
+              + f"), {v['git_cpu_ms']} ms git CPU + {v['daemon_cpu_ms']} ms daemon CPU = "
+              f"{cpu:.1f} ms, x{cpu / first_cpu if first_cpu else 0:.2f} of "
+              f"{results[0]['files']:,} files")
     for res in results:
         print(f"{res['files']:,} files:", ", ".join(
             f"{k} {v:g}" for k, v in res["subcommands_per_batch"].items()), file=sys.stderr)

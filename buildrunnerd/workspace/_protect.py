@@ -37,7 +37,7 @@ from buildrunnerd.workspace._tree import Blobs, Entry, Tree
 __all__ = [
     "Finding", "ProtectedTest", "check_protected", "is_python_test_file", "is_js_test_file",
     "is_test_config", "is_protected_path", "protected_tests", "analyse_python_tests",
-    "DESELECTING_OPTIONS", "analyse_test_function", "wanted_paths",
+    "DESELECTING_OPTIONS", "ProtectedTestFiles", "analyse_test_function", "wanted_paths",
 ]
 
 PYTEST_CONFIG_NAMES = frozenset({"pytest.ini", ".pytest.ini", "pyproject.toml", "setup.cfg",
@@ -549,12 +549,14 @@ def _check_js_test(path: str, old: str, new: str | None, findings: list[Finding]
 
 def check_protected(
     before: Tree, before_blobs: Blobs, after: Tree, after_blobs: Blobs, *,
-    named: Collection[str] = (),
+    named: Collection[str] = (), changed: Iterable[str] | None = None,
 ) -> list[Finding]:
     """Compare the accepted tree ``before`` with the staged tree ``after`` (blobs as read by
-    :func:`read_blobs` for :func:`wanted_paths`). Files in ``named`` may change freely."""
+    :func:`read_blobs` for :func:`wanted_paths`). Files in ``named`` may change freely.
+    ``changed``: the paths where the two trees differ, when the caller knows them (default:
+    every path of both is compared)."""
     findings: list[Finding] = []
-    for path in sorted(set(before) | set(after)):
+    for path in sorted(set(changed) if changed is not None else set(before) | set(after)):
         if path in named or not is_protected_path(path):
             continue
         old_entry, new_entry = before.get(path), after.get(path)
@@ -590,31 +592,89 @@ def check_protected(
     return findings
 
 
+def _is_collected_test_file(path: str) -> bool:
+    # pytest's default python_files: helpers under tests/ are not collected. A string test
+    # first (asked of every path of a tree): only .py files count.
+    if not path.endswith(".py"):
+        return False
+    name = path.rpartition("/")[2]
+    return name.startswith("test_") or name.endswith("_test.py")
+
+
+def _file_tests(path: str, entry: Entry, blobs: Blobs) -> list[tuple[str, bool]] | None:
+    """The test functions of one test file (``(qualname, may_skip)``), None when its blob is
+    not readable text or does not parse."""
+    tests = _known_tests(entry.sha)
+    if tests is None:
+        source = blobs.text(entry)
+        module = analyse_python_tests(source, path) if source is not None else None
+        if module is None:
+            return None
+        tests = [(qualname, info.may_skip or module.skips > 0)
+                 for qualname, info in module.tests.items()]
+        _remember_tests(entry.sha, tests)
+    return tests
+
+
 def protected_tests(tree: Tree, blobs: Blobs, *, paths: Iterable[str] | None = None
                     ) -> list[ProtectedTest]:
     """The Python test functions of ``tree`` (the accepted commit), for the report check."""
     found: list[ProtectedTest] = []
     for path in sorted(paths if paths is not None else tree):
-        # A string test first (the whole tree is asked, each batch): only .py files count.
-        if not path.endswith(".py"):
-            continue
         entry: Entry | None = tree.get(path)
-        name = path.rpartition("/")[2]
-        # pytest's default python_files: helpers under tests/ are not collected.
-        if entry is None or not (name.startswith("test_") or name.endswith("_test.py")):
+        if entry is None or not _is_collected_test_file(path):
             continue
-        tests = _known_tests(entry.sha)
-        if tests is None:
-            source = blobs.text(entry)
-            module = analyse_python_tests(source, path) if source is not None else None
-            if module is None:
-                continue
-            tests = [(qualname, info.may_skip or module.skips > 0)
-                     for qualname, info in module.tests.items()]
-            _remember_tests(entry.sha, tests)
-        found += [ProtectedTest(path, qualname, may_skip=may_skip)
-                  for qualname, may_skip in tests]
+        tests = _file_tests(path, entry, blobs)
+        if tests is not None:
+            found += [ProtectedTest(path, qualname, may_skip=may_skip)
+                      for qualname, may_skip in tests]
     return found
+
+
+class ProtectedTestFiles:
+    """The test files of one tree (pytest's default ``python_files``), with the blob each
+    is, so the protected tests of the next tree follow from the paths that changed."""
+
+    __slots__ = ("files",)
+    __test__ = False  # not a test class, whatever pytest makes of the name
+
+    def __init__(self, files: dict[str, Entry]) -> None:
+        self.files = files
+
+    @classmethod
+    def build(cls, tree: Tree) -> ProtectedTestFiles:
+        return cls({p: e for p, e in tree.items() if _is_collected_test_file(p)})
+
+    def updated(self, old: Tree, new: Tree, paths: Iterable[str]) -> ProtectedTestFiles:
+        """The test files of ``new``, from these (of ``old``) and the paths that differ."""
+        files = dict(self.files)
+        for path in paths:
+            if not _is_collected_test_file(path):
+                continue
+            entry = new.get(path)
+            if entry is None:
+                files.pop(path, None)
+            else:
+                files[path] = entry
+        return ProtectedTestFiles(files)
+
+    def unread_entries(self) -> list[Entry]:
+        """The test files whose tests are not remembered by blob id: the blobs
+        :meth:`tests` must be given (for :func:`read_blobs`)."""
+        return [e for e in self.files.values() if _known_tests(e.sha) is None]
+
+    def tests(self, blobs: Blobs, *, named: Collection[str] = ()) -> list[ProtectedTest]:
+        """The protected tests (:func:`protected_tests` of the tree), but those of the files
+        in ``named``."""
+        found: list[ProtectedTest] = []
+        for path in sorted(self.files):
+            if path in named:
+                continue
+            tests = _file_tests(path, self.files[path], blobs)
+            if tests is not None:
+                found += [ProtectedTest(path, qualname, may_skip=may_skip)
+                          for qualname, may_skip in tests]
+        return found
 
 
 # The tests of a blob, by its id (content-addressed, so never stale): every batch of a run

@@ -17,6 +17,7 @@ protected tests passing than at the last verified commit, a protected test missi
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import shlex
@@ -97,8 +98,15 @@ class ReportError(Exception):
 
 
 # --- detecting the command --------------------------------------------------------------
+@functools.lru_cache(maxsize=1 << 16)
+def _is_test_module(path: str) -> bool:
+    return is_python_test_file(path) and not path.endswith("conftest.py")
+
+
 def has_python_tests(tree: Collection[str]) -> bool:
-    return any(is_python_test_file(p) and not p.endswith("conftest.py") for p in tree)
+    # Cached per path: asked of the whole tree each batch when no test command is set (and
+    # by the branch check), and a project without tests answers only after every path.
+    return any(_is_test_module(p) for p in tree if p.endswith(".py"))
 
 
 def _venv_python(root: Path) -> Path | None:

@@ -84,13 +84,14 @@ class ScopeResult:
 def check_scope(
     before: Tree, after: Tree, *, own_files: Collection[str], other_files: Collection[str],
     spec_path: str | None, globs: Collection[str] = (), strict: bool = True,
-    already_reported: Collection[str] = (),
+    already_reported: Collection[str] = (), changed: Collection[str] | None = None,
 ) -> ScopeResult:
     """Classify the batch's changes (see the module docstring). ``already_reported``: paths
-    the protected-tests check already failed (not reported twice)."""
+    the protected-tests check already failed (not reported twice). ``changed``: the paths
+    where the trees differ, when the caller knows them (default: :func:`changed_paths`)."""
     result = ScopeResult()
     own = set(own_files)
-    for path in changed_paths(before, after):
+    for path in sorted(changed) if changed is not None else changed_paths(before, after):
         if path in own:
             continue
         name = PurePosixPath(path).name

@@ -11,7 +11,7 @@ files differ".
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncGenerator, Sequence
+from collections.abc import AsyncGenerator, Collection, Sequence
 from pathlib import Path
 
 import anyio
@@ -47,12 +47,15 @@ class _Entry:
         self.old_sha = old_sha
 
 
-def _changes(before: Tree, after: Tree) -> list[_Entry]:
+def _changes(before: Tree, after: Tree, paths: Collection[str] | None = None) -> list[_Entry]:
     """The files of ``after`` (the index) that are new or differ (content or mode) from
     ``before`` (the start commit), in path order; nested repositories (gitlinks) are not
-    files. Deleted files add no line."""
+    files. Deleted files add no line. ``paths``: where the two differ, when known (else
+    every path of ``after`` is compared)."""
     entries: list[_Entry] = []
-    for path, new in after.items():
+    items = (((p, after[p]) for p in sorted(paths) if p in after) if paths is not None
+             else after.items())
+    for path, new in items:
         if new.mode == _GITLINK or new.sha == _NULL_SHA:
             continue
         old = before.get(path)
@@ -95,18 +98,21 @@ async def read_staged_changes(
     git_options: Sequence[str] = (),
     max_blob_bytes: int = SCAN_MAX_BLOB_BYTES,
     max_total_bytes: int = SCAN_MAX_TOTAL_BYTES,
+    changed: Collection[str] | None = None,
 ) -> AsyncGenerator[list[StagedChange], None]:
     """The files staged in ``worktree`` that differ from ``base_commit``, new content and
     old, in groups that bound the memory held at once. A blob over ``max_blob_bytes``, and
     every blob once ``max_total_bytes`` were read, is not read (``new=None``).
     ``git_options`` go before every git subcommand: the daemon's own ``--git-dir``/
-    ``--work-tree`` and driver overrides (:func:`._worktree.worktree_git`)."""
+    ``--work-tree`` and driver overrides (:func:`._worktree.worktree_git`). ``changed``: the
+    paths where the index differs from ``base_commit``, as git's diff of this very index
+    reported them (verification's own), so no pass over the whole listing is needed."""
     options = list(git_options)
     # The listings the batch's checks read (no git call when the index and the start
     # commit are the ones they listed).
     before = await commit_tree(worktree, base_commit, options, timeout_s=timeout_s)
     after = await staged_tree(worktree, options, timeout_s=timeout_s)
-    entries = _changes(before, after)
+    entries = _changes(before, after, changed)
     if not entries:
         return
     shas = sorted({e.new_sha for e in entries} | {e.old_sha for e in entries if e.old_sha})
@@ -156,13 +162,17 @@ async def scan_staged(
     timeout_s: float,
     git_options: Sequence[str] | None = None,
     stage: bool = True,
+    changed: Collection[str] | None = None,
 ) -> list[SecretFinding]:
     """Stage everything the commit will hold (again, unless ``stage`` is false because the
     caller found nothing to stage: the tests may have written files) and scan it against
     ``base_commit`` (the batch's start), with the allowlist of ``run_base_commit`` (the
     run's start, see :mod:`._allowlist`). Every git call uses ``git_options`` (default:
     :func:`._worktree.worktree_git`, which also refuses a worktree whose ``.git`` was
-    rewritten)."""
+    rewritten). ``changed`` (only with ``stage=False``): the paths where the index differs
+    from ``base_commit``, from git's diff of this index (see :func:`read_staged_changes`)."""
+    if stage:
+        changed = None  # staging again may change the index
     options = (list(git_options) if git_options is not None
                else await worktree_git(worktree, timeout_s=timeout_s))
     if stage:
@@ -172,7 +182,7 @@ async def scan_staged(
                                  git_options=options)
     findings: list[SecretFinding] = []
     groups = read_staged_changes(worktree, base_commit, timeout_s=timeout_s,
-                                 git_options=options)
+                                 git_options=options, changed=changed)
     async with contextlib.aclosing(groups):
         async for group in groups:
             # CPU-bound (about 0.3 s per MB of text): off the event loop.

@@ -23,14 +23,14 @@ import ast
 import io
 import re
 import tokenize
-from collections.abc import Collection, Mapping
+from collections.abc import Collection, Iterable, Mapping
 from pathlib import PurePosixPath
 
 from buildrunnerd.workspace._protect import Finding, analyse_test_function, is_python_test_file
 from buildrunnerd.workspace._tree import Blobs, Tree
 
-__all__ = ["added_lines", "changed_sources", "check_stubs", "import_targets",
-           "imported_project_modules", "CODE_SUFFIXES"]
+__all__ = ["CODE_SUFFIXES", "ProjectModules", "added_lines", "changed_sources", "check_stubs",
+           "import_targets", "imported_project_modules", "project_top_levels"]
 
 CODE_SUFFIXES = frozenset({".py", ".js", ".jsx", ".ts", ".tsx", ".mjs", ".cjs", ".go", ".rs",
                            ".java", ".kt", ".rb", ".c", ".cc", ".cpp", ".h", ".hpp", ".cs",
@@ -151,26 +151,62 @@ def _is_package_dir(tree: Collection[str], module: str) -> bool:
                for root in _SRC_ROOTS for p in tree)
 
 
-def _project_top_levels(tree: Collection[str]) -> set[str]:
-    tops: set[str] = set()
-    folders: set[tuple[str, str]] = set()  # (root, first folder) already decided
-    for path in tree:
-        if not path.endswith(".py"):
-            continue
-        for root in _SRC_ROOTS:
-            if root and not path.startswith(root):
-                continue
-            first, sep, _rest = path[len(root):].partition("/")
-            if not sep:
-                tops.add(first[:-3])
-            elif (root, first) not in folders:
-                # Decided once per folder (a 10,000-file tree has a few hundred), not per file.
-                folders.add((root, first))
-                if (f"{root}{first}/__init__.py" in tree or root) and first.isidentifier():
-                    tops.add(first)
-    tops.discard("conftest")
-    tops.discard("setup")
-    return tops
+def _module_names(path: str) -> list[str]:
+    """The project module names ``path`` makes importable: a top-level ``x.py``, a folder
+    ``x/`` with ``x/__init__.py``, and under ``src/`` a ``x.py`` or any folder ``x/`` holding
+    Python files (as :func:`project_top_levels` counts them)."""
+    if not path.endswith(".py"):
+        return []
+    names: list[str] = []
+    first, sep, rest = path.partition("/")
+    if not sep:
+        names.append(first[:-3])
+    elif rest == "__init__.py" and first.isidentifier():
+        names.append(first)
+    if path.startswith("src/"):
+        inner, sep, _rest = path[4:].partition("/")
+        if not sep:
+            names.append(inner[:-3])
+        elif inner.isidentifier():
+            names.append(inner)
+    return names
+
+
+class ProjectModules:
+    """The project's top-level module names of one tree, with how many paths make each one
+    importable (so a changed path updates them without a pass over the tree)."""
+
+    __slots__ = ("_support", "names")
+
+    def __init__(self, support: dict[str, int]) -> None:
+        self._support = support
+        self.names = frozenset(n for n, count in support.items() if count > 0) - {
+            "conftest", "setup"}
+
+    @classmethod
+    def build(cls, tree: Collection[str]) -> ProjectModules:
+        support: dict[str, int] = {}
+        for path in tree:
+            if path.endswith(".py"):
+                for name in _module_names(path):
+                    support[name] = support.get(name, 0) + 1
+        return cls(support)
+
+    def updated(self, old: Collection[str], new: Collection[str],
+                paths: Iterable[str]) -> ProjectModules:
+        """The modules of ``new``, from these (of ``old``) and the paths where they differ."""
+        support = dict(self._support)
+        for path in paths:
+            step = (path in new) - (path in old)
+            if step:
+                for name in _module_names(path):
+                    support[name] = support.get(name, 0) + step
+        return ProjectModules(support)
+
+
+def project_top_levels(tree: Collection[str]) -> frozenset[str]:
+    """The project's importable top-level modules in ``tree``, computed from scratch."""
+    return ProjectModules.build(tree).names
 
 
 def _resolve(module: str | None, level: int, file: str) -> str | None:
@@ -188,7 +224,7 @@ def _resolve(module: str | None, level: int, file: str) -> str | None:
 
 
 def imported_project_modules(
-    source_tree: ast.Module, file: str, lines: Collection[int], project: set[str]
+    source_tree: ast.Module, file: str, lines: Collection[int], project: Collection[str]
 ) -> list[tuple[str, list[str], int]]:
     """Imports on ``lines`` of project modules: ``(module, names imported from it, line)``."""
     found: list[tuple[str, list[str], int]] = []
@@ -252,7 +288,8 @@ def _placeholder_lines_py(source: str, lines: Collection[int]) -> list[int]:
 
 
 def _check_python(path: str, old: str | None, new: str, added: Mapping[int, str],
-                  after: Tree, after_blobs: Blobs, findings: list[Finding]) -> None:
+                  after: Tree, after_blobs: Blobs, project: Collection[str],
+                  findings: list[Finding]) -> None:
     try:
         tree = _parse(new, path)
         old_tree = _parse(old, path) if old is not None else None
@@ -281,7 +318,6 @@ def _check_python(path: str, old: str | None, new: str, added: Mapping[int, str]
     for line in _placeholder_lines_py(new, added):
         findings.append(Finding(path, f"{path}:{line}: a TODO/FIXME placeholder; finish the "
                                 "work instead of leaving a note", line=line))
-    project = _project_top_levels(after)
     for module, names, line in imported_project_modules(tree, path, added, project):
         target = module_path(after, module)
         if target is None:
@@ -321,11 +357,13 @@ def changed_sources(after: Tree, diff_added: Mapping[str, Mapping[int, str]]) ->
     return {p for p in diff_added if p.endswith((".py", ".pyi")) and p in after}
 
 
-def import_targets(after: Tree, blobs: Blobs,
-                   diff_added: Mapping[str, Mapping[int, str]]) -> set[str]:
+def import_targets(after: Tree, blobs: Blobs, diff_added: Mapping[str, Mapping[int, str]], *,
+                   project: Collection[str] | None = None) -> set[str]:
     """The project modules the added import lines of the changed files name (read them too,
-    so :func:`check_stubs` can check the imported names)."""
-    project = _project_top_levels(after)
+    so :func:`check_stubs` can check the imported names). ``project``: the top-level modules
+    of ``after`` (default: :func:`project_top_levels`)."""
+    if project is None:
+        project = project_top_levels(after)
     targets: set[str] = set()
     for path in changed_sources(after, diff_added):
         source = blobs.text(after[path])
@@ -343,8 +381,11 @@ def import_targets(after: Tree, blobs: Blobs,
 
 
 def check_stubs(before: Tree, before_blobs: Blobs, after: Tree, after_blobs: Blobs,
-                diff_added: Mapping[str, Mapping[int, str]]) -> list[Finding]:
-    """The placeholders among the batch's added/changed code (see the module docstring)."""
+                diff_added: Mapping[str, Mapping[int, str]], *,
+                project: Collection[str] | None = None) -> list[Finding]:
+    """The placeholders among the batch's added/changed code (see the module docstring).
+    ``project``: the top-level modules of ``after`` (default: :func:`project_top_levels`,
+    computed once, only when a changed Python file needs it)."""
     findings: list[Finding] = []
     for path, added in sorted(diff_added.items()):
         entry = after.get(path)
@@ -358,7 +399,9 @@ def check_stubs(before: Tree, before_blobs: Blobs, after: Tree, after_blobs: Blo
             if new is None:
                 continue
             old = before_blobs.text(before.get(path)) if path in before else None
-            _check_python(path, old, new, added, after, after_blobs, findings)
+            if project is None:
+                project = project_top_levels(after)
+            _check_python(path, old, new, added, after, after_blobs, project, findings)
         else:
             _check_other(path, added, findings)
     return findings

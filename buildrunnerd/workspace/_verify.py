@@ -35,12 +35,13 @@ from buildrunnerd.sandbox import (
     run_confined,
 )
 from buildrunnerd.workspace._git import git
+from buildrunnerd.workspace._pertree import PerTree, is_object_id, tree_changes
 from buildrunnerd.workspace._protect import (
     Finding,
     ProtectedTest,
+    ProtectedTestFiles,
     check_protected,
-    protected_tests,
-    wanted_paths,
+    is_protected_path,
 )
 from buildrunnerd.workspace._repo import stage_all
 from buildrunnerd.workspace._report import (
@@ -53,16 +54,27 @@ from buildrunnerd.workspace._report import (
     read_report,
 )
 from buildrunnerd.workspace._report import detect_test_command as _detect_command
-from buildrunnerd.workspace._scope import changed_paths, check_scope
+from buildrunnerd.workspace._scope import check_scope
 from buildrunnerd.workspace._staged import scan_staged
-from buildrunnerd.workspace._stubs import added_lines, changed_sources, check_stubs, import_targets
+from buildrunnerd.workspace._staging import stage_change
+from buildrunnerd.workspace._stubs import (
+    ProjectModules,
+    added_lines,
+    changed_sources,
+    check_stubs,
+    import_targets,
+)
 from buildrunnerd.workspace._tree import (
     Blobs,
+    Entry,
     Tree,
     commit_tree,
+    known_tree_id,
     read_blobs,
+    remember_index_listing,
     staged_tree,
     write_tree,
+    written_tree,
 )
 from buildrunnerd.workspace._worktree import worktree_git
 
@@ -159,29 +171,81 @@ def _compile_all(worktree: Path, files: list[str]) -> list[CheckResult]:
     return problems or [CheckResult("compile", True, f"{len(files)} Python file(s) compile")]
 
 
-async def _changed_files(worktree: Path, base_commit: str, timeout_s: float) -> str:
-    """Stage everything (as the commit will) and return the diff against ``base_commit``.
+class _Change:
+    """A batch's staged change against the commit it started from: the ``-U0`` patch, the
+    paths where the index differs from the start (sorted), both listings, and whether the
+    worktree held exactly the index after staging (see :class:`._staging.Staged`)."""
 
-    Staging makes new, untracked files part of the diff. The index is the batch's private one
-    (the worktree's), and commit_and_merge stages the same set anyway.
-    """
+    __slots__ = ("after", "before", "changed", "diff", "exact")
+
+    def __init__(self, diff: str, changed: list[str], before: Tree, after: Tree,
+                 exact: bool | None) -> None:
+        self.diff = diff
+        self.changed = changed
+        self.before = before
+        self.after = after
+        self.exact = exact
+
+
+def _split_raw(out: str) -> tuple[list[tuple[list[str], str]], str] | None:
+    """``diff --raw -p -z`` output split into its raw records (``[old mode, new mode, old
+    sha, new sha, status]``, path) and the patch; None when it is not in that form."""
+    records: list[tuple[list[str], str]] = []
+    pos = 0
+    while out.startswith(":", pos):
+        header_end = out.find("\0", pos)
+        path_end = out.find("\0", header_end + 1) if header_end >= 0 else -1
+        if path_end < 0:
+            return None
+        fields = out[pos + 1:header_end].split(" ")
+        if len(fields) != 5:
+            return None
+        records.append((fields, out[header_end + 1:path_end]))
+        pos = path_end + 1
+    if out.startswith("\0", pos):
+        pos += 1
+    return records, out[pos:]
+
+
+async def _stage_and_diff(worktree: Path, base_commit: str, timeout_s: float) -> _Change:
+    """Stage everything (as the commit will, see :mod:`._staging`) and read what the index
+    now holds against ``base_commit``: one diff gives the patch and, in its raw part, every
+    path where the two differ with its new mode and blob, so the index's listing is the start
+    commit's listing changed there (no listing of the whole index)."""
     opts = await worktree_git(worktree, timeout_s=timeout_s)
-    await stage_all(worktree, opts, timeout_s=timeout_s,
-                    what="staging changes for verification")
+    staged = await stage_change(worktree, opts, timeout_s=timeout_s,
+                                what="staging changes for verification")
+    opts = await worktree_git(worktree, timeout_s=timeout_s)  # again: staging ran git on it
+    before = await commit_tree(worktree, base_commit, opts, timeout_s=timeout_s)
     res = await git(
-        ["-c", "core.quotePath=false", *opts, "diff", "--cached", "--no-color", "--no-ext-diff",
-         "--no-textconv", "--no-renames", "-U0", base_commit, "--"],
+        ["-c", "core.quotePath=false", *opts, "diff", "--cached", "--raw", "-p", "-z",
+         "--no-abbrev", "--no-color", "--no-ext-diff", "--no-textconv", "--no-renames",
+         "-U0", base_commit, "--"],
         cwd=worktree, timeout_s=timeout_s, what="diffing the batch's changes",
     )
-    return res.stdout
-
-
-def _changed_python_files(diff: str) -> list[str]:
-    files: list[str] = []
-    for line in diff.splitlines():
-        if line.startswith("+++ b/") and line.endswith(".py"):
-            files.append(line[6:])
-    return files
+    split = _split_raw(res.stdout)
+    after: Tree | None = dict(before) if split is not None else None
+    for fields, path in split[0] if split is not None else ():
+        _old_mode, new_mode, _old_sha, new_sha, status = fields
+        if after is None:
+            break
+        if status.startswith("D"):
+            after.pop(path, None)
+        elif status[:1] in ("A", "M", "T") and new_sha.strip("0"):
+            after[path] = Entry(new_mode, new_sha)
+        else:
+            after = None  # unmerged, or a form not expected: list the index instead
+    if split is None or after is None:
+        after = await staged_tree(worktree, opts, timeout_s=timeout_s)
+        changed = tree_changes(before, after)
+        diff = split[1] if split is not None else res.stdout
+    else:
+        # The index's listing, shared with the checks, the secret scan and the next reset
+        # (until the index changes).
+        remember_index_listing(opts, after)
+        changed = sorted({path for _fields, path in split[0]})
+        diff = split[1]
+    return _Change(diff, changed, before, after, staged.exact)
 
 
 async def _run_confined_check(
@@ -305,7 +369,7 @@ def _checks(name: str, findings: Sequence[Finding], *, passed: bool = False
 
 
 async def _check_files_in_tree(
-    worktree: Path, tasks: Sequence[Task], before: Tree, after: Tree, blobs: Blobs,
+    worktree: Path, tasks: Sequence[Task], after: Tree, changed: Collection[str], blobs: Blobs,
     opts: Sequence[str], timeout_s: float,
 ) -> list[CheckResult]:
     """Every file the tasks name, as the commit will hold it: staged (not ignored away), a
@@ -358,7 +422,7 @@ async def _check_files_in_tree(
                     problems.append(CheckResult(
                         "files", False, f"{path} {state}; {what} must write its content",
                         file=path))
-    if named and not problems and not changed_paths(before, after):
+    if named and not problems and not changed:
         ids = ", ".join(t.id for t in tasks if t.files)
         problems.append(CheckResult(
             "files", False, f"no change made: the batch's tasks ({ids}) name files but the "
@@ -366,24 +430,71 @@ async def _check_files_in_tree(
     return problems or [CheckResult("files", True, f"{named} named file(s) committed")]
 
 
+# The project's top-level modules and the protected test files of the trees verification
+# sees, kept by tree id and derived from one tree to the next by its change (._pertree).
+_MODULES: PerTree[ProjectModules] = PerTree(
+    ProjectModules.build, lambda value, old, new, paths: value.updated(old, new, paths))
+_TEST_FILES: PerTree[ProtectedTestFiles] = PerTree(
+    ProtectedTestFiles.build, lambda value, old, new, paths: value.updated(old, new, paths))
+
+
+def _tree_key(commit: str) -> str | None:
+    """What names ``commit``'s tree in the per-tree caches: its tree id when the daemon made
+    the commit, else the commit id itself (None for a name that can move)."""
+    return known_tree_id(commit) or (commit if is_object_id(commit) else None)
+
+
+class _Trees:
+    """What the checks read: the accepted and the staged tree, the paths where they differ,
+    the blobs, and what depends on the whole tree (the staged tree's top-level modules, the
+    protected test files of both)."""
+
+    __slots__ = ("after", "before", "blobs", "changed", "modules", "tests_after",
+                 "tests_before")
+
+    def __init__(self, before: Tree, after: Tree, changed: list[str], blobs: Blobs,
+                 modules: ProjectModules, tests_before: ProtectedTestFiles,
+                 tests_after: ProtectedTestFiles) -> None:
+        self.before = before
+        self.after = after
+        self.changed = changed
+        self.blobs = blobs
+        self.modules = modules
+        self.tests_before = tests_before
+        self.tests_after = tests_after
+
+
 async def _read_trees(
-    worktree: Path, base_commit: str, tasks: Sequence[Task], diff: str, opts: Sequence[str],
-    timeout_s: float,
-) -> tuple[Tree, Tree, Blobs]:
-    """The accepted tree, the staged tree and the blobs the checks read."""
-    before = await commit_tree(worktree, base_commit, opts, timeout_s=timeout_s)
-    after = await staged_tree(worktree, opts, timeout_s=timeout_s)
+    worktree: Path, base_commit: str, tasks: Sequence[Task], change: _Change | None,
+    opts: Sequence[str], timeout_s: float,
+) -> _Trees:
+    """The trees, the blobs the checks read and the per-tree answers (``change`` None: the
+    run branch's check, nothing staged)."""
+    if change is None:
+        before = await commit_tree(worktree, base_commit, opts, timeout_s=timeout_s)
+        after = await staged_tree(worktree, opts, timeout_s=timeout_s)
+        changed, diff = tree_changes(before, after), ""
+    else:
+        before, after, changed, diff = change.before, change.after, change.changed, change.diff
+    key = _tree_key(base_commit)
+    tests_before = _TEST_FILES.get(key, before)
+    tests_after = _TEST_FILES.derive(tests_before, before, after, changed)
+    modules = _MODULES.derive(_MODULES.get(key, before), before, after, changed)
     added = added_lines(diff)
     named = {n for t in tasks for n in t.files}
     sources = changed_sources(after, added)
-    entries = [before[p] for p in wanted_paths(before) | (sources & set(before))]
-    entries += [after[p] for p in wanted_paths(after) | (named & set(after)) | sources]
+    protected = {p for p in changed if is_protected_path(p)}
+    entries = [before[p] for p in protected | sources if p in before]
+    entries += tests_before.unread_entries()
+    entries += [after[p] for p in protected | named | sources if p in after]
+    if "package.json" in after:  # for the test command's detection
+        entries.append(after["package.json"])
     blobs = await read_blobs(worktree, entries, opts, timeout_s=timeout_s)
-    targets = import_targets(after, blobs, added) - sources
+    targets = import_targets(after, blobs, added, project=modules.names) - sources
     if targets:
         blobs.update(await read_blobs(worktree, [after[p] for p in targets], opts,
                                       timeout_s=timeout_s))
-    return before, after, blobs
+    return _Trees(before, after, changed, blobs, modules, tests_before, tests_after)
 
 
 async def _run_tests(
@@ -472,31 +583,37 @@ async def verify(
     checks: list[CheckResult] = []
     # The run branch's check runs in a worktree just reset to ``base_commit`` and found clean
     # (RunRepo.acquire_worktree), where nothing ran since: nothing to stage, no change.
-    diff = await _changed_files(worktree, base_commit, t) if batch_checks else ""
+    change = await _stage_and_diff(worktree, base_commit, t) if batch_checks else None
     opts = await worktree_git(worktree, timeout_s=t)  # again: staging ran git on it
-    before, after, blobs = await _read_trees(worktree, base_commit, tasks, diff, opts, t)
+    trees = await _read_trees(worktree, base_commit, tasks, change, opts, t)
+    before, after, blobs, changed = trees.before, trees.after, trees.blobs, trees.changed
+    diff = change.diff if change is not None else ""
     named = {n for task in tasks for n in task.files}
 
     if batch_checks:
-        checks += await _check_files_in_tree(worktree, tasks, before, after, blobs, opts, t)
-        py_files = _changed_python_files(diff)
+        checks += await _check_files_in_tree(worktree, tasks, after, changed, blobs, opts, t)
+        # The changed Python files by their exact names (the raw diff's, not the patch's
+        # headers, which quote unusual names and hold no `+++` line for a binary file).
+        py_files = [p for p in changed if p.endswith(".py") and p in after]
         checks += await anyio.to_thread.run_sync(_compile_all, worktree, py_files)
         protected_findings = await anyio.to_thread.run_sync(
-            lambda: _guarded("protected", lambda: check_protected(before, blobs, after, blobs,
-                                                                  named=named)))
+            lambda: _guarded("protected", lambda: check_protected(
+                before, blobs, after, blobs, named=named, changed=changed)))
         checks += _checks("protected", protected_findings) or [CheckResult(
             "protected", True, "no protected test or test setting deleted, weakened or "
             "skipped")]
         if config.stubs != "off":
+            project = trees.modules.names
             stubs = await anyio.to_thread.run_sync(
-                lambda: _guarded("stubs", lambda: check_stubs(before, blobs, after, blobs,
-                                                              added_lines(diff))))
+                lambda: _guarded("stubs", lambda: check_stubs(
+                    before, blobs, after, blobs, added_lines(diff), project=project)))
             checks += _checks("stubs", stubs, passed=config.stubs == "warn") or [
                 CheckResult("stubs", True, "no placeholder code")]
         scope = check_scope(before, after, own_files=named, other_files=set(other_files),
                             spec_path=spec_path, globs=config.scope_globs,
                             strict=config.scope == "strict",
-                            already_reported={f.file for f in protected_findings})
+                            already_reported={f.file for f in protected_findings},
+                            changed=changed)
         checks += _checks("scope", scope.failures)
         checks += _checks("scope", scope.warnings, passed=True)
         if scope.outside:
@@ -516,7 +633,19 @@ async def verify(
             readonly=await interpreter_paths(config.import_check)))
 
     staged_tree_id = await _write_tree(worktree, opts, t)
-    tested_tree = await _exact_tree(worktree, opts, staged_tree_id, t)
+    if change is not None and written_tree(opts) == staged_tree_id:
+        # The staged tree's answers, for the next batch (which starts from this tree when
+        # its merge is a fast-forward).
+        _MODULES.put(staged_tree_id, after, trees.modules)
+        _TEST_FILES.put(staged_tree_id, after, trees.tests_after)
+    tested_tree: str | None = None
+    if change is not None:
+        if change.exact and not config.import_check:
+            # Staging's status found the worktree holding exactly the index, and nothing ran
+            # since: what the tests will see is the staged tree.
+            tested_tree = staged_tree_id
+        elif change.exact is None or change.exact:
+            tested_tree = await _exact_tree(worktree, opts, staged_tree_id, t)
     report_dir = Path(await anyio.to_thread.run_sync(
         lambda: tempfile.mkdtemp(prefix="buildrunner-report-")))
     report_path = report_dir / REPORT_FILENAME
@@ -534,7 +663,7 @@ async def verify(
         if command is None:
             checks.append(CheckResult("tests", True, f"tests not run: {why}"))
         else:
-            protected = [p for p in protected_tests(before, blobs) if p.file not in named]
+            protected = trees.tests_before.tests(blobs, named=named)
             found, counts, passed_ids = await _run_tests(
                 worktree, command, config=config, confinement=confinement,
                 report_path=report_path,
@@ -548,9 +677,13 @@ async def verify(
         # run left nothing `add -A` would stage, the index is already that tree.
         opts = await worktree_git(worktree, timeout_s=t)  # again: the tests ran there
         restage = not await _nothing_to_stage(worktree, opts, t)
+        # The index unchanged since the diff listed it (only the daemon's git writes it):
+        # the scan reads the changed paths the diff named, not the whole listing.
+        unchanged = not restage and written_tree(opts) == staged_tree_id
         findings = await scan_staged(worktree, base_commit=base_commit, config=config,
                                      timeout_s=t, run_base_commit=run_base_commit or base_commit,
-                                     git_options=opts, stage=restage)
+                                     git_options=opts, stage=restage,
+                                     changed=changed if unchanged else None)
         if findings:
             checks += [CheckResult("secrets", False, f.message(), file=f.file,
                                    line=f.line or None) for f in findings]

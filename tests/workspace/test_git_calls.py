@@ -23,11 +23,11 @@ CONFIG = VerifyConfig()
 
 # One batch after the first (a pooled worktree, a fast-forward merge): acquire 4 (branch
 # head, clean, diff-files, HEAD moved; no read-tree: the index already holds the head's tree,
-# the last batch's own), verify 7 to 8 (staging and its listing, the diff, the tree written, a
-# status before and one after the tests, two blob reads unless the blobs are cached), commit
-# and merge 2 (`commit-tree` of the verified tree, the branch's compare-and-swap). Was 31,
-# then 20, then 15.
-MAX_CALLS_PER_BATCH = 14
+# the last batch's own), verify 5 to 7 (a status naming what to stage, the `add` of those
+# names, the diff that also lists the staged entries, the tree written, a status after the
+# tests, two blob reads unless the blobs are cached), commit and merge 2 (`commit-tree` of the
+# verified tree, the branch's compare-and-swap). Was 31, then 20, 15, 14.
+MAX_CALLS_PER_BATCH = 13
 
 
 def _grow(repo: Path, files: int) -> None:
@@ -72,17 +72,21 @@ async def test_a_batch_starts_a_bounded_number_of_git_processes(
         assert len(calls) <= MAX_CALLS_PER_BATCH, names
         # The start commit was the last batch's own commit: its tree is already listed.
         assert "ls-tree" not in names, names
-        # The index listed after staging (and again after git's racy refresh above), shared
-        # by every check: was one per check (5, with `ls-files --others`), then up to 3 whole
-        # listings; now as the head's tree plus `diff-index --cached`, the size of the change.
+        # The index is never listed whole: after the reset it is the head's listing, after
+        # staging the start commit's changed by what the diff reports (was one listing per
+        # check: 5, with `ls-files --others`; then 1 to 3).
         assert "ls-files" not in names and names.count("diff-index") <= 2, names
-        # Staged once, for verification: the scan after the tests stages again only when a
-        # status shows the test run left something to stage; the commit stages nothing.
+        # Staged once, for verification, by name: the scan after the tests stages again only
+        # when a status shows the test run left something to stage; the commit stages nothing.
         assert names.count("add") == 1, names
+        [add] = [c for c in calls.commands if "add" in c]
+        assert "--literal-pathspecs" in add, add
         # The reused worktree is moved from the batch's tree to the new head by what differs:
         # no whole-tree reset, and no status (was: reset --hard, clean, status; then status,
         # clean, read-tree): `clean` and `diff-files`, and no read-tree, since the head is the
-        # tree the batch committed, which the index already holds.
+        # tree the batch committed, which the index already holds. Verification: one status
+        # before staging (what to stage, and whether the tests will see only the staged tree),
+        # one after the tests (was: two, and a whole-tree `add -A`).
         assert "reset" not in names and names.count("status") == 2, names
         assert "diff-files" in names and "read-tree" not in names, names
         assert names.count("commit-tree") == 1 and "commit" not in names, names

@@ -286,3 +286,16 @@ async def test_test_command_gets_no_model_key(wt: Path, monkeypatch: pytest.Monk
     assert "PATH=" in str(check["output_tail"])
     assert "PROJECT_SETTING" not in str(check["output_tail"])
     assert "PYTHONDONTWRITEBYTECODE=1" in str(check["output_tail"])
+
+
+@pytest.mark.parametrize("name, content", [
+    ('we"ird.py', b"def f(:\n"),  # a name the patch headers quote
+    ("tab\there.py", b"def f(:\n"),
+    ("binary.py", b"X = 1\n\0\0\0"),  # git's diff shows no text for it
+])
+async def test_every_changed_python_file_is_compiled_whatever_its_name(
+        wt: Path, name: str, content: bytes) -> None:
+    (wt / name).write_bytes(content)
+    report = await verify(wt, [], test_cmd="true")
+    failed = [c for c in by_name(report, "compile") if not c["passed"]]
+    assert failed and failed[0]["file"] == name, report.summary()
