@@ -97,6 +97,20 @@ async def _run(repo: Path, wt_root: Path, tasks: list[Task], test_cmd: str | Non
                              plan_tasks=tasks, spec_path=None))
 
 
+async def _app_tested_then_first_batch(repo: Path, wt_root: Path) -> tuple[_Run, Task]:
+    """A repository with a committed ``tests/test_app.py``, a run's first batch (``one.py``)
+    merged; the run and its second task (``two.py``)."""
+    (repo / "tests").mkdir()
+    (repo / "tests" / "test_app.py").write_text(
+        "from app import hello\n\n\ndef test_hello():\n    assert hello() == 'hi'\n")
+    run_git(repo, "add", "-A")
+    run_git(repo, "commit", "-q", "-m", "tests")
+    first, second = task("T1", "one.py"), task("T2", "two.py")
+    run = await _run(repo, wt_root, [first, second])
+    assert (await run.batch(first, lambda wt: (wt / "one.py").write_text("ONE = 1\n"))).passed
+    return run, second
+
+
 def failures(report: VerificationReport, name: str) -> list[str]:
     return [c.message for c in report.checks if c.name == name and not c.passed]
 
@@ -165,14 +179,7 @@ async def test_a_new_top_level_package_is_a_project_module_at_once(
 
 async def test_an_edit_outside_the_change_with_forged_timestamps_is_seen(
         repo: Path, wt_root: Path) -> None:
-    (repo / "tests").mkdir()
-    (repo / "tests" / "test_app.py").write_text(
-        "from app import hello\n\n\ndef test_hello():\n    assert hello() == 'hi'\n")
-    run_git(repo, "add", "-A")
-    run_git(repo, "commit", "-q", "-m", "tests")
-    first, second = task("T1", "one.py"), task("T2", "two.py")
-    run = await _run(repo, wt_root, [first, second])
-    assert (await run.batch(first, lambda wt: (wt / "one.py").write_text("ONE = 1\n"))).passed
+    run, second = await _app_tested_then_first_batch(repo, wt_root)
 
     def hostile(wt: Path) -> None:
         (wt / "two.py").write_text("TWO = 2\n")
@@ -192,14 +199,7 @@ async def test_an_edit_outside_the_change_with_forged_timestamps_is_seen(
 
 async def test_a_folder_swapped_for_a_symlink_is_seen(repo: Path, wt_root: Path,
                                                       tmp_path: Path) -> None:
-    (repo / "tests").mkdir()
-    (repo / "tests" / "test_app.py").write_text(
-        "from app import hello\n\n\ndef test_hello():\n    assert hello() == 'hi'\n")
-    run_git(repo, "add", "-A")
-    run_git(repo, "commit", "-q", "-m", "tests")
-    first, second = task("T1", "one.py"), task("T2", "two.py")
-    run = await _run(repo, wt_root, [first, second])
-    assert (await run.batch(first, lambda wt: (wt / "one.py").write_text("ONE = 1\n"))).passed
+    run, second = await _app_tested_then_first_batch(repo, wt_root)
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
     (elsewhere / "test_app.py").write_text("def test_hello():\n    assert True\n")

