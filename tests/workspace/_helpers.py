@@ -7,6 +7,8 @@ import os
 import subprocess
 from pathlib import Path
 
+import pytest
+
 from buildrunnerd.plan._model import Task
 
 
@@ -64,3 +66,16 @@ def names(folder: Path) -> list[str]:
 def real(path: Path) -> Path:
     """The path with symlinks resolved (tmp_path may sit behind one)."""
     return path.resolve()
+
+
+def overflowable_kernel_queue() -> int:
+    """How many events the kernel queues for one inotify instance before it drops some; the
+    test is skipped on a machine whose queue is too large to overflow in a test, never in CI
+    (``CI`` set), where it fails instead."""
+    queue = int(Path("/proc/sys/fs/inotify/max_queued_events").read_text())
+    if queue > 100_000:
+        reason = f"fs.inotify.max_queued_events is {queue}: too many files to overflow it"
+        if os.environ.get("CI"):
+            pytest.fail(reason)
+        pytest.skip(reason)
+    return queue

@@ -12,7 +12,7 @@ import pytest
 
 from buildrunnerd.workspace import ChangeKind, FileChange, GitWorkspace, prepare_run_repo
 
-from ._helpers import run_git, task
+from ._helpers import overflowable_kernel_queue, run_git, task
 
 # Long enough that nothing is reported live before the block ends, unless a test waits.
 EXIT_ONLY_MS = 5000
@@ -159,9 +159,7 @@ async def test_thousands_of_files_past_the_kernel_queue_are_reported_exactly(
     # Written while the event loop is blocked, so the monitor cannot read: the kernel's
     # queue overflows and drops events. The exit then takes git's status, and each file is
     # still reported exactly once, with the right kind.
-    queue = kernel_queue_size()
-    if queue > 100_000:
-        pytest.skip(f"fs.inotify.max_queued_events is {queue}: too many files to overflow it")
+    queue = overflowable_kernel_queue()
     nested_repo(repo)
     ws, path = await workspace(repo, wt_root)
     seen = Seen()
@@ -180,11 +178,6 @@ async def test_thousands_of_files_past_the_kernel_queue_are_reported_exactly(
     assert sorted(seen.changes) == sorted(expected)
     await ws.release(path, reuse=False)
     await ws.close()
-
-
-def kernel_queue_size() -> int:
-    """How many events the kernel queues for one inotify instance before it drops some."""
-    return int(Path("/proc/sys/fs/inotify/max_queued_events").read_text())
 
 
 def write_bytes_name(name: bytes) -> None:
