@@ -2,9 +2,9 @@
 
 Also the verification report (:class:`VerificationReport`): made by the workspace layer, read
 by the fix-up prompt (``prompt.fix_prompt``) and the backends (``BatchJob.fix_report``), which
-sit below it, stored as plain data (:meth:`VerificationReport.to_dict`) and sent as itself
-(``task.get``'s ``verification``, read back from the store by
-:meth:`VerificationReport.from_stored`).
+sit below it, kept by the store and sent (``task.get``'s ``verification``) as itself: it is
+JSON only inside the store's column (``store/_reports.py``), and a stored one that does not
+decode reads back as :meth:`VerificationReport.unreadable`.
 
 One definition of every message (msgspec Structs), validated at the boundary. Light on purpose:
 it must only depend on msgspec and the standard library. The codes and states are defined in
@@ -131,25 +131,22 @@ class VerificationReport(msgspec.Struct):
         return msgspec.structs.replace(self, checks=checks)
 
     def to_dict(self) -> dict[str, Any]:
-        """Plain data for the store and events."""
+        """Plain data (JSON types), to search a report's text. The store keeps the report as
+        itself (:mod:`buildrunnerd.store`), JSON only in its column."""
         out: dict[str, Any] = msgspec.to_builtins(self)
         return out
 
     @classmethod
-    def from_stored(cls, data: object) -> VerificationReport:
-        """The report the store kept (:meth:`to_dict`, also of an older version). One that
-        does not decode is not an error of the reader: it becomes a failed report whose one
-        check, :data:`UNREADABLE_CHECK`, says why (the task's state and events still say how
-        the task ended)."""
-        try:
-            return msgspec.convert(data, cls)
-        except msgspec.ValidationError as exc:
-            said = data.get("passed") if isinstance(data, dict) else None
-            was = f" (it says passed: {str(said).lower()})" if isinstance(said, bool) else ""
-            return cls(passed=False, checks=[CheckResult(
-                UNREADABLE_CHECK, False,
-                f"the stored verification report cannot be read{was}: {exc}; it is kept as "
-                "it was in the database, and the next verification of the task replaces it")])
+    def unreadable(cls, why: str, *, said_passed: bool | None = None) -> VerificationReport:
+        """What stands for a stored report this version cannot read (``why``): a failed
+        report whose one check, :data:`UNREADABLE_CHECK`, says so, and what the row said of
+        its verdict, when it said it. Not an error of the reader: the task's state and events
+        still say how the task ended."""
+        was = f" (it says passed: {str(said_passed).lower()})" if said_passed is not None else ""
+        return cls(passed=False, checks=[CheckResult(
+            UNREADABLE_CHECK, False,
+            f"the stored verification report cannot be read{was}: {why}; it is kept as "
+            "it was in the database, and the next verification of the task replaces it")])
 
     def summary(self) -> str:
         """One line per failure (or "all checks passed"), for task state reasons and logs."""

@@ -1,12 +1,12 @@
 """The verification report (``buildrunnerd.protocol``): what a fix-up round and the task's
-failure reason are made of, and the plain data the store and events keep."""
+failure reason are made of, its plain data, and what stands for a stored one that cannot be
+read (how the store reads it back: tests/store/test_stored_reports.py)."""
 
 from __future__ import annotations
 
 import json
 
 import msgspec
-import pytest
 
 from buildrunnerd.protocol import UNREADABLE_CHECK, CheckResult, TaskInfo, VerificationReport
 from buildrunnerd.rpc._codec import encode
@@ -43,8 +43,6 @@ def test_with_tails_keeps_the_end_of_each_output_and_nothing_else_changes() -> N
 
 
 def test_to_dict_is_plain_data_that_decodes_back() -> None:
-    import msgspec
-
     report = failing(CheckResult("secrets", False, "key", file="c.py", line=2))
     data = report.to_dict()
     assert data["checks"][1] == {"name": "secrets", "passed": False, "message": "key",
@@ -52,33 +50,15 @@ def test_to_dict_is_plain_data_that_decodes_back() -> None:
     assert msgspec.convert(data, VerificationReport) == report
 
 
-def test_a_stored_report_reads_back_typed_also_from_an_older_version() -> None:
-    report = failing(CheckResult("tests", False, "1 failed", exit_code=1, output_tail="E"))
-    assert VerificationReport.from_stored(report.to_dict()) == report
-    # An early version kept the verdict alone; unknown keys (a later version's) are ignored.
-    assert VerificationReport.from_stored({"passed": True}) == VerificationReport(True)
-    assert VerificationReport.from_stored(
-        {"passed": False, "checks": [], "later": 1}) == VerificationReport(False, [])
-
-
-@pytest.mark.parametrize("stored", [
-    [1, 2],
-    "all checks passed",
-    {"checks": []},
-    {"passed": True, "checks": [{"name": "tests", "passed": "yes", "message": ""}]},
-    {"passed": True, "checks": [{"name": "tests", "passed": True, "message": "", "line": "4"}]},
-])
-def test_a_stored_report_that_does_not_decode_is_a_marked_failed_report(stored: object) -> None:
-    report = VerificationReport.from_stored(stored)
-    assert report.passed is False
+def test_an_unreadable_report_is_failed_and_says_why_and_what_the_row_said() -> None:
+    report = VerificationReport.unreadable("Expected `array`, got `str`", said_passed=True)
+    assert report.passed is False and report.first_failure().startswith("report failed: ")
     [check] = report.checks
     assert (check.name, check.passed) == (UNREADABLE_CHECK, False)
-    assert check.message.startswith("the stored verification report cannot be read")
-    if isinstance(stored, dict) and stored.get("passed") is True:
-        assert "(it says passed: true)" in check.message
-    with pytest.raises(msgspec.ValidationError) as why:  # what is wrong, and where
-        msgspec.convert(stored, VerificationReport)
-    assert str(why.value) in check.message
+    assert check.message.startswith(
+        "the stored verification report cannot be read (it says passed: true): Expected "
+        "`array`, got `str`; ")
+    assert "(it says" not in VerificationReport.unreadable("not JSON").checks[0].message
 
 
 def test_task_get_sends_the_report_in_its_documented_shape() -> None:

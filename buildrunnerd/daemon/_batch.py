@@ -21,7 +21,7 @@ either kind.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import anyio
 import structlog
@@ -125,7 +125,7 @@ async def run_batch_lifecycle(
                     # attempt's conversation from its checkpoint instead of starting over.
                     run.resume_attempts[batch_id] = attempt.id
                 await store.finish_attempt(attempt.id, outcome=outcome, reason=result.reason,
-                                           verification=_stored(report))
+                                           verification=report)
                 keep_worktree = result.status == "failed" and config.verify.keep_failed_worktrees
                 return result
             from buildrunnerd.workspace import batch_commit_message
@@ -151,10 +151,10 @@ async def run_batch_lifecycle(
                 # The attempt ends with the batch's result, in its transaction (_results).
                 return BatchResult("succeeded", model=ctx.model, commit=commit,
                                    summary=ctx.summary, attempt_end=AttemptEnd(
-                                       attempt.id, "succeeded", verification=_stored(report),
+                                       attempt.id, "succeeded", verification=report,
                                        commit=commit))
             await store.finish_attempt(attempt.id, outcome="conflict", reason=reason,
-                                       verification=_stored(branch_report or report))
+                                       verification=branch_report or report)
             if branch_report is not None:
                 await ctx.emit("batch.rolled_back", {
                     "commit": commit, "attempt": attempt_no,
@@ -292,8 +292,7 @@ async def _execute_and_verify(
                             "file": c.file, "line": c.line} for c in report.checks],
             }, batch_id=batch_id)
         # The report and its verdict: one transaction.
-        await store.set_tasks_details(task_gids, verification=report.to_dict(),
-                                      events=[verdict])
+        await store.set_tasks_details(task_gids, verification=report, events=[verdict])
         if report.passed:
             return None, report
         signature = report.failure_signature()
@@ -344,8 +343,3 @@ async def _run_executor(
                     await ctx.flush()
                 except BuildRunnerError as exc:  # the database failing: the original error
                     _log.warning("events.flush_failed", batch=job.batch_id, error=str(exc))
-
-
-def _stored(report: VerificationReport | None) -> dict[str, Any] | None:
-    """A report as the store keeps it (an attempt's ``verification``)."""
-    return report.to_dict() if report is not None else None

@@ -10,7 +10,7 @@ from buildrunnerd import protocol
 from buildrunnerd.errors import InvalidStateError
 from buildrunnerd.executor._protocol import ApiCall
 from buildrunnerd.store._costs import record_call
-from buildrunnerd.store._db import Database, Txn, decode_json, encode_json, not_found
+from buildrunnerd.store._db import Database, Txn, not_found
 from buildrunnerd.store._records import (
     ATTEMPT_OUTCOMES,
     AttemptEnd,
@@ -18,6 +18,7 @@ from buildrunnerd.store._records import (
     NewEvent,
     format_ts,
 )
+from buildrunnerd.store._reports import decode_report, encode_report
 
 __all__ = ["AttemptMethods", "end_attempt", "open_attempt"]
 
@@ -44,15 +45,15 @@ class AttemptMethods(Database):
 
     async def finish_attempt(
         self, attempt_id: int, *, outcome: str, reason: str | None = None,
-        verification: dict[str, Any] | None = None, commit: str | None = None,
+        verification: protocol.VerificationReport | None = None, commit: str | None = None,
     ) -> None:
         """Close an attempt with ``outcome`` (succeeded|failed|interrupted|conflict|cancelled).
         An attempt finishes once: finishing it again raises InvalidStateError."""
         _check_outcome(attempt_id, outcome)
         changed = await self._write_one(
             f"finishing attempt {attempt_id}", _FINISH_SQL,
-            (outcome, reason, None if verification is None else encode_json(verification),
-             commit, format_ts(self.now()), attempt_id),
+            (outcome, reason, encode_report(verification), commit, format_ts(self.now()),
+             attempt_id),
         )
         if changed:
             return
@@ -190,14 +191,13 @@ async def end_attempt(txn: Txn, end: AttemptEnd) -> None:
     that already has an outcome keeps it: the result it goes with is still written."""
     _check_outcome(end.attempt_id, end.outcome)
     await txn.execute(_FINISH_SQL, (
-        end.outcome, end.reason,
-        None if end.verification is None else encode_json(end.verification), end.commit,
-        txn.ts, end.attempt_id))
+        end.outcome, end.reason, encode_report(end.verification), end.commit, txn.ts,
+        end.attempt_id))
 
 
 def _attempt_from_row(r: Sequence[Any]) -> AttemptRecord:
     return AttemptRecord(
         id=int(r[0]), batch_id=r[1], run_id=r[2], number=int(r[3]), worktree=r[4], model=r[5],
         started_at=r[6], finished_at=r[7], outcome=r[8], reason=r[9],
-        verification=decode_json(r[10]), commit=r[11], has_checkpoint=bool(r[12]),
+        verification=decode_report(r[10]), commit=r[11], has_checkpoint=bool(r[12]),
     )

@@ -143,7 +143,7 @@ class TaskRecord(msgspec.Struct, kw_only=True):
     cost_usd: float = 0.0
     reason: str | None = None
     prompt: str | None = None
-    verification: dict[str, Any] | None = None
+    verification: protocol.VerificationReport | None = None
     description: str = ""
     updated_at: str | None = None
 
@@ -157,8 +157,7 @@ class TaskRecord(msgspec.Struct, kw_only=True):
             depends_on=list(self.depends_on), files=list(self.files),
             acceptance_criteria=list(self.acceptance_criteria), reason=self.reason,
             prompt=self.prompt if full else None,
-            verification=(protocol.VerificationReport.from_stored(self.verification)
-                          if full and self.verification is not None else None),
+            verification=self.verification if full else None,
         )
 
 
@@ -202,7 +201,7 @@ class AttemptRecord(msgspec.Struct, kw_only=True):
     finished_at: str | None = None
     outcome: str | None = None  # one of ATTEMPT_OUTCOMES
     reason: str | None = None
-    verification: dict[str, Any] | None = None
+    verification: protocol.VerificationReport | None = None
     commit: str | None = None
     has_checkpoint: bool = False
 
@@ -244,7 +243,7 @@ class AttemptEnd(msgspec.Struct, frozen=True):
     attempt_id: int
     outcome: str  # one of ATTEMPT_OUTCOMES
     reason: str | None = None
-    verification: dict[str, Any] | None = None
+    verification: protocol.VerificationReport | None = None
     commit: str | None = None
 
 

@@ -37,6 +37,7 @@ from buildrunnerd.store._records import (
     TaskRecord,
     global_id,
 )
+from buildrunnerd.store._reports import decode_report, encode_report
 
 __all__ = ["Store"]
 
@@ -428,13 +429,16 @@ class Store(AttemptMethods, CostMethods):
         """Keep the prompt a task was built with (shown by ``brctl task``)."""
         await self.set_tasks_details([task_id], prompt=prompt)
 
-    async def set_task_verification(self, task_id: str, report: dict[str, Any]) -> None:
-        """Keep a task's latest verification report (JSON)."""
+    async def set_task_verification(
+        self, task_id: str, report: protocol.VerificationReport
+    ) -> None:
+        """Keep a task's latest verification report."""
         await self.set_tasks_details([task_id], verification=report)
 
     async def set_tasks_details(
         self, task_ids: Sequence[str], *, prompt: str | None = None,
-        verification: dict[str, Any] | None = None, events: Sequence[NewEvent] = (),
+        verification: protocol.VerificationReport | None = None,
+        events: Sequence[NewEvent] = (),
     ) -> list[protocol.Event]:
         """Set the prompt and/or the verification report of several tasks (a batch's tasks
         share both) in ONE transaction, with ``events`` (e.g. ``verify.passed``) stored in it
@@ -448,7 +452,7 @@ class Store(AttemptMethods, CostMethods):
             values.append(prompt)
         if verification is not None:
             columns.append("verification")
-            values.append(encode_json(verification))
+            values.append(encode_report(verification))
         ids = list(dict.fromkeys(task_ids))
         if not columns or not ids:
             ids = []
@@ -692,7 +696,7 @@ def _task_from_row(r: Sequence[Any], depends_on: list[str]) -> TaskRecord:
         complexity=r[6], estimate_minutes=int(r[7]), depends_on=sorted(depends_on),
         files=decode_json(r[8]), acceptance_criteria=decode_json(r[9]), batch_id=r[10],
         state=r[11], attempts=int(r[12]), model=r[13], cost_usd=from_nanousd(int(r[14])),
-        reason=r[15], prompt=r[16], verification=decode_json(r[17]), description=r[18],
+        reason=r[15], prompt=r[16], verification=decode_report(r[17]), description=r[18],
         updated_at=r[19],
     )
 

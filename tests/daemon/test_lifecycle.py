@@ -116,6 +116,6 @@ async def test_tasks_keep_their_prompt_and_report_and_listings_can_skip_them(
     assert full["TB"].prompt and "task of B" in full["TB"].prompt
     # B's prompt carries A's file (a dependency's output) as context.
     assert "out/A.py" in full["TB"].prompt
-    assert full["TB"].verification is not None and full["TB"].verification["passed"]
+    assert full["TB"].verification is not None and full["TB"].verification.passed
     assert light["TB"].prompt is None and light["TB"].verification is None
     assert light["TB"].state == full["TB"].state == "succeeded"

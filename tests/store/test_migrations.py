@@ -9,6 +9,7 @@ import aiosqlite
 import pytest
 
 from buildrunnerd.errors import StoreError
+from buildrunnerd.protocol import VerificationReport
 from buildrunnerd.store import LATEST_VERSION, MIGRATIONS, Store
 from buildrunnerd.store._migrations import migrate, user_version
 
@@ -128,7 +129,8 @@ async def test_upgrade_from_every_earlier_version(
             assert spec.spec_text == "# Old"
             assert spec.plan() == make_plan(n_batches=1)
             task = await store.get_task("r-v1:T001")
-            assert (task.prompt, task.verification) == ("the old prompt", {"passed": True})
+            assert (task.prompt, task.verification) == (
+                "the old prompt", VerificationReport(passed=True))
             assert (await store.list_tasks("r-v1", details=False))[0].prompt is None
             # ... and the old run takes new writes (its row was rebuilt, not just copied)
             await store.set_task_prompt("r-v1:T001", "a new prompt")

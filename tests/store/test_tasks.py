@@ -7,6 +7,7 @@ import anyio.lowlevel
 import pytest
 
 from buildrunnerd.errors import InvalidStateError, NotFoundError
+from buildrunnerd.protocol import CheckResult, VerificationReport
 from buildrunnerd.store import BatchChange, NewEvent, RunChange, Store, TaskChange
 
 from .conftest import Clock, Recorder, submit
@@ -191,14 +192,14 @@ async def test_attempts_and_checkpoints(store: Store, clock: Clock) -> None:
     second = await store.start_attempt(B1, worktree="/wt/2", model="claude-sonnet-5-5")
     assert second.number == 2
     await store.finish_attempt(
-        second.id, outcome="succeeded", verification={"passed": True, "checks": []},
+        second.id, outcome="succeeded", verification=VerificationReport(True, []),
         commit="deadbeef",
     )
     attempts = await store.list_attempts(B1)
     assert [(a.number, a.outcome) for a in attempts] == [(1, "interrupted"), (2, "succeeded")]
     assert attempts[0].finished_at == "2026-11-24T18:00:05.123Z"
     assert attempts[0].reason == "daemon stopped"
-    assert attempts[1].verification == {"passed": True, "checks": []}
+    assert attempts[1].verification == VerificationReport(True, [])
     assert attempts[1].commit == "deadbeef"
     assert [a.id for a in await store.unfinished_attempts()] == [other.id]
     batch = await store.get_batch(B1)
@@ -221,12 +222,13 @@ async def test_attempts_and_checkpoints(store: Store, clock: Clock) -> None:
 async def test_task_prompt_and_verification(store: Store, recorder: Recorder) -> None:
     await submit(store, "r-1")
     await store.set_task_prompt(T1, "Build T001.\n")
-    await store.set_task_verification(T1, {"passed": False, "checks": [{"name": "pytest"}]})
+    report = VerificationReport(False, [CheckResult("tests", False, "1 failed")])
+    await store.set_task_verification(T1, report)
     task = await store.get_task(T1)
     assert task.prompt == "Build T001.\n"
-    assert task.verification == {"passed": False, "checks": [{"name": "pytest"}]}
+    assert task.verification == report
     info = task.to_info(full=True)
-    assert info.prompt == "Build T001.\n" and info.verification is not None
+    assert info.prompt == "Build T001.\n" and info.verification == report
     with pytest.raises(NotFoundError):
         await store.set_task_prompt("r-1:T404", "x")
     assert len(recorder.events) == 1

@@ -10,6 +10,7 @@ import pytest
 
 from buildrunnerd.errors import NotFoundError
 from buildrunnerd.executor import ApiCall
+from buildrunnerd.protocol import VerificationReport
 from buildrunnerd.store import AttemptEnd, NewEvent, Store, TaskChange
 
 from .conftest import Recorder, submit
@@ -86,7 +87,8 @@ async def test_a_result_and_its_attempt_end_are_one_commit(
     await submit(store)
     attempt = await store.start_attempt(BATCH, worktree="/wt", model=None)
     before = store.write_transactions
-    end = AttemptEnd(attempt.id, "succeeded", verification={"passed": True}, commit="abc123")
+    end = AttemptEnd(attempt.id, "succeeded", verification=VerificationReport(True),
+                     commit="abc123")
     stored = await store.transition(
         batch=(BATCH, "succeeded", "batch.succeeded", {"commit": "abc123"}),
         tasks=[TaskChange(f"{RUN}:T001", "succeeded")], attempt=end)
@@ -94,7 +96,7 @@ async def test_a_result_and_its_attempt_end_are_one_commit(
     assert [e.type for e in stored] == ["batch.succeeded", "task.state_changed"]
     finished = await store.get_attempt(attempt.id)
     assert (finished.outcome, finished.commit, finished.verification) == (
-        "succeeded", "abc123", {"passed": True})
+        "succeeded", "abc123", VerificationReport(True))
 
     # A result that cannot be written leaves the attempt unfinished too.
     other = await store.start_attempt(f"{RUN}:B002", worktree="/wt2", model=None)
@@ -109,12 +111,12 @@ async def test_a_report_and_its_verdict_are_one_commit(store: Store, recorder: R
     await submit(store)
     before = store.write_transactions
     stored = await store.set_tasks_details(
-        [f"{RUN}:T001", f"{RUN}:T002"], verification={"passed": False},
+        [f"{RUN}:T001", f"{RUN}:T002"], verification=VerificationReport(False),
         events=[NewEvent(RUN, "verify.failed", {"reason": "tests"}, batch_id=BATCH)])
     assert store.write_transactions == before + 1
     assert [e.type for e in stored] == ["verify.failed"] == [
         e.type for e in recorder.events[-1:]]
-    assert (await store.get_task(f"{RUN}:T002")).verification == {"passed": False}
+    assert (await store.get_task(f"{RUN}:T002")).verification == VerificationReport(False)
 
 
 async def test_events_that_waited_for_the_turn_come_first(
