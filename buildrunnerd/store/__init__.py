@@ -13,12 +13,15 @@ from buildrunnerd.store._records import (
     AttemptRecord,
     BatchChange,
     BatchRecord,
+    EventData,
+    JsonData,
     NewEvent,
     NewRun,
     RunChange,
     RunOptions,
     RunRecord,
     RunSpec,
+    RunUpdate,
     TaskChange,
     TaskRecord,
     format_ts,
@@ -29,7 +32,7 @@ from buildrunnerd.store._store import Store
 
 __all__ = [
     "ATTEMPT_OUTCOMES", "AttemptEnd", "AttemptRecord", "BatchChange", "BatchRecord",
-    "COST_GROUPINGS", "LATEST_VERSION", "MIGRATIONS", "NewEvent", "NewRun", "RunChange",
-    "RunOptions", "RunRecord", "RunSpec", "StatementCounts", "Store", "TaskChange",
-    "TaskRecord", "format_ts", "global_id", "parse_ts",
+    "COST_GROUPINGS", "EventData", "JsonData", "LATEST_VERSION", "MIGRATIONS", "NewEvent",
+    "NewRun", "RunChange", "RunOptions", "RunRecord", "RunSpec", "RunUpdate", "StatementCounts",
+    "Store", "TaskChange", "TaskRecord", "format_ts", "global_id", "parse_ts",
 ]

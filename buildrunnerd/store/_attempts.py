@@ -4,13 +4,12 @@ and the writes of one turn of the agent (its call, events and checkpoint) as one
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
 
 from buildrunnerd import protocol
 from buildrunnerd.errors import InvalidStateError
 from buildrunnerd.executor._protocol import ApiCall
 from buildrunnerd.store._costs import record_call
-from buildrunnerd.store._db import Database, Txn, not_found
+from buildrunnerd.store._db import Database, Row, Txn, not_found
 from buildrunnerd.store._records import (
     ATTEMPT_OUTCOMES,
     AttemptEnd,
@@ -195,7 +194,7 @@ async def end_attempt(txn: Txn, end: AttemptEnd) -> None:
         end.attempt_id))
 
 
-def _attempt_from_row(r: Sequence[Any]) -> AttemptRecord:
+def _attempt_from_row(r: Row) -> AttemptRecord:
     return AttemptRecord(
         id=int(r[0]), batch_id=r[1], run_id=r[2], number=int(r[3]), worktree=r[4], model=r[5],
         started_at=r[6], finished_at=r[7], outcome=r[8], reason=r[9],

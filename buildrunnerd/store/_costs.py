@@ -9,12 +9,11 @@ the per-run totals on ``runs`` (both kept forever), so summaries stay right afte
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any
 
 from buildrunnerd import protocol
 from buildrunnerd.executor._protocol import ApiCall
-from buildrunnerd.store._db import Database, Reader, Txn, not_found
-from buildrunnerd.store._records import format_ts
+from buildrunnerd.store._db import Database, Reader, Row, Txn, not_found
+from buildrunnerd.store._records import JsonData, format_ts
 
 __all__ = ["COST_GROUPINGS", "CostMethods", "from_nanousd", "record_call", "to_nanousd"]
 
@@ -96,7 +95,7 @@ class CostMethods(Database):
                 f" cache_creation_input_tokens, cost_nanousd FROM runs {where}"
                 " ORDER BY created_at, id"
             )
-            params: tuple[Any, ...] = (run_id,) if run_id is not None else ()
+            params: tuple[str, ...] = (run_id,) if run_id is not None else ()
         elif run_id is not None:
             key = "model" if by == "model" else "substr(ts, 1, 10)"
             sql = (
@@ -109,7 +108,7 @@ class CostMethods(Database):
             sql = f"SELECT {key} AS k, {_ROLLUP_SUMS} FROM metrics_hourly GROUP BY k ORDER BY k"
             params = ()
 
-        async def query(db: Reader) -> tuple[list[Any], list[str]] | None:
+        async def query(db: Reader) -> tuple[list[Row], list[str]] | None:
             if run_id is not None and not await db.fetchall(
                 "SELECT 1 FROM runs WHERE id = ?", (run_id,)
             ):
@@ -198,7 +197,7 @@ async def record_call(txn: Txn, run_id: str, batch_id: str | None, call: ApiCall
     """One billed call as a step of an open transaction: its row, the hourly roll-up, the cost
     added to the run and split over the batch's tasks, and the ``api.call`` event."""
     nanos = to_nanousd(call.cost_usd)
-    data: dict[str, Any] = {
+    data: dict[str, JsonData] = {
         "model": call.model,
         "tokens": {
             "input_tokens": call.input_tokens,

@@ -19,7 +19,7 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Self, TypeVar, cast
+from typing import Any, Self, TypeAlias, TypeVar, cast
 
 import aiosqlite
 import anyio
@@ -29,26 +29,35 @@ import structlog
 from buildrunnerd import protocol
 from buildrunnerd.errors import NotFoundError, StoreError
 from buildrunnerd.store._migrations import LATEST_VERSION, migrate
-from buildrunnerd.store._records import format_ts
+from buildrunnerd.store._records import EventData, JsonData, format_ts
 
 __all__ = [
-    "EVENT_COLUMNS", "Database", "EventCallback", "Reader", "StatementCounts", "Txn",
-    "decode_json", "encode_json", "event_from_row", "not_found", "translate_error",
+    "EVENT_COLUMNS", "Database", "EventCallback", "Reader", "Row", "SqlParams", "SqlValue",
+    "StatementCounts", "Txn", "decode_object", "decode_strings", "encode_json",
+    "event_from_row", "not_found", "translate_error",
 ]
 
 EventCallback = Callable[[protocol.Event], None]
 T = TypeVar("T")
+#: A value SQLite keeps as it is (a bool is stored as 0 or 1).
+SqlValue: TypeAlias = str | int | float | bytes | None
+#: The parameters of one statement, in the order of its ``?``.
+SqlParams: TypeAlias = Sequence[SqlValue]
+#: One row a query returns. Its cells are whatever its columns hold, which only the query
+#: knows: the record builders read them by position (``_run_from_row`` and the like).
+Row: TypeAlias = Sequence[Any]
 
 _log = structlog.get_logger("buildrunnerd.store")
 _json_encoder = msgspec.json.Encoder()
-_json_decoder = msgspec.json.Decoder()
+_object_decoder = msgspec.json.Decoder(dict[str, Any])
+_strings_decoder = msgspec.json.Decoder(list[str])
 
 # Six parameters a row; SQLite allows 32766 parameters per statement.
 _EVENTS_PER_INSERT = 1000
 EVENT_COLUMNS = "id, ts, run_id, type, data, batch_id, task_id"
 
 
-def encode_json(value: Any) -> str:
+def encode_json(value: JsonData | msgspec.Struct) -> str:
     """JSON text for a column (raises ``TypeError`` for values JSON cannot hold)."""
     try:
         return _json_encoder.encode(value).decode()
@@ -56,15 +65,20 @@ def encode_json(value: Any) -> str:
         raise TypeError(f"cannot store {value!r} as JSON: {exc}") from exc
 
 
-def decode_json(text: str | bytes | None) -> Any:
-    """The value of a JSON column (None stays None)."""
-    return None if text is None else _json_decoder.decode(text)
+def decode_object(text: str | bytes) -> dict[str, Any]:
+    """The value of a JSON column that holds an object (event data, run options)."""
+    return _object_decoder.decode(text)
 
 
-def event_from_row(row: Sequence[Any]) -> protocol.Event:
+def decode_strings(text: str | bytes) -> list[str]:
+    """The value of a JSON column that holds a list of strings (ids, files, criteria)."""
+    return _strings_decoder.decode(text)
+
+
+def event_from_row(row: Row) -> protocol.Event:
     """A ``protocol.Event`` from a row selected with ``EVENT_COLUMNS``."""
     return protocol.Event(
-        id=row[0], ts=row[1], run_id=row[2], type=row[3], data=decode_json(row[4]),
+        id=row[0], ts=row[1], run_id=row[2], type=row[3], data=decode_object(row[4]),
         batch_id=row[5], task_id=row[6],
     )
 
@@ -76,7 +90,7 @@ class Reader:
     def __init__(self, conn: aiosqlite.Connection) -> None:
         self.conn = conn
 
-    async def fetchall(self, sql: str, params: Sequence[Any] = ()) -> list[Any]:
+    async def fetchall(self, sql: str, params: SqlParams = ()) -> list[Row]:
         """Rows of a query (one hop)."""
         return list(await self.conn.execute_fetchall(sql, params))
 
@@ -93,17 +107,17 @@ class Txn(Reader):
         #: The stored events, in id order; filled by :meth:`flush_events`.
         self.events: list[protocol.Event] = []
 
-    async def execute(self, sql: str, params: Sequence[Any] = ()) -> int:
+    async def execute(self, sql: str, params: SqlParams = ()) -> int:
         """Run one statement; return the number of rows it changed."""
         cursor = await self.conn.execute(sql, params)
         return int(cursor.rowcount)
 
-    async def insert(self, sql: str, params: Sequence[Any] = ()) -> int:
+    async def insert(self, sql: str, params: SqlParams = ()) -> int:
         """Run one INSERT; return the new row's id."""
         cursor = await self.conn.execute(sql, params)
         return int(cursor.lastrowid or 0)
 
-    async def executemany(self, sql: str, rows: Iterable[Sequence[Any]]) -> int:
+    async def executemany(self, sql: str, rows: Iterable[SqlParams]) -> int:
         """Run one statement for every row of parameters (one hop); return the rows changed."""
         batch = list(rows)
         if not batch:
@@ -112,7 +126,7 @@ class Txn(Reader):
         return int(cursor.rowcount)
 
     def add_event(
-        self, run_id: str, type_: str, data: dict[str, Any] | None = None, *,
+        self, run_id: str, type_: str, data: EventData | None = None, *,
         batch_id: str | None = None, task_id: str | None = None,
     ) -> None:
         """Queue an event; it is inserted before COMMIT and lands in :attr:`events`.
@@ -124,7 +138,7 @@ class Txn(Reader):
         pending, self._pending = self._pending, []
         for start in range(0, len(pending), _EVENTS_PER_INSERT):
             chunk = pending[start:start + _EVENTS_PER_INSERT]
-            params: list[Any] = []
+            params: list[SqlValue] = []
             for run_id, type_, text, batch_id, task_id in chunk:
                 params.extend((self.ts, run_id, type_, text, batch_id, task_id))
             last_id = await self.insert(
@@ -138,7 +152,7 @@ class Txn(Reader):
             self.events.extend(
                 protocol.Event(
                     id=first_id + i, ts=self.ts, run_id=run_id, type=type_,
-                    data=decode_json(text), batch_id=batch_id, task_id=task_id,
+                    data=decode_object(text), batch_id=batch_id, task_id=task_id,
                 )
                 for i, (run_id, type_, text, batch_id, task_id) in enumerate(chunk)
             )
@@ -312,7 +326,7 @@ class Database:
             self._publish(txn.events)
         return result, txn.events
 
-    async def _write_one(self, what: str, sql: str, params: Sequence[Any] = ()) -> int:
+    async def _write_one(self, what: str, sql: str, params: SqlParams = ()) -> int:
         """ONE statement with no events, in autocommit mode (a single statement is atomic by
         itself): two hops fewer than a transaction. Returns the rows it changed."""
         async with self._lock:
@@ -334,7 +348,7 @@ class Database:
             except sqlite3.Error as exc:
                 raise translate_error(exc, self._path, what) from exc
 
-    async def _fetchall(self, what: str, sql: str, params: Sequence[Any] = ()) -> list[Any]:
+    async def _fetchall(self, what: str, sql: str, params: SqlParams = ()) -> list[Row]:
         async with self._lock:
             self._check_open()
             try:
@@ -376,7 +390,7 @@ def not_found(kind: str, ident: str | int) -> NotFoundError:
 def translate_error(exc: sqlite3.Error, path: Path, what: str) -> StoreError:
     """A StoreError that says what failed, where, and what to do about it."""
     name = getattr(exc, "sqlite_errorname", "") or ""
-    data: dict[str, Any] = {"path": str(path), "sqlite_error": name or type(exc).__name__}
+    data: dict[str, str] = {"path": str(path), "sqlite_error": name or type(exc).__name__}
     if name == "SQLITE_FULL" or "full" in str(exc):
         message = (
             f"database is full while {what}: free space on {path.parent} (or raise the size "

@@ -7,8 +7,9 @@ spec never collide. Every record also keeps the ``plan_id`` it came from.
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
-from typing import Any, NamedTuple
+from typing import NamedTuple, TypeAlias, TypedDict
 
 import msgspec
 
@@ -16,10 +17,19 @@ from buildrunnerd import protocol
 from buildrunnerd.plan._model import Plan
 
 __all__ = [
-    "ATTEMPT_OUTCOMES", "AttemptEnd", "AttemptRecord", "BatchChange", "BatchRecord", "NewEvent",
-    "NewRun", "RunChange", "RunOptions", "RunRecord", "RunSpec", "TaskChange", "TaskRecord",
-    "format_ts", "global_id", "parse_ts",
+    "ATTEMPT_OUTCOMES", "AttemptEnd", "AttemptRecord", "BatchChange", "BatchRecord", "EventData",
+    "JsonData", "NewEvent", "NewRun", "RunChange", "RunOptions", "RunRecord", "RunSpec",
+    "RunUpdate", "TaskChange", "TaskRecord", "format_ts", "global_id", "parse_ts",
 ]
+
+#: What the store can keep as JSON: the JSON types, any sequence as an array and any mapping
+#: with string keys as an object (read-only views, so that a caller's ``list[str]`` or
+#: ``dict[str, int]`` is one as it is).
+JsonData: TypeAlias = (
+    str | int | float | bool | None | Sequence["JsonData"] | Mapping[str, "JsonData"]
+)
+#: The data of an event as it is written (None: ``{}``).
+EventData: TypeAlias = Mapping[str, JsonData]
 
 #: How an attempt can end (``finish_attempt(outcome=...)``).
 ATTEMPT_OUTCOMES: tuple[str, ...] = ("succeeded", "failed", "interrupted", "conflict", "cancelled")
@@ -223,7 +233,7 @@ class RunChange(NamedTuple):
     to: str
     event_type: str
     reason: str | None = None
-    data: dict[str, Any] | None = None
+    data: EventData | None = None
 
 
 class BatchChange(NamedTuple):
@@ -232,8 +242,25 @@ class BatchChange(NamedTuple):
     batch_id: str
     to: str
     event_type: str | None = None
-    data: dict[str, Any] | None = None
+    data: EventData | None = None
     model: str | None = None
+
+
+class RunUpdate(TypedDict, total=False):
+    """What :meth:`Store.update_run` may set: plain fields of the run, and its options
+    (:class:`RunOptions`)."""
+
+    title: str
+    repo: str | None
+    branch: str | None
+    base_commit: str | None
+    spec_path: str | None
+    reason: str | None
+    workers: int
+    budget_usd: float | None
+    test_cmd: str | None
+    allow_dirty: bool
+    scratch_dir: str | None
 
 
 class AttemptEnd(msgspec.Struct, frozen=True):
@@ -252,6 +279,6 @@ class NewEvent(msgspec.Struct, frozen=True):
 
     run_id: str
     type: str
-    data: dict[str, Any] | None = None
+    data: EventData | None = None
     batch_id: str | None = None
     task_id: str | None = None

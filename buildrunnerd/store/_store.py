@@ -4,7 +4,7 @@ transaction. Costs and retention live in :mod:`._costs`, the connection in :mod:
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from typing import Any, get_args
+from typing import Any, Unpack, cast, get_args
 
 import msgspec
 
@@ -16,8 +16,11 @@ from buildrunnerd.store._costs import CostMethods, from_nanousd
 from buildrunnerd.store._db import (
     EVENT_COLUMNS,
     Reader,
+    Row,
+    SqlValue,
     Txn,
-    decode_json,
+    decode_object,
+    decode_strings,
     encode_json,
     event_from_row,
     not_found,
@@ -27,12 +30,15 @@ from buildrunnerd.store._records import (
     AttemptRecord,
     BatchChange,
     BatchRecord,
+    EventData,
+    JsonData,
     NewEvent,
     NewRun,
     RunChange,
     RunOptions,
     RunRecord,
     RunSpec,
+    RunUpdate,
     TaskChange,
     TaskRecord,
     global_id,
@@ -139,7 +145,7 @@ class Store(AttemptMethods, CostMethods):
         return record
 
     async def set_run_plan(
-        self, run_id: str, plan: Plan, *, data: dict[str, Any] | None = None
+        self, run_id: str, plan: Plan, *, data: EventData | None = None
     ) -> RunRecord:
         """A ``planning`` run gets its plan, in ONE transaction: features, tasks, batches,
         the plan itself, the state ``queued`` and the ``run.planned`` event
@@ -210,7 +216,7 @@ class Store(AttemptMethods, CostMethods):
 
     async def set_run_state(
         self, run_id: str, to: str, *, event_type: str, reason: str | None = None,
-        data: dict[str, Any] | None = None,
+        data: EventData | None = None,
     ) -> protocol.Event:
         """Move a run to ``to`` and store ``event_type`` ``{from, to, reason, **data}``, in one
         transaction; returns the event."""
@@ -220,7 +226,7 @@ class Store(AttemptMethods, CostMethods):
         )
         return events[0]
 
-    async def update_run(self, run_id: str, **fields: Any) -> None:
+    async def update_run(self, run_id: str, **fields: Unpack[RunUpdate]) -> None:
         """Set plain fields of a run (``title, repo, branch, base_commit, spec_path, reason``)
         or its options (``workers, budget_usd, test_cmd, allow_dirty``). No event."""
         unknown = set(fields) - _RUN_FIELDS - _OPTION_FIELDS
@@ -231,11 +237,12 @@ class Store(AttemptMethods, CostMethods):
             rows = await txn.fetchall("SELECT options_json FROM runs WHERE id = ?", (run_id,))
             if not rows:
                 raise not_found("run", run_id)
-            columns = {k: v for k, v in fields.items() if k in _RUN_FIELDS}
+            # Every run field of RunUpdate is text or NULL (its items() only say ``object``).
+            columns = {k: cast("str | None", v) for k, v in fields.items() if k in _RUN_FIELDS}
             options = {k: v for k, v in fields.items() if k in _OPTION_FIELDS}
             if options:
                 merged = msgspec.convert(
-                    {**decode_json(rows[0][0]), **options}, RunOptions
+                    {**decode_object(rows[0][0]), **options}, RunOptions
                 )
                 columns["options_json"] = encode_json(merged)
             if columns:
@@ -253,7 +260,7 @@ class Store(AttemptMethods, CostMethods):
         do not show them read far less (the texts live in another table, not joined)."""
         columns = _TASK_COLUMNS if details else _TASK_LIST_COLUMNS
 
-        async def query(db: Reader) -> tuple[list[Any], list[Any]]:
+        async def query(db: Reader) -> tuple[list[Row], list[Row]]:
             rows = await db.fetchall(
                 f"SELECT {columns} WHERE t.run_id = ? ORDER BY t.position", (run_id,)
             )
@@ -271,7 +278,7 @@ class Store(AttemptMethods, CostMethods):
     async def get_task(self, task_id: str) -> TaskRecord:
         """One task by its global id (NotFoundError if there is none)."""
 
-        async def query(db: Reader) -> tuple[list[Any], list[Any]]:
+        async def query(db: Reader) -> tuple[list[Row], list[Row]]:
             rows = await db.fetchall(f"SELECT {_TASK_COLUMNS} WHERE t.id = ?", (task_id,))
             deps = await db.fetchall(
                 "SELECT depends_on FROM task_deps WHERE task_id = ? ORDER BY depends_on",
@@ -310,7 +317,7 @@ class Store(AttemptMethods, CostMethods):
     async def list_batches(self, run_id: str) -> list[BatchRecord]:
         """A run's batches in plan order (an unknown run has none)."""
 
-        async def query(db: Reader) -> tuple[list[Any], list[Any]]:
+        async def query(db: Reader) -> tuple[list[Row], list[Row]]:
             rows = await db.fetchall(
                 f"SELECT {_BATCH_COLUMNS} FROM batches WHERE run_id = ? ORDER BY position",
                 (run_id,),
@@ -329,7 +336,7 @@ class Store(AttemptMethods, CostMethods):
     async def get_batch(self, batch_id: str) -> BatchRecord:
         """One batch by its global id (NotFoundError if there is none)."""
 
-        async def query(db: Reader) -> tuple[list[Any], list[Any]]:
+        async def query(db: Reader) -> tuple[list[Row], list[Row]]:
             rows = await db.fetchall(
                 f"SELECT {_BATCH_COLUMNS} FROM batches WHERE id = ?", (batch_id,)
             )
@@ -346,7 +353,7 @@ class Store(AttemptMethods, CostMethods):
 
     async def set_batch_state(
         self, batch_id: str, to: str, *, event_type: str | None = None,
-        data: dict[str, Any] | None = None, model: str | None = None,
+        data: EventData | None = None, model: str | None = None,
     ) -> protocol.Event | None:
         """Move a batch to ``to`` (and set its model); with ``event_type``, store that event
         ``{from, to, **data}`` in the same transaction and return it."""
@@ -359,6 +366,9 @@ class Store(AttemptMethods, CostMethods):
     async def transition(
         self,
         *,
+        # A plain tuple is checked when RunChange(*run) is made. (A union of the tuple types
+        # it may be would be exact, but mypy then infers the event data dict of a caller's
+        # tuple literal as dict[str, object] and refuses it.)
         run: RunChange | tuple[Any, ...] | None = None,
         batch: BatchChange | tuple[Any, ...] | None = None,
         tasks: Sequence[TaskChange] = (),
@@ -446,7 +456,7 @@ class Store(AttemptMethods, CostMethods):
         and none apart for the event); NotFoundError if a task is missing. Returns the stored
         events."""
         columns: list[str] = []
-        values: list[Any] = []
+        values: list[SqlValue] = []
         if prompt is not None:
             columns.append("prompt")
             values.append(prompt)
@@ -470,7 +480,7 @@ class Store(AttemptMethods, CostMethods):
 
     # --- events --------------------------------------------------------------------------
     async def append_event(
-        self, run_id: str, type: str, data: dict[str, Any] | None = None, *,
+        self, run_id: str, type: str, data: EventData | None = None, *,
         batch_id: str | None = None, task_id: str | None = None,
     ) -> protocol.Event:
         """Store one event (its own transaction) and return it with its id and ``ts``."""
@@ -495,7 +505,7 @@ class Store(AttemptMethods, CostMethods):
         """Events with ``id > since``, oldest first, at most ``limit``; filtered by run,
         task and types when given."""
         where = ["id > ?"]
-        params: list[Any] = [since]
+        params: list[SqlValue] = [since]
         if run_id is not None:
             where.append("run_id = ?")
             params.append(run_id)
@@ -583,7 +593,7 @@ async def _apply_run_change(txn: Txn, change: RunChange) -> None:
         " finished_at = CASE WHEN ? THEN ? ELSE NULL END WHERE id = ?",
         (to, reason, to, txn.ts, terminal, txn.ts, run_id),
     )
-    payload: dict[str, Any] = {"from": previous, "to": to}
+    payload: dict[str, JsonData] = {"from": previous, "to": to}
     if reason is not None:
         payload["reason"] = reason
     payload.update(data or {})
@@ -606,7 +616,7 @@ async def _apply_batch_change(txn: Txn, change: BatchChange) -> None:
     )
     if event_type is None:
         return
-    payload: dict[str, Any] = {"from": previous, "to": to}
+    payload: dict[str, JsonData] = {"from": previous, "to": to}
     if model is not None:
         payload["model"] = model
     payload.update(data or {})
@@ -631,7 +641,7 @@ async def _apply_task_changes(txn: Txn, changes: Sequence[TaskChange]) -> None:
     missing = [task_id for task_id in ids if task_id not in current]
     if missing:
         raise not_found("task", missing[0])
-    updates: list[tuple[Any, ...]] = []
+    updates: list[tuple[SqlValue, ...]] = []
     for change in changes:
         previous, run_id, batch_id = current[change.task_id]
         # A task listed twice moves twice: the second change starts where the first ended.
@@ -652,7 +662,7 @@ async def _apply_task_changes(txn: Txn, changes: Sequence[TaskChange]) -> None:
 
 
 async def _upsert_task_texts(
-    txn: Txn, ids: Sequence[str], columns: Sequence[str], values: Sequence[Any], *,
+    txn: Txn, ids: Sequence[str], columns: Sequence[str], values: Sequence[SqlValue], *,
     checked: bool = False,
 ) -> None:
     """Set ``columns`` (of ``task_texts``) to ``values`` for every task in ``ids``, and their
@@ -679,7 +689,7 @@ async def _upsert_task_texts(
 
 
 # --- rows -> records ---------------------------------------------------------------------
-def _run_from_row(r: Sequence[Any]) -> RunRecord:
+def _run_from_row(r: Row) -> RunRecord:
     return RunRecord(
         id=r[0], title=r[1], state=r[2], spec_path=r[3], repo=r[4], branch=r[5],
         base_commit=r[6], options=msgspec.json.decode(r[7], type=RunOptions),
@@ -690,27 +700,27 @@ def _run_from_row(r: Sequence[Any]) -> RunRecord:
     )
 
 
-def _task_from_row(r: Sequence[Any], depends_on: list[str]) -> TaskRecord:
+def _task_from_row(r: Row, depends_on: list[str]) -> TaskRecord:
     return TaskRecord(
         id=r[0], run_id=r[1], plan_id=r[2], feature=r[3], title=r[4], domain=r[5],
         complexity=r[6], estimate_minutes=int(r[7]), depends_on=sorted(depends_on),
-        files=decode_json(r[8]), acceptance_criteria=decode_json(r[9]), batch_id=r[10],
+        files=decode_strings(r[8]), acceptance_criteria=decode_strings(r[9]), batch_id=r[10],
         state=r[11], attempts=int(r[12]), model=r[13], cost_usd=from_nanousd(int(r[14])),
         reason=r[15], prompt=r[16], verification=decode_report(r[17]), description=r[18],
         updated_at=r[19],
     )
 
 
-def _batch_from_row(r: Sequence[Any], depends_on: list[str]) -> BatchRecord:
+def _batch_from_row(r: Row, depends_on: list[str]) -> BatchRecord:
     return BatchRecord(
-        id=r[0], run_id=r[1], plan_id=r[2], task_ids=decode_json(r[3]),
+        id=r[0], run_id=r[1], plan_id=r[2], task_ids=decode_strings(r[3]),
         depends_on=sorted(depends_on), domain=r[4], priority_minutes=int(r[5]),
         prompt_tokens=int(r[6]), state=r[7], attempts=int(r[8]), model=r[9], started_at=r[10],
         finished_at=r[11], estimate_minutes=int(r[12]),
     )
 
 
-def _group(pairs: Iterable[Sequence[Any]]) -> dict[str, list[str]]:
+def _group(pairs: Iterable[Row]) -> dict[str, list[str]]:
     grouped: dict[str, list[str]] = {}
     for key, value in pairs:
         grouped.setdefault(key, []).append(value)

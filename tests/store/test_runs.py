@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from buildrunnerd.errors import InvalidStateError, NotFoundError, StoreError
-from buildrunnerd.store import LATEST_VERSION, NewRun, Store, TaskChange
+from buildrunnerd.store import LATEST_VERSION, NewRun, RunOptions, RunUpdate, Store, TaskChange
 
 from .conftest import Clock, Recorder, make_plan, submit
 
@@ -130,11 +130,17 @@ async def test_update_run_sets_fields_and_options(store: Store, recorder: Record
     run = await store.get_run("r-1")
     assert run.branch == "buildrunner/r-1" and run.base_commit == "abc123"
     assert run.options.budget_usd == 9.0 and run.options.workers == 2
-    with pytest.raises(TypeError, match="cannot set colour"):
-        await store.update_run("r-1", colour="blue")
+    with pytest.raises(TypeError, match="cannot set colour"):  # (mypy refuses it too)
+        await store.update_run("r-1", colour="blue")  # type: ignore[call-arg]
     with pytest.raises(NotFoundError):
         await store.update_run("r-2", branch="x")
     assert len(recorder.events) == 1  # updates are not events
+
+
+def test_run_update_names_every_field_update_run_sets() -> None:
+    # The type says what the runtime check allows: a run's plain fields and its options.
+    plain = {"title", "repo", "branch", "base_commit", "spec_path", "reason"}
+    assert set(RunUpdate.__annotations__) == plain | set(RunOptions.__struct_fields__)
 
 
 async def test_everything_survives_a_reopen(db_path: Path, clock: Clock) -> None:
