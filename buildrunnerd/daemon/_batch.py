@@ -2,11 +2,12 @@
 
 prepare worktree -> start attempt -> watch files -> prompt -> ``executor.run_batch`` -> verify
 -> fix-up rounds (up to ``verify.max_fix_attempts``, each one step up the model ladder) ->
-commit and merge (a conflict re-runs the batch on the new head, as a new attempt, up to
-``verify.max_merge_reruns``) -> remove worktree.
+commit -> worktree back to the run's pool -> merge (a conflict re-runs the batch on the new
+head, as a new attempt in a worktree of the pool, up to ``verify.max_merge_reruns``).
 
-A verified batch gives its worker back before its merge (merges go one at a time per run, so
-it may wait), and the next ready batch starts meanwhile; a re-run takes a worker again first.
+A verified batch gives its worktree and its worker back once its commit is made, before its
+merge (merges go one at a time per run, so it may wait): the next ready batch starts meanwhile
+in that worktree; a re-run takes a worker again first.
 
 :func:`run_batch_lifecycle` records the batch's progress (``batch.dispatched``, tasks running ->
 verifying, ``verify.passed``/``verify.failed``, attempts) and returns a :class:`BatchResult`;
@@ -90,6 +91,7 @@ async def run_batch_lifecycle(
         attempt: AttemptRecord | None = None
         keep_worktree = False
         reuse_worktree = True
+        released = False  # given back after its commit, before the merge
         try:
             resume_state = None
             if resume_attempt is not None:
@@ -131,12 +133,17 @@ async def run_batch_lifecycle(
             from buildrunnerd.workspace import batch_commit_message
 
             message = batch_commit_message(run.id, plan_batch.id, tasks)
+            made = await run.workspace.commit(path, message, report, head=head)
+            # The commit holds the work: the worktree goes back to the pool before the merge
+            # (one batch of the run at a time, so it may wait), and the next batch, started
+            # on the worker given back here, reuses it: the pool stays at the worker count.
+            released = True
+            await run.workspace.release(path)
             if worker is not None:
-                # Verified: what is left is the merge, one batch of the run at a time.
                 worker.release()
-            done = await run.workspace.integrate(
-                path, message, report, head=head, batch_id=plan_batch.id,
-                config=config.verify, confinement=confinement)
+            done = await run.workspace.merge(
+                made, report, head=head, batch_id=plan_batch.id, config=config.verify,
+                confinement=confinement)
             merged, commit, branch_report = done.merged, done.commit, done.rolled_back
             if done.stale_start:
                 reason = ("the commit this batch started from was rolled back (it broke "
@@ -190,7 +197,8 @@ async def run_batch_lifecycle(
                                error=str(again))
             raise
         finally:
-            await run.workspace.release(path, keep=keep_worktree, reuse=reuse_worktree)
+            if not released:
+                await run.workspace.release(path, keep=keep_worktree, reuse=reuse_worktree)
 
 
 async def _execute_and_verify(

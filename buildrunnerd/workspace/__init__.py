@@ -26,6 +26,7 @@ from buildrunnerd.workspace._verify import (
     verify,
 )
 from buildrunnerd.workspace._workspace import (
+    BatchCommit,
     FileChange,
     FileWatch,
     HeadCheck,
@@ -35,10 +36,10 @@ from buildrunnerd.workspace._workspace import (
 )
 
 __all__ = [
-    "ALLOWLIST_FILENAME", "Allowlist", "BRANCH_PREFIX", "ChangeKind", "CheckResult", "FileChange",
-    "FileMonitor", "FileWatch", "GitWorkspace", "HeadCheck", "Integration", "MergeResult",
-    "OnChange", "RunRepo", "ScratchWorkspace", "SecretFinding", "StagedChange",
-    "VerificationReport", "VerifiedHead", "Workspace", "batch_commit_message",
+    "ALLOWLIST_FILENAME", "Allowlist", "BRANCH_PREFIX", "BatchCommit", "ChangeKind",
+    "CheckResult", "FileChange", "FileMonitor", "FileWatch", "GitWorkspace", "HeadCheck",
+    "Integration", "MergeResult", "OnChange", "RunRepo", "ScratchWorkspace", "SecretFinding",
+    "StagedChange", "VerificationReport", "VerifiedHead", "Workspace", "batch_commit_message",
     "cleanup_orphan_worktrees", "detect_test_command", "prepare_run_repo", "read_staged_changes",
     "scan_commit", "scan_staged", "verify",
 ]

@@ -36,7 +36,13 @@ from buildrunnerd.workspace._repo import RunRepo
 from buildrunnerd.workspace._report import has_python_tests
 from buildrunnerd.workspace._tree import commit_tree
 from buildrunnerd.workspace._verify import verify
-from buildrunnerd.workspace._workspace import FileChange, HeadCheck, Integration, VerifiedHead
+from buildrunnerd.workspace._workspace import (
+    BatchCommit,
+    FileChange,
+    HeadCheck,
+    Integration,
+    VerifiedHead,
+)
 from buildrunnerd.workspace._worktree import worktree_git
 
 __all__ = ["GitWorkspace", "spec_relpath"]
@@ -145,17 +151,21 @@ class GitWorkspace:
             spec_path=self._spec_path, baseline_passed=self.baseline_passed,
         )
 
-    async def integrate(self, path: Path, message: str, report: VerificationReport | None, *,
-                        head: str | None, batch_id: str, config: VerifyConfig,
-                        confinement: Confinement | None) -> Integration:
+    async def commit(self, path: Path, message: str, report: VerificationReport | None, *,
+                     head: str | None) -> BatchCommit:
+        # A passed verification staged, checked and wrote the tree to commit: the commit
+        # takes that tree as it is (no staging again, nothing unchecked added).
+        verified = report is not None and report.passed and head is not None
+        return await self.run_repo.commit_batch(path, message,
+                                                verified_from=head if verified else None)
+
+    async def merge(self, made: BatchCommit, report: VerificationReport | None, *,
+                    head: str | None, batch_id: str, config: VerifyConfig,
+                    confinement: Confinement | None) -> Integration:
         async with self._branch_lock:
             if not await self._started_on_branch(head):
                 return Integration(merged=False, stale_start=True)
-            # A passed verification staged, checked and wrote the tree to commit: the commit
-            # takes that tree as it is (no staging again, nothing unchecked added).
-            verified = report is not None and report.passed and head is not None
-            result = await self.run_repo.commit_and_merge(
-                path, message, verified_from=head if verified else None)
+            result = await self.run_repo.merge_batch(made, merge_root=self._root)
             commit, previous = result.commit, result.previous
             if not result.merged:
                 return Integration(merged=False, commit=commit,
@@ -174,6 +184,15 @@ class GitWorkspace:
                     "it and retry the task", data={"branch": branch, "commit": commit})
             self._rolled_back = True
             return Integration(merged=False, commit=commit, rolled_back=branch_report)
+
+    async def integrate(self, path: Path, message: str, report: VerificationReport | None, *,
+                        head: str | None, batch_id: str, config: VerifyConfig,
+                        confinement: Confinement | None) -> Integration:
+        """:meth:`commit` then :meth:`merge`, for a caller that keeps ``path`` until the
+        merge is done (tests, benches); the daemon releases the worktree between the two."""
+        made = await self.commit(path, message, report, head=head)
+        return await self.merge(made, report, head=head, batch_id=batch_id, config=config,
+                                confinement=confinement)
 
     async def verify_head(self, config: VerifyConfig,
                           confinement: Confinement | None) -> HeadCheck | None:
@@ -194,7 +213,8 @@ class GitWorkspace:
                          + "; ".join(r.splitlines()[0] for r in reasons if r)[:2000])
 
     async def close(self) -> None:
-        """Remove the run's idle (reusable) worktrees; a leftover is cleaned at next start."""
+        """Remove the run's idle (reusable) worktrees, all at once (:meth:`RunRepo.close`);
+        a leftover is cleaned at next start."""
         with anyio.move_on_after(_RELEASE_TIMEOUT_S, shield=True):
             try:
                 await self.run_repo.close()

@@ -13,6 +13,7 @@ import secrets
 import shutil
 import weakref
 from collections.abc import Collection, Sequence
+from functools import partial
 from pathlib import Path
 
 import anyio
@@ -34,6 +35,7 @@ from buildrunnerd.workspace._tree import (
     tree_shape,
     written_tree,
 )
+from buildrunnerd.workspace._workspace import BatchCommit
 from buildrunnerd.workspace._worktree import forget_worktree, record_worktree, worktree_git
 
 __all__ = [
@@ -306,10 +308,11 @@ class RunRepo:
             await self.remove_worktree(path)
 
     async def close(self) -> None:
-        """Remove the idle worktrees (the run has ended)."""
+        """Remove the idle worktrees (the run has ended): all gone when this returns."""
         idle, self._idle = self._idle, []
         for path in idle:
-            await self.remove_worktree(path)
+            self._started.pop(path, None)
+        await _remove_worktrees(self.repo, idle, timeout_s=self.timeout_s)
 
     async def _reset_worktree(self, path: Path, head: str) -> None:
         t = self.timeout_s
@@ -394,19 +397,22 @@ class RunRepo:
 
     async def commit_and_merge(self, worktree: Path, message: str, *,
                                verified_from: str | None = None) -> MergeResult:
-        """Commit everything in ``worktree`` and merge it into the run branch.
+        """Commit everything in ``worktree`` and merge it into the run branch: :meth:`commit_batch`
+        then :meth:`merge_batch` (a merge worktree, on git < 2.38, goes beside ``worktree``)."""
+        made = await self.commit_batch(worktree, message, verified_from=verified_from)
+        return await self.merge_batch(made, merge_root=Path(worktree).parent)
+
+    async def commit_batch(self, worktree: Path, message: str, *,
+                           verified_from: str | None = None) -> BatchCommit:
+        """Commit everything in ``worktree``, not merged yet (:meth:`merge_batch`); after this
+        the worktree may be reused (the commit is in the repository's objects, on no branch).
 
         With ``verified_from`` (the commit the worktree started from, given when the batch's
         verification passed) the commit holds exactly the tree verification staged, checked
         and wrote, when the worktree's index is still the one it wrote (:func:`written_tree`):
         ``commit-tree`` of that tree, no new staging, so nothing the disk holds now and
         verification did not see can enter the commit. Otherwise everything in the worktree
-        is staged and committed.
-
-        Fast-forward when the branch has not moved since the worktree was made; otherwise a
-        real merge: in the object store with ``git merge-tree --write-tree`` (git >= 2.38, no
-        worktree), else in a private, temporary merge worktree. A conflict is aborted and
-        reported (``merged=False`` with the files); nothing is ever forced.
+        is staged and committed. ``commit=None``: nothing to commit.
         """
         worktree = Path(worktree)
         t = self.timeout_s
@@ -422,7 +428,7 @@ class RunRepo:
                                 timeout_s=t, what=f"reading the tree of {parent[:12]}")
                 parent_tree = res.stdout.strip()
             if parent_tree == tree:
-                return MergeResult(merged=True, commit=None)
+                return BatchCommit(message=message)
             made = await git([*BOT_IDENTITY, "commit-tree", tree, "-p", parent, "-F", "-"],
                              cwd=self.repo, timeout_s=t, what="committing the batch",
                              input=(message.rstrip() + "\n").encode())
@@ -432,7 +438,7 @@ class RunRepo:
             staged = await git([*opts, "diff", "--cached", "--quiet"], cwd=worktree,
                                timeout_s=t, check=False)
             if staged.returncode == 0:
-                return MergeResult(merged=True, commit=None)
+                return BatchCommit(message=message)
             if staged.returncode != 1:
                 raise WorkspaceError(
                     f"`git diff --cached --quiet` failed in {worktree}: "
@@ -444,6 +450,19 @@ class RunRepo:
                             cwd=worktree, timeout_s=t)
             commit, parent, tree = res.stdout.split()
         remember_commit_tree(commit, tree)
+        return BatchCommit(commit=commit, parent=parent, tree=tree, message=message)
+
+    async def merge_batch(self, made: BatchCommit, *, merge_root: Path) -> MergeResult:
+        """Merge a batch's commit (:meth:`commit_batch`) into the run branch.
+
+        Fast-forward when the branch has not moved since the batch's worktree was made;
+        otherwise a real merge: in the object store with ``git merge-tree --write-tree`` (git
+        >= 2.38, no worktree), else in a private, temporary merge worktree under
+        ``merge_root``. A conflict is reported (``merged=False`` with the files); nothing is
+        ever forced. The batch's own worktree is not needed (it may already be reused)."""
+        commit, parent, tree, message = made.commit, made.parent, made.tree, made.message
+        if commit is None or parent is None:
+            return MergeResult(merged=True, commit=None)
         async with self._merge_lock:
             # Most often the branch has not moved since the worktree was made: try the
             # fast-forward first (a compare-and-swap from the parent), and read the branch
@@ -468,7 +487,7 @@ class RunRepo:
                 if await _merge_tree_supported(self.repo, self.timeout_s):
                     result = await self._merge_in_objects(commit, head, message)
                 else:
-                    result = await self._merge(worktree, commit, head, message)
+                    result = await self._merge(Path(merge_root), commit, head, message)
                 if not result.merged or result.commit is None:
                     return result
                 if await self._move_branch(result.commit, head):
@@ -546,11 +565,11 @@ class RunRepo:
         remember_commit_tree(merged.stdout.strip(), tree)
         return MergeResult(merged=True, commit=merged.stdout.strip(), tree=tree)
 
-    async def _merge(self, worktree: Path, commit: str, head: str, message: str) -> MergeResult:
-        """Merge ``commit`` into ``head`` in a private merge worktree beside ``worktree``
-        (git < 2.38, which has no ``merge-tree --write-tree``)."""
+    async def _merge(self, root: Path, commit: str, head: str, message: str) -> MergeResult:
+        """Merge ``commit`` into ``head`` in a private merge worktree under ``root`` (git <
+        2.38, which has no ``merge-tree --write-tree``; one merge of a run at a time)."""
         t = self.timeout_s
-        merge_dir = worktree.parent / f".merge-{worktree.name}"
+        merge_dir = root / f".merge-{commit[:12]}"
         if await anyio.Path(merge_dir).exists():
             await _remove_worktree(self.repo, merge_dir, timeout_s=t)
         await _add_worktree(self.repo, merge_dir, head, timeout_s=t,
@@ -669,6 +688,24 @@ async def _remove_worktree(repo: Path, path: Path, *, timeout_s: float) -> None:
         if not res.ok:
             await git(["worktree", "prune"], cwd=repo, timeout_s=timeout_s,
                       what=f"forgetting worktree {path}")
+
+
+async def _remove_worktrees(repo: Path, paths: Sequence[Path], *, timeout_s: float) -> None:
+    """Remove several worktrees at once: their folders deleted side by side, each in a worker
+    thread, then ONE ``git worktree prune`` forgets every registration whose folder is gone,
+    instead of a ``git worktree remove`` each, one after the other under the repository's
+    worktree lock. (``shutil.rmtree`` never follows a link the model left; what it cannot
+    delete is an orphan the next start removes, as after a failed ``remove``.)"""
+    if not paths:
+        return
+    for path in paths:
+        forget_worktree(path)
+    async with anyio.create_task_group() as tg:
+        for path in paths:
+            tg.start_soon(partial(anyio.to_thread.run_sync, shutil.rmtree, path, True))
+    async with _worktree_lock(repo):
+        await git(["worktree", "prune"], cwd=repo, timeout_s=timeout_s,
+                  what=f"forgetting {len(paths)} removed worktree(s)")
 
 
 async def cleanup_orphan_worktrees(

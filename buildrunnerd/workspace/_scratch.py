@@ -26,7 +26,7 @@ from buildrunnerd.plan._model import Task
 from buildrunnerd.protocol import CheckResult, VerificationReport
 from buildrunnerd.sandbox import Confinement, WorktreePathError, lstat_in
 from buildrunnerd.workspace._monitor import OnChange
-from buildrunnerd.workspace._workspace import FileChange, HeadCheck, Integration
+from buildrunnerd.workspace._workspace import BatchCommit, FileChange, HeadCheck, Integration
 
 __all__ = ["ScratchWorkspace", "scratch_checks"]
 
@@ -64,10 +64,23 @@ class ScratchWorkspace:
                      config: VerifyConfig, confinement: Confinement | None) -> VerificationReport:
         return await anyio.to_thread.run_sync(scratch_checks, path, tasks)
 
+    async def commit(self, path: Path, message: str, report: VerificationReport | None, *,
+                     head: str | None) -> BatchCommit:
+        return BatchCommit(message=message)  # the files are already where the results stay
+
+    async def merge(self, made: BatchCommit, report: VerificationReport | None, *,
+                    head: str | None, batch_id: str, config: VerifyConfig,
+                    confinement: Confinement | None) -> Integration:
+        return Integration(merged=True)
+
     async def integrate(self, path: Path, message: str, report: VerificationReport | None, *,
                         head: str | None, batch_id: str, config: VerifyConfig,
                         confinement: Confinement | None) -> Integration:
-        return Integration(merged=True)  # the files are already where the results stay
+        """:meth:`commit` then :meth:`merge`, for a caller that keeps ``path`` until the
+        merge is done (tests); the daemon calls the two itself."""
+        made = await self.commit(path, message, report, head=head)
+        return await self.merge(made, report, head=head, batch_id=batch_id, config=config,
+                                confinement=confinement)
 
     async def verify_head(self, config: VerifyConfig,
                           confinement: Confinement | None) -> HeadCheck | None:

@@ -27,7 +27,10 @@ from buildrunnerd.protocol import VerificationReport
 from buildrunnerd.sandbox import Confinement
 from buildrunnerd.workspace._monitor import ChangeKind, OnChange
 
-__all__ = ["FileChange", "FileWatch", "HeadCheck", "Integration", "VerifiedHead", "Workspace"]
+__all__ = [
+    "BatchCommit", "FileChange", "FileWatch", "HeadCheck", "Integration", "VerifiedHead",
+    "Workspace",
+]
 
 
 class FileChange(NamedTuple):
@@ -35,8 +38,21 @@ class FileChange(NamedTuple):
     path: str  # relative to the worktree
 
 
+class BatchCommit(msgspec.Struct, frozen=True):
+    """A verified batch's work, committed and not merged yet (:meth:`Workspace.commit`).
+
+    The commit needs the worktree, the merge does not: a batch gives its worktree back
+    between the two, so a batch that waits for its merge holds no worktree.
+    ``commit=None``: nothing to commit (or a scratch run, whose files are the result)."""
+
+    commit: str | None = None
+    parent: str | None = None  # the commit the batch started from (its commit's parent)
+    tree: str | None = None  # the tree id of ``commit``
+    message: str = ""
+
+
 class Integration(msgspec.Struct, frozen=True):
-    """How a verified batch's work went into the run's results (:meth:`Workspace.integrate`).
+    """How a verified batch's work went into the run's results (:meth:`Workspace.merge`).
 
     ``merged`` with ``commit=None``: nothing to commit (or a scratch run, whose files are the
     result). Not merged: ``stale_start`` (the commit the batch started from was rolled back),
@@ -103,11 +119,17 @@ class Workspace(Protocol):
         attempt started, from :meth:`acquire`)."""
         ...
 
-    async def integrate(self, path: Path, message: str, report: VerificationReport | None, *,
-                        head: str | None, batch_id: str, config: VerifyConfig,
-                        confinement: Confinement | None) -> Integration:
-        """Put the verified work of ``path`` into the run's results: commit, merge into the
-        run branch, check the branch, roll back a merge that broke it."""
+    async def commit(self, path: Path, message: str, report: VerificationReport | None, *,
+                     head: str | None) -> BatchCommit:
+        """Commit the verified work of ``path`` (``head``: where the attempt started). After
+        this the batch needs ``path`` no more: :meth:`release` it before :meth:`merge`."""
+        ...
+
+    async def merge(self, made: BatchCommit, report: VerificationReport | None, *,
+                    head: str | None, batch_id: str, config: VerifyConfig,
+                    confinement: Confinement | None) -> Integration:
+        """Put a batch's commit into the run's results: merge it into the run branch, check
+        the branch, roll back a merge that broke it (one batch of the run at a time)."""
         ...
 
     async def verify_head(self, config: VerifyConfig,
@@ -116,6 +138,6 @@ class Workspace(Protocol):
         ...
 
     async def close(self) -> None:
-        """The run has ended: release what the workspace holds (idle worktrees). Never
-        raises."""
+        """The run has ended: remove what the workspace holds (idle worktrees), all of it
+        gone when this returns. Never raises."""
         ...

@@ -66,12 +66,14 @@ async def test_git_workspace_merges_verified_work_into_the_run_branch_only(
     assert FileChange("created", "feature.py") in seen.changes
     report = await ws.verify(path, [t1], head=head, config=CONFIG, confinement=None)
     assert report.passed, report
-    done = await ws.integrate(path, "t1", report, head=head, batch_id="b1", config=CONFIG,
-                              confinement=None)
-    assert done.merged and done.commit == branch_head(repo) != head
+    made = await ws.commit(path, "t1", report, head=head)
+    assert made.commit is not None and made.parent == head
+    await ws.release(path)  # the commit holds the work: the worktree goes back before the merge
+    done = await ws.merge(made, report, head=head, batch_id="b1", config=CONFIG,
+                          confinement=None)
+    assert done.merged and done.commit == branch_head(repo) == made.commit
     assert "return 1" in run_git(repo, "show", f"{done.commit}:feature.py")
     assert snapshot(repo) == user_before  # the user's checkout never moved
-    await ws.release(path)
     again, again_head = await ws.acquire()
     assert again == path and again_head == done.commit  # the pooled worktree, reset
     await ws.release(again)
@@ -161,10 +163,11 @@ async def test_scratch_workspace_keeps_the_files_and_reports_what_changed(
     assert seen.changes == []  # nothing live: all at once, in the caller's transaction
     assert report is not None and report.passed, report
     assert await ws.verify(path, [t1], head=None, config=CONFIG, confinement=None) == report
-    done = await ws.integrate(path, "t1", report, head=None, batch_id="b1", config=CONFIG,
-                              confinement=None)
-    assert done.merged and done.commit is None
+    made = await ws.commit(path, "t1", report, head=None)
     await ws.release(path)
+    done = await ws.merge(made, report, head=None, batch_id="b1", config=CONFIG,
+                          confinement=None)
+    assert made.commit is None and done.merged and done.commit is None
     assert await ws.verify_head(CONFIG, None) is None
     await ws.close()
     assert (root / "a.py").read_text() == "A = 1\n"  # the results stay where they were made
