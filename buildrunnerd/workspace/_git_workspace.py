@@ -163,9 +163,12 @@ class GitWorkspace:
                     head: str | None, batch_id: str, config: VerifyConfig,
                     confinement: Confinement | None) -> Integration:
         async with self._branch_lock:
-            if not await self._started_on_branch(head):
-                return Integration(merged=False, stale_start=True)
-            result = await self.run_repo.merge_batch(made, merge_root=self._root)
+            # A batch acquiring a worktree meanwhile waits for this merge's fast-forward (one
+            # update-ref, not the check after it) and starts from the new head.
+            with self.run_repo.merge_coming(made):
+                if not await self._started_on_branch(head):
+                    return Integration(merged=False, stale_start=True)
+                result = await self.run_repo.merge_batch(made, merge_root=self._root)
             commit, previous = result.commit, result.previous
             if not result.merged:
                 return Integration(merged=False, commit=commit,

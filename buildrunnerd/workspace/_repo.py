@@ -12,7 +12,8 @@ import re
 import secrets
 import shutil
 import weakref
-from collections.abc import Collection, Sequence
+from collections.abc import Collection, Iterator, Sequence
+from contextlib import contextmanager
 from functools import partial
 from pathlib import Path
 
@@ -177,6 +178,8 @@ class RunRepo:
         # The branch's head as this object last read or moved it (a hint only: every move is
         # a compare-and-swap, so a stale hint costs one failed update-ref, never work).
         self._head_hint: str | None = None
+        # Set while a batch's fast-forward is about to move the branch (see merge_coming).
+        self._fast_forward: anyio.Event | None = None
 
     def __repr__(self) -> str:
         return f"RunRepo(repo={str(self.repo)!r}, branch={self.branch!r})"
@@ -282,7 +285,7 @@ class RunRepo:
         worktree moved."""
         while self._idle:
             path = self._idle.pop()
-            head = await self.head()
+            head = await self._settled_head()
             try:
                 await self._reset_worktree(path, head)
             except WorkspaceError as exc:
@@ -292,11 +295,44 @@ class RunRepo:
             self._started[path] = head
             return path
         self._made += 1
-        head = await self.head()
+        head = await self._settled_head()
         path = await self.add_worktree(Path(root), f"w{self._made}-{secrets.token_hex(3)}",
                                        head)
         self._started[path] = head
         return path
+
+    async def _settled_head(self) -> str:
+        """The run branch's head, once a fast-forward about to move it has (one
+        ``update-ref``): the batch that gave its worker back just before its merge would
+        otherwise hand the next batch the head before it, and that batch's own merge would
+        then be a real one (``merge-tree``, ``commit-tree``, and ``read-tree`` at the next
+        reset) instead of a fast-forward."""
+        moving = self._fast_forward
+        if moving is not None:
+            with anyio.move_on_after(self.timeout_s):
+                await moving.wait()
+        return await self.head()
+
+    @contextmanager
+    def merge_coming(self, made: BatchCommit) -> Iterator[None]:
+        """Around a merge of ``made`` that starts now, with nothing ahead of it: when it will
+        fast-forward the branch (its parent is the head as last seen), a worktree acquired
+        meanwhile waits for that move and starts from the new head. The wait ends when the
+        branch has moved (or not), never after the branch's check."""
+        if (made.commit is None or made.parent is None or made.parent != self._head_hint
+                or self._fast_forward is not None):
+            yield
+            return
+        self._fast_forward = anyio.Event()
+        try:
+            yield
+        finally:
+            self._moved()
+
+    def _moved(self) -> None:
+        if self._fast_forward is not None:
+            self._fast_forward.set()
+            self._fast_forward = None
 
     async def release_worktree(self, path: Path, *, reuse: bool = True) -> None:
         """The batch is done with ``path``: keep it for the next batch (``reuse``, and room in
@@ -460,6 +496,12 @@ class RunRepo:
         >= 2.38, no worktree), else in a private, temporary merge worktree under
         ``merge_root``. A conflict is reported (``merged=False`` with the files); nothing is
         ever forced. The batch's own worktree is not needed (it may already be reused)."""
+        try:
+            return await self._merge_batch(made, merge_root=merge_root)
+        finally:
+            self._moved()  # a batch waiting for this move starts now (see merge_coming)
+
+    async def _merge_batch(self, made: BatchCommit, *, merge_root: Path) -> MergeResult:
         commit, parent, tree, message = made.commit, made.parent, made.tree, made.message
         if commit is None or parent is None:
             return MergeResult(merged=True, commit=None)

@@ -108,6 +108,11 @@ async def test_the_pool_stays_at_the_worker_count_while_batches_wait_to_merge(
     assert len(worktrees) == 6
     assert len(set(worktrees)) <= workers
     assert _worktree_calls(git_calls, "add") <= workers
+    if workers == 1:
+        # The next batch waited for the fast-forward of the one before it (given back just
+        # before that merge) and started from the new head: every merge a fast-forward.
+        assert _git(repo, "rev-list", "--merges", "--count", branch).strip() == "0"
+        assert "merge-tree" not in git_calls.subcommands()
 
 
 async def test_the_runs_end_removes_its_pool_before_run_succeeded(
