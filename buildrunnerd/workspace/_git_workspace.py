@@ -34,7 +34,7 @@ from buildrunnerd.workspace._git import git
 from buildrunnerd.workspace._monitor import ChangeKind, FileMonitor, OnChange
 from buildrunnerd.workspace._repo import RunRepo
 from buildrunnerd.workspace._report import has_python_tests
-from buildrunnerd.workspace._tree import commit_tree
+from buildrunnerd.workspace._tree import commit_tree, known_tree_shape
 from buildrunnerd.workspace._verify import verify
 from buildrunnerd.workspace._workspace import (
     BatchCommit,
@@ -90,9 +90,9 @@ class GitWorkspace:
         self.verified: VerifiedHead | None = None  # the last passing branch check
         self.baseline_passed: list[str] | None = None  # tests that passed at verified commit
         self._rolled_back = False  # a merge of this run was rolled back (its head failed)
-        # Worktrees just handed out clean at their head and not watched yet (the file monitor
-        # then watches the head's folders without walking the tree).
-        self._at_head: set[Path] = set()
+        # Worktrees just handed out clean at their head and not watched yet, with that head
+        # (the file monitor then watches the head's folders without walking the tree).
+        self._at_head: dict[Path, str] = {}
 
     def __repr__(self) -> str:
         return f"GitWorkspace({self.run_repo!r})"
@@ -105,10 +105,11 @@ class GitWorkspace:
         """A clean worktree at the run branch's head (its path and head commit): a reused one
         when the run has one idle, so a batch costs the size of its change."""
         path = await self.run_repo.acquire_worktree(self._root)
-        self._at_head.add(path)
         # The commit the worktree starts from: verification's secret scan looks at lines added
         # since then (read from the worktree, as the branch may move on meanwhile).
-        return path, await self.run_repo.worktree_head(path)
+        head = await self.run_repo.worktree_head(path)
+        self._at_head[path] = head
+        return path, head
 
     async def release(self, path: Path, *, keep: bool = False, reuse: bool = True) -> None:
         if keep:
@@ -123,15 +124,19 @@ class GitWorkspace:
     async def watch(self, path: Path, tasks: Sequence[Task],
                     on_change: OnChange) -> AsyncIterator[_LiveWatch]:
         """The file monitor on the worktree. Just acquired, it is clean at its head: the
-        folders to watch are the head's trees (one ``ls-tree``, no walk of the files); a
-        worktree watched again (a fix-up round: the last round's folders are there too) has
-        its folders listed. The exact view of the change, if inotify ever drops events, is
-        git's ``status`` (stat data with ctime: a forged mtime does not hide a change)."""
+        folders to watch are the head's trees (the shape the reset computed for that tree
+        id, else one ``ls-tree``; no walk of the files); a worktree watched again (a fix-up
+        round: the last round's folders are there too) has its folders listed. The exact
+        view of the change, if inotify ever drops events, is git's ``status`` (stat data
+        with ctime: a forged mtime does not hide a change)."""
         opts = await worktree_git(path, timeout_s=_WATCH_GIT_TIMEOUT_S)
         folders = None
-        if path in self._at_head:
-            self._at_head.discard(path)
-            folders = await _head_folders(path, opts)
+        head = self._at_head.pop(path, None)
+        if head is not None:
+            # The daemon's own record of the head's tree (a tree id names its content).
+            shape = known_tree_shape(head)
+            folders = (sorted(shape.folders) if shape is not None
+                       else await _head_folders(path, opts))
         monitor = FileMonitor(path, on_change, folders=folders,
                               rescan=partial(_changed_files, path, opts))
         async with monitor:

@@ -20,6 +20,7 @@ from buildrunnerd.workspace._git import git
 
 __all__ = ["MAX_BLOB_BYTES", "REGULAR_MODES", "SYMLINK_MODE", "Blobs", "Entry", "Tree",
            "TreeShape", "cat_blobs", "commit_tree", "index_tree_id", "known_tree_id",
+           "known_tree_shape",
            "read_blobs", "remember_commit_tree", "remember_index_listing", "remember_merge",
            "split_cached", "staged_tree", "tree_shape", "write_tree", "written_tree"]
 
@@ -324,6 +325,20 @@ def tree_shape(tree: Tree, tree_id: str | None = None) -> TreeShape:
             _SHAPES.pop(next(iter(_SHAPES)))
         _SHAPES[tree_id] = shape
     return shape
+
+
+def known_tree_shape(commit: str) -> TreeShape | None:
+    """The :class:`TreeShape` of a commit the daemon made (its tree id known) when that
+    tree's shape or listing is already held; None otherwise (no git call, no listing read
+    here: the caller asks git)."""
+    tree_id = known_tree_id(commit)
+    if tree_id is None:
+        return None
+    shape = _SHAPES.get(tree_id)
+    if shape is not None:
+        return shape
+    listing = _known_listing(commit)
+    return tree_shape(listing, tree_id) if listing is not None else None
 
 
 def remember_commit_tree(commit: str, tree_id: str) -> None:

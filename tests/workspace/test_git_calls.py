@@ -12,7 +12,7 @@ import pytest
 
 from buildrunnerd.config import VerifyConfig
 from buildrunnerd.plan._model import Task
-from buildrunnerd.workspace import GitWorkspace, prepare_run_repo
+from buildrunnerd.workspace import ChangeKind, GitWorkspace, prepare_run_repo
 from buildrunnerd.workspace._git import GitCalls, record_git_calls
 from buildrunnerd.workspace._tree import commit_tree, staged_tree
 from buildrunnerd.workspace._worktree import worktree_git
@@ -39,6 +39,10 @@ def _grow(repo: Path, files: int) -> None:
     run_git(repo, "commit", "-q", "-m", "more files")
 
 
+async def _ignore_change(kind: ChangeKind, path: str) -> None:
+    return None
+
+
 async def _batches(repo: Path, root: Path, count: int) -> list[GitCalls]:
     tasks = [task(f"t{i}", f"f{i}.py") for i in range(count)]
     run_repo = await prepare_run_repo(repo, "r1")
@@ -50,7 +54,8 @@ async def _batches(repo: Path, root: Path, count: int) -> list[GitCalls]:
         for i, t in enumerate(tasks):
             with record_git_calls() as calls:
                 path, head = await ws.acquire()
-                (path / f"f{i}.py").write_text(f"def f() -> int:\n    return {i}\n")
+                async with ws.watch(path, [t], _ignore_change):
+                    (path / f"f{i}.py").write_text(f"def f() -> int:\n    return {i}\n")
                 report = await ws.verify(path, [t], head=head, config=CONFIG,
                                          confinement=None)
                 assert report.passed, report

@@ -10,7 +10,9 @@ from pathlib import Path
 import anyio
 import pytest
 
+from buildrunnerd.config import VerifyConfig
 from buildrunnerd.workspace import ChangeKind, FileChange, GitWorkspace, prepare_run_repo
+from buildrunnerd.workspace._git import record_git_calls
 
 from ._helpers import overflowable_kernel_queue, run_git, task
 
@@ -88,6 +90,38 @@ async def test_a_fix_up_round_watches_the_folders_the_last_round_made(
     assert first.changes == [("created", "made/here/one.py")]
     assert sorted(second.changes) == [("created", "made/here/two.py"),
                                       ("modified", "made/here/one.py")]
+    await ws.release(path)
+    await ws.close()
+
+
+async def test_a_reused_worktree_watches_the_folders_of_the_head_the_daemon_made(
+        repo: Path, wt_root: Path) -> None:
+    # The next batch's head is the last one's commit: the folders to watch come from the
+    # daemon's record of that tree (no git process), and must hold the folders that batch
+    # added, or a write into one goes unreported.
+    nested_repo(repo)
+    ws, path = await workspace(repo, wt_root)
+    config = VerifyConfig()
+    head = await ws.run_repo.worktree_head(path)
+    (path / "made" / "deep").mkdir(parents=True)
+    (path / "made" / "deep" / "x.py").write_text("def f() -> int:\n    return 1\n")
+    report = await ws.verify(path, [task("t1", "made/deep/x.py")], head=head, config=config,
+                             confinement=None)
+    assert report.passed, report
+    done = await ws.integrate(path, "t1", report, head=head, batch_id="b1", config=config,
+                              confinement=None)
+    assert done.merged and done.commit is not None
+    await ws.release(path)
+    path, head = await ws.acquire()
+    assert head == done.commit
+    seen = Seen()
+    with record_git_calls() as calls:
+        async with ws.watch(path, [], seen):
+            (path / "made" / "deep" / "x.py").write_text("def f() -> int:\n    return 2\n")
+            (path / "pkg" / "b" / "deep" / "new.py").write_text("N = 1\n")
+    assert "ls-tree" not in calls.subcommands(), calls.subcommands()
+    assert sorted(seen.changes) == [("created", "pkg/b/deep/new.py"),
+                                    ("modified", "made/deep/x.py")]
     await ws.release(path)
     await ws.close()
 
