@@ -90,6 +90,10 @@ class GitWorkspace:
         self.verified: VerifiedHead | None = None  # the last passing branch check
         self.baseline_passed: list[str] | None = None  # tests that passed at verified commit
         self._rolled_back = False  # a merge of this run was rolled back (its head failed)
+        # Merges in the run branch whose check is deferred to the next merge's (in branch
+        # order), and how many batches wait for the branch lock to merge.
+        self._pending: list[_PendingCheck] = []
+        self._merging = 0
         # Worktrees just handed out clean at their head and not watched yet, with that head
         # (the file monitor then watches the head's folders without walking the tree).
         self._at_head: dict[Path, str] = {}
@@ -167,31 +171,47 @@ class GitWorkspace:
     async def merge(self, made: BatchCommit, report: VerificationReport | None, *,
                     head: str | None, batch_id: str, config: VerifyConfig,
                     confinement: Confinement | None) -> Integration:
-        async with self._branch_lock:
-            # A batch acquiring a worktree meanwhile waits for this merge's fast-forward (one
-            # update-ref, not the check after it) and starts from the new head.
-            with self.run_repo.merge_coming(made):
-                if not await self._started_on_branch(head):
-                    return Integration(merged=False, stale_start=True)
-                result = await self.run_repo.merge_batch(made, merge_root=self._root)
-            commit, previous = result.commit, result.previous
-            if not result.merged:
-                return Integration(merged=False, commit=commit,
-                                   conflict_files=list(result.conflict_files or []))
-            if commit is None or previous is None or await self._tested_tree(
-                    commit, result.tree, report, config):
-                return Integration(merged=True, commit=commit)
-            branch_report = await self._verify_branch(commit, config, confinement)
-            if branch_report is None or branch_report.passed:
-                return Integration(merged=True, commit=commit)
-            if not await self.run_repo.rollback(commit, previous):
-                branch = self.run_repo.branch
-                raise WorkspaceError(
-                    f"run {self._run_id}: branch {branch} moved while its merge of "
-                    f"{batch_id} was being verified; is another process writing to it? Stop "
-                    "it and retry the task", data={"branch": branch, "commit": commit})
-            self._rolled_back = True
-            return Integration(merged=False, commit=commit, rolled_back=branch_report)
+        self._merging += 1  # waiting for the lock to merge (see _PendingCheck)
+        waited = True
+        try:
+            async with self._branch_lock:
+                self._merging -= 1
+                waited = False
+                # A batch acquiring a worktree meanwhile waits for this merge's fast-forward
+                # (one update-ref, not the check after it) and starts from the new head.
+                with self.run_repo.merge_coming(made):
+                    if not await self._started_on_branch(head):
+                        return Integration(merged=False, stale_start=True)
+                    result = await self.run_repo.merge_batch(made, merge_root=self._root)
+                commit, previous = result.commit, result.previous
+                if not result.merged:
+                    return Integration(merged=False, commit=commit,
+                                       conflict_files=list(result.conflict_files or []))
+                if commit is None or previous is None or not config.branch_check:
+                    return Integration(merged=True, commit=commit)
+                if await self._tested_tree(commit, result.tree, report, config):
+                    self._resolve_pending(passed_upto=len(self._pending))  # below it
+                    return Integration(merged=True, commit=commit)
+                pending = self._join_pending(commit, previous)
+                if pending is None:
+                    return await self._check_merge(commit, previous, batch_id, config,
+                                                   confinement)
+                if self._merging == 0 or len(self._pending) >= _MAX_PENDING_CHECKS:
+                    await self._check_pending(config, confinement)  # this merge's and below
+                    assert pending.result is not None  # _check_pending resolves every entry
+                    return pending.result
+            # Another batch waits to merge: it merges on top of this one, and one check of
+            # the branch then covers both (the lock is the run's bound: every merge and every
+            # check of the branch hold it). Queued again behind it, then checked here if the
+            # last merge of the group has not checked it.
+            async with self._branch_lock:
+                if pending.result is None:
+                    await self._check_pending(config, confinement)
+                assert pending.result is not None  # _check_pending resolves every entry
+                return pending.result
+        finally:
+            if waited:
+                self._merging -= 1
 
     async def integrate(self, path: Path, message: str, report: VerificationReport | None, *,
                         head: str | None, batch_id: str, config: VerifyConfig,
@@ -207,6 +227,7 @@ class GitWorkspace:
         if not config.branch_check:
             return None
         async with self._branch_lock:
+            await self._check_pending(config, confinement)
             head = await self.run_repo.head()
             if self.verified is not None and self.verified.commit == head:
                 return HeadCheck(verified=self.verified)  # checked right after its merge
@@ -228,6 +249,77 @@ class GitWorkspace:
                 await self.run_repo.close()
             except BuildRunnerError as exc:
                 _log.warning("worktree.close_failed", run_id=self._run_id, error=str(exc))
+
+    async def _check_merge(self, commit: str, previous: str, batch_id: str,
+                           config: VerifyConfig,
+                           confinement: Confinement | None) -> Integration:
+        """Check the run branch's head ``commit`` (the merge just made on ``previous``, the
+        caller holds the lock, nothing pending): merged, or rolled back with the report."""
+        branch_report = await self._verify_branch(commit, config, confinement)
+        if branch_report is None or branch_report.passed:
+            return Integration(merged=True, commit=commit)
+        if not await self.run_repo.rollback(commit, previous):
+            branch = self.run_repo.branch
+            raise WorkspaceError(
+                f"run {self._run_id}: branch {branch} moved while its merge of "
+                f"{batch_id} was being verified; is another process writing to it? Stop "
+                "it and retry the task", data={"branch": branch, "commit": commit})
+        self._rolled_back = True
+        return Integration(merged=False, commit=commit, rolled_back=branch_report)
+
+    def _join_pending(self, commit: str, previous: str) -> _PendingCheck | None:
+        """The merge ``commit`` (made on ``previous``) as a pending entry, to be checked with
+        the pending merges below it, or (when another batch waits to merge) by a later merge
+        on top of it. None when it is checked alone now: nothing pending and nobody waiting,
+        or the pending merges are not a chain ending at ``previous`` (the branch was moved
+        from outside; their own batches check them)."""
+        if self._pending and self._pending[-1].commit != previous:
+            return None
+        if not self._pending and self._merging == 0:
+            return None
+        entry = _PendingCheck(commit, previous)
+        self._pending.append(entry)
+        return entry
+
+    async def _check_pending(self, config: VerifyConfig,
+                             confinement: Confinement | None) -> None:
+        """Check the branch's head for every pending merge (the caller holds the lock):
+        when it passes, each is merged; when it fails, the first merge whose head fails is
+        found (the heads below it are checked in order), the branch is rolled back to the
+        head before it, that batch gets the report, and the ones merged on top of it run
+        again (``stale_start``: their merges held its work)."""
+        pending = self._pending
+        if not pending:
+            return
+        head_report = await self._verify_branch(pending[-1].commit, config, confinement)
+        if head_report is None or head_report.passed:
+            self._resolve_pending(passed_upto=len(pending))
+            return
+        failing, report = len(pending) - 1, head_report
+        for index, entry in enumerate(pending[:-1]):
+            found = await self._verify_branch(entry.commit, config, confinement)
+            if found is not None and not found.passed:
+                failing, report = index, found
+                break
+        if not await self.run_repo.rollback(pending[-1].commit, pending[failing].previous):
+            branch = self.run_repo.branch
+            raise WorkspaceError(
+                f"run {self._run_id}: branch {branch} moved while its merges were being "
+                "verified; is another process writing to it? Stop it and retry the task",
+                data={"branch": branch, "commit": pending[-1].commit})
+        self._rolled_back = True
+        pending[failing].result = Integration(merged=False, commit=pending[failing].commit,
+                                              rolled_back=report)
+        for entry in pending[failing + 1:]:
+            entry.result = Integration(merged=False, stale_start=True)
+        self._resolve_pending(passed_upto=failing)
+
+    def _resolve_pending(self, *, passed_upto: int) -> None:
+        """The first ``passed_upto`` pending merges are in a passing head: merged. Every
+        pending entry has its result now (the rest were given theirs)."""
+        for entry in self._pending[:passed_upto]:
+            entry.result = Integration(merged=True, commit=entry.commit)
+        self._pending = []
 
     async def _started_on_branch(self, head: str | None) -> bool:
         """Whether the commit a worktree started from is still on the run branch (a
@@ -267,9 +359,9 @@ class GitWorkspace:
             if not has_python_tests(tree) and "package.json" not in tree:
                 self.verified = VerifiedHead(commit, tests="no tests found: nothing to run")
                 return VerificationReport(passed=True, checks=[])
-        # A clean worktree of the run's pool (the caller holds the branch lock, so the head
-        # is ``commit``); a fresh one at ``commit`` if the branch was moved from outside.
-        path = await self.run_repo.acquire_worktree(self._root)
+        # A clean worktree of the run's pool reset to ``commit`` (the branch's head, or a
+        # head below it when a group of merges is searched for the one that broke it).
+        path = await self.run_repo.acquire_worktree(self._root, at=commit)
         if await self.run_repo.worktree_head(path) != commit:
             await self.run_repo.remove_worktree(path)
             path = await self.run_repo.add_worktree(self._root, f"branch-{commit[:12]}", commit)
@@ -293,6 +385,21 @@ class GitWorkspace:
                                      tests=tests.message if tests is not None else None)
         if report.test_counts is not None:
             self.baseline_passed = list(report.passed_tests)
+
+
+# At most this many merges share one check of the run branch: a failing group's search for
+# the merge that broke it checks up to this many heads.
+_MAX_PENDING_CHECKS = 8
+
+
+class _PendingCheck:
+    """A merge whose check of the run branch is left to a later merge on top of it (its
+    head then holds this merge: one check covers both). ``result`` once checked."""
+
+    def __init__(self, commit: str, previous: str) -> None:
+        self.commit = commit
+        self.previous = previous
+        self.result: Integration | None = None
 
 
 class _LiveWatch:

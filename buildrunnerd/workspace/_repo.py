@@ -274,8 +274,9 @@ class RunRepo:
         self._started.pop(Path(path), None)
         await _remove_worktree(self.repo, Path(path), timeout_s=self.timeout_s)
 
-    async def acquire_worktree(self, root: Path) -> Path:
-        """A worktree at the run branch's current head, for one batch attempt.
+    async def acquire_worktree(self, root: Path, *, at: str | None = None) -> Path:
+        """A worktree at the run branch's current head (or at the commit ``at``), for one
+        batch attempt or one check of the branch.
 
         An idle worktree of this run (see :meth:`release_worktree`) is reset to the head with
         ``git reset --hard`` and ``git clean -ffdx``, which write only what differs, and then
@@ -285,7 +286,7 @@ class RunRepo:
         worktree moved."""
         while self._idle:
             path = self._idle.pop()
-            head = await self._settled_head()
+            head = at or await self._settled_head()
             try:
                 await self._reset_worktree(path, head)
             except WorkspaceError as exc:
@@ -295,7 +296,7 @@ class RunRepo:
             self._started[path] = head
             return path
         self._made += 1
-        head = await self._settled_head()
+        head = at or await self._settled_head()
         path = await self.add_worktree(Path(root), f"w{self._made}-{secrets.token_hex(3)}",
                                        head)
         self._started[path] = head
