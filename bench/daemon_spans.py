@@ -107,6 +107,24 @@ def _sync_span(name: str, fn: Callable[..., Any]) -> Callable[..., Any]:
     return wrapper
 
 
+class _TimedLock:
+    """An ``async with`` lock that records ``branch_lock_wait`` and ``branch_lock_held``."""
+
+    def __init__(self, lock: Any) -> None:
+        self._lock = lock
+        self._since = 0.0
+
+    async def __aenter__(self) -> None:
+        start = time.perf_counter()
+        await self._lock.acquire()
+        self._since = time.perf_counter()
+        _add("branch_lock_wait", self._since - start)
+
+    async def __aexit__(self, *exc: object) -> None:
+        _add("branch_lock_held", time.perf_counter() - self._since)
+        self._lock.release()
+
+
 def _replace_everywhere(original: Any, replacement: Any) -> None:
     """Point every loaded module's name for ``original`` at ``replacement`` (``from x import
     f`` copies the reference)."""
@@ -125,7 +143,7 @@ def install() -> None:
     from buildrunnerd.agent._executor import AnthropicExecutor
     from buildrunnerd.prompt import PromptBuilder
     from buildrunnerd.store import Store
-    from buildrunnerd.workspace import RunRepo, _git, _verify
+    from buildrunnerd.workspace import GitWorkspace, RunRepo, _git, _verify
 
     # (owner, attribute, span): the editor and the prompt builder run in worker threads, so
     # they are measured inclusive (see report()); the others are exclusive spans.
@@ -139,6 +157,8 @@ def install() -> None:
         (TextEditor, "run", "tools_editor"),
         (PromptBuilder, "build", "prompt_build"),
     ]
+    patches += [(GitWorkspace, "integrate", "integrate"),
+                (GitWorkspace, "verify_head", "verify_head")]
     for owner, attr, span in patches:
         value = getattr(owner, attr)
         wrap = _async_span if inspect.iscoroutinefunction(value) else _sync_span
@@ -160,6 +180,17 @@ def install() -> None:
     _replace_everywhere(original_call, _async_span("model_call", original_call))
     original_git = _git.git
     _replace_everywhere(original_git, _async_span("git", original_git, inclusive=True))
+
+    # The run branch's lock (merges and branch checks one at a time): how long a batch
+    # waited for it and how long it was held, as spans of their own.
+    original_init = GitWorkspace.__init__
+
+    @functools.wraps(original_init)
+    def init(self: GitWorkspace, *args: Any, **kwargs: Any) -> None:
+        original_init(self, *args, **kwargs)
+        self._branch_lock = _TimedLock(self._branch_lock)  # type: ignore[assignment]
+
+    GitWorkspace.__init__ = init  # type: ignore[method-assign]
 
     import importlib
 
