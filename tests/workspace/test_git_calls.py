@@ -26,7 +26,9 @@ CONFIG = VerifyConfig()
 # the last batch's own), verify 5 to 7 (a status naming what to stage, the `add` of those
 # names, the diff that also lists the staged entries, the tree written, a status after the
 # tests, two blob reads unless the blobs are cached), commit and merge 2 (`commit-tree` of the
-# verified tree, the branch's compare-and-swap). Was 31, then 20, 15, 14.
+# verified tree, the branch's compare-and-swap), the file monitor's watch 0 (the head's
+# folders from the tree's shape the reset computed; was one `ls-tree -r -d`, not counted
+# here before: 14 with it). Was 31, then 20, 15, 14.
 MAX_CALLS_PER_BATCH = 13
 
 
