@@ -17,7 +17,8 @@ Spans (summed over all batches): ``worktree_prepare`` (acquire a worktree, read 
 ``model_call`` (one Messages API call: the model's latency, HTTP and the stream),
 ``agent_loop`` (the executor's own work around the calls: requests, checkpoints, events are
 in ``store``), ``verify`` (the batch's verification),
-``merge`` (commit and merge into the run branch), ``branch_check`` (verifying the run
+``commit`` (the batch's own commit, before the branch lock), ``merge`` (the merge into the
+run branch), ``branch_check`` (verifying the run
 branch's new head), ``worktree_release``, ``store`` (every awaited ``Store`` call: the
 database writes and reads).
 
@@ -152,15 +153,19 @@ def install() -> None:
         (RunRepo, "worktree_head", "worktree_prepare"),
         (RunRepo, "release_worktree", "worktree_release"),
         (RunRepo, "commit_and_merge", "merge"),
+        (RunRepo, "commit_batch", "commit"),  # the batch's own commit, before the lock
+        (RunRepo, "merge_batch", "merge"),
         (BashSession, "run", "tools_bash"),
         (AnthropicExecutor, "run_batch", "agent_loop"),
         (TextEditor, "run", "tools_editor"),
         (PromptBuilder, "build", "prompt_build"),
     ]
-    patches += [(GitWorkspace, "integrate", "integrate"),
+    patches += [(GitWorkspace, "integrate", "integrate"), (GitWorkspace, "merge", "integrate"),
                 (GitWorkspace, "verify_head", "verify_head")]
     for owner, attr, span in patches:
-        value = getattr(owner, attr)
+        value = getattr(owner, attr, None)
+        if value is None:  # an older tree (measured with this bench for a before/after pair)
+            continue
         wrap = _async_span if inspect.iscoroutinefunction(value) else _sync_span
         setattr(owner, attr, wrap(span, value))
     seen: set[str] = set()

@@ -2,7 +2,8 @@
 check of the branch hold the branch lock, which bounds a git run). A merge made while another
 batch waits to merge leaves its check to that batch's merge on top of it; when the group's head
 fails, the first merge whose head fails is rolled back with its report and the merges on top of
-it run again. The batches here are integrated at once, in the order they start."""
+it run again. The batches here are integrated at once, in the order they start (the test
+holds the workspace's branch lock until each waits for it in turn)."""
 
 from __future__ import annotations
 
@@ -54,8 +55,16 @@ async def integrate_at_once(repo: Path, root: Path, names: list[str],
 
     with record_git_calls() as calls:
         async with anyio.create_task_group() as tg:
-            for index in range(len(tasks)):
-                tg.start_soon(one, index)
+            # The batches take the branch lock in the order they reach it (each makes its own
+            # commit first, at whatever pace git goes): held here until every batch waits
+            # for it, one after the other, so that the order is the names' (the lock is
+            # first come, first served).
+            async with ws._branch_lock:
+                for index in range(len(tasks)):
+                    tg.start_soon(one, index)
+                    with anyio.fail_after(30):
+                        while ws._merging < index + 1:
+                            await anyio.sleep(0.005)
     names_run = calls.subcommands()
     for path, _ in started:
         await ws.release(path)
