@@ -62,8 +62,10 @@ async def integrate_at_once(repo: Path, root: Path, names: list[str],
             async with ws._branch_lock:
                 for index in range(len(tasks)):
                     tg.start_soon(one, index)
+                    # No event marks a batch queued at the lock (the daemon needs none):
+                    # its count of batches waiting to merge is watched, bounded in time.
                     with anyio.fail_after(30):
-                        while ws._merging < index + 1:
+                        while ws._merging < index + 1:  # noqa: ASYNC110
                             await anyio.sleep(0.005)
     names_run = calls.subcommands()
     for path, _ in started:
