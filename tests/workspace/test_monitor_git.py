@@ -112,8 +112,8 @@ async def test_a_reused_worktree_watches_the_folders_of_the_head_the_daemon_made
                               confinement=None)
     assert done.merged and done.commit is not None
     await ws.release(path)
-    path, head = await ws.acquire()
-    assert head == done.commit
+    path, next_head = await ws.acquire()
+    assert next_head == done.commit
     seen = Seen()
     with record_git_calls() as calls:
         async with ws.watch(path, [], seen):
