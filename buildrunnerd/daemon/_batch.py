@@ -146,8 +146,9 @@ async def run_batch_lifecycle(
                 confinement=confinement)
             merged, commit, branch_report = done.merged, done.commit, done.rolled_back
             if done.stale_start:
-                reason = ("the commit this batch started from was rolled back (it broke "
-                          "the run branch's tests)")
+                reason = ("the run branch was rolled back below this batch's work: the "
+                          "commit it started from, or a merge checked with its own, broke "
+                          "the run branch's tests")
             elif branch_report is not None:
                 reason = (f"the run branch failed its tests after merging this batch "
                           f"({branch_report.first_failure()}); the merge was rolled back")

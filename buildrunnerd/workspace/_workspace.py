@@ -55,9 +55,10 @@ class Integration(msgspec.Struct, frozen=True):
     """How a verified batch's work went into the run's results (:meth:`Workspace.merge`).
 
     ``merged`` with ``commit=None``: nothing to commit (or a scratch run, whose files are the
-    result). Not merged: ``stale_start`` (the commit the batch started from was rolled back),
-    ``rolled_back`` (the merge went in, the run branch then failed its tests: that report, and
-    the merge was undone), else a merge conflict in ``conflict_files``."""
+    result). Not merged: ``stale_start`` (the commit the batch started from, or a merge
+    checked together with its own, was rolled back), ``rolled_back`` (the merge went in,
+    the run branch then failed its tests: that report, and the merge was undone), else a
+    merge conflict in ``conflict_files``."""
 
     merged: bool
     commit: str | None = None
