@@ -144,6 +144,37 @@ async def test_pathspec_magic_and_odd_names_stage_as_the_whole_tree_add(
     await run_repo.remove_worktree(wt)
 
 
+# pytest opens conftest.py and pytest.ini by name: on a case-insensitive file system (macOS's
+# default) CONFTEST.PY and Pytest.ini are those files, so they are protected as they are.
+CASE_FOLDED = {
+    "CONFTEST.PY": ("import pytest\n\n\ndef pytest_collection_modifyitems(items):\n"
+                    "    for item in items:\n        item.add_marker(pytest.mark.skip('x'))\n"),
+    "tests/Conftest.py": "import os\n\nos._exit(0)\n",
+    "Pytest.ini": "[pytest]\naddopts = -k nothing\n",
+    "PyProject.toml": "[tool.pytest.ini_options]\naddopts = '--collect-only'\n",
+}
+
+
+@pytest.mark.parametrize("name", sorted(CASE_FOLDED))
+async def test_a_test_setting_in_another_case_is_protected(repo: Path, wt_root: Path,
+                                                           name: str) -> None:
+    (repo / "tests").mkdir()
+    (repo / "tests" / "test_app.py").write_text(
+        "from app import hello\n\n\ndef test_hello():\n    assert hello() == 'hi'\n")
+    run_git(repo, "add", "tests")
+    run_git(repo, "commit", "-qm", "tests")
+    run_repo, ws = await _workspace(repo, wt_root, "feature.py")
+    path, head = await ws.acquire()
+    (path / "feature.py").write_text("def feature() -> int:\n    return 1\n")
+    (path / name).write_text(CASE_FOLDED[name])
+    report = await ws.verify(path, [task("t1", "feature.py")], head=head,
+                             config=VerifyConfig(), confinement=None)
+    assert not report.passed
+    assert any(n == "protected" and name in m for n, m in _failed(report)), _failed(report)
+    await ws.release(path, reuse=False)
+    await ws.close()
+
+
 # --- the batch's own test run taken as the run branch's check ------------------------------
 
 CALC = (
