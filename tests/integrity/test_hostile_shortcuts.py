@@ -144,6 +144,50 @@ async def test_pathspec_magic_and_odd_names_stage_as_the_whole_tree_add(
     await run_repo.remove_worktree(wt)
 
 
+GEOMETRY = ("def area(w, h):\n    return w * h\n\n\n"
+            "def perimeter(w, h):\n    return 2 * (w + h)\n")
+STUBBED = "def area(w, h):\n    pass\n\n\ndef perimeter(w, h):\n    raise NotImplementedError\n"
+
+
+@pytest.mark.parametrize("name", ['geo"metry.py', "geo\tmetry.py", "geo\\metry.py",
+                                  "geo\nmetry.py", "geo\x01metry.py"])
+async def test_placeholders_in_a_file_whose_name_git_quotes(repo: Path, wt_root: Path,
+                                                            name: str) -> None:
+    # The patch quotes such a name (`+++ "b/geo\"metry.py"`): its added lines were nobody's.
+    run_repo, ws = await _workspace(repo, wt_root, "feature.py")
+    path, head = await ws.acquire()
+    (path / "feature.py").write_text("def feature() -> int:\n    return 1\n")
+    (path / name).write_text(STUBBED)
+    report = await ws.verify(path, [task("t1", "feature.py")], head=head,
+                             config=VerifyConfig(), confinement=None)
+    stubs = [m for n, m in _failed(report) if n == "stubs"]
+    assert [m.split(":")[0] for m in stubs] == [name, name], stubs
+    await ws.release(path, reuse=False)
+    await ws.close()
+
+
+@pytest.mark.parametrize("separator", ["\x0c", "\x1c", "\u2028", "\x85"])
+async def test_a_line_break_python_splits_at_is_not_a_patch_header(
+        repo: Path, wt_root: Path, separator: str) -> None:
+    # str.splitlines() also splits at form feeds, U+2028 and others: an added line holding
+    # one and then "+++ b/notes.txt" read as another file's header, and every later added
+    # line of the file was that file's. Stopped twice: the stubs check compares a changed
+    # file's functions whatever lines were added, and the patch is split at newlines only.
+    (repo / "geometry.py").write_text(GEOMETRY)
+    run_git(repo, "add", "geometry.py")
+    run_git(repo, "commit", "-qm", "geometry")
+    run_repo, ws = await _workspace(repo, wt_root, "feature.py")
+    path, head = await ws.acquire()
+    (path / "feature.py").write_text("def feature() -> int:\n    return 1\n")
+    (path / "geometry.py").write_text(f"NOTE = 1  # {separator}+++ b/notes.txt\n" + STUBBED)
+    report = await ws.verify(path, [task("t1", "feature.py")], head=head,
+                             config=VerifyConfig(), confinement=None)
+    stubs = [m for n, m in _failed(report) if n == "stubs"]
+    assert [m.split(":")[0] for m in stubs] == ["geometry.py", "geometry.py"], stubs
+    await ws.release(path, reuse=False)
+    await ws.close()
+
+
 # pytest opens conftest.py and pytest.ini by name: on a case-insensitive file system (macOS's
 # default) CONFTEST.PY and Pytest.ini are those files, so they are protected as they are.
 CASE_FOLDED = {
