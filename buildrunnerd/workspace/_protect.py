@@ -42,7 +42,9 @@ __all__ = [
 
 PYTEST_CONFIG_NAMES = frozenset({"pytest.ini", ".pytest.ini", "pyproject.toml", "setup.cfg",
                                  "tox.ini"})
-_JS_CONFIG = re.compile(r"(^|/)(jest|vitest)\.(config|workspace|setup)\.[cm]?[jt]sx?(on)?$")
+# Case-insensitive, as jest and vitest find their configuration by name (see _name).
+_JS_CONFIG = re.compile(r"(^|/)(jest|vitest)\.(config|workspace|setup)\.[cm]?[jt]sx?(on)?$",
+                        re.IGNORECASE)
 _JS_TEST = re.compile(r"(^|/)(__tests__/.*\.[cm]?[jt]sx?|[^/]+\.(test|spec)\.[cm]?[jt]sx?)$")
 _TEST_DIRS = frozenset({"tests", "test", "testing"})
 
@@ -100,13 +102,20 @@ class ProtectedTest(msgspec.Struct, frozen=True):
 
 
 # --- what is a test ---------------------------------------------------------------------
+def _name(path: str) -> str:
+    """The file name of ``path`` as a case-insensitive file system (macOS's, by default) finds
+    it: pytest opens ``conftest.py`` and ``pytest.ini`` by name, which there are also
+    ``CONFTEST.PY`` and ``Pytest.ini``, so those names are protected as the lower-case ones."""
+    return PurePosixPath(path).name.lower()
+
+
 def is_python_test_file(path: str) -> bool:
-    p = PurePosixPath(path)
-    if p.suffix != ".py":
+    name = _name(path)
+    if not name.endswith(".py"):
         return False
-    if p.name == "conftest.py" or p.name.startswith("test_") or p.stem.endswith("_test"):
+    if name == "conftest.py" or name.startswith("test_") or name.endswith("_test.py"):
         return True
-    return any(part in _TEST_DIRS for part in p.parts[:-1])
+    return any(part in _TEST_DIRS for part in PurePosixPath(path).parts[:-1])
 
 
 def is_js_test_file(path: str) -> bool:
@@ -114,7 +123,7 @@ def is_js_test_file(path: str) -> bool:
 
 
 def is_test_config(path: str) -> bool:
-    name = PurePosixPath(path).name
+    name = _name(path)
     return name in PYTEST_CONFIG_NAMES or name == "package.json" or bool(_JS_CONFIG.search(path))
 
 
@@ -331,7 +340,7 @@ def analyse_python_tests(source: str, filename: str = "<test>") -> ModuleTests |
 def _pytest_options(path: str, text: str) -> dict[str, Any] | None:
     """The pytest options a config file sets (an empty dict when it has no pytest section),
     or None when it cannot be parsed."""
-    name = PurePosixPath(path).name
+    name = _name(path)
     if name == "pyproject.toml":
         try:
             data = tomllib.loads(text)
@@ -569,7 +578,7 @@ def check_protected(
             findings.append(Finding(path, f"{path} is not a readable text file any more "
                                     f"(mode {new_entry.mode}); restore it"))
             continue
-        name = PurePosixPath(path).name
+        name = _name(path)
         if name == "conftest.py":
             if new is None:
                 if old is not None:

@@ -100,7 +100,7 @@ class ReportError(Exception):
 # --- detecting the command --------------------------------------------------------------
 @functools.lru_cache(maxsize=1 << 16)
 def _is_test_module(path: str) -> bool:
-    return is_python_test_file(path) and not path.endswith("conftest.py")
+    return is_python_test_file(path) and not path.lower().endswith("conftest.py")
 
 
 def has_python_tests(tree: Collection[str]) -> bool:

@@ -63,14 +63,46 @@ def _parse(source: str, path: str = "<unknown>") -> ast.Module | None:
         raise _TooDeep(path) from exc
 
 
+_C_ESCAPES = {"a": 7, "b": 8, "t": 9, "n": 10, "v": 11, "f": 12, "r": 13, '"': 34, "\\": 92}
+
+
+def _patch_path(text: str) -> str:
+    """A path as a patch header names it: as is, or, for a name git quotes (one holding a
+    quote, a backslash, a tab, a newline or another control character), unquoted from git's
+    C-style form (``"b/geo\\"metry.py"``), undecodable bytes replaced as in every git output
+    the daemon reads."""
+    if len(text) < 2 or text[0] != '"' or text[-1] != '"':
+        return text
+    body, out, i = text[1:-1], bytearray(), 0
+    while i < len(body):
+        char = body[i]
+        if char == "\\" and i + 1 < len(body):
+            nxt = body[i + 1]
+            digits = body[i + 1:i + 4]
+            if len(digits) == 3 and all(d in "01234567" for d in digits):
+                out.append(int(digits, 8) & 0xFF)
+                i += 4
+                continue
+            if nxt in _C_ESCAPES:
+                out.append(_C_ESCAPES[nxt])
+                i += 2
+                continue
+        out += char.encode()
+        i += 1
+    return out.decode("utf-8", "replace")
+
+
 def added_lines(diff: str) -> dict[str, dict[int, str]]:
-    """Per file of a ``-U0`` diff, the added lines by line number (in the new file)."""
+    """Per file of a ``-U0`` diff, the added lines by line number (in the new file). Lines
+    are split at newlines only (git's): a form feed or U+2028 in an added line is content,
+    not the start of another line (which could read as a ``+++`` header)."""
     out: dict[str, dict[int, str]] = {}
     current: dict[int, str] | None = None
     line_no = 0
-    for line in diff.splitlines():
+    for raw_line in diff.split("\n"):
+        line = raw_line.removesuffix("\r")
         if line.startswith("+++ "):
-            path = line[4:]
+            path = _patch_path(line[4:])
             current = out.setdefault(path[2:], {}) if path.startswith("b/") else None
         elif line.startswith("@@"):
             match = _HUNK.match(line)

@@ -173,18 +173,41 @@ def _compile_all(worktree: Path, files: list[str]) -> list[CheckResult]:
 
 class _Change:
     """A batch's staged change against the commit it started from: the ``-U0`` patch, the
-    paths where the index differs from the start (sorted), both listings, and whether the
-    worktree held exactly the index after staging (see :class:`._staging.Staged`)."""
+    paths where the index differs from the start (sorted), both listings, whether the
+    worktree held exactly the index after staging (see :class:`._staging.Staged`), and the
+    changed paths whose names are not UTF-8 (their bytes escaped)."""
 
-    __slots__ = ("after", "before", "changed", "diff", "exact")
+    __slots__ = ("after", "before", "changed", "diff", "exact", "undecodable")
 
     def __init__(self, diff: str, changed: list[str], before: Tree, after: Tree,
-                 exact: bool | None) -> None:
+                 exact: bool | None, undecodable: list[str]) -> None:
         self.diff = diff
         self.changed = changed
         self.before = before
         self.after = after
         self.exact = exact
+        self.undecodable = undecodable
+
+
+def _undecodable_paths(out: bytes) -> list[str]:
+    """The paths of the raw records that open ``diff --raw -z`` output ``out`` whose bytes
+    are not UTF-8, shown escaped (``caf\\xe9.py``). git's output is read as UTF-8 with
+    undecodable bytes replaced, so two such names (``a\\xfe``, ``a\\xff``) read as one path:
+    the checks and the secret scan would see one file of the two."""
+    found: list[str] = []
+    pos = 0
+    while out.startswith(b":", pos):
+        header_end = out.find(b"\0", pos)
+        path_end = out.find(b"\0", header_end + 1) if header_end >= 0 else -1
+        if path_end < 0:
+            break
+        name = out[header_end + 1:path_end]
+        try:
+            name.decode("utf-8")
+        except UnicodeDecodeError:
+            found.append(name.decode("utf-8", "backslashreplace"))
+        pos = path_end + 1
+    return found
 
 
 def _split_raw(out: str) -> tuple[list[tuple[list[str], str]], str] | None:
@@ -245,7 +268,8 @@ async def _stage_and_diff(worktree: Path, base_commit: str, timeout_s: float) ->
         remember_index_listing(opts, after)
         changed = sorted({path for _fields, path in split[0]})
         diff = split[1]
-    return _Change(diff, changed, before, after, staged.exact)
+    return _Change(diff, changed, before, after, staged.exact,
+                   _undecodable_paths(res.stdout_bytes))
 
 
 async def _run_confined_check(
@@ -592,6 +616,10 @@ async def verify(
 
     if batch_checks:
         checks += await _check_files_in_tree(worktree, tasks, after, changed, blobs, opts, t)
+        checks += [CheckResult(
+            "files", False, f"{name}: the file name is not valid UTF-8, so verification "
+            "cannot check this file apart from others (it reads names as UTF-8); rename it "
+            "to a UTF-8 name", file=name) for name in (change.undecodable if change else [])]
         # The changed Python files by their exact names (the raw diff's, not the patch's
         # headers, which quote unusual names and hold no `+++` line for a binary file).
         py_files = [p for p in changed if p.endswith(".py") and p in after]
