@@ -25,6 +25,7 @@ from buildrunnerd.errors import RepoError, WorkspaceError
 from buildrunnerd.plan._model import Task
 from buildrunnerd.workspace._git import BOT_IDENTITY, git
 from buildrunnerd.workspace._sweep import remove_nested_dotgits, sweep_tracked_folders
+from buildrunnerd.workspace._touched import CleanPoint, clean_point, restore_touched
 from buildrunnerd.workspace._tree import (
     commit_tree,
     index_tree_id,
@@ -173,6 +174,9 @@ class RunRepo:
         # The commit each just-acquired worktree was reset to (or made at): the daemon's own
         # record, so reading it back costs no git call (see worktree_head).
         self._started: dict[Path, str] = {}
+        # Each worktree's clean point (see _touched.clean_point): the file system's clock
+        # when it was last as a checkout writes it; what changed since is put back at reuse.
+        self._clean: dict[Path, CleanPoint] = {}
         self._made = 0
         self.max_idle = _MAX_IDLE_WORKTREES
         # The branch's head as this object last read or moved it (a hint only: every move is
@@ -253,7 +257,12 @@ class RunRepo:
             await self.remove_worktree(path)
         await _add_worktree(self.repo, path, commit or self.ref, timeout_s=self.timeout_s,
                             what=f"creating worktree {path}")
+        self._clean[path] = await clean_point(Path(root))
         return path
+
+    def clean_point(self, worktree: Path) -> CleanPoint | None:
+        """The clean point of a worktree this run made (see :mod:`._touched`), or None."""
+        return self._clean.get(Path(worktree))
 
     async def rollback(self, commit: str, previous: str) -> bool:
         """Move the branch back from ``commit`` to ``previous`` (a merge whose head failed
@@ -272,6 +281,7 @@ class RunRepo:
     async def remove_worktree(self, path: Path) -> None:
         """Remove a worktree (with any uncommitted changes) and forget it in git."""
         self._started.pop(Path(path), None)
+        self._clean.pop(Path(path), None)
         await _remove_worktree(self.repo, Path(path), timeout_s=self.timeout_s)
 
     async def acquire_worktree(self, root: Path, *, at: str | None = None) -> Path:
@@ -289,6 +299,7 @@ class RunRepo:
             head = at or await self._settled_head()
             try:
                 await self._reset_worktree(path, head)
+                await self._restore_touched(path)
             except WorkspaceError as exc:
                 _log.warning("worktree.reuse_refused", path=str(path), error=str(exc))
                 await self.remove_worktree(path)
@@ -349,7 +360,21 @@ class RunRepo:
         idle, self._idle = self._idle, []
         for path in idle:
             self._started.pop(path, None)
+            self._clean.pop(path, None)
         await _remove_worktrees(self.repo, idle, timeout_s=self.timeout_s)
+
+    async def _restore_touched(self, path: Path) -> None:
+        """After the reset: what changed since the worktree's clean point that git does not
+        see (mode bits, mtimes, links, attributes, FIFOs, sockets, empty folders) put back as
+        a checkout writes it (:func:`._touched.restore_touched`), which moves the clean point."""
+        clean = self._clean.get(path)
+        if clean is None:
+            raise WorkspaceError(f"worktree {path}: not made by this run (no clean point); not "
+                                 "reused", data={"worktree": str(path)})
+        t = self.timeout_s
+        opts = await worktree_git(path, timeout_s=t)
+        await restore_touched(path, opts, root=path.parent, clean=clean,
+                              tracked=await staged_tree(path, opts, timeout_s=t), timeout_s=t)
 
     async def _reset_worktree(self, path: Path, head: str) -> None:
         t = self.timeout_s

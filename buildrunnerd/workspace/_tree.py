@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 
 import msgspec
@@ -294,6 +295,28 @@ def index_tree_id(opts: Sequence[str]) -> str | None:
     if index is None or held is None or _index_key(index) != held[0]:
         return None
     return held[1]
+
+
+@contextmanager
+def same_entries(opts: Sequence[str]) -> Iterator[None]:
+    """Inside this block the daemon's own git rewrites the index of ``opts`` without changing
+    an entry (``checkout-index -u`` records the stat data of the files it wrote): what was
+    known of the index before (its listing, its tree id) stays known after."""
+    index = _index_path(opts)
+    key = _index_key(index) if index is not None else None
+    listing = _LISTINGS.get(index) if index is not None else None
+    written = _WRITTEN.get(index) if index is not None else None
+    held = _HELD.get(index) if index is not None else None
+    yield
+    new = _index_key(index) if index is not None else None
+    if index is None or key is None or new is None:
+        return
+    if listing is not None and listing[0] == key:
+        _LISTINGS[index] = (new, listing[1])
+    if written is not None and written[0] == key:
+        _WRITTEN[index] = (new, written[1])
+    if held is not None and held[0] == key:
+        _HELD[index] = (new, held[1])
 
 
 class TreeShape(msgspec.Struct, frozen=True):

@@ -21,10 +21,11 @@ from pathlib import Path, PurePosixPath
 
 import anyio
 import msgspec
+import structlog
 
 from buildrunnerd.config import Config, VerifyConfig
 from buildrunnerd.credentials import redact_secrets
-from buildrunnerd.errors import SandboxError
+from buildrunnerd.errors import SandboxError, WorkspaceError
 from buildrunnerd.plan._model import Task
 from buildrunnerd.protocol import CheckResult, VerificationReport
 from buildrunnerd.sandbox import (
@@ -64,6 +65,7 @@ from buildrunnerd.workspace._stubs import (
     check_stubs,
     import_targets,
 )
+from buildrunnerd.workspace._touched import CleanPoint, restore_touched
 from buildrunnerd.workspace._tree import (
     Blobs,
     Entry,
@@ -77,6 +79,8 @@ from buildrunnerd.workspace._tree import (
     written_tree,
 )
 from buildrunnerd.workspace._worktree import worktree_git
+
+_log = structlog.get_logger("buildrunnerd.workspace")
 
 __all__ = ["CheckResult", "VerificationReport", "verify", "detect_test_command",
            "OUTPUT_TAIL_BYTES"]
@@ -363,6 +367,25 @@ async def _exact_tree(worktree: Path, opts: Sequence[str], staged_tree_id: str,
     return staged_tree_id
 
 
+async def _as_checked_out(worktree: Path, opts: Sequence[str], staged: Tree, staged_tree_id: str,
+                          clean: CleanPoint | None, timeout_s: float) -> str | None:
+    """The staged tree's id when the worktree is now as a checkout of it writes it, else None.
+
+    The batch's test run becomes the run branch's check when the merge commits exactly this
+    tree, so it must not pass on what only the batch's worktree holds: ``status`` sees the
+    contents, not a mode, an mtime, a link, an attribute, an empty folder, a FIFO. What
+    changed since the worktree's clean point is put back first (:mod:`._touched`)."""
+    if clean is None:
+        return None
+    try:
+        await restore_touched(worktree, opts, root=worktree.parent, clean=clean,
+                              tracked=staged, timeout_s=timeout_s)
+    except WorkspaceError as exc:
+        _log.info("verify.not_restored", worktree=str(worktree), error=str(exc))
+        return None
+    return staged_tree_id  # checkout-index wrote files and stat data, not the index's tree
+
+
 async def _nothing_to_stage(worktree: Path, opts: Sequence[str], timeout_s: float) -> bool:
     """Whether ``git add -A`` would leave the index as it is: no tracked file changed,
     deleted or retyped since staging, and no untracked file that is not ignored (the same
@@ -576,6 +599,7 @@ async def verify(
     spec_path: str | None = None,
     baseline_passed: Collection[str] | None = None,
     batch_checks: bool = True,
+    clean: CleanPoint | None = None,
 ) -> VerificationReport:
     """Verify a batch's work in ``worktree`` (see the module docstring for the checks).
 
@@ -591,7 +615,9 @@ async def verify(
     verified commit. ``confinement``: the daemon's sandbox (default: the one ``config``
     selects), in which the import check and the test command run. ``batch_checks=False``
     runs only the tests (the run branch's check), in a worktree that is a clean checkout of
-    ``base_commit`` (nothing is staged).
+    ``base_commit`` (nothing is staged). ``clean``: the worktree's clean point
+    (:func:`._touched.clean_point`); without it the batch's test run is never reported as a
+    test of the staged tree (``tree``).
     Raises :class:`WorkspaceError` only for failures outside the batch's work (git failing,
     an unreadable allowlist).
     """
@@ -674,6 +700,8 @@ async def verify(
             tested_tree = staged_tree_id
         elif change.exact is None or change.exact:
             tested_tree = await _exact_tree(worktree, opts, staged_tree_id, t)
+    if tested_tree is not None:
+        tested_tree = await _as_checked_out(worktree, opts, after, tested_tree, clean, t)
     report_dir = Path(await anyio.to_thread.run_sync(
         lambda: tempfile.mkdtemp(prefix="buildrunner-report-")))
     report_path = report_dir / REPORT_FILENAME

@@ -5,9 +5,10 @@ reuse of the batch's own test run as the run branch's check, the reset of a reus
 Real git, the real workspace and the real sandbox (the test command runs confined); what the
 model would do in its worktree is done here directly, as its bash tool would. Each attack
 ends with what a user would notice: what the run branch holds, whether its tests pass in a
-clean checkout, what the next batch's worktree holds. An attack that still works is marked
-``xfail(strict=True)`` with the reason (it fails the suite once it is stopped, so the mark is
-removed then).
+clean checkout, what the next batch's worktree holds. What a checkout would not hold (a
+mode, an mtime, an empty folder, a FIFO, a ``.git`` below the top) is put back by ctime
+before the batch's test run is taken as the branch's check and at every reuse
+(``workspace/_touched.py``).
 """
 
 from __future__ import annotations
@@ -256,8 +257,23 @@ def _mode_bits(path: Path) -> None:
     (path / "calc.py").chmod(0o600)  # git records only the executable bit
 
 
+def _xattr(path: Path) -> None:
+    os.setxattr(path / "calc.py", "user.flag", b"1")  # ext4, tmpfs (6.6+): the owner may
+
+
+def _hard_link(path: Path) -> None:
+    os.link(path / "calc.py", path / "calc_copy.py")  # committed as a copy: one link each
+
+
+def _top_folder_mode(path: Path) -> None:
+    path.chmod(0o700)
+
+
 # trick -> (what calc.add needs to be right, what the batch leaves beside its files)
 WORKTREE_ONLY: dict[str, tuple[str, Callable[[Path], None]]] = {
+    "xattr": ("'user.flag' in os.listxattr(__file__)", _xattr),
+    "hard_link": ("os.stat(__file__).st_nlink == 2", _hard_link),
+    "top_folder_mode": ("stat.S_IMODE(os.stat(_HERE).st_mode) == 0o700", _top_folder_mode),
     "empty_folder": ("os.path.isdir(os.path.join(_HERE, 'magic'))", _empty_folder),
     "forged_mtime": ("os.stat(__file__).st_mtime < 1e9", _forged_mtime),
     "dotgit_in_a_new_folder": ("os.path.exists(os.path.join(_HERE, 'pkg', '.git'))",
@@ -267,14 +283,6 @@ WORKTREE_ONLY: dict[str, tuple[str, Callable[[Path], None]]] = {
 }
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "the batch's own test run is taken as the run branch's check when the merge is a "
-    "fast-forward of its staged tree and `status` found nothing but the index in the "
-    "worktree; `status` does not see what a clean checkout of that tree would not hold (an "
-    "empty folder, a FIFO, a .git below the top, mode bits, mtimes), so code that depends on "
-    "it passes there and fails in every clean checkout of the run branch. Not fixed here: a "
-    "sound fix normalises or walks the whole worktree before the tests (or always runs the "
-    "check in a clean worktree); see the redteam report"))
 @pytest.mark.parametrize("trick", sorted(WORKTREE_ONLY))
 async def test_the_run_branch_passes_its_tests_in_a_clean_checkout(
         repo: Path, wt_root: Path, tmp_path: Path, trick: str) -> None:
@@ -350,15 +358,7 @@ CARRIED: dict[str, tuple[Callable[[Path, str], None], Callable[[os.stat_result],
     "other_mode_bits": (_other_mode_bits, lambda st: stat.S_IMODE(st.st_mode) == 0o600),
     "old_mtime": (_old_mtime, lambda st: st.st_mtime < 10),
 }
-_METADATA_KEPT = pytest.mark.xfail(strict=True, reason=(
-    "the reuse of a worktree resets contents, not metadata: a file the batch committed was "
-    "staged with the mode bits and mtime it gave it, so after the fast-forward the index "
-    "holds the head's tree, `diff-files` finds the file as the index records it, and the "
-    "next batch (another task's) gets it read-only or with a forged mtime. Not fixed here "
-    "(gitscale2 owns the reset): check out again the paths of the last batch's change"))
-
-
-@pytest.mark.parametrize("trick", [pytest.param(t, marks=_METADATA_KEPT) for t in CARRIED])
+@pytest.mark.parametrize("trick", sorted(CARRIED))
 async def test_the_next_batch_does_not_get_the_metadata_a_merged_batch_gave_its_files(
         repo: Path, wt_root: Path, trick: str) -> None:
     leave, carried = CARRIED[trick]
@@ -408,6 +408,55 @@ async def test_an_untouched_tracked_file_comes_back_as_checked_out(
         await run_repo.close()
 
 
+def _folder_read_only(path: Path) -> None:
+    (path / "pkg").chmod(0o555)  # the next batch could not add a module there
+
+
+def _folder_xattr(path: Path) -> None:
+    os.setxattr(path / "pkg", "user.flag", b"1")
+    os.setxattr(path / "pkg" / "core.py", "user.flag", b"1")
+
+
+def _folder_unreadable(path: Path) -> None:
+    (path / "pkg" / "core.py").chmod(0o600)
+    (path / "pkg").chmod(0)  # nothing below it can be listed (the worktree is not reused)
+
+
+def _linked_out(path: Path) -> None:
+    os.link(path / "pkg" / "core.py", path.parent / "outside")  # beside the worktree
+
+
+@pytest.mark.parametrize("leave", [_folder_read_only, _folder_xattr, _folder_unreadable,
+                                   _linked_out],
+                         ids=["folder_read_only", "folder_xattr", "folder_unreadable",
+                              "linked_out"])
+async def test_the_next_batch_gets_folders_and_files_as_a_checkout_writes_them(
+        repo: Path, wt_root: Path, leave: Callable[[Path], None]) -> None:
+    (repo / "pkg").mkdir()
+    (repo / "pkg" / "core.py").write_text("CORE = 1\n")
+    run_git(repo, "add", "pkg")
+    run_git(repo, "commit", "-qm", "pkg")
+    run_repo = await prepare_run_repo(repo, "r1")
+    victim = await run_repo.acquire_worktree(wt_root)
+    leave(victim)
+    await run_repo.release_worktree(victim)
+    again = await run_repo.acquire_worktree(wt_root)
+    try:
+        folder, core = (again / "pkg").lstat(), (again / "pkg" / "core.py").lstat()
+        mask = os.umask(0o022)
+        os.umask(mask)
+        assert stat.S_IMODE(folder.st_mode) == stat.S_IMODE(again.lstat().st_mode) == (
+            0o777 & ~mask)
+        assert stat.S_IMODE(core.st_mode) == 0o666 & ~mask and core.st_nlink == 1
+        assert os.listxattr(again / "pkg") == os.listxattr(again / "pkg" / "core.py") == []
+        (again / "pkg" / "new.py").write_text("NEW = 1\n")  # the next batch can write there
+    finally:
+        if victim != again and victim.exists():
+            (victim / "pkg").chmod(0o755)
+        await run_repo.release_worktree(again, reuse=False)
+        await run_repo.close()
+
+
 def _fifo_in_a_tracked_folder(path: Path) -> None:
     (path / "pkg").mkdir(exist_ok=True)
     os.mkfifo(path / "pkg" / "pipe")
@@ -420,10 +469,6 @@ def _socket_at_the_top(path: Path) -> None:
         sock.bind(str(path / "sock"))
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "known and documented: `status` and `clean` skip what is neither a file, a link nor a "
-    "folder, so a FIFO or socket the batch left outlives the reset into the next batch "
-    "(gitscale2 may fix it)"))
 @pytest.mark.parametrize("leave", [_fifo_in_a_tracked_folder, _socket_at_the_top],
                          ids=["fifo_in_a_tracked_folder", "socket_at_the_top"])
 async def test_no_fifo_or_socket_reaches_the_next_batch(
