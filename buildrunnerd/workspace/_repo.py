@@ -25,7 +25,13 @@ from buildrunnerd.errors import RepoError, WorkspaceError
 from buildrunnerd.plan._model import Task
 from buildrunnerd.workspace._git import BOT_IDENTITY, git
 from buildrunnerd.workspace._sweep import remove_nested_dotgits, sweep_tracked_folders
-from buildrunnerd.workspace._touched import CleanPoint, clean_point, restore_touched
+from buildrunnerd.workspace._touched import (
+    CleanPoint,
+    Touched,
+    clean_point,
+    find_touched,
+    restore_touched,
+)
 from buildrunnerd.workspace._tree import (
     commit_tree,
     index_tree_id,
@@ -298,8 +304,9 @@ class RunRepo:
             path = self._idle.pop()
             head = at or await self._settled_head()
             try:
+                touched = await self._find_touched(path)  # before git writes anything
                 await self._reset_worktree(path, head)
-                await self._restore_touched(path)
+                await self._restore_touched(path, touched)
             except WorkspaceError as exc:
                 _log.warning("worktree.reuse_refused", path=str(path), error=str(exc))
                 await self.remove_worktree(path)
@@ -363,18 +370,27 @@ class RunRepo:
             self._clean.pop(path, None)
         await _remove_worktrees(self.repo, idle, timeout_s=self.timeout_s)
 
-    async def _restore_touched(self, path: Path) -> None:
-        """After the reset: what changed since the worktree's clean point that git does not
-        see (mode bits, mtimes, links, attributes, FIFOs, sockets, empty folders) put back as
-        a checkout writes it (:func:`._touched.restore_touched`), which moves the clean point."""
+    def _clean_point_of(self, path: Path) -> CleanPoint:
         clean = self._clean.get(path)
         if clean is None:
             raise WorkspaceError(f"worktree {path}: not made by this run (no clean point); not "
                                  "reused", data={"worktree": str(path)})
+        return clean
+
+    async def _find_touched(self, path: Path) -> Touched:
+        """Before the reset: what changed since the worktree's clean point (the batch's work,
+        its tests), with the inodes, so the files the reset then writes anew are known."""
+        return await find_touched(path, root=path.parent, clean=self._clean_point_of(path))
+
+    async def _restore_touched(self, path: Path, touched: Touched) -> None:
+        """After the reset: what the batch changed that git does not see and did not write
+        again (mode bits, mtimes, links, attributes, FIFOs, sockets, empty folders) put back
+        as a checkout writes it (:func:`._touched.restore_touched`); the clean point moves."""
         t = self.timeout_s
         opts = await worktree_git(path, timeout_s=t)
-        await restore_touched(path, opts, root=path.parent, clean=clean,
-                              tracked=await staged_tree(path, opts, timeout_s=t), timeout_s=t)
+        await restore_touched(path, opts, root=path.parent, clean=self._clean_point_of(path),
+                              tracked=await staged_tree(path, opts, timeout_s=t), timeout_s=t,
+                              touched=touched)
 
     async def _reset_worktree(self, path: Path, head: str) -> None:
         t = self.timeout_s

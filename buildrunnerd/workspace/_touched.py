@@ -34,7 +34,12 @@ from buildrunnerd.errors import WorkspaceError
 from buildrunnerd.workspace._git import git
 from buildrunnerd.workspace._tree import Tree, same_entries
 
-__all__ = ["CleanPoint", "clean_point", "restore_touched"]
+__all__ = ["CleanPoint", "Touched", "clean_point", "find_touched", "restore_touched"]
+
+# What changed since a clean point: worktree-relative path -> its inode number when listed
+# (-1 for a folder). A file or link whose inode differs when it is put back was written anew
+# since, by the daemon's own git (a reset writes every file as a new one), not by the model.
+Touched = dict[str, int]
 
 _FIND_TIMEOUT_S = 120.0
 
@@ -81,24 +86,46 @@ async def clean_point(root: Path) -> CleanPoint:
     return CleanPoint(await anyio.to_thread.run_sync(_probe_ns, root))
 
 
-def _marker(root: Path, since_ns: int) -> str:
+def _marker(root: Path, since_ns: int) -> tuple[str, int]:
+    """A marker file whose mtime is one ns before ``since_ns``, and the clock now (its ctime
+    when made)."""
     fd, name = tempfile.mkstemp(dir=root, prefix=".clean-point-")
-    os.close(fd)
+    try:
+        now_ns = os.fstat(fd).st_ctime_ns
+    finally:
+        os.close(fd)
     # find's -cnewer compares with the marker's mtime, strictly: one ns before the clean point
     # lists what changed in the clean point's own clock tick too.
     os.utime(name, ns=(since_ns - 1, since_ns - 1))
-    return name
+    return name, now_ns
+
+
+def _inodes(worktree: Path, names: Sequence[str]) -> Touched:
+    touched: Touched = {}
+    for rel in names:
+        try:
+            st = os.lstat(worktree / rel if rel else worktree)
+        except (FileNotFoundError, NotADirectoryError):
+            continue
+        touched[rel] = -1 if stat.S_ISDIR(st.st_mode) else st.st_ino
+    return touched
+
+
+async def find_touched(worktree: Path, *, root: Path, clean: CleanPoint) -> Touched:
+    """Every entry of ``worktree`` whose ctime is not older than ``clean`` (``""`` is the top
+    folder), the top ``.git`` left out. Raises :class:`WorkspaceError` when the walk is not
+    complete (a folder the model made unreadable) or the clock went back since."""
+    names = await _touched(worktree, root, clean.ns)
+    return await anyio.to_thread.run_sync(_inodes, worktree, names)
 
 
 async def _touched(worktree: Path, root: Path, since_ns: int) -> list[str]:
-    """The worktree-relative paths whose ctime is not older than ``since_ns`` (``""`` is the
-    top folder), the top ``.git`` left out. Raises when the walk is not complete (a folder
-    the model made unreadable) or the clock went back since the clean point."""
-    if (await clean_point(root)).ns < since_ns:
+    marker, now_ns = await anyio.to_thread.run_sync(_marker, root, since_ns)
+    if now_ns < since_ns:
+        await anyio.to_thread.run_sync(os.unlink, marker)
         raise WorkspaceError(f"worktree {worktree}: the clock went back since it was clean, so "
                              "what changed there cannot be told by ctime; not reused",
                              data={"worktree": str(worktree)})
-    marker = await anyio.to_thread.run_sync(_marker, root, since_ns)
     try:
         with anyio.fail_after(_FIND_TIMEOUT_S):
             res = await anyio.run_process(
@@ -127,18 +154,22 @@ def _restore_folder(path: Path) -> None:
     os.utime(path)
 
 
-def _normalise(worktree: Path, touched: Sequence[str],
+def _normalise(worktree: Path, touched: Touched,
                tracked: Tree) -> tuple[list[str], list[str]]:
     """Folders to their checkout mode, then the touched non-folders deleted: every tracked one
-    (written again after) and every one that is not a file or a link. Returns (the tracked
-    paths to write, the touched folders, deepest first)."""
+    (written again after) and every one that is not a file or a link; one written anew since
+    it was listed (another inode) is left as git wrote it. Returns (the tracked paths to
+    write, the touched folders, deepest first)."""
     folders: list[str] = []
     others: list[tuple[str, int]] = []
-    for rel in touched:
+    for rel, listed_ino in touched.items():
         try:
-            mode = os.lstat(worktree / rel).st_mode
-        except FileNotFoundError:
-            continue  # inside a .git removed before
+            st = os.lstat(worktree / rel if rel else worktree)
+        except (FileNotFoundError, NotADirectoryError):
+            continue  # gone since (reset, clean), or inside a .git removed before
+        mode = st.st_mode
+        if not stat.S_ISDIR(mode) and st.st_ino != listed_ino:
+            continue  # written anew since it was listed (or a folder then): git's
         if rel.rsplit("/", 1)[-1] == ".git":
             # git never checks out (nor lists) a .git below the top: a checkout holds none.
             if stat.S_ISDIR(mode):
@@ -171,7 +202,8 @@ def _remove_empty(worktree: Path, folders: Iterable[str]) -> None:
 
 
 async def restore_touched(worktree: Path, opts: Sequence[str], *, root: Path,
-                          clean: CleanPoint, tracked: Tree, timeout_s: float) -> int:
+                          clean: CleanPoint, tracked: Tree, timeout_s: float,
+                          touched: Touched | None = None) -> int:
     """Put every entry of ``worktree`` whose ctime is not older than ``clean`` (the worktree's
     clean point) back as a checkout of the index (``tracked``: its listing) writes it, then
     move ``clean`` to now: what runs there next is found from there.
@@ -179,8 +211,11 @@ async def restore_touched(worktree: Path, opts: Sequence[str], *, root: Path,
     reused worktree; before the tests they are ignored files the tests may need, as a
     project's installed packages). Returns how many entries were touched. Raises
     :class:`WorkspaceError` when the worktree cannot be put back (the caller then does not
-    use it as a clean checkout)."""
-    touched = await _touched(worktree, root, clean.ns)
+    use it as a clean checkout). ``touched``: what :func:`find_touched` listed before the
+    daemon's own git changed the worktree (a reset), so that the files git wrote since are
+    left as it wrote them; default: listed now."""
+    if touched is None:
+        touched = await find_touched(worktree, root=root, clean=clean)
     if not touched:
         clean.ns = (await clean_point(root)).ns
         return 0

@@ -426,10 +426,16 @@ def _linked_out(path: Path) -> None:
     os.link(path / "pkg" / "core.py", path.parent / "outside")  # beside the worktree
 
 
+def _linked_inside(path: Path) -> None:
+    (path / "pkg" / "core.py").chmod(0o600)
+    # The reset's clean deletes the untracked link, which moves core.py's ctime again.
+    os.link(path / "pkg" / "core.py", path / "copy.py")
+
+
 @pytest.mark.parametrize("leave", [_folder_read_only, _folder_xattr, _folder_unreadable,
-                                   _linked_out],
+                                   _linked_out, _linked_inside],
                          ids=["folder_read_only", "folder_xattr", "folder_unreadable",
-                              "linked_out"])
+                              "linked_out", "linked_inside"])
 async def test_the_next_batch_gets_folders_and_files_as_a_checkout_writes_them(
         repo: Path, wt_root: Path, leave: Callable[[Path], None]) -> None:
     (repo / "pkg").mkdir()
