@@ -408,6 +408,21 @@ async def test_an_untouched_tracked_file_comes_back_as_checked_out(
         await run_repo.close()
 
 
+async def _left_then_reused(repo: Path, wt_root: Path, leave: Callable[[Path], None],
+                            ) -> tuple[RunRepo, Path, Path]:
+    """A batch leaves ``leave``'s state in a worktree of a repository holding pkg/core.py;
+    the next acquire: (the run, the batch's worktree, the next batch's)."""
+    (repo / "pkg").mkdir()
+    (repo / "pkg" / "core.py").write_text("CORE = 1\n")
+    run_git(repo, "add", "pkg")
+    run_git(repo, "commit", "-qm", "pkg")
+    run_repo = await prepare_run_repo(repo, "r1")
+    victim = await run_repo.acquire_worktree(wt_root)
+    leave(victim)
+    await run_repo.release_worktree(victim)
+    return run_repo, victim, await run_repo.acquire_worktree(wt_root)
+
+
 def _folder_read_only(path: Path) -> None:
     (path / "pkg").chmod(0o555)  # the next batch could not add a module there
 
@@ -438,15 +453,7 @@ def _linked_inside(path: Path) -> None:
                               "linked_out", "linked_inside"])
 async def test_the_next_batch_gets_folders_and_files_as_a_checkout_writes_them(
         repo: Path, wt_root: Path, leave: Callable[[Path], None]) -> None:
-    (repo / "pkg").mkdir()
-    (repo / "pkg" / "core.py").write_text("CORE = 1\n")
-    run_git(repo, "add", "pkg")
-    run_git(repo, "commit", "-qm", "pkg")
-    run_repo = await prepare_run_repo(repo, "r1")
-    victim = await run_repo.acquire_worktree(wt_root)
-    leave(victim)
-    await run_repo.release_worktree(victim)
-    again = await run_repo.acquire_worktree(wt_root)
+    run_repo, victim, again = await _left_then_reused(repo, wt_root, leave)
     try:
         folder, core = (again / "pkg").lstat(), (again / "pkg" / "core.py").lstat()
         mask = os.umask(0o022)
@@ -479,15 +486,7 @@ def _socket_at_the_top(path: Path) -> None:
                          ids=["fifo_in_a_tracked_folder", "socket_at_the_top"])
 async def test_no_fifo_or_socket_reaches_the_next_batch(
         repo: Path, wt_root: Path, leave: Callable[[Path], None]) -> None:
-    (repo / "pkg").mkdir()
-    (repo / "pkg" / "core.py").write_text("CORE = 1\n")
-    run_git(repo, "add", "pkg")
-    run_git(repo, "commit", "-qm", "pkg")
-    run_repo = await prepare_run_repo(repo, "r1")
-    victim = await run_repo.acquire_worktree(wt_root)
-    leave(victim)
-    await run_repo.release_worktree(victim)
-    again = await run_repo.acquire_worktree(wt_root)
+    run_repo, victim, again = await _left_then_reused(repo, wt_root, leave)
     try:
         assert again == victim
         left = [p.relative_to(again).as_posix() for p in again.rglob("*")
