@@ -158,7 +158,7 @@ class GitWorkspace:
             run_base_commit=self._base_commit or self.run_repo.base_commit,
             project_root=self._project_root, other_files=set(self._plan_files - own),
             spec_path=self._spec_path, baseline_passed=self.baseline_passed,
-            clean=self.run_repo.clean_point(path),
+            clean=self.run_repo.clean_since(path),
         )
 
     async def commit(self, path: Path, message: str, report: VerificationReport | None, *,

@@ -266,7 +266,7 @@ class RunRepo:
         self._clean[path] = await clean_point(Path(root))
         return path
 
-    def clean_point(self, worktree: Path) -> CleanPoint | None:
+    def clean_since(self, worktree: Path) -> CleanPoint | None:
         """The clean point of a worktree this run made (see :mod:`._touched`), or None."""
         return self._clean.get(Path(worktree))
 
