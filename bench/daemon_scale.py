@@ -113,7 +113,8 @@ class Rpc:
 class Daemon:
     """A ``buildrunnerd`` subprocess, ready once it sent sd_notify ``READY=1``."""
 
-    def __init__(self, workdir: Path, workers: int, spans: list[str] | None = None) -> None:
+    def __init__(self, workdir: Path, workers: int, spans: list[str] | None = None,
+                 profile: Path | None = None) -> None:
         self.home = workdir / "home"
         self.socket = Path(tempfile.mkdtemp(prefix="brs-")) / "d.sock"
         notify_path = workdir / "notify.sock"
@@ -127,11 +128,15 @@ class Daemon:
                    BUILDRUNNER_MAX_WORKERS_PER_RUN=str(workers),
                    NOTIFY_SOCKET=str(notify_path))
         self.env = env
-        # --spans: the same daemon through bench/daemon_spans.py (time per batch step).
+        # --spans: the same daemon through bench/daemon_spans.py (time per batch step);
+        # --profile: through it too, under cProfile (thread CPU time), spans only if asked.
         self.spans_path = workdir / "spans.json"
-        entry = ["-m", "buildrunnerd"] if spans is None else [
+        wrapped = spans is not None or profile is not None
+        entry = ["-m", "buildrunnerd"] if not wrapped else [
             str(ROOT / "bench" / "daemon_spans.py"), str(self.spans_path),
-            *([f"--detail={','.join(spans)}"] if spans else [])]
+            *([f"--detail={','.join(spans)}"] if spans else []),
+            *([] if spans is not None else ["--cpu-only"]),
+            *([f"--profile={profile}"] if profile is not None else [])]
         self.proc = subprocess.Popen(
             [sys.executable, *entry, "--backend", "simulated", "--workers",
              str(workers), "--home", str(self.home), "--socket", str(self.socket)],
@@ -257,7 +262,7 @@ def _decile_rates(stamps: list[float]) -> tuple[float, float]:
 
 def bench_one(
     kind: str, tasks: int, workers: int, timeout_s: float, repeats: int = 3,
-    spans: list[str] | None = None, layout: str = "flat",
+    spans: list[str] | None = None, layout: str = "flat", profile_dir: Path | None = None,
 ) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix=f"scale-{kind}-{tasks}-") as tmp:
         workdir = Path(tmp)
@@ -270,7 +275,11 @@ def bench_one(
             params["test_cmd"] = "true"
         else:
             params.update(spec_text=spec, scratch=True)
-        daemon = Daemon(workdir, workers, spans)
+        profile = None
+        if profile_dir is not None:
+            profile_dir.mkdir(parents=True, exist_ok=True)
+            profile = profile_dir / f"{kind}-{layout}-{tasks}.prof"
+        daemon = Daemon(workdir, workers, spans, profile)
         try:
             client = Rpc(daemon.socket)
             watcher = Rpc(daemon.socket)
@@ -348,8 +357,10 @@ def bench_one(
             }
         finally:
             daemon.stop()
-        if spans is not None and daemon.spans_path.exists():
+        if daemon.spans_path.exists():
             row["spans"] = json.loads(daemon.spans_path.read_text(encoding="utf-8"))
+        if profile is not None:
+            row["profile"] = str(profile)
     return row
 
 
@@ -372,6 +383,9 @@ def main() -> int:
                              "function by function too")
     parser.add_argument("--layout", choices=("flat", "nested"), default="flat",
                         help="modules in one folder pkg/ (flat) or in sub-packages of 50")
+    parser.add_argument("--profile", type=Path, default=None, metavar="DIR",
+                        help="run the daemon under cProfile (each thread's CPU time as the "
+                             "clock, from the submit on) and write DIR/KIND-LAYOUT-TASKS.prof")
     args = parser.parse_args()
     sizes = [int(s) for s in args.sizes.split(",")]
     rows = []
@@ -380,7 +394,7 @@ def main() -> int:
             for size in sizes:
                 spans = None if args.spans is None else [m for m in args.spans.split(",") if m]
                 row = bench_one(kind, size, args.workers, args.timeout_s, args.repeats, spans,
-                                args.layout)
+                                args.layout, args.profile)
                 row["load_avg_1m"] = round(os.getloadavg()[0], 2)
                 rows.append(row)
                 if not args.json:
