@@ -101,7 +101,11 @@ async def run_batch_lifecycle(
             # files as they are on the new head.
             # One worker thread reads the files and counts the tokens (tiktoken is CPU work
             # that would otherwise stall every other batch and client on the loop).
-            built = list(run.summaries)  # the prompt builder picks a cache-stable window
+            # The window the prompt shows (at most 50, cache-stable), copied: a copy of the
+            # run's whole list would cost a batch more the longer the run.
+            from buildrunnerd.prompt import built_window
+
+            built = list(built_window(run.summaries))
             prompt = await anyio.to_thread.run_sync(
                 prompt_for_attempt, run, plan_batch, tasks, path, config, built
             )

@@ -4,6 +4,7 @@ from buildrunnerd.prompt._builder import (
     PromptBuilder,
     build_batch_prompt,
     build_prompt_for_tasks,
+    built_window,
     fix_prompt,
     plan_with_prompts,
     system_prompt,
@@ -22,7 +23,7 @@ from buildrunnerd.prompt._model import BatchPrompt
 
 __all__ = [
     "BatchPrompt", "ENCODING_NAME", "LineCountCache", "PromptBuilder", "TiktokenCounter",
-    "TokenCounter", "build_batch_prompt", "build_prompt_for_tasks", "default_counter",
-    "fix_prompt", "line_segments", "piece_segments", "plan_with_prompts", "shared_line_cache",
-    "system_prompt",
+    "TokenCounter", "build_batch_prompt", "build_prompt_for_tasks", "built_window",
+    "default_counter", "fix_prompt", "line_segments", "piece_segments", "plan_with_prompts",
+    "shared_line_cache", "system_prompt",
 ]

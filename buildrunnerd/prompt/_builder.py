@@ -41,8 +41,8 @@ from buildrunnerd.protocol import VerificationReport
 from buildrunnerd.spec._model import Spec
 
 __all__ = [
-    "PromptBuilder", "build_batch_prompt", "build_prompt_for_tasks", "fix_prompt",
-    "plan_with_prompts", "system_prompt",
+    "PromptBuilder", "build_batch_prompt", "build_prompt_for_tasks", "built_window",
+    "fix_prompt", "plan_with_prompts", "system_prompt",
 ]
 
 # A context item cut to fewer tokens than this says too little to be worth its header.
@@ -262,7 +262,11 @@ _BUILT_MAX = 50
 _BUILT_STEP = 25
 
 
-def _built_window(built: Sequence[str]) -> Sequence[str]:
+def built_window(built: Sequence[str]) -> Sequence[str]:
+    """The "already built" summaries a prompt shows of ``built`` (oldest first): at most
+    ``_BUILT_MAX`` of the newest, from a start that moves ``_BUILT_STEP`` at a time. A caller
+    that keeps a run's growing list passes this slice (a copy of at most 50), not the list:
+    ``build(built=built_window(b))`` is the prompt ``build(built=b)`` gives."""
     if len(built) <= _BUILT_MAX:
         return built
     start = ((len(built) - _BUILT_MAX) // _BUILT_STEP + 1) * _BUILT_STEP
@@ -388,7 +392,7 @@ class PromptBuilder:
                 context, context_tokens, cuts = _fit_context(items, allowance,
                                                              self._context_counter)
         else:
-            items = _context_items(self.title, overview, _built_window(built), files or {},
+            items = _context_items(self.title, overview, built_window(built), files or {},
                                    tasks)
             context, context_tokens, cuts = _fit_context(items, allowance,
                                                          self._context_counter)

@@ -239,3 +239,24 @@ def test_a_later_batch_repeats_an_earlier_ones_shared_blocks() -> None:
                                       "app.", built=summaries[:done]).user_blocks[:-1]
     assert by_done[60][: len(by_done[51])] == by_done[51]
     assert by_done[74][: len(by_done[60])] == by_done[60]
+
+
+def test_the_built_window_gives_the_prompt_of_the_whole_list_and_stays_bounded() -> None:
+    # The daemon copies only the window of its run's growing "already built" list for each
+    # batch (a copy of the whole list would cost a batch more the longer the run): the window
+    # must give the same prompt as the list, and never hold more than 50 summaries.
+    from buildrunnerd.prompt import PromptBuilder, built_window
+
+    plan = _plan()
+    builder = PromptBuilder(plan.spec_title, test_command="pytest -q")
+    batch = plan.batches[0]
+    tasks = [t for t in plan.tasks if t.id in batch.task_ids]
+    summaries = [f"B{i:04d}: built module {i}." for i in range(1, 3001)]
+    for done in (0, 1, 49, 50, 51, 74, 75, 76, 1000, 2999, 3000):
+        window = list(built_window(summaries[:done]))
+        assert len(window) <= 50 and window == summaries[:done][len(summaries[:done])
+                                                                - len(window):]
+        whole = builder.build(batch, tasks, overview="An app.", built=summaries[:done])
+        cut = builder.build(batch, tasks, overview="An app.", built=window)
+        assert cut == whole
+    assert len(built_window(summaries)) >= 25
