@@ -10,9 +10,10 @@ generated spec of N tasks (1,000, 5,000 and 10,000 by default), submitted over t
 
 Reported per run: tasks/s from ``run.submit`` to the ``run.succeeded`` event (planning
 included; a watcher subscribed to the run's events meanwhile, as ``brctl status --follow``
-is), the daemon's peak RSS (``VmHWM``), the database size (file + WAL) at the end, and the
-latency of ``brctl --json status RUN`` and ``brctl --json logs RUN`` (fresh processes, median
-of ``--repeats``, 3) and of the daemon's ``run.get`` alone (median of 5, on an open connection).
+is), the daemon's peak RSS (``VmHWM``, read after the figures' queries; beside it the RSS
+when the last batch succeeded), the database size (file + WAL) at the end, and the latency
+of ``brctl --json status RUN`` and ``brctl --json logs RUN`` (fresh processes, median of
+``--repeats``, 3) and of the daemon's ``run.get`` alone (median of 5, on an open connection).
 
 Load-independent figures beside them (the machine is shared; its load moves tasks/s by more
 than the target's margin): the daemon's CPU per batch from the first dispatch to the last batch
@@ -158,9 +159,15 @@ class Daemon:
 
     def cpu_s(self) -> float:
         """The daemon's CPU seconds so far (user + system, every thread)."""
+        return self.cpu_and_rss()[0]
+
+    def cpu_and_rss(self) -> tuple[float, float]:
+        """The daemon's CPU seconds so far (user + system, every thread) and its RSS in MB
+        (MiB, as ``peak_rss_mb``) now, from the same read."""
         stat = Path(f"/proc/{self.proc.pid}/stat").read_text()
         fields = stat[stat.rindex(")") + 2:].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        return ((int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK"),
+                int(fields[21]) * os.sysconf("SC_PAGE_SIZE") / (1 << 20))
 
     def db_mb(self) -> float:
         total = 0
@@ -213,6 +220,7 @@ class CpuSampler:
 
     def __init__(self, daemon: Daemon) -> None:
         self.samples: list[tuple[float, float]] = []
+        self.rss_mb: list[float] = []  # beside each sample
         self._stop = threading.Event()
         self._daemon = daemon
         self._thread = threading.Thread(target=self._run, daemon=True)
@@ -220,7 +228,9 @@ class CpuSampler:
 
     def _run(self) -> None:
         while not self._stop.is_set():
-            self.samples.append((time.time(), self._daemon.cpu_s()))
+            cpu_s, rss_mb = self._daemon.cpu_and_rss()
+            self.samples.append((time.time(), cpu_s))
+            self.rss_mb.append(rss_mb)
             self._stop.wait(0.02)
 
     def stop(self) -> None:
@@ -229,8 +239,18 @@ class CpuSampler:
 
     def at(self, when: float) -> float:
         """The CPU seconds of the first sample at or after ``when``."""
-        index = bisect.bisect_left(self.samples, (when, -1.0))
-        return self.samples[min(index, len(self.samples) - 1)][1]
+        return self.samples[self._index(when)][1]
+
+    def rss_at(self, when: float) -> float:
+        """The RSS in MB of the first sample at or after ``when``."""
+        return self.rss_mb[self._index(when)]
+
+    def max_rss_until(self, when: float) -> float:
+        """The largest RSS in MB sampled up to ``when``."""
+        return max(self.rss_mb[:self._index(when) + 1], default=float("nan"))
+
+    def _index(self, when: float) -> int:
+        return min(bisect.bisect_left(self.samples, (when, -1.0)), len(self.samples) - 1)
 
 
 def _stamps(client: Rpc, run_id: str, event_type: str, limit: int = 5000) -> list[float]:
@@ -350,6 +370,13 @@ def bench_one(
                 "first_tenth_batches_per_s": first_rate,
                 "last_tenth_batches_per_s": last_rate,
                 "peak_rss_mb": round(daemon.peak_rss_mb(), 1),
+                # The run's own memory, before the figures' queries below (run.get, events
+                # and brctl read every task and event and peak on their own): the RSS when
+                # the last batch succeeded and the largest sampled until then.
+                "rss_at_last_batch_mb": round(sampler.rss_at(succeeded[-1]), 1)
+                if succeeded else None,
+                "max_rss_during_batches_mb": round(sampler.max_rss_until(succeeded[-1]), 1)
+                if succeeded else None,
                 "db_mb": round(daemon.db_mb(), 1),
                 "run_get_ms": round(statistics.median(rpc_times) * 1000, 1),
                 "status_ms": _median_ms([brctl, "--json", "status", run_id], env, repeats),
