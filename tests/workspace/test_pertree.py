@@ -268,3 +268,18 @@ async def test_a_protected_test_a_named_conftest_hides_fails_the_report(
     assert not report.passed
     assert any("test_feature.py" in m for m in failures(report, "tests")), report
     await run.ws.close()
+
+
+@settings(max_examples=300, deadline=None)
+@given(_TREES, _TREES, st.dictionaries(_PATHS, st.sampled_from(["100644", "100755", "120000"]),
+                                       max_size=30))
+def test_tree_changes_lists_every_path_whose_entry_differs(
+        old_shas: dict[str, str], new_shas: dict[str, str], modes: dict[str, str]) -> None:
+    # The reference: a path is listed when it is in one listing only, or in both with another
+    # blob or another mode (a file made executable or a link is a change).
+    old = _tree(old_shas)
+    new = {p: Entry(modes.get(p, "100644"), sha) for p, sha in new_shas.items()}
+    expected = sorted(p for p in old.keys() | new.keys() if old.get(p) != new.get(p))
+    assert tree_changes(old, new) == expected
+    assert tree_changes(new, old) == expected
+    assert tree_changes(new, dict(new)) == []
