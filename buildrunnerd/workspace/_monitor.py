@@ -101,6 +101,7 @@ class FileMonitor:
         rescan: Rescan | None = None,
     ) -> None:
         self.path = Path(path).resolve()
+        self._root_text = str(self.path)
         self.on_change = on_change
         self.debounce_ms = debounce_ms
         self.step_ms = step_ms
@@ -320,22 +321,47 @@ class FileMonitor:
             for _ in self._watch_under(".", list_files=False):
                 pass
             return
-        self._add_watch_at(".")
-        for rel in self._folders:
-            if rel not in (".", "") and self._keep(rel):
-                self._add_watch_at(rel)
+        self._watch_folders(self._folders)
 
-    def _add_watch_at(self, rel: str) -> None:
+    def _watch_folders(self, folders: Sequence[str]) -> None:
+        """Watch the root and each of ``folders`` (the tree's, at any depth), each opened from
+        its parent's open fd with ``O_NOFOLLOW``: one ``openat`` a folder, not one a component
+        of its path (which made a batch's entry cost grow with the tree's depth as well as its
+        folders). A folder gone, not a folder, or a symlink now is not watched, nor is
+        anything below it. At most one fd a level of the tree is open at a time."""
+        children: dict[str, set[str]] = {}
+        for rel in folders:
+            # Each folder with its parents, so a listing without some of them still reaches it.
+            while rel not in (".", "") and ".git" not in rel.split("/"):
+                parent, _, name = rel.rpartition("/")
+                siblings = children.setdefault(parent or ".", set())
+                if name in siblings:
+                    break
+                siblings.add(name)
+                rel = parent
+        root = open_directory_in(self.path, ".")
+        stack: list[tuple[str, int, Iterator[str]]] = [
+            (".", root, iter(sorted(children.get(".", ()))))]
         try:
-            fd = open_directory_in(self.path, rel)
-        except WorktreePathError:
-            if rel == ".":
-                raise
-            return  # not a folder (any more): nothing to watch
-        try:
-            self._add_watch(fd, rel)
+            self._add_watch(root, ".")
+            while stack:
+                folder, fd, names = stack[-1]
+                child_name = next(names, None)
+                if child_name is None:
+                    stack.pop()
+                    os.close(fd)
+                    continue
+                rel = child_name if folder == "." else f"{folder}/{child_name}"
+                try:
+                    child = os.open(child_name, _OPEN_DIR, dir_fd=fd)
+                except OSError:
+                    continue  # not a folder (any more), or a symlink: nothing to watch
+                stack.append((rel, child, iter(sorted(children.get(rel, ())))))
+                if self._keep(rel):
+                    self._add_watch(child, rel)
         finally:
-            os.close(fd)
+            for _, fd, _ in stack:
+                os.close(fd)
 
     def _add_watch(self, fd: int, rel: str) -> None:
         if self._inotify is None:
@@ -398,8 +424,10 @@ class FileMonitor:
         return out
 
     def _keep(self, rel: str) -> bool:
-        return ".git" not in rel.split("/") and self._filter(Change.added,
-                                                             str(self.path / rel))
+        # ``rel`` is normalised (a git path, or a watched folder and an event's name): the
+        # text join is the path pathlib's ``/`` makes, without its parse, once a folder.
+        return ".git" not in rel.split("/") and self._filter(
+            Change.added, self._root_text if rel in (".", "") else f"{self._root_text}/{rel}")
 
 
 def _text(rel: str) -> str:

@@ -156,3 +156,49 @@ async def test_dropped_events_fall_back_to_the_entry_snapshot(tmp_path: Path) ->
 def kernel_queue_size() -> int:
     """How many events the kernel queues for one inotify instance before it drops some."""
     return int(Path("/proc/sys/fs/inotify/max_queued_events").read_text())
+
+
+async def test_named_folders_are_opened_once_each_and_a_link_is_not_followed(
+        tmp_path: Path) -> None:
+    # A git workspace names its head's folders: each is opened from its parent's fd, one
+    # open a folder (one a component of its path made a batch's entry cost grow with the
+    # tree's depth too). A folder the model swapped for a link is neither opened nor watched.
+    import os
+    import sys
+
+    root = tmp_path / "wt"
+    folders = [f"pkg/s{i}/sub" for i in range(10)]
+    for rel in folders:
+        (root / rel).mkdir(parents=True)
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (root / "pkg" / "s9" / "sub").rmdir()
+    (root / "pkg" / "s9" / "sub").symlink_to(outside, target_is_directory=True)
+    named = ["pkg", *(f"pkg/s{i}" for i in range(10)), *folders]
+    opened: list[str] = []
+    counting = False
+
+    def audit(event: str, args: tuple[object, ...]) -> None:
+        if counting and event == "open" and isinstance(args[2], int) and (
+                args[2] & os.O_DIRECTORY):
+            opened.append(str(args[0]))
+
+    sys.addaudithook(audit)
+
+    async def nothing_changed() -> list[tuple[ChangeKind, str]]:
+        return []
+
+    rec = Recorder()
+    monitor = FileMonitor(root, rec, debounce_ms=100, folders=named, rescan=nothing_changed)
+    counting = True
+    async with monitor:
+        counting = False
+        (root / "pkg" / "s3" / "sub" / "deep.py").write_text("x = 1\n")
+        await rec.wait_for(("created", "pkg/s3/sub/deep.py"))
+        (outside / "escaped.py").write_text("y = 1\n")
+        (root / "pkg" / "s0" / "top.py").write_text("z = 1\n")
+        await rec.wait_for(("created", "pkg/s0/top.py"))
+    # The root (and its parents, once), then one open a folder: 21 folders, the link not
+    # among them. Before: 4 opens for each folder at depth 3.
+    assert len(opened) <= len(named) + 3, opened
+    assert not any("escaped" in rel for _, rel in rec.events)
