@@ -60,6 +60,9 @@ _PROC_FD = Path("/proc/self/fd")
 # inotify is Linux's: elsewhere (macOS under launchd) the monitor reports at exit only, from
 # the owner's exact view or the snapshot, as when no inotify instance is left.
 _HAS_INOTIFY = sys.platform.startswith("linux")
+# Folders held open at once by the entry's walk (one a level): a deeper chain is watched
+# folder by folder from the root instead.
+_MAX_HELD_FOLDERS = 32
 _OPEN_DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
 
 
@@ -352,6 +355,14 @@ class FileMonitor:
                     os.close(fd)
                     continue
                 rel = child_name if folder == "." else f"{folder}/{child_name}"
+                if len(stack) >= _MAX_HELD_FOLDERS:
+                    # A chain of folders this deep (a model can commit one): the rest of it
+                    # folder by folder from the root, one fd at a time, so that the fds held
+                    # stay bounded whatever the tree (the daemon's other opens need them).
+                    for deep in _below(children, rel):
+                        if self._keep(deep):
+                            self._add_watch_at(deep)
+                    continue
                 try:
                     child = os.open(child_name, _OPEN_DIR, dir_fd=fd)
                 except OSError:
@@ -362,6 +373,16 @@ class FileMonitor:
         finally:
             for _, fd, _ in stack:
                 os.close(fd)
+
+    def _add_watch_at(self, rel: str) -> None:
+        try:
+            fd = open_directory_in(self.path, rel)
+        except WorktreePathError:
+            return  # not a folder (any more), or behind a symlink: nothing to watch
+        try:
+            self._add_watch(fd, rel)
+        finally:
+            os.close(fd)
 
     def _add_watch(self, fd: int, rel: str) -> None:
         if self._inotify is None:
@@ -428,6 +449,15 @@ class FileMonitor:
         # text join is the path pathlib's ``/`` makes, without its parse, once a folder.
         return ".git" not in rel.split("/") and self._filter(
             Change.added, self._root_text if rel in (".", "") else f"{self._root_text}/{rel}")
+
+
+def _below(children: dict[str, set[str]], top: str) -> Iterator[str]:
+    """``top`` and every folder below it in ``children`` (folder -> names of its folders)."""
+    stack = [top]
+    while stack:
+        rel = stack.pop()
+        yield rel
+        stack += (f"{rel}/{name}" for name in children.get(rel, ()))
 
 
 def _text(rel: str) -> str:

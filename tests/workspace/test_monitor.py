@@ -202,3 +202,25 @@ async def test_named_folders_are_opened_once_each_and_a_link_is_not_followed(
     # among them. Before: 4 opens for each folder at depth 3.
     assert len(opened) <= len(named) + 3, opened
     assert not any("escaped" in rel for _, rel in rec.events)
+
+
+async def test_a_chain_of_folders_deeper_than_the_fds_held_is_watched_to_its_end(
+        tmp_path: Path) -> None:
+    # A model can commit folders 40 deep: the entry's walk holds one fd a level up to its
+    # bound (so a deep tree cannot take the daemon's fds), and watches the rest folder by
+    # folder from the root; a write at the bottom is still reported live.
+    root = tmp_path / "wt"
+    chain = "/".join(["d"] * 40)
+    (root / chain).mkdir(parents=True)
+    named = ["/".join(["d"] * n) for n in range(1, 41)]
+
+    async def nothing_changed() -> list[tuple[ChangeKind, str]]:
+        return []
+
+    rec = Recorder()
+    async with FileMonitor(root, rec, debounce_ms=100, folders=named, rescan=nothing_changed):
+        (root / chain / "deep.py").write_text("x = 1\n")
+        await rec.wait_for(("created", f"{chain}/deep.py"))
+        (root / named[33] / "mid.py").write_text("y = 1\n")
+        await rec.wait_for(("created", f"{named[33]}/mid.py"))
+    assert ("created", f"{chain}/deep.py") in rec.events
