@@ -7,13 +7,15 @@ exit. At entry the owner names the folders (a git workspace lists its head's tre
 monitor lists them; at exit the events still queued are read to the end (a write in the last
 millisecond before the exit is in the queue), so no change is lost to a debounce window.
 
-The model controls the tree, so the monitor follows no symlink: each folder is opened
-component by component with ``O_NOFOLLOW`` (:func:`~buildrunnerd.sandbox.open_directory_in`,
-then ``openat`` down a new subtree) and the watch is put on that open folder
-(``/proc/self/fd/N``), never on a path that a swap for a link could redirect; a committed
-``link -> /`` is an entry of the tree, never a folder to watch or walk. Every reported path is
-checked with :func:`~buildrunnerd.sandbox.lstat_in` (no symlink on the way), which also drops
-events from a folder swapped for a symlink after it was watched.
+The model controls the tree, so the monitor follows no symlink: each folder is opened with
+``O_NOFOLLOW``, from its parent's open fd (``openat``: the owner's named folders in one walk,
+and down a new subtree) or component by component from the root
+(:func:`~buildrunnerd.sandbox.open_directory_in`: the root, a chain deeper than the walk
+holds), and the watch is put on that open folder (``/proc/self/fd/N``), never on a path
+that a swap for a link could redirect; a committed ``link -> /`` is an entry of the tree,
+never a folder to watch or walk. Every reported path is checked with
+:func:`~buildrunnerd.sandbox.lstat_in` (no symlink on the way), which also drops events from
+a folder swapped for a symlink after it was watched.
 
 A new folder is watched first and listed second (files written into it before the watch are
 found by the listing, later ones send events; each is reported once). If the kernel's queue
@@ -111,6 +113,9 @@ class FileMonitor:
         self._folders = folders
         self._rescan = rescan
         self._filter = DefaultFilter()
+        # A folder of one of these names: the filter keeps no path below it (it drops every
+        # path with such a component).
+        self._ignored_dirs = frozenset(self._filter.ignore_dirs)
         self._inotify: inotify_simple.INotify | None = None
         self._watched: dict[int, str] = {}  # watch descriptor -> folder (relative, "." root)
         self._pending: list[_Event] = []  # read, not yet reported
@@ -331,7 +336,8 @@ class FileMonitor:
         its parent's open fd with ``O_NOFOLLOW``: one ``openat`` a folder, not one a component
         of its path (which made a batch's entry cost grow with the tree's depth as well as its
         folders). A folder gone, not a folder, or a symlink now is not watched, nor is
-        anything below it. At most one fd a level of the tree is open at a time."""
+        anything below it. One fd a level of the tree is open at a time, at most
+        ``_MAX_HELD_FOLDERS``; a deeper chain is watched folder by folder from the root."""
         children: dict[str, set[str]] = {}
         for rel in folders:
             # Each folder with its parents, so a listing without some of them still reaches it.
@@ -354,6 +360,8 @@ class FileMonitor:
                     stack.pop()
                     os.close(fd)
                     continue
+                if child_name in self._ignored_dirs:
+                    continue  # the filter keeps nothing below it: not opened, not walked
                 rel = child_name if folder == "." else f"{folder}/{child_name}"
                 if len(stack) >= _MAX_HELD_FOLDERS:
                     # A chain of folders this deep (a model can commit one): the rest of it

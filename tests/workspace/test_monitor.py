@@ -174,7 +174,11 @@ async def test_named_folders_are_opened_once_each_and_a_link_is_not_followed(
     outside.mkdir()
     (root / "pkg" / "s9" / "sub").rmdir()
     (root / "pkg" / "s9" / "sub").symlink_to(outside, target_is_directory=True)
-    named = ["pkg", *(f"pkg/s{i}" for i in range(10)), *folders]
+    # A committed node_modules: the filter keeps nothing below it, so it is not even opened.
+    ignored = ["node_modules", *(f"node_modules/p{i}" for i in range(20))]
+    for rel in ignored:
+        (root / rel).mkdir(parents=True, exist_ok=True)
+    named = ["pkg", *(f"pkg/s{i}" for i in range(10)), *folders, *ignored]
     opened: list[str] = []
     counting = False
 
@@ -198,9 +202,10 @@ async def test_named_folders_are_opened_once_each_and_a_link_is_not_followed(
         (outside / "escaped.py").write_text("y = 1\n")
         (root / "pkg" / "s0" / "top.py").write_text("z = 1\n")
         await rec.wait_for(("created", "pkg/s0/top.py"))
-    # The root (and its parents, once), then one open a folder: 21 folders, the link not
-    # among them. Before: 4 opens for each folder at depth 3.
-    assert len(opened) <= len(named) + 3, opened
+    # The root (and its parents, once), then one open a folder: 21 folders, the link and
+    # node_modules not among them. Before: 4 opens for each folder at depth 3.
+    assert len(opened) <= len(named) - len(ignored) + 3, opened
+    assert "node_modules" not in opened
     assert not any("escaped" in rel for _, rel in rec.events)
 
 
