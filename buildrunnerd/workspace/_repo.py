@@ -24,7 +24,14 @@ import structlog
 from buildrunnerd.errors import RepoError, WorkspaceError
 from buildrunnerd.plan._model import Task
 from buildrunnerd.workspace._git import BOT_IDENTITY, git
-from buildrunnerd.workspace._sweep import remove_nested_dotgits, sweep_tracked_folders
+from buildrunnerd.workspace._reuse import (
+    FolderInodes,
+    NotCoveredError,
+    folder_inodes,
+    put_back,
+    rename_moves_ctime,
+)
+from buildrunnerd.workspace._sweep import remove_nested_dotgits
 from buildrunnerd.workspace._touched import (
     CleanPoint,
     Touched,
@@ -36,9 +43,11 @@ from buildrunnerd.workspace._tree import (
     commit_tree,
     index_tree_id,
     known_tree_id,
+    known_tree_shape,
     remember_commit_tree,
     remember_index_listing,
     remember_merge,
+    same_entries,
     staged_tree,
     tree_shape,
     written_tree,
@@ -183,6 +192,8 @@ class RunRepo:
         # Each worktree's clean point (see _touched.clean_point): the file system's clock
         # when it was last as a checkout writes it; what changed since is put back at reuse.
         self._clean: dict[Path, CleanPoint] = {}
+        # Each worktree's tracked folders at its clean point, by inode (see _reuse).
+        self._folders: dict[Path, FolderInodes] = {}
         self._made = 0
         self.max_idle = _MAX_IDLE_WORKTREES
         # The branch's head as this object last read or moved it (a hint only: every move is
@@ -263,12 +274,27 @@ class RunRepo:
             await self.remove_worktree(path)
         await _add_worktree(self.repo, path, commit or self.ref, timeout_s=self.timeout_s,
                             what=f"creating worktree {path}")
+        await self._record_folders(path, commit or self.ref)
         self._clean[path] = await clean_point(Path(root))
         return path
 
+    async def _record_folders(self, path: Path, commit: str) -> None:
+        """The inode of each tracked folder of ``path``, a checkout of ``commit`` right now:
+        what the next reuse compares a changed folder with (:mod:`._reuse`)."""
+        shape = known_tree_shape(commit)
+        if shape is None:
+            shape = tree_shape(await commit_tree(self.repo, commit, timeout_s=self.timeout_s),
+                               known_tree_id(commit))
+        self._folders[path] = await anyio.to_thread.run_sync(
+            folder_inodes, path, shape.folders)
+
     def clean_since(self, worktree: Path) -> CleanPoint | None:
-        """The clean point of a worktree this run made (see :mod:`._touched`), or None."""
-        return self._clean.get(Path(worktree))
+        """The clean point of a worktree this run made (see :mod:`._touched`), or None: a
+        copy, which verification's restore moves on. The reuse keeps its own, the last time
+        the worktree was exactly a checkout: verification's restore leaves untracked files
+        where they are, so only from there does the list hold everything that differs."""
+        clean = self._clean.get(Path(worktree))
+        return None if clean is None else CleanPoint(clean.ns)
 
     async def rollback(self, commit: str, previous: str) -> bool:
         """Move the branch back from ``commit`` to ``previous`` (a merge whose head failed
@@ -288,25 +314,26 @@ class RunRepo:
         """Remove a worktree (with any uncommitted changes) and forget it in git."""
         self._started.pop(Path(path), None)
         self._clean.pop(Path(path), None)
+        self._folders.pop(Path(path), None)
         await _remove_worktree(self.repo, Path(path), timeout_s=self.timeout_s)
 
     async def acquire_worktree(self, root: Path, *, at: str | None = None) -> Path:
         """A worktree at the run branch's current head (or at the commit ``at``), for one
         batch attempt or one check of the branch.
 
-        An idle worktree of this run (see :meth:`release_worktree`) is reset to the head with
-        ``git reset --hard`` and ``git clean -ffdx``, which write only what differs, and then
-        must show no change at all; one whose ``.git`` was rewritten, or that does not come
-        back clean, is removed instead. Otherwise a new worktree is made. Every name is new
-        (``w<n>-<random>``), so a conversation resumed after a restart always sees that its
-        worktree moved."""
+        An idle worktree of this run (see :meth:`release_worktree`) is put back as the head's
+        checkout from the list of what changed since its clean point (:mod:`._reuse`), or,
+        for anything that list does not cover, reset whole (``git reset --hard``, ``git clean
+        -ffdx``, which then must show no change at all); one whose ``.git`` was rewritten, or
+        that does not come back clean, is removed instead. Otherwise a new worktree is made.
+        Every name is new (``w<n>-<random>``), so a conversation resumed after a restart
+        always sees that its worktree moved."""
         while self._idle:
             path = self._idle.pop()
             head = at or await self._settled_head()
             try:
                 touched = await self._find_touched(path)  # before git writes anything
-                await self._reset_worktree(path, head)
-                await self._restore_touched(path, touched)
+                await self._reset_worktree(path, head, touched)
             except WorkspaceError as exc:
                 _log.warning("worktree.reuse_refused", path=str(path), error=str(exc))
                 await self.remove_worktree(path)
@@ -368,6 +395,7 @@ class RunRepo:
         for path in idle:
             self._started.pop(path, None)
             self._clean.pop(path, None)
+            self._folders.pop(path, None)
         await _remove_worktrees(self.repo, idle, timeout_s=self.timeout_s)
 
     def _clean_point_of(self, path: Path) -> CleanPoint:
@@ -383,21 +411,26 @@ class RunRepo:
         return await find_touched(path, root=path.parent, clean=self._clean_point_of(path))
 
     async def _restore_touched(self, path: Path, touched: Touched) -> None:
-        """After the reset: what the batch changed that git does not see and did not write
-        again (mode bits, mtimes, links, attributes, FIFOs, sockets, empty folders) put back
-        as a checkout writes it (:func:`._touched.restore_touched`); the clean point moves."""
+        """After the whole-tree reset: what the batch changed that git does not see and did
+        not write again (mode bits, mtimes, links, attributes, FIFOs, sockets, empty folders)
+        put back as a checkout writes it (:func:`._touched.restore_touched`); the clean point
+        moves."""
         t = self.timeout_s
         opts = await worktree_git(path, timeout_s=t)
         await restore_touched(path, opts, root=path.parent, clean=self._clean_point_of(path),
                               tracked=await staged_tree(path, opts, timeout_s=t), timeout_s=t,
                               touched=touched)
 
-    async def _reset_worktree(self, path: Path, head: str) -> None:
+    async def _reset_worktree(self, path: Path, head: str, touched: Touched) -> None:
+        """Put ``path`` back as a checkout of ``head``: from the list of what changed
+        (``touched``, listed before any git call) when it covers everything
+        (:meth:`_reset_by_list`), else the whole tree (``reset --hard``, ``clean -ffdx``, a
+        status that must be empty, then what git does not see put back from the list)."""
         t = self.timeout_s
         opts = await worktree_git(path, timeout_s=t)  # raises when .git was rewritten
+        if await self._reset_by_list(path, head, opts, touched):
+            return
         try:
-            if await self._reset_changed_only(path, head, opts):
-                return
             # git never lists, cleans or commits an entry named .git below the top, so one
             # the model left (a file naming the user's repository, a repository in a tracked
             # folder) would outlive reset and clean: removed first, before git looks at the
@@ -423,54 +456,78 @@ class RunRepo:
             raise WorkspaceError(
                 f"worktree {path} is not clean after reset and clean: "
                 f"{left.stdout.strip().splitlines()[0]}", data={"worktree": str(path)})
+        await self._restore_touched(path, touched)
+        await self._record_folders(path, head)
 
-    async def _reset_changed_only(self, path: Path, head: str, opts: Sequence[str]) -> bool:
-        """Reset ``path`` to ``head`` writing only what differs, when that is as exact as the
-        whole-tree reset: True when done, False to reset the whole tree.
+    async def _reset_by_list(self, path: Path, head: str, opts: Sequence[str],
+                             touched: Touched) -> bool:
+        """Put ``path`` back as a checkout of ``head`` from ``touched`` alone (every entry
+        whose ctime is not older than its clean point): True when done, False to reset the
+        whole tree (with what was put back so far left so).
 
-        1. The ``.git`` entries git never sees are deleted from the folders of the index
-           (:func:`._sweep.sweep_tracked_folders`: one ``lstat`` a folder, links not
-           followed); every other folder holds no tracked file, so ``clean`` removes it
-           whole. A folder that is not as git left it (a link, unreadable, read-only)
-           takes the whole-tree reset.
-        2. ``clean -ffdx`` removes every file the index does not track, ignored ones and
-           nested repositories included, and must report no failure.
-        3. ``diff-files`` must then find every tracked file as the index records it, by
-           git's stat data (ctime and inode included, which the model cannot set back):
-           nothing changed, removed, replaced by a link or re-moded, and nothing the clean
-           took that the index holds.
-        4. ``read-tree -m -u`` moves the index and the files from the index's tree to
-           ``head``'s, touching only the paths where the two differ; not run when the index
+        1. :func:`._reuse.put_back` makes the worktree its index's checkout but for the
+           tracked files it deleted: untracked entries and every ``.git`` below the top
+           deleted, the listed tracked files deleted, the listed tracked folders compared
+           with the index's and given a checkout's mode.
+        2. ``read-tree -m -u`` moves the index and the files from the index's tree to
+           ``head``'s, writing only the paths where the two differ (a deleted file is none
+           of its business: git finds it missing, which it allows); not run when the index
            already holds ``head``'s tree (the batch's own commit was fast-forwarded, or the
-           worktree was reset to ``head`` for the branch's check). The worktree's ``HEAD``
-           is moved with ``update-ref``.
+           worktree was reset to ``head`` for the branch's check).
+        3. ``checkout-index -f -u`` writes the deleted files ``head`` holds as the index did
+           (read-tree wrote the others, or removed them).
+        4. The worktree's ``HEAD`` is moved with ``update-ref``; the tracked folders' inodes
+           and the clean point are taken anew.
 
-        Anything else (a nested repository, an unmerged index, a failed step) takes the
-        whole-tree reset and its final check."""
+        Not taken (False) where the list cannot tell everything: a file system whose rename
+        keeps a ctime, a nested repository in either tree, anything :func:`put_back` does not
+        expect, a failed step."""
         t = self.timeout_s
+        inodes = self._folders.get(path)
+        if inodes is None or not await rename_moves_ctime(path.parent):
+            return False
         index = await staged_tree(path, opts, timeout_s=t)
         target = await commit_tree(self.repo, head, timeout_s=t)
         held, target_id = index_tree_id(opts), known_tree_id(head)
-        shape = tree_shape(index, held)
-        if shape.gitlinks or tree_shape(target, target_id).gitlinks:
+        shape, target_shape = tree_shape(index, held), tree_shape(target, target_id)
+        if shape.gitlinks or target_shape.gitlinks:
             return False
-        if not await anyio.to_thread.run_sync(sweep_tracked_folders, path, shape.folders):
+        try:
+            done = await anyio.to_thread.run_sync(
+                put_back, path, touched, index, shape.folders, inodes)
+        except (OSError, NotCoveredError) as exc:
+            _log.info("worktree.reset_whole", path=str(path), why=str(exc))
             return False
-        cleaned = await git([*opts, "clean", "-ffdxq"], cwd=path, timeout_s=t, check=False)
-        if not cleaned.ok:
-            return False
-        tracked = await git([*opts, "diff-files", "--quiet", "--ignore-submodules=all"],
-                            cwd=path, timeout_s=t, check=False)
-        if not tracked.ok:
-            return False
-        # Asked again: the index must still be the one that held it (clean and diff-files
-        # never write it; anything else that did makes the id unknown).
+        rewrite = done.deleted
+        # Asked again: the index must still be the one that held it (nothing above wrote it;
+        # anything else that did makes the id unknown).
         if held is None or held != target_id or index_tree_id(opts) != held:
-            await git([*opts, "read-tree", "-m", "-u", head], cwd=path, timeout_s=t,
-                      what=f"moving worktree {path} to {head[:12]} for the next batch")
+            moved = await git([*opts, "read-tree", "-m", "-u", head], cwd=path, timeout_s=t,
+                              check=False)
+            if not moved.ok:
+                return False
+            remember_index_listing(opts, target, target_id)
+            rewrite = [rel for rel in rewrite
+                       if rel in target and index.get(rel) == target[rel]]
+        else:
+            remember_index_listing(opts, target, target_id)
+        if rewrite:
+            # -u: the index's stat data becomes the new files', so the next look (a
+            # read-tree, a status) finds them as the index records them.
+            with same_entries(opts):
+                written = await git(
+                    [*opts, "checkout-index", "-f", "-u", "-z", "--stdin"], cwd=path,
+                    timeout_s=t, check=False,
+                    input=b"\0".join(os.fsencode(rel) for rel in rewrite))
+            if not written.ok:
+                return False
         await git([*opts, "update-ref", "--no-deref", "HEAD", head], cwd=path, timeout_s=t,
                   what=f"moving worktree {path} to {head[:12]} for the next batch")
-        remember_index_listing(opts, target, target_id)
+        self._folders[path] = await anyio.to_thread.run_sync(
+            folder_inodes, path, target_shape.folders)
+        # After the update-ref (one process): what git wrote above is most often in an
+        # earlier tick of the file system's clock, so the next list does not hold it.
+        self._clean_point_of(path).ns = (await clean_point(path.parent)).ns
         return True
 
     async def commit_and_merge(self, worktree: Path, message: str, *,

@@ -34,7 +34,8 @@ from buildrunnerd.errors import WorkspaceError
 from buildrunnerd.workspace._git import git
 from buildrunnerd.workspace._tree import Tree, same_entries
 
-__all__ = ["CleanPoint", "Touched", "clean_point", "find_touched", "restore_touched"]
+__all__ = ["CleanPoint", "Touched", "clean_point", "find_touched", "restore_folder",
+           "restore_touched"]
 
 # What changed since a clean point: worktree-relative path -> its inode number when listed
 # (-1 for a folder). A file or link whose inode differs when it is put back was written anew
@@ -142,7 +143,8 @@ async def _touched(worktree: Path, root: Path, since_ns: int) -> list[str]:
     return ["" if n == "." else n.removeprefix("./") for n in names]
 
 
-def _restore_folder(path: Path) -> None:
+def restore_folder(path: Path) -> None:
+    """Give a folder the mode, group and (no) extended attributes a checkout gives it."""
     st = os.lstat(path)
     if stat.S_IMODE(st.st_mode) != _FOLDER_MODE:
         os.chmod(path, _FOLDER_MODE)  # setuid, setgid and sticky bits included
@@ -182,7 +184,7 @@ def _normalise(worktree: Path, touched: Touched,
             others.append((rel, mode))
     folders.sort(key=lambda rel: rel.count("/"))  # a parent's mode before its children
     for rel in folders:
-        _restore_folder(worktree / rel if rel else worktree)
+        restore_folder(worktree / rel if rel else worktree)
     rewrite: list[str] = []
     for rel, mode in others:
         special = not (stat.S_ISREG(mode) or stat.S_ISLNK(mode))

@@ -72,7 +72,10 @@ async def integrate_at_once(repo: Path, root: Path, names: list[str],
         await ws.release(path)
     done = [r for r in results if r is not None]
     assert len(done) == len(tasks)
-    return ws, done, names_run.count("clean") + names_run.count("worktree")
+    # A check acquires a worktree: a new one (`worktree add`), or a reused one, whose HEAD the
+    # reuse moves (`update-ref --no-deref HEAD`).
+    reused = sum(1 for args in calls.commands if "--no-deref" in args)
+    return ws, done, reused + names_run.count("worktree")
 
 
 async def test_merges_waiting_for_the_branch_share_one_check(

@@ -21,18 +21,21 @@ from ._helpers import run_git, task
 
 CONFIG = VerifyConfig()
 
-# One batch after the first (a pooled worktree, a fast-forward merge): acquire 4 (branch
-# head, clean, diff-files, HEAD moved; no read-tree: the index already holds the head's tree,
-# the last batch's own), verify 5 to 7 (a status naming what to stage, the `add` of those
-# names, the diff that also lists the staged entries, the tree written, a status after the
-# tests, two blob reads unless the blobs are cached, and a `checkout-index` of the files the
-# batch changed, so that its test run, taken as the branch's check, ran on them as a checkout
-# writes them: workspace/_touched.py), commit and merge 2 (`commit-tree` of the verified
-# tree, the branch's compare-and-swap), the file monitor's watch 0 (the head's folders from
-# the tree's shape the reset computed; was one `ls-tree -r -d`, not counted here before: 14
-# with it). Was 31, then 20, 15, 14, 13; 14 with the `checkout-index`. (The acquire and
-# verification each also run one `find`, not counted here: what changed since the clean point.)
-MAX_CALLS_PER_BATCH = 14
+# One batch after the first (a pooled worktree, a fast-forward merge): acquire 3 (branch
+# head; a `checkout-index` of the batch's files, which the list of what changed since the
+# worktree's clean point holds: workspace/_reuse.py; HEAD moved; no clean, no diff-files, no
+# read-tree: the index already holds the head's tree, the last batch's own), verify 5 to 7 (a
+# status naming what to stage, the `add` of those names, the diff that also lists the staged
+# entries, the tree written, a status after the tests, two blob reads unless the blobs are
+# cached, and a `checkout-index` of the files the batch changed, so that its test run, taken
+# as the branch's check, ran on them as a checkout writes them: workspace/_touched.py), commit
+# and merge 2 (`commit-tree` of the verified tree, the branch's compare-and-swap), the file
+# monitor's watch 0 (the head's folders from the tree's shape the reset computed; was one
+# `ls-tree -r -d`, not counted here before: 14 with it). Was 31, then 20, 15, 14, 13; 14 with
+# the `checkout-index`, 13 with the reuse driven by the list (was `clean` and `diff-files`).
+# (The acquire and verification each also run one `find`, not counted here: what changed
+# since the clean point.)
+MAX_CALLS_PER_BATCH = 13
 
 
 def _grow(repo: Path, files: int) -> None:
@@ -91,14 +94,16 @@ async def test_a_batch_starts_a_bounded_number_of_git_processes(
         assert names.count("add") == 1, names
         [add] = [c for c in calls.commands if "add" in c]
         assert "--literal-pathspecs" in add, add
-        # The reused worktree is moved from the batch's tree to the new head by what differs:
-        # no whole-tree reset, and no status (was: reset --hard, clean, status; then status,
-        # clean, read-tree): `clean` and `diff-files`, and no read-tree, since the head is the
-        # tree the batch committed, which the index already holds. Verification: one status
-        # before staging (what to stage, and whether the tests will see only the staged tree),
-        # one after the tests (was: two, and a whole-tree `add -A`).
+        # The reused worktree is put back from the list of what changed since its clean
+        # point: no whole-tree reset, no status, no `clean`, no `diff-files` (was: reset
+        # --hard, clean, status; then status, clean, read-tree; then clean, diff-files), and
+        # no read-tree, since the head is the tree the batch committed, which the index
+        # already holds. Verification: one status before staging (what to stage, and whether
+        # the tests will see only the staged tree), one after the tests (was: two, and a
+        # whole-tree `add -A`).
         assert "reset" not in names and names.count("status") == 2, names
-        assert "diff-files" in names and "read-tree" not in names, names
+        assert "clean" not in names and "diff-files" not in names, names
+        assert "read-tree" not in names, names
         assert names.count("commit-tree") == 1 and "commit" not in names, names
     assert "ls-tree" in first.subcommands()  # the run's base commit is read once
 

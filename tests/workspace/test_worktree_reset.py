@@ -297,9 +297,9 @@ async def test_the_commit_holds_the_verified_tree_not_later_writes(
 @pytest.mark.parametrize("dotgit", ["names_the_repository", "repository", "garbage",
                                     "empty_folder"])
 def test_clean_removes_an_untracked_folder_holding_a_dotgit(repo: Path, dotgit: str) -> None:
-    """What the sweep of the index's folders relies on: a folder that holds no tracked file
-    goes whole in ``clean -ffdx``, its ``.git`` (a file, a repository, anything) with it, even
-    when ``status`` does not show the folder at all (a ``.git`` that names no repository)."""
+    """What the whole-tree reset relies on: a folder that holds no tracked file goes whole in
+    ``clean -ffdx``, its ``.git`` (a file, a repository, anything) with it, even when
+    ``status`` does not show the folder at all (a ``.git`` that names no repository)."""
     folder = repo / "made" / "by" / "model"
     folder.mkdir(parents=True)
     (folder / "x.py").write_text("X = 1\n")
@@ -318,7 +318,8 @@ def test_clean_removes_an_untracked_folder_holding_a_dotgit(repo: Path, dotgit: 
         assert shown == "?? made/by/model/\n"  # a nested repository to git
     run_git(repo, "-c", "core.hooksPath=/dev/null", "clean", "-ffdxq")
     assert not (repo / "made").exists()
-    # And git never shows the same .git in a folder that holds a tracked file: the sweep's job.
+    # And git never shows the same .git in a folder that holds a tracked file: the walk for
+    # them before the reset (_sweep.remove_nested_dotgits), or the list's (_reuse.put_back).
     (repo / "sub").mkdir()
     (repo / "sub" / "kept.py").write_text("K = 1\n")
     run_git(repo, "add", "sub")
@@ -330,7 +331,7 @@ def test_clean_removes_an_untracked_folder_holding_a_dotgit(repo: Path, dotgit: 
 
 
 async def test_a_tracked_folder_made_a_link_is_not_followed(repo: Path, wt_root: Path) -> None:
-    # A tracked folder replaced by a link to a folder outside that holds a .git: the sweep
+    # A tracked folder replaced by a link to a folder outside that holds a .git: the reset
     # does not follow it (the outside .git stays), and the worktree comes back as the head.
     outside = repo.parent / "outside"
     outside.mkdir()
@@ -356,8 +357,9 @@ async def test_a_hidden_file_in_a_folder_made_unlistable_never_reaches_the_next_
         repo: Path, wt_root: Path) -> None:
     # git's status and clean cannot list a tracked folder its owner cannot read (both say
     # nothing, clean removes nothing; root reads it all the same), yet a known name there can
-    # still be opened (a conftest.py, a module): the sweep finds the folder's mode is not
-    # git's and the whole reset takes over (or, not root, the worktree is not reused).
+    # still be opened (a conftest.py, a module): the list of what changed holds the folder
+    # (its mode changed) and, as root, the file in it, which goes; not root, ``find`` cannot
+    # read the folder and the worktree is not reused.
     _setup(repo)
     run_repo = await prepare_run_repo(repo, "r1")
     victim = await run_repo.acquire_worktree(wt_root)
@@ -371,7 +373,7 @@ async def test_a_hidden_file_in_a_folder_made_unlistable_never_reaches_the_next_
         if (victim / "pkg").is_dir():
             (victim / "pkg").chmod(0o755)
     assert not (again / "pkg" / "conftest.py").exists()
-    assert again != victim or "reset" in calls.subcommands(), calls.subcommands()
+    assert again != victim or "reset" not in calls.subcommands(), calls.subcommands()
     if again == victim:
         _assert_exactly_head(run_repo, again, await run_repo.head())
     await run_repo.release_worktree(again, reuse=False)
@@ -387,9 +389,10 @@ def _count_listings(event: str, args: tuple[object, ...]) -> None:
         _LISTED.append(str(args[0]) if args else "")
 
 
-async def test_the_reuse_lists_no_folder(repo: Path, wt_root: Path) -> None:
-    """The sweep of a worktree moved by what differs looks at one ``.git`` name a folder of
-    the index and lists none (the whole-tree reset walked every folder and file)."""
+async def test_the_reuse_lists_only_the_folders_the_batch_changed(
+        repo: Path, wt_root: Path) -> None:
+    """The reuse reads the entries of the folders the list holds (a ``.git`` made in one
+    moves its ctime) and of no other (the whole-tree reset walked every folder and file)."""
     global _LISTING
     sys.addaudithook(_count_listings)  # process-wide and permanent: gated by _LISTING
     _setup(repo)
@@ -403,7 +406,7 @@ async def test_the_reuse_lists_no_folder(repo: Path, wt_root: Path) -> None:
         again = await run_repo.acquire_worktree(wt_root)
     finally:
         _LISTING = False
-    assert again == first and _LISTED == [], _LISTED
+    assert again == first and _LISTED == [str(first / "lib" / "a" / "b" / "c")], _LISTED
     assert not (again / "lib" / "a" / "b" / "c" / ".git").exists()
     _assert_exactly_head(run_repo, again, await run_repo.head())
     await run_repo.release_worktree(again, reuse=False)
