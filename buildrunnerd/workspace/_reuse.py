@@ -135,7 +135,13 @@ def _children(index: Tree, folders: Collection[str], wanted: Collection[str]
     out: dict[str, dict[str, bool]] = {rel: {} for rel in wanted}
     if not out:
         return out
-    for path in index:
+    # Only the paths directly in the top or below another wanted folder (one C-level test a
+    # path, not a Python step).
+    paths = [path for path in index if "/" not in path] if "" in out else []
+    prefixes = tuple(f"{rel}/" for rel in out if rel)
+    if prefixes:
+        paths += [path for path in index if path.startswith(prefixes)]
+    for path in paths:
         parent, _, name = path.rpartition("/")
         names = out.get(parent)
         if names is not None:
