@@ -436,7 +436,7 @@ class RunRepo:
             # folder) would outlive reset and clean: removed first, before git looks at the
             # folders, in every folder (links not followed).
             await anyio.to_thread.run_sync(remove_nested_dotgits, path)
-        except OSError as exc:
+        except (OSError, RecursionError) as exc:
             raise WorkspaceError(f"worktree {path}: cannot remove a .git the batch left "
                                  f"({exc}); not reused", data={"worktree": str(path)}) from exc
         await git([*opts, "reset", "--quiet", "--hard", head], cwd=path, timeout_s=t,
@@ -495,8 +495,10 @@ class RunRepo:
         try:
             done = await anyio.to_thread.run_sync(
                 put_back, path, touched, index, shape.folders, inodes)
-        except (OSError, NotCoveredError) as exc:
-            _log.info("worktree.reset_whole", path=str(path), why=str(exc))
+        except (OSError, NotCoveredError, RecursionError) as exc:
+            # RecursionError: shutil.rmtree of a folder nested deeper than Python's stack
+            # (git's clean, in C, removes it).
+            _log.info("worktree.reset_whole", path=str(path), why=repr(exc))
             return False
         rewrite = done.deleted
         # Asked again: the index must still be the one that held it (nothing above wrote it;

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -259,6 +260,31 @@ async def test_a_name_that_is_not_utf8_takes_the_whole_reset(
     try:
         assert again == victim and "reset" in calls.subcommands(), calls.subcommands()
         assert sorted(os.listdir(again / "pkg")) == ["core.py", "tool.sh"]
+        _assert_exactly_head(run_repo, again, await run_repo.head())
+    finally:
+        await run_repo.release_worktree(again, reuse=False)
+        await run_repo.close()
+
+
+async def test_folders_nested_deeper_than_pythons_stack(repo: Path, wt_root: Path) -> None:
+    # shutil.rmtree recurses once a folder: a chain deeper than the interpreter's recursion
+    # limit is removed by the whole-tree reset (git's clean, in C), or the worktree is not
+    # reused; either way the next acquire hands out the head's checkout, and raises nothing.
+    _setup(repo)
+    run_repo = await prepare_run_repo(repo, "r1")
+    victim = await run_repo.acquire_worktree(wt_root)
+    fd = os.open(victim / "pkg", os.O_RDONLY | os.O_DIRECTORY)
+    for _ in range(sys.getrecursionlimit() + 100):  # one level at a time (no recursion)
+        os.mkdir("d", dir_fd=fd)
+        inner = os.open("d", os.O_RDONLY | os.O_DIRECTORY, dir_fd=fd)
+        os.close(fd)
+        fd = inner
+    os.close(os.open(".git", os.O_CREAT | os.O_WRONLY, 0o644, dir_fd=fd))
+    os.close(fd)
+    await run_repo.release_worktree(victim)
+    again = await run_repo.acquire_worktree(wt_root)
+    try:
+        assert not (again / "pkg" / "d").exists()
         _assert_exactly_head(run_repo, again, await run_repo.head())
     finally:
         await run_repo.release_worktree(again, reuse=False)
