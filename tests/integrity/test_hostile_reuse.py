@@ -1,0 +1,406 @@
+"""A hostile batch against what the restore by ctime and the reuse of worktrees rest on
+(issue 13, round two; ``test_hostile_shortcuts.py`` is round one).
+
+The run branch's check is taken from the batch's own test run when the merge commits the tree
+it tested, and otherwise runs in a worktree of the run's pool, which may be the batch's own,
+reset and restored (``workspace/_touched.py``). Either way the evidence is a test run in a
+worktree the model has been in. Each attack below leaves something there, or reads something
+of it, that a checkout elsewhere does not have, and ends with what a user would notice: do
+the run branch's tests pass in a clean clone, what does the next batch's worktree hold.
+
+Real git, the real workspace and the real sandbox (the test command runs confined); what the
+model would do in its worktree is done here directly, as its bash tool would. An attack
+that works on the tree this was written on is a strict xfail naming why.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import stat
+import struct
+from collections.abc import Callable
+from pathlib import Path
+
+import anyio
+import pytest
+
+from buildrunnerd.config import VerifyConfig
+from buildrunnerd.errors import BuildRunnerError
+from buildrunnerd.workspace import GitWorkspace, RunRepo, prepare_run_repo
+from tests.integrity.test_hostile_shortcuts import (
+    CALC,
+    CHECK,
+    _left_then_reused,
+    _seed_calc,
+    _workspace,
+)
+from tests.workspace._helpers import make_repo, run_git, task
+
+pytestmark = pytest.mark.timeout(120)
+
+FS_IOC_GETFLAGS = 0x80086601  # _IOR('f', 1, long): the kernel reads and writes an int
+FS_IOC_SETFLAGS = 0x40086602
+FS_NODUMP_FL = 0x00000040  # chattr +d: any owner may set it, and new entries inherit it
+
+
+@pytest.fixture
+def repo(tmp_path: Path) -> Path:
+    return make_repo(tmp_path / "repo")
+
+
+@pytest.fixture
+def wt_root(tmp_path: Path) -> Path:
+    return tmp_path / "state" / "worktrees" / "run1"
+
+
+def _flags(path: Path) -> int:
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+    try:
+        return int.from_bytes(fcntl.ioctl(fd, FS_IOC_GETFLAGS, bytes(8))[:4], "little")
+    finally:
+        os.close(fd)
+
+
+def _set_flags(path: Path, flags: int) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+    try:
+        fcntl.ioctl(fd, FS_IOC_SETFLAGS, struct.pack("<i", flags) + bytes(4))
+    finally:
+        os.close(fd)
+
+
+def _nodump(path: Path) -> None:
+    """chattr +d, as the model's bash can (skipped where the file system has no such flag)."""
+    try:
+        _set_flags(path, _flags(path) | FS_NODUMP_FL)
+    except OSError as exc:
+        pytest.skip(f"{path}: no inode flags on this file system ({exc})")
+
+
+async def _clone_passes(repo: Path, branch: str, clone: Path) -> tuple[bool, str]:
+    """Whether the test command passes in a clean clone of ``branch`` (what a user runs)."""
+    await anyio.run_process(["git", "clone", "-q", "-b", branch, str(repo), str(clone)])
+    checked = await anyio.run_process(["sh", "-c", CHECK], cwd=clone, check=False)
+    return checked.returncode == 0, checked.stderr.decode()
+
+
+async def _hostile_calc(ws: GitWorkspace, run_repo: RunRepo, repo: Path, tmp_path: Path, *,
+                        cond: Callable[[Path], str], leave: Callable[[Path], None],
+                        route: str) -> tuple[bool, str]:
+    """A batch writes calc.py whose ``add`` is right only when ``cond`` (given the batch's
+    worktree) holds, leaves ``leave``'s state, and is verified, committed and merged as the
+    daemon does (its worktree released between the commit and the merge, so the branch's
+    check may get it back). ``route``: ``"shortcut"`` (nothing but the staged files in the
+    worktree: the batch's own test run is the branch's check) or ``"pool"`` (an ignored file
+    beside them: the check runs in a worktree of the pool). Returns whether a clean clone
+    of the run branch then passes the test command (and its error output)."""
+    config = VerifyConfig()
+    path, head = await ws.acquire()
+    (path / "calc.py").write_text("import fcntl\nimport stat\n" + CALC.format(cond=cond(path)))
+    if route == "pool":
+        (path / "magic.txt").write_text("ignored, never committed\n")
+    leave(path)
+    report = await ws.verify(path, [task("t1", "calc.py")], head=head, config=config,
+                             confinement=None)
+    if report.passed:
+        assert (report.tree is not None) == (route == "shortcut"), report
+        made = await ws.commit(path, "t1", report, head=head)
+        await ws.release(path)  # as the daemon does: the branch's check may reuse it
+        done = await ws.merge(made, report, head=head, batch_id="b1", config=config,
+                              confinement=None)
+        final = await ws.verify_head(config, None)
+        if done.merged:
+            assert final is not None and final.failed, ("merged, and the final check of "
+                                                        "the run branch passed", final)
+    else:
+        await ws.release(path, reuse=False)
+    try:
+        return await _clone_passes(repo, run_repo.branch, tmp_path / "clone")
+    finally:
+        await ws.close()
+
+
+async def _ignoring_magic(repo: Path, wt_root: Path) -> tuple[RunRepo, GitWorkspace]:
+    _seed_calc(repo)
+    (repo / ".gitignore").write_text("magic.txt\n")
+    run_git(repo, "add", ".gitignore")
+    run_git(repo, "commit", "-qm", "ignore")
+    return await _workspace(repo, wt_root, "calc.py", test_cmd=CHECK)
+
+
+def _nothing(path: Path) -> None:
+    pass
+
+
+ROUTES = ["shortcut", "pool"]
+
+
+# --- the worktree's own identity: nothing to restore -------------------------------------
+
+IDENTITY: dict[str, Callable[[Path], str]] = {
+    # The worktree's name is unique to it (w<n>-<random>) and the sandbox binds it at its
+    # own path; an untouched file keeps its inode and its times through the restore.
+    "worktree_path": lambda wt: f"os.path.basename(_HERE) == {wt.name!r}",
+    "untouched_inode": lambda wt: (f"os.stat(os.path.join(_HERE, 'README.md')).st_ino == "
+                                   f"{(wt / 'README.md').stat().st_ino}"),
+    "untouched_ctime": lambda wt: (f"os.stat(os.path.join(_HERE, 'app.py')).st_ctime_ns == "
+                                   f"{(wt / 'app.py').stat().st_ctime_ns}"),
+}
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "the run branch's check is a test run in a worktree the batch's code was in (its own "
+    "run, taken as the check, or its worktree reset and restored): code that tests where it "
+    "runs (the worktree's path, an untouched file's inode or ctime) passes there and is "
+    "merged; the check needs a worktree the batch never had, at a path that does not name "
+    "it (or the batch's run must not stand for it)"))
+@pytest.mark.parametrize("route", ROUTES)
+@pytest.mark.parametrize("trick", sorted(IDENTITY))
+async def test_code_that_knows_its_worktree_is_not_merged(
+        repo: Path, wt_root: Path, tmp_path: Path, trick: str, route: str) -> None:
+    run_repo, ws = await _ignoring_magic(repo, wt_root)
+    passes, err = await _hostile_calc(ws, run_repo, repo, tmp_path, cond=IDENTITY[trick],
+                                      leave=_nothing, route=route)
+    assert passes, err
+
+
+# --- what the restore does not put back --------------------------------------------------
+
+def _flag_cond(rel: str) -> Callable[[Path], str]:
+    return lambda wt: (f"int.from_bytes(fcntl.ioctl(os.open(os.path.join(_HERE, {rel!r}), "
+                       f"os.O_RDONLY), {FS_IOC_GETFLAGS}, bytes(8))[:4], 'little') & "
+                       f"{FS_NODUMP_FL}")
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "_touched._restore_folder puts back a touched folder's mode, group, xattrs and mtime, "
+    "not its inode flags (FS_IOC_SETFLAGS: chattr +d, +A, +S, +D, +T, which the owner may "
+    "set and every entry made there inherits), so a flag on the worktree's top folder "
+    "outlives the restore and the reset: clear the flags of each touched folder too"))
+@pytest.mark.parametrize("route", ROUTES)
+async def test_a_folder_flag_is_not_what_the_check_passes_on(
+        repo: Path, wt_root: Path, tmp_path: Path, route: str) -> None:
+    run_repo, ws = await _ignoring_magic(repo, wt_root)
+    passes, err = await _hostile_calc(ws, run_repo, repo, tmp_path, cond=_flag_cond("."),
+                                      leave=_nodump, route=route)
+    assert passes, err
+
+
+async def test_a_file_flag_is_not_what_the_check_passes_on(
+        repo: Path, wt_root: Path, tmp_path: Path) -> None:
+    # Stopped: the flagged file is touched, so it is written again (a new inode, the flags
+    # of its folder, which the batch left alone).
+    run_repo, ws = await _ignoring_magic(repo, wt_root)
+    passes, err = await _hostile_calc(ws, run_repo, repo, tmp_path, cond=_flag_cond("calc.py"),
+                                      leave=lambda wt: _nodump(wt / "calc.py"),
+                                      route="shortcut")
+    assert passes, err
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "the inode flags of a touched folder are not put back (see "
+    "test_a_folder_flag_is_not_what_the_check_passes_on): the next batch's files inherit "
+    "them"))
+async def test_the_next_batch_gets_no_folder_flag(repo: Path, wt_root: Path) -> None:
+    run_repo, victim, again = await _left_then_reused(repo, wt_root,
+                                                      lambda wt: _nodump(wt / "pkg"))
+    try:
+        assert again == victim
+        (again / "pkg" / "new.py").write_text("NEW = 1\n")
+        flagged = [rel for rel in ("pkg", "pkg/core.py", "pkg/new.py")
+                   if _flags(again / rel) & FS_NODUMP_FL]
+        assert flagged == []
+    finally:
+        await run_repo.release_worktree(again, reuse=False)
+        await run_repo.close()
+
+
+# --- names git and the restore read differently ------------------------------------------
+
+# The user's repository may hold a name that is not UTF-8 (a batch cannot add one: verify
+# fails it). git's listing of the index is decoded with bad bytes replaced, the walk's names
+# with surrogate escapes: the restore did not find such a touched file among the tracked ones.
+UNDECODABLE = os.fsdecode(b"data\xff.txt")
+
+
+def _commit_undecodable(repo: Path) -> None:
+    (repo / UNDECODABLE).write_text("data\n")
+    run_git(repo, "add", "-A")
+    run_git(repo, "commit", "-qm", "data")
+
+
+def _private(wt: Path) -> None:
+    (wt / UNDECODABLE).chmod(0o600)  # git sees no change: the executable bit is the same
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "_touched._normalise asks whether a touched name is tracked in a listing decoded with "
+    "bad bytes replaced (_git.GitResult.stdout), while find's names keep them (fsdecode): a "
+    "touched tracked file whose name is not UTF-8 is left as the batch made it"))
+async def test_an_undecodable_tracked_name_is_not_what_the_check_passes_on(
+        repo: Path, wt_root: Path, tmp_path: Path) -> None:
+    _commit_undecodable(repo)
+    run_repo, ws = await _ignoring_magic(repo, wt_root)
+    cond = ("stat.S_IMODE(os.stat(os.path.join(_HERE, os.fsdecode(b'data\\xff.txt')))"
+            ".st_mode) == 0o600")
+    passes, err = await _hostile_calc(ws, run_repo, repo, tmp_path, cond=lambda wt: cond,
+                                      leave=_private, route="shortcut")
+    assert passes, err
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "a touched tracked file whose name is not UTF-8 is not written again (see "
+    "test_an_undecodable_tracked_name_is_not_what_the_check_passes_on)"))
+async def test_the_next_batch_gets_an_undecodable_tracked_name_as_checked_out(
+        repo: Path, wt_root: Path) -> None:
+    _commit_undecodable(repo)
+    run_repo, victim, again = await _left_then_reused(repo, wt_root, _private)
+    try:
+        assert again == victim
+        mask = os.umask(0o022)
+        os.umask(mask)
+        assert stat.S_IMODE((again / UNDECODABLE).lstat().st_mode) == 0o666 & ~mask
+    finally:
+        await run_repo.release_worktree(again, reuse=False)
+        await run_repo.close()
+
+
+# Names a command line or a line-based reader would take for something else.
+ODD = ["-n\nx", "--help", " lead", "tail ", "a\\b", "*", "-"]
+
+
+def _odd_names(wt: Path) -> None:
+    for i, name in enumerate(ODD):
+        os.mkfifo(wt / "pkg" / name)  # in a tracked folder
+        (wt / f"{name}{i}").mkdir()  # an empty folder at the top
+        (wt / f"{name}{i}" / name).mkdir()  # and one below it
+    os.setxattr(wt / "pkg", "user.odd", b"1")
+
+
+async def test_odd_names_reach_the_next_batch_as_nothing(repo: Path, wt_root: Path) -> None:
+    # The defence holds: find -print0, names read as bytes, checkout-index -z.
+    run_repo, victim, again = await _left_then_reused(repo, wt_root, _odd_names)
+    try:
+        assert again == victim
+        left = sorted(p.relative_to(again).as_posix() for p in again.rglob("*")
+                      if p.name != ".git")
+        assert left == ["README.md", "app.py", "pkg", "pkg/core.py"], left
+        assert os.listxattr(again / "pkg") == []
+    finally:
+        await run_repo.release_worktree(again, reuse=False)
+        await run_repo.close()
+
+
+def _too_deep(wt: Path) -> None:
+    """A folder below the top whose path is longer than PATH_MAX, made one level at a time
+    as a shell's ``mkdir x && cd x`` does, with a FIFO at the bottom."""
+    fd = os.open(wt / "pkg", os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        for _ in range(24):
+            os.mkdir("d" * 250, dir_fd=fd)
+            deeper = os.open("d" * 250, os.O_RDONLY | os.O_DIRECTORY, dir_fd=fd)
+            os.close(fd)
+            fd = deeper
+        os.mkfifo("pipe", dir_fd=fd)
+    finally:
+        os.close(fd)
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "_touched._inodes lstat()s each listed name by its whole path and lets an OSError "
+    "other than ENOENT/ENOTDIR out (ENAMETOOLONG beyond PATH_MAX): find lists such a path, "
+    "so the next batch's acquire raises instead of making a new worktree; a "
+    "WorkspaceError (not reused / not the check) is what the callers expect"))
+async def test_a_path_longer_than_path_max_is_not_reused_or_is_removed(
+        repo: Path, wt_root: Path) -> None:
+    # A name the walk lists that the daemon cannot lstat by its path: the next batch still
+    # gets a clean worktree (a new one when this one is refused), never an OSError.
+    run_repo, victim, again = await _left_then_reused(repo, wt_root, _too_deep)
+    try:
+        assert sorted(p.name for p in (again / "pkg").iterdir()) == ["core.py"]
+    finally:
+        await run_repo.release_worktree(again, reuse=False)
+        await run_repo.close()
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "_touched._inodes lstat()s each listed name by its whole path and lets an OSError "
+    "other than ENOENT/ENOTDIR out (ENAMETOOLONG beyond PATH_MAX): find lists such a path, "
+    "so the batch's verification raises instead of reporting; a WorkspaceError (not "
+    "reused / not the check) is what the callers expect"))
+async def test_a_path_longer_than_path_max_in_the_batch_does_not_break_its_verification(
+        repo: Path, wt_root: Path) -> None:
+    run_repo, ws = await _ignoring_magic(repo, wt_root)
+    path, head = await ws.acquire()
+    (path / "calc.py").write_text("def add(a, b):\n    return a + b + 0\n")
+    (path / "pkg").mkdir()
+    (path / "pkg" / "mod.py").write_text("MOD = 1\n")
+    _too_deep(path)
+    try:
+        report = await ws.verify(path, [task("t1", "calc.py")], head=head,
+                                 config=VerifyConfig(), confinement=None)
+    except BuildRunnerError:
+        pass  # refused with a reason: fine
+    else:
+        assert report.tree is None or not report.passed, report
+    finally:
+        await ws.release(path, reuse=False)
+        await ws.close()
+
+
+def _acl(*entries: tuple[int, int]) -> bytes:
+    """A POSIX ACL as the kernel's xattr holds it (version 2; tag, perm, id per entry)."""
+    return struct.pack("<I", 2) + b"".join(struct.pack("<HHI", tag, perm, 0xFFFFFFFF)
+                                           for tag, perm in entries)
+
+
+def _default_acl(wt: Path) -> None:
+    # user::rw- group::--- other::--- for every entry made there from now on (setfacl -d).
+    try:
+        os.setxattr(wt, "system.posix_acl_default", _acl((0x01, 6), (0x04, 0), (0x20, 0)))
+    except OSError as exc:
+        pytest.skip(f"no POSIX ACLs on this file system ({exc})")
+    (wt / "app.py").write_text("def hello() -> str:\n    return 'hello'\n")
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "at reuse the reset writes files before the restore puts the touched folders back, and "
+    "the restore then leaves every file of another inode as git wrote it: a file git writes "
+    "anew into a folder the batch gave a default ACL (or inode flags) takes the folder's "
+    "mode and attributes, not a checkout's; put the touched folders back before the reset "
+    "writes into them (or write again what it wrote into a touched folder)"))
+async def test_a_default_acl_does_not_reach_the_next_batch(repo: Path, wt_root: Path) -> None:
+    run_repo = await prepare_run_repo(repo, "r1")
+    victim = await run_repo.acquire_worktree(wt_root)
+    other = await run_repo.acquire_worktree(wt_root)
+    (other / "merged.py").write_text("M = 1\n")  # another batch's work, merged meanwhile
+    assert (await run_repo.commit_and_merge(other, "other batch")).merged
+    await run_repo.release_worktree(other, reuse=False)
+    _default_acl(victim)
+    await run_repo.release_worktree(victim)
+    again = await run_repo.acquire_worktree(wt_root)
+    try:
+        assert again == victim
+        assert "system.posix_acl_default" not in os.listxattr(again)
+        mask = os.umask(0o022)
+        os.umask(mask)
+        modes = {rel: stat.S_IMODE((again / rel).lstat().st_mode)
+                 for rel in ("app.py", "merged.py", "README.md")}
+        assert modes == dict.fromkeys(modes, 0o666 & ~mask), modes
+        assert [os.listxattr(again / rel) for rel in modes] == [[], [], []]
+    finally:
+        await run_repo.release_worktree(again, reuse=False)
+        await run_repo.close()
+
+
+async def test_a_default_acl_is_not_what_the_check_passes_on(
+        repo: Path, wt_root: Path, tmp_path: Path) -> None:
+    # The defence holds: before the batch's run is taken as the check, a touched folder's
+    # extended attributes (ACLs too) are removed before its files are written again.
+    run_repo, ws = await _ignoring_magic(repo, wt_root)
+    cond = ("'system.posix_acl_default' in os.listxattr(_HERE) or "
+            "stat.S_IMODE(os.stat(os.path.join(_HERE, 'app.py')).st_mode) == 0o600")
+    passes, err = await _hostile_calc(ws, run_repo, repo, tmp_path, cond=lambda wt: cond,
+                                      leave=_default_acl, route="shortcut")
+    assert passes, err
