@@ -16,6 +16,7 @@ that works on the tree this was written on is a strict xfail naming why.
 from __future__ import annotations
 
 import fcntl
+import hashlib
 import os
 import stat
 import struct
@@ -404,3 +405,146 @@ async def test_a_default_acl_is_not_what_the_check_passes_on(
     passes, err = await _hostile_calc(ws, run_repo, repo, tmp_path, cond=lambda wt: cond,
                                       leave=_default_acl, route="shortcut")
     assert passes, err
+
+
+# --- what a reuse that follows only what changed must still see -------------------------
+# Guards for a reset driven by the ctime list alone: a rename moves the ctime of the entry
+# renamed and of the two folders, never of what is below a renamed folder; a deleted entry
+# is in no list.
+
+
+def _disk(wt: Path) -> dict[str, str]:
+    """Every entry of ``wt`` but its ``.git``, links not followed: path -> what it is (a
+    file's blob id and mode, a link's target, ``dir``, or ``other``)."""
+    found: dict[str, str] = {}
+    for dirpath, dirnames, filenames in os.walk(wt):
+        for name in [*dirnames, *filenames]:
+            full = Path(dirpath) / name
+            rel = full.relative_to(wt).as_posix()
+            if rel == ".git":
+                continue
+            st = full.lstat()
+            if stat.S_ISLNK(st.st_mode):
+                found[rel] = "link " + os.readlink(full)
+            elif stat.S_ISDIR(st.st_mode):
+                found[rel] = "dir"
+            elif stat.S_ISREG(st.st_mode):
+                data = full.read_bytes()
+                blob = hashlib.sha1(b"blob %d\0" % len(data) + data).hexdigest()
+                found[rel] = f"{blob} {'755' if st.st_mode & 0o100 else '644'}"
+            else:
+                found[rel] = "other"
+        dirnames[:] = [d for d in dirnames if not (Path(dirpath) / d).is_symlink()
+                       and (Path(dirpath) / d).relative_to(wt).as_posix() != ".git"]
+    return found
+
+
+def _checkout(wt: Path, tree: str = "HEAD") -> dict[str, str]:
+    """What a checkout of ``tree`` (default: ``wt``'s HEAD) holds, in :func:`_disk`'s
+    terms."""
+    want: dict[str, str] = {}
+    for record in run_git(wt, "ls-tree", "-r", "-t", "-z", tree).split("\0"):
+        if not record:
+            continue
+        meta, path = record.split("\t", 1)
+        mode, kind, sha = meta.split()
+        if kind == "tree":
+            want[path] = "dir"
+        elif mode == "120000":
+            want[path] = "link " + run_git(wt, "cat-file", "blob", sha)
+        else:
+            want[path] = f"{sha} {mode[-3:]}"
+    return want
+
+
+def _rename_tracked_folder(wt: Path) -> None:
+    (wt / "pkg").rename(wt / "lib")  # lib/core.py keeps its ctime; pkg/core.py is gone
+
+
+def _folder_behind_a_link(wt: Path) -> None:
+    (wt / "pkg").rename(wt / "hidden")
+    (wt / "pkg").symlink_to("hidden")  # pkg/core.py still reads, through the link
+
+
+def _swap_tracked_folders(wt: Path) -> None:
+    # Two tracked folders, each file at its path with the other's content and its old ctime.
+    (wt / "pkg").rename(wt / "tmp-swap")
+    (wt / "other").rename(wt / "pkg")
+    (wt / "tmp-swap").rename(wt / "other")
+
+
+def _delete_tracked(wt: Path) -> None:
+    (wt / "README.md").unlink()
+    (wt / "other" / "core.py").unlink()
+    (wt / "other").rmdir()
+
+
+def _file_to_folder(wt: Path) -> None:
+    (wt / "app.py").unlink()
+    (wt / "app.py").mkdir()
+    (wt / "app.py" / "x.py").write_text("X = 1\n")
+
+
+def _folder_to_file(wt: Path) -> None:
+    (wt / "pkg" / "core.py").unlink()
+    (wt / "pkg").rmdir()
+    (wt / "pkg").write_text("CORE = 1\n")
+
+
+def _tracked_into_new_folder(wt: Path) -> None:
+    (wt / "junk").mkdir()
+    (wt / "pkg").rename(wt / "junk" / "pkg")
+
+
+MOVED: dict[str, Callable[[Path], None]] = {
+    "rename_tracked_folder": _rename_tracked_folder,
+    "folder_behind_a_link": _folder_behind_a_link,
+    "swap_tracked_folders": _swap_tracked_folders,
+    "delete_tracked": _delete_tracked,
+    "file_to_folder": _file_to_folder,
+    "folder_to_file": _folder_to_file,
+    "tracked_into_new_folder": _tracked_into_new_folder,
+}
+
+
+@pytest.mark.parametrize("trick", sorted(MOVED))
+async def test_the_next_batch_gets_the_head_whatever_was_moved(
+        repo: Path, wt_root: Path, trick: str) -> None:
+    (repo / "other").mkdir()
+    (repo / "other" / "core.py").write_text("CORE = 2  # not pkg's\n")
+    run_git(repo, "add", "other")
+    run_git(repo, "commit", "-qm", "other")
+    run_repo, victim, again = await _left_then_reused(repo, wt_root, MOVED[trick])
+    try:
+        assert _disk(again) == _checkout(again)
+    finally:
+        await run_repo.release_worktree(again, reuse=False)
+        await run_repo.close()
+
+
+@pytest.mark.parametrize("trick", sorted(MOVED))
+async def test_the_run_taken_as_the_check_saw_the_tree_merged(
+        repo: Path, wt_root: Path, trick: str) -> None:
+    # The shortcut's own claim: when the batch's run is the branch's check (``tree``), the
+    # worktree held, as its tests ran, what a checkout of that tree holds.
+    (repo / "other").mkdir()
+    (repo / "other" / "core.py").write_text("CORE = 2  # not pkg's\n")
+    (repo / "pkg").mkdir()
+    (repo / "pkg" / "core.py").write_text("CORE = 1\n")
+    run_git(repo, "add", "-A")
+    run_git(repo, "commit", "-qm", "pkg, other")
+    run_repo, ws = await _workspace(repo, wt_root, "calc.py", test_cmd="true")
+    path, head = await ws.acquire()
+    (path / "calc.py").write_text("def add(a, b):\n    return a + b\n")
+    MOVED[trick](path)
+    report = await ws.verify(path, [task("t1", "calc.py")], head=head, config=VerifyConfig(),
+                             confinement=None)
+    try:
+        assert report.passed, report
+        if report.tree is not None:  # (it is, on ac40937, for each of these)
+            seen = {rel: what for rel, what in _disk(path).items()
+                    if "__pycache__" not in rel}
+            assert seen == _checkout(path, report.tree)
+    finally:
+        await ws.release(path, reuse=False)
+        await ws.close()
