@@ -86,16 +86,32 @@ async def _clone_passes(repo: Path, branch: str, clone: Path) -> tuple[bool, str
     return checked.returncode == 0, checked.stderr.decode()
 
 
+class Outcome:
+    """What became of a hostile batch: ``merged`` (the batch succeeded), ``run_ok`` (the
+    run's final check of its branch passed), ``clone_ok`` (the test command passes in a
+    clean clone of the run branch, what a user runs; ``err`` its error output)."""
+
+    def __init__(self, merged: bool, run_ok: bool, clone_ok: bool, err: str) -> None:
+        self.merged, self.run_ok, self.clone_ok, self.err = merged, run_ok, clone_ok, err
+
+    def check(self, claim: str) -> None:
+        """``"batch"``: the batch succeeded only on evidence it cannot forge; ``"run"``: the
+        run did."""
+        forged = self.merged if claim == "batch" else self.run_ok
+        assert self.clone_ok or not forged, (f"the {claim} succeeded and the run branch "
+                                             f"fails in a clean clone: {self.err}")
+
+
 async def _hostile_calc(ws: GitWorkspace, run_repo: RunRepo, repo: Path, tmp_path: Path, *,
                         cond: Callable[[Path], str], leave: Callable[[Path], None],
-                        route: str) -> tuple[bool, str]:
+                        route: str) -> Outcome:
     """A batch writes calc.py whose ``add`` is right only when ``cond`` (given the batch's
     worktree) holds, leaves ``leave``'s state, and is verified, committed and merged as the
     daemon does (its worktree released between the commit and the merge, so the branch's
-    check may get it back). ``route``: ``"shortcut"`` (nothing but the staged files in the
-    worktree: the batch's own test run is the branch's check) or ``"pool"`` (an ignored file
-    beside them: the check runs in a worktree of the pool). Returns whether a clean clone
-    of the run branch then passes the test command (and its error output)."""
+    check may get it back), and the run's branch gets its final check. ``route``:
+    ``"shortcut"`` (nothing but the staged files in the worktree: the batch's own test run
+    is the branch's check) or ``"pool"`` (an ignored file beside them: the check runs in a
+    worktree of the pool)."""
     config = VerifyConfig()
     path, head = await ws.acquire()
     (path / "calc.py").write_text("import fcntl\nimport stat\n" + CALC.format(cond=cond(path)))
@@ -104,20 +120,21 @@ async def _hostile_calc(ws: GitWorkspace, run_repo: RunRepo, repo: Path, tmp_pat
     leave(path)
     report = await ws.verify(path, [task("t1", "calc.py")], head=head, config=config,
                              confinement=None)
+    merged = run_ok = False
     if report.passed:
         assert (report.tree is not None) == (route == "shortcut"), report
         made = await ws.commit(path, "t1", report, head=head)
         await ws.release(path)  # as the daemon does: the branch's check may reuse it
         done = await ws.merge(made, report, head=head, batch_id="b1", config=config,
                               confinement=None)
+        merged = done.merged
         final = await ws.verify_head(config, None)
-        if done.merged:
-            assert final is not None and final.failed, ("merged, and the final check of "
-                                                        "the run branch passed", final)
+        run_ok = merged and final is not None and final.failed is None
     else:
         await ws.release(path, reuse=False)
     try:
-        return await _clone_passes(repo, run_repo.branch, tmp_path / "clone")
+        return Outcome(merged, run_ok, *await _clone_passes(repo, run_repo.branch,
+                                                            tmp_path / "clone"))
     finally:
         await ws.close()
 
@@ -150,20 +167,24 @@ IDENTITY: dict[str, Callable[[Path], str]] = {
 }
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "the run branch's check is a test run in a worktree the batch's code was in (its own "
-    "run, taken as the check, or its worktree reset and restored): code that tests where it "
-    "runs (the worktree's path, an untouched file's inode or ctime) passes there and is "
-    "merged; the check needs a worktree the batch never had, at a path that does not name "
-    "it (or the batch's run must not stand for it)"))
+BATCH_FORGES_IDENTITY = pytest.mark.xfail(strict=True, reason=(
+    "the run branch's check after a merge is a test run in a worktree the batch's code was "
+    "in (its own run, taken as the check, or its worktree reset and restored): code that "
+    "tests where it runs (the worktree's path, an untouched file's inode or ctime) passes "
+    "there and the batch succeeds; only the run's final check is made in a worktree no "
+    "batch had"))
+
+
+@pytest.mark.parametrize("claim", [pytest.param("batch", marks=BATCH_FORGES_IDENTITY), "run"])
 @pytest.mark.parametrize("route", ROUTES)
 @pytest.mark.parametrize("trick", sorted(IDENTITY))
-async def test_code_that_knows_its_worktree_is_not_merged(
-        repo: Path, wt_root: Path, tmp_path: Path, trick: str, route: str) -> None:
+async def test_code_that_knows_its_worktree_does_not_succeed(
+        repo: Path, wt_root: Path, tmp_path: Path, trick: str, route: str,
+        claim: str) -> None:
     run_repo, ws = await _ignoring_magic(repo, wt_root)
-    passes, err = await _hostile_calc(ws, run_repo, repo, tmp_path, cond=IDENTITY[trick],
-                                      leave=_nothing, route=route)
-    assert passes, err
+    outcome = await _hostile_calc(ws, run_repo, repo, tmp_path, cond=IDENTITY[trick],
+                                  leave=_nothing, route=route)
+    outcome.check(claim)
 
 
 # --- what the restore does not put back --------------------------------------------------
@@ -174,18 +195,22 @@ def _flag_cond(rel: str) -> Callable[[Path], str]:
                        f"{FS_NODUMP_FL}")
 
 
-@pytest.mark.xfail(strict=True, reason=(
+BATCH_FORGES_FLAGS = pytest.mark.xfail(strict=True, reason=(
     "_touched._restore_folder puts back a touched folder's mode, group, xattrs and mtime, "
     "not its inode flags (FS_IOC_SETFLAGS: chattr +d, +A, +S, +D, +T, which the owner may "
     "set and every entry made there inherits), so a flag on the worktree's top folder "
-    "outlives the restore and the reset: clear the flags of each touched folder too"))
+    "outlives the restore and the reset, and the branch's check passes on it: clear the "
+    "flags of each touched folder too"))
+
+
+@pytest.mark.parametrize("claim", [pytest.param("batch", marks=BATCH_FORGES_FLAGS), "run"])
 @pytest.mark.parametrize("route", ROUTES)
 async def test_a_folder_flag_is_not_what_the_check_passes_on(
-        repo: Path, wt_root: Path, tmp_path: Path, route: str) -> None:
+        repo: Path, wt_root: Path, tmp_path: Path, route: str, claim: str) -> None:
     run_repo, ws = await _ignoring_magic(repo, wt_root)
-    passes, err = await _hostile_calc(ws, run_repo, repo, tmp_path, cond=_flag_cond("."),
-                                      leave=_nodump, route=route)
-    assert passes, err
+    outcome = await _hostile_calc(ws, run_repo, repo, tmp_path, cond=_flag_cond("."),
+                                  leave=_nodump, route=route)
+    outcome.check(claim)
 
 
 async def test_a_file_flag_is_not_what_the_check_passes_on(
@@ -193,10 +218,9 @@ async def test_a_file_flag_is_not_what_the_check_passes_on(
     # Stopped: the flagged file is touched, so it is written again (a new inode, the flags
     # of its folder, which the batch left alone).
     run_repo, ws = await _ignoring_magic(repo, wt_root)
-    passes, err = await _hostile_calc(ws, run_repo, repo, tmp_path, cond=_flag_cond("calc.py"),
-                                      leave=lambda wt: _nodump(wt / "calc.py"),
-                                      route="shortcut")
-    assert passes, err
+    outcome = await _hostile_calc(ws, run_repo, repo, tmp_path, cond=_flag_cond("calc.py"),
+                                  leave=lambda wt: _nodump(wt / "calc.py"), route="shortcut")
+    outcome.check("batch")
 
 
 @pytest.mark.xfail(strict=True, reason=(
@@ -235,19 +259,23 @@ def _private(wt: Path) -> None:
     (wt / UNDECODABLE).chmod(0o600)  # git sees no change: the executable bit is the same
 
 
-@pytest.mark.xfail(strict=True, reason=(
+BATCH_FORGES_UNDECODABLE = pytest.mark.xfail(strict=True, reason=(
     "_touched._normalise asks whether a touched name is tracked in a listing decoded with "
     "bad bytes replaced (_git.GitResult.stdout), while find's names keep them (fsdecode): a "
     "touched tracked file whose name is not UTF-8 is left as the batch made it"))
+
+
+@pytest.mark.parametrize("claim", [pytest.param("batch", marks=BATCH_FORGES_UNDECODABLE),
+                                   "run"])
 async def test_an_undecodable_tracked_name_is_not_what_the_check_passes_on(
-        repo: Path, wt_root: Path, tmp_path: Path) -> None:
+        repo: Path, wt_root: Path, tmp_path: Path, claim: str) -> None:
     _commit_undecodable(repo)
     run_repo, ws = await _ignoring_magic(repo, wt_root)
     cond = ("stat.S_IMODE(os.stat(os.path.join(_HERE, os.fsdecode(b'data\\xff.txt')))"
             ".st_mode) == 0o600")
-    passes, err = await _hostile_calc(ws, run_repo, repo, tmp_path, cond=lambda wt: cond,
-                                      leave=_private, route="shortcut")
-    assert passes, err
+    outcome = await _hostile_calc(ws, run_repo, repo, tmp_path, cond=lambda wt: cond,
+                                  leave=_private, route="shortcut")
+    outcome.check(claim)
 
 
 @pytest.mark.xfail(strict=True, reason=(
@@ -402,9 +430,9 @@ async def test_a_default_acl_is_not_what_the_check_passes_on(
     run_repo, ws = await _ignoring_magic(repo, wt_root)
     cond = ("'system.posix_acl_default' in os.listxattr(_HERE) or "
             "stat.S_IMODE(os.stat(os.path.join(_HERE, 'app.py')).st_mode) == 0o600")
-    passes, err = await _hostile_calc(ws, run_repo, repo, tmp_path, cond=lambda wt: cond,
-                                      leave=_default_acl, route="shortcut")
-    assert passes, err
+    outcome = await _hostile_calc(ws, run_repo, repo, tmp_path, cond=lambda wt: cond,
+                                  leave=_default_acl, route="shortcut")
+    outcome.check("batch")
 
 
 # --- what a reuse that follows only what changed must still see -------------------------
