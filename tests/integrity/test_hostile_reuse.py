@@ -187,6 +187,21 @@ async def test_code_that_knows_its_worktree_does_not_succeed(
     outcome.check(claim)
 
 
+@pytest.mark.xfail(strict=True, reason=(
+    "a known limit, not a bug to fix here: code can tell where it runs from what every "
+    "check shares and a user's clone does not (a worktree's .git is a file, the sandbox's "
+    "HOME, its empty /tmp, its PID namespace), so no test run the daemon makes can show "
+    "that code behaves the same in the user's checkout (docs/verification.md, known "
+    "limits)"))
+async def test_code_that_knows_it_runs_in_a_buildrunner_worktree(
+        repo: Path, wt_root: Path, tmp_path: Path) -> None:
+    run_repo, ws = await _ignoring_magic(repo, wt_root)
+    outcome = await _hostile_calc(ws, run_repo, repo, tmp_path,
+                                  cond=lambda wt: "os.path.isfile(os.path.join(_HERE, '.git'))",
+                                  leave=_nothing, route="shortcut")
+    outcome.check("run")
+
+
 # --- what the restore does not put back --------------------------------------------------
 
 def _flag_cond(rel: str) -> Callable[[Path], str]:
