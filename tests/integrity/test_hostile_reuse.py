@@ -20,6 +20,7 @@ import hashlib
 import os
 import stat
 import struct
+import subprocess
 from collections.abc import Callable
 from pathlib import Path
 
@@ -310,6 +311,21 @@ async def test_the_next_batch_gets_an_undecodable_tracked_name_as_checked_out(
         await run_repo.close()
 
 
+async def test_the_next_batch_has_every_tracked_file_whatever_its_name(
+        repo: Path, wt_root: Path) -> None:
+    # Whatever the restore makes of a name that is not UTF-8, the file is there and holds
+    # what the head holds (a reset that took it for an untracked one would delete it, and
+    # the next batch's commit would delete it from the branch).
+    _commit_undecodable(repo)
+    run_repo, victim, again = await _left_then_reused(repo, wt_root, _private)
+    try:
+        assert again == victim
+        assert _disk(again) == _checkout(again)
+    finally:
+        await run_repo.release_worktree(again, reuse=False)
+        await run_repo.close()
+
+
 # Names a command line or a line-based reader would take for something else.
 ODD = ["-n\nx", "--help", " lead", "tail ", "a\\b", "*", "-"]
 
@@ -482,19 +498,26 @@ def _disk(wt: Path) -> dict[str, str]:
     return found
 
 
+def _git_bytes(wt: Path, *args: str) -> bytes:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GIT_")}
+    return subprocess.run(["git", *args], cwd=wt, env=env, capture_output=True,
+                          check=True).stdout
+
+
 def _checkout(wt: Path, tree: str = "HEAD") -> dict[str, str]:
     """What a checkout of ``tree`` (default: ``wt``'s HEAD) holds, in :func:`_disk`'s
-    terms."""
+    terms (names read as bytes: one may not be UTF-8)."""
     want: dict[str, str] = {}
-    for record in run_git(wt, "ls-tree", "-r", "-t", "-z", tree).split("\0"):
+    for record in _git_bytes(wt, "ls-tree", "-r", "-t", "-z", tree).split(b"\0"):
         if not record:
             continue
-        meta, path = record.split("\t", 1)
-        mode, kind, sha = meta.split()
+        meta, raw_path = record.split(b"\t", 1)
+        mode, kind, sha = meta.decode().split()
+        path = os.fsdecode(raw_path)
         if kind == "tree":
             want[path] = "dir"
         elif mode == "120000":
-            want[path] = "link " + run_git(wt, "cat-file", "blob", sha)
+            want[path] = "link " + os.fsdecode(_git_bytes(wt, "cat-file", "blob", sha))
         else:
             want[path] = f"{sha} {mode[-3:]}"
     return want
