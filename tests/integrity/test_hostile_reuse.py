@@ -123,7 +123,9 @@ async def _hostile_calc(ws: GitWorkspace, run_repo: RunRepo, repo: Path, tmp_pat
                              confinement=None)
     merged = run_ok = False
     if report.passed:
-        assert (report.tree is not None) == (route == "shortcut"), report
+        # The pool route never takes the batch's run as the check (the shortcut route may
+        # not either: a worktree the restore cannot put back is refused).
+        assert route == "shortcut" or report.tree is None, report
         made = await ws.commit(path, "t1", report, head=head)
         await ws.release(path)  # as the daemon does: the branch's check may reuse it
         done = await ws.merge(made, report, head=head, batch_id="b1", config=config,
@@ -301,8 +303,7 @@ async def test_the_next_batch_gets_an_undecodable_tracked_name_as_checked_out(
         repo: Path, wt_root: Path) -> None:
     _commit_undecodable(repo)
     run_repo, victim, again = await _left_then_reused(repo, wt_root, _private)
-    try:
-        assert again == victim
+    try:  # (a new worktree, when the restore refuses the name, is fine)
         mask = os.umask(0o022)
         os.umask(mask)
         assert stat.S_IMODE((again / UNDECODABLE).lstat().st_mode) == 0o666 & ~mask
@@ -319,7 +320,6 @@ async def test_the_next_batch_has_every_tracked_file_whatever_its_name(
     _commit_undecodable(repo)
     run_repo, victim, again = await _left_then_reused(repo, wt_root, _private)
     try:
-        assert again == victim
         assert _disk(again) == _checkout(again)
     finally:
         await run_repo.release_worktree(again, reuse=False)
