@@ -16,6 +16,7 @@ the run's base commit, the test command and environment from the user's checkout
 from __future__ import annotations
 
 import os
+import secrets
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from functools import partial
@@ -230,9 +231,11 @@ class GitWorkspace:
         async with self._branch_lock:
             await self._check_pending(config, confinement)
             head = await self.run_repo.head()
-            if self.verified is not None and self.verified.commit == head:
-                return HeadCheck(verified=self.verified)  # checked right after its merge
-            report = await self._verify_branch(head, config, confinement)
+            # Never the check made right after the last merge: that was the batch's own test
+            # run, or a run in a worktree of the pool, where batches' code has been (code that
+            # tests where it runs, a folder's inode flags). The run's result rests on a
+            # worktree no batch ever had, at a path no batch saw.
+            report = await self._verify_branch(head, config, confinement, fresh=True)
         if report is None:
             return None
         if report.passed and self.verified is not None:
@@ -348,10 +351,12 @@ class GitWorkspace:
         return True
 
     async def _verify_branch(self, commit: str, config: VerifyConfig,
-                             confinement: Confinement | None) -> VerificationReport | None:
+                             confinement: Confinement | None, *,
+                             fresh: bool = False) -> VerificationReport | None:
         """Run the full test command on ``commit`` of the run branch, in a detached worktree
-        of its own (the caller holds the branch lock). None: ``verify.branch_check = false``.
-        A passing check becomes the run's baseline."""
+        of its own (the caller holds the branch lock): one of the run's pool, or with
+        ``fresh`` a new one (a random name), removed after. None: ``verify.branch_check =
+        false``. A passing check becomes the run's baseline."""
         if not config.branch_check:
             return None
         if not (self._test_cmd or config.test_cmd):
@@ -362,17 +367,22 @@ class GitWorkspace:
                 return VerificationReport(passed=True, checks=[])
         # A clean worktree of the run's pool reset to ``commit`` (the branch's head, or a
         # head below it when a group of merges is searched for the one that broke it).
-        path = await self.run_repo.acquire_worktree(self._root, at=commit)
-        if await self.run_repo.worktree_head(path) != commit:
-            await self.run_repo.remove_worktree(path)
-            path = await self.run_repo.add_worktree(self._root, f"branch-{commit[:12]}", commit)
+        if fresh:
+            path = await self.run_repo.add_worktree(
+                self._root, f"final-{secrets.token_hex(4)}", commit)
+        else:
+            path = await self.run_repo.acquire_worktree(self._root, at=commit)
+            if await self.run_repo.worktree_head(path) != commit:
+                await self.run_repo.remove_worktree(path)
+                path = await self.run_repo.add_worktree(self._root, f"branch-{commit[:12]}",
+                                                        commit)
         try:
             report = await verify(path, [], base_commit=commit, test_cmd=self._test_cmd,
                                   config=config, confinement=confinement,
                                   project_root=self._project_root,
                                   baseline_passed=self.baseline_passed, batch_checks=False)
         finally:
-            await self.release(path)
+            await self.release(path, reuse=not fresh)
         if report.passed:
             self._record_verified(commit, report)
         return report
