@@ -37,6 +37,7 @@ from buildrunnerd.workspace._touched import (
     Touched,
     clean_point,
     find_touched,
+    restore_folders,
     restore_touched,
 )
 from buildrunnerd.workspace._tree import (
@@ -430,6 +431,9 @@ class RunRepo:
         opts = await worktree_git(path, timeout_s=t)  # raises when .git was rewritten
         if await self._reset_by_list(path, head, opts, touched):
             return
+        # The touched folders as a checkout makes them before git writes into them: a file
+        # the reset writes takes its folder's default ACL and group.
+        await restore_folders(path, touched)
         try:
             # git never lists, cleans or commits an entry named .git below the top, so one
             # the model left (a file naming the user's repository, a repository in a tracked

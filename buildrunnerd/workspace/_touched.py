@@ -105,9 +105,21 @@ def _inodes(worktree: Path, names: Sequence[str]) -> Touched:
     touched: Touched = {}
     for rel in names:
         try:
+            rel.encode("utf-8")
+        except UnicodeEncodeError:
+            # git's listings are read as UTF-8 with bad bytes replaced: such a name cannot
+            # be told tracked or not, so it cannot be put back.
+            raise WorkspaceError(f"worktree {worktree}: {rel.encode(errors='surrogateescape')!r}"
+                                 " changed and is not a UTF-8 name; not reused",
+                                 data={"worktree": str(worktree)}) from None
+        try:
             st = os.lstat(worktree / rel if rel else worktree)
         except (FileNotFoundError, NotADirectoryError):
             continue
+        except OSError as exc:  # a path longer than PATH_MAX, say
+            raise WorkspaceError(f"worktree {worktree}: cannot look at what changed there "
+                                 f"({exc.strerror}); not reused",
+                                 data={"worktree": str(worktree)}) from exc
         touched[rel] = -1 if stat.S_ISDIR(st.st_mode) else st.st_ino
     return touched
 
@@ -154,6 +166,33 @@ def restore_folder(path: Path) -> None:
         for name in os.listxattr(path, follow_symlinks=False):
             os.removexattr(path, name, follow_symlinks=False)
     os.utime(path)
+
+
+def _restore_folders(worktree: Path, touched: Touched) -> None:
+    for rel in sorted((r for r, ino in touched.items() if ino == -1),
+                      key=lambda r: r.count("/")):
+        if rel.rsplit("/", 1)[-1] == ".git":
+            continue
+        path = worktree / rel if rel else worktree
+        try:
+            st = os.lstat(path)
+        except (FileNotFoundError, NotADirectoryError):
+            continue
+        if stat.S_ISDIR(st.st_mode):
+            restore_folder(path)
+
+
+async def restore_folders(worktree: Path, touched: Touched) -> None:
+    """The touched folders (:func:`find_touched`) put back as a checkout makes them (mode,
+    group, no extended attribute) before the daemon's git writes into them: a file it writes
+    takes its folder's default ACL and group. Raises :class:`WorkspaceError` when one cannot
+    be."""
+    try:
+        await anyio.to_thread.run_sync(_restore_folders, worktree, touched)
+    except OSError as exc:
+        raise WorkspaceError(f"worktree {worktree}: cannot put back a folder the batch "
+                             f"changed ({exc}); not reused",
+                             data={"worktree": str(worktree)}) from exc
 
 
 def _normalise(worktree: Path, touched: Touched,

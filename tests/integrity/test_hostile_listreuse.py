@@ -43,12 +43,6 @@ def _acl_below_and_an_undecodable_name(wt: Path) -> None:
     (wt / os.fsdecode(b"junk\xfe")).write_text("x\n")  # any batch can make one
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "the whole-tree reset writes files before the touched folders are put back (see "
-    "test_a_default_acl_does_not_reach_the_next_batch); on listreuse (0ea4a8a) a name that "
-    "is not UTF-8 makes its reset by the list give up for the whole-tree reset once it put "
-    "back the folders above that name only, so a default ACL on a folder below still "
-    "reaches a file the reset writes there"))
 async def test_a_default_acl_below_does_not_reach_the_next_batch_through_the_whole_reset(
         repo: Path, wt_root: Path) -> None:
     (repo / "lib" / "sub").mkdir(parents=True)

@@ -277,14 +277,8 @@ def _private(wt: Path) -> None:
     (wt / UNDECODABLE).chmod(0o600)  # git sees no change: the executable bit is the same
 
 
-BATCH_FORGES_UNDECODABLE = pytest.mark.xfail(strict=True, reason=(
-    "_touched._normalise asks whether a touched name is tracked in a listing decoded with "
-    "bad bytes replaced (_git.GitResult.stdout), while find's names keep them (fsdecode): a "
-    "touched tracked file whose name is not UTF-8 is left as the batch made it"))
 
-
-@pytest.mark.parametrize("claim", [pytest.param("batch", marks=BATCH_FORGES_UNDECODABLE),
-                                   "run"])
+@pytest.mark.parametrize("claim", ["batch", "run"])
 async def test_an_undecodable_tracked_name_is_not_what_the_check_passes_on(
         repo: Path, wt_root: Path, tmp_path: Path, claim: str) -> None:
     _commit_undecodable(repo)
@@ -296,9 +290,6 @@ async def test_an_undecodable_tracked_name_is_not_what_the_check_passes_on(
     outcome.check(claim)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "a touched tracked file whose name is not UTF-8 is not written again (see "
-    "test_an_undecodable_tracked_name_is_not_what_the_check_passes_on)"))
 async def test_the_next_batch_gets_an_undecodable_tracked_name_as_checked_out(
         repo: Path, wt_root: Path) -> None:
     _commit_undecodable(repo)
@@ -367,11 +358,6 @@ def _too_deep(wt: Path) -> None:
         os.close(fd)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "_touched._inodes lstat()s each listed name by its whole path and lets an OSError "
-    "other than ENOENT/ENOTDIR out (ENAMETOOLONG beyond PATH_MAX): find lists such a path, "
-    "so the next batch's acquire raises instead of making a new worktree; a "
-    "WorkspaceError (not reused / not the check) is what the callers expect"))
 async def test_a_path_longer_than_path_max_is_not_reused_or_is_removed(
         repo: Path, wt_root: Path) -> None:
     # A name the walk lists that the daemon cannot lstat by its path: the next batch still
@@ -384,11 +370,6 @@ async def test_a_path_longer_than_path_max_is_not_reused_or_is_removed(
         await run_repo.close()
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "_touched._inodes lstat()s each listed name by its whole path and lets an OSError "
-    "other than ENOENT/ENOTDIR out (ENAMETOOLONG beyond PATH_MAX): find lists such a path, "
-    "so the batch's verification raises instead of reporting; a WorkspaceError (not "
-    "reused / not the check) is what the callers expect"))
 async def test_a_path_longer_than_path_max_in_the_batch_does_not_break_its_verification(
         repo: Path, wt_root: Path) -> None:
     run_repo, ws = await _ignoring_magic(repo, wt_root)
@@ -425,13 +406,6 @@ def _default_acl(wt: Path) -> None:
         (wt / "app.py").write_text("def hello() -> str:\n    return 'hello'\n")
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "at reuse the reset writes files before the restore puts the touched folders back, and "
-    "the restore then leaves every file of another inode as git wrote it: a file git writes "
-    "anew into a folder the batch gave a default ACL (or inode flags) takes the folder's "
-    "mode and attributes, not a checkout's; put the touched folders back before the reset "
-    "writes into them. (listreuse's reset by the list, f1ee5b1..0ea4a8a, does: this one "
-    "passes there)"))
 async def test_a_default_acl_does_not_reach_the_next_batch(repo: Path, wt_root: Path) -> None:
     run_repo = await prepare_run_repo(repo, "r1")
     victim = await run_repo.acquire_worktree(wt_root)
