@@ -146,6 +146,7 @@ class Faults:
 
     rate: float = 0.0
     seed: int = 0
+    # (``stream_garbled``, an event that is not JSON, only when named in ``sequence``.)
     kinds: Sequence[str] = ("429", "529", "500", "drop", "timeout", "stream_overload",
                             "stream_drop")
     sequence: list[str] = field(default_factory=list)
@@ -576,7 +577,8 @@ def _make_handler(fake: FakeAnthropic) -> type[BaseHTTPRequestHandler]:
                     time.sleep(fake.faults.timeout_s)
                     self._drop()
                     return
-                if fault not in ("stream_overload", "stream_drop") or not req.stream:
+                if fault not in ("stream_overload", "stream_drop", "stream_garbled") or (
+                        not req.stream):
                     # a mid-stream overload needs a stream; elsewhere it is a plain 529
                     self._send_error(ErrorReply(529, "overloaded_error", "Overloaded"),
                                      request_id)
@@ -618,6 +620,14 @@ def _make_handler(fake: FakeAnthropic) -> type[BaseHTTPRequestHandler]:
             delivered = False
             try:
                 for event, data in _stream_events(message, reply):
+                    if fault == "stream_garbled" and event == "content_block_delta":
+                        # an event cut short on the way (a broken proxy): not JSON
+                        req.outcome = "fault:stream_garbled"
+                        self._chunk(f"event: {event}\ndata: {json.dumps(data)[:20]}\n\n"
+                                    .encode())
+                        self.wfile.write(b"0\r\n\r\n")
+                        self.wfile.flush()
+                        return
                     if stream_drop and event == "content_block_stop":
                         # the connection breaks in the middle of the answer
                         req.outcome = "fault:stream_drop"
