@@ -11,6 +11,10 @@ conversation's earlier turns, from the prompt cache.
 
     .venv/bin/python bench/agent_bench.py [--batches 32] [--latency-ms 200] [--json]
 
+Every run also reports the fake API's own CPU while it served (``fake_user_s``,
+``fake_sys_s``: its start left out) and the bench process's own during the run
+(``bench_cpu_s``), apart from the agent's: the real API's work runs on Anthropic's servers.
+
 ``--through-daemon``: the same 32 batches as a wide spec (32 independent one-task batches)
 submitted to a real ``buildrunnerd`` subprocess (``--backend anthropic``), one fresh daemon,
 repository and fake API process per worker count. Everything a user's run pays is in the
