@@ -15,9 +15,10 @@ It speaks the real wire format so the real ``anthropic`` SDK talks to it unchang
 
 A test scripts it with a *responder*: a list of replies, or a function of the request. Faults
 (429 with ``retry-after``, 529, 500, a dropped connection, a timeout, an overload in the middle
-of a stream, and when named in a sequence an event that is not JSON) are injected at a seeded rate before the responder is asked, so a retried request
-gets the same scripted answer. Every request is recorded, and so is the ``usage`` of every
-response that was delivered in full (what the API would bill).
+of a stream, and when named in a sequence an event that is not JSON) are injected at a seeded
+rate before the responder is asked, so a retried request gets the same scripted answer. Every
+request is recorded, and so is the ``usage`` of every response that was delivered in full (what
+the API would bill).
 
 Usage is computed from the request, with a prompt cache that behaves like the real one: the
 prefix up to each ``cache_control`` breakpoint is written; a later request whose prefix (tools,
