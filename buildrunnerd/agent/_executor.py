@@ -196,8 +196,9 @@ class AnthropicExecutor:
                           events: Sequence[TurnEvent] = ()) -> None:
         """Checkpoint the conversation, with the turn's billed ``call`` and ``events`` in the
         same store transaction (one commit: a crash keeps the whole turn or none of it).
-        Written behind: the loop goes on (tools, the next request) while it is stored; ``ctx``
-        is the daemon's own, the loop's :class:`InOrderContext` waits for the write."""
+        Written behind: the loop goes on (the turn's tools; the next request's build and
+        count) while it is stored; ``ctx`` is the daemon's own, the loop's
+        :class:`InOrderContext` waits for the write, and so does the next call."""
         data = state.encode()
 
         async def write() -> None:
@@ -270,6 +271,10 @@ class AnthropicExecutor:
                                     "agent.max_batch_tokens) before the model finished")
             params = self._params(job, state)
             await self._check_budget(ctx, state, params)
+            # The request goes out once everything before it is stored (the checkpoint after
+            # the tools was written while the request was built and counted): a crash after
+            # it was sent finds the conversation up to it.
+            await writes.wait()
             turn = await call_with_retries(
                 self.client, params, settings=self._settings, limiter=self.limiter,
                 emit=ctx.emit, on_text=lambda s, final: self._emit_text(ctx, s, final))

@@ -5,10 +5,11 @@ awaited before the turn's tools ran, and the checkpoint after the tools before t
 was sent: with several batches at once those writes queue on the store's one connection, and
 every batch waited for them on its critical path (about 20 ms a write at 8 workers on two
 cores, docs/benchmarks.md). Now a backend hands such a write to :class:`WritesBehind` and goes
-on with work that does not touch the daemon (running a tool, building and sending the next
-request); the context it uses (:class:`InOrderContext`) waits for that write before it passes
-anything else to the daemon, so the daemon sees every write in the order the backend made
-them, and one at a time, as before.
+on with work that does not touch the daemon (running a tool, building and counting the next
+request, which is sent only once the write is stored); the context it uses
+(:class:`InOrderContext`) waits for that write before it passes anything else to the daemon,
+so the daemon sees every write in the order the backend made them, and one at a time, as
+before.
 
 What does not change: a write that has started is finished even when the batch is cancelled
 (shielded, as before); the billed call of a turn is stored before the next budget check reads
@@ -114,7 +115,7 @@ class InOrderContext:
 
     async def check_budget(self, estimate_usd: float) -> None:
         # The spend so far must include every billed call; a checkpoint alone changes nothing
-        # the check reads, so the next request need not wait for it.
+        # the check reads, so the check need not wait for it (the call itself does).
         if self._writes.bills:
             await self._writes.wait()
         await self._ctx.check_budget(estimate_usd)
