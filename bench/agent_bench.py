@@ -11,6 +11,10 @@ conversation's earlier turns, from the prompt cache.
 
     .venv/bin/python bench/agent_bench.py [--batches 32] [--latency-ms 200] [--json]
 
+Every run also reports the fake API's own CPU while it served (``fake_user_s``,
+``fake_sys_s``: its start left out) and the bench process's own during the run
+(``bench_cpu_s``), apart from the agent's: the real API's work runs on Anthropic's servers.
+
 ``--through-daemon``: the same 32 batches as a wide spec (32 independent one-task batches)
 submitted to a real ``buildrunnerd`` subprocess (``--backend anthropic``), one fresh daemon,
 repository and fake API process per worker count. Everything a user's run pays is in the
@@ -43,6 +47,7 @@ import argparse
 import json
 import platform
 import re
+import resource
 import subprocess
 import sys
 import tempfile
@@ -52,6 +57,7 @@ from pathlib import Path
 from typing import Any
 
 import anyio
+import anyio.abc
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -152,8 +158,27 @@ def serve_fake(batches: int, latency_ms: float, backend: str = "anthropic") -> N
     responder = (claude_code_step if backend == "claude-code"
                  else agent_script({b: steps(b) for b in names}, batch_key))
     with FakeAnthropic(responder, latency_s=latency_ms / 1000) as fake:
+        serving = resource.getrusage(resource.RUSAGE_SELF)
         print(fake.base_url, flush=True)
         sys.stdin.read()
+    # Its own CPU while it served (its start and imports left out), for the report: the real
+    # API's work runs on Anthropic's servers, so this is an artifact of the bench's machine.
+    done = resource.getrusage(resource.RUSAGE_SELF)
+    print(json.dumps({"fake_user_s": round(done.ru_utime - serving.ru_utime, 3),
+                      "fake_sys_s": round(done.ru_stime - serving.ru_stime, 3),
+                      "fake_requests": len(fake.requests)}), flush=True)
+
+
+async def _fake_cpu(server: anyio.abc.Process) -> dict[str, Any]:
+    """What ``serve_fake`` reports on its last line when its stdin closes."""
+    assert server.stdin is not None and server.stdout is not None
+    await server.stdin.aclose()
+    out = b""
+    async for chunk in server.stdout:
+        out += chunk
+    await server.wait()
+    lines = out.decode().strip().splitlines()
+    return json.loads(lines[-1]) if lines else {}
 
 
 async def run(workers: int, batches: list[str], latency_s: float, root: Path) -> dict[str, Any]:
@@ -185,14 +210,15 @@ async def run(workers: int, batches: list[str], latency_s: float, root: Path) ->
                     failures.append(f"{b}: {outcome.reason}")
 
         started = time.perf_counter()
+        own = resource.getrusage(resource.RUSAGE_SELF)
         async with anyio.create_task_group() as tg:
             for _ in range(workers):
                 tg.start_soon(worker)
         elapsed = time.perf_counter() - started
+        after = resource.getrusage(resource.RUSAGE_SELF)
         await executor.aclose()
     finally:
-        await server.stdin.aclose()
-        await server.wait()
+        fake_cpu = await _fake_cpu(server)
     calls = [c for ctx in ctxs for c in ctx.calls]
     read = sum(c.cache_read_input_tokens for c in calls)
     total_in = sum(c.input_tokens + c.cache_creation_input_tokens + c.cache_read_input_tokens
@@ -200,7 +226,10 @@ async def run(workers: int, batches: list[str], latency_s: float, root: Path) ->
     return {"workers": workers, "seconds": round(elapsed, 2), "calls": len(calls),
             "failures": failures, "cache_read_share": round(read / total_in, 3),
             "cost_usd": round(sum(c.cost_usd for c in calls), 4),
-            "mean_call_ms": round(sum(c.latency_ms for c in calls) / max(1, len(calls)))}
+            "mean_call_ms": round(sum(c.latency_ms for c in calls) / max(1, len(calls))),
+            "bench_cpu_s": round(after.ru_utime - own.ru_utime + after.ru_stime - own.ru_stime,
+                                 3),
+            **fake_cpu}
 
 
 def wide_spec(batches: list[str]) -> str:
@@ -358,10 +387,12 @@ async def run_daemon(workers: int, batches: list[str], latency_s: float, root: P
         async with daemon.client() as client:
             started = time.perf_counter()
             submitted_at = time.time()
+            own = resource.getrusage(resource.RUSAGE_SELF)
             run_info = await client.call("run.submit", spec_path=str(spec), repo=str(repo),
                                          workers=workers)
             end = await wait_run_event(daemon.socket, run_info["id"], timeout_s=600)
             elapsed = time.perf_counter() - started
+            after = resource.getrusage(resource.RUSAGE_SELF)
             info = await client.call("run.get", run_id=run_info["id"])
             costs = await client.call("costs.summary", run_id=run_info["id"], by="model")
         events = await _run_events(daemon.socket, run_info["id"], end["id"])
@@ -372,8 +403,7 @@ async def run_daemon(workers: int, batches: list[str], latency_s: float, root: P
             ["git", "rev-list", "--merges", "--count", info["branch"]], cwd=repo)
     finally:
         factory.cleanup()
-        await server.stdin.aclose()
-        await server.wait()
+        fake_cpu = await _fake_cpu(server)
     total_in = (costs["input_tokens"] + costs["cache_creation_input_tokens"]
                 + costs["cache_read_input_tokens"])
     startups = [float(e["data"]["startup_ms"]) for e in events
@@ -387,7 +417,8 @@ async def run_daemon(workers: int, batches: list[str], latency_s: float, root: P
     if spans or cpu or profile_dir is not None:
         extra["spans"] = json.loads(spans_path.read_text(encoding="utf-8"))
         extra["spans"]["queue_wait_s"] = queue_wait_s(events)
-    return {"backend": backend, **extra,
+    extra["bench_cpu_s"] = round(after.ru_utime - own.ru_utime + after.ru_stime - own.ru_stime, 3)
+    return {"backend": backend, **extra, **fake_cpu,
             "workers": workers, "branch_check": branch_check, "seed_tests": seed_tests,
             "verified_counts": verified[0].get("counts") if verified else None,
             "seconds": round(elapsed, 2), "state": info["state"],
@@ -503,6 +534,12 @@ def main() -> None:
               f"{r['seconds']:>8.2f} {r['speedup']:>7.2f}x {r['calls']:>6} "
               f"{r['cache_read_share']:>9.0%}  {startup}" + extra
               + (f"  FAILED {r['failures']}" if r["failures"] else ""))
+        if "fake_user_s" in r:
+            fake_s = r["fake_user_s"] + r["fake_sys_s"]
+            bench = f", the bench's own {r['bench_cpu_s']:.2f} s" if "bench_cpu_s" in r else ""
+            print(f"{'':>7} CPU s of the fake API (not the agent's: the real API is remote): "
+                  f"{r['fake_user_s']} + {r['fake_sys_s']} for {r['fake_requests']} requests "
+                  f"({1000 * fake_s / max(1, r['fake_requests']):.1f} ms a request){bench}")
         if "phases" in r:
             print(f"{'':>7} seconds summed over batches: {r['phases']}")
         if r.get("timeline"):

@@ -101,7 +101,11 @@ class BashSession:
         sandbox = self.confinement.require()
         policy = self.confinement.policy(self.worktree, readonly=(str(self._scratch),))
         self._buffer = b""
-        self._proc = await open_confined(sandbox, ["bash", "--noprofile", "--norc"], policy)
+        # Shielded: a batch cancelled while the shell starts (its turn's record is written
+        # meanwhile, so this is no longer rare) must still get the process, to end it.
+        with anyio.CancelScope(shield=True):
+            self._proc = await open_confined(sandbox, ["bash", "--noprofile", "--norc"],
+                                             policy)
 
     async def _stop(self) -> None:
         proc, self._proc = self._proc, None

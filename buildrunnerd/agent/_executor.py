@@ -39,8 +39,10 @@ from buildrunnerd.executor import (
     BatchJob,
     ExecutionContext,
     ExecutionOutcome,
+    InOrderContext,
     RecentCheckpoints,
     TurnEvent,
+    WritesBehind,
 )
 from buildrunnerd.prompt import default_counter
 from buildrunnerd.sandbox import Confinement
@@ -125,7 +127,7 @@ class AnthropicExecutor:
                             max_write_bytes=self.config.agent.editor_max_write_bytes)
         try:
             with anyio.move_on_after(self.config.agent.batch_timeout_s):
-                return await self._loop(job, ctx, state, editor, bash)
+                return await self._run(job, ctx, state, editor, bash)
             return ExecutionOutcome(
                 "failed", reason=f"batch {job.batch_id} timed out after "
                 f"{self.config.agent.batch_timeout_s:g} s (agent.batch_timeout_s) after "
@@ -189,16 +191,48 @@ class AnthropicExecutor:
     def _model_for(self, job: BatchJob) -> str:
         return pick_model(self.config.models, [t.complexity for t in job.tasks], job.escalation)
 
-    async def _checkpoint(self, job: BatchJob, ctx: ExecutionContext,
+    async def _checkpoint(self, job: BatchJob, ctx: ExecutionContext, writes: WritesBehind,
                           state: ConversationState, *, call: ApiCall | None = None,
                           events: Sequence[TurnEvent] = ()) -> None:
         """Checkpoint the conversation, with the turn's billed ``call`` and ``events`` in the
-        same store transaction (one commit: a crash keeps the whole turn or none of it)."""
-        await self._recent.save(job, ctx, state.encode(), call=call, events=events)
+        same store transaction (one commit: a crash keeps the whole turn or none of it).
+        Written behind: the loop goes on (the turn's tools; the next request's build and
+        count) while it is stored; ``ctx`` is the daemon's own, the loop's
+        :class:`InOrderContext` waits for the write, and so does the next call."""
+        data = state.encode()
+
+        async def write() -> None:
+            await self._recent.save(job, ctx, data, call=call, events=events)
+
+        await writes.start(write, bills=call is not None)
 
     # --- the loop ---
-    async def _loop(self, job: BatchJob, ctx: ExecutionContext, state: ConversationState,
-                    editor: TextEditor, bash: BashSession) -> ExecutionOutcome:
+    async def _run(self, job: BatchJob, ctx: ExecutionContext, state: ConversationState,
+                   editor: TextEditor, bash: BashSession) -> ExecutionOutcome:
+        """:meth:`_loop` with its turn records written behind; every one is stored when this
+        returns."""
+        error: Exception | None = None
+        outcome: ExecutionOutcome | None = None
+        try:
+            async with anyio.create_task_group() as tg:
+                writes = WritesBehind(tg)
+                try:
+                    outcome = await self._loop(job, ctx, InOrderContext(ctx, writes), writes,
+                                               state, editor, bash)
+                    await writes.wait()
+                except Exception as exc:  # raised below, not as the task group's group
+                    error = exc
+        finally:
+            # (A cancelled batch: the task group waited for the write in flight.)
+            writes.discard()
+        if error is not None:
+            raise error
+        assert outcome is not None
+        return outcome
+
+    async def _loop(self, job: BatchJob, store_ctx: ExecutionContext, ctx: ExecutionContext,
+                    writes: WritesBehind, state: ConversationState, editor: TextEditor,
+                    bash: BashSession) -> ExecutionOutcome:
         agent = self.config.agent
         # Whether the first tool call's event went out with the turn that asked for it (not
         # after a restart, which resumes from the checkpoint and announces it itself).
@@ -212,7 +246,7 @@ class AnthropicExecutor:
                     results.append({"type": "text", "text": _CONTINUE})
                 append_user(state.messages, results)
                 state.pending_tools = state.continue_after_tools = False
-                await self._checkpoint(job, ctx, state, events=last)
+                await self._checkpoint(job, store_ctx, writes, state, events=last)
             if state.pending_note:
                 append_user(state.messages, [{"type": "text", "text": state.pending_note}])
                 state.pending_note = ""
@@ -237,6 +271,10 @@ class AnthropicExecutor:
                                     "agent.max_batch_tokens) before the model finished")
             params = self._params(job, state)
             await self._check_budget(ctx, state, params)
+            # The request goes out once everything before it is stored (the checkpoint after
+            # the tools was written while the request was built and counted): a crash after
+            # it was sent finds the conversation up to it.
+            await writes.wait()
             turn = await call_with_retries(
                 self.client, params, settings=self._settings, limiter=self.limiter,
                 emit=ctx.emit, on_text=lambda s, final: self._emit_text(ctx, s, final))
@@ -258,7 +296,7 @@ class AnthropicExecutor:
                 announced = True
             # The call (billed: recorded before the next budget check), the turn's events and
             # the checkpoint: one transaction.
-            await self._checkpoint(job, ctx, state, call=call, events=events)
+            await self._checkpoint(job, store_ctx, writes, state, call=call, events=events)
             if outcome is not None:
                 return outcome
 

@@ -1,5 +1,6 @@
 """The model-backend Protocol and the simulated backend."""
 
+from buildrunnerd.executor._behind import InOrderContext, WritesBehind
 from buildrunnerd.executor._checkpoints import RecentCheckpoints
 from buildrunnerd.executor._protocol import (
     ApiCall,
@@ -12,6 +13,6 @@ from buildrunnerd.executor._protocol import (
 from buildrunnerd.executor._simulated import SimulatedExecutor
 
 __all__ = [
-    "ApiCall", "BatchJob", "ExecutionContext", "ExecutionOutcome", "Executor", "RecentCheckpoints",
-    "SimulatedExecutor", "TurnEvent",
+    "ApiCall", "BatchJob", "ExecutionContext", "ExecutionOutcome", "Executor", "InOrderContext",
+    "RecentCheckpoints", "SimulatedExecutor", "TurnEvent", "WritesBehind",
 ]

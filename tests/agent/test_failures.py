@@ -137,6 +137,23 @@ async def test_permanent_errors_are_not_retried(fake_api: FakeAnthropic, worktre
     assert len(fake_api.requests) == 1
 
 
+async def test_a_streamed_event_that_is_not_json_is_retried(fake_api: FakeAnthropic,
+                                                            worktree: Path,
+                                                            executor: AnthropicExecutor) -> None:
+    # The stream's events are decoded by us (not the SDK's typed stream): one cut short on the
+    # way is a broken stream, tried again, not a crash of the batch or half an answer.
+    fake_api.faults = Faults(sequence=["stream_garbled"])
+    fake_api.set_responder(lambda req: Reply([text("all done here")], "end_turn"))
+    ctx = Recorder()
+    outcome = await executor.run_batch(make_job(worktree), ctx)
+    assert outcome.status == "completed", outcome.reason
+    assert outcome.summary == "all done here"
+    assert [r.outcome for r in fake_api.requests] == ["fault:stream_garbled", "ok"]
+    retries = [d for t, d in ctx.events if t == "agent.retry"]
+    assert len(retries) == 1 and retries[0]["error"] == "connection"
+    assert len(ctx.calls) == 1 == len(fake_api.billed)
+
+
 async def test_401_fails_fast_with_a_clear_message(fake_api: FakeAnthropic,
                                                    worktree: Path) -> None:
     fake_api.set_responder(lambda req: Reply([text("never")], "end_turn"))

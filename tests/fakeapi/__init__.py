@@ -15,9 +15,10 @@ It speaks the real wire format so the real ``anthropic`` SDK talks to it unchang
 
 A test scripts it with a *responder*: a list of replies, or a function of the request. Faults
 (429 with ``retry-after``, 529, 500, a dropped connection, a timeout, an overload in the middle
-of a stream) are injected at a seeded rate before the responder is asked, so a retried request
-gets the same scripted answer. Every request is recorded, and so is the ``usage`` of every
-response that was delivered in full (what the API would bill).
+of a stream, and when named in a sequence an event that is not JSON) are injected at a seeded
+rate before the responder is asked, so a retried request gets the same scripted answer. Every
+request is recorded, and so is the ``usage`` of every response that was delivered in full (what
+the API would bill).
 
 Usage is computed from the request, with a prompt cache that behaves like the real one: the
 prefix up to each ``cache_control`` breakpoint is written; a later request whose prefix (tools,
@@ -146,6 +147,7 @@ class Faults:
 
     rate: float = 0.0
     seed: int = 0
+    # (``stream_garbled``, an event that is not JSON, only when named in ``sequence``.)
     kinds: Sequence[str] = ("429", "529", "500", "drop", "timeout", "stream_overload",
                             "stream_drop")
     sequence: list[str] = field(default_factory=list)
@@ -576,7 +578,8 @@ def _make_handler(fake: FakeAnthropic) -> type[BaseHTTPRequestHandler]:
                     time.sleep(fake.faults.timeout_s)
                     self._drop()
                     return
-                if fault not in ("stream_overload", "stream_drop") or not req.stream:
+                if fault not in ("stream_overload", "stream_drop", "stream_garbled") or (
+                        not req.stream):
                     # a mid-stream overload needs a stream; elsewhere it is a plain 529
                     self._send_error(ErrorReply(529, "overloaded_error", "Overloaded"),
                                      request_id)
@@ -618,6 +621,14 @@ def _make_handler(fake: FakeAnthropic) -> type[BaseHTTPRequestHandler]:
             delivered = False
             try:
                 for event, data in _stream_events(message, reply):
+                    if fault == "stream_garbled" and event == "content_block_delta":
+                        # an event cut short on the way (a broken proxy): not JSON
+                        req.outcome = "fault:stream_garbled"
+                        self._chunk(f"event: {event}\ndata: {json.dumps(data)[:20]}\n\n"
+                                    .encode())
+                        self.wfile.write(b"0\r\n\r\n")
+                        self.wfile.flush()
+                        return
                     if stream_drop and event == "content_block_stop":
                         # the connection breaks in the middle of the answer
                         req.outcome = "fault:stream_drop"
