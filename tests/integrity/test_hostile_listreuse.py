@@ -23,19 +23,9 @@ from tests.integrity.test_hostile_reuse import (
     _disk,
 )
 from tests.integrity.test_hostile_shortcuts import _left_then_reused
-from tests.workspace._helpers import make_repo, run_git
+from tests.workspace._helpers import run_git
 
 pytestmark = pytest.mark.timeout(120)
-
-
-@pytest.fixture
-def repo(tmp_path: Path) -> Path:
-    return make_repo(tmp_path / "repo")
-
-
-@pytest.fixture
-def wt_root(tmp_path: Path) -> Path:
-    return tmp_path / "state" / "worktrees" / "run1"
 
 
 def _acl_below_and_an_undecodable_name(wt: Path) -> None:

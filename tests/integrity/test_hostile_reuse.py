@@ -37,23 +37,13 @@ from tests.integrity.test_hostile_shortcuts import (
     _seed_calc,
     _workspace,
 )
-from tests.workspace._helpers import make_repo, run_git, task
+from tests.workspace._helpers import run_git, task
 
 pytestmark = pytest.mark.timeout(120)
 
 FS_IOC_GETFLAGS = 0x80086601  # _IOR('f', 1, long): the kernel reads and writes an int
 FS_IOC_SETFLAGS = 0x40086602
 FS_NODUMP_FL = 0x00000040  # chattr +d: any owner may set it, and new entries inherit it
-
-
-@pytest.fixture
-def repo(tmp_path: Path) -> Path:
-    return make_repo(tmp_path / "repo")
-
-
-@pytest.fixture
-def wt_root(tmp_path: Path) -> Path:
-    return tmp_path / "state" / "worktrees" / "run1"
 
 
 def _flags(path: Path) -> int:

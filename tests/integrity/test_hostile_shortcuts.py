@@ -27,7 +27,7 @@ from buildrunnerd.workspace import GitWorkspace, RunRepo, prepare_run_repo
 from buildrunnerd.workspace._repo import stage_all
 from buildrunnerd.workspace._staging import stage_change
 from buildrunnerd.workspace._worktree import worktree_git
-from tests.workspace._helpers import make_repo, run_git, task
+from tests.workspace._helpers import run_git, task
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -35,16 +35,6 @@ AWS_KEY = "AKIA" + "Z7Q4XK2M9PLW3JHV"  # split: the repository's own scan must n
 # The test command is the user's (trusted); what it imports is the batch's.
 CHECK = ("python3 -c 'import sys; sys.path.insert(0, \".\"); import calc; "
          "assert calc.add(1, 2) == 3, calc.add(1, 2)'")
-
-
-@pytest.fixture
-def repo(tmp_path: Path) -> Path:
-    return make_repo(tmp_path / "repo")
-
-
-@pytest.fixture
-def wt_root(tmp_path: Path) -> Path:
-    return tmp_path / "state" / "worktrees" / "run1"
 
 
 async def _workspace(repo: Path, wt_root: Path, *files: str,
