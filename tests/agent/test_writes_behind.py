@@ -12,7 +12,7 @@ import pytest
 
 from buildrunnerd.agent import AnthropicExecutor
 from buildrunnerd.agent._conversation import ConversationState
-from buildrunnerd.executor import ApiCall, TurnEvent
+from buildrunnerd.executor import ApiCall, ExecutionOutcome, TurnEvent
 from tests.agent.support import Recorder, make_config, make_job
 from tests.fakeapi import API_KEY, FakeAnthropic, FakeRequest, Reply, text, tool_use
 
@@ -65,6 +65,16 @@ def script(worktree: Path, steps: list[Reply]) -> tuple[FakeAnthropic, Anthropic
     return fake, AnthropicExecutor(make_config(), api_key=API_KEY, base_url=fake.base_url)
 
 
+async def run_scripted(worktree: Path, steps: list[Reply], store: SlowStore) -> ExecutionOutcome:
+    """One batch of ``steps`` against a fresh fake, into ``store``; the executor closed after."""
+    fake, ex = script(worktree, steps)
+    try:
+        return await ex.run_batch(make_job(worktree), store)
+    finally:
+        await ex.aclose()
+        fake.stop()
+
+
 async def test_the_turns_record_is_stored_while_its_tool_runs(worktree: Path) -> None:
     steps = [Reply([tool_use(EDIT, {"command": "create", "path": "app.py",
                                     "file_text": "X = 1\n"})], "tool_use"),
@@ -81,13 +91,8 @@ async def test_the_turns_record_is_stored_while_its_tool_runs(worktree: Path) ->
                         await anyio.sleep(0.01)
                 seen.append(made.exists())
 
-    fake, ex = script(worktree, steps)
-    try:
-        store = Store()
-        outcome = await ex.run_batch(make_job(worktree), store)
-    finally:
-        await ex.aclose()
-        fake.stop()
+    store = Store()
+    outcome = await run_scripted(worktree, steps, store)
     assert outcome.status == "completed", outcome.reason
     assert seen == [True]  # (the old loop stored the turn first: the file came after)
     assert not store.overlapped
@@ -144,13 +149,8 @@ async def test_two_tools_of_one_turn_keep_their_events_in_order(worktree: Path) 
         async def during(self, index: int) -> None:
             await anyio.sleep(0.05)  # slow enough that the second tool's events come meanwhile
 
-    fake, ex = script(worktree, steps)
-    try:
-        store = Store()
-        outcome = await ex.run_batch(make_job(worktree), store)
-    finally:
-        await ex.aclose()
-        fake.stop()
+    store = Store()
+    outcome = await run_scripted(worktree, steps, store)
     assert outcome.status == "completed", outcome.reason
     assert not store.overlapped
     assert store.types() == ["agent.turn", "tool.call", "tool.result", "tool.call",
