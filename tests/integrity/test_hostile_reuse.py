@@ -37,7 +37,7 @@ from tests.integrity.test_hostile_shortcuts import (
     _seed_calc,
     _workspace,
 )
-from tests.workspace._helpers import run_git, task
+from tests.workspace._helpers import run_git, skip_unless_ci, task
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -67,7 +67,7 @@ def _nodump(path: Path) -> None:
     try:
         _set_flags(path, _flags(path) | FS_NODUMP_FL)
     except OSError as exc:
-        pytest.skip(f"{path}: no inode flags on this file system ({exc})")
+        skip_unless_ci(f"{path}: no inode flags on this file system ({exc})")
 
 
 async def _clone_passes(repo: Path, branch: str, clone: Path) -> tuple[bool, str]:
@@ -391,7 +391,7 @@ def _default_acl(wt: Path) -> None:
     try:
         os.setxattr(wt, "system.posix_acl_default", _acl((0x01, 6), (0x04, 0), (0x20, 0)))
     except OSError as exc:
-        pytest.skip(f"no POSIX ACLs on this file system ({exc})")
+        skip_unless_ci(f"no POSIX ACLs on this file system ({exc})")
     if (wt / "app.py").exists():
         (wt / "app.py").write_text("def hello() -> str:\n    return 'hello'\n")
 
